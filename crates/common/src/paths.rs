@@ -1,0 +1,83 @@
+//! The directory layout of a core (DESIGN.md "Files on a core").
+//!
+//! ```text
+//! <root>/config/verdant.toml        core configuration
+//! <root>/config/config.d/*.toml     drop-ins, applied in name order
+//! <root>/config/certs/              group CA, core and device certificates
+//! <root>/deployments/<id>/          deployed groups; `current` links to one
+//! <root>/data/<service>/            databases and queues, one dir per service
+//! <root>/functions/<name>/<version> function artifacts
+//! <root>/logs/                      captured service logs
+//! <runtime>/<service>.sock          gRPC sockets (default <root>/run)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the root directory.
+pub const ROOT_ENV: &str = "VERDANT_ROOT";
+/// Environment variable naming the runtime (socket) directory.
+pub const RUNTIME_DIR_ENV: &str = "VERDANT_RUNTIME_DIR";
+/// Environment variable naming the exact socket a daemon serves on.
+pub const SOCKET_ENV: &str = "VERDANT_SOCKET";
+/// The root used when neither `--root` nor `VERDANT_ROOT` is given: a
+/// development core in the current directory, runnable without root.
+pub const DEFAULT_ROOT: &str = "./var";
+/// The socket of the supervisor.
+pub const INIT_SOCKET: &str = "init.sock";
+
+/// Where every file of one core lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+    runtime_dir: PathBuf,
+}
+
+impl Layout {
+    /// A layout for `root`; the runtime dir is `runtime_dir` when given,
+    /// else `<root>/run`. Relative paths are made absolute, because
+    /// sockets are dialled as `unix:///abs/path`.
+    pub fn new(root: &Path, runtime_dir: Option<&Path>) -> std::io::Result<Self> {
+        let root = std::path::absolute(root)?;
+        let runtime_dir = match runtime_dir {
+            Some(dir) => std::path::absolute(dir)?,
+            None => root.join("run"),
+        };
+        Ok(Layout { root, runtime_dir })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("config")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir().join("verdant.toml")
+    }
+    pub fn certs_dir(&self) -> PathBuf {
+        self.config_dir().join("certs")
+    }
+    pub fn deployments_dir(&self) -> PathBuf {
+        self.root.join("deployments")
+    }
+    /// The deployed group definition (`deployments/current/group.json`).
+    pub fn current_group(&self) -> PathBuf {
+        self.deployments_dir().join("current").join("group.json")
+    }
+    pub fn data_dir(&self, service: &str) -> PathBuf {
+        self.root.join("data").join(service)
+    }
+    pub fn functions_dir(&self) -> PathBuf {
+        self.root.join("functions")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The gRPC socket of `service` (`init` for the supervisor).
+    pub fn socket(&self, service: &str) -> PathBuf {
+        self.runtime_dir.join(format!("{service}.sock"))
+    }
+}

@@ -1,0 +1,25 @@
+//! Compiles `proto/` with protox (a Rust protobuf compiler), so the build
+//! needs no system `protoc`, and keeps the descriptor set for reflection.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "verdant/daemon/v1/daemon.proto",
+    "verdant/supervisor/v1/supervisor.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let fds = protox::compile(PROTOS, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("verdant_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

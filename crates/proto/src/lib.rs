@@ -1,0 +1,19 @@
+//! Generated gRPC types and stubs for every Verdant API.
+
+#![allow(clippy::pedantic, missing_docs)]
+
+/// The encoded `FileDescriptorSet` of every Verdant proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/verdant_descriptor.bin"));
+
+pub mod daemon {
+    pub mod v1 {
+        tonic::include_proto!("verdant.daemon.v1");
+    }
+}
+
+pub mod supervisor {
+    pub mod v1 {
+        tonic::include_proto!("verdant.supervisor.v1");
+    }
+}
