@@ -14,7 +14,27 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+/// `[core]`: what the whole core shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreSection {
+    /// The core's thing name: the subject of its certificate.
+    pub thing_name: String,
+    /// Where the sockets live (default `<root>/run`).
+    pub runtime_dir: Option<PathBuf>,
+}
+
+impl Default for CoreSection {
+    fn default() -> Self {
+        CoreSection {
+            thing_name: "verdant-core".into(),
+            runtime_dir: None,
+        }
+    }
+}
 
 /// Why configuration could not be loaded. Always a caller's fault (the
 /// operator's files), so daemons exit with [`crate::exit::CONFIG`].

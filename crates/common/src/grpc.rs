@@ -15,6 +15,9 @@ use tonic_health::server::HealthReporter;
 use verdant_proto::daemon::v1::daemon_server::{Daemon, DaemonServer};
 use verdant_proto::daemon::v1::{DaemonInfo, GetInfoRequest};
 
+/// How long in-flight calls may run on after shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a daemon says of itself over `verdant.daemon.v1.Daemon/GetInfo`.
 #[derive(Debug, Clone)]
 pub struct Info {
@@ -105,13 +108,28 @@ impl Server {
             .build_v1alpha()
             .expect("built-in descriptor sets are valid");
         self.routes.add_service(v1).add_service(v1alpha);
-        tonic::transport::Server::builder()
+        let readiness = self.readiness();
+        let server = tonic::transport::Server::builder()
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener),
-                shutdown.cancelled_owned(),
-            )
-            .await
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+        // Streams (health watches, log follows) never end by themselves, so
+        // after shutdown in-flight calls get DRAIN to finish, then are cut.
+        let deadline = async {
+            shutdown.cancelled().await;
+            readiness.not_serving().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            result = &mut server => result,
+            () = deadline => {
+                tracing::warn!("calls still open {DRAIN:?} after shutdown; closing them");
+                Ok(())
+            }
+        }
     }
 }
 

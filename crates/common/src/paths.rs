@@ -22,8 +22,8 @@ pub const SOCKET_ENV: &str = "VERDANT_SOCKET";
 /// The root used when neither `--root` nor `VERDANT_ROOT` is given: a
 /// development core in the current directory, runnable without root.
 pub const DEFAULT_ROOT: &str = "./var";
-/// The socket of the supervisor.
-pub const INIT_SOCKET: &str = "init.sock";
+/// The supervisor's name; its socket is `<runtime>/init.sock`.
+pub const INIT_SERVICE: &str = "init";
 
 /// Where every file of one core lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,139 @@
+use verdant_group::{Endpoint, Group, Thing, topic_filter_problem};
+
+const FP: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn thing(name: &str) -> Thing {
+    Thing {
+        id: name.into(),
+        thing_arn: format!("arn:aws:iot:us-east-1:000000000000:thing/{name}"),
+        certificate_arn: format!("arn:aws:iot:us-east-1:000000000000:cert/{FP}"),
+        sync_shadow: false,
+    }
+}
+
+fn sample() -> serde_json::Value {
+    serde_json::to_value(Group::sample(&thing("core"), &thing("dev1"))).unwrap()
+}
+
+fn problems(v: &serde_json::Value) -> Vec<String> {
+    match Group::parse(v.to_string().as_bytes()) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn sample_round_trips_and_validates() {
+    let v = sample();
+    let g = Group::parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(g.core().thing_name(), "core");
+    assert_eq!(g.thing("dev1").unwrap().certificate_id(), FP);
+    let sub = &g.subscription_definition_version.subscriptions[1];
+    assert_eq!(Endpoint::resolve(&g, &sub.target), Ok(Endpoint::Cloud));
+    assert_eq!(
+        Endpoint::resolve(&g, &sub.source),
+        Ok(Endpoint::Thing(thing("dev1").thing_arn))
+    );
+}
+
+#[test]
+fn unknown_target_names_path_and_reason() {
+    let mut v = sample();
+    v["SubscriptionDefinitionVersion"]["Subscriptions"][3]["Target"] =
+        "arn:aws:lambda:us-east-1:000000000000:function:missing:1".into();
+    let p = problems(&v);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "SubscriptionDefinitionVersion.Subscriptions[3].Target: unknown function arn:aws:lambda"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn shape_errors_carry_the_json_path() {
+    let mut v = sample();
+    v["DeviceDefinitionVersion"]["Devices"][0]["Colour"] = "red".into();
+    let p = problems(&v);
+    assert!(
+        p[0].starts_with("DeviceDefinitionVersion.Devices[0].Colour: unknown field `Colour`"),
+        "{p:?}"
+    );
+
+    let mut v = sample();
+    v["LoggerDefinitionVersion"]["Loggers"][0]["Level"] = "LOUD".into();
+    let p = problems(&v);
+    assert!(
+        p[0].starts_with("LoggerDefinitionVersion.Loggers[0].Level: unknown variant `LOUD`"),
+        "{p:?}"
+    );
+
+    let p = problems(&serde_json::json!("not a group"));
+    assert!(p[0].starts_with("(document): invalid type"), "{p:?}");
+}
+
+#[test]
+fn semantic_rules() {
+    let mut v = sample();
+    v["CoreDefinitionVersion"]["Cores"] = serde_json::json!([]);
+    assert!(problems(&v).iter().any(|p| p.contains("exactly one core")));
+
+    let mut v = sample();
+    v["DeviceDefinitionVersion"]["Devices"][0]["CertificateArn"] =
+        "arn:aws:iot:r:a:cert/xyz".into();
+    v["SubscriptionDefinitionVersion"]["Subscriptions"][0]["Subject"] = "a/#/b".into();
+    v["SubscriptionDefinitionVersion"]["Subscriptions"][1]["Id"] = "device-to-device".into();
+    v["FunctionDefinitionVersion"]["Functions"] = serde_json::json!([
+        {"Id": "f", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:f:$LATEST"},
+        {"Id": "g", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:g:1",
+         "FunctionConfiguration": {"Timeout": 0, "Environment": {"ResourceAccessPolicies": [{"ResourceId": "nope"}]}}}
+    ]);
+    let p = problems(&v);
+    let has = |s: &str| p.iter().any(|x| x.contains(s));
+    assert!(
+        has("Devices[0].CertificateArn: `arn:aws:iot:r:a:cert/xyz` is not a certificate ARN"),
+        "{p:?}"
+    );
+    assert!(
+        has("Subscriptions[0].Subject: `#` must be a whole level and the last one"),
+        "{p:?}"
+    );
+    assert!(
+        has("Subscriptions[1].Id: duplicate Id `device-to-device`"),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            "Functions[0].FunctionArn: `arn:aws:lambda:us-east-1:1:function:f:$LATEST`: $LATEST cannot be deployed"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has("Functions[1].FunctionConfiguration.Timeout: must be at least 1 second"),
+        "{p:?}"
+    );
+    assert!(
+        has("ResourceAccessPolicies[0].ResourceId: unknown resource `nope`"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn topic_filters() {
+    for ok in [
+        "a",
+        "a/b",
+        "+",
+        "#",
+        "a/+/c",
+        "a/#",
+        "$aws/things/x/shadow/#",
+        "/",
+    ] {
+        assert_eq!(topic_filter_problem(ok), None, "{ok}");
+    }
+    for bad in ["", "a#", "a/#/b", "a+/b", "a/b+", "x\0"] {
+        assert!(topic_filter_problem(bad).is_some(), "{bad:?}");
+    }
+}

@@ -1,0 +1,176 @@
+//! `verdant.supervisor.v1.Supervisor`: decodes, calls the supervisor,
+//! converts. Changing calls need the caller to be root or init's own user.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use verdant_common::uds::require_owner;
+use verdant_proto::supervisor::v1 as pb;
+use verdant_proto::supervisor::v1::supervisor_server::Supervisor as SupervisorApi;
+
+use crate::service::{self, Health, State};
+use crate::supervisor::Supervisor;
+
+pub struct Api {
+    pub supervisor: Supervisor,
+    /// Cancelled by the Shutdown call; init then stops everything and exits.
+    pub shutdown: CancellationToken,
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Api {
+    #[allow(clippy::result_large_err)]
+    fn handle(&self, name: &str) -> Result<&service::Handle, Status> {
+        self.supervisor
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("no service named `{name}`")))
+    }
+
+    async fn command(
+        &self,
+        request: Request<pb::ServiceRequest>,
+        what: service::Request,
+    ) -> Result<Response<pb::Service>, Status> {
+        require_owner(&request)?;
+        let name = request.into_inner().name;
+        let handle = self.handle(&name)?;
+        tracing::info!(service = name, "operator asked to {what:?}");
+        Ok(Response::new(to_proto(&handle.command(what).await)))
+    }
+}
+
+#[tonic::async_trait]
+impl SupervisorApi for Api {
+    async fn list_services(
+        &self,
+        _request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        Ok(Response::new(pb::ListServicesResponse {
+            services: self.supervisor.list().iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let handle = self.handle(&request.get_ref().name)?;
+        Ok(Response::new(to_proto(&handle.status.borrow())))
+    }
+
+    async fn start_service(
+        &self,
+        request: Request<pb::ServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        self.command(request, service::Request::Start).await
+    }
+
+    async fn stop_service(
+        &self,
+        request: Request<pb::ServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        self.command(request, service::Request::Stop).await
+    }
+
+    async fn restart_service(
+        &self,
+        request: Request<pb::ServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        self.command(request, service::Request::Restart).await
+    }
+
+    type WatchServicesStream = Streamed<pb::Service>;
+
+    async fn watch_services(
+        &self,
+        _request: Request<pb::WatchServicesRequest>,
+    ) -> Result<Response<Self::WatchServicesStream>, Status> {
+        let events = self.supervisor.events();
+        let now: Vec<_> = self
+            .supervisor
+            .list()
+            .iter()
+            .map(to_proto)
+            .map(Ok)
+            .collect();
+        let changes = BroadcastStream::new(events).filter_map(|e| e.ok().map(|s| Ok(to_proto(&s))));
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(now).chain(changes),
+        )))
+    }
+
+    type ReadLogsStream = Streamed<pb::LogChunk>;
+
+    async fn read_logs(
+        &self,
+        request: Request<pb::ReadLogsRequest>,
+    ) -> Result<Response<Self::ReadLogsStream>, Status> {
+        let req = request.into_inner();
+        let log = self.handle(&req.name)?.log.clone();
+        // Subscribe before reading the tail so no line falls in between.
+        let follow = req.follow.then(|| log.follow());
+        let tail = log
+            .tail(req.lines as usize)
+            .map_err(|e| Status::internal(format!("cannot read {}: {e}", log.path().display())))?;
+        let first = tokio_stream::iter((!tail.is_empty()).then(|| Ok(pb::LogChunk { data: tail })));
+        let Some(follow) = follow else {
+            return Ok(Response::new(Box::pin(first)));
+        };
+        let lines = BroadcastStream::new(follow).filter_map(|line| match line {
+            Ok(data) => Some(Ok(pb::LogChunk {
+                data: data.to_vec(),
+            })),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(pb::LogChunk {
+                    data: format!("[verdantctl fell behind: {n} chunks skipped]\n").into_bytes(),
+                }))
+            }
+        });
+        Ok(Response::new(Box::pin(first.chain(lines))))
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        require_owner(&request)?;
+        tracing::info!("operator asked to shut the core down");
+        self.shutdown.cancel();
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+}
+
+fn to_proto(s: &service::Status) -> pb::Service {
+    let state = match s.state {
+        State::Stopped => pb::ServiceState::Stopped,
+        State::Waiting => pb::ServiceState::Waiting,
+        State::Starting => pb::ServiceState::Starting,
+        State::Running => pb::ServiceState::Running,
+        State::Backoff => pb::ServiceState::Backoff,
+        State::Stopping => pb::ServiceState::Stopping,
+        State::Failed => pb::ServiceState::Failed,
+    };
+    let health = match s.health {
+        Health::Unknown => pb::Health::Unknown,
+        Health::Serving => pb::Health::Serving,
+        Health::NotServing => pb::Health::NotServing,
+    };
+    pb::Service {
+        name: s.name.clone(),
+        state: state.into(),
+        health: health.into(),
+        pid: s.pid.unwrap_or(0),
+        started_at: s.started_at.map(prost_types::Timestamp::from),
+        restart_count: s.restart_count,
+        last_exit: s.last_exit.map(|e| e.to_string()).unwrap_or_default(),
+        message: s.message.clone(),
+        depends_on: s.depends_on.clone(),
+        version: s.version.clone(),
+        note: s.note.clone(),
+    }
+}

@@ -1,0 +1,67 @@
+//! Waiting for a daemon's `grpc.health.v1` to say SERVING, and asking it
+//! what it is (`verdant.daemon.v1.Daemon/GetInfo`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use verdant_proto::daemon::v1::daemon_client::DaemonClient;
+use verdant_proto::daemon::v1::{DaemonInfo, GetInfoRequest};
+
+/// A SERVING daemon: its channel and its open health watch.
+pub struct Serving {
+    pub channel: Channel,
+    pub watch: Streaming<HealthCheckResponse>,
+}
+
+/// Dials `socket` until its overall health is SERVING, or `deadline`.
+/// The socket appears only once the daemon has bound it, so connection
+/// errors before then are expected and retried quickly.
+pub async fn wait_serving(socket: &Path, deadline: Instant) -> Option<Serving> {
+    let attempt = async {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Ok(channel) = verdant_common::uds::connect(socket).await {
+                let mut client = HealthClient::new(channel.clone());
+                if let Ok(resp) = client
+                    .watch(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    let mut watch = resp.into_inner();
+                    while let Ok(Some(msg)) = watch.message().await {
+                        if msg.status == ServingStatus::Serving as i32 {
+                            return Serving { channel, watch };
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    };
+    tokio::time::timeout_at(deadline, attempt).await.ok()
+}
+
+/// The next health status from an open watch; `None` when the stream ends.
+pub async fn next(watch: &mut Streaming<HealthCheckResponse>) -> Option<bool> {
+    match watch.message().await {
+        Ok(Some(msg)) => Some(msg.status == ServingStatus::Serving as i32),
+        _ => None,
+    }
+}
+
+/// What the daemon says of itself; `None` if it does not serve the Daemon API.
+pub async fn info(channel: Channel) -> Option<DaemonInfo> {
+    let call = async move { DaemonClient::new(channel).get_info(GetInfoRequest {}).await };
+    match tokio::time::timeout(Duration::from_secs(1), call).await {
+        Ok(Ok(resp)) => Some(resp.into_inner()),
+        _ => None,
+    }
+}

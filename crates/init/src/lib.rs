@@ -1,0 +1,140 @@
+//! verdant-init: the tiny supervisor of a Verdant core. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod devcerts;
+pub mod error;
+mod grpc;
+mod health;
+mod logs;
+mod notify;
+mod process;
+mod service;
+pub mod setup;
+mod supervisor;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+use verdant_common::grpc::{Info, Server};
+use verdant_common::shutdown::CancellationToken;
+use verdant_common::uds;
+use verdant_proto::supervisor::v1::supervisor_server::SupervisorServer;
+
+pub use error::InitError;
+use process::Reaper;
+use service::{Shared, State};
+use supervisor::Supervisor;
+
+/// Prepares the root, starts every service, serves the supervisor API, and
+/// stops everything on SIGTERM/SIGINT or a Shutdown call.
+pub async fn run(root: &Path, runtime_dir: Option<&Path>) -> Result<(), InitError> {
+    let begun = Instant::now();
+    let prepared = setup::prepare(root, runtime_dir)?;
+    // Bind before starting anything: an unusable socket dir stops us here.
+    let init_socket = prepared.layout.socket(verdant_common::paths::INIT_SERVICE);
+    let listener = uds::bind(&init_socket).map_err(|e| InitError::RuntimeDir {
+        path: prepared.layout.runtime_dir().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    setup::end_leftovers(&prepared);
+
+    let reaper = Reaper::start().map_err(|source| InitError::Io {
+        what: "watch SIGCHLD".into(),
+        source,
+    })?;
+    let shutdown = verdant_common::shutdown::on_signals().map_err(|source| InitError::Io {
+        what: "install signal handlers".into(),
+        source,
+    })?;
+
+    let shared = Shared {
+        layout: prepared.layout.clone(),
+        policy: prepared.config.init.clone(),
+        reaper,
+        events: Supervisor::new_events(),
+        pid_dir: prepared.pid_dir.clone(),
+    };
+    tracing::info!(
+        root = %prepared.layout.root().display(),
+        group = prepared.group.id,
+        "starting {} services",
+        prepared.specs.len()
+    );
+    let supervisor = Supervisor::start(&prepared.config, prepared.specs, &shared);
+    forward_signals(&supervisor, &shutdown);
+
+    let server_stop = CancellationToken::new();
+    let server = Server::new(Info {
+        service: "init".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        note: "supervisor".into(),
+        functional: true,
+    })
+    .await
+    .add_service(SupervisorServer::new(grpc::Api {
+        supervisor: supervisor.clone(),
+        shutdown: shutdown.clone(),
+    }));
+    server.readiness().serving().await;
+    let serving = tokio::spawn(server.serve(listener, server_stop.clone()));
+
+    let watchdog_stop = CancellationToken::new();
+    notify::watchdog(watchdog_stop.clone());
+    let levels = prepared.config.start_order().map_or(1, |l| l.len()) as u32;
+    let settle_limit = Duration::from_millis(prepared.config.init.start_timeout_ms) * levels;
+    tokio::select! {
+        list = supervisor.settled(settle_limit) => {
+            let failed: Vec<_> = list.iter().filter(|s| s.state == State::Failed).map(|s| s.name.as_str()).collect();
+            let running = list.iter().filter(|s| s.state == State::Running).count();
+            let status = if failed.is_empty() {
+                format!("{running} services running")
+            } else {
+                format!("{running} services running; failed: {}", failed.join(", "))
+            };
+            tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, "core up: {status}");
+            notify::ready(&status);
+        }
+        () = shutdown.cancelled() => {}
+    }
+
+    shutdown.cancelled().await;
+    notify::stopping();
+    tracing::info!("stopping every service");
+    supervisor.stop_all().await;
+    watchdog_stop.cancel();
+    server_stop.cancel();
+    let _ = serving.await;
+    let _ = std::fs::remove_file(&init_socket);
+    drop(prepared.lock);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP, SIGUSR1 and SIGUSR2 go on to every service (init as PID 1 in a
+/// container is how they reach the daemons).
+fn forward_signals(supervisor: &Supervisor, stop: &CancellationToken) {
+    for (kind, sig) in [
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+    ] {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let stop = stop.clone();
+        let supervisor = supervisor.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = stream.recv() => {
+                        tracing::info!("forwarding {sig} to every service");
+                        supervisor.forward(sig);
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+}

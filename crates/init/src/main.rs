@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use verdant_common::exit::Exit;
+use verdant_common::paths::{DEFAULT_ROOT, ROOT_ENV, RUNTIME_DIR_ENV};
+
+/// The supervisor of a Verdant core: prepares the root directory (a
+/// default config, development certificates and a sample group on first
+/// start), starts every service in dependency order, restarts what fails,
+/// and stops everything on SIGTERM.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Root directory of the core.
+    #[arg(long, env = ROOT_ENV, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Directory for the gRPC sockets (default: `core.runtime_dir`, else `<root>/run`).
+    #[arg(long, env = RUNTIME_DIR_ENV)]
+    runtime_dir: Option<PathBuf>,
+    /// Print the configuration a first start writes, and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", verdant_init::config::default_config());
+        return ExitCode::SUCCESS;
+    }
+    verdant_common::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("verdant-init: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    match runtime.block_on(verdant_init::run(&args.root, args.runtime_dir.as_deref())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("verdant-init: {e}");
+            e.exit().into()
+        }
+    }
+}

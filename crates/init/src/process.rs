@@ -1,0 +1,225 @@
+//! Child processes: spawning each service in its own session with its
+//! output on a pipe, reaping every child (and, as PID 1 or subreaper, every
+//! orphan) from one SIGCHLD loop, signalling process groups, and pidfiles
+//! so a restarted init can end what a killed one left running.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exited {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exited::Code(c) => write!(f, "exit code {c}"),
+            Exited::Signal(s) => match Signal::try_from(*s) {
+                Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+/// Who is waiting for which pid. Spawning and reaping both hold this lock,
+/// so a child that exits at once is never reaped before it is registered.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    waiting: Arc<Mutex<HashMap<i32, oneshot::Sender<Exited>>>>,
+}
+
+/// A running service process.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: u32,
+    /// Resolves once the reaper has collected the process.
+    pub exited: oneshot::Receiver<Exited>,
+    /// The read end of the process's stdout+stderr, until taken by a log pump.
+    pub output: Option<OwnedFd>,
+}
+
+impl Reaper {
+    /// Starts the SIGCHLD loop. Becomes a child subreaper so that orphans of
+    /// the services (when not PID 1) are reparented here and reaped too.
+    pub fn start() -> std::io::Result<Self> {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper: {e}");
+        }
+        let reaper = Reaper::default();
+        let mut sigchld = signal(SignalKind::child())?;
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                r.reap();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        Ok(reaper)
+    }
+
+    fn reap(&self) {
+        let mut waiting = self.waiting.lock().expect("reaper lock");
+        loop {
+            let (pid, how) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exited::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exited::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            match waiting.remove(&pid.as_raw()) {
+                Some(tx) => {
+                    let _ = tx.send(how);
+                }
+                None => tracing::debug!(pid = pid.as_raw(), "reaped an orphan ({how})"),
+            }
+        }
+    }
+
+    /// Spawns `command` in a new session (so its whole process group can be
+    /// signalled), stdin from /dev/null, stdout and stderr on one pipe.
+    pub fn spawn(&self, mut command: Command) -> std::io::Result<Child> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write.try_clone()?))
+            .stderr(Stdio::from(write));
+        // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut waiting = self.waiting.lock().expect("reaper lock");
+        let child = command.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiting.insert(child.id() as i32, tx);
+        drop(command); // closes our copies of the pipe's write end
+        Ok(Child {
+            pid: child.id(),
+            exited: rx,
+            output: Some(read),
+        })
+    }
+}
+
+/// Sends `sig` to the process group led by `pid`.
+pub fn signal_group(pid: u32, sig: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pid as i32), sig)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pid, "cannot send {sig}: {e}");
+    }
+}
+
+/// The pidfile of a running service: its pid and start time, so a recycled
+/// pid is never mistaken for it.
+pub fn write_pidfile(path: &Path, pid: u32) -> std::io::Result<()> {
+    let start = start_time(pid).unwrap_or(0);
+    std::fs::write(path, format!("{pid} {start}\n"))
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
+}
+
+/// Ends what pidfiles in `dir` name that is still running (left by an init
+/// that was killed): SIGTERM to the group, then SIGKILL after `grace`.
+/// Returns what was ended, as (pidfile name, pid).
+pub fn end_leftovers(dir: &Path, grace: Duration) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ended = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_none_or(|x| x != "pid") {
+            continue;
+        }
+        let recorded = std::fs::read_to_string(&path).ok().and_then(|t| {
+            let mut it = t.split_whitespace();
+            Some((
+                it.next()?.parse::<u32>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        });
+        let _ = std::fs::remove_file(&path);
+        let Some((pid, start)) = recorded else {
+            continue;
+        };
+        if start_time(pid) != Some(start) {
+            continue; // gone, or the pid now belongs to someone else
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::warn!(
+            service = name,
+            pid,
+            "ending a process left by a previous verdant-init"
+        );
+        signal_group(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if alive(pid) {
+            signal_group(pid, Signal::SIGKILL);
+            while alive(pid) && Instant::now() < deadline + Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        ended.push((name, pid));
+    }
+    ended
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    if kill(Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.state != 'Z')
+}
+
+/// Finds a service's program: a path is taken as is; a bare name is looked
+/// up beside the running verdant-init first (a build tree or an install
+/// dir), then on PATH.
+pub fn resolve_command(command: &str) -> Option<PathBuf> {
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        return p.is_file().then_some(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(command)));
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(path_dirs.into_iter().map(|d| d.join(command)))
+        .find(|p| p.is_file())
+}

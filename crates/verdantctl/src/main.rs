@@ -1,0 +1,203 @@
+//! verdantctl: inspect and steer a running core over its gRPC sockets.
+
+mod output;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use tonic::transport::Channel;
+use verdant_common::config::{ConfigSource, CoreSection};
+use verdant_common::paths::{DEFAULT_ROOT, INIT_SERVICE, Layout, ROOT_ENV, RUNTIME_DIR_ENV};
+use verdant_common::uds::{self, UdsError};
+use verdant_proto::supervisor::v1 as pb;
+use verdant_proto::supervisor::v1::supervisor_client::SupervisorClient;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Inspect and steer a running Verdant core")]
+struct Args {
+    /// Root directory of the core.
+    #[arg(long, global = true, env = ROOT_ENV, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Directory of the core's sockets (default: `core.runtime_dir`, else `<root>/run`).
+    #[arg(long, global = true, env = RUNTIME_DIR_ENV)]
+    socket_dir: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every service (or one): state, health, pid, uptime, restarts.
+    Status { service: Option<String> },
+    /// Start a stopped or failed service.
+    Start { service: String },
+    /// Stop a service; it stays stopped until started.
+    Stop { service: String },
+    /// Stop and start a service; clears a failed state.
+    Restart { service: String },
+    /// A service's captured output.
+    Logs {
+        service: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
+    /// Stop every service and verdant-init.
+    Shutdown,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Cmd::Completions { shell } = args.command {
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "verdantctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("verdantctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The socket directory: the flag, else the core config's `runtime_dir`,
+/// else `<root>/run`.
+fn socket_dir(args: &Args) -> Result<PathBuf, String> {
+    if let Some(dir) = &args.socket_dir {
+        return std::path::absolute(dir).map_err(|e| e.to_string());
+    }
+    let layout = Layout::new(&args.root, None).map_err(|e| e.to_string())?;
+    let configured = ConfigSource::load(&layout.config_file())
+        .ok()
+        .and_then(|src| src.section::<CoreSection>("core").ok())
+        .and_then(|core| core.runtime_dir);
+    Ok(Layout::new(&args.root, configured.as_deref())
+        .map_err(|e| e.to_string())?
+        .runtime_dir()
+        .to_path_buf())
+}
+
+async fn connect(dir: &Path) -> Result<SupervisorClient<Channel>, String> {
+    let socket = dir.join(format!("{INIT_SERVICE}.sock"));
+    match uds::connect(&socket).await {
+        Ok(channel) => Ok(SupervisorClient::new(channel)),
+        Err(UdsError::Missing { .. }) => Err(format!(
+            "core not running at {}: no socket {}",
+            dir.display(),
+            socket.display()
+        )),
+        Err(e) => Err(format!("core not running at {}: {e}", dir.display())),
+    }
+}
+
+fn status_error(e: &tonic::Status) -> String {
+    match e.code() {
+        tonic::Code::Unavailable => format!("core stopped answering: {}", e.message()),
+        _ => e.message().to_string(),
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let dir = socket_dir(&args)?;
+    let mut client = connect(&dir).await?;
+    let json = args.output == Format::Json;
+    match args.command {
+        Cmd::Status { service: None } => {
+            let list = client
+                .list_services(pb::ListServicesRequest {})
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner()
+                .services;
+            output::services(&list, json);
+        }
+        Cmd::Status {
+            service: Some(name),
+        } => {
+            let svc = client
+                .get_service(pb::GetServiceRequest { name })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            output::services(&[svc], json);
+        }
+        Cmd::Start { service } => {
+            let r = client
+                .start_service(pb::ServiceRequest { name: service })
+                .await;
+            output::services(&[r.map_err(|e| status_error(&e))?.into_inner()], json);
+        }
+        Cmd::Stop { service } => {
+            let r = client
+                .stop_service(pb::ServiceRequest { name: service })
+                .await;
+            output::services(&[r.map_err(|e| status_error(&e))?.into_inner()], json);
+        }
+        Cmd::Restart { service } => {
+            let r = client
+                .restart_service(pb::ServiceRequest { name: service })
+                .await;
+            output::services(&[r.map_err(|e| status_error(&e))?.into_inner()], json);
+        }
+        Cmd::Logs {
+            service,
+            follow,
+            lines,
+        } => {
+            let mut stream = client
+                .read_logs(pb::ReadLogsRequest {
+                    name: service,
+                    lines,
+                    follow,
+                })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.message().await.map_err(|e| status_error(&e))? {
+                if out
+                    .write_all(&chunk.data)
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    break; // stdout closed (e.g. piped into head)
+                }
+            }
+        }
+        Cmd::Shutdown => {
+            client
+                .shutdown(pb::ShutdownRequest {})
+                .await
+                .map_err(|e| status_error(&e))?;
+            println!("core at {} is shutting down", dir.display());
+        }
+        Cmd::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
