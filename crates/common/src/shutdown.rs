@@ -21,8 +21,8 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
             _ = int.recv() => "SIGINT",
             () = t.cancelled() => return,
         };
-        tracing::info!(signal = name, "stopping");
         t.cancel();
+        tracing::info!(signal = name, "stopping");
     });
     Ok(token)
 }

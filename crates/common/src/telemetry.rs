@@ -20,6 +20,9 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // when stderr is a broken pipe (init gone): never let logging kill a task.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     // A second call (tests) keeps the first subscriber; that is fine.
     let _ = if json {

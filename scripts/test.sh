@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install test dependencies, check
+# formatting and lints, then every unit, crate and end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VERDANT_GRPCURL=$(scripts/test-deps.sh)
+export VERDANT_GRPCURL
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
