@@ -9,4 +9,7 @@ export VERDANT_GRPCURL
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the daemons' binaries, which `cargo test` alone
+# does not build.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

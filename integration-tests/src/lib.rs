@@ -3,7 +3,8 @@
 //! helpers to look at it through its gRPC sockets as operators do.
 //!
 //! The binaries are those cargo built beside the test executable
-//! (`target/<profile>/`); `cargo test --workspace` builds them first.
+//! (`target/<profile>/`): `cargo build --workspace --bins` first
+//! (`scripts/test.sh` does).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -31,7 +32,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test.sh does)",
         path.display()
     );
     path
