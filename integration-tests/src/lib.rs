@@ -38,6 +38,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `verdant init`: the supervisor, from the one `verdant` executable.
+pub fn init_command() -> Command {
+    let mut c = Command::new(bin("verdant"));
+    c.arg("init");
+    c
+}
+
 /// A core under test. Dropping it kills init and every service.
 pub struct Core {
     pub dir: TempDir,
@@ -218,7 +225,7 @@ impl Drop for Core {
 
 /// Runs a first start's config writer without starting anything.
 fn write_default_config(root: &Path) {
-    let out = Command::new(bin("verdant-init"))
+    let out = init_command()
         .arg("--print-default-config")
         .output()
         .expect("verdant-init --print-default-config");
@@ -234,7 +241,7 @@ fn spawn_init(
 ) -> (Child, PathBuf) {
     let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
     let stderr = dir.join(format!("init-{n}.stderr"));
-    let child = Command::new(bin("verdant-init"))
+    let child = init_command()
         .arg("--root")
         .arg(root)
         .arg("--runtime-dir")

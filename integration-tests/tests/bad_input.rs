@@ -117,7 +117,7 @@ fn drop_services(core: &Core) {
 async fn second_init_on_the_same_root_is_refused() {
     let core = Core::start();
     core.wait_all_running().await;
-    let out = std::process::Command::new(verdant_integration_tests::bin("verdant-init"))
+    let out = verdant_integration_tests::init_command()
         .arg("--root")
         .arg(core.root())
         .arg("--runtime-dir")
@@ -147,7 +147,7 @@ fn unusable_socket_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
-    let out = std::process::Command::new(verdant_integration_tests::bin("verdant-init"))
+    let out = verdant_integration_tests::init_command()
         .arg("--root")
         .arg(dir.path().join("root"))
         .arg("--runtime-dir")

@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str) {
     let bin_dir = std::path::absolute(bin_dir).expect("bin dir");
-    let init = bin_dir.join("verdant-init");
+    let init = bin_dir.join("verdant");
     assert!(
         init.is_file(),
         "{} missing: cargo build --release --workspace",
@@ -72,6 +72,7 @@ pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str) {
         let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
         let meta = entry.metadata().expect("metadata");
         let program = n.starts_with("verdant") && entry.path().extension().is_none();
+        // Only what a core runs: the multicall binary, or the separate ones.
         if program && !is_link && meta.is_file() && n != "verdant-bench" && n != "verdantctl" {
             disk += meta.len();
         }
@@ -109,6 +110,7 @@ struct Core {
 async fn start_and_measure(init: &Path, root: &Path) -> (Duration, Core) {
     let begun = Instant::now();
     let child = Command::new(init)
+        .arg("init")
         .arg("--root")
         .arg(root)
         .env("VERDANT_LOG", "warn")

@@ -3,6 +3,7 @@
 //! configuration, bind the socket, turn signals into one shutdown token, call
 //! the daemon's `run`, and map its result to the exit-code contract.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,15 +57,21 @@ pub enum Threads {
     PerCore,
 }
 
-/// Runs a daemon; use as the whole body of its `main`.
-pub fn main<F, Fut, E>(service: &'static str, threads: Threads, run: F) -> ExitCode
+/// Runs a daemon with its command line `args` (program name first); the
+/// whole of what the `verdant` binary does for a daemon.
+pub fn main<F, Fut, E>(
+    args: Vec<OsString>,
+    service: &'static str,
+    threads: Threads,
+    run: F,
+) -> ExitCode
 where
     F: FnOnce(Context, UnixListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: DaemonError,
 {
+    let args = Args::parse_from(args);
     crate::telemetry::init();
-    let args = Args::parse();
     let layout = match Layout::new(&args.root, args.runtime_dir.as_deref()) {
         Ok(l) => l,
         Err(e) => {

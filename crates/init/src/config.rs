@@ -207,7 +207,7 @@ impl Config {
 pub fn default_config() -> String {
     let mut text = String::from(
         "# Verdant core configuration. Drop-ins in config.d/*.toml apply on top, in name order.\n\
-         # `verdant-init --print-default-config` prints this file.\n\n\
+         # `verdant init --print-default-config` prints this file.\n\n\
          [core]\n\
          thing_name = \"verdant-core\"\n\
          # runtime_dir = \"/run/verdant\"   # sockets; default <root>/run\n\n\

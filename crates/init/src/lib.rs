@@ -1,5 +1,6 @@
 //! verdant-init: the tiny supervisor of a Verdant core. See ARCHITECTURE.md.
 
+mod cli;
 pub mod config;
 pub mod devcerts;
 pub mod error;
@@ -7,7 +8,7 @@ mod grpc;
 mod health;
 mod logs;
 mod notify;
-mod process;
+pub mod process;
 mod service;
 pub mod setup;
 mod supervisor;
@@ -22,16 +23,22 @@ use verdant_common::shutdown::CancellationToken;
 use verdant_common::uds;
 use verdant_proto::supervisor::v1::supervisor_server::SupervisorServer;
 
+pub use cli::main;
 pub use error::InitError;
+pub use process::Programs;
 use process::Reaper;
 use service::{Shared, State};
 use supervisor::Supervisor;
 
 /// Prepares the root, starts every service, serves the supervisor API, and
 /// stops everything on SIGTERM/SIGINT or a Shutdown call.
-pub async fn run(root: &Path, runtime_dir: Option<&Path>) -> Result<(), InitError> {
+pub async fn run(
+    root: &Path,
+    runtime_dir: Option<&Path>,
+    programs: Programs,
+) -> Result<(), InitError> {
     let begun = Instant::now();
-    let prepared = setup::prepare(root, runtime_dir)?;
+    let prepared = setup::prepare(root, runtime_dir, &programs)?;
     // Bind before starting anything: an unusable socket dir stops us here.
     let init_socket = prepared.layout.socket(verdant_common::paths::INIT_SERVICE);
     let listener = uds::bind(&init_socket).map_err(|e| InitError::RuntimeDir {

@@ -204,22 +204,57 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| s.state != 'Z')
 }
 
-/// Finds a service's program: a path is taken as is; a bare name is looked
-/// up beside the running verdant-init first (a build tree or an install
-/// dir), then on PATH.
-pub fn resolve_command(command: &str) -> Option<PathBuf> {
-    if command.contains('/') {
-        let p = PathBuf::from(command);
-        return p.is_file().then_some(p);
+/// How init finds the programs of services named by a bare command.
+#[derive(Debug, Clone, Default)]
+pub struct Programs {
+    /// The multicall executable and the names it answers to as `argv[0]`
+    /// (`verdant-broker`, ...): those services run it, renamed.
+    multicall: Option<(PathBuf, &'static [&'static str])>,
+}
+
+/// A resolved program: what to execute and the `argv[0]` to give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub path: PathBuf,
+    pub arg0: Option<String>,
+}
+
+impl Programs {
+    /// Services named in `names` run `exe` with that name as `argv[0]`.
+    pub fn multicall(exe: PathBuf, names: &'static [&'static str]) -> Self {
+        Programs {
+            multicall: Some((exe, names)),
+        }
     }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(command)));
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(path_dirs.into_iter().map(|d| d.join(command)))
-        .find(|p| p.is_file())
+
+    /// Finds a service's program: a path is taken as is; a name the
+    /// multicall binary answers to runs it; any other bare name is looked up
+    /// beside the running executable (a build tree or an install dir), then
+    /// on PATH.
+    pub fn resolve(&self, command: &str) -> Option<Program> {
+        let plain = |path: PathBuf| Program { path, arg0: None };
+        if command.contains('/') {
+            let p = PathBuf::from(command);
+            return p.is_file().then(|| plain(p));
+        }
+        if let Some((exe, names)) = &self.multicall
+            && names.contains(&command)
+        {
+            return Some(Program {
+                path: exe.clone(),
+                arg0: Some(command.to_string()),
+            });
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(command)));
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        beside
+            .into_iter()
+            .chain(path_dirs.into_iter().map(|d| d.join(command)))
+            .find(|p| p.is_file())
+            .map(plain)
+    }
 }

@@ -4,6 +4,7 @@
 //! commands. Everyone else sees it through a `watch` of its [`Status`].
 
 use std::collections::VecDeque;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -58,6 +59,8 @@ pub struct Status {
 pub struct Spec {
     pub name: String,
     pub program: PathBuf,
+    /// The name the program is run under, for a multicall binary.
+    pub arg0: Option<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub depends_on: Vec<String>,
@@ -314,6 +317,9 @@ impl Task {
     fn start(&mut self) -> Result<Child, String> {
         let layout = &self.shared.layout;
         let mut command = Command::new(&self.spec.program);
+        if let Some(arg0) = &self.spec.arg0 {
+            command.arg0(arg0);
+        }
         command
             .args(&self.spec.args)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))

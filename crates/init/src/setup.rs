@@ -16,7 +16,7 @@ use verdant_group::{Group, Thing};
 use crate::config::{self, Config};
 use crate::devcerts::{self, CertPaths};
 use crate::error::InitError;
-use crate::process;
+use crate::process::{self, Programs};
 use crate::service::Spec;
 
 /// The name of the sample device a first start creates.
@@ -35,7 +35,11 @@ pub struct Prepared {
     pub pid_dir: PathBuf,
 }
 
-pub fn prepare(root: &Path, runtime_dir_env: Option<&Path>) -> Result<Prepared, InitError> {
+pub fn prepare(
+    root: &Path,
+    runtime_dir_env: Option<&Path>,
+    programs: &Programs,
+) -> Result<Prepared, InitError> {
     let root = std::path::absolute(root).map_err(|e| InitError::Root {
         path: root.to_path_buf(),
         source: e,
@@ -94,7 +98,7 @@ pub fn prepare(root: &Path, runtime_dir_env: Option<&Path>) -> Result<Prepared, 
     }
     let group = Group::load(&layout.current_group())?;
 
-    let specs = specs(&config)?;
+    let specs = specs(&config, programs)?;
     if first_start || wrote_certs {
         print_welcome(&layout, &certs, &group);
     }
@@ -204,19 +208,22 @@ fn write_sample_group(layout: &Layout, certs: &CertPaths, core: &str) -> Result<
 
 /// Resolves every service's program now, so a missing one stops init
 /// before anything starts.
-fn specs(config: &Config) -> Result<Vec<Spec>, InitError> {
+fn specs(config: &Config, programs: &Programs) -> Result<Vec<Spec>, InitError> {
     config
         .services
         .iter()
         .map(|(name, s)| {
             let program =
-                process::resolve_command(&s.command).ok_or_else(|| InitError::MissingProgram {
-                    service: name.clone(),
-                    command: s.command.clone(),
-                })?;
+                programs
+                    .resolve(&s.command)
+                    .ok_or_else(|| InitError::MissingProgram {
+                        service: name.clone(),
+                        command: s.command.clone(),
+                    })?;
             Ok(Spec {
                 name: name.clone(),
-                program,
+                program: program.path,
+                arg0: program.arg0,
                 args: s.args.clone(),
                 env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 depends_on: s.depends_on.clone(),

@@ -7,6 +7,8 @@ use verdant_common::daemon::Context;
 use verdant_common::shutdown::CancellationToken;
 
 pub const SERVICE: &str = "router";
+/// The runtime this daemon wants.
+pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::PerCore;
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

@@ -1,9 +1,14 @@
+//! verdant-init's command line.
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use verdant_common::exit::Exit;
 use verdant_common::paths::{DEFAULT_ROOT, ROOT_ENV, RUNTIME_DIR_ENV};
+
+use crate::process::Programs;
 
 /// The supervisor of a Verdant core: prepares the root directory (a
 /// default config, development certificates and a sample group on first
@@ -23,10 +28,12 @@ struct Args {
     print_default_config: bool,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
+/// Runs verdant-init with its command line `args` (program name first).
+/// `programs` says how services named `verdant-<name>` are found.
+pub fn main(args: Vec<OsString>, programs: Programs) -> ExitCode {
+    let args = Args::parse_from(args);
     if args.print_default_config {
-        print!("{}", verdant_init::config::default_config());
+        print!("{}", crate::config::default_config());
         return ExitCode::SUCCESS;
     }
     verdant_common::telemetry::init();
@@ -40,7 +47,11 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(verdant_init::run(&args.root, args.runtime_dir.as_deref())) {
+    match runtime.block_on(crate::run(
+        &args.root,
+        args.runtime_dir.as_deref(),
+        programs,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("verdant-init: {e}");

@@ -1,0 +1,116 @@
+//! `verdant`: one executable for verdant-init and all seven daemons
+//! (chosen by measurement, see docs/benchmarks.md: the processes of a core
+//! share one copy of the code pages instead of eight).
+//!
+//! The program is chosen by `argv[0]` (`verdant-init`, `verdant-broker`, ...,
+//! as verdant-init starts the daemons, or through symlinks) or by the first
+//! argument (`verdant init --root ./var`, `verdant broker`).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use verdant_common::daemon;
+
+/// Every name this binary answers to, as `verdant-<name>`.
+const PROGRAMS: &[&str] = &[
+    "verdant-init",
+    "verdant-broker",
+    "verdant-router",
+    "verdant-shadow",
+    "verdant-lambda-runner",
+    "verdant-secrets",
+    "verdant-discovery",
+    "verdant-ota-agent",
+];
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let invoked = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let program = if PROGRAMS.contains(&invoked.as_str()) {
+        invoked
+    } else {
+        match args.get(1).map(|a| a.to_string_lossy().into_owned()) {
+            Some(name) if PROGRAMS.contains(&format!("verdant-{name}").as_str()) => {
+                args.remove(0);
+                args[0] = OsString::from(format!("verdant-{name}"));
+                format!("verdant-{name}")
+            }
+            Some(flag) if flag == "--version" || flag == "-V" => {
+                println!("verdant {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                if let Some(name) = other.filter(|n| n != "--help" && n != "-h") {
+                    eprintln!("verdant: unknown program `{name}`");
+                }
+                eprintln!("usage: verdant <program> [args...]   (or run it as verdant-<program>)");
+                eprintln!(
+                    "programs: {}",
+                    PROGRAMS
+                        .iter()
+                        .map(|p| p.trim_start_matches("verdant-"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        }
+    };
+    match program.as_str() {
+        "verdant-init" => {
+            let programs = match std::env::current_exe() {
+                Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS),
+                Err(_) => verdant_init::Programs::default(),
+            };
+            verdant_init::main(args, programs)
+        }
+        "verdant-broker" => daemon::main(
+            args,
+            verdant_broker::SERVICE,
+            verdant_broker::THREADS,
+            verdant_broker::run,
+        ),
+        "verdant-router" => daemon::main(
+            args,
+            verdant_router::SERVICE,
+            verdant_router::THREADS,
+            verdant_router::run,
+        ),
+        "verdant-shadow" => daemon::main(
+            args,
+            verdant_shadow::SERVICE,
+            verdant_shadow::THREADS,
+            verdant_shadow::run,
+        ),
+        "verdant-lambda-runner" => daemon::main(
+            args,
+            verdant_lambda_runner::SERVICE,
+            verdant_lambda_runner::THREADS,
+            verdant_lambda_runner::run,
+        ),
+        "verdant-secrets" => daemon::main(
+            args,
+            verdant_secrets::SERVICE,
+            verdant_secrets::THREADS,
+            verdant_secrets::run,
+        ),
+        "verdant-discovery" => daemon::main(
+            args,
+            verdant_discovery::SERVICE,
+            verdant_discovery::THREADS,
+            verdant_discovery::run,
+        ),
+        "verdant-ota-agent" => daemon::main(
+            args,
+            verdant_ota_agent::SERVICE,
+            verdant_ota_agent::THREADS,
+            verdant_ota_agent::run,
+        ),
+        _ => unreachable!("PROGRAMS lists every arm"),
+    }
+}
