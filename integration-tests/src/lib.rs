@@ -50,6 +50,8 @@ pub struct Core {
     pub dir: TempDir,
     pub init: Child,
     pub stderr: PathBuf,
+    /// In its own PID namespace: pids in its files are not this host's.
+    pid1: bool,
 }
 
 /// Options for [`Core::start_with`].
@@ -60,6 +62,9 @@ pub struct Options<'a> {
     pub dropin: Option<&'a str>,
     /// Extra environment for init.
     pub env: Vec<(&'a str, String)>,
+    /// Run init as PID 1 of a new PID namespace (`unshare --pid --fork
+    /// --mount-proc`), as in a container.
+    pub pid1: bool,
 }
 
 impl Core {
@@ -91,13 +96,30 @@ impl Core {
             std::fs::create_dir_all(root.join("config/config.d")).unwrap();
             std::fs::write(root.join("config/config.d/50-test.toml"), text).unwrap();
         }
-        let (init, stderr) = spawn_init(&root, &dir.path().join("run"), &opts.env, dir.path());
-        Core { dir, init, stderr }
+        let (init, stderr) = spawn_init(
+            &root,
+            &dir.path().join("run"),
+            &opts.env,
+            dir.path(),
+            opts.pid1,
+        );
+        Core {
+            dir,
+            init,
+            stderr,
+            pid1: opts.pid1,
+        }
     }
 
     /// Starts another init on this core's root (e.g. after this one was killed).
     pub fn respawn(&mut self) {
-        let (init, stderr) = spawn_init(&self.root(), &self.runtime_dir(), &[], self.dir.path());
+        let (init, stderr) = spawn_init(
+            &self.root(),
+            &self.runtime_dir(),
+            &[],
+            self.dir.path(),
+            false,
+        );
         self.init = init;
         self.stderr = stderr;
     }
@@ -206,6 +228,10 @@ impl Drop for Core {
             let _ = self.init.kill();
             let _ = self.init.wait();
         }
+        // Killing unshare (--kill-child) ended the namespace and all in it.
+        if self.pid1 {
+            return;
+        }
         // Services are in their own sessions: end whatever pidfiles name.
         if let Ok(entries) = std::fs::read_dir(self.root().join("data/init")) {
             for e in entries.flatten() {
@@ -238,10 +264,20 @@ fn spawn_init(
     runtime_dir: &Path,
     env: &[(&str, String)],
     dir: &Path,
+    pid1: bool,
 ) -> (Child, PathBuf) {
     let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
     let stderr = dir.join(format!("init-{n}.stderr"));
-    let child = init_command()
+    let mut command = if pid1 {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(bin("verdant"))
+            .arg("init");
+        c
+    } else {
+        init_command()
+    };
+    let child = command
         .arg("--root")
         .arg(root)
         .arg("--runtime-dir")
