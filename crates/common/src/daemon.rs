@@ -151,3 +151,31 @@ pub async fn placeholder(
     server.readiness().serving().await;
     server.serve(listener, shutdown).await
 }
+
+/// The whole library of a daemon whose function has not been built yet:
+/// its `SERVICE` name, its `THREADS`, and a `run` that is [`placeholder`].
+/// A daemon's crate replaces this with its own items when its issue lands.
+#[macro_export]
+macro_rules! placeholder_daemon {
+    ($service:literal, $threads:ident, $issue:literal) => {
+        pub const SERVICE: &str = $service;
+        /// The runtime this daemon wants.
+        pub const THREADS: $crate::daemon::Threads = $crate::daemon::Threads::$threads;
+
+        /// Serves on `listener` until `shutdown` is cancelled.
+        pub async fn run(
+            _ctx: $crate::daemon::Context,
+            listener: ::tokio::net::UnixListener,
+            shutdown: $crate::shutdown::CancellationToken,
+        ) -> Result<(), ::tonic::transport::Error> {
+            $crate::daemon::placeholder(
+                SERVICE,
+                env!("CARGO_PKG_VERSION"),
+                $issue,
+                listener,
+                shutdown,
+            )
+            .await
+        }
+    };
+}

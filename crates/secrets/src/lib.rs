@@ -2,26 +2,4 @@
 //! (not yet scheduled) lands it serves only health, reflection and daemon info, and
 //! says so in its log and in `verdantctl status`.
 
-use tokio::net::UnixListener;
-use verdant_common::daemon::Context;
-use verdant_common::shutdown::CancellationToken;
-
-pub const SERVICE: &str = "secrets";
-/// The runtime this daemon wants.
-pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
-
-/// Serves on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    _ctx: Context,
-    listener: UnixListener,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    verdant_common::daemon::placeholder(
-        SERVICE,
-        env!("CARGO_PKG_VERSION"),
-        "not yet scheduled",
-        listener,
-        shutdown,
-    )
-    .await
-}
+verdant_common::placeholder_daemon!("secrets", One, "not yet scheduled");

@@ -24,6 +24,13 @@ const PROGRAMS: &[&str] = &[
     "verdant-ota-agent",
 ];
 
+/// Runs the daemon whose library is `$krate`.
+macro_rules! daemon {
+    ($args:expr, $krate:ident) => {
+        daemon::main($args, $krate::SERVICE, $krate::THREADS, $krate::run)
+    };
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let invoked = args
@@ -69,48 +76,13 @@ fn main() -> ExitCode {
             };
             verdant_init::main(args, programs)
         }
-        "verdant-broker" => daemon::main(
-            args,
-            verdant_broker::SERVICE,
-            verdant_broker::THREADS,
-            verdant_broker::run,
-        ),
-        "verdant-router" => daemon::main(
-            args,
-            verdant_router::SERVICE,
-            verdant_router::THREADS,
-            verdant_router::run,
-        ),
-        "verdant-shadow" => daemon::main(
-            args,
-            verdant_shadow::SERVICE,
-            verdant_shadow::THREADS,
-            verdant_shadow::run,
-        ),
-        "verdant-lambda-runner" => daemon::main(
-            args,
-            verdant_lambda_runner::SERVICE,
-            verdant_lambda_runner::THREADS,
-            verdant_lambda_runner::run,
-        ),
-        "verdant-secrets" => daemon::main(
-            args,
-            verdant_secrets::SERVICE,
-            verdant_secrets::THREADS,
-            verdant_secrets::run,
-        ),
-        "verdant-discovery" => daemon::main(
-            args,
-            verdant_discovery::SERVICE,
-            verdant_discovery::THREADS,
-            verdant_discovery::run,
-        ),
-        "verdant-ota-agent" => daemon::main(
-            args,
-            verdant_ota_agent::SERVICE,
-            verdant_ota_agent::THREADS,
-            verdant_ota_agent::run,
-        ),
+        "verdant-broker" => daemon!(args, verdant_broker),
+        "verdant-router" => daemon!(args, verdant_router),
+        "verdant-shadow" => daemon!(args, verdant_shadow),
+        "verdant-lambda-runner" => daemon!(args, verdant_lambda_runner),
+        "verdant-secrets" => daemon!(args, verdant_secrets),
+        "verdant-discovery" => daemon!(args, verdant_discovery),
+        "verdant-ota-agent" => daemon!(args, verdant_ota_agent),
         _ => unreachable!("PROGRAMS lists every arm"),
     }
 }
