@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "verdant/broker/v1/broker.proto",
     "verdant/daemon/v1/daemon.proto",
     "verdant/supervisor/v1/supervisor.proto",
 ];

@@ -57,8 +57,9 @@ pub struct Core {
 /// Options for [`Core::start_with`].
 #[derive(Default)]
 pub struct Options<'a> {
-    /// Written as `config/config.d/50-test.toml` after the first-start
-    /// defaults (which are written by a first run with `--print-default-config`).
+    /// Written as `config/config.d/50-test.toml`, over the defaults
+    /// (`verdant init --print-default-config`) and `00-harness.toml`, which
+    /// puts the broker on a free port.
     pub dropin: Option<&'a str>,
     /// Extra environment for init.
     pub env: Vec<(&'a str, String)>,
@@ -91,9 +92,15 @@ impl Core {
             .tempdir()
             .expect("temp dir");
         let root = dir.path().join("root");
+        write_default_config(&root);
+        std::fs::create_dir_all(root.join("config/config.d")).unwrap();
+        // Tests run side by side: every core listens on ports of its own.
+        std::fs::write(
+            root.join("config/config.d/00-harness.toml"),
+            "[broker.tls]\nbind = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
         if let Some(text) = opts.dropin {
-            write_default_config(&root);
-            std::fs::create_dir_all(root.join("config/config.d")).unwrap();
             std::fs::write(root.join("config/config.d/50-test.toml"), text).unwrap();
         }
         let (init, stderr) = spawn_init(

@@ -1,5 +1,130 @@
-//! verdant-broker: see DESIGN.md for what it will own. Until its issue
-//! (issue #3) lands it serves only health, reflection and daemon info, and
-//! says so in its log and in `verdantctl status`.
+//! verdant-broker: the MQTT server devices connect to. See ARCHITECTURE.md.
 
-verdant_common::placeholder_daemon!("broker", PerCore, "issue #3");
+pub mod config;
+mod connection;
+pub mod error;
+mod grpc;
+pub mod hub;
+pub mod identity;
+mod listener;
+pub mod outbound;
+pub mod topic;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use verdant_common::daemon::Context;
+use verdant_common::grpc::{Info, Server};
+use verdant_common::shutdown::{CancellationToken, TaskTracker};
+use verdant_group::Group;
+use verdant_proto::broker::v1::broker_server::BrokerServer;
+
+use crate::config::{BrokerConfig, under};
+pub use crate::error::BrokerError;
+use crate::identity::{Devices, Tls};
+
+pub const SERVICE: &str = "broker";
+/// The runtime this daemon wants.
+pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::PerCore;
+
+/// Requests waiting for the hub task.
+const HUB_QUEUE: usize = 4096;
+
+/// Serves MQTT on the configured listeners and gRPC on `listener` until
+/// `shutdown` is cancelled.
+pub async fn run(
+    ctx: Context,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let config: BrokerConfig = ctx.config.section("broker")?;
+    config
+        .check()
+        .map_err(|(key, reason)| BrokerError::Invalid { key, reason })?;
+    let group = Group::load(&ctx.layout.current_group())?;
+    let devices = Devices::from_group(&group);
+    let root = ctx.layout.root();
+    let tls = if config.tls.enabled {
+        Some(Tls::load(
+            &under(root, &config.tls.certificate),
+            &under(root, &config.tls.private_key),
+            &under(root, &config.tls.client_ca),
+        )?)
+    } else {
+        None
+    };
+
+    let mut sockets = Vec::new();
+    if let Some(tls) = &tls {
+        sockets.push((bind(config.tls.bind).await?, Some(tls.clone())));
+    }
+    if config.tcp.enabled {
+        sockets.push((bind(config.tcp.bind).await?, None));
+    }
+    let mut bound = Vec::new();
+    for (socket, tls) in &sockets {
+        let name = if tls.is_some() { "tls" } else { "tcp" };
+        let addr = socket.local_addr().map_err(|source| BrokerError::Bind {
+            addr: config.tls.bind,
+            source,
+        })?;
+        tracing::info!(listener = name, %addr, "listening for devices");
+        bound.push((name, addr));
+    }
+
+    let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+    let max_subscriptions = config.max_subscriptions_per_client;
+    tokio::spawn(hub::run(
+        hub::Hub::new(config.max_queued_messages),
+        hub_rx,
+        max_subscriptions,
+    ));
+    let shared = Arc::new(connection::Shared {
+        config,
+        devices,
+        hub: hub_tx.clone(),
+        assigned: AtomicU64::new(1),
+    });
+    let tracker = TaskTracker::new();
+    for (socket, tls) in sockets {
+        tokio::spawn(listener::accept(
+            socket,
+            tls,
+            shared.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    let server = Server::new(Info {
+        service: SERVICE.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        note: format!(
+            "local mode: devices publish and subscribe among themselves; MQTT 3.1.1 on {}",
+            bound
+                .iter()
+                .map(|(n, a)| format!("{n} {a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        functional: true,
+    })
+    .await
+    .add_service(BrokerServer::new(grpc::Api {
+        hub: hub_tx,
+        listeners: bound,
+    }));
+    server.readiness().serving().await;
+    let result = server.serve(listener, shutdown.clone()).await;
+    shutdown.cancel();
+    verdant_common::shutdown::drain(&tracker, std::time::Duration::from_secs(2)).await;
+    result.map_err(BrokerError::from)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })
+}

@@ -149,6 +149,19 @@ impl Group {
     }
 }
 
+/// The AWS IoT certificate id of a certificate: the SHA-256 of its DER, as
+/// lowercase hex. A thing's `CertificateArn` ends in it.
+pub fn certificate_id(der: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    sha2::Sha256::digest(der)
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
 impl Thing {
     /// The thing name: the part of the ARN after `thing/`.
     pub fn thing_name(&self) -> &str {

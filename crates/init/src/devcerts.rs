@@ -4,7 +4,6 @@
 //! sample device. Keys are 0600, certificates 0644. Production cores bring
 //! their own certificates under the same names.
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 /// Where the certificates of a core live.
@@ -165,11 +163,7 @@ pub fn certificate_id(path: &Path) -> Result<String, CertError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(pem.contents()) {
-        let _ = write!(hex, "{b:02x}");
-    }
-    Ok(hex)
+    Ok(verdant_group::certificate_id(pem.contents()))
 }
 
 #[cfg(test)]

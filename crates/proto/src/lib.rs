@@ -6,6 +6,12 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/verdant_descriptor.bin"));
 
+pub mod broker {
+    pub mod v1 {
+        tonic::include_proto!("verdant.broker.v1");
+    }
+}
+
 pub mod daemon {
     pub mod v1 {
         tonic::include_proto!("verdant.daemon.v1");

@@ -1,0 +1,156 @@
+//! `[broker]` in the core config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::topic::TopicLimits;
+
+/// Who decides where a device's message goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Devices of the group publish and subscribe freely among themselves,
+    /// like a plain broker (still authenticated).
+    #[default]
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub mode: Mode,
+    /// Greengrass's rule: the MQTT client id must equal the device's thing name.
+    pub require_client_id_match: bool,
+    /// Largest packet accepted, checked before its body is read.
+    pub max_packet_size: usize,
+    /// A socket that sends no CONNECT within this is closed.
+    pub connect_timeout_secs: u64,
+    pub max_topic_bytes: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_client: usize,
+    /// QoS 1/2 messages sent to a client and not yet acknowledged.
+    pub max_inflight: u16,
+    /// Messages held for a client (offline, or beyond its inflight window);
+    /// past this the oldest QoS 0 message is dropped, then new QoS 1/2
+    /// messages are refused (counted).
+    pub max_queued_messages: usize,
+    pub tls: TlsListener,
+    pub tcp: TcpListener,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            mode: Mode::Local,
+            require_client_id_match: true,
+            max_packet_size: 256 * 1024,
+            connect_timeout_secs: 10,
+            max_topic_bytes: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 256,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            tls: TlsListener::default(),
+            tcp: TcpListener::default(),
+        }
+    }
+}
+
+/// The mutual-TLS listener devices use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsListener {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Relative paths are under the core's root.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The group CA: client certificates must chain to it.
+    pub client_ca: PathBuf,
+}
+
+impl Default for TlsListener {
+    fn default() -> Self {
+        TlsListener {
+            enabled: true,
+            bind: ([0, 0, 0, 0], 8883).into(),
+            certificate: "config/certs/core.pem".into(),
+            private_key: "config/certs/core.key".into(),
+            client_ca: "config/certs/group-ca.pem".into(),
+        }
+    }
+}
+
+/// A plain TCP listener for labs and tests: no certificate, so clients are
+/// not authenticated. Off by default; loopback only unless forced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpListener {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Allow a non-loopback address, accepting unauthenticated devices
+    /// from the network.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for TcpListener {
+    fn default() -> Self {
+        TcpListener {
+            enabled: false,
+            bind: ([127, 0, 0, 1], 1883).into(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn topic_limits(&self) -> TopicLimits {
+        TopicLimits {
+            max_bytes: self.max_topic_bytes,
+            max_levels: self.max_topic_levels,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Problems that stop the broker from starting, as (key, reason).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.tcp.enabled && !self.tcp.bind.ip().is_loopback() && !self.tcp.allow_non_loopback {
+            return Err((
+                "broker.tcp.bind".into(),
+                format!(
+                    "{} is not a loopback address; the plain listener has no authentication \
+                     (set broker.tcp.allow_non_loopback = true to force it)",
+                    self.tcp.bind
+                ),
+            ));
+        }
+        if !self.tls.enabled && !self.tcp.enabled {
+            return Err(("broker".into(), "no listener is enabled".into()));
+        }
+        if self.max_packet_size < 64 || self.max_packet_size > 268_435_455 {
+            return Err((
+                "broker.max_packet_size".into(),
+                "must be between 64 and 268435455 bytes".into(),
+            ));
+        }
+        if self.max_inflight == 0 {
+            return Err(("broker.max_inflight".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `path` under `root` unless absolute.
+pub fn under(root: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    }
+}

@@ -1,0 +1,43 @@
+//! Why the broker cannot run, and what that means for init.
+
+use std::net::SocketAddr;
+
+use verdant_common::config::ConfigError;
+use verdant_common::daemon::DaemonError;
+use verdant_common::exit::Exit;
+use verdant_group::GroupError;
+
+use crate::identity::TlsSetupError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("deployed group: {0}")]
+    Group(#[from] GroupError),
+    #[error("broker.tls: {0}")]
+    Tls(#[from] TlsSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl DaemonError for BrokerError {
+    fn exit(&self) -> Exit {
+        match self {
+            BrokerError::Config(_)
+            | BrokerError::Invalid { .. }
+            | BrokerError::Group(_)
+            | BrokerError::Tls(_) => Exit::Config,
+            // A port still held by a previous process frees up: try again.
+            BrokerError::Bind { .. } => Exit::TempFail,
+            BrokerError::Transport(_) => Exit::Failure,
+        }
+    }
+}

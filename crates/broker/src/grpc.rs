@@ -1,0 +1,100 @@
+//! `verdant.broker.v1.Broker`: decodes, asks the hub, converts.
+
+use std::net::SocketAddr;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+use verdant_proto::broker::v1 as pb;
+use verdant_proto::broker::v1::broker_server::Broker;
+
+use crate::hub;
+
+pub struct Api {
+    pub hub: mpsc::Sender<hub::Request>,
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+}
+
+fn stopping<T>(_: T) -> Status {
+    Status::unavailable("the broker is stopping")
+}
+
+#[tonic::async_trait]
+impl Broker for Api {
+    async fn list_listeners(
+        &self,
+        _request: Request<pb::ListListenersRequest>,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        Ok(Response::new(pb::ListListenersResponse {
+            listeners: self
+                .listeners
+                .iter()
+                .map(|(name, addr)| pb::Listener {
+                    name: (*name).to_string(),
+                    address: addr.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_clients(
+        &self,
+        _request: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.hub
+            .send(hub::Request::Clients(tx))
+            .await
+            .map_err(stopping)?;
+        let (clients, counters) = rx.await.map_err(stopping)?;
+        Ok(Response::new(pb::ListClientsResponse {
+            clients: clients
+                .into_iter()
+                .map(|c| pb::Client {
+                    client_id: c.info.client_id,
+                    thing_name: c.info.thing_name.unwrap_or_default(),
+                    certificate_subject: c.info.certificate_subject.unwrap_or_default(),
+                    peer_address: c.info.peer_address,
+                    listener: c.info.listener.to_string(),
+                    protocol_version: u32::from(c.info.protocol_version),
+                    clean_session: c.info.clean_session,
+                    connected_at: Some(c.info.connected_at.into()),
+                    connected: c.connected,
+                    subscriptions: c
+                        .subscriptions
+                        .into_iter()
+                        .map(|(filter, qos)| pb::Subscription {
+                            filter,
+                            qos: qos as u32,
+                        })
+                        .collect(),
+                    queued: c.queued as u32,
+                })
+                .collect(),
+            counters: Some(pb::Counters {
+                published: counters.published,
+                delivered: counters.delivered,
+                dropped_qos0: counters.dropped_qos0,
+                dropped_queue_full: counters.dropped_queue_full,
+            }),
+        }))
+    }
+
+    async fn disconnect_client(
+        &self,
+        request: Request<pb::DisconnectClientRequest>,
+    ) -> Result<Response<pb::DisconnectClientResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let client_id = request.into_inner().client_id;
+        let (tx, rx) = oneshot::channel();
+        self.hub
+            .send(hub::Request::Kick {
+                client_id,
+                reply: tx,
+            })
+            .await
+            .map_err(stopping)?;
+        Ok(Response::new(pb::DisconnectClientResponse {
+            disconnected: rx.await.map_err(stopping)?,
+        }))
+    }
+}

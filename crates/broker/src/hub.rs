@@ -1,0 +1,530 @@
+//! The broker's own fan-out in local mode: sessions, subscriptions and
+//! retained messages, owned by one task ([`run`]) that connections talk to
+//! over a channel. [`Hub`] is the logic with no I/O besides `try_send` to
+//! connection outboxes, so it is tested without sockets.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use rumqttc::QoS;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::topic;
+
+/// An application message as the hub routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// What the hub tells a connection.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Send this to the client (QoS already the granted one).
+    Deliver(Message),
+    /// Close the connection (taken over by a new one, or an operator).
+    Close(String),
+}
+
+/// What operators see of a client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub thing_name: Option<String>,
+    pub certificate_subject: Option<String>,
+    pub peer_address: String,
+    pub listener: &'static str,
+    pub protocol_version: u8,
+    pub clean_session: bool,
+    pub connected_at: SystemTime,
+}
+
+/// A client's summary for the gRPC API.
+#[derive(Debug, Clone)]
+pub struct ClientSummary {
+    pub info: ClientInfo,
+    pub connected: bool,
+    pub subscriptions: Vec<(String, QoS)>,
+    pub queued: usize,
+}
+
+/// Counts operators and benchmarks read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub published: u64,
+    pub delivered: u64,
+    /// QoS 0 deliveries dropped because a client's outbox was full.
+    pub dropped_qos0: u64,
+    /// QoS 1/2 deliveries refused because a session's queue was full.
+    pub dropped_queue_full: u64,
+}
+
+struct Connection {
+    id: u64,
+    outbox: mpsc::Sender<Outgoing>,
+    will: Option<Message>,
+    info: ClientInfo,
+}
+
+struct Session {
+    clean: bool,
+    subscriptions: BTreeMap<String, QoS>,
+    /// QoS 1/2 messages held while the client is away.
+    queue: VecDeque<Message>,
+    connection: Option<Connection>,
+    last_info: ClientInfo,
+}
+
+/// The routing state of local mode.
+pub struct Hub {
+    sessions: HashMap<String, Session>,
+    retained: BTreeMap<String, Message>,
+    next_connection: u64,
+    max_queued: usize,
+    pub counters: Counters,
+}
+
+/// A new connection's session, as CONNACK and the connection need it.
+#[derive(Debug)]
+pub struct Connected {
+    pub connection_id: u64,
+    pub session_present: bool,
+    /// Messages queued while the client was away, to send first.
+    pub queued: Vec<Message>,
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) { a } else { b }
+}
+
+impl Hub {
+    pub fn new(max_queued: usize) -> Self {
+        Hub {
+            sessions: HashMap::new(),
+            retained: BTreeMap::new(),
+            next_connection: 1,
+            max_queued,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Attaches a connection to its session, taking over any live one.
+    pub fn connect(
+        &mut self,
+        info: ClientInfo,
+        will: Option<Message>,
+        outbox: mpsc::Sender<Outgoing>,
+    ) -> Connected {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let client_id = info.client_id.clone();
+        let clean = info.clean_session;
+        if let Some(old) = self
+            .sessions
+            .get_mut(&client_id)
+            .and_then(|s| s.connection.take())
+        {
+            let _ = old.outbox.try_send(Outgoing::Close(
+                "session taken over by a new connection".into(),
+            ));
+        }
+        let present = !clean && self.sessions.contains_key(&client_id);
+        if !present {
+            self.sessions.insert(
+                client_id.clone(),
+                Session {
+                    clean,
+                    subscriptions: BTreeMap::new(),
+                    queue: VecDeque::new(),
+                    connection: None,
+                    last_info: info.clone(),
+                },
+            );
+        }
+        let session = self.sessions.get_mut(&client_id).expect("inserted above");
+        session.clean = clean;
+        session.last_info = info.clone();
+        session.connection = Some(Connection {
+            id,
+            outbox,
+            will,
+            info,
+        });
+        Connected {
+            connection_id: id,
+            session_present: present,
+            queued: session.queue.drain(..).collect(),
+        }
+    }
+
+    /// Detaches a connection. Unless it ended with DISCONNECT its will is
+    /// published; `unacked` messages go back to the front of a persistent
+    /// session's queue.
+    pub fn disconnect(
+        &mut self,
+        client_id: &str,
+        connection_id: u64,
+        graceful: bool,
+        unacked: Vec<Message>,
+    ) {
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+            return; // already taken over
+        }
+        let connection = session.connection.take().expect("checked above");
+        if session.clean {
+            self.sessions.remove(client_id);
+        } else {
+            for m in unacked.into_iter().rev() {
+                session.queue.push_front(m);
+            }
+        }
+        if !graceful && let Some(will) = connection.will {
+            self.publish(&will);
+        }
+    }
+
+    /// Stores a retained message and fans `message` out to every matching
+    /// subscription: once per client, at the highest QoS it subscribed
+    /// with, never above the message's.
+    pub fn publish(&mut self, message: &Message) {
+        self.counters.published += 1;
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained.insert(message.topic.clone(), message.clone());
+            }
+        }
+        for session in self.sessions.values_mut() {
+            let granted = session
+                .subscriptions
+                .iter()
+                .filter(|(f, _)| topic::matches(f, &message.topic))
+                .map(|(_, q)| *q)
+                .max_by_key(|q| *q as u8);
+            let Some(granted) = granted else {
+                continue;
+            };
+            let out = Message {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos: min_qos(message.qos, granted),
+                retain: false,
+            };
+            Self::deliver(session, out, self.max_queued, &mut self.counters);
+        }
+    }
+
+    fn deliver(session: &mut Session, out: Message, max_queued: usize, counters: &mut Counters) {
+        match &session.connection {
+            Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
+                Ok(()) => counters.delivered += 1,
+                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m)))
+                    if m.qos == QoS::AtMostOnce =>
+                {
+                    counters.dropped_qos0 += 1;
+                }
+                Err(_) => counters.dropped_queue_full += 1,
+            },
+            None if out.qos != QoS::AtMostOnce => {
+                if session.queue.len() < max_queued {
+                    session.queue.push_back(out);
+                } else {
+                    counters.dropped_queue_full += 1;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Adds subscriptions (already validated); returns the retained
+    /// messages they match, to send after the SUBACK.
+    pub fn subscribe(&mut self, client_id: &str, filters: &[(String, QoS)]) -> Vec<Message> {
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        let mut retained = Vec::new();
+        for (filter, qos) in filters {
+            session.subscriptions.insert(filter.clone(), *qos);
+            for m in self.retained.values() {
+                if topic::matches(filter, &m.topic) {
+                    retained.push(Message {
+                        qos: min_qos(m.qos, *qos),
+                        ..m.clone()
+                    });
+                }
+            }
+        }
+        retained
+    }
+
+    pub fn unsubscribe(&mut self, client_id: &str, filters: &[String]) {
+        if let Some(session) = self.sessions.get_mut(client_id) {
+            for f in filters {
+                session.subscriptions.remove(f);
+            }
+        }
+    }
+
+    /// How many subscriptions a client has.
+    pub fn subscription_count(&self, client_id: &str) -> usize {
+        self.sessions
+            .get(client_id)
+            .map_or(0, |s| s.subscriptions.len())
+    }
+
+    pub fn clients(&self) -> Vec<ClientSummary> {
+        let mut out: Vec<ClientSummary> = self
+            .sessions
+            .values()
+            .map(|s| ClientSummary {
+                info: s
+                    .connection
+                    .as_ref()
+                    .map_or_else(|| s.last_info.clone(), |c| c.info.clone()),
+                connected: s.connection.is_some(),
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect(),
+                queued: s.queue.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.info.client_id.cmp(&b.info.client_id));
+        out
+    }
+
+    /// Closes a client's connection; false if it has none.
+    pub fn kick(&mut self, client_id: &str, reason: &str) -> bool {
+        match self
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.connection.as_ref())
+        {
+            Some(c) => c.outbox.try_send(Outgoing::Close(reason.into())).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Requests to the hub task.
+pub enum Request {
+    Connect {
+        info: ClientInfo,
+        will: Option<Message>,
+        outbox: mpsc::Sender<Outgoing>,
+        reply: oneshot::Sender<Connected>,
+    },
+    Disconnect {
+        client_id: String,
+        connection_id: u64,
+        graceful: bool,
+        unacked: Vec<Message>,
+    },
+    Publish(Message),
+    Subscribe {
+        client_id: String,
+        filters: Vec<(String, QoS)>,
+        reply: oneshot::Sender<SubscribeResult>,
+    },
+    Unsubscribe {
+        client_id: String,
+        filters: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
+    Clients(oneshot::Sender<(Vec<ClientSummary>, Counters)>),
+    Kick {
+        client_id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The retained messages to send, or why the subscription was refused.
+pub type SubscribeResult = Result<Vec<Message>, String>;
+
+/// The hub task: applies requests in order until every sender is gone.
+pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
+    while let Some(request) = requests.recv().await {
+        match request {
+            Request::Connect {
+                info,
+                will,
+                outbox,
+                reply,
+            } => {
+                let _ = reply.send(hub.connect(info, will, outbox));
+            }
+            Request::Disconnect {
+                client_id,
+                connection_id,
+                graceful,
+                unacked,
+            } => hub.disconnect(&client_id, connection_id, graceful, unacked),
+            Request::Publish(m) => hub.publish(&m),
+            Request::Subscribe {
+                client_id,
+                filters,
+                reply,
+            } => {
+                let existing = hub.subscription_count(&client_id);
+                let result = if existing + filters.len() > max_subscriptions {
+                    Err(format!(
+                        "more than {max_subscriptions} subscriptions for one client"
+                    ))
+                } else {
+                    Ok(hub.subscribe(&client_id, &filters))
+                };
+                let _ = reply.send(result);
+            }
+            Request::Unsubscribe {
+                client_id,
+                filters,
+                reply,
+            } => {
+                hub.unsubscribe(&client_id, &filters);
+                let _ = reply.send(());
+            }
+            Request::Clients(reply) => {
+                let _ = reply.send((hub.clients(), hub.counters));
+            }
+            Request::Kick { client_id, reply } => {
+                let _ = reply.send(hub.kick(&client_id, "disconnected by an operator"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, clean: bool) -> ClientInfo {
+        ClientInfo {
+            client_id: id.into(),
+            thing_name: None,
+            certificate_subject: None,
+            peer_address: "test".into(),
+            listener: "test",
+            protocol_version: 4,
+            clean_session: clean,
+            connected_at: SystemTime::now(),
+        }
+    }
+
+    fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos,
+            retain,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            if let Outgoing::Deliver(m) = o {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fan_out_once_per_client_at_granted_qos() {
+        let mut hub = Hub::new(10);
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.connect(info("a", true), None, tx);
+        hub.subscribe(
+            "a",
+            &[
+                ("x/#".into(), QoS::AtMostOnce),
+                ("x/+".into(), QoS::AtLeastOnce),
+            ],
+        );
+        hub.publish(&msg("x/y", QoS::ExactlyOnce, false, "1"));
+        hub.publish(&msg("z", QoS::AtLeastOnce, false, "2"));
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].qos, QoS::AtLeastOnce);
+        assert!(!got[0].retain);
+    }
+
+    #[test]
+    fn retained_set_replace_clear_and_sent_on_subscribe() {
+        let mut hub = Hub::new(10);
+        hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));
+        hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "new"));
+        hub.publish(&msg("r/2", QoS::AtMostOnce, true, "two"));
+        hub.publish(&msg("r/2", QoS::AtMostOnce, true, ""));
+        let (tx, _rx) = mpsc::channel(10);
+        hub.connect(info("a", true), None, tx);
+        let retained = hub.subscribe("a", &[("r/#".into(), QoS::AtMostOnce)]);
+        assert_eq!(retained.len(), 1);
+        assert_eq!(retained[0].payload, Bytes::from_static(b"new"));
+        assert!(retained[0].retain);
+        assert_eq!(retained[0].qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
+        let mut hub = Hub::new(2);
+        let (tx, _rx) = mpsc::channel(10);
+        let c = hub.connect(info("p", false), None, tx);
+        hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+        hub.disconnect(
+            "p",
+            c.connection_id,
+            true,
+            vec![msg("t", QoS::AtLeastOnce, false, "unacked")],
+        );
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, "a"));
+        hub.publish(&msg("t", QoS::AtMostOnce, false, "qos0 not queued"));
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, "over the limit"));
+        assert_eq!(hub.counters.dropped_queue_full, 1);
+
+        let (wtx, mut wrx) = mpsc::channel(10);
+        let w = hub.connect(info("watcher", true), None, wtx);
+        hub.subscribe("watcher", &[("will".into(), QoS::AtMostOnce)]);
+
+        let (tx, _rx) = mpsc::channel(10);
+        let c = hub.connect(
+            info("p", false),
+            Some(msg("will", QoS::AtMostOnce, false, "gone")),
+            tx,
+        );
+        assert!(c.session_present);
+        let payloads: Vec<_> = c.queued.iter().map(|m| m.payload.clone()).collect();
+        assert_eq!(
+            payloads,
+            vec![Bytes::from_static(b"unacked"), Bytes::from_static(b"a")]
+        );
+        hub.disconnect("p", c.connection_id, false, Vec::new());
+        assert_eq!(drain(&mut wrx)[0].payload, Bytes::from_static(b"gone"));
+        let _ = w;
+    }
+
+    #[test]
+    fn take_over_closes_the_old_connection_and_clean_session_forgets() {
+        let mut hub = Hub::new(10);
+        let (tx1, mut rx1) = mpsc::channel(10);
+        let first = hub.connect(info("c", false), None, tx1);
+        hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
+        let (tx2, _rx2) = mpsc::channel(10);
+        let second = hub.connect(info("c", true), None, tx2);
+        assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(_))));
+        assert!(!second.session_present);
+        assert_eq!(hub.subscription_count("c"), 0);
+        // The old connection's late disconnect does not end the new one.
+        hub.disconnect("c", first.connection_id, false, Vec::new());
+        assert!(hub.clients()[0].connected);
+    }
+}

@@ -1,0 +1,229 @@
+//! Who a device is: TLS with the group CA, and the group's devices.
+//!
+//! The TLS layer asks every client for a certificate and checks its
+//! signatures, but accepts any chain, so that a refused device gets an
+//! MQTT answer (CONNACK "not authorized") and the log a line naming its
+//! certificate subject and the reason, rather than a bare handshake
+//! failure. The chain is then checked against the group CA here, and the
+//! certificate mapped to a device:
+//!
+//! - a certificate belongs to the device whose `CertificateArn` ends in the
+//!   SHA-256 of the certificate's DER (AWS IoT's certificate id);
+//! - the MQTT client id must equal that device's thing name (Greengrass's
+//!   rule; `broker.require_client_id_match = false` relaxes it);
+//! - the username and password are ignored (the AWS IoT Device SDK for
+//!   Python sends `?SDK=Python&Version=...`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::DistinguishedName;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
+use verdant_group::Group;
+
+/// The result of checking a TLS client's certificate, kept for its CONNECT.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// The certificate's subject, for log lines.
+    pub subject: String,
+    /// SHA-256 of the DER, hex: the AWS IoT certificate id.
+    pub certificate_id: String,
+    /// Why the chain is not acceptable, if it is not.
+    pub chain_error: Option<String>,
+}
+
+/// How a connection came in.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Tls(Presented),
+    /// The plain lab listener: nobody is authenticated.
+    Plain,
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// The devices (and cores) of the deployed group, by certificate id.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    by_certificate: HashMap<String, String>,
+}
+
+impl Devices {
+    pub fn from_group(group: &Group) -> Self {
+        let by_certificate = group
+            .core_definition_version
+            .cores
+            .iter()
+            .chain(&group.device_definition_version.devices)
+            .map(|t| {
+                (
+                    t.certificate_id().to_ascii_lowercase(),
+                    t.thing_name().to_string(),
+                )
+            })
+            .collect();
+        Devices { by_certificate }
+    }
+
+    /// Decides a CONNECT: `Ok(Some(thing))` for a device, `Ok(None)` on the
+    /// plain listener.
+    pub fn admit(
+        &self,
+        peer: &Peer,
+        client_id: &str,
+        require_client_id_match: bool,
+    ) -> Result<Option<String>, Refusal> {
+        let presented = match peer {
+            Peer::Plain => return Ok(None),
+            Peer::Tls(p) => p,
+        };
+        if let Some(e) = &presented.chain_error {
+            return Err(Refusal(format!("certificate not accepted: {e}")));
+        }
+        let Some(thing) = self.by_certificate.get(&presented.certificate_id) else {
+            return Err(Refusal(format!(
+                "certificate {} belongs to no device of the deployed group",
+                presented.certificate_id
+            )));
+        };
+        if require_client_id_match && client_id != thing {
+            return Err(Refusal(format!(
+                "client id `{client_id}` is not the device's thing name `{thing}`"
+            )));
+        }
+        Ok(Some(thing.clone()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{}: {reason}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    Verifier(String),
+}
+
+/// The broker's TLS: its server configuration and the verifier that checks
+/// client chains after the handshake.
+#[derive(Clone)]
+pub struct Tls {
+    pub server: Arc<ServerConfig>,
+    pub chains: Arc<dyn ClientCertVerifier>,
+}
+
+impl Tls {
+    pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> Result<Tls, TlsSetupError> {
+        let file_err = |path: &Path, e: &dyn std::fmt::Display| TlsSetupError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_err(cert, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(cert, &e))?;
+        if certs.is_empty() {
+            return Err(file_err(cert, &"no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(client_ca).map_err(|e| file_err(client_ca, &e))? {
+            let ca = ca.map_err(|e| file_err(client_ca, &e))?;
+            roots.add(ca).map_err(|e| file_err(client_ca, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(file_err(client_ca, &"no CA certificate in the file"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chains = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(Arc::new(AnyChain(chains.clone())))
+            .with_single_cert(certs, key)?;
+        Ok(Tls {
+            server: Arc::new(server),
+            chains,
+        })
+    }
+
+    /// What a TLS client presented, checked against the group CA now.
+    pub fn presented(&self, chain: &[CertificateDer<'_>]) -> Option<Presented> {
+        let (end, intermediates) = chain.split_first()?;
+        let certificate_id = verdant_group::certificate_id(end.as_ref());
+        let subject = x509_parser::parse_x509_certificate(end.as_ref()).map_or_else(
+            |_| "(unparsable certificate)".into(),
+            |(_, c)| c.subject().to_string(),
+        );
+        let chain_error = self
+            .chains
+            .verify_client_cert(end, intermediates, UnixTime::now())
+            .err()
+            .map(|e| e.to_string());
+        Some(Presented {
+            subject,
+            certificate_id,
+            chain_error,
+        })
+    }
+}
+
+/// Requires a client certificate and checks the handshake signatures with
+/// it, but leaves judging the chain to [`Tls::presented`] (see the module
+/// doc for why).
+#[derive(Debug)]
+struct AnyChain(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AnyChain {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,183 @@
+//! Messages from the broker to one client: packet ids, the inflight window
+//! of unacknowledged QoS 1/2 messages, and what waits behind it. No I/O.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rumqttc::QoS;
+use rumqttc::mqttbytes::v4::{PubRel, Publish};
+
+use crate::hub::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    Qos1Sent,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    Qos2Sent,
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    window: usize,
+    next_pkid: u16,
+    inflight: BTreeMap<u16, (Message, Stage)>,
+    waiting: VecDeque<Message>,
+}
+
+/// What the client acknowledged wrongly.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownPacketId(pub u16);
+
+impl Outbound {
+    pub fn new(window: u16) -> Self {
+        Outbound {
+            window: usize::from(window),
+            next_pkid: 1,
+            inflight: BTreeMap::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Queues `message`; returns the PUBLISH to send now, if the window allows.
+    pub fn push(&mut self, message: Message) -> Option<Publish> {
+        if message.qos == QoS::AtMostOnce {
+            return Some(to_publish(&message, 0));
+        }
+        if self.inflight.len() >= self.window || !self.waiting.is_empty() {
+            self.waiting.push_back(message);
+            return None;
+        }
+        Some(self.send(message))
+    }
+
+    fn send(&mut self, message: Message) -> Publish {
+        let pkid = self.allocate();
+        let stage = if message.qos == QoS::AtLeastOnce {
+            Stage::Qos1Sent
+        } else {
+            Stage::Qos2Sent
+        };
+        let publish = to_publish(&message, pkid);
+        self.inflight.insert(pkid, (message, stage));
+        publish
+    }
+
+    fn allocate(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Fills the window from the waiting messages.
+    fn refill(&mut self) -> Vec<Publish> {
+        let mut out = Vec::new();
+        while self.inflight.len() < self.window {
+            let Some(m) = self.waiting.pop_front() else {
+                break;
+            };
+            out.push(self.send(m));
+        }
+        out
+    }
+
+    pub fn puback(&mut self, pkid: u16) -> Result<Vec<Publish>, UnknownPacketId> {
+        match self.inflight.get(&pkid) {
+            Some((_, Stage::Qos1Sent)) => {
+                self.inflight.remove(&pkid);
+                Ok(self.refill())
+            }
+            _ => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    pub fn pubrec(&mut self, pkid: u16) -> Result<PubRel, UnknownPacketId> {
+        match self.inflight.get_mut(&pkid) {
+            Some((_, stage @ (Stage::Qos2Sent | Stage::Released))) => {
+                *stage = Stage::Released;
+                Ok(PubRel::new(pkid))
+            }
+            _ => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    pub fn pubcomp(&mut self, pkid: u16) -> Result<Vec<Publish>, UnknownPacketId> {
+        match self.inflight.get(&pkid) {
+            Some((_, Stage::Released)) => {
+                self.inflight.remove(&pkid);
+                Ok(self.refill())
+            }
+            _ => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Everything not yet acknowledged, oldest first, for the session to keep.
+    pub fn into_unacked(self) -> Vec<Message> {
+        self.inflight
+            .into_values()
+            .map(|(m, _)| m)
+            .chain(self.waiting)
+            .collect()
+    }
+}
+
+fn to_publish(m: &Message, pkid: u16) -> Publish {
+    let mut p = Publish::from_bytes(m.topic.clone(), m.qos, m.payload.clone());
+    p.retain = m.retain;
+    p.pkid = pkid;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn m(qos: QoS, n: u8) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![n]),
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn window_holds_and_refills_in_order() {
+        let mut o = Outbound::new(2);
+        let a = o.push(m(QoS::AtLeastOnce, 1)).unwrap();
+        let b = o.push(m(QoS::ExactlyOnce, 2)).unwrap();
+        assert!(o.push(m(QoS::AtLeastOnce, 3)).is_none());
+        assert!(o.push(m(QoS::AtLeastOnce, 4)).is_none());
+        // QoS 0 is never held.
+        assert_eq!(o.push(m(QoS::AtMostOnce, 9)).unwrap().pkid, 0);
+        assert_eq!(o.puback(b.pkid), Err(UnknownPacketId(b.pkid)));
+        let next = o.puback(a.pkid).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].payload, Bytes::from(vec![3]));
+        assert_eq!(o.pubrec(b.pkid).unwrap().pkid, b.pkid);
+        assert!(o.pubcomp(a.pkid).is_err());
+        let next = o.pubcomp(b.pkid).unwrap();
+        assert_eq!(next[0].payload, Bytes::from(vec![4]));
+        let left: Vec<_> = o.into_unacked().iter().map(|m| m.payload[0]).collect();
+        assert_eq!(left, vec![3, 4]);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_inflight() {
+        let mut o = Outbound::new(3);
+        o.next_pkid = u16::MAX;
+        let a = o.push(m(QoS::AtLeastOnce, 1)).unwrap();
+        let b = o.push(m(QoS::AtLeastOnce, 2)).unwrap();
+        assert_eq!((a.pkid, b.pkid), (u16::MAX, 1));
+    }
+}

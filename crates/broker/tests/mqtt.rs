@@ -1,0 +1,195 @@
+//! The broker in local mode with real MQTT clients: mutual TLS with the
+//! group CA, device authentication, QoS, retained messages, wills and
+//! persistent sessions.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, connect, leaf};
+use rumqttc::{ConnectReturnCode, ConnectionError, LastWill, QoS};
+use verdant_proto::broker::v1 as pb;
+
+#[tokio::test]
+async fn devices_exchange_messages_over_mutual_tls_at_every_qos() {
+    let b = common::start(&["dev1", "dev2"], "").await;
+    let mut sub = connect(b.tls_options("dev1", b.device("dev1")))
+        .await
+        .unwrap();
+    sub.subscribe("line/+/temp", QoS::ExactlyOnce).await;
+    let publisher = connect(b.tls_options("dev2", b.device("dev2")))
+        .await
+        .unwrap();
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher
+            .mqtt
+            .publish("line/3/temp", qos, false, vec![i as u8])
+            .await
+            .unwrap();
+        let got = sub.next().await;
+        assert_eq!(got.topic, "line/3/temp");
+        assert_eq!(got.qos, qos);
+        assert_eq!(got.payload, Bytes::from(vec![i as u8]));
+        assert!(!got.retain);
+    }
+    publisher
+        .mqtt
+        .publish("line/3/pressure", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    sub.nothing_for(Duration::from_millis(300)).await;
+
+    let mut api = b.api().await;
+    let clients = api
+        .list_clients(pb::ListClientsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let dev1 = clients
+        .clients
+        .iter()
+        .find(|c| c.client_id == "dev1")
+        .unwrap();
+    assert_eq!(dev1.thing_name, "dev1");
+    assert!(dev1.certificate_subject.contains("CN=dev1"), "{dev1:?}");
+    assert_eq!(dev1.listener, "tls");
+    assert_eq!(dev1.subscriptions[0].filter, "line/+/temp");
+    assert!(clients.counters.unwrap().published >= 4);
+}
+
+fn refused(result: &Result<Client, ConnectionError>) -> bool {
+    matches!(
+        result,
+        Err(ConnectionError::ConnectionRefused(
+            ConnectReturnCode::NotAuthorized
+        ))
+    )
+}
+
+#[tokio::test]
+async fn devices_outside_the_group_are_refused_with_not_authorized() {
+    let b = common::start(&["dev1"], "").await;
+    // A certificate from another CA.
+    let other = common::ca("someone else's CA");
+    let stranger = leaf(&other, "dev1", 30);
+    assert!(refused(&connect(b.tls_options("dev1", &stranger)).await));
+    // Signed by the group CA, but expired.
+    let expired = leaf(&b.ca, "dev1", -1);
+    assert!(refused(&connect(b.tls_options("dev1", &expired)).await));
+    // Signed by the group CA, valid, but no device of the group has it.
+    let unknown = leaf(&b.ca, "dev9", 30);
+    assert!(refused(&connect(b.tls_options("dev9", &unknown)).await));
+    // The right certificate with another device's client id.
+    assert!(refused(
+        &connect(b.tls_options("dev2", b.device("dev1"))).await
+    ));
+    // And the right one is admitted, whatever its username says.
+    let mut o = b.tls_options("dev1", b.device("dev1"));
+    o.set_credentials("?SDK=Python&Version=1.6.2", "");
+    assert!(connect(o).await.is_ok());
+}
+
+#[tokio::test]
+async fn client_id_rule_can_be_relaxed() {
+    let b = common::start(&["dev1"], "require_client_id_match = false").await;
+    assert!(
+        connect(b.tls_options("anything", b.device("dev1")))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_and_wills() {
+    let b = common::start(&[], "").await;
+    let p = connect(b.tcp_options("p")).await.unwrap();
+    p.mqtt
+        .publish("state/door", QoS::AtLeastOnce, true, "open")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = connect(b.tcp_options("late")).await.unwrap();
+    late.subscribe("state/#", QoS::AtLeastOnce).await;
+    let got = late.next().await;
+    assert!(got.retain);
+    assert_eq!(got.payload, Bytes::from_static(b"open"));
+    // An empty retained message clears it.
+    p.mqtt
+        .publish("state/door", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    let cleared = late.next().await; // delivered live, not retained
+    assert!(!cleared.retain);
+    let mut later = connect(b.tcp_options("later")).await.unwrap();
+    later.subscribe("state/#", QoS::AtLeastOnce).await;
+    later.nothing_for(Duration::from_millis(300)).await;
+
+    // A will goes out when its client vanishes without DISCONNECT...
+    later.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut o = b.tcp_options("mortal2");
+    o.set_last_will(LastWill::new(
+        "wills/mortal2",
+        "gone2",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    o.set_keep_alive(Duration::from_secs(1));
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 10);
+    while !matches!(
+        events.poll().await.unwrap(),
+        rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))
+    ) {}
+    drop(events); // the socket closes with no DISCONNECT
+    drop(client);
+    let will = later.next().await;
+    assert_eq!(will.topic, "wills/mortal2");
+    assert_eq!(will.payload, Bytes::from_static(b"gone2"));
+
+    // ...and not when it says DISCONNECT.
+    let mut o = b.tcp_options("polite");
+    o.set_last_will(LastWill::new(
+        "wills/polite",
+        "bye",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let polite = connect(o).await.unwrap();
+    polite.mqtt.disconnect().await.unwrap();
+    later.nothing_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn persistent_session_keeps_subscriptions_and_messages_while_away() {
+    let b = common::start(&[], "").await;
+    let mut o = b.tcp_options("keeper");
+    o.set_clean_session(false);
+    let keeper = connect(o.clone()).await.unwrap();
+    assert!(!keeper.session_present);
+    keeper.subscribe("jobs/#", QoS::AtLeastOnce).await;
+    keeper.mqtt.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let p = connect(b.tcp_options("boss")).await.unwrap();
+    for i in 0..5u8 {
+        p.mqtt
+            .publish("jobs/new", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
+    }
+    p.mqtt
+        .publish("jobs/new", QoS::AtMostOnce, false, "qos0 is not kept")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut back = connect(o).await.unwrap();
+    assert!(back.session_present);
+    for i in 0..5u8 {
+        assert_eq!(back.next().await.payload, Bytes::from(vec![i]));
+    }
+    back.nothing_for(Duration::from_millis(300)).await;
+}

@@ -1,0 +1,174 @@
+//! Bad input on the wire: each is refused or closed, logged, and the
+//! broker keeps serving everyone else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// CONNECT for MQTT 3.1.1, clean session, keep-alive 60, client id `id`.
+fn connect_packet(id: &str, flags: u8, level: u8) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 60];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+async fn open(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+}
+
+/// Everything the broker sends until it closes (or `limit`).
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+#[tokio::test]
+async fn packets_before_connect_and_bad_connects_are_closed() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+
+    let mut s = open(port).await;
+    s.write_all(&[0xc0, 0x00]).await.unwrap(); // PINGREQ first
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("x", 0x03, 4)).await.unwrap(); // reserved bit set
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("x", 0x02, 5)).await.unwrap(); // MQTT 5: not yet
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(got, [0x20, 0x03, 0x00, 0x84, 0x00]);
+
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("x", 0x02, 3)).await.unwrap(); // 3.1
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x01]);
+
+    // Persistent session with an empty client id: identifier rejected.
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("", 0x00, 4)).await.unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x02]);
+
+    // After all that, a good client is served.
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("good", 0x02, 4)).await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, CONNACK_OK);
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_after_the_connect_timeout() {
+    let b = common::start(&[], "connect_timeout_secs = 1").await;
+    let mut s = open(b.tcp_port.unwrap()).await;
+    let begun = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed && got.is_empty());
+    assert!(
+        begun.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        begun.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_packets_close_only_their_connection() {
+    let b = common::start(&[], "max_packet_size = 1024").await;
+    let port = b.tcp_port.unwrap();
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("big", 0x02, 4)).await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    // A PUBLISH announcing 2 MiB: refused from its header alone.
+    s.write_all(&[0x30, 0x80, 0x80, 0x80, 0x01]).await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("flags", 0x02, 4))
+        .await
+        .unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    // SUBSCRIBE with flags 0000 instead of 0010.
+    s.write_all(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00])
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("wild", 0x02, 4)).await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    // A PUBLISH to a topic with a wildcard is a protocol violation.
+    s.write_all(&[0x30, 0x05, 0x00, 0x03, b'a', b'/', b'#'])
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+
+    // An invalid filter gets a failure code, the valid one is granted.
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("subs", 0x02, 4)).await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    let sub = [
+        0x82, 0x0e, 0x00, 0x07, // SUBSCRIBE, id 7
+        0x00, 0x05, b'a', b'/', b'#', b'/', b'b', 0x01, // invalid, QoS 1
+        0x00, 0x01, b'c', 0x01, // "c", QoS 1
+    ];
+    s.write_all(&sub).await.unwrap();
+    let mut suback = [0u8; 6];
+    s.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 0x04, 0x00, 0x07, 0x80, 0x01]);
+}
+
+#[tokio::test]
+async fn keep_alive_expiry_closes_and_publishes_the_will() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let mut watcher = common::connect(b.tcp_options("watcher")).await.unwrap();
+    watcher.subscribe("w", rumqttc::QoS::AtMostOnce).await;
+    // CONNECT: keep-alive 1 s, will flag, will QoS 0, topic "w", message "z".
+    let body = [
+        0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 1, // flags: will + clean
+        0, 1, b'k', // client id
+        0, 1, b'w', 0, 1, b'z',
+    ];
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend_from_slice(&body);
+    let mut s = open(port).await;
+    s.write_all(&p).await.unwrap();
+    let begun = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(got, CONNACK_OK);
+    assert!(closed);
+    // 1.5 × keep-alive.
+    assert!(
+        begun.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        begun.elapsed()
+    );
+    let will = watcher.next().await;
+    assert_eq!(&will.payload[..], b"z");
+}
