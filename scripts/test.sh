@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 VERDANT_GRPCURL=$(scripts/test-deps.sh)
 export VERDANT_GRPCURL
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check.sh
 # The end-to-end tests run the daemons' binaries, which `cargo test` alone
 # does not build.
 cargo build --workspace --bins --locked

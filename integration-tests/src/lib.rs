@@ -216,6 +216,40 @@ impl Core {
         }
     }
 
+    /// The port of the broker's listener `name` ("tls" or "tcp").
+    pub async fn broker_port(&self, name: &str) -> u16 {
+        use verdant_proto::broker::v1 as bpb;
+        let channel = verdant_common::uds::connect(&self.socket("broker"))
+            .await
+            .expect("broker socket");
+        let listeners = bpb::broker_client::BrokerClient::new(channel)
+            .list_listeners(bpb::ListListenersRequest {})
+            .await
+            .expect("ListListeners")
+            .into_inner()
+            .listeners;
+        let listener = listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no {name} listener in {listeners:?}"));
+        listener
+            .address
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// A file under the root's `config/certs/`.
+    pub fn cert(&self, name: &str) -> String {
+        self.root()
+            .join("config/certs")
+            .join(name)
+            .display()
+            .to_string()
+    }
+
     /// Runs verdantctl against this core.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin("verdantctl"))
@@ -308,6 +342,28 @@ pub fn alive(pid: u32) -> bool {
         })
         .flatten()
         .is_some_and(|state| state != 'Z')
+}
+
+/// The Python of the repository's `.venv` (`scripts/test.sh` creates it
+/// with paho-mqtt and `AWSIoTPythonSDK`), or `VERDANT_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("VERDANT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/test.sh (or scripts/test-deps.sh) first",
+        p.display()
+    );
+    p
+}
+
+/// A script of `integration-tests/python/`.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }
 
 /// The real grpcurl: `VERDANT_GRPCURL`, else the binary inside the

@@ -1,0 +1,168 @@
+//! Real device clients against a whole core, using the development
+//! certificates a first start writes: `mosquitto_pub`/`mosquitto_sub` over
+//! mutual TLS, the AWS IoT Device SDK for Python, and paho-mqtt.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use verdant_integration_tests::{Core, Options, python, python_script};
+
+/// The plain listener on loopback, to publish from a second client without
+/// taking over the sample device's session.
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+/// `mosquitto_pub` on the plain listener, as a client other than the device.
+fn publish_plain(port: &str, client_id: &str, topic: &str, message: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", port, "-i", client_id])
+        .args(["-t", topic, "-m", message, "-q", "1"])
+        .output()
+        .expect("mosquitto_pub (scripts/test-deps.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// How a mosquitto client reaches the TLS listener as the sample device.
+async fn tls_args(core: &Core) -> Vec<String> {
+    let port = core.broker_port("tls").await.to_string();
+    let mut args: Vec<String> = ["-h", "localhost", "-p", &port].map(String::from).to_vec();
+    for (flag, file) in [
+        ("--cafile", "group-ca.pem"),
+        ("--cert", "devices/sample-device.pem"),
+        ("--key", "devices/sample-device.key"),
+    ] {
+        args.push(flag.into());
+        args.push(core.cert(file));
+    }
+    args
+}
+
+#[tokio::test]
+async fn mosquitto_clients_over_mutual_tls_with_the_dev_certificates() {
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let tls = tls_args(&core).await;
+    let tcp = core.broker_port("tcp").await.to_string();
+
+    let sub = Command::new("mosquitto_sub")
+        .args(&tls)
+        .args([
+            "-i",
+            "sample-device",
+            "-t",
+            "sample-device/local/#",
+            "-q",
+            "1",
+        ])
+        .args(["-C", "2", "-W", "20", "-v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (scripts/test-deps.sh installs it)");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    publish_plain(
+        &tcp,
+        "lab-publisher",
+        "sample-device/local/hello",
+        "over tcp",
+    );
+    // The sample device's certificate under another client id is refused
+    // (Greengrass's rule: the client id is the thing name).
+    let refused = Command::new("mosquitto_pub")
+        .args(&tls)
+        .args([
+            "-i",
+            "not-the-thing",
+            "-t",
+            "sample-device/local/x",
+            "-m",
+            "no",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("not authorised") || err.contains("not authorized"),
+        "{err}"
+    );
+    publish_plain(
+        &tcp,
+        "lab-publisher-2",
+        "sample-device/local/again",
+        "second",
+    );
+
+    let out = sub.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![
+            "sample-device/local/hello over tcp",
+            "sample-device/local/again second"
+        ]
+    );
+    // The broker logged the refusal with the certificate's subject.
+    let log = std::fs::read_to_string(core.root().join("logs/broker.log")).unwrap();
+    assert!(
+        log.contains("refused")
+            && log.contains("CN=sample-device")
+            && log.contains("not-the-thing"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn aws_iot_device_sdk_for_python_connects_and_round_trips() {
+    let core = Core::start();
+    core.wait_all_running().await;
+    let port = core.broker_port("tls").await.to_string();
+    let out = Command::new(python())
+        .arg(python_script("awsiot_pubsub.py"))
+        .args(["localhost", &port])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .args(["sample-device", "sample-device/local/sdk"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("received hello from the device sdk"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn paho_with_the_wrong_client_id_is_not_authorized() {
+    let core = Core::start();
+    core.wait_all_running().await;
+    let port = core.broker_port("tls").await.to_string();
+    let out = Command::new(python())
+        .arg(python_script("paho_refused.py"))
+        .args(["localhost", &port])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .arg("impostor")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
