@@ -60,14 +60,11 @@ fn missing_program_is_named() {
     );
 }
 
-#[test]
-fn invalid_group_names_json_path() {
+#[tokio::test]
+async fn invalid_group_names_json_path() {
     let mut core = Core::start();
     let group_file = core.root().join("deployments/current/group.json");
-    let deadline = std::time::Instant::now() + verdant_integration_tests::PATIENCE;
-    while !group_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    core.wait_all_running().await;
     core.init.kill().unwrap();
     core.init.wait().unwrap();
     let mut group: serde_json::Value =

@@ -1,7 +1,9 @@
 //! verdant-bench: timings and memory of a whole core, measured from outside
 //! as an operator would see them. `verdant-bench core --bin-dir target/release`.
 
+mod compare;
 mod core;
+mod mqtt;
 
 use std::path::PathBuf;
 
@@ -32,11 +34,23 @@ enum Cmd {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// MQTT load against brokers side by side: `--target name=host:port`,
+    /// at least once; ratios are against the first target.
+    Mqtt {
+        #[arg(long = "target", required = true)]
+        targets: Vec<mqtt::Target>,
+        /// Runs of each scenario per target (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// A tenth of the messages: for a smoke test.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -47,5 +61,10 @@ fn main() {
             kills,
             label,
         } => runtime.block_on(core::run(&bin_dir, runs, kills, &label)),
+        Cmd::Mqtt {
+            targets,
+            runs,
+            quick,
+        } => runtime.block_on(compare::run(&targets, runs, quick)),
     }
 }

@@ -124,9 +124,13 @@ pub fn end_leftovers(p: &Prepared) {
     }
 }
 
+/// Takes the root's lock. A lock whose recorded init is dead is held only
+/// by a child that was between fork and exec when that init was killed
+/// (it inherited the descriptor); it goes at the exec, so wait briefly.
 fn lock(root: &Path) -> Result<Flock<File>, InitError> {
     let path = root.join("init.lock");
-    let file = std::fs::OpenOptions::new()
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -136,23 +140,32 @@ fn lock(root: &Path) -> Result<Flock<File>, InitError> {
             what: format!("open {}", path.display()),
             source,
         })?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut locked) => {
-            use std::io::{Seek, Write};
-            let _ = locked.set_len(0);
-            let _ = locked.seek(std::io::SeekFrom::Start(0));
-            let _ = writeln!(locked, "{}", std::process::id());
-            Ok(locked)
-        }
-        Err((_, _)) => {
-            let pid = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            Err(InitError::Locked {
-                root: root.to_path_buf(),
-                pid,
-            })
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut locked) => {
+                use std::io::{Seek, Write};
+                let _ = locked.set_len(0);
+                let _ = locked.seek(std::io::SeekFrom::Start(0));
+                let _ = writeln!(locked, "{}", std::process::id());
+                return Ok(locked);
+            }
+            Err((unlocked, _)) => {
+                let pid = std::fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let owner_alive = pid
+                    .parse::<i32>()
+                    .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                if owner_alive || std::time::Instant::now() > deadline {
+                    return Err(InitError::Locked {
+                        root: root.to_path_buf(),
+                        pid,
+                    });
+                }
+                file = unlocked;
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }

@@ -1,0 +1,129 @@
+//! Runs every MQTT scenario against each target, interleaved run by run so
+//! that machine noise hits all of them alike, and prints a markdown table
+//! with medians and the ratio of each target to the first.
+
+use rumqttc::QoS;
+
+use crate::mqtt::{self, Load, Outcome, Target, percentile};
+
+enum Scenario {
+    Throughput(&'static str, Load),
+    Latency(&'static str, QoS, usize, u32, u64),
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let n = |full: usize| if quick { full / 10 } else { full };
+    let load = |publishers, subscribers, qos, size, messages| Load {
+        publishers,
+        subscribers,
+        qos,
+        size,
+        messages: n(messages),
+    };
+    vec![
+        Scenario::Throughput(
+            "fan-in 4→1, QoS 0, 64 B",
+            load(4, 1, QoS::AtMostOnce, 64, 25_000),
+        ),
+        Scenario::Throughput(
+            "fan-in 4→1, QoS 1, 64 B",
+            load(4, 1, QoS::AtLeastOnce, 64, 10_000),
+        ),
+        Scenario::Throughput(
+            "fan-in 4→1, QoS 1, 1 KiB",
+            load(4, 1, QoS::AtLeastOnce, 1024, 10_000),
+        ),
+        Scenario::Throughput(
+            "fan-out 1→8, QoS 0, 64 B",
+            load(1, 8, QoS::AtMostOnce, 64, 10_000),
+        ),
+        Scenario::Throughput(
+            "fan-out 1→8, QoS 1, 64 B",
+            load(1, 8, QoS::AtLeastOnce, 64, 5_000),
+        ),
+        Scenario::Latency(
+            "latency at 1000 msg/s, QoS 0, 64 B",
+            QoS::AtMostOnce,
+            64,
+            1000,
+            if quick { 1 } else { 5 },
+        ),
+        Scenario::Latency(
+            "latency at 1000 msg/s, QoS 1, 64 B",
+            QoS::AtLeastOnce,
+            64,
+            1000,
+            if quick { 1 } else { 5 },
+        ),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub async fn run(targets: &[Target], runs: usize, quick: bool) {
+    println!(
+        "| scenario | broker | msg/s (median of {runs}) | ratio | lost | duplicated | p50 µs | p99 µs | p99.9 µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, scenario) in scenarios(quick).into_iter().enumerate() {
+        let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); targets.len()];
+        for r in 0..runs {
+            for (t, target) in targets.iter().enumerate() {
+                let tag = format!("bench{i}r{r}{}", target.name);
+                let outcome = match &scenario {
+                    Scenario::Throughput(_, load) => mqtt::throughput(target, *load, &tag).await,
+                    Scenario::Latency(_, qos, size, rate, secs) => {
+                        mqtt::latency(target, *qos, *size, *rate, *secs, &tag).await
+                    }
+                };
+                match outcome {
+                    Ok(o) => results[t].push(o),
+                    Err(e) => eprintln!("{}: {e}", target.name),
+                }
+            }
+        }
+        let name = match &scenario {
+            Scenario::Throughput(n, _) | Scenario::Latency(n, ..) => *n,
+        };
+        let first = median(results[0].iter().map(|o| o.rate).collect());
+        let first_p99 = median(
+            results[0]
+                .iter()
+                .map(|o| percentile(&o.latencies, 99.0) as f64)
+                .collect(),
+        );
+        for (t, target) in targets.iter().enumerate() {
+            let rs = &results[t];
+            let rate = median(rs.iter().map(|o| o.rate).collect());
+            let lost: u64 = rs.iter().map(|o| o.lost).sum();
+            let expected: u64 = rs.iter().map(|o| o.expected).sum();
+            let dup: u64 = rs.iter().map(|o| o.duplicated).sum();
+            let p = |q| {
+                median(
+                    rs.iter()
+                        .map(|o| percentile(&o.latencies, q) as f64)
+                        .collect(),
+                )
+            };
+            let ratio = match &scenario {
+                Scenario::Throughput(..) if first > 0.0 => {
+                    format!("{:.2}× throughput", rate / first)
+                }
+                Scenario::Latency(..) if first_p99 > 0.0 => {
+                    format!("{:.2}× p99", p(99.0) / first_p99)
+                }
+                _ => "-".into(),
+            };
+            println!(
+                "| {name} | {} | {rate:.0} | {ratio} | {lost} of {expected} | {dup} | {:.0} | {:.0} | {:.0} |",
+                target.name,
+                p(50.0),
+                p(99.0),
+                p(99.9)
+            );
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! MQTT load against any broker, to compare Verdant's with Mosquitto in one
+//! run: fan-in (N publishers → 1 subscriber), fan-out (1 → M), and latency
+//! at a fixed rate. Every payload carries its publisher, sequence number and
+//! send time, so lost and duplicated messages are counted, not guessed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// One broker under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    /// `name=host:port`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, addr) = s.split_once('=').ok_or("expected name=host:port")?;
+        let (host, port) = addr.rsplit_once(':').ok_or("expected host:port")?;
+        Ok(Target {
+            name: name.into(),
+            host: host.into(),
+            port: port.parse().map_err(|e| format!("port: {e}"))?,
+        })
+    }
+}
+
+/// A scenario's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub qos: QoS,
+    pub size: usize,
+    /// Per publisher.
+    pub messages: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Deliveries per second, all subscribers together.
+    pub rate: f64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Latencies in microseconds, sorted.
+    pub latencies: Vec<u64>,
+}
+
+const HEADER: usize = 4 + 8 + 8;
+
+fn payload(publisher: u32, seq: u64, base: Instant, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(HEADER));
+    b.put_u32(publisher);
+    b.put_u64(seq);
+    b.put_u64(base.elapsed().as_nanos() as u64);
+    b.resize(size.max(HEADER), 0xab);
+    b.freeze()
+}
+
+fn options(t: &Target, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, t.host.clone(), t.port);
+    o.set_keep_alive(Duration::from_mins(1));
+    o.set_inflight(100);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+/// A client with Nagle off: small QoS 0 packets would otherwise wait for a
+/// delayed ACK (40 ms) and the tail would measure the client, not the broker.
+fn client(t: &Target, id: &str) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(options(t, id), 1000);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    (client, events)
+}
+
+/// Polls until CONNACK; `Err` names the problem.
+async fn connected(events: &mut EventLoop) -> Result<(), String> {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// What a subscriber saw: (subscriber, publisher, seq, sent nanos).
+type Seen = (u32, u32, u64, u64);
+
+/// A subscriber: reports what arrives, tagged with its own index.
+async fn subscriber(
+    t: &Target,
+    index: u32,
+    id: String,
+    filter: &str,
+    qos: QoS,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> Result<AsyncClient, String> {
+    let (client, mut events) = client(t, &id);
+    connected(&mut events).await?;
+    client
+        .subscribe(filter, qos)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let mut b = p.payload;
+                if b.len() >= HEADER {
+                    let _ = tx.send((index, b.get_u32(), b.get_u64(), b.get_u64()));
+                }
+            }
+        }
+    });
+    Ok(client)
+}
+
+async fn publisher(t: &Target, id: String) -> Result<AsyncClient, String> {
+    let (client, mut events) = client(t, &id);
+    connected(&mut events).await?;
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    Ok(client)
+}
+
+/// Tallies deliveries until `expected` arrived or nothing came for `idle`.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    expected: u64,
+    base: Instant,
+    idle: Duration,
+) -> (Outcome, Instant) {
+    let mut seen: HashMap<(u32, u32, u64), u32> = HashMap::new();
+    let mut out = Outcome {
+        expected,
+        ..Outcome::default()
+    };
+    let mut last = Instant::now();
+    while out.received < expected {
+        match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(Some((s, p, seq, sent))) => {
+                last = Instant::now();
+                out.received += 1;
+                let now = base.elapsed().as_nanos() as u64;
+                out.latencies.push(now.saturating_sub(sent) / 1000);
+                *seen.entry((s, p, seq)).or_default() += 1;
+            }
+            _ => break,
+        }
+    }
+    out.duplicated = seen.values().map(|n| u64::from(n - 1)).sum();
+    out.lost = expected.saturating_sub(out.received - out.duplicated);
+    out.latencies.sort_unstable();
+    (out, last)
+}
+
+/// N publishers each send `messages` as fast as the broker takes them;
+/// every subscriber subscribes to all of it.
+pub async fn throughput(t: &Target, load: Load, tag: &str) -> Result<Outcome, String> {
+    let base = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut subs = Vec::new();
+    for s in 0..load.subscribers {
+        let id = format!("{tag}-s{s}");
+        subs.push(subscriber(t, s as u32, id, &format!("{tag}/#"), load.qos, tx.clone()).await?);
+    }
+    drop(tx);
+    let mut pubs = Vec::new();
+    for p in 0..load.publishers {
+        pubs.push(publisher(t, format!("{tag}-p{p}")).await?);
+    }
+    let begun = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, client) in pubs.iter().enumerate() {
+        let client = client.clone();
+        let (topic, qos, size, n) = (format!("{tag}/{p}"), load.qos, load.size, load.messages);
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..n as u64 {
+                let body = payload(p as u32, seq, base, size);
+                if client
+                    .publish_bytes(topic.clone(), qos, false, body)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    let expected = (load.publishers * load.messages * load.subscribers) as u64;
+    let (mut out, last) = collect(&mut rx, expected, base, Duration::from_secs(5)).await;
+    let elapsed = last.duration_since(begun).as_secs_f64().max(1e-6);
+    out.rate = out.received as f64 / elapsed;
+    for t in tasks {
+        let _ = t.await;
+    }
+    for c in pubs.iter().chain(&subs) {
+        let _ = c.disconnect().await;
+    }
+    Ok(out)
+}
+
+/// One publisher at `rate` messages/s for `seconds`, one subscriber.
+pub async fn latency(
+    t: &Target,
+    qos: QoS,
+    size: usize,
+    rate: u32,
+    seconds: u64,
+    tag: &str,
+) -> Result<Outcome, String> {
+    let base = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = subscriber(t, 0, format!("{tag}-s"), &format!("{tag}/#"), qos, tx).await?;
+    let publ = publisher(t, format!("{tag}-p")).await?;
+    let n = u64::from(rate) * seconds;
+    let topic = format!("{tag}/0");
+    let sender = publ.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for seq in 0..n {
+            tick.tick().await;
+            let body = payload(0, seq, base, size);
+            if sender
+                .publish_bytes(topic.clone(), qos, false, body)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (mut out, _) = collect(&mut rx, n, base, Duration::from_secs(5)).await;
+    out.rate = f64::from(rate);
+    let _ = task.await;
+    let _ = publ.disconnect().await;
+    let _ = sub.disconnect().await;
+    Ok(out)
+}
+
+/// The `p`th percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

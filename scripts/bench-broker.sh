@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The broker against Debian's Mosquitto, same machine, same run: starts a
+# Mosquitto and a whole Verdant core (broker plain listener) on loopback
+# ports, runs `verdant-bench mqtt` against both, and stops them.
+# Usage: scripts/bench-broker.sh [--runs N] [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v mosquitto >/dev/null || { echo "mosquitto missing: scripts/test-deps.sh installs it" >&2; exit 1; }
+cargo build --release --workspace --bins --locked >&2
+
+tmp=$(mktemp -d)
+MOSQ_PORT=${MOSQ_PORT:-18830}
+VERDANT_PORT=${VERDANT_PORT:-18831}
+cleanup() {
+    [ -n "${mosq:-}" ] && kill "$mosq" 2>/dev/null || true
+    [ -n "${core:-}" ] && kill "$core" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Mosquitto tuned as a latency-minded user would (Nagle off, like Verdant),
+# with queues large enough not to drop by policy.
+cat > "$tmp/mosquitto.conf" <<CONF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_queued_messages 100000
+log_dest none
+CONF
+mosquitto -c "$tmp/mosquitto.conf" &
+mosq=$!
+
+mkdir -p "$tmp/core/config/config.d"
+target/release/verdant init --print-default-config > "$tmp/core/config/verdant.toml"
+cat > "$tmp/core/config/config.d/50-bench.toml" <<CONF
+[broker]
+max_queued_messages = 100000
+[broker.tls]
+bind = "127.0.0.1:0"
+[broker.tcp]
+enabled = true
+bind = "127.0.0.1:$VERDANT_PORT"
+CONF
+VERDANT_LOG=warn target/release/verdant init --root "$tmp/core" >/dev/null 2>&1 &
+core=$!
+
+for port in "$MOSQ_PORT" "$VERDANT_PORT"; do
+    for _ in $(seq 100); do
+        (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+        sleep 0.1
+    done
+done
+target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" --target "verdant=127.0.0.1:$VERDANT_PORT" "$@"
+echo
+echo "idle after the run: mosquitto RSS $(ps -o rss= -p "$mosq") KiB; verdant-broker RSS $(ps -o rss= -p "$(pgrep -f '^verdant-broker' | head -1)") KiB"
