@@ -63,16 +63,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, UdsError> {
     Ok(listener)
 }
 
-/// A lazily connecting channel to the gRPC server on `path`.
-pub fn channel(path: &Path) -> Result<Channel, UdsError> {
-    if !path.exists() {
-        return Err(UdsError::Missing {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(endpoint(path).connect_lazy())
-}
-
 /// Connects now to the gRPC server on `path`.
 pub async fn connect(path: &Path) -> Result<Channel, UdsError> {
     if !path.exists() {
