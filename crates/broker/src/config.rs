@@ -37,6 +37,9 @@ pub struct BrokerConfig {
     /// past this the oldest QoS 0 message is dropped, then new QoS 1/2
     /// messages are refused (counted).
     pub max_queued_messages: usize,
+    /// Keep persistent sessions and retained messages on disk
+    /// (`<root>/data/broker/sessions.db`), so they survive a restart.
+    pub persistence: bool,
     pub tls: TlsListener,
     pub tcp: TcpListener,
 }
@@ -53,6 +56,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_client: 256,
             max_inflight: 32,
             max_queued_messages: 1000,
+            persistence: true,
             tls: TlsListener::default(),
             tcp: TcpListener::default(),
         }

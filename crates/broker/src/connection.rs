@@ -4,11 +4,15 @@
 //! it leaves lenient (fixed-header flags, CONNECT flags, protocol level).
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode,
@@ -216,6 +220,8 @@ pub async fn serve<S>(
         client_id: client_id.clone(),
         outbound,
         incoming_qos2: HashSet::new(),
+        unconfirmed: FuturesOrdered::new(),
+        acked: Vec::new(),
     };
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
     let _ = conn.flush().await;
@@ -308,6 +314,7 @@ where
                 payload: w.message,
                 qos: w.qos,
                 retain: w.retain,
+                stored: None,
             })
         }
         None => None,
@@ -399,7 +406,15 @@ struct Session<'a> {
     outbound: Outbound,
     /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL.
     incoming_qos2: HashSet<u16>,
+    /// QoS 1/2 publishes handed to the hub, acknowledged to the client in
+    /// order once the hub says they are safe (stored where they must be).
+    unconfirmed: FuturesOrdered<Confirmation>,
+    /// Stored messages this client acknowledged, for the hub to delete.
+    acked: Vec<u64>,
 }
+
+/// The hub's word on one client publish: (packet id, QoS, safe to acknowledge).
+type Confirmation = Pin<Box<dyn Future<Output = (u16, QoS, bool)> + Send>>;
 
 impl Session<'_> {
     async fn run<R, W>(
@@ -436,7 +451,31 @@ impl Session<'_> {
             if let Err(e) = conn.flush().await {
                 return End::Abrupt(format!("write failed: {e}"));
             }
+            if !self.acked.is_empty() {
+                let ids = std::mem::take(&mut self.acked);
+                if self
+                    .shared
+                    .hub
+                    .send(hub::Request::Acked(ids))
+                    .await
+                    .is_err()
+                {
+                    return End::Abrupt("broker stopping".into());
+                }
+            }
             tokio::select! {
+                Some((pkid, qos, safe)) = self.unconfirmed.next(), if !self.unconfirmed.is_empty() => {
+                    if !safe {
+                        return End::Abrupt(format!(
+                            "the broker could not store QoS {} message {pkid}; not acknowledged",
+                            qos as u8
+                        ));
+                    }
+                    match qos {
+                        QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(pkid))),
+                        _ => conn.queue(&Packet::PubRec(PubRec::new(pkid))),
+                    }
+                }
                 read = conn.fill() => match read {
                     Ok(()) => {}
                     Err(ReadError::Closed) => return End::Abrupt("closed by the client without DISCONNECT".into()),
@@ -478,9 +517,7 @@ impl Session<'_> {
                 conn.queue(&Packet::PubComp(PubComp::new(r.pkid)));
             }
             Packet::PubAck(a) => match self.outbound.puback(a.pkid) {
-                Ok(next) => next
-                    .into_iter()
-                    .for_each(|p| conn.queue(&Packet::Publish(p))),
+                Ok(done) => self.done(conn, done),
                 Err(e) => {
                     tracing::debug!(client_id = self.client_id, "PUBACK for unknown id {}", e.0);
                 }
@@ -492,9 +529,7 @@ impl Session<'_> {
                 }
             },
             Packet::PubComp(c) => match self.outbound.pubcomp(c.pkid) {
-                Ok(next) => next
-                    .into_iter()
-                    .for_each(|p| conn.queue(&Packet::Publish(p))),
+                Ok(done) => self.done(conn, done),
                 Err(e) => {
                     tracing::debug!(client_id = self.client_id, "PUBCOMP for unknown id {}", e.0);
                 }
@@ -525,6 +560,19 @@ impl Session<'_> {
         None
     }
 
+    /// A message the client finished acknowledging: send what waited
+    /// behind it, and note its store row for deletion.
+    fn done<R, W>(&mut self, conn: &mut Conn<R, W>, done: crate::outbound::Done)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        for p in done.next {
+            conn.queue(&Packet::Publish(p));
+        }
+        self.acked.extend(done.stored);
+    }
+
     async fn on_publish<R, W>(
         &mut self,
         conn: &mut Conn<R, W>,
@@ -539,28 +587,37 @@ impl Session<'_> {
             return Some(End::Abrupt(format!("PUBLISH to `{}`: {e}", p.topic)));
         }
         let (pkid, qos) = (p.pkid, p.qos);
-        let fresh = qos != QoS::ExactlyOnce || self.incoming_qos2.insert(pkid);
-        if fresh {
-            let message = Message {
-                topic: p.topic,
-                payload: p.payload,
-                qos,
-                retain: p.retain,
-            };
-            if self
-                .shared
-                .hub
-                .send(hub::Request::Publish(message))
-                .await
-                .is_err()
-            {
-                return Some(End::Abrupt("broker stopping".into()));
-            }
+        if qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid) {
+            // A resent QoS 2 message already handed over: only PUBREC again.
+            conn.queue(&Packet::PubRec(PubRec::new(pkid)));
+            return None;
         }
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(pkid))),
-            QoS::ExactlyOnce => conn.queue(&Packet::PubRec(PubRec::new(pkid))),
+        let message = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            stored: None,
+        };
+        let (reply, confirmation) = if qos == QoS::AtMostOnce {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        if self
+            .shared
+            .hub
+            .send(hub::Request::Publish(message, reply))
+            .await
+            .is_err()
+        {
+            return Some(End::Abrupt("broker stopping".into()));
+        }
+        if let Some(rx) = confirmation {
+            self.unconfirmed.push_back(Box::pin(
+                async move { (pkid, qos, rx.await.unwrap_or(false)) },
+            ));
         }
         None
     }

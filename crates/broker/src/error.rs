@@ -24,6 +24,13 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot use {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -37,7 +44,9 @@ impl DaemonError for BrokerError {
             | BrokerError::Tls(_) => Exit::Config,
             // A port still held by a previous process frees up: try again.
             BrokerError::Bind { .. } => Exit::TempFail,
-            BrokerError::Transport(_) => Exit::Failure,
+            BrokerError::DataDir { .. } | BrokerError::Store(_) | BrokerError::Transport(_) => {
+                Exit::Failure
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The broker's own fan-out in local mode: sessions, subscriptions and
-//! retained messages, owned by one task ([`run`]) that connections talk to
+//! retained messages, owned by one thread ([`run`]) that connections talk to
 //! over a channel. [`Hub`] is the logic with no I/O besides `try_send` to
-//! connection outboxes, so it is tested without sockets.
+//! connection outboxes and the operations it records in its [`Store`], so
+//! it is tested without sockets. [`run`] takes requests in batches, commits
+//! the batch's store operations once, and only then answers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::SystemTime;
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::store::{Loaded, Op, Store};
 use crate::topic;
 
 /// An application message as the hub routes it.
@@ -19,6 +22,9 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// Its row in the store, for a QoS 1/2 message queued for a persistent
+    /// session: deleted when the subscriber acknowledges it.
+    pub stored: Option<u64>,
 }
 
 /// What the hub tells a connection.
@@ -85,6 +91,9 @@ pub struct Hub {
     retained: BTreeMap<String, Message>,
     next_connection: u64,
     max_queued: usize,
+    /// Where persistent sessions and retained messages are kept; `None`
+    /// keeps them in memory only.
+    store: Option<Store>,
     pub counters: Counters,
 }
 
@@ -108,7 +117,47 @@ impl Hub {
             retained: BTreeMap::new(),
             next_connection: 1,
             max_queued,
+            store: None,
             counters: Counters::default(),
+        }
+    }
+
+    /// A hub that keeps its persistent state in `store`, starting from
+    /// what the store held.
+    pub fn with_store(max_queued: usize, store: Store, loaded: Loaded) -> Self {
+        let mut hub = Hub::new(max_queued);
+        for s in loaded.sessions {
+            let info = ClientInfo {
+                client_id: s.client_id.clone(),
+                thing_name: None,
+                certificate_subject: None,
+                peer_address: "-".into(),
+                listener: "-",
+                protocol_version: 4,
+                clean_session: false,
+                connected_at: SystemTime::UNIX_EPOCH,
+            };
+            hub.sessions.insert(
+                s.client_id,
+                Session {
+                    clean: false,
+                    subscriptions: s.subscriptions.into_iter().collect(),
+                    queue: s.queue.into(),
+                    connection: None,
+                    last_info: info,
+                },
+            );
+        }
+        for m in loaded.retained {
+            hub.retained.insert(m.topic.clone(), m);
+        }
+        hub.store = Some(store);
+        hub
+    }
+
+    fn record(&mut self, op: Op) {
+        if let Some(store) = &mut self.store {
+            store.record(op);
         }
     }
 
@@ -133,6 +182,13 @@ impl Hub {
             ));
         }
         let present = !clean && self.sessions.contains_key(&client_id);
+        if clean {
+            if self.sessions.get(&client_id).is_some_and(|s| !s.clean) {
+                self.record(Op::DropSession(client_id.clone()));
+            }
+        } else if !present {
+            self.record(Op::PutSession(client_id.clone()));
+        }
         if !present {
             self.sessions.insert(
                 client_id.clone(),
@@ -197,12 +253,16 @@ impl Hub {
         self.counters.published += 1;
         if message.retain {
             if message.payload.is_empty() {
-                self.retained.remove(&message.topic);
+                if self.retained.remove(&message.topic).is_some() {
+                    self.record(Op::Unretain(message.topic.clone()));
+                }
             } else {
                 self.retained.insert(message.topic.clone(), message.clone());
+                self.record(Op::Retain(message.clone()));
             }
         }
-        for session in self.sessions.values_mut() {
+        let mut stored = Vec::new();
+        for (client_id, session) in &mut self.sessions {
             let granted = session
                 .subscriptions
                 .iter()
@@ -212,35 +272,69 @@ impl Hub {
             let Some(granted) = granted else {
                 continue;
             };
-            let out = Message {
+            let mut out = Message {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
                 qos: min_qos(message.qos, granted),
                 retain: false,
+                stored: None,
             };
-            Self::deliver(session, out, self.max_queued, &mut self.counters);
+            let durable = !session.clean && out.qos != QoS::AtMostOnce;
+            if durable && let Some(store) = &mut self.store {
+                out.stored = Some(store.next_id());
+            }
+            let kept = Self::deliver(session, out.clone(), self.max_queued, &mut self.counters);
+            if kept && let Some(id) = out.stored {
+                stored.push(Op::Enqueue(id, client_id.clone(), out));
+            }
+        }
+        for op in stored {
+            self.record(op);
         }
     }
 
-    fn deliver(session: &mut Session, out: Message, max_queued: usize, counters: &mut Counters) {
+    /// Subscribers acknowledged these stored messages.
+    pub fn acked(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.record(Op::Ack(*id));
+        }
+    }
+
+    /// Hands `out` to the session's connection or queue; false if it was
+    /// dropped (counted).
+    fn deliver(
+        session: &mut Session,
+        out: Message,
+        max_queued: usize,
+        counters: &mut Counters,
+    ) -> bool {
         match &session.connection {
             Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
-                Ok(()) => counters.delivered += 1,
+                Ok(()) => {
+                    counters.delivered += 1;
+                    true
+                }
                 Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m)))
                     if m.qos == QoS::AtMostOnce =>
                 {
                     counters.dropped_qos0 += 1;
+                    false
                 }
-                Err(_) => counters.dropped_queue_full += 1,
+                Err(_) => {
+                    counters.dropped_queue_full += 1;
+                    false
+                }
             },
             None if out.qos != QoS::AtMostOnce => {
                 if session.queue.len() < max_queued {
                     session.queue.push_back(out);
+                    true
                 } else {
                     counters.dropped_queue_full += 1;
+                    false
                 }
             }
-            None => {}
+            None => false,
         }
     }
 
@@ -250,9 +344,14 @@ impl Hub {
         let Some(session) = self.sessions.get_mut(client_id) else {
             return Vec::new();
         };
+        let persistent = !session.clean;
         let mut retained = Vec::new();
+        let mut ops = Vec::new();
         for (filter, qos) in filters {
             session.subscriptions.insert(filter.clone(), *qos);
+            if persistent {
+                ops.push(Op::Subscribe(client_id.to_string(), filter.clone(), *qos));
+            }
             for m in self.retained.values() {
                 if topic::matches(filter, &m.topic) {
                     retained.push(Message {
@@ -262,13 +361,23 @@ impl Hub {
                 }
             }
         }
+        for op in ops {
+            self.record(op);
+        }
         retained
     }
 
     pub fn unsubscribe(&mut self, client_id: &str, filters: &[String]) {
-        if let Some(session) = self.sessions.get_mut(client_id) {
-            for f in filters {
-                session.subscriptions.remove(f);
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        let persistent = !session.clean;
+        for f in filters {
+            if session.subscriptions.remove(f).is_some() && persistent {
+                let op = Op::Unsubscribe(client_id.to_string(), f.clone());
+                if let Some(store) = &mut self.store {
+                    store.record(op);
+                }
             }
         }
     }
@@ -315,7 +424,7 @@ impl Hub {
     }
 }
 
-/// Requests to the hub task.
+/// Requests to the hub.
 pub enum Request {
     Connect {
         info: ClientInfo,
@@ -329,7 +438,11 @@ pub enum Request {
         graceful: bool,
         unacked: Vec<Message>,
     },
-    Publish(Message),
+    /// A message from a client; for QoS 1/2 the reply says whether it is
+    /// safe to acknowledge (stored wherever it must be).
+    Publish(Message, Option<oneshot::Sender<bool>>),
+    /// Stored messages the subscriber acknowledged.
+    Acked(Vec<u64>),
     Subscribe {
         client_id: String,
         filters: Vec<(String, QoS)>,
@@ -350,53 +463,112 @@ pub enum Request {
 /// The retained messages to send, or why the subscription was refused.
 pub type SubscribeResult = Result<Vec<Message>, String>;
 
-/// The hub task: applies requests in order until every sender is gone.
-pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
-    while let Some(request) = requests.recv().await {
+/// An answer held back until its batch is committed.
+enum Reply {
+    Connect(oneshot::Sender<Connected>, Connected),
+    Publish(oneshot::Sender<bool>),
+    Subscribe(oneshot::Sender<SubscribeResult>, SubscribeResult),
+    Unsubscribe(oneshot::Sender<()>),
+}
+
+/// Requests handled before one commit.
+const BATCH: usize = 1024;
+
+/// The hub's thread: takes requests in batches, commits each batch's store
+/// operations once, then answers, until every sender is gone.
+pub fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
+    let mut replies = Vec::new();
+    while let Some(first) = requests.blocking_recv() {
+        hub.handle(first, max_subscriptions, &mut replies);
+        for _ in 1..BATCH {
+            match requests.try_recv() {
+                Ok(r) => hub.handle(r, max_subscriptions, &mut replies),
+                Err(_) => break,
+            }
+        }
+        let durable = match hub.store.as_mut().map(Store::commit) {
+            Some(Err(e)) => {
+                tracing::error!(
+                    "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
+                );
+                false
+            }
+            _ => true,
+        };
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Connect(tx, c) => {
+                    let _ = tx.send(c);
+                }
+                Reply::Publish(tx) => {
+                    let _ = tx.send(durable);
+                }
+                Reply::Subscribe(tx, result) => {
+                    let result = if durable {
+                        result
+                    } else {
+                        Err("the session store cannot be written".into())
+                    };
+                    let _ = tx.send(result);
+                }
+                Reply::Unsubscribe(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    fn handle(&mut self, request: Request, max_subscriptions: usize, replies: &mut Vec<Reply>) {
         match request {
             Request::Connect {
                 info,
                 will,
                 outbox,
                 reply,
-            } => {
-                let _ = reply.send(hub.connect(info, will, outbox));
-            }
+            } => replies.push(Reply::Connect(reply, self.connect(info, will, outbox))),
             Request::Disconnect {
                 client_id,
                 connection_id,
                 graceful,
                 unacked,
-            } => hub.disconnect(&client_id, connection_id, graceful, unacked),
-            Request::Publish(m) => hub.publish(&m),
+            } => self.disconnect(&client_id, connection_id, graceful, unacked),
+            Request::Publish(m, reply) => {
+                self.publish(&m);
+                if let Some(reply) = reply {
+                    replies.push(Reply::Publish(reply));
+                }
+            }
+            Request::Acked(ids) => self.acked(&ids),
             Request::Subscribe {
                 client_id,
                 filters,
                 reply,
             } => {
-                let existing = hub.subscription_count(&client_id);
+                let existing = self.subscription_count(&client_id);
                 let result = if existing + filters.len() > max_subscriptions {
                     Err(format!(
                         "more than {max_subscriptions} subscriptions for one client"
                     ))
                 } else {
-                    Ok(hub.subscribe(&client_id, &filters))
+                    Ok(self.subscribe(&client_id, &filters))
                 };
-                let _ = reply.send(result);
+                replies.push(Reply::Subscribe(reply, result));
             }
             Request::Unsubscribe {
                 client_id,
                 filters,
                 reply,
             } => {
-                hub.unsubscribe(&client_id, &filters);
-                let _ = reply.send(());
+                self.unsubscribe(&client_id, &filters);
+                replies.push(Reply::Unsubscribe(reply));
             }
             Request::Clients(reply) => {
-                let _ = reply.send((hub.clients(), hub.counters));
+                let _ = reply.send((self.clients(), self.counters));
             }
             Request::Kick { client_id, reply } => {
-                let _ = reply.send(hub.kick(&client_id, "disconnected by an operator"));
+                let _ = reply.send(self.kick(&client_id, "disconnected by an operator"));
             }
         }
     }
@@ -425,6 +597,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             qos,
             retain,
+            stored: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod identity;
 mod listener;
 pub mod outbound;
+pub mod store;
 pub mod topic;
 
 use std::sync::Arc;
@@ -74,13 +75,32 @@ pub async fn run(
         bound.push((name, addr));
     }
 
+    let hub = if config.persistence {
+        let dir = ctx.layout.data_dir(SERVICE);
+        std::fs::create_dir_all(&dir).map_err(|source| BrokerError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let (store, loaded) = store::Store::open(&dir.join("sessions.db"))?;
+        tracing::info!(
+            sessions = loaded.sessions.len(),
+            queued = loaded.sessions.iter().map(|s| s.queue.len()).sum::<usize>(),
+            retained = loaded.retained.len(),
+            "persistent sessions restored"
+        );
+        hub::Hub::with_store(config.max_queued_messages, store, loaded)
+    } else {
+        hub::Hub::new(config.max_queued_messages)
+    };
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let max_subscriptions = config.max_subscriptions_per_client;
-    tokio::spawn(hub::run(
-        hub::Hub::new(config.max_queued_messages),
-        hub_rx,
-        max_subscriptions,
-    ));
+    std::thread::Builder::new()
+        .name("broker-hub".into())
+        .spawn(move || hub::run(hub, hub_rx, max_subscriptions))
+        .map_err(|source| BrokerError::DataDir {
+            path: "(hub thread)".into(),
+            source,
+        })?;
     let shared = Arc::new(connection::Shared {
         config,
         devices,

@@ -26,6 +26,15 @@ pub struct Outbound {
     waiting: VecDeque<Message>,
 }
 
+/// A message the client finished acknowledging.
+#[derive(Debug)]
+pub struct Done {
+    /// What the freed window lets go out now.
+    pub next: Vec<Publish>,
+    /// The finished message's row in the store, to delete.
+    pub stored: Option<u64>,
+}
+
 /// What the client acknowledged wrongly.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnknownPacketId(pub u16);
@@ -86,11 +95,18 @@ impl Outbound {
         out
     }
 
-    pub fn puback(&mut self, pkid: u16) -> Result<Vec<Publish>, UnknownPacketId> {
+    pub fn puback(&mut self, pkid: u16) -> Result<Done, UnknownPacketId> {
+        self.finish(pkid, Stage::Qos1Sent)
+    }
+
+    fn finish(&mut self, pkid: u16, expected: Stage) -> Result<Done, UnknownPacketId> {
         match self.inflight.get(&pkid) {
-            Some((_, Stage::Qos1Sent)) => {
-                self.inflight.remove(&pkid);
-                Ok(self.refill())
+            Some((_, stage)) if *stage == expected => {
+                let (m, _) = self.inflight.remove(&pkid).expect("looked up above");
+                Ok(Done {
+                    next: self.refill(),
+                    stored: m.stored,
+                })
             }
             _ => Err(UnknownPacketId(pkid)),
         }
@@ -106,14 +122,8 @@ impl Outbound {
         }
     }
 
-    pub fn pubcomp(&mut self, pkid: u16) -> Result<Vec<Publish>, UnknownPacketId> {
-        match self.inflight.get(&pkid) {
-            Some((_, Stage::Released)) => {
-                self.inflight.remove(&pkid);
-                Ok(self.refill())
-            }
-            _ => Err(UnknownPacketId(pkid)),
-        }
+    pub fn pubcomp(&mut self, pkid: u16) -> Result<Done, UnknownPacketId> {
+        self.finish(pkid, Stage::Released)
     }
 
     pub fn inflight(&self) -> usize {
@@ -148,6 +158,7 @@ mod tests {
             payload: Bytes::from(vec![n]),
             qos,
             retain: false,
+            stored: Some(u64::from(n)),
         }
     }
 
@@ -160,14 +171,17 @@ mod tests {
         assert!(o.push(m(QoS::AtLeastOnce, 4)).is_none());
         // QoS 0 is never held.
         assert_eq!(o.push(m(QoS::AtMostOnce, 9)).unwrap().pkid, 0);
-        assert_eq!(o.puback(b.pkid), Err(UnknownPacketId(b.pkid)));
-        let next = o.puback(a.pkid).unwrap();
+        assert_eq!(o.puback(b.pkid).unwrap_err(), UnknownPacketId(b.pkid));
+        let done = o.puback(a.pkid).unwrap();
+        assert_eq!(done.stored, Some(1));
+        let next = done.next;
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].payload, Bytes::from(vec![3]));
         assert_eq!(o.pubrec(b.pkid).unwrap().pkid, b.pkid);
         assert!(o.pubcomp(a.pkid).is_err());
-        let next = o.pubcomp(b.pkid).unwrap();
-        assert_eq!(next[0].payload, Bytes::from(vec![4]));
+        let done = o.pubcomp(b.pkid).unwrap();
+        assert_eq!(done.stored, Some(2));
+        assert_eq!(done.next[0].payload, Bytes::from(vec![4]));
         let left: Vec<_> = o.into_unacked().iter().map(|m| m.payload[0]).collect();
         assert_eq!(left, vec![3, 4]);
     }

@@ -1,0 +1,287 @@
+//! Durable sessions: what a persistent session (clean session = 0) needs
+//! to survive a restart or `kill -9` — its subscriptions and its queued QoS
+//! 1/2 messages — and the retained messages, in SQLite (WAL,
+//! `synchronous=FULL`).
+//!
+//! The hub records operations as it works ([`Store::record`]) and commits
+//! them in one transaction per batch of requests ([`Store::commit`]); a
+//! publisher's PUBACK, a SUBACK or a CONNACK waits for that commit. A
+//! message stays in `queue` until its subscriber acknowledges it.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use rumqttc::QoS;
+use rusqlite::{Connection, params};
+
+use crate::hub::Message;
+
+#[derive(Debug, thiserror::Error)]
+#[error("session store {path}: {source}")]
+pub struct StoreError {
+    path: String,
+    source: rusqlite::Error,
+}
+
+/// One change to durable state.
+#[derive(Debug)]
+pub enum Op {
+    PutSession(String),
+    /// Forgets a session: its subscriptions and queue too.
+    DropSession(String),
+    Subscribe(String, String, QoS),
+    Unsubscribe(String, String),
+    Enqueue(u64, String, Message),
+    Ack(u64),
+    Retain(Message),
+    Unretain(String),
+}
+
+/// A persistent session as found at start.
+#[derive(Debug, Default)]
+pub struct LoadedSession {
+    pub client_id: String,
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Oldest first, each with its store id.
+    pub queue: Vec<Message>,
+}
+
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sessions: Vec<LoadedSession>,
+    pub retained: Vec<Message>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+    pending: Vec<Op>,
+    next_id: u64,
+}
+
+fn qos(n: i64) -> QoS {
+    match n {
+        2 => QoS::ExactlyOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::AtMostOnce,
+    }
+}
+
+impl Store {
+    /// Opens (creating) the store and reads what it holds.
+    pub fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS subscriptions (
+                 client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+                 PRIMARY KEY (client_id, filter));
+             CREATE TABLE IF NOT EXISTS queue (
+                 id INTEGER PRIMARY KEY, client_id TEXT NOT NULL, topic TEXT NOT NULL,
+                 payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS queue_client ON queue (client_id, id);
+             CREATE TABLE IF NOT EXISTS retained (
+                 topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);",
+        )
+        .map_err(err)?;
+        let loaded = load(&conn).map_err(err)?;
+        let next_id = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM queue", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(err)? as u64;
+        Ok((
+            Store {
+                conn,
+                path: path.display().to_string(),
+                pending: Vec::new(),
+                next_id,
+            },
+            loaded,
+        ))
+    }
+
+    /// A new id for a queued message.
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub fn record(&mut self, op: Op) {
+        self.pending.push(op);
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes everything recorded since the last commit, durably.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let path = self.path.clone();
+        let err = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for op in ops {
+            let r = match op {
+                Op::PutSession(c) => tx.execute(
+                    "INSERT OR IGNORE INTO sessions (client_id) VALUES (?1)",
+                    params![c],
+                ),
+                Op::DropSession(c) => tx
+                    .execute("DELETE FROM sessions WHERE client_id = ?1", params![c])
+                    .and_then(|_| tx.execute("DELETE FROM subscriptions WHERE client_id = ?1", params![c]))
+                    .and_then(|_| tx.execute("DELETE FROM queue WHERE client_id = ?1", params![c])),
+                Op::Subscribe(c, f, q) => tx.execute(
+                    "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
+                    params![c, f, q as i64],
+                ),
+                Op::Unsubscribe(c, f) => tx.execute(
+                    "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2",
+                    params![c, f],
+                ),
+                Op::Enqueue(id, c, m) => tx.execute(
+                    "INSERT INTO queue (id, client_id, topic, payload, qos, retain) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id as i64, c, m.topic, &m.payload[..], m.qos as i64, i64::from(m.retain)],
+                ),
+                Op::Ack(id) => tx.execute("DELETE FROM queue WHERE id = ?1", params![id as i64]),
+                Op::Retain(m) => tx.execute(
+                    "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?1, ?2, ?3)",
+                    params![m.topic, &m.payload[..], m.qos as i64],
+                ),
+                Op::Unretain(t) => tx.execute("DELETE FROM retained WHERE topic = ?1", params![t]),
+            };
+            r.map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+/// Everything the store holds, as the hub starts from it.
+fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let mut sessions = conn.prepare("SELECT client_id FROM sessions ORDER BY client_id")?;
+    for id in sessions.query_map([], |r| r.get::<_, String>(0))? {
+        loaded.sessions.push(LoadedSession {
+            client_id: id?,
+            ..LoadedSession::default()
+        });
+    }
+    let index: std::collections::HashMap<String, usize> = loaded
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.client_id.clone(), i))
+        .collect();
+    let mut subs = conn.prepare("SELECT client_id, filter, qos FROM subscriptions")?;
+    let rows = subs.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (client, filter, q) = row?;
+        if let Some(&i) = index.get(&client) {
+            loaded.sessions[i].subscriptions.push((filter, qos(q)));
+        }
+    }
+    let mut queue =
+        conn.prepare("SELECT id, client_id, topic, payload, qos, retain FROM queue ORDER BY id")?;
+    let rows = queue.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            Message {
+                topic: r.get(2)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                qos: qos(r.get(4)?),
+                retain: r.get::<_, i64>(5)? != 0,
+                stored: None,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, client, mut m) = row?;
+        m.stored = Some(id as u64);
+        if let Some(&i) = index.get(&client) {
+            loaded.sessions[i].queue.push(m);
+        }
+    }
+    let mut retained = conn.prepare("SELECT topic, payload, qos FROM retained")?;
+    let rows = retained.query_map([], |r| {
+        Ok(Message {
+            topic: r.get(0)?,
+            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            qos: qos(r.get(2)?),
+            retain: true,
+            stored: None,
+        })
+    })?;
+    for m in rows {
+        loaded.retained.push(m?);
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(topic: &str, n: u8) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::from(vec![n]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            stored: None,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_forgets_what_is_acked_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let (mut s, loaded) = Store::open(&path).unwrap();
+            assert!(loaded.sessions.is_empty());
+            s.record(Op::PutSession("a".into()));
+            s.record(Op::PutSession("b".into()));
+            s.record(Op::Subscribe("a".into(), "x/#".into(), QoS::ExactlyOnce));
+            s.record(Op::Subscribe("b".into(), "y".into(), QoS::AtLeastOnce));
+            for n in 0..3 {
+                let id = s.next_id();
+                s.record(Op::Enqueue(id, "a".into(), m("x/1", n)));
+            }
+            s.record(Op::Ack(2));
+            s.record(Op::Retain(Message {
+                retain: true,
+                ..m("r", 9)
+            }));
+            s.record(Op::DropSession("b".into()));
+            s.commit().unwrap();
+        }
+        let (mut s, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.sessions.len(), 1);
+        let a = &loaded.sessions[0];
+        assert_eq!(a.subscriptions, vec![("x/#".to_string(), QoS::ExactlyOnce)]);
+        let payloads: Vec<u8> = a.queue.iter().map(|m| m.payload[0]).collect();
+        assert_eq!(payloads, vec![0, 2]);
+        assert_eq!(a.queue[1].stored, Some(3));
+        assert_eq!(loaded.retained.len(), 1);
+        assert_eq!(s.next_id(), 4);
+    }
+}

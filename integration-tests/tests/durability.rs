@@ -1,0 +1,136 @@
+//! What the broker acknowledged survives `kill -9`: persistent sessions,
+//! their queued QoS 1 messages, and retained messages.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_proto::supervisor::v1 as pb;
+
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+fn options(port: u16, id: &str, clean: bool) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Connects and returns the client, its event loop, and whether the
+/// broker had a session for it.
+async fn connect(o: MqttOptions) -> (AsyncClient, EventLoop, bool) {
+    let (client, mut events) = AsyncClient::new(o, 1000);
+    loop {
+        if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.expect("connect") {
+            return (client, events, ack.session_present);
+        }
+    }
+}
+
+/// Polls until `pred` has seen what it wants.
+async fn poll_until(events: &mut EventLoop, mut pred: impl FnMut(&Packet) -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Event::Incoming(p) = events.poll().await.expect("poll")
+                && pred(&p)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn persistent_sessions_and_retained_messages_survive_kill_9_of_the_broker() {
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+
+    // A persistent session subscribes, then goes away.
+    let (keeper, mut kev, present) = connect(options(port, "keeper", false)).await;
+    assert!(!present);
+    keeper.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut kev, |p| matches!(p, Packet::SubAck(_))).await;
+    keeper.disconnect().await.unwrap();
+    let _ = kev.poll().await;
+    drop(kev);
+
+    // 200 QoS 1 messages and a retained one, each acknowledged by the broker.
+    let (publisher, mut pev, _) = connect(options(port, "boss", true)).await;
+    for i in 0..200u32 {
+        publisher
+            .publish(
+                "jobs/new",
+                QoS::AtLeastOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish("state/mode", QoS::AtLeastOnce, true, "auto")
+        .await
+        .unwrap();
+    let mut acks = 0;
+    poll_until(&mut pev, |p| {
+        acks += usize::from(matches!(p, Packet::PubAck(_)));
+        acks == 201
+    })
+    .await;
+    drop(pev);
+
+    // kill -9 the broker; init restarts it.
+    let old = core.service("broker").await.pid;
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    core.wait_until("broker back", |l| {
+        l.iter()
+            .any(|s| s.name == "broker" && s.state() == pb::ServiceState::Running && s.pid != old)
+    })
+    .await;
+    let port = core.broker_port("tcp").await;
+
+    // Every acknowledged message arrives, in order, once the session returns.
+    let (keeper, mut kev, present) = connect(options(port, "keeper", false)).await;
+    assert!(present, "the session survived");
+    let mut got = Vec::new();
+    poll_until(&mut kev, |p| {
+        if let Packet::Publish(m) = p {
+            got.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+        }
+        got.len() == 200
+    })
+    .await;
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+
+    // The subscription survived too, and so did the retained message.
+    let (publisher, mut pev, _) = connect(options(port, "boss2", true)).await;
+    publisher
+        .publish("jobs/after", QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    poll_until(&mut pev, |p| matches!(p, Packet::PubAck(_))).await;
+    poll_until(
+        &mut kev,
+        |p| matches!(p, Packet::Publish(m) if m.topic == "jobs/after"),
+    )
+    .await;
+    drop(keeper);
+
+    let (late, mut lev, _) = connect(options(port, "late", true)).await;
+    late.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(
+        &mut lev,
+        |p| matches!(p, Packet::Publish(m) if m.retain && &m.payload[..] == b"auto"),
+    )
+    .await;
+    let log = std::fs::read_to_string(core.root().join("logs/broker.log")).unwrap();
+    assert!(log.contains("persistent sessions restored"), "{log}");
+}
