@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::codec;
 use crate::config::BrokerConfig;
 use crate::hub::{self, ClientInfo, Message, Outgoing};
 use crate::identity::{Devices, Peer};
@@ -64,15 +65,7 @@ enum ReadError {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// The next whole packet already in the buffer, if any.
     fn decode(&mut self) -> Result<Option<Packet>, ReadError> {
-        let Some(&first) = self.inbuf.first() else {
-            return Ok(None);
-        };
-        check_fixed_header(first).map_err(ReadError::Protocol)?;
-        match Packet::read(&mut self.inbuf, self.max_packet) {
-            Ok(p) => Ok(Some(p)),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-            Err(e) => Err(ReadError::Protocol(e.to_string())),
-        }
+        codec::decode(&mut self.inbuf, self.max_packet).map_err(ReadError::Protocol)
     }
 
     async fn read_packet(&mut self) -> Result<Packet, ReadError> {
@@ -106,42 +99,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         }
         Ok(())
     }
-}
-
-/// Checks what the codec does not: reserved bits of the fixed header
-/// (MQTT-2.2.2-1/2) and the packet types a client may not send.
-fn check_fixed_header(first: u8) -> Result<(), String> {
-    let (kind, flags) = (first >> 4, first & 0x0f);
-    let ok = match kind {
-        3 => (flags >> 1) & 0b11 != 0b11, // PUBLISH: QoS 3 is malformed
-        6 | 8 | 10 => flags == 0b0010,    // PUBREL, SUBSCRIBE, UNSUBSCRIBE
-        1 | 4 | 5 | 7 | 12 | 14 => flags == 0,
-        _ => return Err(format!("packet type {kind} is not one a client sends")),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "reserved flags {flags:#06b} set in a packet of type {kind}"
-        ))
-    }
-}
-
-/// The protocol level and connect flags of a CONNECT at the start of `buf`,
-/// once enough of it is there.
-fn peek_connect(buf: &[u8]) -> Option<(u8, u8)> {
-    let mut i = 1;
-    loop {
-        let b = *buf.get(i)?;
-        i += 1;
-        if b & 0x80 == 0 || i > 4 {
-            break;
-        }
-    }
-    let name_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
-    let level = *buf.get(i + 2 + name_len)?;
-    let flags = *buf.get(i + 3 + name_len)?;
-    Some((level, flags))
 }
 
 /// Serves one client until it leaves or the broker closes it.
@@ -345,7 +302,7 @@ where
             if conn.inbuf.first().is_some_and(|b| b >> 4 != 1) {
                 return Err("the first packet is not CONNECT".to_string());
             }
-            if let Some(found) = peek_connect(&conn.inbuf) {
+            if let Some(found) = codec::peek_connect(&conn.inbuf) {
                 break found;
             }
             if conn.inbuf.len() > 16 {
@@ -679,34 +636,5 @@ impl Session<'_> {
             Err(_) => return Some(End::Abrupt("broker stopping".into())),
         }
         None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_header_flags() {
-        assert!(check_fixed_header(0x10).is_ok()); // CONNECT
-        assert!(check_fixed_header(0x11).is_err());
-        assert!(check_fixed_header(0x30).is_ok()); // PUBLISH QoS 0
-        assert!(check_fixed_header(0x3d).is_ok()); // dup, QoS 2, retain
-        assert!(check_fixed_header(0x36).is_err()); // QoS 3
-        assert!(check_fixed_header(0x82).is_ok()); // SUBSCRIBE
-        assert!(check_fixed_header(0x80).is_err());
-        assert!(check_fixed_header(0x62).is_ok()); // PUBREL
-        assert!(check_fixed_header(0x60).is_err());
-        assert!(check_fixed_header(0x20).is_err()); // CONNACK from a client
-        assert!(check_fixed_header(0x00).is_err());
-        assert!(check_fixed_header(0xf0).is_err());
-    }
-
-    #[test]
-    fn peeks_level_and_flags() {
-        // CONNECT, remaining 12, "MQTT", level 4, flags 0x02, keep-alive 60, id "".
-        let buf = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0];
-        assert_eq!(peek_connect(&buf), Some((4, 0x02)));
-        assert_eq!(peek_connect(&buf[..8]), None);
     }
 }

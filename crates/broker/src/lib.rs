@@ -1,5 +1,6 @@
 //! verdant-broker: the MQTT server devices connect to. See ARCHITECTURE.md.
 
+pub mod codec;
 pub mod config;
 mod connection;
 pub mod error;
