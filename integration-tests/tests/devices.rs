@@ -13,8 +13,18 @@ const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
 
 /// `mosquitto_pub` on the plain listener, as a client other than the device.
 fn publish_plain(port: &str, client_id: &str, topic: &str, message: &str) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", port, "-i", client_id])
+    // `timeout`: a missing acknowledgement must fail the test, not hang it.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-i",
+            client_id,
+        ])
         .args(["-t", topic, "-m", message, "-q", "1"])
         .output()
         .expect("mosquitto_pub (scripts/test-deps.sh installs it)");
@@ -70,7 +80,8 @@ async fn mosquitto_clients_over_mutual_tls_with_the_dev_certificates() {
     );
     // The sample device's certificate under another client id is refused
     // (Greengrass's rule: the client id is the thing name).
-    let refused = Command::new("mosquitto_pub")
+    let refused = Command::new("timeout")
+        .args(["20", "mosquitto_pub"])
         .args(&tls)
         .args([
             "-i",

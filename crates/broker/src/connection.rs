@@ -34,6 +34,9 @@ pub struct Shared {
     pub config: BrokerConfig,
     pub devices: Devices,
     pub hub: mpsc::Sender<hub::Request>,
+    /// The hub's count of persistent sessions' subscriptions: while zero,
+    /// QoS 1/2 publishes are acknowledged without waiting for the hub.
+    pub durable_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
     /// For client ids the broker assigns (empty id, clean session).
     pub assigned: AtomicU64,
 }
@@ -556,11 +559,17 @@ impl Session<'_> {
             retain: p.retain,
             stored: None,
         };
-        let (reply, confirmation) = if qos == QoS::AtMostOnce {
-            (None, None)
-        } else {
+        let must_wait = qos != QoS::AtMostOnce
+            && self
+                .shared
+                .durable_subscriptions
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0;
+        let (reply, confirmation) = if must_wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
+        } else {
+            (None, None)
         };
         if self
             .shared
@@ -571,10 +580,19 @@ impl Session<'_> {
         {
             return Some(End::Abrupt("broker stopping".into()));
         }
-        if let Some(rx) = confirmation {
-            self.unconfirmed.push_back(Box::pin(
-                async move { (pkid, qos, rx.await.unwrap_or(false)) },
-            ));
+        match confirmation {
+            Some(rx) => self.unconfirmed.push_back(Box::pin(async move {
+                (pkid, qos, rx.await.unwrap_or(false))
+            })),
+            // Acknowledgements go out in the order the publishes came in.
+            None if qos != QoS::AtMostOnce && !self.unconfirmed.is_empty() => self
+                .unconfirmed
+                .push_back(Box::pin(async move { (pkid, qos, true) })),
+            None => match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(pkid))),
+                QoS::ExactlyOnce => conn.queue(&Packet::PubRec(PubRec::new(pkid))),
+            },
         }
         None
     }

@@ -1,11 +1,13 @@
 //! The broker's own fan-out in local mode: sessions, subscriptions and
-//! retained messages, owned by one thread ([`run`]) that connections talk to
+//! retained messages, owned by one task ([`run`]) that connections talk to
 //! over a channel. [`Hub`] is the logic with no I/O besides `try_send` to
 //! connection outboxes and the operations it records in its [`Store`], so
 //! it is tested without sockets. [`run`] takes requests in batches, commits
 //! the batch's store operations once, and only then answers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -94,6 +96,12 @@ pub struct Hub {
     /// Where persistent sessions and retained messages are kept; `None`
     /// keeps them in memory only.
     store: Option<Store>,
+    /// How many subscriptions persistent sessions hold, when there is a
+    /// store. Zero means no message can need the disk, so connections
+    /// acknowledge QoS 1/2 publishes without waiting for the hub. Updated
+    /// before any SUBACK of a batch is sent, so a subscription counts
+    /// before its subscriber knows it exists.
+    durable_subscriptions: Arc<AtomicUsize>,
     pub counters: Counters,
 }
 
@@ -118,8 +126,27 @@ impl Hub {
             next_connection: 1,
             max_queued,
             store: None,
+            durable_subscriptions: Arc::new(AtomicUsize::new(0)),
             counters: Counters::default(),
         }
+    }
+
+    /// The count connections read (see the field).
+    pub fn durable_subscriptions(&self) -> Arc<AtomicUsize> {
+        self.durable_subscriptions.clone()
+    }
+
+    fn count_durable_subscriptions(&self) {
+        let n = if self.store.is_some() {
+            self.sessions
+                .values()
+                .filter(|s| !s.clean)
+                .map(|s| s.subscriptions.len())
+                .sum()
+        } else {
+            0
+        };
+        self.durable_subscriptions.store(n, Ordering::Release);
     }
 
     /// A hub that keeps its persistent state in `store`, starting from
@@ -152,6 +179,7 @@ impl Hub {
             hub.retained.insert(m.topic.clone(), m);
         }
         hub.store = Some(store);
+        hub.count_durable_subscriptions();
         hub
     }
 
@@ -474,26 +502,46 @@ enum Reply {
 /// Requests handled before one commit.
 const BATCH: usize = 1024;
 
-/// The hub's thread: takes requests in batches, commits each batch's store
-/// operations once, then answers, until every sender is gone.
-pub fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
+/// The hub's task: takes requests in batches, commits each batch's store
+/// operations once (on a blocking thread, only when there are any), then
+/// answers, until every sender is gone. Requests that arrive during a
+/// commit make the next batch: that is the group commit.
+pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
     let mut replies = Vec::new();
-    while let Some(first) = requests.blocking_recv() {
-        hub.handle(first, max_subscriptions, &mut replies);
+    while let Some(first) = requests.recv().await {
+        let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
         for _ in 1..BATCH {
             match requests.try_recv() {
-                Ok(r) => hub.handle(r, max_subscriptions, &mut replies),
+                Ok(r) => sessions_changed |= hub.handle(r, max_subscriptions, &mut replies),
                 Err(_) => break,
             }
         }
-        let durable = match hub.store.as_mut().map(Store::commit) {
-            Some(Err(e)) => {
-                tracing::error!(
-                    "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
-                );
-                false
+        if sessions_changed {
+            hub.count_durable_subscriptions();
+        }
+        let durable = match hub.store.take() {
+            Some(mut store) if store.has_pending() => {
+                let (store, result) = tokio::task::spawn_blocking(move || {
+                    let result = store.commit();
+                    (store, result)
+                })
+                .await
+                .expect("the commit does not panic");
+                hub.store = Some(store);
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(
+                            "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
+                        );
+                        false
+                    }
+                }
             }
-            _ => true,
+            other => {
+                hub.store = other;
+                true
+            }
         };
         for reply in replies.drain(..) {
             match reply {
@@ -520,7 +568,21 @@ pub fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscription
 }
 
 impl Hub {
-    fn handle(&mut self, request: Request, max_subscriptions: usize, replies: &mut Vec<Reply>) {
+    /// Applies one request; true if it may have changed sessions or
+    /// subscriptions.
+    fn handle(
+        &mut self,
+        request: Request,
+        max_subscriptions: usize,
+        replies: &mut Vec<Reply>,
+    ) -> bool {
+        let changes_sessions = matches!(
+            request,
+            Request::Connect { .. }
+                | Request::Disconnect { .. }
+                | Request::Subscribe { .. }
+                | Request::Unsubscribe { .. }
+        );
         match request {
             Request::Connect {
                 info,
@@ -571,6 +633,7 @@ impl Hub {
                 let _ = reply.send(self.kick(&client_id, "disconnected by an operator"));
             }
         }
+        changes_sessions
     }
 }
 
@@ -699,5 +762,40 @@ mod tests {
         // The old connection's late disconnect does not end the new one.
         hub.disconnect("c", first.connection_id, false, Vec::new());
         assert!(hub.clients()[0].connected);
+    }
+
+    #[test]
+    fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut hub = Hub::with_store(10, store, loaded);
+        let count = hub.durable_subscriptions();
+        let (tx, _rx) = mpsc::channel(10);
+        hub.connect(info("clean", true), None, tx);
+        hub.subscribe("clean", &[("a".into(), QoS::AtLeastOnce)]);
+        hub.count_durable_subscriptions();
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        let (tx, _rx) = mpsc::channel(10);
+        hub.connect(info("kept", false), None, tx);
+        hub.subscribe(
+            "kept",
+            &[
+                ("a".into(), QoS::AtLeastOnce),
+                ("b".into(), QoS::AtMostOnce),
+            ],
+        );
+        hub.count_durable_subscriptions();
+        assert_eq!(count.load(Ordering::Acquire), 2);
+        let (tx, _rx) = mpsc::channel(10);
+        hub.connect(info("kept", true), None, tx); // clean now: forgotten
+        hub.count_durable_subscriptions();
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        // Without a store nothing is durable.
+        let mut memory = Hub::new(10);
+        let (tx, _rx) = mpsc::channel(10);
+        memory.connect(info("kept", false), None, tx);
+        memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
+        memory.count_durable_subscriptions();
+        assert_eq!(memory.durable_subscriptions().load(Ordering::Acquire), 0);
     }
 }

@@ -93,19 +93,15 @@ pub async fn run(
     } else {
         hub::Hub::new(config.max_queued_messages)
     };
+    let durable_subscriptions = hub.durable_subscriptions();
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let max_subscriptions = config.max_subscriptions_per_client;
-    std::thread::Builder::new()
-        .name("broker-hub".into())
-        .spawn(move || hub::run(hub, hub_rx, max_subscriptions))
-        .map_err(|source| BrokerError::DataDir {
-            path: "(hub thread)".into(),
-            source,
-        })?;
+    tokio::spawn(hub::run(hub, hub_rx, max_subscriptions));
     let shared = Arc::new(connection::Shared {
         config,
         devices,
         hub: hub_tx.clone(),
+        durable_subscriptions,
         assigned: AtomicU64::new(1),
     });
     let tracker = TaskTracker::new();

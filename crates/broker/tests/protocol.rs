@@ -172,3 +172,48 @@ async fn keep_alive_expiry_closes_and_publishes_the_will() {
     let will = watcher.next().await;
     assert_eq!(&will.payload[..], b"z");
 }
+
+/// QoS 1 gets PUBACK, QoS 2 gets PUBREC then PUBCOMP, in order, with and
+/// without a persistent subscriber (which makes the broker wait for disk).
+#[tokio::test]
+async fn publishes_are_acknowledged_in_order_at_qos_1_and_2() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    for persistent in [false, true] {
+        if persistent {
+            let mut o = b.tcp_options("keeper");
+            o.set_clean_session(false);
+            let keeper = common::connect(o).await.unwrap();
+            keeper.subscribe("q/#", rumqttc::QoS::AtLeastOnce).await;
+        }
+        let mut s = open(port).await;
+        s.write_all(&connect_packet(&format!("acker-{persistent}"), 0x02, 4))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, CONNACK_OK);
+        // PUBLISH QoS 1 id 1, QoS 2 id 2, QoS 1 id 3, all to "q/a" with payload "x".
+        let mut burst = Vec::new();
+        for (first, id) in [(0x32u8, 1u8), (0x34, 2), (0x32, 3)] {
+            burst.extend_from_slice(&[first, 0x08, 0x00, 0x03, b'q', b'/', b'a', 0x00, id, b'x']);
+        }
+        s.write_all(&burst).await.unwrap();
+        let mut acks = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut acks))
+            .await
+            .expect("acknowledged within 10 s")
+            .unwrap();
+        assert_eq!(
+            acks,
+            [
+                0x40, 0x02, 0x00, 0x01, 0x50, 0x02, 0x00, 0x02, 0x40, 0x02, 0x00, 0x03
+            ],
+            "PUBACK 1, PUBREC 2, PUBACK 3 (persistent subscriber: {persistent})"
+        );
+        s.write_all(&[0x62, 0x02, 0x00, 0x02]).await.unwrap(); // PUBREL 2
+        let mut comp = [0u8; 4];
+        s.read_exact(&mut comp).await.unwrap();
+        assert_eq!(comp, [0x70, 0x02, 0x00, 0x02]);
+    }
+}
