@@ -259,7 +259,14 @@ impl Hub {
             return;
         };
         if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
-            return; // already taken over
+            // Taken over: what the old connection had in flight belongs to
+            // the session, so the new connection gets it.
+            if !session.clean {
+                for m in unacked {
+                    Self::deliver(session, m, self.max_queued, &mut self.counters);
+                }
+            }
+            return;
         }
         let connection = session.connection.take().expect("checked above");
         if session.clean {
@@ -797,5 +804,23 @@ mod tests {
         memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
         memory.count_durable_subscriptions();
         assert_eq!(memory.durable_subscriptions().load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn take_over_hands_unacked_messages_of_a_persistent_session_to_the_new_connection() {
+        let mut hub = Hub::new(10);
+        let (tx1, _rx1) = mpsc::channel(10);
+        let first = hub.connect(info("p", false), None, tx1);
+        let (tx2, mut rx2) = mpsc::channel(10);
+        hub.connect(info("p", false), None, tx2);
+        hub.disconnect(
+            "p",
+            first.connection_id,
+            false,
+            vec![msg("t", QoS::AtLeastOnce, false, "in flight")],
+        );
+        let got = drain(&mut rx2);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, Bytes::from_static(b"in flight"));
     }
 }
