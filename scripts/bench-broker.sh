@@ -5,6 +5,8 @@
 # Usage: scripts/bench-broker.sh [--runs N] [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A thousand clients and their brokers need file descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 command -v mosquitto >/dev/null || { echo "mosquitto missing: scripts/test-deps.sh installs it" >&2; exit 1; }
 cargo build --release --workspace --bins --locked >&2
 
@@ -52,6 +54,8 @@ for port in "$MOSQ_PORT" "$VERDANT_PORT"; do
         sleep 0.1
     done
 done
-target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" --target "verdant=127.0.0.1:$VERDANT_PORT" "$@"
+broker=$(pgrep -f '^verdant-broker' | head -1)
+target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" --target "verdant=127.0.0.1:$VERDANT_PORT" \
+    --pid "mosquitto=$mosq" --pid "verdant=$broker" "$@"
 echo
-echo "idle after the run: mosquitto RSS $(ps -o rss= -p "$mosq") KiB; verdant-broker RSS $(ps -o rss= -p "$(pgrep -f '^verdant-broker' | head -1)") KiB"
+echo "idle after the run: mosquitto RSS $(ps -o rss= -p "$mosq") KiB; verdant-broker RSS $(ps -o rss= -p "$broker") KiB"

@@ -63,7 +63,58 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-pub async fn run(targets: &[Target], runs: usize, quick: bool) {
+/// The connection storm: `clients` connect and subscribe at once, per
+/// target, `runs` times; medians of time and of memory per connection.
+async fn storm(targets: &[Target], pids: &[(String, u32)], runs: usize, clients: usize) {
+    println!(
+        "\n| {clients}-client connection storm | connect + subscribe, median s | connections/s | ratio | connected | broker RSS idle KiB | RSS with {clients} idle clients KiB | KiB per idle connection |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut first_rate = 0.0;
+    for (t, target) in targets.iter().enumerate() {
+        let pid = pids
+            .iter()
+            .find(|(n, _)| *n == target.name)
+            .map(|(_, p)| *p);
+        let mut secs = Vec::new();
+        let mut per_conn = Vec::new();
+        let (mut connected, mut before, mut after) = (0, None, None);
+        for r in 0..runs {
+            match mqtt::storm(target, clients, pid, &format!("storm{r}{}", target.name)).await {
+                Ok(s) => {
+                    secs.push(s.seconds);
+                    connected = s.connected;
+                    before = s.rss_before;
+                    after = s.rss_connected;
+                    if let (Some(b), Some(a)) = (s.rss_before, s.rss_connected) {
+                        per_conn.push(a.saturating_sub(b) as f64 / clients as f64);
+                    }
+                }
+                Err(e) => eprintln!("{}: {e}", target.name),
+            }
+        }
+        let s = median(secs);
+        let rate = if s > 0.0 { clients as f64 / s } else { 0.0 };
+        if t == 0 {
+            first_rate = rate;
+        }
+        let ratio = if first_rate > 0.0 {
+            format!("{:.2}×", rate / first_rate)
+        } else {
+            "-".into()
+        };
+        let kib = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        println!(
+            "| | {} {s:.3} | {rate:.0} | {ratio} | {connected} of {clients} | {} | {} | {:.1} |",
+            target.name,
+            kib(before),
+            kib(after),
+            median(per_conn)
+        );
+    }
+}
+
+pub async fn run(targets: &[Target], pids: &[(String, u32)], runs: usize, quick: bool) {
     println!(
         "| scenario | broker | msg/s (median of {runs}) | ratio | lost | duplicated | p50 µs | p99 µs | p99.9 µs |"
     );
@@ -126,4 +177,5 @@ pub async fn run(targets: &[Target], runs: usize, quick: bool) {
             );
         }
     }
+    storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
 }

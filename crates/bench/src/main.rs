@@ -45,6 +45,9 @@ enum Cmd {
         /// A tenth of the messages: for a smoke test.
         #[arg(long)]
         quick: bool,
+        /// `name=pid` of a target's broker process, to read its memory.
+        #[arg(long = "pid")]
+        pids: Vec<String>,
     },
 }
 
@@ -65,6 +68,16 @@ fn main() {
             targets,
             runs,
             quick,
-        } => runtime.block_on(compare::run(&targets, runs, quick)),
+            pids,
+        } => {
+            let pids: Vec<(String, u32)> = pids
+                .iter()
+                .filter_map(|p| {
+                    let (name, pid) = p.split_once('=')?;
+                    Some((name.to_string(), pid.parse().ok()?))
+                })
+                .collect();
+            runtime.block_on(compare::run(&targets, &pids, runs, quick));
+        }
     }
 }

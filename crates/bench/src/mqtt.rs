@@ -257,6 +257,97 @@ pub async fn latency(
     Ok(out)
 }
 
+/// What a connection storm measured.
+#[derive(Debug, Clone, Default)]
+pub struct Storm {
+    /// From the first CONNECT to the last SUBACK.
+    pub seconds: f64,
+    pub connected: usize,
+    /// The broker's RSS before the storm and with every client connected,
+    /// subscribed and idle, in KiB (when its pid is known).
+    pub rss_before: Option<u64>,
+    pub rss_connected: Option<u64>,
+}
+
+/// Resident memory of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `n` clients connect and subscribe at once; they stay connected (idle)
+/// until the broker's memory is read, then leave.
+pub async fn storm(t: &Target, n: usize, pid: Option<u32>, tag: &str) -> Result<Storm, String> {
+    let rss_before = pid.and_then(rss_kib);
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    let stop = tokio_util_stop();
+    let begun = Instant::now();
+    for i in 0..n {
+        let (t, ready_tx, mut stop) = (t.clone(), ready_tx.clone(), stop.subscribe());
+        let id = format!("{tag}-c{i}");
+        tokio::spawn(async move {
+            let (client, mut events) = client(&t, &id);
+            let ok = async {
+                connected(&mut events).await?;
+                client
+                    .subscribe(format!("{id}/#"), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                loop {
+                    match events.poll().await {
+                        Ok(Event::Incoming(Packet::SubAck(_))) => return Ok::<(), String>(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            .await;
+            let _ = ready_tx.send(ok.is_ok());
+            if ok.is_ok() {
+                tokio::select! {
+                    _ = stop.recv() => {}
+                    () = async { while events.poll().await.is_ok() {} } => {}
+                }
+                let _ = client.disconnect().await;
+            }
+        });
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    let mut answered = 0;
+    while answered < n {
+        match tokio::time::timeout(Duration::from_mins(1), ready.recv()).await {
+            Ok(Some(ok)) => {
+                answered += 1;
+                connected += usize::from(ok);
+            }
+            _ => break,
+        }
+    }
+    let seconds = begun.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = pid.and_then(rss_kib);
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Storm {
+        seconds,
+        connected,
+        rss_before,
+        rss_connected,
+    })
+}
+
+/// A broadcast used to tell every storm client to leave.
+fn tokio_util_stop() -> tokio::sync::broadcast::Sender<()> {
+    tokio::sync::broadcast::channel(1).0
+}
+
 /// The `p`th percentile of sorted values.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
