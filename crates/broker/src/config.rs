@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// A socket that sends no CONNECT within this is closed.
     pub connect_timeout_secs: u64,
+    /// A packet must be whole this long after its first byte arrived, or
+    /// the connection is closed (slow senders, whatever their keep-alive).
+    pub packet_timeout_secs: u64,
     pub max_topic_bytes: usize,
     pub max_topic_levels: usize,
     pub max_subscriptions_per_client: usize,
@@ -51,6 +54,7 @@ impl Default for BrokerConfig {
             require_client_id_match: true,
             max_packet_size: 256 * 1024,
             connect_timeout_secs: 10,
+            packet_timeout_secs: 30,
             max_topic_bytes: 1024,
             max_topic_levels: 32,
             max_subscriptions_per_client: 256,
@@ -120,6 +124,10 @@ impl BrokerConfig {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub fn packet_timeout(&self) -> Duration {
+        Duration::from_secs(self.packet_timeout_secs)
     }
 
     /// Problems that stop the broker from starting, as (key, reason).

@@ -388,6 +388,9 @@ impl Session<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut deadline = Instant::now() + keep_alive;
+        let packet_timeout = self.shared.config.packet_timeout();
+        // When the first byte of a packet not yet whole arrived.
+        let mut partial_since: Option<Instant> = None;
         loop {
             if let Err(e) = conn.flush().await {
                 return End::Abrupt(format!("write failed: {e}"));
@@ -411,6 +414,13 @@ impl Session<'_> {
             if let Err(e) = conn.flush().await {
                 return End::Abrupt(format!("write failed: {e}"));
             }
+            // Slow senders: a started packet must be whole within the timeout.
+            partial_since = if conn.inbuf.is_empty() {
+                None
+            } else {
+                partial_since.or_else(|| Some(Instant::now()))
+            };
+            let packet_deadline = partial_since.map(|t| t + packet_timeout);
             if !self.acked.is_empty() {
                 let ids = std::mem::take(&mut self.acked);
                 if self
@@ -457,6 +467,11 @@ impl Session<'_> {
                     Some(Outgoing::Close(why)) => return End::Abrupt(why),
                     None => return End::Abrupt("broker stopping".into()),
                 },
+                () = tokio::time::sleep_until(packet_deadline.unwrap_or(deadline)), if packet_deadline.is_some() => {
+                    return End::Abrupt(format!(
+                        "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
+                    ));
+                }
                 () = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
                     return End::Abrupt(format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
                 }

@@ -217,3 +217,37 @@ async fn publishes_are_acknowledged_in_order_at_qos_1_and_2() {
         assert_eq!(comp, [0x70, 0x02, 0x00, 0x02]);
     }
 }
+
+#[tokio::test]
+async fn a_packet_trickling_in_is_cut_off_even_without_keep_alive() {
+    let b = common::start(&[], "packet_timeout_secs = 1").await;
+    let mut s = open(b.tcp_port.unwrap()).await;
+    // CONNECT with keep-alive 0: no keep-alive deadline at all.
+    let mut connect = connect_packet("slow", 0x02, 4);
+    connect[10] = 0;
+    connect[11] = 0;
+    s.write_all(&connect).await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, CONNACK_OK);
+    // Half a PUBLISH, then a byte now and then.
+    s.write_all(&[0x30, 0x0a, 0x00, 0x03]).await.unwrap();
+    let begun = Instant::now();
+    let trickle = async {
+        for b in [b'a', b'/', b'b'] {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if s.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+        let mut rest = [0u8; 8];
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut rest)).await;
+    };
+    trickle.await;
+    let elapsed = begun.elapsed();
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(9),
+        "closed by the packet timeout: {elapsed:?}"
+    );
+}
