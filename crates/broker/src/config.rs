@@ -40,6 +40,9 @@ pub struct BrokerConfig {
     /// past this the oldest QoS 0 message is dropped, then new QoS 1/2
     /// messages are refused (counted).
     pub max_queued_messages: usize,
+    /// Topic and payload bytes a persistent session may hold while its
+    /// client is away; past it new QoS 1/2 messages are refused (counted).
+    pub max_queued_bytes: usize,
     /// Keep persistent sessions and retained messages on disk
     /// (`<root>/data/broker/sessions.db`), so they survive a restart.
     pub persistence: bool,
@@ -60,6 +63,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_client: 256,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 8 * 1024 * 1024,
             persistence: true,
             tls: TlsListener::default(),
             tcp: TcpListener::default(),
@@ -119,6 +123,13 @@ impl BrokerConfig {
         TopicLimits {
             max_bytes: self.max_topic_bytes,
             max_levels: self.max_topic_levels,
+        }
+    }
+
+    pub fn queue_limits(&self) -> crate::hub::QueueLimits {
+        crate::hub::QueueLimits {
+            messages: self.max_queued_messages,
+            bytes: self.max_queued_bytes,
         }
     }
 

@@ -83,8 +83,45 @@ struct Session {
     subscriptions: BTreeMap<String, QoS>,
     /// QoS 1/2 messages held while the client is away.
     queue: VecDeque<Message>,
+    /// Topic and payload bytes in `queue`.
+    queued_bytes: usize,
     connection: Option<Connection>,
     last_info: ClientInfo,
+}
+
+/// How much a session may hold while its client is away.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+fn size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
+impl Session {
+    /// Queues `m` unless that would pass `limits`; false if refused.
+    fn enqueue(&mut self, m: Message, limits: QueueLimits) -> bool {
+        if self.queue.len() >= limits.messages || self.queued_bytes + size(&m) > limits.bytes {
+            return false;
+        }
+        self.queued_bytes += size(&m);
+        self.queue.push_back(m);
+        true
+    }
+
+    /// Puts messages that were in flight back at the front, whatever the
+    /// limits: they were already accepted for this session.
+    fn requeue_front(&mut self, m: Message) {
+        self.queued_bytes += size(&m);
+        self.queue.push_front(m);
+    }
+
+    fn take_queue(&mut self) -> Vec<Message> {
+        self.queued_bytes = 0;
+        self.queue.drain(..).collect()
+    }
 }
 
 /// The routing state of local mode.
@@ -92,7 +129,7 @@ pub struct Hub {
     sessions: HashMap<String, Session>,
     retained: BTreeMap<String, Message>,
     next_connection: u64,
-    max_queued: usize,
+    limits: QueueLimits,
     /// Where persistent sessions and retained messages are kept; `None`
     /// keeps them in memory only.
     store: Option<Store>,
@@ -119,12 +156,12 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 }
 
 impl Hub {
-    pub fn new(max_queued: usize) -> Self {
+    pub fn new(limits: QueueLimits) -> Self {
         Hub {
             sessions: HashMap::new(),
             retained: BTreeMap::new(),
             next_connection: 1,
-            max_queued,
+            limits,
             store: None,
             durable_subscriptions: Arc::new(AtomicUsize::new(0)),
             counters: Counters::default(),
@@ -151,8 +188,8 @@ impl Hub {
 
     /// A hub that keeps its persistent state in `store`, starting from
     /// what the store held.
-    pub fn with_store(max_queued: usize, store: Store, loaded: Loaded) -> Self {
-        let mut hub = Hub::new(max_queued);
+    pub fn with_store(limits: QueueLimits, store: Store, loaded: Loaded) -> Self {
+        let mut hub = Hub::new(limits);
         for s in loaded.sessions {
             let info = ClientInfo {
                 client_id: s.client_id.clone(),
@@ -169,6 +206,7 @@ impl Hub {
                 Session {
                     clean: false,
                     subscriptions: s.subscriptions.into_iter().collect(),
+                    queued_bytes: s.queue.iter().map(size).sum(),
                     queue: s.queue.into(),
                     connection: None,
                     last_info: info,
@@ -224,6 +262,7 @@ impl Hub {
                     clean,
                     subscriptions: BTreeMap::new(),
                     queue: VecDeque::new(),
+                    queued_bytes: 0,
                     connection: None,
                     last_info: info.clone(),
                 },
@@ -241,7 +280,7 @@ impl Hub {
         Connected {
             connection_id: id,
             session_present: present,
-            queued: session.queue.drain(..).collect(),
+            queued: session.take_queue(),
         }
     }
 
@@ -263,7 +302,7 @@ impl Hub {
             // the session, so the new connection gets it.
             if !session.clean {
                 for m in unacked {
-                    Self::deliver(session, m, self.max_queued, &mut self.counters);
+                    Self::deliver(session, m, self.limits, &mut self.counters);
                 }
             }
             return;
@@ -273,7 +312,7 @@ impl Hub {
             self.sessions.remove(client_id);
         } else {
             for m in unacked.into_iter().rev() {
-                session.queue.push_front(m);
+                session.requeue_front(m);
             }
         }
         if !graceful && let Some(will) = connection.will {
@@ -318,7 +357,7 @@ impl Hub {
             if durable && let Some(store) = &mut self.store {
                 out.stored = Some(store.next_id());
             }
-            let kept = Self::deliver(session, out.clone(), self.max_queued, &mut self.counters);
+            let kept = Self::deliver(session, out.clone(), self.limits, &mut self.counters);
             if kept && let Some(id) = out.stored {
                 stored.push(Op::Enqueue(id, client_id.clone(), out));
             }
@@ -340,7 +379,7 @@ impl Hub {
     fn deliver(
         session: &mut Session,
         out: Message,
-        max_queued: usize,
+        limits: QueueLimits,
         counters: &mut Counters,
     ) -> bool {
         match &session.connection {
@@ -361,8 +400,7 @@ impl Hub {
                 }
             },
             None if out.qos != QoS::AtMostOnce => {
-                if session.queue.len() < max_queued {
-                    session.queue.push_back(out);
+                if session.enqueue(out, limits) {
                     true
                 } else {
                     counters.dropped_queue_full += 1;
@@ -648,6 +686,13 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn limits(messages: usize) -> QueueLimits {
+        QueueLimits {
+            messages,
+            bytes: 1 << 20,
+        }
+    }
+
     fn info(id: &str, clean: bool) -> ClientInfo {
         ClientInfo {
             client_id: id.into(),
@@ -683,7 +728,7 @@ mod tests {
 
     #[test]
     fn fan_out_once_per_client_at_granted_qos() {
-        let mut hub = Hub::new(10);
+        let mut hub = Hub::new(limits(10));
         let (tx, mut rx) = mpsc::channel(10);
         hub.connect(info("a", true), None, tx);
         hub.subscribe(
@@ -703,7 +748,7 @@ mod tests {
 
     #[test]
     fn retained_set_replace_clear_and_sent_on_subscribe() {
-        let mut hub = Hub::new(10);
+        let mut hub = Hub::new(limits(10));
         hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));
         hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "new"));
         hub.publish(&msg("r/2", QoS::AtMostOnce, true, "two"));
@@ -719,7 +764,7 @@ mod tests {
 
     #[test]
     fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
-        let mut hub = Hub::new(2);
+        let mut hub = Hub::new(limits(2));
         let (tx, _rx) = mpsc::channel(10);
         let c = hub.connect(info("p", false), None, tx);
         hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
@@ -757,7 +802,7 @@ mod tests {
 
     #[test]
     fn take_over_closes_the_old_connection_and_clean_session_forgets() {
-        let mut hub = Hub::new(10);
+        let mut hub = Hub::new(limits(10));
         let (tx1, mut rx1) = mpsc::channel(10);
         let first = hub.connect(info("c", false), None, tx1);
         hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
@@ -775,7 +820,7 @@ mod tests {
     fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
-        let mut hub = Hub::with_store(10, store, loaded);
+        let mut hub = Hub::with_store(limits(10), store, loaded);
         let count = hub.durable_subscriptions();
         let (tx, _rx) = mpsc::channel(10);
         hub.connect(info("clean", true), None, tx);
@@ -798,7 +843,7 @@ mod tests {
         hub.count_durable_subscriptions();
         assert_eq!(count.load(Ordering::Acquire), 0);
         // Without a store nothing is durable.
-        let mut memory = Hub::new(10);
+        let mut memory = Hub::new(limits(10));
         let (tx, _rx) = mpsc::channel(10);
         memory.connect(info("kept", false), None, tx);
         memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
@@ -808,7 +853,7 @@ mod tests {
 
     #[test]
     fn take_over_hands_unacked_messages_of_a_persistent_session_to_the_new_connection() {
-        let mut hub = Hub::new(10);
+        let mut hub = Hub::new(limits(10));
         let (tx1, _rx1) = mpsc::channel(10);
         let first = hub.connect(info("p", false), None, tx1);
         let (tx2, mut rx2) = mpsc::channel(10);
@@ -822,5 +867,23 @@ mod tests {
         let got = drain(&mut rx2);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].payload, Bytes::from_static(b"in flight"));
+    }
+
+    #[test]
+    fn queued_bytes_are_limited_per_session() {
+        let mut hub = Hub::new(QueueLimits {
+            messages: 100,
+            bytes: 10,
+        });
+        let (tx, _rx) = mpsc::channel(10);
+        let c = hub.connect(info("p", false), None, tx);
+        hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+        hub.disconnect("p", c.connection_id, true, Vec::new());
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, "12345678")); // 9 bytes: kept
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, "12")); // 12 in all: refused
+        assert_eq!(hub.counters.dropped_queue_full, 1);
+        let (tx, _rx) = mpsc::channel(10);
+        let back = hub.connect(info("p", false), None, tx);
+        assert_eq!(back.queued.len(), 1);
     }
 }

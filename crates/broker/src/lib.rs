@@ -89,9 +89,9 @@ pub async fn run(
             retained = loaded.retained.len(),
             "persistent sessions restored"
         );
-        hub::Hub::with_store(config.max_queued_messages, store, loaded)
+        hub::Hub::with_store(config.queue_limits(), store, loaded)
     } else {
-        hub::Hub::new(config.max_queued_messages)
+        hub::Hub::new(config.queue_limits())
     };
     let durable_subscriptions = hub.durable_subscriptions();
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
