@@ -80,3 +80,60 @@ async fn logs_follow_streams_new_lines() {
     assert!(seen.contains("[verdant-init] started pid"), "{seen}");
     assert!(seen.contains("no function yet"), "{seen}");
 }
+
+#[tokio::test]
+async fn clients_and_disconnect_through_the_broker() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let core = Core::start_with(&verdant_integration_tests::Options {
+        dropin: Some("[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n"),
+        ..verdant_integration_tests::Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    let mut o = MqttOptions::new("keeper", "127.0.0.1", port);
+    o.set_clean_session(false);
+    let (client, mut events) = AsyncClient::new(o, 10);
+    client.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+            break;
+        }
+    }
+    // Keep the connection served until the broker closes it.
+    let served = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+
+    let listed = text(&core.ctl(&["clients"]));
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("keeper"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("connected") && row.contains("jobs/# (QoS 1)"),
+        "{listed}"
+    );
+
+    let out = text(&core.ctl(&["disconnect", "keeper"]));
+    assert_eq!(out.trim(), "disconnected keeper");
+    tokio::time::timeout(std::time::Duration::from_secs(10), served)
+        .await
+        .expect("the client was disconnected")
+        .unwrap();
+
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&core.ctl(&["clients", "-o", "json"]))).unwrap();
+    let keeper = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "keeper")
+        .unwrap();
+    assert_eq!(keeper["connected"], false, "{json}");
+
+    let out = core.ctl(&["disconnect", "keeper"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "verdantctl: keeper is not connected"
+    );
+    drop(client);
+}

@@ -1,5 +1,6 @@
 //! verdantctl: inspect and steer a running core over its gRPC sockets.
 
+mod broker;
 mod output;
 
 use std::io::Write;
@@ -58,6 +59,10 @@ enum Cmd {
     },
     /// Stop every service and verdant-init.
     Shutdown,
+    /// The broker's clients: connected devices and persistent sessions.
+    Clients,
+    /// Close a client's connection (a persistent session stays).
+    Disconnect { client_id: String },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -103,20 +108,26 @@ fn socket_dir(args: &Args) -> Result<PathBuf, String> {
         .to_path_buf())
 }
 
-async fn connect(dir: &Path) -> Result<SupervisorClient<Channel>, String> {
-    let socket = dir.join(format!("{INIT_SERVICE}.sock"));
+/// A channel to `service`'s socket in `dir`, or the one-line reason why not.
+pub async fn dial(dir: &Path, service: &str) -> Result<Channel, String> {
+    let socket = dir.join(format!("{service}.sock"));
+    let what = if service == INIT_SERVICE {
+        "core"
+    } else {
+        service
+    };
     match uds::connect(&socket).await {
-        Ok(channel) => Ok(SupervisorClient::new(channel)),
+        Ok(channel) => Ok(channel),
         Err(UdsError::Missing { .. }) => Err(format!(
-            "core not running at {}: no socket {}",
+            "{what} not running at {}: no socket {}",
             dir.display(),
             socket.display()
         )),
-        Err(e) => Err(format!("core not running at {}: {e}", dir.display())),
+        Err(e) => Err(format!("{what} not running at {}: {e}", dir.display())),
     }
 }
 
-fn status_error(e: &tonic::Status) -> String {
+pub fn status_error(e: &tonic::Status) -> String {
     match e.code() {
         tonic::Code::Unavailable => format!("core stopped answering: {}", e.message()),
         _ => e.message().to_string(),
@@ -125,8 +136,13 @@ fn status_error(e: &tonic::Status) -> String {
 
 async fn run(args: Args) -> Result<(), String> {
     let dir = socket_dir(&args)?;
-    let mut client = connect(&dir).await?;
     let json = args.output == Format::Json;
+    match args.command {
+        Cmd::Clients => return broker::clients(&dir, json).await,
+        Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
+        _ => {}
+    }
+    let mut client = SupervisorClient::new(dial(&dir, INIT_SERVICE).await?);
     match args.command {
         Cmd::Status { service: None } => {
             let list = client
@@ -197,7 +213,9 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| status_error(&e))?;
             println!("core at {} is shutting down", dir.display());
         }
-        Cmd::Completions { .. } => unreachable!("handled before connecting"),
+        Cmd::Completions { .. } | Cmd::Clients | Cmd::Disconnect { .. } => {
+            unreachable!("handled before connecting to init")
+        }
     }
     Ok(())
 }

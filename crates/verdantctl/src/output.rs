@@ -106,28 +106,36 @@ pub fn services(list: &[pb::Service], json: bool) {
             ]
         })
         .collect();
-    let header = [
-        "SERVICE", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "DETAIL",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    table(
+        &[
+            "SERVICE", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "DETAIL",
+        ],
+        &rows,
+    );
+}
+
+/// Columns padded to their widest cell; the last one is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
     let line = |cells: &[&str]| {
         let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(cell);
             } else {
-                let _ = write!(out, "{cell:<w$}  ");
+                let _ = write!(out, "{cell:<w$}  ", w = *w);
             }
         }
         println!("{}", out.trim_end());
     };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
+    line(header);
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
