@@ -114,7 +114,17 @@ async fn storm(targets: &[Target], pids: &[(String, u32)], runs: usize, clients:
     }
 }
 
-pub async fn run(targets: &[Target], pids: &[(String, u32)], runs: usize, quick: bool) {
+pub async fn run(
+    targets: &[Target],
+    pids: &[(String, u32)],
+    runs: usize,
+    quick: bool,
+    storm_only: bool,
+) {
+    if storm_only {
+        storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
+        return;
+    }
     println!(
         "| scenario | broker | msg/s (median of {runs}) | ratio | lost | duplicated | p50 µs | p99 µs | p99.9 µs |"
     );

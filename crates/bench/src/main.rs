@@ -45,6 +45,10 @@ enum Cmd {
         /// A tenth of the messages: for a smoke test.
         #[arg(long)]
         quick: bool,
+        /// Only the connection storm, on brokers nothing else has used yet:
+        /// their idle memory and memory per idle connection.
+        #[arg(long)]
+        storm_only: bool,
         /// `name=pid` of a target's broker process, to read its memory.
         #[arg(long = "pid")]
         pids: Vec<String>,
@@ -68,6 +72,7 @@ fn main() {
             targets,
             runs,
             quick,
+            storm_only,
             pids,
         } => {
             let pids: Vec<(String, u32)> = pids
@@ -77,7 +82,7 @@ fn main() {
                     Some((name.to_string(), pid.parse().ok()?))
                 })
                 .collect();
-            runtime.block_on(compare::run(&targets, &pids, runs, quick));
+            runtime.block_on(compare::run(&targets, &pids, runs, quick, storm_only));
         }
     }
 }

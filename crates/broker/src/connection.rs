@@ -29,6 +29,12 @@ use crate::identity::{Devices, Peer};
 use crate::outbound::Outbound;
 use crate::topic;
 
+/// What a connection's buffers start with: most devices send small packets
+/// now and then, and a thousand idle connections should cost little.
+const INITIAL_BUFFER: usize = 256;
+/// How much a busy connection reads at a time.
+const READ_CHUNK: usize = 4096;
+
 /// What every connection shares.
 pub struct Shared {
     pub config: BrokerConfig,
@@ -81,6 +87,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 
     async fn fill(&mut self) -> Result<(), ReadError> {
+        // Idle connections keep small buffers; busy ones read in 4 KiB steps.
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
+            self.inbuf.reserve(READ_CHUNK);
+        }
         match self.rd.read_buf(&mut self.inbuf).await {
             Ok(0) => Err(ReadError::Closed),
             Ok(_) => Ok(()),
@@ -118,8 +128,8 @@ pub async fn serve<S>(
     let mut conn = Conn {
         rd,
         wr,
-        inbuf: BytesMut::with_capacity(4096),
-        outbuf: BytesMut::with_capacity(4096),
+        inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+        outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
         max_packet: shared.config.max_packet_size,
     };
     let Some(connect) = read_connect(&mut conn, &address, &shared).await else {
