@@ -130,20 +130,31 @@ async fn mosquitto_clients_over_mutual_tls_with_the_dev_certificates() {
     );
 }
 
-#[tokio::test]
-async fn aws_iot_device_sdk_for_python_connects_and_round_trips() {
+/// Runs a script of `integration-tests/python/` against a fresh core's TLS
+/// listener: `script localhost PORT CA CERT KEY <extra...>`, with the
+/// sample device's certificate.
+async fn run_device_script(script: &str, extra: &[&str]) -> std::process::Output {
     let core = Core::start();
     core.wait_all_running().await;
     let port = core.broker_port("tls").await.to_string();
-    let out = Command::new(python())
-        .arg(python_script("awsiot_pubsub.py"))
+    Command::new(python())
+        .arg(python_script(script))
         .args(["localhost", &port])
         .arg(core.cert("group-ca.pem"))
         .arg(core.cert("devices/sample-device.pem"))
         .arg(core.cert("devices/sample-device.key"))
-        .args(["sample-device", "sample-device/local/sdk"])
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn aws_iot_device_sdk_for_python_connects_and_round_trips() {
+    let out = run_device_script(
+        "awsiot_pubsub.py",
+        &["sample-device", "sample-device/local/sdk"],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -158,18 +169,7 @@ async fn aws_iot_device_sdk_for_python_connects_and_round_trips() {
 
 #[tokio::test]
 async fn paho_with_the_wrong_client_id_is_not_authorized() {
-    let core = Core::start();
-    core.wait_all_running().await;
-    let port = core.broker_port("tls").await.to_string();
-    let out = Command::new(python())
-        .arg(python_script("paho_refused.py"))
-        .args(["localhost", &port])
-        .arg(core.cert("group-ca.pem"))
-        .arg(core.cert("devices/sample-device.pem"))
-        .arg(core.cert("devices/sample-device.key"))
-        .arg("impostor")
-        .output()
-        .unwrap();
+    let out = run_device_script("paho_refused.py", &["impostor"]).await;
     assert!(
         out.status.success(),
         "{}\n{}",
