@@ -38,6 +38,8 @@ mkdir -p "$tmp/core/config/config.d"
 target/release/verdant init --print-default-config > "$tmp/core/config/verdant.toml"
 cat > "$tmp/core/config/config.d/50-bench.toml" <<CONF
 [broker]
+# The broker alone, as a plain broker; docs/benchmarks.md measures routed mode apart.
+mode = "local"
 max_queued_messages = 100000
 [broker.tls]
 bind = "127.0.0.1:0"

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "verdant/broker/v1/broker.proto",
     "verdant/daemon/v1/daemon.proto",
+    "verdant/router/v1/router.proto",
     "verdant/supervisor/v1/supervisor.proto",
 ];
 
@@ -21,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Payloads pass between daemons without a copy.
+        .bytes(".verdant.router.v1.Message.payload")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -63,6 +63,9 @@ pub struct Options<'a> {
     pub dropin: Option<&'a str>,
     /// Extra environment for init.
     pub env: Vec<(&'a str, String)>,
+    /// A group to deploy instead of the sample group, as
+    /// `deployments/test/group.json` with `current` linked to it.
+    pub group: Option<&'a str>,
     /// Run init as PID 1 of a new PID namespace (`unshare --pid --fork
     /// --mount-proc`), as in a container.
     pub pid1: bool,
@@ -102,6 +105,12 @@ impl Core {
         .unwrap();
         if let Some(text) = opts.dropin {
             std::fs::write(root.join("config/config.d/50-test.toml"), text).unwrap();
+        }
+        if let Some(group) = opts.group {
+            let dir = root.join("deployments/test");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("group.json"), group).unwrap();
+            std::os::unix::fs::symlink("test", root.join("deployments/current")).unwrap();
         }
         let (init, stderr) = spawn_init(
             &root,

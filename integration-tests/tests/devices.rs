@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use verdant_integration_tests::{Core, Options, python, python_script};
 
-/// The plain listener on loopback, to publish from a second client without
-/// taking over the sample device's session.
-const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+/// Local mode with the plain listener on loopback, to publish from a
+/// second client (not a device of the group) without taking over the
+/// sample device's session.
+const TCP: &str =
+    "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
 
 /// `mosquitto_pub` on the plain listener, as a client other than the device.
 fn publish_plain(port: &str, client_id: &str, topic: &str, message: &str) {

@@ -9,7 +9,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use verdant_integration_tests::{Core, Options, PATIENCE};
 use verdant_proto::supervisor::v1 as pb;
 
-const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+const TCP: &str =
+    "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
 
 fn options(port: u16, id: &str, clean: bool) -> MqttOptions {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);

@@ -34,10 +34,10 @@ async fn every_daemon_serves_health_and_says_what_it_does() {
     for svc in &list {
         assert!(svc.pid > 0 && alive(svc.pid), "{svc:?}");
         assert_eq!(svc.version, env!("CARGO_PKG_VERSION"));
-        let expected = if svc.name == "broker" {
-            "local mode"
-        } else {
-            "no function yet"
+        let expected = match svc.name.as_str() {
+            "broker" => "routed mode",
+            "router" => "routing by the table",
+            _ => "no function yet",
         };
         assert!(svc.note.contains(expected), "{svc:?}");
         // The daemon's own health endpoint, dialled directly.

@@ -43,7 +43,8 @@ async fn status_restart_logs_and_json() {
 
     let logs = text(&core.ctl(&["logs", "router", "-n", "3"]));
     assert_eq!(logs.lines().count(), 3, "{logs}");
-    assert!(logs.contains("no function yet"), "{logs}");
+    let logs = text(&core.ctl(&["logs", "router", "-n", "50"]));
+    assert!(logs.contains("subscription table loaded"), "{logs}");
 
     let out = core.ctl(&["stop", "nope"]);
     assert!(!out.status.success());
@@ -85,7 +86,9 @@ async fn logs_follow_streams_new_lines() {
 async fn clients_and_disconnect_through_the_broker() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let core = Core::start_with(&verdant_integration_tests::Options {
-        dropin: Some("[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n"),
+        dropin: Some(
+            "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n",
+        ),
         ..verdant_integration_tests::Options::default()
     });
     core.wait_all_running().await;

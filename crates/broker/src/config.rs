@@ -14,14 +14,22 @@ use crate::topic::TopicLimits;
 pub enum Mode {
     /// Devices of the group publish and subscribe freely among themselves,
     /// like a plain broker (still authenticated).
-    #[default]
     Local,
+    /// The deployed group's subscription table decides, as in Greengrass:
+    /// the router hands the broker its table, the broker delivers
+    /// device-to-device messages itself and sends the rest to the router.
+    #[default]
+    Routed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub mode: Mode,
+    /// Routed mode: messages waiting for the router (while it is away, or
+    /// has not acknowledged them) at most; past it QoS 0 messages are
+    /// dropped and QoS 1/2 refused, both counted.
+    pub router_backlog: usize,
     /// Greengrass's rule: the MQTT client id must equal the device's thing name.
     pub require_client_id_match: bool,
     /// Largest packet accepted, checked before its body is read.
@@ -53,7 +61,8 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            mode: Mode::Local,
+            mode: Mode::Routed,
+            router_backlog: 10_000,
             require_client_id_match: true,
             max_packet_size: 256 * 1024,
             connect_timeout_secs: 10,

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::codec;
 use crate::config::BrokerConfig;
 use crate::hub::{self, ClientInfo, Message, Outgoing};
-use crate::identity::{Devices, Peer};
+use crate::identity::{Device, Devices, Peer};
 use crate::outbound::Outbound;
 use crate::topic;
 
@@ -45,6 +45,12 @@ pub struct Shared {
     pub durable_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
     /// For client ids the broker assigns (empty id, clean session).
     pub assigned: AtomicU64,
+}
+
+impl Shared {
+    pub fn routed(&self) -> bool {
+        self.config.mode == crate::config::Mode::Routed
+    }
 }
 
 /// Why a connection ended, for the log and the will.
@@ -146,9 +152,11 @@ pub async fn serve<S>(
     } = admitted;
     let (outbox, mut inbox) = mpsc::channel(shared.config.max_queued_messages.max(1));
     let (tx, rx) = oneshot::channel();
+    let source = thing.as_ref().map(|d| d.thing_arn.clone());
     let info = ClientInfo {
         client_id: client_id.clone(),
-        thing_name: thing,
+        thing_name: thing.as_ref().map(|d| d.thing_name.clone()),
+        thing_arn: thing.as_ref().map(|d| d.thing_arn.clone()),
         certificate_subject: subject,
         peer_address: address.clone(),
         listener,
@@ -188,6 +196,7 @@ pub async fn serve<S>(
     let mut session = Session {
         shared: &shared,
         client_id: client_id.clone(),
+        source,
         outbound,
         incoming_qos2: HashSet::new(),
         unconfirmed: FuturesOrdered::new(),
@@ -214,7 +223,7 @@ pub async fn serve<S>(
 /// What admission decided about a CONNECT.
 struct Admitted {
     client_id: String,
-    thing: Option<String>,
+    thing: Option<Device>,
     subject: Option<String>,
     will: Option<Message>,
 }
@@ -240,6 +249,7 @@ where
         peer,
         &connect.client_id,
         shared.config.require_client_id_match,
+        shared.routed(),
     ) {
         Ok(thing) => thing,
         Err(refusal) => {
@@ -373,6 +383,8 @@ where
 struct Session<'a> {
     shared: &'a Shared,
     client_id: String,
+    /// The device's thing ARN, the source of what it publishes.
+    source: Option<Arc<str>>,
     outbound: Outbound,
     /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL.
     incoming_qos2: HashSet<u16>,
@@ -584,12 +596,14 @@ impl Session<'_> {
             retain: p.retain,
             stored: None,
         };
+        // In routed mode the router may have to take the message too.
         let must_wait = qos != QoS::AtMostOnce
-            && self
-                .shared
-                .durable_subscriptions
-                .load(std::sync::atomic::Ordering::Acquire)
-                > 0;
+            && (self.shared.routed()
+                || self
+                    .shared
+                    .durable_subscriptions
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    > 0);
         let (reply, confirmation) = if must_wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -599,7 +613,11 @@ impl Session<'_> {
         if self
             .shared
             .hub
-            .send(hub::Request::Publish(message, reply))
+            .send(hub::Request::Publish {
+                message,
+                source: self.source.clone(),
+                reply,
+            })
             .await
             .is_err()
         {

@@ -12,6 +12,8 @@ use crate::hub;
 pub struct Api {
     pub hub: mpsc::Sender<hub::Request>,
     pub listeners: Vec<(&'static str, SocketAddr)>,
+    /// Messages the router link's full backlog dropped or refused.
+    pub router_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn stopping<T>(_: T) -> Status {
@@ -75,6 +77,10 @@ impl Broker for Api {
                 delivered: counters.delivered,
                 dropped_qos0: counters.dropped_qos0,
                 dropped_queue_full: counters.dropped_queue_full,
+                no_route: counters.no_route,
+                dropped_router_backlog: self
+                    .router_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }),
         }))
     }

@@ -14,6 +14,9 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
+use verdant_group::routes::{Kind, RouteIndex, Table};
+
+use crate::link::{Forward, ToLink};
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 
@@ -43,6 +46,8 @@ pub enum Outgoing {
 pub struct ClientInfo {
     pub client_id: String,
     pub thing_name: Option<String>,
+    /// The device's thing ARN: the source of its messages in routed mode.
+    pub thing_arn: Option<Arc<str>>,
     pub certificate_subject: Option<String>,
     pub peer_address: String,
     pub listener: &'static str,
@@ -69,6 +74,8 @@ pub struct Counters {
     pub dropped_qos0: u64,
     /// QoS 1/2 deliveries refused because a session's queue was full.
     pub dropped_queue_full: u64,
+    /// Routed mode: messages no route of the table allowed.
+    pub no_route: u64,
 }
 
 struct Connection {
@@ -80,6 +87,8 @@ struct Connection {
 
 struct Session {
     clean: bool,
+    /// The device's thing name: who routed messages for that thing reach.
+    thing: Option<String>,
     subscriptions: BTreeMap<String, QoS>,
     /// QoS 1/2 messages held while the client is away.
     queue: VecDeque<Message>,
@@ -124,8 +133,34 @@ impl Session {
     }
 }
 
-/// The routing state of local mode.
+/// Who decides where a device's message goes.
+enum Routing {
+    /// Every matching subscription gets it.
+    Local,
+    /// The router's table does: device targets are delivered here, the
+    /// rest goes to the router over `link`.
+    Routed {
+        /// The router's copy; `None` until the link first brings it, and
+        /// meanwhile everything goes to the router.
+        table: Option<Arc<Table>>,
+        link: mpsc::UnboundedSender<ToLink>,
+        /// Messages and bytes per route of `table` since the last report.
+        counts: Vec<(u64, u64)>,
+        /// Messages no route allowed, per source, since the last report.
+        no_route: HashMap<Arc<str>, u64>,
+        last_report: std::time::Instant,
+        /// Counts not reported yet.
+        unreported: bool,
+        scratch: Vec<RouteIndex>,
+    },
+}
+
+/// How often routed mode reports its counts to the router.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The broker's sessions and their routing.
 pub struct Hub {
+    routing: Routing,
     sessions: HashMap<String, Session>,
     retained: BTreeMap<String, Message>,
     next_connection: u64,
@@ -158,6 +193,7 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 impl Hub {
     pub fn new(limits: QueueLimits) -> Self {
         Hub {
+            routing: Routing::Local,
             sessions: HashMap::new(),
             retained: BTreeMap::new(),
             next_connection: 1,
@@ -166,6 +202,88 @@ impl Hub {
             durable_subscriptions: Arc::new(AtomicUsize::new(0)),
             counters: Counters::default(),
         }
+    }
+
+    /// Routed mode: the table comes from the router, and messages with
+    /// targets beyond the devices go to it through `link`.
+    pub fn routed(&mut self, link: mpsc::UnboundedSender<ToLink>) {
+        self.routing = Routing::Routed {
+            table: None,
+            link,
+            counts: Vec::new(),
+            no_route: HashMap::new(),
+            last_report: std::time::Instant::now(),
+            unreported: false,
+            scratch: Vec::new(),
+        };
+    }
+
+    pub fn is_routed(&self) -> bool {
+        matches!(self.routing, Routing::Routed { .. })
+    }
+
+    /// Takes the router's new table; messages from now on use it.
+    pub fn set_table(&mut self, new: Arc<Table>) {
+        self.report(true);
+        if let Routing::Routed { table, counts, .. } = &mut self.routing {
+            tracing::info!(
+                version = new.version(),
+                routes = new.routes().len(),
+                "subscription table from the router"
+            );
+            *counts = vec![(0, 0); new.routes().len()];
+            *table = Some(new);
+        }
+    }
+
+    /// Sends the routes' counts to the router, at most once a second
+    /// unless `now`.
+    fn report(&mut self, now: bool) {
+        let Routing::Routed {
+            table: Some(table),
+            link,
+            counts,
+            no_route,
+            last_report,
+            unreported,
+            ..
+        } = &mut self.routing
+        else {
+            return;
+        };
+        if !*unreported || (!now && last_report.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        *last_report = std::time::Instant::now();
+        *unreported = false;
+        let routes: Vec<(String, u64, u64)> = counts
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, c)| c.0 > 0)
+            .map(|(i, c)| {
+                let (m, b) = std::mem::take(c);
+                (table.route(RouteIndex(i)).id.clone(), m, b)
+            })
+            .collect();
+        let dropped: Vec<(String, u64)> =
+            no_route.drain().map(|(s, n)| (s.to_string(), n)).collect();
+        if !routes.is_empty() || !dropped.is_empty() {
+            let _ = link.send(ToLink::Counts {
+                routes,
+                no_route: dropped,
+            });
+        }
+    }
+
+    /// Whether counts wait to be reported to the router.
+    fn unreported(&self) -> bool {
+        matches!(
+            self.routing,
+            Routing::Routed {
+                unreported: true,
+                ..
+            }
+        )
     }
 
     /// The count connections read (see the field).
@@ -194,6 +312,7 @@ impl Hub {
             let info = ClientInfo {
                 client_id: s.client_id.clone(),
                 thing_name: None,
+                thing_arn: None,
                 certificate_subject: None,
                 peer_address: "-".into(),
                 listener: "-",
@@ -202,9 +321,11 @@ impl Hub {
                 connected_at: SystemTime::UNIX_EPOCH,
             };
             hub.sessions.insert(
-                s.client_id,
+                s.client_id.clone(),
                 Session {
                     clean: false,
+                    // Client ids are thing names unless that rule is relaxed.
+                    thing: Some(s.client_id.clone()),
                     subscriptions: s.subscriptions.into_iter().collect(),
                     queued_bytes: s.queue.iter().map(size).sum(),
                     queue: s.queue.into(),
@@ -260,6 +381,7 @@ impl Hub {
                 client_id.clone(),
                 Session {
                     clean,
+                    thing: None,
                     subscriptions: BTreeMap::new(),
                     queue: VecDeque::new(),
                     queued_bytes: 0,
@@ -270,6 +392,7 @@ impl Hub {
         }
         let session = self.sessions.get_mut(&client_id).expect("inserted above");
         session.clean = clean;
+        session.thing.clone_from(&info.thing_name);
         session.last_info = info.clone();
         session.connection = Some(Connection {
             id,
@@ -316,7 +439,10 @@ impl Hub {
             }
         }
         if !graceful && let Some(will) = connection.will {
-            self.publish(&will);
+            let source = connection.info.thing_arn.clone();
+            if let Some(forward) = self.publish_from(&will, source.as_ref()) {
+                self.forward(forward, true);
+            }
         }
     }
 
@@ -335,8 +461,111 @@ impl Hub {
                 self.record(Op::Retain(message.clone()));
             }
         }
+        self.fan_out(message, None);
+    }
+
+    /// Routes a device's message. Local mode: as [`Hub::publish`]. Routed
+    /// mode: the table's device targets get it here, and what else it
+    /// must reach is returned, to go to the router once this batch is
+    /// committed. Retained messages are not kept in routed mode (a
+    /// retained message would reach later subscribers the table never
+    /// allowed, and Greengrass v1 had none).
+    pub fn publish_from(
+        &mut self,
+        message: &Message,
+        source: Option<&Arc<str>>,
+    ) -> Option<Forward> {
+        let Routing::Routed {
+            table,
+            counts,
+            no_route,
+            scratch,
+            unreported,
+            ..
+        } = &mut self.routing
+        else {
+            self.publish(message);
+            return None;
+        };
+        self.counters.published += 1;
+        let Some(source) = source else {
+            self.counters.no_route += 1;
+            tracing::debug!(topic = %message.topic, "message from a client that is no device: discarded");
+            return None;
+        };
+        let message = Message {
+            retain: false,
+            ..message.clone()
+        };
+        let forward = |table_version| Forward {
+            message: message.clone(),
+            source: source.clone(),
+            table_version,
+            reply: None,
+        };
+        let Some(table) = table else {
+            return Some(forward(0));
+        };
+        table.matching(source, &message.topic, scratch);
+        *unreported = true;
+        let mut things: Vec<String> = Vec::new();
+        let mut beyond = false;
+        for i in scratch.iter() {
+            let route = table.route(*i);
+            counts[i.0].0 += 1;
+            counts[i.0].1 += message.payload.len() as u64;
+            if Kind::of(&route.target) == Kind::Thing {
+                let name = route.target.rsplit_once("thing/").map_or("", |(_, n)| n);
+                if !things.iter().any(|t| t == name) {
+                    things.push(name.to_string());
+                }
+            } else {
+                beyond = true;
+            }
+        }
+        let out = beyond.then(|| forward(table.version()));
+        if scratch.is_empty() {
+            self.counters.no_route += 1;
+            *no_route.entry(source.clone()).or_default() += 1;
+            tracing::debug!(source = %source, topic = %message.topic, "no route: message discarded");
+        }
+        if !things.is_empty() {
+            self.fan_out(&message, Some(&things));
+        }
+        self.report(false);
+        out
+    }
+
+    /// Delivers a message the router routed to the devices `things`.
+    pub fn deliver_to(&mut self, things: &[String], message: &Message) {
+        self.fan_out(message, Some(things));
+    }
+
+    /// Hands a message to the router's link (after its batch committed).
+    fn forward(&mut self, f: Forward, durable: bool) {
+        if let Routing::Routed { link, .. } = &self.routing {
+            match f.reply {
+                Some(reply) if !durable => {
+                    let _ = reply.send(false);
+                }
+                _ => {
+                    let _ = link.send(ToLink::Forward(f));
+                }
+            }
+        }
+    }
+
+    /// Delivers `message` to every session (of the devices `to`, when
+    /// given) with a matching subscription: once per client, at the
+    /// highest QoS it subscribed with, never above the message's.
+    fn fan_out(&mut self, message: &Message, to: Option<&[String]>) {
         let mut stored = Vec::new();
         for (client_id, session) in &mut self.sessions {
+            if let Some(to) = to
+                && !session.thing.as_ref().is_some_and(|t| to.contains(t))
+            {
+                continue;
+            }
             let granted = session
                 .subscriptions
                 .iter()
@@ -414,6 +643,7 @@ impl Hub {
     /// Adds subscriptions (already validated); returns the retained
     /// messages they match, to send after the SUBACK.
     pub fn subscribe(&mut self, client_id: &str, filters: &[(String, QoS)]) -> Vec<Message> {
+        let routed = self.is_routed();
         let Some(session) = self.sessions.get_mut(client_id) else {
             return Vec::new();
         };
@@ -426,7 +656,7 @@ impl Hub {
                 ops.push(Op::Subscribe(client_id.to_string(), filter.clone(), *qos));
             }
             for m in self.retained.values() {
-                if topic::matches(filter, &m.topic) {
+                if !routed && topic::matches(filter, &m.topic) {
                     retained.push(Message {
                         qos: min_qos(m.qos, *qos),
                         ..m.clone()
@@ -511,9 +741,23 @@ pub enum Request {
         graceful: bool,
         unacked: Vec<Message>,
     },
-    /// A message from a client; for QoS 1/2 the reply says whether it is
-    /// safe to acknowledge (stored wherever it must be).
-    Publish(Message, Option<oneshot::Sender<bool>>),
+    /// A message from a client (`source`: its device's thing ARN); for
+    /// QoS 1/2 the reply says whether it is safe to acknowledge (stored
+    /// wherever it must be, the router's side included).
+    Publish {
+        message: Message,
+        source: Option<Arc<str>>,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// A message the router routed to the devices `things`; the reply
+    /// says the sessions have it.
+    Deliver {
+        things: Vec<String>,
+        message: Message,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// The router's table.
+    Table(Arc<Table>),
     /// Stored messages the subscriber acknowledged.
     Acked(Vec<u64>),
     Subscribe {
@@ -540,6 +784,8 @@ pub type SubscribeResult = Result<Vec<Message>, String>;
 enum Reply {
     Connect(oneshot::Sender<Connected>, Connected),
     Publish(oneshot::Sender<bool>),
+    /// To the router, which acknowledges a QoS 1 message itself.
+    Forward(Forward),
     Subscribe(oneshot::Sender<SubscribeResult>, SubscribeResult),
     Unsubscribe(oneshot::Sender<()>),
 }
@@ -553,7 +799,18 @@ const BATCH: usize = 1024;
 /// commit make the next batch: that is the group commit.
 pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
     let mut replies = Vec::new();
-    while let Some(first) = requests.recv().await {
+    loop {
+        let first = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            // Counts left over when traffic stops still reach the router.
+            () = tokio::time::sleep(REPORT_EVERY), if hub.unreported() => {
+                hub.report(true);
+                continue;
+            }
+        };
         let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
         for _ in 1..BATCH {
             match requests.try_recv() {
@@ -596,6 +853,7 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
                 Reply::Publish(tx) => {
                     let _ = tx.send(durable);
                 }
+                Reply::Forward(f) => hub.forward(f, durable),
                 Reply::Subscribe(tx, result) => {
                     let result = if durable {
                         result
@@ -641,12 +899,29 @@ impl Hub {
                 graceful,
                 unacked,
             } => self.disconnect(&client_id, connection_id, graceful, unacked),
-            Request::Publish(m, reply) => {
-                self.publish(&m);
+            Request::Publish {
+                message,
+                source,
+                reply,
+            } => match self.publish_from(&message, source.as_ref()) {
+                Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
+                None => {
+                    if let Some(reply) = reply {
+                        replies.push(Reply::Publish(reply));
+                    }
+                }
+            },
+            Request::Deliver {
+                things,
+                message,
+                reply,
+            } => {
+                self.deliver_to(&things, &message);
                 if let Some(reply) = reply {
                     replies.push(Reply::Publish(reply));
                 }
             }
+            Request::Table(table) => self.set_table(table),
             Request::Acked(ids) => self.acked(&ids),
             Request::Subscribe {
                 client_id,
@@ -697,6 +972,7 @@ mod tests {
         ClientInfo {
             client_id: id.into(),
             thing_name: None,
+            thing_arn: None,
             certificate_subject: None,
             peer_address: "test".into(),
             listener: "test",

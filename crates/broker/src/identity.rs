@@ -50,10 +50,18 @@ pub enum Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
+/// An admitted client's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub thing_name: String,
+    pub thing_arn: Arc<str>,
+}
+
 /// The devices (and cores) of the deployed group, by certificate id.
 #[derive(Debug, Clone, Default)]
 pub struct Devices {
-    by_certificate: HashMap<String, String>,
+    by_certificate: HashMap<String, Device>,
+    by_name: HashMap<String, Device>,
 }
 
 impl Devices {
@@ -66,22 +74,44 @@ impl Devices {
             .map(|t| {
                 (
                     t.certificate_id().to_ascii_lowercase(),
-                    t.thing_name().to_string(),
+                    Device {
+                        thing_name: t.thing_name().to_string(),
+                        thing_arn: t.thing_arn.as_str().into(),
+                    },
                 )
             })
+            .collect::<HashMap<_, _>>();
+        let by_name = by_certificate
+            .values()
+            .map(|d| (d.thing_name.clone(), d.clone()))
             .collect();
-        Devices { by_certificate }
+        Devices {
+            by_certificate,
+            by_name,
+        }
     }
 
-    /// Decides a CONNECT: `Ok(Some(thing))` for a device, `Ok(None)` on the
-    /// plain listener.
+    /// Decides a CONNECT: `Ok(Some(device))` for a device, `Ok(None)` on
+    /// the plain listener in local mode. In routed mode a client of the
+    /// plain listener is the device its client id names (labs and tests:
+    /// nothing authenticates it), and must name one.
     pub fn admit(
         &self,
         peer: &Peer,
         client_id: &str,
         require_client_id_match: bool,
-    ) -> Result<Option<String>, Refusal> {
+        routed: bool,
+    ) -> Result<Option<Device>, Refusal> {
         let presented = match peer {
+            Peer::Plain if routed => {
+                return match self.by_name.get(client_id) {
+                    Some(d) => Ok(Some(d.clone())),
+                    None => Err(Refusal(format!(
+                        "routed mode: on the plain listener the client id must be the thing \
+                         name of a device of the group, and `{client_id}` is none"
+                    ))),
+                };
+            }
             Peer::Plain => return Ok(None),
             Peer::Tls(p) => p,
         };
@@ -94,9 +124,10 @@ impl Devices {
                 presented.certificate_id
             )));
         };
-        if require_client_id_match && client_id != thing {
+        if require_client_id_match && client_id != thing.thing_name {
             return Err(Refusal(format!(
-                "client id `{client_id}` is not the device's thing name `{thing}`"
+                "client id `{client_id}` is not the device's thing name `{}`",
+                thing.thing_name
             )));
         }
         Ok(Some(thing.clone()))

@@ -7,6 +7,7 @@ pub mod error;
 mod grpc;
 pub mod hub;
 pub mod identity;
+pub mod link;
 mod listener;
 pub mod outbound;
 pub mod store;
@@ -76,25 +77,26 @@ pub async fn run(
         bound.push((name, addr));
     }
 
-    let hub = if config.persistence {
-        let dir = ctx.layout.data_dir(SERVICE);
-        std::fs::create_dir_all(&dir).map_err(|source| BrokerError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let (store, loaded) = store::Store::open(&dir.join("sessions.db"))?;
-        tracing::info!(
-            sessions = loaded.sessions.len(),
-            queued = loaded.sessions.iter().map(|s| s.queue.len()).sum::<usize>(),
-            retained = loaded.retained.len(),
-            "persistent sessions restored"
-        );
-        hub::Hub::with_store(config.queue_limits(), store, loaded)
-    } else {
-        hub::Hub::new(config.queue_limits())
-    };
+    let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+    let router_dropped = Arc::new(AtomicU64::new(0));
+    if config.mode == config::Mode::Routed {
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        hub.routed(link_tx);
+        tokio::spawn(link::run(
+            ctx.layout.socket("router"),
+            hub_tx.clone(),
+            link_rx,
+            config.router_backlog,
+            router_dropped.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let mode = match config.mode {
+        config::Mode::Local => "local mode: devices publish and subscribe among themselves",
+        config::Mode::Routed => "routed mode: the group's subscription table decides",
+    };
     let max_subscriptions = config.max_subscriptions_per_client;
     tokio::spawn(hub::run(hub, hub_rx, max_subscriptions));
     let shared = Arc::new(connection::Shared {
@@ -119,7 +121,7 @@ pub async fn run(
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: format!(
-            "local mode: devices publish and subscribe among themselves; MQTT 3.1.1 on {}",
+            "{mode}; MQTT 3.1.1 on {}",
             bound
                 .iter()
                 .map(|(n, a)| format!("{n} {a}"))
@@ -132,6 +134,7 @@ pub async fn run(
     .add_service(BrokerServer::new(grpc::Api {
         hub: hub_tx,
         listeners: bound,
+        router_dropped,
     }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;
@@ -144,4 +147,24 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Bro
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| BrokerError::Bind { addr, source })
+}
+
+/// The hub, with its persistent sessions restored when persistence is on.
+fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerError> {
+    if !config.persistence {
+        return Ok(hub::Hub::new(config.queue_limits()));
+    }
+    let dir = ctx.layout.data_dir(SERVICE);
+    std::fs::create_dir_all(&dir).map_err(|source| BrokerError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let (store, loaded) = store::Store::open(&dir.join("sessions.db"))?;
+    tracing::info!(
+        sessions = loaded.sessions.len(),
+        queued = loaded.sessions.iter().map(|s| s.queue.len()).sum::<usize>(),
+        retained = loaded.retained.len(),
+        "persistent sessions restored"
+    );
+    Ok(hub::Hub::with_store(config.queue_limits(), store, loaded))
 }

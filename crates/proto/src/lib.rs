@@ -18,6 +18,12 @@ pub mod daemon {
     }
 }
 
+pub mod router {
+    pub mod v1 {
+        tonic::include_proto!("verdant.router.v1");
+    }
+}
+
 pub mod supervisor {
     pub mod v1 {
         tonic::include_proto!("verdant.supervisor.v1");

@@ -2,6 +2,7 @@
 
 mod broker;
 mod output;
+mod router;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ enum Cmd {
     Clients,
     /// Close a client's connection (a persistent session stays).
     Disconnect { client_id: String },
+    /// The subscription table with messages per route, and what no route allowed.
+    Routes,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -140,6 +143,7 @@ async fn run(args: Args) -> Result<(), String> {
     match args.command {
         Cmd::Clients => return broker::clients(&dir, json).await,
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
+        Cmd::Routes => return router::routes(&dir, json).await,
         _ => {}
     }
     let mut client = SupervisorClient::new(dial(&dir, INIT_SERVICE).await?);
@@ -213,7 +217,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| status_error(&e))?;
             println!("core at {} is shutting down", dir.display());
         }
-        Cmd::Completions { .. } | Cmd::Clients | Cmd::Disconnect { .. } => {
+        Cmd::Completions { .. } | Cmd::Clients | Cmd::Disconnect { .. } | Cmd::Routes => {
             unreachable!("handled before connecting to init")
         }
     }

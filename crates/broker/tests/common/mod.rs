@@ -115,7 +115,7 @@ pub async fn start(devices: &[&str], extra: &str) -> Broker {
     std::fs::write(deployment.join("group.json"), group.to_string()).unwrap();
 
     let text = format!(
-        "[broker]\n{extra}\n[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n"
+        "[broker]\nmode = \"local\"\n{extra}\n[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n"
     );
     let layout = Layout::new(&root, None).unwrap();
     let socket = layout.socket("broker");

@@ -1,0 +1,358 @@
+//! Routed mode's link with the router: one long-lived gRPC stream each
+//! way (`verdant.router.v1.Router/Link`), opened by this task and opened
+//! again whenever it breaks.
+//!
+//! Up: the messages the hub forwards (targets beyond the devices), in
+//! batches, no more than the router's credit allows. A QoS 1 message stays
+//! here until the router acknowledges it, and is sent again on a new link
+//! if the old one broke first, so its publisher is acknowledged only once
+//! the router has it. At most `backlog` messages wait: past that, QoS 0
+//! messages are dropped (counted) and QoS 1 messages refused (their
+//! publisher gets no acknowledgement and its connection is closed, so it
+//! sends them again). Device-to-device traffic does not come here.
+//!
+//! Down: the table (handed to the hub), and messages for devices, which
+//! are acknowledged once the hub has committed them to the sessions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use rumqttc::QoS;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use verdant_common::shutdown::CancellationToken;
+use verdant_group::routes::{Route, Table};
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+use crate::hub::{self, Message};
+
+/// A message the hub sends to the router.
+#[derive(Debug)]
+pub struct Forward {
+    pub message: Message,
+    /// The publishing device's thing ARN.
+    pub source: Arc<str>,
+    /// The table the hub delivered the device targets with (0: none yet).
+    pub table_version: u64,
+    /// For QoS 1/2: told whether the router took it.
+    pub reply: Option<oneshot::Sender<bool>>,
+}
+
+/// What the hub sends this task.
+#[derive(Debug)]
+pub enum ToLink {
+    Forward(Forward),
+    /// Route counts since the last report, and messages without a route.
+    Counts {
+        routes: Vec<(String, u64, u64)>,
+        no_route: Vec<(String, u64)>,
+    },
+}
+
+/// Messages the router may send before this side grants more.
+const CREDIT: u32 = 1024;
+/// Messages in one batch up.
+const BATCH: usize = 256;
+
+/// One waiting message.
+struct Entry {
+    message: pb::Message,
+    reply: Option<oneshot::Sender<bool>>,
+}
+
+/// What survives a broken link.
+struct State {
+    next_id: u64,
+    /// By id: not yet sent on the current link, or (QoS 1) not yet
+    /// acknowledged.
+    entries: BTreeMap<u64, Entry>,
+    /// Ids to send, in order.
+    unsent: VecDeque<u64>,
+    backlog: usize,
+    /// Messages dropped or refused because the backlog was full.
+    dropped: Arc<AtomicU64>,
+    pending_counts: Vec<pb::Delivered>,
+}
+
+impl State {
+    fn take(&mut self, item: ToLink) {
+        match item {
+            ToLink::Counts { routes, no_route } => {
+                // Counts are not worth holding across an outage.
+                if self.pending_counts.len() < 64 {
+                    self.pending_counts.push(pb::Delivered {
+                        routes: routes
+                            .into_iter()
+                            .map(|(id, messages, bytes)| pb::RouteCount {
+                                id,
+                                messages,
+                                bytes,
+                            })
+                            .collect(),
+                        no_route: no_route
+                            .into_iter()
+                            .map(|(source, messages)| pb::Dropped { source, messages })
+                            .collect(),
+                    });
+                }
+            }
+            ToLink::Forward(f) => {
+                if self.entries.len() >= self.backlog {
+                    let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            backlog = self.backlog,
+                            dropped = n,
+                            "router link backlog full: QoS 0 messages dropped, QoS 1 refused"
+                        );
+                    }
+                    if let Some(reply) = f.reply {
+                        let _ = reply.send(false);
+                    }
+                    return;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let m = f.message;
+                self.entries.insert(
+                    id,
+                    Entry {
+                        message: pb::Message {
+                            id,
+                            source: f.source.to_string(),
+                            topic: m.topic,
+                            payload: m.payload,
+                            qos: u32::from(m.qos != QoS::AtMostOnce),
+                            retain: false,
+                            targets: Vec::new(),
+                            table_version: f.table_version,
+                        },
+                        reply: f.reply,
+                    },
+                );
+                self.unsent.push_back(id);
+            }
+        }
+    }
+
+    /// The next batch the router's `credit` allows.
+    fn batch(&mut self, credit: &mut u32) -> Vec<pb::Message> {
+        let n = self.unsent.len().min(*credit as usize).min(BATCH);
+        let mut out = Vec::with_capacity(n);
+        for id in self.unsent.drain(..n) {
+            let Some(e) = self.entries.get(&id) else {
+                continue;
+            };
+            out.push(e.message.clone());
+            if e.message.qos == 0 {
+                self.entries.remove(&id);
+            }
+        }
+        *credit -= n as u32;
+        out
+    }
+
+    fn acked(&mut self, ids: &[u64], ok: bool) {
+        for id in ids {
+            if let Some(Entry {
+                reply: Some(reply), ..
+            }) = self.entries.remove(id)
+            {
+                let _ = reply.send(ok);
+            }
+        }
+    }
+}
+
+/// Keeps the link up until `shutdown`.
+pub async fn run(
+    socket: PathBuf,
+    hub: mpsc::Sender<hub::Request>,
+    mut from_hub: mpsc::UnboundedReceiver<ToLink>,
+    backlog: usize,
+    dropped: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut state = State {
+        next_id: 1,
+        entries: BTreeMap::new(),
+        unsent: VecDeque::new(),
+        backlog,
+        dropped,
+        pending_counts: Vec::new(),
+    };
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let why = tokio::select! {
+            () = shutdown.cancelled() => return,
+            why = linked(&socket, &hub, &mut from_hub, &mut state) => why,
+        };
+        // Everything not acknowledged goes again on the next link.
+        state.unsent = state.entries.keys().copied().collect();
+        tracing::warn!(
+            held = state.entries.len(),
+            "router link down: {why}; device-to-device routes keep working"
+        );
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = &mut wait => break,
+                item = from_hub.recv() => match item {
+                    Some(item) => state.take(item),
+                    None => return,
+                },
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Deliveries handed to the hub: (id, committed), in the order received.
+type Committing = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (u64, bool)> + Send>>>;
+
+/// One link's life; returns why it ended.
+async fn linked(
+    socket: &std::path::Path,
+    hub: &mpsc::Sender<hub::Request>,
+    from_hub: &mut mpsc::UnboundedReceiver<ToLink>,
+    state: &mut State,
+) -> String {
+    let channel = match verdant_common::uds::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let (up, up_rx) = mpsc::unbounded_channel();
+    let send = |kind| up.send(pb::LinkUp { kind: Some(kind) }).is_ok();
+    send(pb::link_up::Kind::Hello(pb::Hello {
+        endpoint: "broker".into(),
+        credit: CREDIT,
+    }));
+    let mut client = RouterClient::new(channel);
+    let mut down = match client.link(UnboundedReceiverStream::new(up_rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return format!("the router refused the link: {}", e.message()),
+    };
+    tracing::info!(held = state.entries.len(), "linked with the router");
+    let mut credit = 0u32;
+    // Deliveries handed to the hub, acknowledged up in order once committed.
+    let mut committing: Committing = FuturesOrdered::new();
+    loop {
+        while credit > 0 && !state.unsent.is_empty() {
+            let messages = state.batch(&mut credit);
+            if !messages.is_empty() && !send(pb::link_up::Kind::Messages(pb::Messages { messages }))
+            {
+                return "the stream closed".into();
+            }
+        }
+        for d in state.pending_counts.drain(..) {
+            send(pb::link_up::Kind::Delivered(d));
+        }
+        tokio::select! {
+            item = from_hub.recv() => match item {
+                Some(item) => {
+                    state.take(item);
+                    while let Ok(item) = from_hub.try_recv() {
+                        state.take(item);
+                    }
+                }
+                None => return "the broker is stopping".into(),
+            },
+            Some((id, ok)) = committing.next(), if !committing.is_empty() => {
+                let mut acks = pb::Acks::default();
+                let mut push = |id, ok| if ok { acks.ids.push(id) } else { acks.refused.push(id) };
+                push(id, ok);
+                while let Some(Some((id, ok))) = futures::FutureExt::now_or_never(committing.next()) {
+                    push(id, ok);
+                }
+                send(pb::link_up::Kind::Acks(acks));
+            }
+            msg = down.message() => match msg {
+                Ok(Some(pb::LinkDown { kind: Some(kind) })) => {
+                    if let Err(why) = on_down(kind, hub, state, &mut credit, &mut committing, &send).await {
+                        return why;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return "the router closed the link".into(),
+                Err(e) => return format!("link failed: {}", e.message()),
+            },
+        }
+    }
+}
+
+/// Handles one message down from the router.
+async fn on_down(
+    kind: pb::link_down::Kind,
+    hub: &mpsc::Sender<hub::Request>,
+    state: &mut State,
+    credit: &mut u32,
+    committing: &mut Committing,
+    send: &impl Fn(pb::link_up::Kind) -> bool,
+) -> Result<(), String> {
+    use pb::link_down::Kind;
+    let stopping = |_| "the broker is stopping".to_string();
+    match kind {
+        Kind::Table(t) => {
+            let routes = t
+                .routes
+                .into_iter()
+                .map(|r| Route {
+                    id: r.id,
+                    source: r.source,
+                    subject: r.subject,
+                    target: r.target,
+                })
+                .collect();
+            let table = Arc::new(Table::new(t.version, routes));
+            hub.send(hub::Request::Table(table))
+                .await
+                .map_err(stopping)?;
+        }
+        Kind::Messages(batch) => {
+            let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
+            for m in batch.messages {
+                let (reply, rx) = if m.qos > 0 {
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                let id = m.id;
+                let request = hub::Request::Deliver {
+                    things: m.targets,
+                    message: Message {
+                        topic: m.topic,
+                        payload: m.payload,
+                        qos: if m.qos > 0 {
+                            QoS::AtLeastOnce
+                        } else {
+                            QoS::AtMostOnce
+                        },
+                        retain: false,
+                        stored: None,
+                    },
+                    reply,
+                };
+                hub.send(request).await.map_err(stopping)?;
+                if let Some(rx) = rx {
+                    committing.push_back(Box::pin(async move { (id, rx.await.unwrap_or(false)) }));
+                }
+            }
+            send(pb::link_up::Kind::Credit(pb::Credit { messages: n }));
+        }
+        Kind::Acks(a) => {
+            state.acked(&a.ids, true);
+            state.acked(&a.refused, false);
+        }
+        Kind::Credit(c) => *credit = credit.saturating_add(c.messages),
+    }
+    Ok(())
+}

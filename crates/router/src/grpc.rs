@@ -1,0 +1,224 @@
+//! `verdant.router.v1.Router`: the links daemons open, and the operators'
+//! calls. Handlers decode, hand events to the switch, and encode.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::{Stream, StreamExt, wrappers::UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_server::Router;
+
+use crate::switch::{Down, Endpoint, Event, LinkId, Message};
+
+pub struct Api {
+    pub switch: mpsc::Sender<Event>,
+    /// Credit granted to a linked daemon for its messages up.
+    pub credit: u32,
+    pub generation: AtomicU64,
+}
+
+fn stopping<T>(_: T) -> Status {
+    Status::unavailable("the router is stopping")
+}
+
+pub fn message_from_pb(m: pb::Message) -> Message {
+    Message {
+        id: m.id,
+        source: m.source,
+        topic: m.topic,
+        payload: m.payload,
+        qos: u8::from(m.qos > 0),
+        retain: m.retain,
+        targets: m.targets,
+        table_version: m.table_version,
+    }
+}
+
+pub fn message_to_pb(m: Message) -> pb::Message {
+    pb::Message {
+        id: m.id,
+        source: m.source,
+        topic: m.topic,
+        payload: m.payload,
+        qos: u32::from(m.qos),
+        retain: m.retain,
+        targets: m.targets,
+        table_version: m.table_version,
+    }
+}
+
+fn down_to_pb(d: Down) -> pb::LinkDown {
+    use pb::link_down::Kind;
+    let kind = match d {
+        Down::Table(t) => Kind::Table(pb::Table {
+            version: t.version(),
+            routes: t
+                .routes()
+                .iter()
+                .map(|r| pb::Route {
+                    id: r.id.clone(),
+                    source: r.source.clone(),
+                    subject: r.subject.clone(),
+                    target: r.target.clone(),
+                })
+                .collect(),
+        }),
+        Down::Messages(m) => Kind::Messages(pb::Messages {
+            messages: m.into_iter().map(message_to_pb).collect(),
+        }),
+        Down::Acks { ids, refused } => Kind::Acks(pb::Acks { ids, refused }),
+        Down::Credit(n) => Kind::Credit(pb::Credit { messages: n }),
+    };
+    pb::LinkDown { kind: Some(kind) }
+}
+
+type DownStream = Pin<Box<dyn Stream<Item = Result<pb::LinkDown, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Router for Api {
+    type LinkStream = DownStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<pb::LinkUp>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        // Only the core's own daemons carry messages.
+        verdant_common::uds::require_owner(&request)?;
+        let mut up = request.into_inner();
+        let Some(pb::LinkUp {
+            kind: Some(pb::link_up::Kind::Hello(hello)),
+        }) = up.message().await?
+        else {
+            return Err(Status::invalid_argument("a link starts with a Hello"));
+        };
+        let endpoint = Endpoint::from_hello(&hello.endpoint).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown endpoint `{}`: expected broker, shadow or lambda-runner",
+                hello.endpoint
+            ))
+        })?;
+        let link = LinkId {
+            endpoint,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+        };
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let _ = down_tx.send(Down::Credit(self.credit));
+        self.switch
+            .send(Event::Linked {
+                link,
+                down: down_tx.clone(),
+                credit: hello.credit,
+            })
+            .await
+            .map_err(stopping)?;
+        tokio::spawn(read_up(link, up, self.switch.clone(), down_tx));
+        let stream = UnboundedReceiverStream::new(down_rx).map(|d| Ok(down_to_pb(d)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.switch
+            .send(Event::Routes(tx))
+            .await
+            .map_err(stopping)?;
+        let view = rx.await.map_err(stopping)?;
+        Ok(Response::new(pb::ListRoutesResponse {
+            version: view.version,
+            routes: view
+                .routes
+                .into_iter()
+                .map(|(r, messages, bytes)| pb::RouteCounters {
+                    route: Some(pb::Route {
+                        id: r.id,
+                        source: r.source,
+                        subject: r.subject,
+                        target: r.target,
+                    }),
+                    messages,
+                    bytes,
+                })
+                .collect(),
+            no_route: view
+                .no_route
+                .into_iter()
+                .map(|(source, messages)| pb::Dropped { source, messages })
+                .collect(),
+            links: view.links.into_iter().map(String::from).collect(),
+            overflow: view
+                .overflow
+                .into_iter()
+                .map(|(endpoint, messages)| pb::Overflow {
+                    endpoint: endpoint.into(),
+                    messages,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Reads a link's messages up until it ends, returning credit for each
+/// batch once the switch has taken it.
+async fn read_up(
+    link: LinkId,
+    mut up: Streaming<pb::LinkUp>,
+    switch: mpsc::Sender<Event>,
+    down: mpsc::UnboundedSender<Down>,
+) {
+    use pb::link_up::Kind;
+    loop {
+        let item = match up.message().await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(endpoint = link.endpoint.name(), "link read failed: {e}");
+                break;
+            }
+        };
+        let event = match item.kind {
+            Some(Kind::Messages(m)) => {
+                let n = u32::try_from(m.messages.len()).unwrap_or(u32::MAX);
+                let messages = m.messages.into_iter().map(message_from_pb).collect();
+                if switch.send(Event::Up(link, messages)).await.is_err() {
+                    break;
+                }
+                let _ = down.send(Down::Credit(n));
+                continue;
+            }
+            Some(Kind::Acks(a)) => Event::Acks {
+                link,
+                ids: a.ids,
+                refused: a.refused,
+            },
+            Some(Kind::Credit(c)) => Event::Credit(link, c.messages),
+            Some(Kind::Delivered(d)) => Event::Delivered {
+                routes: d
+                    .routes
+                    .into_iter()
+                    .map(|r| (r.id, r.messages, r.bytes))
+                    .collect(),
+                no_route: d
+                    .no_route
+                    .into_iter()
+                    .map(|n| (n.source, n.messages))
+                    .collect(),
+            },
+            Some(Kind::Hello(_)) | None => {
+                tracing::warn!(
+                    endpoint = link.endpoint.name(),
+                    "unexpected message on a link"
+                );
+                continue;
+            }
+        };
+        if switch.send(event).await.is_err() {
+            break;
+        }
+    }
+    let _ = switch.send(Event::Unlinked(link)).await;
+}

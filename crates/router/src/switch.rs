@@ -1,0 +1,669 @@
+//! The routing logic: one task owns the table, the endpoints' links and
+//! every counter. Links send it [`Event`]s; it answers each link through
+//! that link's [`Down`] channel. No I/O besides those channels, so it is
+//! tested without sockets.
+//!
+//! Delivery guarantee: a QoS 1 message from an endpoint is acknowledged to
+//! it only when every endpoint it was routed to has acknowledged its copy
+//! (the broker once its sessions have it, the cloud bridge once it is in
+//! the durable queue). Copies not yet acknowledged stay here and are sent
+//! again when their endpoint links again, so a daemon restarting loses
+//! nothing; the router restarting loses nothing either, because the
+//! sender still holds what it was not acknowledged and sends it again.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use verdant_group::routes::{Kind, RouteIndex, Table};
+
+/// The daemons (and the in-process cloud bridge) messages go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    Broker,
+    Shadow,
+    Lambda,
+    Cloud,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Broker,
+        Endpoint::Shadow,
+        Endpoint::Lambda,
+        Endpoint::Cloud,
+    ];
+
+    /// The name a daemon gives in its Hello.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Broker => "broker",
+            Endpoint::Shadow => "shadow",
+            Endpoint::Lambda => "lambda-runner",
+            Endpoint::Cloud => "cloud",
+        }
+    }
+
+    /// The daemons that may open a link (the cloud bridge is in-process).
+    pub fn from_hello(name: &str) -> Option<Endpoint> {
+        [Endpoint::Broker, Endpoint::Shadow, Endpoint::Lambda]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
+}
+
+/// A message between the router and an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The sender's sequence number on its link.
+    pub id: u64,
+    pub source: String,
+    pub topic: String,
+    pub payload: Bytes,
+    /// 0 or 1.
+    pub qos: u8,
+    pub retain: bool,
+    /// Down: who on the endpoint gets it (thing names, function ARNs).
+    pub targets: Vec<String>,
+    /// Up from the broker: the table version its device targets used.
+    pub table_version: u64,
+}
+
+/// What the switch sends down a link.
+#[derive(Debug)]
+pub enum Down {
+    Table(Arc<Table>),
+    Messages(Vec<Message>),
+    Acks { ids: Vec<u64>, refused: Vec<u64> },
+    Credit(u32),
+}
+
+/// One link's identity: its endpoint and which connection of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkId {
+    pub endpoint: Endpoint,
+    pub generation: u64,
+}
+
+/// What links tell the switch.
+#[derive(Debug)]
+pub enum Event {
+    Linked {
+        link: LinkId,
+        down: mpsc::UnboundedSender<Down>,
+        credit: u32,
+    },
+    Unlinked(LinkId),
+    Up(LinkId, Vec<Message>),
+    Acks {
+        link: LinkId,
+        ids: Vec<u64>,
+        refused: Vec<u64>,
+    },
+    Credit(LinkId, u32),
+    /// Counts the broker reports for the routes it delivers itself
+    /// (route id, messages, bytes) and for its messages no route allowed.
+    Delivered {
+        routes: Vec<(String, u64, u64)>,
+        no_route: Vec<(String, u64)>,
+    },
+    Routes(oneshot::Sender<RoutesView>),
+}
+
+/// `ListRoutes`' answer.
+#[derive(Debug, Clone, Default)]
+pub struct RoutesView {
+    pub version: u64,
+    /// Each route with its messages and bytes.
+    pub routes: Vec<(verdant_group::routes::Route, u64, u64)>,
+    pub no_route: Vec<(String, u64)>,
+    pub links: Vec<&'static str>,
+    /// Messages dropped because an endpoint's queue was full.
+    pub overflow: Vec<(&'static str, u64)>,
+}
+
+struct Link {
+    id: LinkId,
+    down: mpsc::UnboundedSender<Down>,
+    /// Messages the endpoint has room for.
+    credit: u32,
+}
+
+/// What the switch keeps per endpoint.
+#[derive(Default)]
+struct Queue {
+    link: Option<Link>,
+    /// Waiting for the link, or for credit.
+    held: VecDeque<Message>,
+    /// Sent QoS 1 copies not yet acknowledged, by the switch's id.
+    unacked: BTreeMap<u64, Message>,
+    overflow: u64,
+}
+
+/// A QoS 1 message acknowledged to its sender once every copy is.
+struct Pending {
+    origin: LinkId,
+    origin_id: u64,
+    remaining: usize,
+}
+
+/// The routing state.
+pub struct Switch {
+    table: Arc<Table>,
+    /// The table before the last swap, for broker messages routed by it.
+    previous: Option<Arc<Table>>,
+    counts: Vec<(u64, u64)>,
+    /// Counts by route id, kept across a swap for routes that stay.
+    no_route: BTreeMap<String, u64>,
+    queues: HashMap<Endpoint, Queue>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+    /// Messages held per endpoint at most, sent but unacknowledged ones
+    /// included.
+    held_limit: usize,
+    /// Acknowledgements to send at the end of the current event, per link.
+    acks: Vec<(LinkId, u64, bool)>,
+    scratch: Vec<RouteIndex>,
+}
+
+impl Switch {
+    pub fn new(table: Table, held_limit: usize) -> Switch {
+        let counts = vec![(0, 0); table.routes().len()];
+        Switch {
+            table: Arc::new(table),
+            previous: None,
+            counts,
+            no_route: BTreeMap::new(),
+            queues: Endpoint::ALL
+                .iter()
+                .map(|e| (*e, Queue::default()))
+                .collect(),
+            pending: HashMap::new(),
+            next_id: 1,
+            held_limit,
+            acks: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Handles one event, then sends what it produced.
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Linked { link, down, credit } => self.linked(link, down, credit),
+            Event::Unlinked(link) => self.unlinked(link),
+            Event::Up(link, messages) => {
+                for m in &messages {
+                    self.route(link, m);
+                }
+                self.flush_all();
+            }
+            Event::Acks { link, ids, refused } => {
+                self.acked(link, &ids, false);
+                self.acked(link, &refused, true);
+            }
+            Event::Credit(link, n) => {
+                if let Some(q) = self.queues.get_mut(&link.endpoint)
+                    && let Some(l) = &mut q.link
+                    && l.id == link
+                {
+                    l.credit = l.credit.saturating_add(n);
+                }
+                self.flush(link.endpoint);
+            }
+            Event::Delivered { routes, no_route } => {
+                for (source, n) in no_route {
+                    *self.no_route.entry(source).or_default() += n;
+                }
+                for (id, messages, bytes) in routes {
+                    if let Some(i) = self.table.routes().iter().position(|r| r.id == id) {
+                        self.counts[i].0 += messages;
+                        self.counts[i].1 += bytes;
+                    }
+                }
+            }
+            Event::Routes(reply) => {
+                let _ = reply.send(self.view());
+            }
+        }
+        self.send_acks();
+    }
+
+    fn linked(&mut self, link: LinkId, down: mpsc::UnboundedSender<Down>, credit: u32) {
+        if link.endpoint == Endpoint::Broker {
+            let _ = down.send(Down::Table(self.table.clone()));
+        }
+        let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
+        // Copies the previous connection did not acknowledge go first.
+        let unacked = std::mem::take(&mut q.unacked);
+        for m in unacked.into_values().rev() {
+            q.held.push_front(m);
+        }
+        q.link = Some(Link {
+            id: link,
+            down,
+            credit,
+        });
+        tracing::info!(endpoint = link.endpoint.name(), "endpoint linked");
+        self.flush(link.endpoint);
+    }
+
+    fn unlinked(&mut self, link: LinkId) {
+        let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
+        if q.link.as_ref().map(|l| l.id) == Some(link) {
+            q.link = None;
+            tracing::warn!(
+                endpoint = link.endpoint.name(),
+                held = q.held.len() + q.unacked.len(),
+                "endpoint unlinked; its messages are held until it links again"
+            );
+        }
+    }
+
+    /// Routes one message from `from`.
+    fn route(&mut self, from: LinkId, m: &Message) {
+        let table = match &self.previous {
+            Some(p) if from.endpoint == Endpoint::Broker && m.table_version == p.version() => {
+                p.clone()
+            }
+            _ => self.table.clone(),
+        };
+        let mut matched = std::mem::take(&mut self.scratch);
+        table.matching(&m.source, &m.topic, &mut matched);
+        // Targets per endpoint, in table order, each once.
+        let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
+        let mut any = false;
+        for i in &matched {
+            let route = table.route(*i);
+            let (endpoint, target) = match Kind::of(&route.target) {
+                Kind::Thing => (Endpoint::Broker, thing_name(&route.target).to_string()),
+                Kind::Function => (Endpoint::Lambda, route.target.clone()),
+                Kind::Shadow => (Endpoint::Shadow, route.target.clone()),
+                Kind::Cloud => (Endpoint::Cloud, route.target.clone()),
+                Kind::Connector => {
+                    tracing::debug!(route = %route.id, "connectors are not supported; not delivered");
+                    continue;
+                }
+            };
+            any = true;
+            // The broker delivered device targets itself, unless it had
+            // no table yet (version 0).
+            if from.endpoint == Endpoint::Broker
+                && endpoint == Endpoint::Broker
+                && m.table_version != 0
+            {
+                continue;
+            }
+            if Arc::ptr_eq(&table, &self.table) {
+                self.counts[i.0].0 += 1;
+                self.counts[i.0].1 += m.payload.len() as u64;
+            }
+            let targets = by_endpoint.entry(endpoint).or_default();
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        self.scratch = matched;
+        if !any {
+            *self.no_route.entry(m.source.clone()).or_default() += 1;
+            tracing::debug!(source = %m.source, topic = %m.topic, "no route: message discarded");
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut remaining = 0;
+        for (endpoint, targets) in by_endpoint {
+            let copy = Message {
+                id,
+                targets,
+                table_version: table.version(),
+                ..m.clone()
+            };
+            if self.hold(endpoint, copy) {
+                remaining += usize::from(m.qos > 0);
+            } else if m.qos > 0 {
+                // Refused: the publisher is not acknowledged.
+                self.acks.push((from, m.id, true));
+                return;
+            }
+        }
+        if m.qos > 0 {
+            if remaining == 0 {
+                self.acks.push((from, m.id, false));
+            } else {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        origin: from,
+                        origin_id: m.id,
+                        remaining,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Queues a copy for `endpoint`; false if its queue is full (counted).
+    fn hold(&mut self, endpoint: Endpoint, m: Message) -> bool {
+        let q = self.queues.get_mut(&endpoint).expect("every endpoint");
+        if q.held.len() + q.unacked.len() >= self.held_limit {
+            q.overflow += 1;
+            tracing::warn!(
+                endpoint = endpoint.name(),
+                topic = %m.topic,
+                qos = m.qos,
+                "endpoint queue full: message not taken"
+            );
+            return false;
+        }
+        q.held.push_back(m);
+        true
+    }
+
+    fn flush_all(&mut self) {
+        for e in Endpoint::ALL {
+            self.flush(e);
+        }
+    }
+
+    /// Sends what `endpoint` has credit for.
+    fn flush(&mut self, endpoint: Endpoint) {
+        let q = self.queues.get_mut(&endpoint).expect("every endpoint");
+        let Some(link) = &mut q.link else {
+            return;
+        };
+        let n = q.held.len().min(link.credit as usize);
+        if n == 0 {
+            return;
+        }
+        let batch: Vec<Message> = q.held.drain(..n).collect();
+        link.credit -= n as u32;
+        for m in &batch {
+            if m.qos > 0 {
+                q.unacked.insert(m.id, m.clone());
+            }
+        }
+        if link.down.send(Down::Messages(batch)).is_err() {
+            // The link is going; its Unlinked event puts these back.
+        }
+    }
+
+    fn acked(&mut self, link: LinkId, ids: &[u64], refused: bool) {
+        let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
+        for id in ids {
+            if q.unacked.remove(id).is_none() {
+                continue;
+            }
+            let Some(p) = self.pending.get_mut(id) else {
+                continue;
+            };
+            if refused {
+                let p = self.pending.remove(id).expect("present");
+                self.acks.push((p.origin, p.origin_id, true));
+                continue;
+            }
+            p.remaining -= 1;
+            if p.remaining == 0 {
+                let p = self.pending.remove(id).expect("present");
+                self.acks.push((p.origin, p.origin_id, false));
+            }
+        }
+    }
+
+    fn send_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let mut per_link: Vec<(LinkId, Vec<u64>, Vec<u64>)> = Vec::new();
+        for (link, id, refused) in self.acks.drain(..) {
+            let entry = match per_link.iter_mut().find(|(l, _, _)| *l == link) {
+                Some(e) => e,
+                None => {
+                    per_link.push((link, Vec::new(), Vec::new()));
+                    per_link.last_mut().expect("pushed")
+                }
+            };
+            if refused {
+                entry.2.push(id);
+            } else {
+                entry.1.push(id);
+            }
+        }
+        for (link, ids, refused) in per_link {
+            if let Some(q) = self.queues.get(&link.endpoint)
+                && let Some(l) = &q.link
+                && l.id == link
+            {
+                let _ = l.down.send(Down::Acks { ids, refused });
+            }
+        }
+    }
+
+    /// Swaps in a new table atomically: every message after this is routed
+    /// by it, and the broker gets its copy before any message that used it.
+    pub fn swap(&mut self, table: Table) {
+        let old = std::mem::replace(&mut self.table, Arc::new(table));
+        let mut counts = vec![(0, 0); self.table.routes().len()];
+        for (i, r) in self.table.routes().iter().enumerate() {
+            if let Some(j) = old.routes().iter().position(|o| o == r) {
+                counts[i] = self.counts[j];
+            }
+        }
+        self.counts = counts;
+        self.previous = Some(old);
+        if let Some(l) = &self.queues[&Endpoint::Broker].link {
+            let _ = l.down.send(Down::Table(self.table.clone()));
+        }
+    }
+
+    fn view(&self) -> RoutesView {
+        RoutesView {
+            version: self.table.version(),
+            routes: self
+                .table
+                .routes()
+                .iter()
+                .zip(&self.counts)
+                .map(|(r, (m, b))| (r.clone(), *m, *b))
+                .collect(),
+            no_route: self.no_route.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+            links: Endpoint::ALL
+                .iter()
+                .filter(|e| self.queues[e].link.is_some())
+                .map(|e| e.name())
+                .collect(),
+            overflow: Endpoint::ALL
+                .iter()
+                .map(|e| (e.name(), self.queues[e].overflow))
+                .collect(),
+        }
+    }
+}
+
+/// The thing name of a thing ARN.
+pub fn thing_name(arn: &str) -> &str {
+    arn.rsplit_once("thing/").map_or(arn, |(_, n)| n)
+}
+
+/// The switch's task.
+pub async fn run(mut switch: Switch, mut events: mpsc::Receiver<Event>) {
+    while let Some(event) = events.recv().await {
+        switch.handle(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verdant_group::routes::Route;
+
+    const DEV_A: &str = "arn:aws:iot:r:1:thing/a";
+    const DEV_B: &str = "arn:aws:iot:r:1:thing/b";
+
+    fn table() -> Table {
+        let r = |id: &str, s: &str, subj: &str, t: &str| Route {
+            id: id.into(),
+            source: s.into(),
+            subject: subj.into(),
+            target: t.into(),
+        };
+        Table::new(
+            7,
+            vec![
+                r("a-b", DEV_A, "x/#", DEV_B),
+                r("a-cloud", DEV_A, "x/#", "cloud"),
+                r("cloud-b", "cloud", "cmd/+", DEV_B),
+                r(
+                    "a-shadow",
+                    DEV_A,
+                    "$aws/things/a/shadow/#",
+                    "GGShadowService",
+                ),
+            ],
+        )
+    }
+
+    fn msg(id: u64, source: &str, topic: &str, qos: u8) -> Message {
+        Message {
+            id,
+            source: source.into(),
+            topic: topic.into(),
+            payload: Bytes::from_static(b"p"),
+            qos,
+            retain: false,
+            targets: Vec::new(),
+            table_version: 7,
+        }
+    }
+
+    fn link(
+        s: &mut Switch,
+        endpoint: Endpoint,
+        generation: u64,
+    ) -> (LinkId, mpsc::UnboundedReceiver<Down>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = LinkId {
+            endpoint,
+            generation,
+        };
+        s.handle(Event::Linked {
+            link: id,
+            down: tx,
+            credit: 100,
+        });
+        (id, rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Down>) -> Vec<Down> {
+        let mut v = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            v.push(d);
+        }
+        v
+    }
+
+    fn messages(downs: &[Down]) -> Vec<Message> {
+        downs
+            .iter()
+            .filter_map(|d| match d {
+                Down::Messages(m) => Some(m.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn acks(downs: &[Down]) -> (Vec<u64>, Vec<u64>) {
+        let mut out = (Vec::new(), Vec::new());
+        for d in downs {
+            if let Down::Acks { ids, refused } = d {
+                out.0.extend(ids);
+                out.1.extend(refused);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn broker_gets_the_table_and_only_non_device_targets_come_through_the_router() {
+        let mut s = Switch::new(table(), 10);
+        let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+        let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+        assert!(matches!(drain(&mut brx)[0], Down::Table(_)));
+        s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 1)]));
+        let tocloud = messages(&drain(&mut crx));
+        assert_eq!(tocloud.len(), 1);
+        assert_eq!(tocloud[0].targets, ["cloud"]);
+        // Not acknowledged to the broker until the cloud bridge has it.
+        assert_eq!(acks(&drain(&mut brx)), (vec![], vec![]));
+        s.handle(Event::Acks {
+            link: cloud,
+            ids: vec![tocloud[0].id],
+            refused: vec![],
+        });
+        assert_eq!(acks(&drain(&mut brx)), (vec![1], vec![]));
+        // From the cloud to a device: down to the broker with its name.
+        s.handle(Event::Up(cloud, vec![msg(5, "cloud", "cmd/go", 0)]));
+        let to_broker = messages(&drain(&mut brx));
+        assert_eq!(to_broker[0].targets, ["b"]);
+        let view = s.view();
+        assert_eq!(view.routes[1].1, 1); // a-cloud
+        assert_eq!(view.routes[2].1, 1); // cloud-b
+    }
+
+    #[test]
+    fn no_route_is_counted_and_acknowledged() {
+        let mut s = Switch::new(table(), 10);
+        let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+        s.handle(Event::Up(broker, vec![msg(3, DEV_B, "x/1", 1)]));
+        assert_eq!(acks(&drain(&mut brx)), (vec![3], vec![]));
+        assert_eq!(s.view().no_route, vec![(DEV_B.to_string(), 1)]);
+    }
+
+    #[test]
+    fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
+        let mut s = Switch::new(table(), 2);
+        let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+        let (shadow, _srx) = link(&mut s, Endpoint::Shadow, 1);
+        let topic = "$aws/things/a/shadow/update";
+        s.handle(Event::Up(broker, vec![msg(1, DEV_A, topic, 1)]));
+        // The shadow daemon dies before acknowledging.
+        s.handle(Event::Unlinked(shadow));
+        s.handle(Event::Up(broker, vec![msg(2, DEV_A, topic, 1)]));
+        s.handle(Event::Up(broker, vec![msg(3, DEV_A, topic, 1)]));
+        let (_, refused) = acks(&drain(&mut brx));
+        assert_eq!(refused, vec![3], "third is over the held limit of 2");
+        let (shadow2, mut srx) = link(&mut s, Endpoint::Shadow, 2);
+        let got = messages(&drain(&mut srx));
+        let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+        assert_eq!(ids.len(), 2, "the unacknowledged one and the held one");
+        s.handle(Event::Acks {
+            link: shadow2,
+            ids,
+            refused: vec![],
+        });
+        assert_eq!(acks(&drain(&mut brx)), (vec![1, 2], vec![]));
+    }
+
+    #[test]
+    fn credit_limits_what_is_sent() {
+        let mut s = Switch::new(table(), 10);
+        let (broker, _brx) = link(&mut s, Endpoint::Broker, 1);
+        let (tx, mut crx) = mpsc::unbounded_channel();
+        let cloud = LinkId {
+            endpoint: Endpoint::Cloud,
+            generation: 1,
+        };
+        s.handle(Event::Linked {
+            link: cloud,
+            down: tx,
+            credit: 1,
+        });
+        s.handle(Event::Up(
+            broker,
+            vec![msg(1, DEV_A, "x/1", 0), msg(2, DEV_A, "x/2", 0)],
+        ));
+        assert_eq!(messages(&drain(&mut crx)).len(), 1);
+        s.handle(Event::Credit(cloud, 5));
+        assert_eq!(messages(&drain(&mut crx))[0].topic, "x/2");
+    }
+}

@@ -1,0 +1,96 @@
+//! The subscription table and its counters, over `verdant.router.v1.Router`.
+
+use std::path::Path;
+
+use serde::Serialize;
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+use crate::{dial, output, status_error};
+
+#[derive(Serialize)]
+struct RouteView<'a> {
+    id: &'a str,
+    source: &'a str,
+    subject: &'a str,
+    target: &'a str,
+    messages: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct RoutesView<'a> {
+    version: u64,
+    routes: Vec<RouteView<'a>>,
+    /// Messages no route allowed, by source.
+    no_route: Vec<(&'a str, u64)>,
+    links: &'a [String],
+}
+
+/// A thing ARN shown as `thing/<name>`, which is what tells devices apart.
+fn short(name: &str) -> &str {
+    name.rfind("thing/").map_or(name, |i| &name[i..])
+}
+
+pub async fn routes(dir: &Path, json: bool) -> Result<(), String> {
+    let mut api = RouterClient::new(dial(dir, "router").await?);
+    let resp = api
+        .list_routes(pb::ListRoutesRequest {})
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    let view = RoutesView {
+        version: resp.version,
+        routes: resp
+            .routes
+            .iter()
+            .filter_map(|c| {
+                let r = c.route.as_ref()?;
+                Some(RouteView {
+                    id: &r.id,
+                    source: &r.source,
+                    subject: &r.subject,
+                    target: &r.target,
+                    messages: c.messages,
+                    bytes: c.bytes,
+                })
+            })
+            .collect(),
+        no_route: resp
+            .no_route
+            .iter()
+            .map(|d| (d.source.as_str(), d.messages))
+            .collect(),
+        links: &resp.links,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).expect("views serialize")
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = view
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                short(r.source).to_string(),
+                r.subject.to_string(),
+                short(r.target).to_string(),
+                r.messages.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["ID", "SOURCE", "SUBJECT", "TARGET", "MESSAGES", "BYTES"],
+        &rows,
+    );
+    println!("\nlinked: {}", view.links.join(", "));
+    for (source, n) in &view.no_route {
+        println!("no route: {n} from {}", short(source));
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Routed mode (the default): the deployed group's subscription table
+//! decides who gets a device's message, with the real broker and router
+//! under init. Devices here use the plain listener, where in routed mode
+//! the client id names the device.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:iot:us-east-1:123456789012:thing/{name}")
+}
+
+fn thing(name: &str, n: u8) -> serde_json::Value {
+    serde_json::json!({
+        "Id": name,
+        "ThingArn": arn(name),
+        "CertificateArn": format!("arn:aws:iot:us-east-1:123456789012:cert/{}", format!("{n:02x}").repeat(32)),
+    })
+}
+
+/// Devices a, b and c; a may talk to b on `a/to-b/#` and to itself on
+/// `a/echo`; nothing else.
+fn group() -> String {
+    serde_json::json!({
+        "Id": "routing-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("a", 2), thing("b", 3), thing("c", 4)] },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "a-to-b", "Source": arn("a"), "Subject": "a/to-b/#", "Target": arn("b") },
+            { "Id": "a-echo", "Source": arn("a"), "Subject": "a/echo", "Target": arn("a") },
+        ]},
+    })
+    .to_string()
+}
+
+async fn connect(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 100);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{id}: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    (client, events)
+}
+
+/// Polls `events` for `wait`, returning the topics and payloads received.
+async fn received(events: &mut EventLoop, wait: Duration) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => got.push((
+                    p.topic.clone(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                )),
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+async fn subscribed(client: &AsyncClient, events: &mut EventLoop, filter: &str) {
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = events.poll().await {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK.
+async fn publish(client: &AsyncClient, events: &mut EventLoop, topic: &str, payload: &str) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = events.poll().await {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK");
+}
+
+/// a publishes on `a/echo`, routed back to itself, and gets it.
+async fn client_publish_then_read_echo(a: &AsyncClient, events: &mut EventLoop) {
+    a.publish("a/echo", QoS::AtLeastOnce, false, b"for a".to_vec())
+        .await
+        .unwrap();
+    let got = received(events, Duration::from_millis(1500)).await;
+    assert_eq!(got, vec![("a/echo".to_string(), "for a".to_string())]);
+}
+
+async fn routes(core: &Core) -> pb::ListRoutesResponse {
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    RouterClient::new(channel)
+        .list_routes(pb::ListRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn count(r: &pb::ListRoutesResponse, id: &str) -> u64 {
+    r.routes
+        .iter()
+        .find(|c| c.route.as_ref().is_some_and(|r| r.id == id))
+        .map_or(0, |c| c.messages)
+}
+
+/// A core with [`group`] and the plain listener, once the broker has linked
+/// with the router (and so has its table); returns the plain port.
+async fn start() -> (Core, u16) {
+    let group = group();
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    wait_linked(&core).await;
+    (core, port)
+}
+
+/// Waits until the router (perhaps just restarted) has the broker linked.
+async fn wait_linked(core: &Core) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(channel) = verdant_common::uds::connect(&core.socket("router")).await
+                && let Ok(r) = RouterClient::new(channel)
+                    .list_routes(pb::ListRoutesRequest {})
+                    .await
+                && r.into_inner().links.contains(&"broker".to_string())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the broker links with the router");
+}
+
+#[tokio::test]
+async fn the_table_decides_and_messages_without_a_route_are_counted() {
+    let (core, port) = start().await;
+
+    // Not a device of the group: refused on the plain listener too.
+    let mut stranger = MqttOptions::new("stranger", "127.0.0.1", port);
+    stranger.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut events) = AsyncClient::new(stranger, 10);
+    let refused = tokio::time::timeout(PATIENCE, events.poll()).await.unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+
+    let (dev_a, mut a_ev) = connect(port, "a").await;
+    let (dev_b, mut b_ev) = connect(port, "b").await;
+    let (dev_c, mut c_ev) = connect(port, "c").await;
+    subscribed(&dev_b, &mut b_ev, "a/#").await;
+    subscribed(&dev_c, &mut c_ev, "a/#").await;
+    subscribed(&dev_a, &mut a_ev, "a/#").await;
+
+    // (First: `publish` reads b's events up to its PUBACK.)
+    publish(&dev_b, &mut b_ev, "a/to-b/2", "b has no routes").await;
+    publish(&dev_a, &mut a_ev, "a/to-b/1", "for b").await;
+    publish(&dev_a, &mut a_ev, "a/nowhere", "for nobody").await;
+    client_publish_then_read_echo(&dev_a, &mut a_ev).await;
+
+    let to_b = received(&mut b_ev, Duration::from_millis(1500)).await;
+    assert_eq!(to_b, vec![("a/to-b/1".to_string(), "for b".to_string())]);
+    assert!(
+        received(&mut c_ev, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+
+    // Counters: per route, and per source for messages without a route
+    // (the broker reports them at most a second late).
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let r = routes(&core).await;
+            let no_route: Vec<(String, u64)> = r
+                .no_route
+                .iter()
+                .map(|d| (d.source.clone(), d.messages))
+                .collect();
+            if count(&r, "a-to-b") == 1
+                && count(&r, "a-echo") == 1
+                && no_route == vec![(arn("a"), 1), (arn("b"), 1)]
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("route counters");
+
+    let out = core.ctl(&["routes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("a-to-b") && text.contains("thing/b"),
+        "{text}"
+    );
+    assert!(text.contains("linked: broker"), "{text}");
+    assert!(text.contains("no route: 1 from thing/a"), "{text}");
+}
+
+#[tokio::test]
+async fn device_to_device_keeps_working_while_the_router_restarts() {
+    let (core, port) = start().await;
+    let (dev_a, mut a_ev) = connect(port, "a").await;
+    let (dev_b, mut b_ev) = connect(port, "b").await;
+    subscribed(&dev_b, &mut b_ev, "a/#").await;
+
+    let router = core.service("router").await.pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(router).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for i in 0..20 {
+        publish(
+            &dev_a,
+            &mut a_ev,
+            &format!("a/to-b/{i}"),
+            "while the router is away",
+        )
+        .await;
+    }
+    let got = received(&mut b_ev, Duration::from_millis(1500)).await;
+    assert_eq!(got.len(), 20, "{got:?}");
+    // init restarts the router and the broker links again.
+    wait_linked(&core).await;
+}
