@@ -6,6 +6,10 @@
 //! (`target/<profile>/`): `cargo build --workspace --bins` first
 //! (`scripts/test.sh` does).
 
+pub mod cloud;
+pub mod groups;
+pub mod mqtt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -5,24 +5,14 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+use verdant_integration_tests::groups::{arn, thing};
+use verdant_integration_tests::mqtt::{publish, received, subscribed};
 use verdant_integration_tests::{Core, Options, PATIENCE};
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
 const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
-
-fn arn(name: &str) -> String {
-    format!("arn:aws:iot:us-east-1:123456789012:thing/{name}")
-}
-
-fn thing(name: &str, n: u8) -> serde_json::Value {
-    serde_json::json!({
-        "Id": name,
-        "ThingArn": arn(name),
-        "CertificateArn": format!("arn:aws:iot:us-east-1:123456789012:cert/{}", format!("{n:02x}").repeat(32)),
-    })
-}
 
 /// Devices a, b and c; a may talk to b on `a/to-b/#` and to itself on
 /// `a/echo`; nothing else.
@@ -37,73 +27,6 @@ fn group() -> String {
         ]},
     })
     .to_string()
-}
-
-async fn connect(port: u16, id: &str) -> (AsyncClient, EventLoop) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(o, 100);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                Ok(_) => {}
-                Err(e) => panic!("{id}: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("CONNACK");
-    (client, events)
-}
-
-/// Polls `events` for `wait`, returning the topics and payloads received.
-async fn received(events: &mut EventLoop, wait: Duration) -> Vec<(String, String)> {
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(wait, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => got.push((
-                    p.topic.clone(),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
-                )),
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
-    got
-}
-
-async fn subscribed(client: &AsyncClient, events: &mut EventLoop, filter: &str) {
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = events.poll().await {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("SUBACK");
-}
-
-/// Publishes at QoS 1 and waits for the PUBACK.
-async fn publish(client: &AsyncClient, events: &mut EventLoop, topic: &str, payload: &str) {
-    client
-        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Ok(Event::Incoming(Packet::PubAck(_))) = events.poll().await {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("PUBACK");
 }
 
 /// a publishes on `a/echo`, routed back to itself, and gets it.
@@ -178,9 +101,9 @@ async fn the_table_decides_and_messages_without_a_route_are_counted() {
     let refused = tokio::time::timeout(PATIENCE, events.poll()).await.unwrap();
     assert!(refused.is_err(), "{refused:?}");
 
-    let (dev_a, mut a_ev) = connect(port, "a").await;
-    let (dev_b, mut b_ev) = connect(port, "b").await;
-    let (dev_c, mut c_ev) = connect(port, "c").await;
+    let (dev_a, mut a_ev) = verdant_integration_tests::mqtt::connect(port, "a", false).await;
+    let (dev_b, mut b_ev) = verdant_integration_tests::mqtt::connect(port, "b", false).await;
+    let (dev_c, mut c_ev) = verdant_integration_tests::mqtt::connect(port, "c", false).await;
     subscribed(&dev_b, &mut b_ev, "a/#").await;
     subscribed(&dev_c, &mut c_ev, "a/#").await;
     subscribed(&dev_a, &mut a_ev, "a/#").await;
@@ -235,8 +158,8 @@ async fn the_table_decides_and_messages_without_a_route_are_counted() {
 #[tokio::test]
 async fn device_to_device_keeps_working_while_the_router_restarts() {
     let (core, port) = start().await;
-    let (dev_a, mut a_ev) = connect(port, "a").await;
-    let (dev_b, mut b_ev) = connect(port, "b").await;
+    let (dev_a, mut a_ev) = verdant_integration_tests::mqtt::connect(port, "a", false).await;
+    let (dev_b, mut b_ev) = verdant_integration_tests::mqtt::connect(port, "b", false).await;
     subscribed(&dev_b, &mut b_ev, "a/#").await;
 
     let router = core.service("router").await.pid;

@@ -1,7 +1,7 @@
 //! `[broker]` in the core config.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -175,14 +175,5 @@ impl BrokerConfig {
             return Err(("broker.max_inflight".into(), "must be at least 1".into()));
         }
         Ok(())
-    }
-}
-
-/// `path` under `root` unless absolute.
-pub fn under(root: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
     }
 }

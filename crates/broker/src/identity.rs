@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use rustls::DistinguishedName;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
@@ -136,11 +135,8 @@ impl Devices {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("{}: {reason}", path.display())]
-    File {
-        path: std::path::PathBuf,
-        reason: String,
-    },
+    #[error("{0}")]
+    File(#[from] verdant_common::pem::PemError),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client CA: {0}")]
@@ -157,26 +153,9 @@ pub struct Tls {
 
 impl Tls {
     pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> Result<Tls, TlsSetupError> {
-        let file_err = |path: &Path, e: &dyn std::fmt::Display| TlsSetupError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| file_err(cert, &e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| file_err(cert, &e))?;
-        if certs.is_empty() {
-            return Err(file_err(cert, &"no certificate in the file"));
-        }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(client_ca).map_err(|e| file_err(client_ca, &e))? {
-            let ca = ca.map_err(|e| file_err(client_ca, &e))?;
-            roots.add(ca).map_err(|e| file_err(client_ca, &e))?;
-        }
-        if roots.is_empty() {
-            return Err(file_err(client_ca, &"no CA certificate in the file"));
-        }
+        let certs = verdant_common::pem::certificates(cert)?;
+        let key = verdant_common::pem::private_key(key)?;
+        let roots = verdant_common::pem::roots(client_ca)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chains = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()

@@ -24,7 +24,7 @@ use verdant_common::shutdown::{CancellationToken, TaskTracker};
 use verdant_group::Group;
 use verdant_proto::broker::v1::broker_server::BrokerServer;
 
-use crate::config::{BrokerConfig, under};
+use crate::config::BrokerConfig;
 pub use crate::error::BrokerError;
 use crate::identity::{Devices, Tls};
 
@@ -48,12 +48,11 @@ pub async fn run(
         .map_err(|(key, reason)| BrokerError::Invalid { key, reason })?;
     let group = Group::load(&ctx.layout.current_group())?;
     let devices = Devices::from_group(&group);
-    let root = ctx.layout.root();
     let tls = if config.tls.enabled {
         Some(Tls::load(
-            &under(root, &config.tls.certificate),
-            &under(root, &config.tls.private_key),
-            &under(root, &config.tls.client_ca),
+            &ctx.layout.resolve(&config.tls.certificate),
+            &ctx.layout.resolve(&config.tls.private_key),
+            &ctx.layout.resolve(&config.tls.client_ca),
         )?)
     } else {
         None

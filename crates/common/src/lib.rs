@@ -1,8 +1,9 @@
 //! What every Verdant daemon does the same way, and nothing daemon-specific:
 //! where files live ([`paths`]), how configuration is read ([`config`]), how
 //! logs are set up ([`telemetry`]), how a daemon stops ([`shutdown`]), what
-//! its exit code tells `verdant-init` ([`exit`]), and gRPC on Unix sockets
-//! with health, reflection and peer credentials ([`uds`], [`grpc`]).
+//! its exit code tells `verdant-init` ([`exit`]), gRPC on Unix sockets
+//! with health, reflection and peer credentials ([`uds`], [`grpc`]), and
+//! certificates from PEM files ([`pem`]).
 //! [`daemon`] strings these together into a daemon's `main`.
 
 pub mod config;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod exit;
 pub mod grpc;
 pub mod paths;
+pub mod pem;
 pub mod shutdown;
 pub mod telemetry;
 pub mod uds;

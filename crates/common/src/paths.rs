@@ -48,6 +48,10 @@ impl Layout {
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// A path from the config: relative ones are under the root.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.root.join(path)
+    }
     pub fn runtime_dir(&self) -> &Path {
         &self.runtime_dir
     }

@@ -13,6 +13,17 @@ pub enum RouterError {
     Invalid { key: String, reason: String },
     #[error("deployed group: {0}")]
     Group(#[from] GroupError),
+    #[error("router.cloud: {0}")]
+    Pem(#[from] verdant_common::pem::PemError),
+    #[error("router.cloud: TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot use {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Queue(#[from] crate::queue::QueueError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -20,10 +31,14 @@ pub enum RouterError {
 impl DaemonError for RouterError {
     fn exit(&self) -> Exit {
         match self {
-            RouterError::Config(_) | RouterError::Invalid { .. } | RouterError::Group(_) => {
-                Exit::Config
+            RouterError::Config(_)
+            | RouterError::Invalid { .. }
+            | RouterError::Group(_)
+            | RouterError::Pem(_)
+            | RouterError::Tls(_) => Exit::Config,
+            RouterError::DataDir { .. } | RouterError::Queue(_) | RouterError::Transport(_) => {
+                Exit::Failure
             }
-            RouterError::Transport(_) => Exit::Failure,
         }
     }
 }

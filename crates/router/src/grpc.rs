@@ -14,6 +14,7 @@ use crate::switch::{Down, Endpoint, Event, LinkId, Message};
 
 pub struct Api {
     pub switch: mpsc::Sender<Event>,
+    pub cloud: crate::cloud::SharedStatus,
     /// Credit granted to a linked daemon for its messages up.
     pub credit: u32,
     pub generation: AtomicU64,
@@ -118,6 +119,13 @@ impl Router for Api {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn get_cloud(
+        &self,
+        _request: Request<pb::GetCloudRequest>,
+    ) -> Result<Response<pb::GetCloudResponse>, Status> {
+        Ok(Response::new(self.cloud_status()))
+    }
+
     async fn list_routes(
         &self,
         _request: Request<pb::ListRoutesRequest>,
@@ -159,6 +167,25 @@ impl Router for Api {
                 })
                 .collect(),
         }))
+    }
+}
+
+impl Api {
+    fn cloud_status(&self) -> pb::GetCloudResponse {
+        let s = self.cloud.lock().expect("status lock").clone();
+        pb::GetCloudResponse {
+            state: s.state.into(),
+            endpoint: s.endpoint,
+            last_error: s.last_error,
+            connected_since: s.connected_since.map(Into::into),
+            queued_messages: s.queue.messages as u64,
+            queued_bytes: s.queue.bytes as u64,
+            dropped_oldest: s.queue.dropped_oldest,
+            refused: s.queue.refused,
+            sent: s.sent,
+            received: s.received,
+            subscriptions: u32::try_from(s.subscriptions).unwrap_or(u32::MAX),
+        }
     }
 }
 

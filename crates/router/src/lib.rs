@@ -1,9 +1,11 @@
 //! verdant-router: the deployed group's subscription table and every
 //! message's fan-out among the daemons linked to it. See ARCHITECTURE.md.
 
+pub mod cloud;
 pub mod config;
 pub mod error;
 mod grpc;
+pub mod queue;
 pub mod switch;
 
 use std::sync::atomic::AtomicU64;
@@ -50,23 +52,29 @@ pub async fn run(
         "subscription table loaded"
     );
     let (tx, rx) = mpsc::channel(SWITCH_QUEUE);
+    let bridge = bridge(&ctx, &config, &table, tx.clone())?;
+    let cloud_status = bridge.status.clone();
+    let cloud_note = if config.cloud.endpoint.is_empty() {
+        "no cloud endpoint configured".to_string()
+    } else {
+        format!("cloud {}:{}", config.cloud.endpoint, config.cloud.port)
+    };
     tokio::spawn(switch::run(
         switch::Switch::new(table, config.max_held_per_endpoint),
         rx,
     ));
+    tokio::spawn(bridge.run(shutdown.clone()));
 
     let server = Server::new(Info {
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        note: format!(
-            "routing by the table of group {} (no cloud connection yet)",
-            group.id
-        ),
+        note: format!("routing by the table of group {}; {cloud_note}", group.id),
         functional: true,
     })
     .await
     .add_service(RouterServer::new(grpc::Api {
         switch: tx,
+        cloud: cloud_status,
         credit: config.link_credit,
         generation: AtomicU64::new(1),
     }));
@@ -74,4 +82,66 @@ pub async fn run(
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();
     result.map_err(RouterError::from)
+}
+
+/// The cloud bridge with its queue opened and TLS loaded.
+fn bridge(
+    ctx: &Context,
+    config: &RouterConfig,
+    table: &Table,
+    switch: mpsc::Sender<switch::Event>,
+) -> Result<cloud::Bridge, RouterError> {
+    let c = &config.cloud;
+    let path = match c.queue_storage {
+        config::Storage::Disk => {
+            let dir = ctx.layout.data_dir(SERVICE);
+            std::fs::create_dir_all(&dir).map_err(|source| RouterError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(dir.join("cloud-queue.db"))
+        }
+        config::Storage::Memory => None,
+    };
+    let queue = queue::CloudQueue::open(path.as_deref(), c.queue_max_bytes, c.queue_full_policy)?;
+    if queue.stats.messages > 0 {
+        tracing::info!(
+            messages = queue.stats.messages,
+            bytes = queue.stats.bytes,
+            "messages for the cloud restored from the queue"
+        );
+    }
+    let tls = if c.endpoint.is_empty() {
+        None
+    } else {
+        Some(cloud::tls(&ctx.layout, c)?)
+    };
+    let client_id = if c.client_id.is_empty() {
+        let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
+        core.thing_name
+    } else {
+        c.client_id.clone()
+    };
+    let mut subjects: Vec<String> = table
+        .routes()
+        .iter()
+        .filter(|r| r.source == "cloud")
+        .map(|r| r.subject.clone())
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(cloud::CloudStatus {
+        subscriptions: subjects.len(),
+        queue: queue.stats,
+        ..cloud::CloudStatus::default()
+    }));
+    Ok(cloud::Bridge {
+        config: c.clone(),
+        tls,
+        client_id,
+        queue,
+        subjects,
+        switch,
+        status,
+    })
 }

@@ -66,6 +66,8 @@ enum Cmd {
     Disconnect { client_id: String },
     /// The subscription table with messages per route, and what no route allowed.
     Routes,
+    /// The cloud connection and the queue of messages bound for it.
+    Cloud,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -144,6 +146,7 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Clients => return broker::clients(&dir, json).await,
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
         Cmd::Routes => return router::routes(&dir, json).await,
+        Cmd::Cloud => return router::cloud(&dir, json).await,
         _ => {}
     }
     let mut client = SupervisorClient::new(dial(&dir, INIT_SERVICE).await?);
@@ -217,7 +220,11 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| status_error(&e))?;
             println!("core at {} is shutting down", dir.display());
         }
-        Cmd::Completions { .. } | Cmd::Clients | Cmd::Disconnect { .. } | Cmd::Routes => {
+        Cmd::Completions { .. }
+        | Cmd::Clients
+        | Cmd::Disconnect { .. }
+        | Cmd::Routes
+        | Cmd::Cloud => {
             unreachable!("handled before connecting to init")
         }
     }

@@ -94,3 +94,45 @@ pub async fn routes(dir: &Path, json: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+pub async fn cloud(dir: &Path, json: bool) -> Result<(), String> {
+    let mut api = RouterClient::new(dial(dir, "router").await?);
+    let c = api
+        .get_cloud(pb::GetCloudRequest {})
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    if json {
+        let since = c.connected_since.map(|t| t.seconds).unwrap_or_default();
+        let v = serde_json::json!({
+            "state": c.state,
+            "endpoint": c.endpoint,
+            "last_error": c.last_error,
+            "connected_since_unix": since,
+            "queued_messages": c.queued_messages,
+            "queued_bytes": c.queued_bytes,
+            "dropped_oldest": c.dropped_oldest,
+            "refused": c.refused,
+            "sent": c.sent,
+            "received": c.received,
+            "subscriptions": c.subscriptions,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    println!("state          {}", c.state);
+    println!("endpoint       {}", c.endpoint);
+    if !c.last_error.is_empty() {
+        println!("last error     {}", c.last_error);
+    }
+    println!(
+        "queue          {} messages, {} bytes ({} dropped as oldest, {} refused)",
+        c.queued_messages, c.queued_bytes, c.dropped_oldest, c.refused
+    );
+    println!("sent           {} (acknowledged by the cloud)", c.sent);
+    println!(
+        "received       {} on {} subscriptions",
+        c.received, c.subscriptions
+    );
+    Ok(())
+}

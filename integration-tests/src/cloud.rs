@@ -1,0 +1,142 @@
+//! A real Mosquitto standing in for AWS IoT Core: mutual TLS with client
+//! certificates required (the core's certificate, checked against the
+//! group CA that signed it) on one port, and a plain loopback port for the
+//! test's own observer clients. Its server certificate comes from a CA of
+//! its own, which the core is told to trust.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+pub struct Cloud {
+    dir: PathBuf,
+    pub tls_port: u16,
+    pub plain_port: u16,
+    child: Option<Child>,
+}
+
+/// A port free now (the race until it is bound again is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cloud {
+    /// Writes the cloud's CA and server certificate under `dir`, and picks
+    /// ports; call [`Cloud::start`] once the group CA exists.
+    pub fn prepare(dir: &Path) -> Cloud {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        std::fs::write(dir.join("cloud-ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        Cloud {
+            dir: dir.to_path_buf(),
+            tls_port: free_port(),
+            plain_port: free_port(),
+            child: None,
+        }
+    }
+
+    /// The CA the core must trust for the cloud's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("cloud-ca.pem")
+    }
+
+    /// `[router.cloud]` for a core to connect here (reconnecting every
+    /// second at most, so tests do not wait on backoff).
+    pub fn dropin(&self) -> String {
+        format!(
+            "[router.cloud]\nendpoint = \"localhost\"\nport = {}\nca = \"{}\"\nmax_retry_interval_secs = 1\n",
+            self.tls_port,
+            self.ca().display()
+        )
+    }
+
+    /// Starts Mosquitto, requiring client certificates signed by `client_ca`,
+    /// and waits until both ports accept connections. Sessions persist
+    /// across [`Cloud::stop`] and a new start.
+    pub fn start(&mut self, client_ca: &Path) {
+        let conf = self.dir.join("mosquitto.conf");
+        let d = self.dir.display();
+        // Started as root, Mosquitto would switch to its own user, which
+        // cannot write its database into our temp dir.
+        let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| "root".to_string(), |u| u.name);
+        std::fs::write(
+            &conf,
+            format!(
+                "user {user}\nlog_dest stderr\npersistence true\npersistence_location {d}/\nallow_anonymous true\n\
+                 listener {} 127.0.0.1\ncafile {}\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+                 require_certificate true\nuse_identity_as_username true\n\
+                 listener {} 127.0.0.1\n",
+                self.tls_port,
+                client_ca.display(),
+                self.plain_port
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto (scripts/test-deps.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [self.tls_port, self.plain_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "mosquitto did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Stops Mosquitto (SIGTERM: it saves its sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Small helpers around rumqttc for tests that drive devices and cloud
+//! clients by hand.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+use crate::PATIENCE;
+
+/// Connects `id` to `port` on loopback (clean session unless `persistent`).
+pub async fn connect(port: u16, id: &str, persistent: bool) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(!persistent);
+    let (client, mut events) = AsyncClient::new(o, 1000);
+    until(&mut events, |p| matches!(p, Packet::ConnAck(_))).await;
+    (client, events)
+}
+
+/// Polls until `pred` accepts an incoming packet (within [`PATIENCE`]).
+pub async fn until(events: &mut EventLoop, mut pred: impl FnMut(&Packet) -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(p)) if pred(&p) => return,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+/// Subscribes at QoS 1 and waits for the SUBACK.
+pub async fn subscribed(client: &AsyncClient, events: &mut EventLoop, filter: &str) {
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    until(events, |p| matches!(p, Packet::SubAck(_))).await;
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK (incoming publishes seen
+/// meanwhile are dropped).
+pub async fn publish(client: &AsyncClient, events: &mut EventLoop, topic: &str, payload: &str) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    until(events, |p| matches!(p, Packet::PubAck(_))).await;
+}
+
+/// Polls `events` for `wait`, returning the topics and payloads received.
+pub async fn received(events: &mut EventLoop, wait: Duration) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => got.push((
+                    p.topic.clone(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                )),
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Receives until `n` publishes arrived (within [`PATIENCE`]); their payloads.
+pub async fn receive_n(events: &mut EventLoop, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while got.len() < n {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} messages: {got:?}", got.len()));
+    got
+}

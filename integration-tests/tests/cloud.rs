@@ -1,0 +1,170 @@
+//! The cloud path with a real Mosquitto as the cloud (mutual TLS, client
+//! certificates required): device → cloud, cloud → device, and the durable
+//! queue through a cloud outage and `kill -9` of the router.
+
+use std::time::Duration;
+
+use verdant_integration_tests::cloud::Cloud;
+use verdant_integration_tests::groups::{arn, thing};
+use verdant_integration_tests::mqtt::{connect, publish, receive_n, subscribed, until};
+use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+/// Device `a` may send telemetry to the cloud and get commands from it.
+fn group() -> String {
+    serde_json::json!({
+        "Id": "cloud-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("a", 2)] },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "to-cloud", "Source": arn("a"), "Subject": "a/telemetry/#", "Target": "cloud" },
+            { "Id": "from-cloud", "Source": "cloud", "Subject": "cmd/a/#", "Target": arn("a") },
+        ]},
+    })
+    .to_string()
+}
+
+async fn cloud_state(core: &Core) -> Option<pb::GetCloudResponse> {
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .ok()?;
+    RouterClient::new(channel)
+        .get_cloud(pb::GetCloudRequest {})
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+/// Waits until the router's cloud state satisfies `pred`.
+async fn wait_cloud(core: &Core, what: &str, pred: impl Fn(&pb::GetCloudResponse) -> bool) {
+    let mut last = None;
+    let done = tokio::time::timeout(PATIENCE, async {
+        loop {
+            last = cloud_state(core).await;
+            if last.as_ref().is_some_and(&pred) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{what}: {last:?}");
+}
+
+/// A core whose router connects to `cloud` (started here, once the core has
+/// made its group CA).
+async fn start(cloud: &mut Cloud) -> (Core, u16) {
+    let group = group();
+    let dropin = format!("{TCP}{}", cloud.dropin());
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let port = core.broker_port("tcp").await;
+    (core, port)
+}
+
+#[tokio::test]
+async fn device_to_cloud_and_back_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let (core, port) = start(&mut cloud).await;
+
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+    subscribed(&observer, &mut obs, "#").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut dev_ev, "cmd/a/#").await;
+
+    for i in 0..10 {
+        publish(
+            &dev,
+            &mut dev_ev,
+            &format!("a/telemetry/{i}"),
+            &i.to_string(),
+        )
+        .await;
+    }
+    // Not routed to the cloud: never arrives there.
+    publish(&dev, &mut dev_ev, "a/private", "x").await;
+    let got = receive_n(&mut obs, 10).await;
+    assert_eq!(got, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+
+    // The core's connection is the core's thing name, authenticated by its
+    // certificate.
+    assert!(cloud.log().contains("verdant-core"), "{}", cloud.log());
+
+    publish(&observer, &mut obs, "cmd/a/reboot", "now").await;
+    publish(&observer, &mut obs, "cmd/b/reboot", "not for a").await;
+    let mut topic = String::new();
+    until(&mut dev_ev, |p| match p {
+        rumqttc::Packet::Publish(p) => {
+            topic.clone_from(&p.topic);
+            true
+        }
+        _ => false,
+    })
+    .await;
+    assert_eq!(topic, "cmd/a/reboot");
+    wait_cloud(&core, "counted", |c| c.sent >= 10 && c.received >= 1).await;
+    let text = String::from_utf8_lossy(&core.ctl(&["cloud"]).stdout).into_owned();
+    assert!(text.contains("connected"), "{text}");
+    drop(core);
+}
+
+#[tokio::test]
+async fn the_queue_survives_a_cloud_outage_and_kill_9_of_the_router_and_drains_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let (core, port) = start(&mut cloud).await;
+    // A persistent subscriber in the cloud, away while the core catches up.
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    subscribed(&observer, &mut obs, "a/telemetry/#").await;
+    drop((observer, obs));
+
+    cloud.stop();
+    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    for i in 0..100 {
+        publish(&dev, &mut dev_ev, "a/telemetry/n", &i.to_string()).await;
+    }
+    wait_cloud(&core, "queued", |c| c.queued_messages == 100).await;
+
+    // Every acknowledged message is on disk: kill -9 the router.
+    let router = core.service("router").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(router.pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while core.service("router").await.pid == router.pid {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("init restarts the router");
+    wait_cloud(&core, "restored after kill -9", |c| {
+        c.queued_messages == 100
+    })
+    .await;
+
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    let got = receive_n(&mut obs, 100).await;
+    // At least once, in order: without repeats it is exactly 0..100.
+    let mut firsts: Vec<String> = Vec::new();
+    for g in got {
+        if !firsts.contains(&g) {
+            firsts.push(g);
+        }
+    }
+    assert_eq!(firsts, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+}
