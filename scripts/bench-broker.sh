@@ -2,8 +2,15 @@
 # The broker against Debian's Mosquitto, same machine, same run: starts a
 # Mosquitto and a whole Verdant core (broker plain listener) on loopback
 # ports, runs `verdant-bench mqtt` against both, and stops them.
-# Usage: scripts/bench-broker.sh [--runs N] [--quick]
+# With --routed the core runs in routed mode (its default) with the group of
+# `verdant-bench group`: every message is delivered by the subscription
+# table, against Mosquitto delivering it directly.
+# Usage: scripts/bench-broker.sh [--routed] [--runs N] [--quick] [--storm-only]
 set -euo pipefail
+mode=local
+if [ "${1:-}" = "--routed" ]; then
+    mode=routed
+fi
 cd "$(dirname "$0")/.."
 # A thousand clients and their brokers need file descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -38,8 +45,8 @@ mkdir -p "$tmp/core/config/config.d"
 target/release/verdant init --print-default-config > "$tmp/core/config/verdant.toml"
 cat > "$tmp/core/config/config.d/50-bench.toml" <<CONF
 [broker]
-# The broker alone, as a plain broker; docs/benchmarks.md measures routed mode apart.
-mode = "local"
+# local: the broker alone, as a plain broker; routed: by the group's table.
+mode = "$mode"
 max_queued_messages = 100000
 [broker.tls]
 bind = "127.0.0.1:0"
@@ -47,6 +54,11 @@ bind = "127.0.0.1:0"
 enabled = true
 bind = "127.0.0.1:$VERDANT_PORT"
 CONF
+if [ "$mode" = routed ]; then
+    mkdir -p "$tmp/core/deployments/bench"
+    target/release/verdant-bench group > "$tmp/core/deployments/bench/group.json"
+    ln -s bench "$tmp/core/deployments/current"
+fi
 VERDANT_LOG=warn target/release/verdant init --root "$tmp/core" >/dev/null 2>&1 &
 core=$!
 

@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Payloads pass between daemons without a copy.
         .bytes(".verdant.router.v1.Message.payload")
+        .bytes(".verdant.router.v1.TraceEvent.preview")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -182,3 +182,54 @@ async fn device_to_device_keeps_working_while_the_router_restarts() {
     // init restarts the router and the broker links again.
     wait_linked(&core).await;
 }
+
+#[tokio::test]
+async fn verdantctl_trace_shows_where_messages_went_and_why_not() {
+    use tokio::io::AsyncBufReadExt;
+    let (core, port) = start().await;
+    let (dev_a, mut a_ev) = verdant_integration_tests::mqtt::connect(port, "a", false).await;
+    let (dev_b, mut b_ev) = verdant_integration_tests::mqtt::connect(port, "b", false).await;
+    let mut tracer = tokio::process::Command::new(verdant_integration_tests::bin("verdantctl"))
+        .arg("--socket-dir")
+        .arg(core.runtime_dir())
+        .args(["trace", "--source", "a"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tracer.stdout.take().unwrap()).lines();
+    // The trace starts once the router has told the broker: probe until a
+    // probe shows.
+    let first = tokio::time::timeout(PATIENCE, async {
+        loop {
+            publish(&dev_a, &mut a_ev, "a/nowhere", "probe").await;
+            if let Ok(line) =
+                tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+            {
+                return line.unwrap().expect("a trace line");
+            }
+        }
+    })
+    .await
+    .expect("the trace starts");
+    assert!(
+        first.contains("thing/a -> -  a/nowhere  5 B QoS 1  no route (broker)  \"probe\""),
+        "{first}"
+    );
+    publish(&dev_b, &mut b_ev, "a/to-b/x", "not traced: another source").await;
+    publish(&dev_a, &mut a_ev, "a/to-b/1", "for b").await;
+    let line = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("a trace line");
+            if !line.contains("a/nowhere") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("traced");
+    assert!(
+        line.contains("thing/a -> b  a/to-b/1  5 B QoS 1  routed (broker)  \"for b\""),
+        "{line}"
+    );
+}

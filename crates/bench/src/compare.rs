@@ -120,6 +120,7 @@ pub async fn run(
     runs: usize,
     quick: bool,
     storm_only: bool,
+    routed: bool,
 ) {
     if storm_only {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
@@ -133,7 +134,11 @@ pub async fn run(
         let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); targets.len()];
         for r in 0..runs {
             for (t, target) in targets.iter().enumerate() {
-                let tag = format!("bench{i}r{r}{}", target.name);
+                let tag = if routed {
+                    ROUTED_TAG.to_string()
+                } else {
+                    format!("bench{i}r{r}{}", target.name)
+                };
                 let outcome = match &scenario {
                     Scenario::Throughput(_, load) => mqtt::throughput(target, *load, &tag).await,
                     Scenario::Latency(_, qos, size, rate, secs) => {
@@ -187,5 +192,59 @@ pub async fn run(
             );
         }
     }
-    storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
+    if !routed {
+        storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
+    }
+}
+
+/// The tag of every scenario in routed mode, so client ids are fixed.
+const ROUTED_TAG: &str = "bench";
+
+/// The group for routed mode: the scenarios' clients as things (at most
+/// 8 publishers and 8 subscribers), and a route from every publisher to
+/// every subscriber on the scenarios' topics.
+pub fn group() -> String {
+    let name = |role: &str, i: Option<usize>| match i {
+        Some(i) => format!("{ROUTED_TAG}-{role}{i}"),
+        None => format!("{ROUTED_TAG}-{role}"),
+    };
+    let indexes = || std::iter::once(None).chain((0..8).map(Some));
+    let arn = |n: &str| format!("arn:aws:iot:us-east-1:123456789012:thing/{n}");
+    let mut things = vec![];
+    let mut n = 0u8;
+    let mut thing = |name: &str| {
+        n += 1;
+        serde_json::json!({
+            "Id": name,
+            "ThingArn": arn(name),
+            "CertificateArn": format!(
+                "arn:aws:iot:us-east-1:123456789012:cert/{}",
+                format!("{n:02x}").repeat(32)
+            ),
+        })
+    };
+    let core = thing("bench-core");
+    let publishers: Vec<String> = indexes().map(|i| name("p", i)).collect();
+    let subscribers: Vec<String> = indexes().map(|i| name("s", i)).collect();
+    for t in publishers.iter().chain(&subscribers) {
+        things.push(thing(t));
+    }
+    let mut routes = vec![];
+    for p in &publishers {
+        for s in &subscribers {
+            routes.push(serde_json::json!({
+                "Id": format!("{p}-to-{s}"),
+                "Source": arn(p),
+                "Subject": format!("{ROUTED_TAG}/#"),
+                "Target": arn(s),
+            }));
+        }
+    }
+    serde_json::json!({
+        "Id": "bench",
+        "CoreDefinitionVersion": { "Cores": [core] },
+        "DeviceDefinitionVersion": { "Devices": things },
+        "SubscriptionDefinitionVersion": { "Subscriptions": routes },
+    })
+    .to_string()
 }

@@ -52,7 +52,15 @@ enum Cmd {
         /// `name=pid` of a target's broker process, to read its memory.
         #[arg(long = "pid")]
         pids: Vec<String>,
+        /// Use the fixed client ids of `verdant-bench group` (for a core in
+        /// routed mode, whose devices must be things of its group); no storm.
+        #[arg(long)]
+        routed: bool,
     },
+    /// Prints the group a routed-mode benchmark deploys: things named as
+    /// the benchmark's clients and routes from every publisher to every
+    /// subscriber on `bench/#`.
+    Group,
 }
 
 fn main() {
@@ -74,6 +82,7 @@ fn main() {
             quick,
             storm_only,
             pids,
+            routed,
         } => {
             let pids: Vec<(String, u32)> = pids
                 .iter()
@@ -82,7 +91,10 @@ fn main() {
                     Some((name.to_string(), pid.parse().ok()?))
                 })
                 .collect();
-            runtime.block_on(compare::run(&targets, &pids, runs, quick, storm_only));
+            runtime.block_on(compare::run(
+                &targets, &pids, runs, quick, storm_only, routed,
+            ));
         }
+        Cmd::Group => println!("{}", compare::group()),
     }
 }

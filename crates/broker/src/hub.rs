@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use verdant_group::routes::{Kind, RouteIndex, Table};
 
-use crate::link::{Forward, ToLink};
+use crate::link::{Forward, ToLink, Traced};
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 
@@ -151,6 +151,8 @@ enum Routing {
         last_report: std::time::Instant,
         /// Counts not reported yet.
         unreported: bool,
+        /// Someone traces: report every message routed here.
+        tracing: bool,
         scratch: Vec<RouteIndex>,
     },
 }
@@ -214,12 +216,20 @@ impl Hub {
             no_route: HashMap::new(),
             last_report: std::time::Instant::now(),
             unreported: false,
+            tracing: false,
             scratch: Vec::new(),
         };
     }
 
     pub fn is_routed(&self) -> bool {
         matches!(self.routing, Routing::Routed { .. })
+    }
+
+    /// Starts or stops tracing routed messages to the router.
+    pub fn set_tracing(&mut self, on: bool) {
+        if let Routing::Routed { tracing, .. } = &mut self.routing {
+            *tracing = on;
+        }
     }
 
     /// Takes the router's new table; messages from now on use it.
@@ -481,6 +491,8 @@ impl Hub {
             no_route,
             scratch,
             unreported,
+            tracing,
+            link,
             ..
         } = &mut self.routing
         else {
@@ -524,6 +536,21 @@ impl Hub {
             }
         }
         let out = beyond.then(|| forward(table.version()));
+        // The router traces what it routes; the devices' part, or a
+        // message without a route, is traced here.
+        if *tracing && (!things.is_empty() || scratch.is_empty()) {
+            let outcome = if scratch.is_empty() {
+                "no route"
+            } else {
+                "routed"
+            };
+            let _ = link.send(ToLink::Trace(Traced::new(
+                source,
+                &message,
+                things.clone(),
+                outcome,
+            )));
+        }
         if scratch.is_empty() {
             self.counters.no_route += 1;
             *no_route.entry(source.clone()).or_default() += 1;
@@ -758,6 +785,8 @@ pub enum Request {
     },
     /// The router's table.
     Table(Arc<Table>),
+    /// The router says whether someone traces.
+    Tracing(bool),
     /// Stored messages the subscriber acknowledged.
     Acked(Vec<u64>),
     Subscribe {
@@ -922,6 +951,7 @@ impl Hub {
                 }
             }
             Request::Table(table) => self.set_table(table),
+            Request::Tracing(on) => self.set_tracing(on),
             Request::Acked(ids) => self.acked(&ids),
             Request::Subscribe {
                 client_id,

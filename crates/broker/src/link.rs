@@ -44,10 +44,41 @@ pub struct Forward {
     pub reply: Option<oneshot::Sender<bool>>,
 }
 
+/// A message the hub routed, for the router's trace.
+#[derive(Debug)]
+pub struct Traced {
+    pub event: pb::TraceEvent,
+}
+
+impl Traced {
+    pub fn new(source: &Arc<str>, m: &Message, things: Vec<String>, outcome: &str) -> Traced {
+        Traced {
+            event: pb::TraceEvent {
+                time: Some(std::time::SystemTime::now().into()),
+                source: source.to_string(),
+                topic: m.topic.clone(),
+                targets: things,
+                size: u32::try_from(m.payload.len()).unwrap_or(u32::MAX),
+                preview: m.payload.slice(..m.payload.len().min(PREVIEW)),
+                qos: u32::from(m.qos != QoS::AtMostOnce),
+                outcome: outcome.into(),
+                by: "broker".into(),
+            },
+        }
+    }
+}
+
+/// Payload bytes a trace shows.
+const PREVIEW: usize = 64;
+/// Trace events held for the router at most (they are dropped past it:
+/// a trace is a best-effort view, never back-pressure).
+const MAX_TRACES: usize = 4096;
+
 /// What the hub sends this task.
 #[derive(Debug)]
 pub enum ToLink {
     Forward(Forward),
+    Trace(Traced),
     /// Route counts since the last report, and messages without a route.
     Counts {
         routes: Vec<(String, u64, u64)>,
@@ -78,11 +109,17 @@ struct State {
     /// Messages dropped or refused because the backlog was full.
     dropped: Arc<AtomicU64>,
     pending_counts: Vec<pb::Delivered>,
+    traces: Vec<pb::TraceEvent>,
 }
 
 impl State {
     fn take(&mut self, item: ToLink) {
         match item {
+            ToLink::Trace(t) => {
+                if self.traces.len() < MAX_TRACES {
+                    self.traces.push(t.event);
+                }
+            }
             ToLink::Counts { routes, no_route } => {
                 // Counts are not worth holding across an outage.
                 if self.pending_counts.len() < 64 {
@@ -186,6 +223,7 @@ pub async fn run(
         backlog,
         dropped,
         pending_counts: Vec::new(),
+        traces: Vec::new(),
     };
     let mut delay = Duration::from_millis(50);
     loop {
@@ -254,6 +292,10 @@ async fn linked(
         }
         for d in state.pending_counts.drain(..) {
             send(pb::link_up::Kind::Delivered(d));
+        }
+        if !state.traces.is_empty() {
+            let events = std::mem::take(&mut state.traces);
+            send(pb::link_up::Kind::Traces(pb::Traces { events }));
         }
         tokio::select! {
             item = from_hub.recv() => match item {
@@ -353,6 +395,10 @@ async fn on_down(
             state.acked(&a.refused, false);
         }
         Kind::Credit(c) => *credit = credit.saturating_add(c.messages),
+        Kind::Tracing(t) => hub
+            .send(hub::Request::Tracing(t.on))
+            .await
+            .map_err(stopping)?,
     }
     Ok(())
 }

@@ -10,11 +10,12 @@ use tonic::{Request, Response, Status, Streaming};
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_server::Router;
 
-use crate::switch::{Down, Endpoint, Event, LinkId, Message};
+use crate::switch::{Down, Endpoint, Event, LinkId, Message, TraceRecord};
 
 pub struct Api {
     pub switch: mpsc::Sender<Event>,
     pub cloud: crate::cloud::SharedStatus,
+    pub trace: crate::switch::TraceSender,
     /// Credit granted to a linked daemon for its messages up.
     pub credit: u32,
     pub generation: AtomicU64,
@@ -71,11 +72,71 @@ fn down_to_pb(d: Down) -> pb::LinkDown {
         }),
         Down::Acks { ids, refused } => Kind::Acks(pb::Acks { ids, refused }),
         Down::Credit(n) => Kind::Credit(pb::Credit { messages: n }),
+        Down::Tracing(on) => Kind::Tracing(pb::Tracing { on }),
     };
     pb::LinkDown { kind: Some(kind) }
 }
 
 type DownStream = Pin<Box<dyn Stream<Item = Result<pb::LinkDown, Status>> + Send>>;
+type TraceStream = Pin<Box<dyn Stream<Item = Result<pb::TraceEvent, Status>> + Send>>;
+
+pub fn trace_to_pb(r: &TraceRecord) -> pb::TraceEvent {
+    pb::TraceEvent {
+        time: Some(r.time.into()),
+        source: r.source.clone(),
+        topic: r.topic.clone(),
+        targets: r.targets.clone(),
+        size: u32::try_from(r.size).unwrap_or(u32::MAX),
+        preview: r.preview.clone(),
+        qos: u32::from(r.qos),
+        outcome: r.outcome.clone(),
+        by: r.by.clone(),
+    }
+}
+
+fn trace_from_pb(e: pb::TraceEvent) -> TraceRecord {
+    TraceRecord {
+        time: e
+            .time
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .unwrap_or_else(std::time::SystemTime::now),
+        source: e.source,
+        topic: e.topic,
+        targets: e.targets,
+        size: e.size as usize,
+        preview: e.preview,
+        qos: u8::from(e.qos > 0),
+        outcome: e.outcome,
+        by: e.by,
+    }
+}
+
+/// Whether a trace request wants `r`: its source by exact name, or by
+/// thing name for a thing ARN; its topic by MQTT filter.
+fn wanted(req: &pb::TraceRequest, r: &TraceRecord) -> bool {
+    let source_ok = req.source.is_empty()
+        || r.source == req.source
+        || r.source
+            .rsplit_once("thing/")
+            .is_some_and(|(_, n)| n == req.source);
+    let topic_ok = req.topic_filter.is_empty()
+        || verdant_group::routes::subject_matches(&req.topic_filter, &r.topic);
+    source_ok && topic_ok
+}
+
+/// Tells the switch when a tracer hangs up, so the broker stops tracing.
+struct TracerGone(mpsc::Sender<Event>);
+
+impl Drop for TracerGone {
+    fn drop(&mut self) {
+        let tx = self.0.clone();
+        tokio::spawn(async move {
+            // After the receiver is gone, so the count has dropped.
+            tokio::task::yield_now().await;
+            let _ = tx.send(Event::TracersChanged).await;
+        });
+    }
+}
 
 #[tonic::async_trait]
 impl Router for Api {
@@ -117,6 +178,48 @@ impl Router for Api {
         tokio::spawn(read_up(link, up, self.switch.clone(), down_tx));
         let stream = UnboundedReceiverStream::new(down_rx).map(|d| Ok(down_to_pb(d)));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type TraceStream = TraceStream;
+
+    async fn trace(
+        &self,
+        request: Request<pb::TraceRequest>,
+    ) -> Result<Response<Self::TraceStream>, Status> {
+        let req = request.into_inner();
+        if !req.topic_filter.is_empty()
+            && let Some(why) = verdant_group::topic_filter_problem(&req.topic_filter)
+        {
+            return Err(Status::invalid_argument(format!(
+                "topic_filter `{}`: {why}",
+                req.topic_filter
+            )));
+        }
+        let mut rx = self.trace.subscribe();
+        self.switch
+            .send(Event::TracersChanged)
+            .await
+            .map_err(stopping)?;
+        let gone = TracerGone(self.switch.clone());
+        let stream = async_stream(
+            move |tx: mpsc::Sender<Result<pb::TraceEvent, Status>>| async move {
+                let _gone = gone;
+                loop {
+                    match rx.recv().await {
+                        Ok(r) => {
+                            if wanted(&req, &r) && tx.send(Ok(trace_to_pb(&r))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(skipped = n, "a tracer fell behind");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     async fn get_cloud(
@@ -235,6 +338,9 @@ async fn read_up(
                     .map(|n| (n.source, n.messages))
                     .collect(),
             },
+            Some(Kind::Traces(t)) => {
+                Event::Traces(t.events.into_iter().map(trace_from_pb).collect())
+            }
             Some(Kind::Hello(_)) | None => {
                 tracing::warn!(
                     endpoint = link.endpoint.name(),
@@ -248,4 +354,17 @@ async fn read_up(
         }
     }
     let _ = switch.send(Event::Unlinked(link)).await;
+}
+
+/// A stream fed by a task running `f`, which ends when the caller hangs up
+/// (its sends fail) or `f` returns.
+fn async_stream<F, Fut, T>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

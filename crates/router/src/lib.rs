@@ -29,6 +29,8 @@ pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Thr
 
 /// Events waiting for the switch.
 const SWITCH_QUEUE: usize = 1024;
+/// Trace records a slow tracer may fall behind by before it skips some.
+const TRACE_BACKLOG: usize = 4096;
 
 /// Routes messages between the linked daemons until `shutdown` is cancelled.
 pub async fn run(
@@ -52,6 +54,8 @@ pub async fn run(
         "subscription table loaded"
     );
     let (tx, rx) = mpsc::channel(SWITCH_QUEUE);
+    // Tracers that fall this far behind skip messages.
+    let (trace, _) = tokio::sync::broadcast::channel(TRACE_BACKLOG);
     let bridge = bridge(&ctx, &config, &table, tx.clone())?;
     let cloud_status = bridge.status.clone();
     let cloud_note = if config.cloud.endpoint.is_empty() {
@@ -60,7 +64,7 @@ pub async fn run(
         format!("cloud {}:{}", config.cloud.endpoint, config.cloud.port)
     };
     tokio::spawn(switch::run(
-        switch::Switch::new(table, config.max_held_per_endpoint),
+        switch::Switch::new(table, config.max_held_per_endpoint, trace.clone()),
         rx,
     ));
     tokio::spawn(bridge.run(shutdown.clone()));
@@ -75,6 +79,7 @@ pub async fn run(
     .add_service(RouterServer::new(grpc::Api {
         switch: tx,
         cloud: cloud_status,
+        trace,
         credit: config.link_credit,
         generation: AtomicU64::new(1),
     }));

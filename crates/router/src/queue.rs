@@ -271,6 +271,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_refuses_the_batch_and_the_queue_resumes_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut q = CloudQueue::open(Some(&path), 10_000_000, FullPolicy::DropOldest).unwrap();
+        // A full disk, as SQLite sees it: the file may not grow.
+        let limit = |q: &CloudQueue, pages: &str| {
+            let (_, conn) = q.db.as_ref().unwrap();
+            conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+                .unwrap();
+        };
+        let (_, conn) = q.db.as_ref().unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        limit(&q, &(pages + 2).to_string());
+        let big = "x".repeat(3000);
+        let mut accepted = 0;
+        loop {
+            if q.push(batch(&[("t", &big)])) == [false] {
+                break;
+            }
+            accepted += 1;
+            assert!(accepted < 100, "the limit never bit");
+        }
+        assert_eq!(q.stats.messages, accepted);
+        assert_eq!(q.stats.refused, 1);
+        limit(&q, "1000000");
+        assert_eq!(q.push(batch(&[("t", "after")])), [true]);
+        drop(q);
+        let q = CloudQueue::open(Some(&path), 10_000_000, FullPolicy::DropOldest).unwrap();
+        assert_eq!(q.stats.messages, accepted + 1, "exactly what was accepted");
+    }
+
+    #[test]
     fn full_drops_oldest_or_refuses_new() {
         let mut q = CloudQueue::open(None, 10, FullPolicy::DropOldest).unwrap();
         q.push(batch(&[("t", "1234"), ("t", "5678")])); // 5 bytes each

@@ -70,12 +70,56 @@ pub struct Message {
     pub table_version: u64,
 }
 
+/// One routed message as `Trace` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRecord {
+    pub time: std::time::SystemTime,
+    pub source: String,
+    pub topic: String,
+    pub targets: Vec<String>,
+    pub size: usize,
+    /// The payload's first [`PREVIEW`] bytes.
+    pub preview: Bytes,
+    pub qos: u8,
+    /// `routed`, `no route` or `refused`.
+    pub outcome: String,
+    /// `broker` or `router`.
+    pub by: String,
+}
+
+/// Payload bytes a trace shows.
+pub const PREVIEW: usize = 64;
+
+impl TraceRecord {
+    pub fn new(m: &Message, targets: Vec<String>, outcome: &str, by: &str) -> TraceRecord {
+        TraceRecord {
+            time: std::time::SystemTime::now(),
+            source: m.source.clone(),
+            topic: m.topic.clone(),
+            targets,
+            size: m.payload.len(),
+            preview: m.payload.slice(..m.payload.len().min(PREVIEW)),
+            qos: m.qos,
+            outcome: outcome.into(),
+            by: by.into(),
+        }
+    }
+}
+
+/// Tracers listen here.
+pub type TraceSender = tokio::sync::broadcast::Sender<Arc<TraceRecord>>;
+
 /// What the switch sends down a link.
 #[derive(Debug)]
 pub enum Down {
     Table(Arc<Table>),
+    /// To the broker: send traces of what you route, or stop.
+    Tracing(bool),
     Messages(Vec<Message>),
-    Acks { ids: Vec<u64>, refused: Vec<u64> },
+    Acks {
+        ids: Vec<u64>,
+        refused: Vec<u64>,
+    },
     Credit(u32),
 }
 
@@ -108,6 +152,10 @@ pub enum Event {
         routes: Vec<(String, u64, u64)>,
         no_route: Vec<(String, u64)>,
     },
+    /// A tracer came or went: the broker is told whether to trace.
+    TracersChanged,
+    /// What the broker routed while tracing was on.
+    Traces(Vec<TraceRecord>),
     Routes(oneshot::Sender<RoutesView>),
 }
 
@@ -165,10 +213,13 @@ pub struct Switch {
     /// Acknowledgements to send at the end of the current event, per link.
     acks: Vec<(LinkId, u64, bool)>,
     scratch: Vec<RouteIndex>,
+    trace: TraceSender,
+    /// Whether the broker was told to trace.
+    tracing: bool,
 }
 
 impl Switch {
-    pub fn new(table: Table, held_limit: usize) -> Switch {
+    pub fn new(table: Table, held_limit: usize, trace: TraceSender) -> Switch {
         let counts = vec![(0, 0); table.routes().len()];
         Switch {
             table: Arc::new(table),
@@ -184,6 +235,8 @@ impl Switch {
             held_limit,
             acks: Vec::new(),
             scratch: Vec::new(),
+            trace,
+            tracing: false,
         }
     }
 
@@ -222,6 +275,20 @@ impl Switch {
                     }
                 }
             }
+            Event::TracersChanged => {
+                let want = self.trace.receiver_count() > 0;
+                if want != self.tracing {
+                    self.tracing = want;
+                    if let Some(l) = &self.queues[&Endpoint::Broker].link {
+                        let _ = l.down.send(Down::Tracing(want));
+                    }
+                }
+            }
+            Event::Traces(records) => {
+                for r in records {
+                    let _ = self.trace.send(Arc::new(r));
+                }
+            }
             Event::Routes(reply) => {
                 let _ = reply.send(self.view());
             }
@@ -232,6 +299,8 @@ impl Switch {
     fn linked(&mut self, link: LinkId, down: mpsc::UnboundedSender<Down>, credit: u32) {
         if link.endpoint == Endpoint::Broker {
             let _ = down.send(Down::Table(self.table.clone()));
+            // A broker that traced for a previous router stops, or starts.
+            let _ = down.send(Down::Tracing(self.tracing));
         }
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
         // Copies the previous connection did not acknowledge go first.
@@ -260,8 +329,9 @@ impl Switch {
         }
     }
 
-    /// Routes one message from `from`.
-    fn route(&mut self, from: LinkId, m: &Message) {
+    /// The targets of `m` from `from`, per endpoint, in table order, each
+    /// once (counted per route); `None` if no route allows it (counted).
+    fn targets(&mut self, from: LinkId, m: &Message) -> Option<BTreeMap<Endpoint, Vec<String>>> {
         let table = match &self.previous {
             Some(p) if from.endpoint == Endpoint::Broker && m.table_version == p.version() => {
                 p.clone()
@@ -270,7 +340,6 @@ impl Switch {
         };
         let mut matched = std::mem::take(&mut self.scratch);
         table.matching(&m.source, &m.topic, &mut matched);
-        // Targets per endpoint, in table order, each once.
         let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
         let mut any = false;
         for i in &matched {
@@ -307,24 +376,60 @@ impl Switch {
         if !any {
             *self.no_route.entry(m.source.clone()).or_default() += 1;
             tracing::debug!(source = %m.source, topic = %m.topic, "no route: message discarded");
+            return None;
         }
+        Some(by_endpoint)
+    }
+
+    /// Routes one message from `from`.
+    fn route(&mut self, from: LinkId, m: &Message) {
+        let by_endpoint = self.targets(from, m);
+        let any = by_endpoint.is_some();
+        let table_version = self.table.version();
         let id = self.next_id;
         self.next_id += 1;
         let mut remaining = 0;
-        for (endpoint, targets) in by_endpoint {
+        let tracing = self.trace.receiver_count() > 0;
+        let mut traced_targets = Vec::new();
+        let mut refused = false;
+        for (endpoint, targets) in by_endpoint.unwrap_or_default() {
+            if tracing {
+                traced_targets.extend(targets.iter().cloned());
+            }
             let copy = Message {
                 id,
                 targets,
-                table_version: table.version(),
+                table_version,
                 ..m.clone()
             };
             if self.hold(endpoint, copy) {
                 remaining += usize::from(m.qos > 0);
-            } else if m.qos > 0 {
-                // Refused: the publisher is not acknowledged.
-                self.acks.push((from, m.id, true));
-                return;
+            } else {
+                refused = true;
+                if m.qos > 0 {
+                    break;
+                }
             }
+        }
+        if tracing {
+            let outcome = if refused {
+                "refused"
+            } else if any {
+                "routed"
+            } else {
+                "no route"
+            };
+            let _ = self.trace.send(Arc::new(TraceRecord::new(
+                m,
+                traced_targets,
+                outcome,
+                "router",
+            )));
+        }
+        if refused && m.qos > 0 {
+            // The publisher is not acknowledged.
+            self.acks.push((from, m.id, true));
+            return;
         }
         if m.qos > 0 {
             if remaining == 0 {
@@ -522,6 +627,10 @@ mod tests {
         )
     }
 
+    fn switch(held: usize) -> Switch {
+        Switch::new(table(), held, tokio::sync::broadcast::channel(16).0)
+    }
+
     fn msg(id: u64, source: &str, topic: &str, qos: u8) -> Message {
         Message {
             id,
@@ -585,7 +694,7 @@ mod tests {
 
     #[test]
     fn broker_gets_the_table_and_only_non_device_targets_come_through_the_router() {
-        let mut s = Switch::new(table(), 10);
+        let mut s = switch(10);
         let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
         let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
         assert!(matches!(drain(&mut brx)[0], Down::Table(_)));
@@ -612,7 +721,7 @@ mod tests {
 
     #[test]
     fn no_route_is_counted_and_acknowledged() {
-        let mut s = Switch::new(table(), 10);
+        let mut s = switch(10);
         let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
         s.handle(Event::Up(broker, vec![msg(3, DEV_B, "x/1", 1)]));
         assert_eq!(acks(&drain(&mut brx)), (vec![3], vec![]));
@@ -621,7 +730,7 @@ mod tests {
 
     #[test]
     fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
-        let mut s = Switch::new(table(), 2);
+        let mut s = switch(2);
         let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
         let (shadow, _srx) = link(&mut s, Endpoint::Shadow, 1);
         let topic = "$aws/things/a/shadow/update";
@@ -645,8 +754,29 @@ mod tests {
     }
 
     #[test]
+    fn tracing_tells_the_broker_and_records_outcomes() {
+        let (tx, mut traces) = tokio::sync::broadcast::channel(16);
+        let mut s = Switch::new(table(), 10, tx);
+        let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+        drain(&mut brx);
+        s.handle(Event::TracersChanged);
+        assert!(matches!(drain(&mut brx)[..], [Down::Tracing(true)]));
+        s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 0)]));
+        s.handle(Event::Up(broker, vec![msg(2, DEV_B, "y", 0)]));
+        let first = traces.try_recv().unwrap();
+        assert_eq!(
+            (first.outcome.as_str(), first.targets.clone()),
+            ("routed", vec!["cloud".to_string()])
+        );
+        assert_eq!(traces.try_recv().unwrap().outcome, "no route");
+        drop(traces);
+        s.handle(Event::TracersChanged);
+        assert!(matches!(drain(&mut brx)[..], [Down::Tracing(false)]));
+    }
+
+    #[test]
     fn credit_limits_what_is_sent() {
-        let mut s = Switch::new(table(), 10);
+        let mut s = switch(10);
         let (broker, _brx) = link(&mut s, Endpoint::Broker, 1);
         let (tx, mut crx) = mpsc::unbounded_channel();
         let cloud = LinkId {

@@ -68,6 +68,16 @@ enum Cmd {
     Routes,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
+    /// Every message routed from now on: where it went, or why nowhere.
+    Trace {
+        /// Only from this source: a thing name or ARN, a function ARN,
+        /// `cloud` or `GGShadowService`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only topics matching this MQTT filter.
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -147,6 +157,7 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
         Cmd::Routes => return router::routes(&dir, json).await,
         Cmd::Cloud => return router::cloud(&dir, json).await,
+        Cmd::Trace { source, topic } => return router::trace(&dir, source, topic, json).await,
         _ => {}
     }
     let mut client = SupervisorClient::new(dial(&dir, INIT_SERVICE).await?);
@@ -224,7 +235,8 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Clients
         | Cmd::Disconnect { .. }
         | Cmd::Routes
-        | Cmd::Cloud => {
+        | Cmd::Cloud
+        | Cmd::Trace { .. } => {
             unreachable!("handled before connecting to init")
         }
     }

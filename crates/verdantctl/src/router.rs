@@ -136,3 +136,75 @@ pub async fn cloud(dir: &Path, json: bool) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// A payload preview as text: printable ASCII kept, the rest escaped.
+fn preview(bytes: &[u8], size: u32) -> String {
+    let mut s: String = bytes
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    if bytes.len() < size as usize {
+        s.push_str("...");
+    }
+    s
+}
+
+pub async fn trace(
+    dir: &Path,
+    source: Option<String>,
+    topic: Option<String>,
+    json: bool,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut api = RouterClient::new(dial(dir, "router").await?);
+    let mut stream = api
+        .trace(pb::TraceRequest {
+            source: source.unwrap_or_default(),
+            topic_filter: topic.unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(e) = stream.message().await.map_err(|e| status_error(&e))? {
+        let line = if json {
+            serde_json::json!({
+                "time_unix_ms": e.time.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+                "source": e.source,
+                "topic": e.topic,
+                "targets": e.targets,
+                "size": e.size,
+                "qos": e.qos,
+                "outcome": e.outcome,
+                "by": e.by,
+                "preview": preview(&e.preview, e.size),
+            })
+            .to_string()
+        } else {
+            let targets = if e.targets.is_empty() {
+                "-".to_string()
+            } else {
+                e.targets
+                    .iter()
+                    .map(|t| short(t))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            format!(
+                "{} -> {targets}  {}  {} B QoS {}  {} ({})  \"{}\"",
+                short(&e.source),
+                e.topic,
+                e.size,
+                e.qos,
+                e.outcome,
+                e.by,
+                preview(&e.preview, e.size)
+            )
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            break; // stdout closed (e.g. piped into head)
+        }
+    }
+    Ok(())
+}
