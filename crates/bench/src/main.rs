@@ -3,6 +3,7 @@
 
 mod compare;
 mod core;
+mod drain;
 mod mqtt;
 
 use std::path::PathBuf;
@@ -57,6 +58,20 @@ enum Cmd {
         #[arg(long)]
         routed: bool,
     },
+    /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
+    /// core queues `messages` while its cloud is down, then the time from
+    /// connection to an empty queue, per window size.
+    Drain {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Window sizes to compare (1 is Greengrass v1's one at a time).
+        #[arg(long = "window", default_values_t = [1u16, 64])]
+        windows: Vec<u16>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Prints the group a routed-mode benchmark deploys: things named as
     /// the benchmark's clients and routes from every publisher to every
     /// subscriber on `bench/#`.
@@ -96,5 +111,11 @@ fn main() {
             ));
         }
         Cmd::Group => println!("{}", compare::group()),
+        Cmd::Drain {
+            bin_dir,
+            messages,
+            windows,
+            runs,
+        } => runtime.block_on(drain::run(&bin_dir, messages, &windows, runs)),
     }
 }

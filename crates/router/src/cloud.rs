@@ -64,6 +64,8 @@ pub struct Bridge {
     pub config: CloudConfig,
     /// `None` when no endpoint is configured.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP CONNECT proxy on the way, if any.
+    pub proxy: Option<rumqttc::Proxy>,
     pub client_id: String,
     pub queue: CloudQueue,
     /// The subjects the table routes from `cloud`.
@@ -227,6 +229,9 @@ impl Bridge {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.clone(),
         )));
+        if let Some(p) = &self.proxy {
+            o.set_proxy(p.clone());
+        }
         o
     }
 
@@ -399,6 +404,44 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(1.0 - f64::from(nanos % 500) / 1000.0)
 }
 
+/// The proxy of `config`, if any. An `https://` proxy's certificate must
+/// chain to `proxy_ca` (by default the cloud's CA file).
+pub fn proxy(
+    layout: &verdant_common::paths::Layout,
+    config: &CloudConfig,
+) -> Result<Option<rumqttc::Proxy>, crate::RouterError> {
+    if config.proxy.is_empty() {
+        return Ok(None);
+    }
+    let url = crate::config::ProxyUrl::parse(&config.proxy).map_err(|reason| {
+        crate::RouterError::Invalid {
+            key: "router.cloud.proxy".into(),
+            reason,
+        }
+    })?;
+    let ty = if url.tls {
+        let ca = config.proxy_ca.as_ref().unwrap_or(&config.ca);
+        let roots = verdant_common::pem::roots(&layout.resolve(ca))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        rumqttc::ProxyType::Https(TlsConfiguration::Rustls(Arc::new(c)))
+    } else {
+        rumqttc::ProxyType::Http
+    };
+    Ok(Some(rumqttc::Proxy {
+        ty,
+        auth: match url.credentials {
+            Some((username, password)) => rumqttc::ProxyAuth::Basic { username, password },
+            None => rumqttc::ProxyAuth::None,
+        },
+        addr: url.host,
+        port: url.port,
+    }))
+}
+
 /// The rustls client configuration for the cloud: its CA, the core's
 /// certificate, and ALPN `x-amzn-mqtt-ca` on port 443.
 pub fn tls(
@@ -414,7 +457,7 @@ pub fn tls(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)?;
-    if config.port == 443 {
+    if config.alpn() {
         c.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
     }
     Ok(Arc::new(c))

@@ -56,6 +56,13 @@ pub struct CloudConfig {
     /// 8883, or 443 (then ALPN `x-amzn-mqtt-ca` is offered, as AWS IoT
     /// requires for MQTT on 443).
     pub port: u16,
+    /// Offer ALPN `x-amzn-mqtt-ca`; unset: only on port 443.
+    pub alpn: Option<bool>,
+    /// An HTTP CONNECT proxy to reach the cloud through, as Greengrass's
+    /// `networkProxy`: `http://[user:password@]host[:port]` or `https://...`.
+    pub proxy: String,
+    /// The CA of an `https://` proxy's certificate; unset: `ca`.
+    pub proxy_ca: Option<PathBuf>,
     /// The CA that signed the cloud broker's certificate (e.g. Amazon Root CA 1).
     pub ca: PathBuf,
     /// The core's certificate and key (relative paths are under the root).
@@ -89,6 +96,9 @@ impl Default for CloudConfig {
         CloudConfig {
             endpoint: String::new(),
             port: 8883,
+            alpn: None,
+            proxy: String::new(),
+            proxy_ca: None,
             ca: "config/certs/cloud-ca.pem".into(),
             certificate: "config/certs/core.pem".into(),
             private_key: "config/certs/core.key".into(),
@@ -104,8 +114,72 @@ impl Default for CloudConfig {
     }
 }
 
+/// A parsed `proxy` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl ProxyUrl {
+    /// `http://[user:password@]host[:port]` or `https://...`.
+    pub fn parse(url: &str) -> Result<ProxyUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err("must start with http:// or https://".into());
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err("a proxy URL has no path".into());
+        }
+        let (credentials, hostport) = match rest.rsplit_once('@') {
+            Some((userinfo, hostport)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((user.to_string(), password.to_string())), hostport)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{p}` is not a port"))?,
+            ),
+            _ => (hostport, if tls { 443 } else { 80 }),
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        Ok(ProxyUrl {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            credentials,
+        })
+    }
+}
+
 impl CloudConfig {
+    /// Whether to offer ALPN `x-amzn-mqtt-ca`.
+    pub fn alpn(&self) -> bool {
+        self.alpn.unwrap_or(self.port == 443)
+    }
+
     fn check(&self) -> Result<(), (String, String)> {
+        if !self.proxy.is_empty()
+            && let Err(why) = ProxyUrl::parse(&self.proxy)
+        {
+            // The URL may hold a password: it is not repeated here.
+            return Err(("router.cloud.proxy".into(), why));
+        }
         if self.queue_max_bytes < 262_144 {
             return Err((
                 "router.cloud.queue_max_bytes".into(),
@@ -122,5 +196,35 @@ impl CloudConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls() {
+        assert_eq!(
+            ProxyUrl::parse("http://proxy.local:3128").unwrap(),
+            ProxyUrl {
+                tls: false,
+                host: "proxy.local".into(),
+                port: 3128,
+                credentials: None
+            }
+        );
+        assert_eq!(
+            ProxyUrl::parse("https://me:s3cr:et@10.0.0.1").unwrap(),
+            ProxyUrl {
+                tls: true,
+                host: "10.0.0.1".into(),
+                port: 443,
+                credentials: Some(("me".into(), "s3cr:et".into()))
+            }
+        );
+        assert!(ProxyUrl::parse("socks5://x:1").is_err());
+        assert!(ProxyUrl::parse("http://x:notaport").is_err());
+        assert!(ProxyUrl::parse("http://x:1/path").is_err());
     }
 }

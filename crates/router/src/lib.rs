@@ -116,10 +116,13 @@ fn bridge(
             "messages for the cloud restored from the queue"
         );
     }
-    let tls = if c.endpoint.is_empty() {
-        None
+    let (tls, proxy) = if c.endpoint.is_empty() {
+        (None, None)
     } else {
-        Some(cloud::tls(&ctx.layout, c)?)
+        (
+            Some(cloud::tls(&ctx.layout, c)?),
+            cloud::proxy(&ctx.layout, c)?,
+        )
     };
     let client_id = if c.client_id.is_empty() {
         let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
@@ -143,6 +146,7 @@ fn bridge(
     Ok(cloud::Bridge {
         config: c.clone(),
         tls,
+        proxy,
         client_id,
         queue,
         subjects,
