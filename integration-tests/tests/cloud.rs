@@ -255,3 +255,87 @@ async fn through_an_http_proxy_with_basic_auth() {
         "{logs}"
     );
 }
+
+/// 1000-byte payloads numbered `i`.
+fn numbered(i: usize) -> String {
+    format!("{i:04}{}", "x".repeat(996))
+}
+
+/// The smallest queue Greengrass allows holds 258 of those (13-byte topic).
+const SMALL_QUEUE: &str = "queue_max_bytes = 262144\n";
+const FIT: usize = 262_144 / 1013;
+
+#[tokio::test]
+async fn a_full_queue_drops_the_oldest_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let core = start_core(&cloud.dropin_via(cloud.tls_port, SMALL_QUEUE)).await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    subscribed(&observer, &mut obs, "a/telemetry/#").await;
+    drop((observer, obs));
+    cloud.stop();
+    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+
+    let port = core.broker_port("tcp").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    for i in 0..400 {
+        publish(&dev, &mut dev_ev, "a/telemetry/n", &numbered(i)).await;
+    }
+    wait_cloud(&core, "full", |c| {
+        c.queued_messages as usize == FIT && c.dropped_oldest as usize == 400 - FIT
+    })
+    .await;
+
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    let got = receive_n(&mut obs, FIT).await;
+    let want: Vec<String> = (400 - FIT..400).map(numbered).collect();
+    assert_eq!(got, want, "the newest {FIT}, in order");
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_messages_when_told_and_the_device_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cloud never comes up.
+    let cloud = Cloud::prepare(dir.path());
+    let core = start_core(&cloud.dropin_via(
+        cloud.tls_port,
+        &format!("{SMALL_QUEUE}queue_full_policy = \"refuse-new\"\n"),
+    ))
+    .await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    for i in 0..FIT {
+        publish(&dev, &mut dev_ev, "a/telemetry/n", &numbered(i)).await;
+    }
+    // One more does not fit: no PUBACK, and the broker closes the
+    // connection so the device sends it again later.
+    dev.publish(
+        "a/telemetry/n",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        numbered(FIT).into_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match dev_ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    panic!("acknowledged a message the queue refused")
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    wait_cloud(&core, "refused", |c| {
+        c.queued_messages as usize == FIT && c.refused == 1
+    })
+    .await;
+}
