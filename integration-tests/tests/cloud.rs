@@ -339,3 +339,43 @@ async fn a_full_queue_refuses_new_messages_when_told_and_the_device_is_not_ackno
     })
     .await;
 }
+
+#[tokio::test]
+async fn cloud_subscriptions_follow_a_reloaded_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let (core, port) = start(&mut cloud).await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut dev_ev, "#").await;
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+
+    let file = core.root().join("deployments/test/group.json");
+    std::fs::write(&file, group().replace("cmd/a/#", "orders/a/#")).unwrap();
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    RouterClient::new(channel)
+        .reload_table(pb::ReloadTableRequest {})
+        .await
+        .unwrap();
+    // The bridge subscribes to the new subject: probe until it arrives.
+    let got = tokio::time::timeout(PATIENCE, async {
+        loop {
+            publish(&observer, &mut obs, "orders/a/1", "new").await;
+            let got =
+                verdant_integration_tests::mqtt::received(&mut dev_ev, Duration::from_millis(200))
+                    .await;
+            if !got.is_empty() {
+                return got;
+            }
+        }
+    })
+    .await
+    .expect("the new subject is subscribed");
+    assert_eq!(got[0].0, "orders/a/1");
+    // ... and no longer to the old one.
+    publish(&observer, &mut obs, "cmd/a/1", "old").await;
+    let late =
+        verdant_integration_tests::mqtt::received(&mut dev_ev, Duration::from_millis(500)).await;
+    assert!(late.iter().all(|(t, _)| t != "cmd/a/1"), "{late:?}");
+}

@@ -233,3 +233,78 @@ async fn verdantctl_trace_shows_where_messages_went_and_why_not() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_reloaded_table_is_swapped_in_whole_and_a_bad_one_is_refused() {
+    let (core, port) = start().await;
+    let (dev_a, mut a_ev) = verdant_integration_tests::mqtt::connect(port, "a", false).await;
+    let (dev_b, mut b_ev) = verdant_integration_tests::mqtt::connect(port, "b", false).await;
+    subscribed(&dev_b, &mut b_ev, "a/#").await;
+    let reload = || async {
+        let channel = verdant_common::uds::connect(&core.socket("router"))
+            .await
+            .unwrap();
+        RouterClient::new(channel)
+            .reload_table(pb::ReloadTableRequest {})
+            .await
+    };
+    let file = core.root().join("deployments/test/group.json");
+
+    // A group that does not validate is refused with its JSON path, and
+    // the old table stays.
+    std::fs::write(
+        &file,
+        group().replace(
+            &format!("\"Target\":\"{}\"", arn("b")),
+            "\"Target\":\"arn:aws:iot:us-east-1:123456789012:thing/nobody\"",
+        ),
+    )
+    .unwrap();
+    let err = reload().await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("SubscriptionDefinitionVersion.Subscriptions[0].Target"),
+        "{err:?}"
+    );
+    publish(&dev_a, &mut a_ev, "a/to-b/1", "old table").await;
+    assert_eq!(
+        received(&mut b_ev, Duration::from_millis(500)).await.len(),
+        1
+    );
+
+    // The new table routes a/new/# to b instead.
+    std::fs::write(&file, group().replace("a/to-b/#", "a/new/#")).unwrap();
+    let swapped = reload().await.unwrap().into_inner();
+    assert_eq!(
+        (swapped.group_id.as_str(), swapped.routes),
+        ("routing-test", 2)
+    );
+    let r = routes(&core).await;
+    assert_eq!(r.version, swapped.version);
+    assert!(
+        r.routes
+            .iter()
+            .any(|c| c.route.as_ref().unwrap().subject == "a/new/#")
+    );
+    // The broker has the new copy once the swap reached it over the link:
+    // probe until the old route is gone.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            publish(&dev_a, &mut a_ev, "a/new/probe", "new table").await;
+            if !received(&mut b_ev, Duration::from_millis(200))
+                .await
+                .is_empty()
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the new table reaches the broker");
+    publish(&dev_a, &mut a_ev, "a/to-b/2", "no route any more").await;
+    assert!(
+        received(&mut b_ev, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+}

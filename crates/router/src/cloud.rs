@@ -72,6 +72,21 @@ pub struct Bridge {
     pub subjects: Vec<String>,
     pub switch: mpsc::Sender<Event>,
     pub status: SharedStatus,
+    /// The live connection's client, once the cloud accepted it.
+    pub client: Option<AsyncClient>,
+}
+
+/// The subjects `table` routes from the cloud, sorted, each once.
+pub fn cloud_subjects(table: &verdant_group::routes::Table) -> Vec<String> {
+    let mut subjects: Vec<String> = table
+        .routes()
+        .iter()
+        .filter(|r| r.source == "cloud")
+        .map(|r| r.subject.clone())
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    subjects
 }
 
 const LINK: LinkId = LinkId {
@@ -130,7 +145,9 @@ impl Bridge {
         let mut delay = Duration::from_secs(1);
         loop {
             let started = Instant::now();
-            match self.connected(&tls, &mut down, &shutdown).await {
+            let ended = self.connected(&tls, &mut down, &shutdown).await;
+            self.client = None;
+            match ended {
                 Ended::Shutdown => return,
                 Ended::Failed(why) => {
                     tracing::warn!(endpoint = %self.config.endpoint, "cloud connection: {why}");
@@ -181,11 +198,17 @@ impl Bridge {
         }
     }
 
-    /// Queues what the switch sends and acknowledges it.
+    /// Queues what the switch sends and acknowledges it; follows a new
+    /// table's subjects from the cloud.
     async fn on_down(&mut self, d: Down) {
-        let Down::Messages(batch) = d else {
+        let batch = match d {
+            Down::Messages(batch) => batch,
+            Down::Table(table) => {
+                self.follow(&table);
+                return;
+            }
             // Acks of our QoS 0 messages up, credit: nothing to do in-process.
-            return;
+            _ => return,
         };
         let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         let mut ids = Vec::with_capacity(batch.len());
@@ -328,6 +351,7 @@ impl Bridge {
                     s.connected_since = Some(SystemTime::now());
                 });
                 self.subscribe(&c.client).map_err(Ended::Failed)?;
+                self.client = Some(c.client.clone());
             }
             MqttEvent::Incoming(Packet::SubAck(ack)) => {
                 let failed = ack
@@ -369,6 +393,38 @@ impl Bridge {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Subscribes to subjects the new table adds and unsubscribes from
+    /// those it drops (on the live connection, if any; a new connection
+    /// subscribes to all).
+    fn follow(&mut self, table: &verdant_group::routes::Table) {
+        let subjects = cloud_subjects(table);
+        if subjects == self.subjects {
+            return;
+        }
+        if let Some(client) = &self.client {
+            let added: Vec<String> = subjects
+                .iter()
+                .filter(|s| !self.subjects.contains(s))
+                .cloned()
+                .collect();
+            for chunk in added.chunks(FILTERS_PER_SUBSCRIBE) {
+                let filters = chunk
+                    .iter()
+                    .map(|s| rumqttc::SubscribeFilter::new(s.clone(), QoS::AtMostOnce));
+                let _ = client.try_subscribe_many(filters);
+            }
+            for gone in self.subjects.iter().filter(|s| !subjects.contains(s)) {
+                let _ = client.try_unsubscribe(gone.clone());
+            }
+        }
+        tracing::info!(
+            subscriptions = subjects.len(),
+            "cloud subscriptions follow the new table"
+        );
+        self.set_status(|s| s.subscriptions = subjects.len());
+        self.subjects = subjects;
     }
 
     fn subscribe(&self, client: &AsyncClient) -> Result<(), String> {

@@ -16,6 +16,8 @@ pub struct Api {
     pub switch: mpsc::Sender<Event>,
     pub cloud: crate::cloud::SharedStatus,
     pub trace: crate::switch::TraceSender,
+    /// The deployed group, read again by `ReloadTable`.
+    pub group_file: std::path::PathBuf,
     /// Credit granted to a linked daemon for its messages up.
     pub credit: u32,
     pub generation: AtomicU64,
@@ -220,6 +222,26 @@ impl Router for Api {
             },
         );
         Ok(Response::new(stream))
+    }
+
+    async fn reload_table(
+        &self,
+        request: Request<pb::ReloadTableRequest>,
+    ) -> Result<Response<pb::ReloadTableResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let group = verdant_group::Group::load(&self.group_file)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let table = verdant_group::routes::Table::from_group(crate::table_version(), &group);
+        let response = pb::ReloadTableResponse {
+            group_id: group.id.clone(),
+            version: table.version(),
+            routes: u32::try_from(table.routes().len()).unwrap_or(u32::MAX),
+        };
+        self.switch
+            .send(Event::Swap(table))
+            .await
+            .map_err(stopping)?;
+        Ok(Response::new(response))
     }
 
     async fn get_cloud(

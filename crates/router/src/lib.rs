@@ -43,11 +43,7 @@ pub async fn run(
         .check()
         .map_err(|(key, reason)| RouterError::Invalid { key, reason })?;
     let group = Group::load(&ctx.layout.current_group())?;
-    // A version no earlier table of this core had, even across restarts.
-    let version = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let table = Table::from_group(version, &group);
+    let table = Table::from_group(table_version(), &group);
     tracing::info!(
         group = %group.id,
         routes = table.routes().len(),
@@ -80,6 +76,7 @@ pub async fn run(
         switch: tx,
         cloud: cloud_status,
         trace,
+        group_file: ctx.layout.current_group(),
         credit: config.link_credit,
         generation: AtomicU64::new(1),
     }));
@@ -87,6 +84,13 @@ pub async fn run(
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();
     result.map_err(RouterError::from)
+}
+
+/// A version no earlier table of this core had, even across restarts.
+pub fn table_version() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The cloud bridge with its queue opened and TLS loaded.
@@ -130,14 +134,7 @@ fn bridge(
     } else {
         c.client_id.clone()
     };
-    let mut subjects: Vec<String> = table
-        .routes()
-        .iter()
-        .filter(|r| r.source == "cloud")
-        .map(|r| r.subject.clone())
-        .collect();
-    subjects.sort();
-    subjects.dedup();
+    let subjects = cloud::cloud_subjects(table);
     let status = std::sync::Arc::new(std::sync::Mutex::new(cloud::CloudStatus {
         subscriptions: subjects.len(),
         queue: queue.stats,
@@ -152,5 +149,6 @@ fn bridge(
         subjects,
         switch,
         status,
+        client: None,
     })
 }

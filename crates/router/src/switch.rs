@@ -154,6 +154,8 @@ pub enum Event {
     },
     /// A tracer came or went: the broker is told whether to trace.
     TracersChanged,
+    /// A new table to route by from now on.
+    Swap(Table),
     /// What the broker routed while tracing was on.
     Traces(Vec<TraceRecord>),
     Routes(oneshot::Sender<RoutesView>),
@@ -275,6 +277,7 @@ impl Switch {
                     }
                 }
             }
+            Event::Swap(table) => self.swap(table),
             Event::TracersChanged => {
                 let want = self.trace.receiver_count() > 0;
                 if want != self.tracing {
@@ -555,8 +558,17 @@ impl Switch {
         }
         self.counts = counts;
         self.previous = Some(old);
-        if let Some(l) = &self.queues[&Endpoint::Broker].link {
-            let _ = l.down.send(Down::Table(self.table.clone()));
+        tracing::info!(
+            version = self.table.version(),
+            routes = self.table.routes().len(),
+            "subscription table swapped"
+        );
+        // The broker routes device to device by its copy; the cloud bridge
+        // subscribes to what the table routes from the cloud.
+        for e in [Endpoint::Broker, Endpoint::Cloud] {
+            if let Some(l) = &self.queues[&e].link {
+                let _ = l.down.send(Down::Table(self.table.clone()));
+            }
         }
     }
 
@@ -772,6 +784,32 @@ mod tests {
         drop(traces);
         s.handle(Event::TracersChanged);
         assert!(matches!(drain(&mut brx)[..], [Down::Tracing(false)]));
+    }
+
+    #[test]
+    fn a_broker_message_is_routed_wholly_by_the_table_it_was_tagged_with() {
+        let mut s = switch(10);
+        let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+        let (_cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+        drain(&mut brx);
+        // Version 8 drops a-cloud.
+        let old = table();
+        let routes = old
+            .routes()
+            .iter()
+            .filter(|r| r.id != "a-cloud")
+            .cloned()
+            .collect();
+        s.handle(Event::Swap(Table::new(8, routes)));
+        assert!(matches!(drain(&mut brx)[..], [Down::Table(ref t)] if t.version() == 8));
+        // Tagged with 7: the broker delivered the device part by the old
+        // table, so the router sends the rest by it too.
+        s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 0)]));
+        assert_eq!(messages(&drain(&mut crx)).len(), 1);
+        let mut by_new = msg(2, DEV_A, "x/2", 0);
+        by_new.table_version = 8;
+        s.handle(Event::Up(broker, vec![by_new]));
+        assert!(messages(&drain(&mut crx)).is_empty());
     }
 
     #[test]
