@@ -89,6 +89,7 @@ impl Cloud {
             &conf,
             format!(
                 "user {user}\nlog_dest stderr\npersistence true\npersistence_location {d}/\nallow_anonymous true\n\
+                 max_queued_messages 0\n\
                  listener {} 127.0.0.1\ncafile {}\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
                  require_certificate true\nuse_identity_as_username true\n\
                  listener {} 127.0.0.1\n",

@@ -82,6 +82,44 @@ pub async fn receive_n(events: &mut EventLoop, n: usize) -> Vec<String> {
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("only {} of {n} messages: {got:?}", got.len()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "only {} of {n} messages; the last: {:?}",
+            got.len(),
+            &got[got.len().saturating_sub(5)..]
+        )
+    });
     got
+}
+
+/// Receives until `n` distinct payloads arrived (at-least-once delivery may
+/// repeat some); the distinct payloads in the order they first arrived.
+pub async fn receive_distinct(events: &mut EventLoop, n: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while got.len() < n {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let s = String::from_utf8_lossy(&p.payload).into_owned();
+                    if seen.insert(s.clone()) {
+                        got.push(s);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} distinct messages", got.len()));
+    got
+}
+
+/// Asserts `got` is `0..n` as strings, reporting only the first difference.
+pub fn assert_numbered(got: &[String], n: usize) {
+    assert_eq!(got.len(), n, "count");
+    if let Some(i) = (0..n).find(|i| got[*i] != i.to_string()) {
+        panic!("message {i} is {:?}: out of order or missing", got[i]);
+    }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use verdant_integration_tests::cloud::{Cloud, Proxy, alpn_front, free_port};
 use verdant_integration_tests::groups::{arn, thing};
-use verdant_integration_tests::mqtt::{connect, publish, receive_n, subscribed, until};
+use verdant_integration_tests::mqtt::{
+    assert_numbered, connect, publish, receive_distinct, receive_n, subscribed, until,
+};
 use verdant_integration_tests::{Core, Options, PATIENCE};
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
@@ -154,6 +156,22 @@ async fn the_queue_survives_a_cloud_outage_and_kill_9_of_the_router_and_drains_i
     wait_cloud(&core, "queued", |c| c.queued_messages == 100).await;
 
     // Every acknowledged message is on disk: kill -9 the router.
+    kill_router(&core).await;
+    wait_cloud(&core, "restored after kill -9", |c| {
+        c.queued_messages == 100
+    })
+    .await;
+
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    // At least once, in order: without repeats it is exactly 0..100.
+    let got = receive_distinct(&mut obs, 100).await;
+    assert_numbered(&got, 100);
+}
+
+/// `kill -9` of the router; returns once init has started a new one.
+async fn kill_router(core: &Core) {
     let router = core.service("router").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(router.pid).unwrap()),
@@ -167,23 +185,40 @@ async fn the_queue_survives_a_cloud_outage_and_kill_9_of_the_router_and_drains_i
     })
     .await
     .expect("init restarts the router");
-    wait_cloud(&core, "restored after kill -9", |c| {
-        c.queued_messages == 100
-    })
-    .await;
+}
+
+#[tokio::test]
+async fn kill_9_of_the_router_while_it_drains_loses_nothing() {
+    const N: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    // One message in flight at a time, so the drain takes a while.
+    let mut cloud = Cloud::prepare(dir.path());
+    let core = start_core(&cloud.dropin_via(cloud.tls_port, "window = 1\n")).await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
+    subscribed(&observer, &mut obs, "a/telemetry/#").await;
+    drop((observer, obs));
+    cloud.stop();
+    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    for i in 0..N {
+        publish(&dev, &mut dev_ev, "a/telemetry/n", &i.to_string()).await;
+    }
+    wait_cloud(&core, "queued", |c| c.queued_messages as usize == N).await;
 
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "draining", |c| c.sent > 0).await;
+    kill_router(&core).await;
+    wait_cloud(&core, "restarted mid-drain", |c| {
+        c.state == "connected" || (c.queued_messages as usize) < N
+    })
+    .await;
     wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
     let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
-    let got = receive_n(&mut obs, 100).await;
-    // At least once, in order: without repeats it is exactly 0..100.
-    let mut firsts: Vec<String> = Vec::new();
-    for g in got {
-        if !firsts.contains(&g) {
-            firsts.push(g);
-        }
-    }
-    assert_eq!(firsts, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+    let got = receive_distinct(&mut obs, N).await;
+    assert_numbered(&got, N);
 }
 
 #[tokio::test]
