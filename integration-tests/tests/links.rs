@@ -43,6 +43,38 @@ fn up(kind: pb::link_up::Kind) -> pb::LinkUp {
     pb::LinkUp { kind: Some(kind) }
 }
 
+/// A "shadow service" linked to the router that grants no credit: its
+/// sender up and its stream down.
+async fn stuck_shadow(
+    core: &Core,
+) -> (
+    mpsc::UnboundedSender<pb::LinkUp>,
+    tonic::Streaming<pb::LinkDown>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(up(pb::link_up::Kind::Hello(pb::Hello {
+        endpoint: "shadow".into(),
+        credit: 0,
+    })))
+    .unwrap();
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    let down = RouterClient::new(channel)
+        .link(UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while !routes(core).await.links.contains(&"shadow".to_string()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the shadow link is up");
+    (tx, down)
+}
+
 #[tokio::test]
 async fn a_stuck_target_holds_only_its_own_messages() {
     let group = group();
@@ -54,29 +86,7 @@ async fn a_stuck_target_holds_only_its_own_messages() {
     core.wait_all_running().await;
     let port = core.broker_port("tcp").await;
 
-    // A "shadow service" that links and grants no credit.
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(up(pb::link_up::Kind::Hello(pb::Hello {
-        endpoint: "shadow".into(),
-        credit: 0,
-    })))
-    .unwrap();
-    let channel = verdant_common::uds::connect(&core.socket("router"))
-        .await
-        .unwrap();
-    let mut down = RouterClient::new(channel)
-        .link(UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(PATIENCE, async {
-        while !routes(&core).await.links.contains(&"shadow".to_string()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the shadow link is up");
-
+    let (tx, mut down) = stuck_shadow(&core).await;
     let (dev_a, mut a_ev) = connect(port, "a", false).await;
     let (dev_b, mut b_ev) = connect(port, "b", false).await;
     subscribed(&dev_b, &mut b_ev, "a/#").await;
