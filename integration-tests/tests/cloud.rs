@@ -69,11 +69,14 @@ async fn start(cloud: &mut Cloud) -> (Core, u16) {
 
 /// A core with [`group`], the plain listener and `cloud_dropin`.
 async fn start_core(cloud_dropin: &str) -> Core {
-    let group = group();
+    start_core_with(&group(), cloud_dropin).await
+}
+
+async fn start_core_with(group: &str, cloud_dropin: &str) -> Core {
     let dropin = format!("{TCP}{cloud_dropin}");
     let core = Core::start_with(&Options {
         dropin: Some(&dropin),
-        group: Some(&group),
+        group: Some(group),
         ..Options::default()
     });
     core.wait_all_running().await;
@@ -413,4 +416,110 @@ async fn cloud_subscriptions_follow_a_reloaded_table() {
     let late =
         verdant_integration_tests::mqtt::received(&mut dev_ev, Duration::from_millis(500)).await;
     assert!(late.iter().all(|(t, _)| t != "cmd/a/1"), "{late:?}");
+}
+
+/// [`group`] with `subjects` routed from the cloud to device `a`.
+fn group_from_cloud(subjects: &[&str]) -> String {
+    let mut g: serde_json::Value = serde_json::from_str(&group()).unwrap();
+    let subs = g["SubscriptionDefinitionVersion"]["Subscriptions"]
+        .as_array_mut()
+        .unwrap();
+    subs.retain(|s| s["Source"] != "cloud");
+    for (i, subject) in subjects.iter().enumerate() {
+        subs.push(serde_json::json!({
+            "Id": format!("from-cloud-{i}"), "Source": "cloud", "Subject": subject, "Target": arn("a"),
+        }));
+    }
+    g.to_string()
+}
+
+#[tokio::test]
+async fn more_subscriptions_than_one_connection_holds_open_more_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let subjects = ["alerts/a/#", "cmd/a/#", "orders/a/#"];
+    let core = start_core_with(
+        &group_from_cloud(&subjects),
+        &cloud.dropin_via(cloud.tls_port, "max_subscriptions_per_connection = 2\n"),
+    )
+    .await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut dev_ev, "#").await;
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+    // Every subject reaches the device, whichever connection subscribed it.
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while seen.len() < subjects.len() {
+            for s in subjects {
+                let topic = s.replace('#', "x");
+                if !seen.contains(&topic) {
+                    publish(&observer, &mut obs, &topic, "hi").await;
+                }
+            }
+            for (t, _) in
+                verdant_integration_tests::mqtt::received(&mut dev_ev, Duration::from_millis(200))
+                    .await
+            {
+                if !seen.contains(&t) {
+                    seen.push(t);
+                }
+            }
+        }
+    })
+    .await
+    .expect("every subject delivered");
+    let log = cloud.log();
+    assert!(
+        log.contains("as verdant-core ") && log.contains("as verdant-core-1 "),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn persistent_cloud_subscriptions_keep_what_arrives_while_the_router_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let core = start_core(&cloud.dropin_via(
+        cloud.tls_port,
+        "subscription_quality = \"at-least-once-persistent\"\n",
+    ))
+    .await;
+    cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
+    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut dev_ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut dev_ev, "cmd/a/#").await;
+    assert!(cloud.log().contains("cmd/a/# (QoS 1)"), "{}", cloud.log());
+
+    // The router goes away; the cloud keeps the core's messages.
+    let out = core.ctl(&["stop", "router"]);
+    assert!(out.status.success(), "{out:?}");
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+    for i in 0..20 {
+        observer
+            .publish("cmd/a/n", rumqttc::QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .unwrap();
+        until(&mut obs, |p| matches!(p, rumqttc::Packet::PubAck(_))).await;
+    }
+    let out = core.ctl(&["start", "router"]);
+    assert!(out.status.success(), "{out:?}");
+    let got = receive_distinct(&mut dev_ev, 20).await;
+    assert_numbered(&got, 20);
+    // Acknowledged to the cloud once the device's session had them.
+    tokio::time::timeout(PATIENCE, async {
+        while cloud
+            .log()
+            .matches("Received PUBACK from verdant-core")
+            .count()
+            < 20
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the core acknowledges every message to the cloud");
 }

@@ -27,7 +27,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use verdant_common::shutdown::CancellationToken;
 
-use crate::config::CloudConfig;
+use crate::config::{CloudConfig, SubscriptionQuality};
+use crate::layout::Layout;
 use crate::queue::{CloudQueue, QueueStats};
 use crate::switch::{Down, Endpoint, Event, LinkId, Message};
 
@@ -72,8 +73,17 @@ pub struct Bridge {
     pub subjects: Vec<String>,
     pub switch: mpsc::Sender<Event>,
     pub status: SharedStatus,
-    /// The live connection's client, once the cloud accepted it.
-    pub client: Option<AsyncClient>,
+    /// The live connections' clients (the first also publishes); empty
+    /// while disconnected.
+    pub clients: Vec<AsyncClient>,
+    /// Which connection subscribes to what.
+    pub layout: Layout,
+    /// The subjects outgrew the live connections: make the set anew.
+    pub relayout: bool,
+    /// QoS 1 messages from the cloud (persistent subscriptions), by the id
+    /// the switch knows them by, acknowledged to the cloud once the
+    /// switch says their targets have them.
+    pub unacknowledged: HashMap<u64, (usize, rumqttc::Publish)>,
 }
 
 /// The subjects `table` routes from the cloud, sorted, each once.
@@ -94,9 +104,8 @@ const LINK: LinkId = LinkId {
     generation: 0,
 };
 
-/// One MQTT connection's state.
+/// The publishing connection's state (the first of the set).
 struct Connection {
-    client: AsyncClient,
     /// CONNACK received.
     connected: bool,
     /// Where sending resumes: the oldest message not yet sent on this
@@ -109,6 +118,17 @@ struct Connection {
     acked: Vec<u64>,
     /// Sequence of messages from the cloud.
     seq: u64,
+}
+
+/// The tasks polling a connection set's event loops, ended with it.
+struct Pumps(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Pumps {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.abort();
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -146,7 +166,8 @@ impl Bridge {
         loop {
             let started = Instant::now();
             let ended = self.connected(&tls, &mut down, &shutdown).await;
-            self.client = None;
+            self.clients.clear();
+            self.unacknowledged.clear();
             match ended {
                 Ended::Shutdown => return,
                 Ended::Failed(why) => {
@@ -207,7 +228,22 @@ impl Bridge {
                 self.follow(&table);
                 return;
             }
-            // Acks of our QoS 0 messages up, credit: nothing to do in-process.
+            Down::Acks { ids, refused } => {
+                for id in ids {
+                    if let Some((i, p)) = self.unacknowledged.remove(&id)
+                        && let Some(client) = self.clients.get(i)
+                    {
+                        let _ = client.try_ack(&p);
+                    }
+                }
+                // Not acknowledged: the cloud sends them again on the
+                // next connection of the persistent session.
+                for id in refused {
+                    self.unacknowledged.remove(&id);
+                }
+                return;
+            }
+            // Credit: nothing to do in-process.
             _ => return,
         };
         let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
@@ -239,14 +275,21 @@ impl Bridge {
         let _ = self.switch.send(Event::Credit(LINK, n)).await;
     }
 
-    fn options(&self, tls: &Arc<rustls::ClientConfig>) -> MqttOptions {
-        let mut o = MqttOptions::new(
-            self.client_id.clone(),
-            self.config.endpoint.clone(),
-            self.config.port,
-        );
+    fn persistent(&self) -> bool {
+        self.config.subscription_quality == SubscriptionQuality::AtLeastOncePersistent
+    }
+
+    /// Options of connection `index` of the set.
+    fn options(&self, tls: &Arc<rustls::ClientConfig>, index: usize) -> MqttOptions {
+        let id = if index == 0 {
+            self.client_id.clone()
+        } else {
+            format!("{}-{index}", self.client_id)
+        };
+        let mut o = MqttOptions::new(id, self.config.endpoint.clone(), self.config.port);
         o.set_keep_alive(Duration::from_secs(self.config.keep_alive_secs));
-        o.set_clean_session(true);
+        o.set_clean_session(!self.persistent());
+        o.set_manual_acks(self.persistent());
         o.set_inflight(self.config.window);
         o.set_max_packet_size(MAX_INCOMING, MAX_INCOMING);
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -267,10 +310,30 @@ impl Bridge {
     ) -> Ended {
         self.set_status(|s| s.state = "connecting");
         let window = usize::from(self.config.window);
-        let (client, mut events) =
-            AsyncClient::new(self.options(tls), window + self.subjects.len() + 16);
+        self.layout = Layout::new(&self.subjects, self.config.max_subscriptions_per_connection);
+        // One task per connection polls its event loop; their events come
+        // here tagged with the connection's index.
+        let (events_tx, mut events) = mpsc::channel(256);
+        let mut pumps = Pumps(Vec::new());
+        let mut clients = Vec::new();
+        for i in 0..self.layout.connections().len() {
+            let (client, mut eventloop) =
+                AsyncClient::new(self.options(tls, i), window + self.subjects.len() + 16);
+            clients.push(client);
+            let tx = events_tx.clone();
+            pumps.0.push(tokio::spawn(async move {
+                loop {
+                    let ev = eventloop.poll().await.map_err(|e| e.to_string());
+                    let failed = ev.is_err();
+                    if tx.send((i, ev)).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }));
+        }
+        let publisher = clients[0].clone();
+        self.clients = clients;
         let mut c = Connection {
-            client,
             connected: false,
             next: self.queue.first_id(),
             unnumbered: VecDeque::new(),
@@ -286,7 +349,7 @@ impl Bridge {
                     break;
                 };
                 c.next = m.id + 1;
-                if c.client
+                if publisher
                     .try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
                     .is_err()
                 {
@@ -298,7 +361,9 @@ impl Bridge {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.flush_acked(&mut c.acked);
-                    let _ = c.client.try_disconnect();
+                    for client in &self.clients {
+                        let _ = client.try_disconnect();
+                    }
                     return Ended::Shutdown;
                 }
                 () = &mut delete_timer, if !c.acked.is_empty() => self.flush_acked(&mut c.acked),
@@ -306,13 +371,19 @@ impl Bridge {
                     Some(d) => self.on_down(d).await,
                     None => return Ended::Shutdown,
                 },
-                ev = events.poll() => {
-                    let ev = ev.map_err(|e| e.to_string());
-                    if let Err(ended) = self.on_event(&mut c, ev).await {
+                Some((i, ev)) = events.recv() => {
+                    if let Err(ended) = self.on_event(&mut c, i, ev).await {
                         self.flush_acked(&mut c.acked);
                         return ended;
                     }
                 }
+            }
+            if self.relayout {
+                self.relayout = false;
+                self.flush_acked(&mut c.acked);
+                return Ended::Failed(
+                    "the cloud subscriptions need more connections: connecting anew".into(),
+                );
             }
             if had_acked == 0 && !c.acked.is_empty() {
                 delete_timer
@@ -329,15 +400,21 @@ impl Bridge {
     async fn on_event(
         &mut self,
         c: &mut Connection,
+        i: usize,
         ev: Result<MqttEvent, String>,
     ) -> Result<(), Ended> {
-        match ev.map_err(Ended::Failed)? {
+        let ev = ev.map_err(|e| Ended::Failed(format!("connection {i}: {e}")))?;
+        match ev {
             MqttEvent::Incoming(Packet::ConnAck(ack)) => {
                 if ack.code != ConnectReturnCode::Success {
                     return Err(Ended::Failed(format!(
                         "refused by the cloud: {:?}",
                         ack.code
                     )));
+                }
+                self.subscribe(i).map_err(Ended::Failed)?;
+                if i > 0 {
+                    return Ok(());
                 }
                 c.connected = true;
                 tracing::info!(
@@ -350,8 +427,6 @@ impl Bridge {
                     s.last_error.clear();
                     s.connected_since = Some(SystemTime::now());
                 });
-                self.subscribe(&c.client).map_err(Ended::Failed)?;
-                self.client = Some(c.client.clone());
             }
             MqttEvent::Incoming(Packet::SubAck(ack)) => {
                 let failed = ack
@@ -363,12 +438,12 @@ impl Bridge {
                     tracing::warn!(failed, "the cloud refused subscriptions");
                 }
             }
-            MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
+            MqttEvent::Outgoing(Outgoing::Publish(pkid)) if i == 0 => {
                 if let Some(id) = c.unnumbered.pop_front() {
                     c.in_flight.insert(pkid, id);
                 }
             }
-            MqttEvent::Incoming(Packet::PubAck(ack)) => {
+            MqttEvent::Incoming(Packet::PubAck(ack)) if i == 0 => {
                 if let Some(id) = c.in_flight.remove(&ack.pkid) {
                     c.acked.push(id);
                 }
@@ -376,12 +451,16 @@ impl Bridge {
             MqttEvent::Incoming(Packet::Publish(p)) => {
                 c.seq += 1;
                 self.status.lock().expect("status lock").received += 1;
+                let qos = u8::from(p.qos != QoS::AtMostOnce);
+                if qos > 0 {
+                    self.unacknowledged.insert(c.seq, (i, p.clone()));
+                }
                 let m = Message {
                     id: c.seq,
                     source: "cloud".into(),
                     topic: p.topic,
                     payload: p.payload,
-                    qos: 0,
+                    qos,
                     retain: false,
                     targets: Vec::new(),
                     table_version: 0,
@@ -396,27 +475,25 @@ impl Bridge {
     }
 
     /// Subscribes to subjects the new table adds and unsubscribes from
-    /// those it drops (on the live connection, if any; a new connection
-    /// subscribes to all).
+    /// those it drops, on the live connections; when they no longer fit
+    /// there, the connection set is made anew.
     fn follow(&mut self, table: &verdant_group::routes::Table) {
         let subjects = cloud_subjects(table);
         if subjects == self.subjects {
             return;
         }
-        if let Some(client) = &self.client {
-            let added: Vec<String> = subjects
-                .iter()
-                .filter(|s| !self.subjects.contains(s))
-                .cloned()
-                .collect();
-            for chunk in added.chunks(FILTERS_PER_SUBSCRIBE) {
-                let filters = chunk
-                    .iter()
-                    .map(|s| rumqttc::SubscribeFilter::new(s.clone(), QoS::AtMostOnce));
-                let _ = client.try_subscribe_many(filters);
-            }
-            for gone in self.subjects.iter().filter(|s| !subjects.contains(s)) {
-                let _ = client.try_unsubscribe(gone.clone());
+        if !self.clients.is_empty() {
+            match self.layout.change(&subjects) {
+                Some(changes) => {
+                    let qos = self.subscription_qos();
+                    for (i, s) in changes.subscribe {
+                        let _ = self.clients[i].try_subscribe(s, qos);
+                    }
+                    for (i, s) in changes.unsubscribe {
+                        let _ = self.clients[i].try_unsubscribe(s);
+                    }
+                }
+                None => self.relayout = true,
             }
         }
         tracing::info!(
@@ -427,12 +504,22 @@ impl Bridge {
         self.subjects = subjects;
     }
 
-    fn subscribe(&self, client: &AsyncClient) -> Result<(), String> {
-        for chunk in self.subjects.chunks(FILTERS_PER_SUBSCRIBE) {
+    fn subscription_qos(&self) -> QoS {
+        if self.persistent() {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        }
+    }
+
+    /// Subscribes connection `i` to its subjects.
+    fn subscribe(&self, i: usize) -> Result<(), String> {
+        let qos = self.subscription_qos();
+        for chunk in self.layout.connections()[i].chunks(FILTERS_PER_SUBSCRIBE) {
             let filters = chunk
                 .iter()
-                .map(|s| rumqttc::SubscribeFilter::new(s.clone(), QoS::AtMostOnce));
-            client
+                .map(|s| rumqttc::SubscribeFilter::new(s.clone(), qos));
+            self.clients[i]
                 .try_subscribe_many(filters)
                 .map_err(|e| format!("subscribe: {e}"))?;
         }

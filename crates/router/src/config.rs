@@ -76,12 +76,29 @@ pub struct CloudConfig {
     pub max_retry_interval_secs: u64,
     /// QoS 1 messages in flight to the cloud at once.
     pub window: u16,
+    /// How the core subscribes to what the table routes from the cloud, as
+    /// Greengrass's `GG_CONFIG_SUBSCRIPTION_QUALITY`.
+    pub subscription_quality: SubscriptionQuality,
+    /// Subscriptions on one cloud connection (AWS IoT allows 50); more
+    /// open more connections, with client ids `<client_id>-1`, `-2`...
+    pub max_subscriptions_per_connection: usize,
     /// `"memory"` or `"disk"` (`data/router/cloud-queue.db`).
     pub queue_storage: Storage,
     /// Topic and payload bytes the queue holds at most (at least 262144,
     /// as Greengrass requires).
     pub queue_max_bytes: usize,
     pub queue_full_policy: FullPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriptionQuality {
+    /// QoS 0 subscriptions on a clean session (Greengrass's default).
+    AtMostOnce,
+    /// QoS 1 subscriptions on a persistent session: a message from the
+    /// cloud is acknowledged once the core's targets have it, and the
+    /// cloud keeps what arrives while the core is away.
+    AtLeastOncePersistent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -106,6 +123,8 @@ impl Default for CloudConfig {
             keep_alive_secs: 60,
             max_retry_interval_secs: 60,
             window: 64,
+            subscription_quality: SubscriptionQuality::AtMostOnce,
+            max_subscriptions_per_connection: 50,
             queue_storage: Storage::Disk,
             // Greengrass's default spooler size.
             queue_max_bytes: 2_500_000,
@@ -184,6 +203,12 @@ impl CloudConfig {
             return Err((
                 "router.cloud.queue_max_bytes".into(),
                 "must be at least 262144 bytes".into(),
+            ));
+        }
+        if self.max_subscriptions_per_connection == 0 {
+            return Err((
+                "router.cloud.max_subscriptions_per_connection".into(),
+                "must be at least 1".into(),
             ));
         }
         if self.window == 0 {

@@ -5,6 +5,7 @@ pub mod cloud;
 pub mod config;
 pub mod error;
 mod grpc;
+pub mod layout;
 pub mod queue;
 pub mod switch;
 
@@ -149,6 +150,9 @@ fn bridge(
         subjects,
         switch,
         status,
-        client: None,
+        clients: Vec::new(),
+        layout: layout::Layout::new(&[], 1),
+        relayout: false,
+        unacknowledged: std::collections::HashMap::new(),
     })
 }

@@ -1,0 +1,225 @@
+//! The switch without sockets: links are channels.
+use super::*;
+use verdant_group::routes::Route;
+
+const DEV_A: &str = "arn:aws:iot:r:1:thing/a";
+const DEV_B: &str = "arn:aws:iot:r:1:thing/b";
+
+fn table() -> Table {
+    let r = |id: &str, s: &str, subj: &str, t: &str| Route {
+        id: id.into(),
+        source: s.into(),
+        subject: subj.into(),
+        target: t.into(),
+    };
+    Table::new(
+        7,
+        vec![
+            r("a-b", DEV_A, "x/#", DEV_B),
+            r("a-cloud", DEV_A, "x/#", "cloud"),
+            r("cloud-b", "cloud", "cmd/+", DEV_B),
+            r(
+                "a-shadow",
+                DEV_A,
+                "$aws/things/a/shadow/#",
+                "GGShadowService",
+            ),
+        ],
+    )
+}
+
+fn switch(held: usize) -> Switch {
+    Switch::new(table(), held, tokio::sync::broadcast::channel(16).0)
+}
+
+fn msg(id: u64, source: &str, topic: &str, qos: u8) -> Message {
+    Message {
+        id,
+        source: source.into(),
+        topic: topic.into(),
+        payload: Bytes::from_static(b"p"),
+        qos,
+        retain: false,
+        targets: Vec::new(),
+        table_version: 7,
+    }
+}
+
+fn link(
+    s: &mut Switch,
+    endpoint: Endpoint,
+    generation: u64,
+) -> (LinkId, mpsc::UnboundedReceiver<Down>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = LinkId {
+        endpoint,
+        generation,
+    };
+    s.handle(Event::Linked {
+        link: id,
+        down: tx,
+        credit: 100,
+    });
+    (id, rx)
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Down>) -> Vec<Down> {
+    let mut v = Vec::new();
+    while let Ok(d) = rx.try_recv() {
+        v.push(d);
+    }
+    v
+}
+
+fn messages(downs: &[Down]) -> Vec<Message> {
+    downs
+        .iter()
+        .filter_map(|d| match d {
+            Down::Messages(m) => Some(m.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn acks(downs: &[Down]) -> (Vec<u64>, Vec<u64>) {
+    let mut out = (Vec::new(), Vec::new());
+    for d in downs {
+        if let Down::Acks { ids, refused } = d {
+            out.0.extend(ids);
+            out.1.extend(refused);
+        }
+    }
+    out
+}
+
+#[test]
+fn broker_gets_the_table_and_only_non_device_targets_come_through_the_router() {
+    let mut s = switch(10);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    assert!(matches!(drain(&mut brx)[0], Down::Table(_)));
+    s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 1)]));
+    let tocloud = messages(&drain(&mut crx));
+    assert_eq!(tocloud.len(), 1);
+    assert_eq!(tocloud[0].targets, ["cloud"]);
+    // Not acknowledged to the broker until the cloud bridge has it.
+    assert_eq!(acks(&drain(&mut brx)), (vec![], vec![]));
+    s.handle(Event::Acks {
+        link: cloud,
+        ids: vec![tocloud[0].id],
+        refused: vec![],
+    });
+    assert_eq!(acks(&drain(&mut brx)), (vec![1], vec![]));
+    // From the cloud to a device: down to the broker with its name.
+    s.handle(Event::Up(cloud, vec![msg(5, "cloud", "cmd/go", 0)]));
+    let to_broker = messages(&drain(&mut brx));
+    assert_eq!(to_broker[0].targets, ["b"]);
+    let view = s.view();
+    assert_eq!(view.routes[1].1, 1); // a-cloud
+    assert_eq!(view.routes[2].1, 1); // cloud-b
+}
+
+#[test]
+fn no_route_is_counted_and_acknowledged() {
+    let mut s = switch(10);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    s.handle(Event::Up(broker, vec![msg(3, DEV_B, "x/1", 1)]));
+    assert_eq!(acks(&drain(&mut brx)), (vec![3], vec![]));
+    assert_eq!(s.view().no_route, vec![(DEV_B.to_string(), 1)]);
+}
+
+#[test]
+fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
+    let mut s = switch(2);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    let (shadow, _srx) = link(&mut s, Endpoint::Shadow, 1);
+    let topic = "$aws/things/a/shadow/update";
+    s.handle(Event::Up(broker, vec![msg(1, DEV_A, topic, 1)]));
+    // The shadow daemon dies before acknowledging.
+    s.handle(Event::Unlinked(shadow));
+    s.handle(Event::Up(broker, vec![msg(2, DEV_A, topic, 1)]));
+    s.handle(Event::Up(broker, vec![msg(3, DEV_A, topic, 1)]));
+    let (_, refused) = acks(&drain(&mut brx));
+    assert_eq!(refused, vec![3], "third is over the held limit of 2");
+    let (shadow2, mut srx) = link(&mut s, Endpoint::Shadow, 2);
+    let got = messages(&drain(&mut srx));
+    let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 2, "the unacknowledged one and the held one");
+    s.handle(Event::Acks {
+        link: shadow2,
+        ids,
+        refused: vec![],
+    });
+    assert_eq!(acks(&drain(&mut brx)), (vec![1, 2], vec![]));
+}
+
+#[test]
+fn tracing_tells_the_broker_and_records_outcomes() {
+    let (tx, mut traces) = tokio::sync::broadcast::channel(16);
+    let mut s = Switch::new(table(), 10, tx);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    drain(&mut brx);
+    s.handle(Event::TracersChanged);
+    assert!(matches!(drain(&mut brx)[..], [Down::Tracing(true)]));
+    s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 0)]));
+    s.handle(Event::Up(broker, vec![msg(2, DEV_B, "y", 0)]));
+    let first = traces.try_recv().unwrap();
+    assert_eq!(
+        (first.outcome.as_str(), first.targets.clone()),
+        ("routed", vec!["cloud".to_string()])
+    );
+    assert_eq!(traces.try_recv().unwrap().outcome, "no route");
+    drop(traces);
+    s.handle(Event::TracersChanged);
+    assert!(matches!(drain(&mut brx)[..], [Down::Tracing(false)]));
+}
+
+#[test]
+fn a_broker_message_is_routed_wholly_by_the_table_it_was_tagged_with() {
+    let mut s = switch(10);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    let (_cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    drain(&mut brx);
+    // Version 8 drops a-cloud.
+    let old = table();
+    let routes = old
+        .routes()
+        .iter()
+        .filter(|r| r.id != "a-cloud")
+        .cloned()
+        .collect();
+    s.handle(Event::Swap(Table::new(8, routes)));
+    assert!(matches!(drain(&mut brx)[..], [Down::Table(ref t)] if t.version() == 8));
+    // Tagged with 7: the broker delivered the device part by the old
+    // table, so the router sends the rest by it too.
+    s.handle(Event::Up(broker, vec![msg(1, DEV_A, "x/1", 0)]));
+    assert_eq!(messages(&drain(&mut crx)).len(), 1);
+    let mut by_new = msg(2, DEV_A, "x/2", 0);
+    by_new.table_version = 8;
+    s.handle(Event::Up(broker, vec![by_new]));
+    assert!(messages(&drain(&mut crx)).is_empty());
+}
+
+#[test]
+fn credit_limits_what_is_sent() {
+    let mut s = switch(10);
+    let (broker, _brx) = link(&mut s, Endpoint::Broker, 1);
+    let (tx, mut crx) = mpsc::unbounded_channel();
+    let cloud = LinkId {
+        endpoint: Endpoint::Cloud,
+        generation: 1,
+    };
+    s.handle(Event::Linked {
+        link: cloud,
+        down: tx,
+        credit: 1,
+    });
+    s.handle(Event::Up(
+        broker,
+        vec![msg(1, DEV_A, "x/1", 0), msg(2, DEV_A, "x/2", 0)],
+    ));
+    assert_eq!(messages(&drain(&mut crx)).len(), 1);
+    s.handle(Event::Credit(cloud, 5));
+    assert_eq!(messages(&drain(&mut crx))[0].topic, "x/2");
+}
