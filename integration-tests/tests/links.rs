@@ -43,18 +43,20 @@ fn up(kind: pb::link_up::Kind) -> pb::LinkUp {
     pb::LinkUp { kind: Some(kind) }
 }
 
-/// A "shadow service" linked to the router that grants no credit: its
-/// sender up and its stream down.
-async fn stuck_shadow(
+/// A link to the router standing in for the daemon `endpoint`, granting
+/// `credit`: its sender up and its stream down, once the router lists it.
+async fn link_as(
     core: &Core,
+    endpoint: &str,
+    credit: u32,
 ) -> (
     mpsc::UnboundedSender<pb::LinkUp>,
     tonic::Streaming<pb::LinkDown>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(up(pb::link_up::Kind::Hello(pb::Hello {
-        endpoint: "shadow".into(),
-        credit: 0,
+        endpoint: endpoint.into(),
+        credit,
     })))
     .unwrap();
     let channel = verdant_common::uds::connect(&core.socket("router"))
@@ -66,12 +68,12 @@ async fn stuck_shadow(
         .unwrap()
         .into_inner();
     tokio::time::timeout(PATIENCE, async {
-        while !routes(core).await.links.contains(&"shadow".to_string()) {
+        while !routes(core).await.links.contains(&endpoint.to_string()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .expect("the shadow link is up");
+    .expect("the link is up");
     (tx, down)
 }
 
@@ -86,7 +88,8 @@ async fn a_stuck_target_holds_only_its_own_messages() {
     core.wait_all_running().await;
     let port = core.broker_port("tcp").await;
 
-    let (tx, mut down) = stuck_shadow(&core).await;
+    // A "shadow service" that grants no credit.
+    let (tx, mut down) = link_as(&core, "shadow", 0).await;
     let (dev_a, mut a_ev) = connect(port, "a", false).await;
     let (dev_b, mut b_ev) = connect(port, "b", false).await;
     subscribed(&dev_b, &mut b_ev, "a/#").await;
@@ -170,4 +173,82 @@ async fn a_stuck_target_holds_only_its_own_messages() {
     })
     .await
     .expect("both PUBACKs once the shadow service has its message");
+}
+
+const FUNCTION: &str = "arn:aws:lambda:us-east-1:123456789012:function:f:1";
+
+/// Waits for the next acknowledgements down a link: (taken, refused).
+async fn next_acks(down: &mut tonic::Streaming<pb::LinkDown>) -> (Vec<u64>, Vec<u64>) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(pb::LinkDown {
+                kind: Some(pb::link_down::Kind::Acks(a)),
+            }) = down.message().await.unwrap()
+            {
+                return (a.ids, a.refused);
+            }
+        }
+    })
+    .await
+    .expect("acknowledgements")
+}
+
+#[tokio::test]
+async fn a_function_asking_all_or_error_is_refused_by_a_full_cloud_queue() {
+    let group = serde_json::json!({
+        "Id": "all-or-error",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "FunctionDefinitionVersion": { "Functions": [{ "Id": "f", "FunctionArn": FUNCTION }] },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "f-cloud", "Source": FUNCTION, "Subject": "f/out/#", "Target": "cloud" },
+        ]},
+    })
+    .to_string();
+    // A cloud that never answers, and the smallest queue.
+    let dropin = format!(
+        "[router.cloud]\nendpoint = \"localhost\"\nport = {}\nca = \"config/certs/group-ca.pem\"\n\
+         queue_max_bytes = 262144\n",
+        verdant_integration_tests::cloud::free_port()
+    );
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    // A "lambda-runner" publishing for function f.
+    let (tx, mut down) = link_as(&core, "lambda-runner", 100).await;
+    let message = |id: u64, all_or_error: bool| pb::Message {
+        id,
+        source: FUNCTION.into(),
+        topic: "f/out/x".into(),
+        payload: vec![b'x'; 1000].into(),
+        qos: 1,
+        all_or_error,
+        ..pb::Message::default()
+    };
+    // Fill the queue (best effort: the oldest make room).
+    let fill: Vec<pb::Message> = (1..=300).map(|id| message(id, false)).collect();
+    tx.send(up(pb::link_up::Kind::Messages(pb::Messages {
+        messages: fill,
+    })))
+    .unwrap();
+    let mut taken = Vec::new();
+    while taken.len() < 300 {
+        let (ids, refused) = next_acks(&mut down).await;
+        assert!(refused.is_empty(), "{refused:?}");
+        taken.extend(ids);
+    }
+    // All or error: refused, nothing dropped for it.
+    tx.send(up(pb::link_up::Kind::Messages(pb::Messages {
+        messages: vec![message(301, true)],
+    })))
+    .unwrap();
+    assert_eq!(next_acks(&mut down).await, (vec![], vec![301]));
+    // Best effort again: taken.
+    tx.send(up(pb::link_up::Kind::Messages(pb::Messages {
+        messages: vec![message(302, false)],
+    })))
+    .unwrap();
+    assert_eq!(next_acks(&mut down).await, (vec![302], vec![]));
 }

@@ -169,6 +169,8 @@ impl State {
                             retain: false,
                             targets: Vec::new(),
                             table_version: f.table_version,
+                            // Devices publish best effort (Greengrass's default).
+                            all_or_error: false,
                         },
                         reply: f.reply,
                     },

@@ -251,7 +251,7 @@ impl Bridge {
         let mut items = Vec::with_capacity(batch.len());
         for m in batch {
             ids.push((m.id, m.qos));
-            items.push((m.topic, m.payload));
+            items.push((m.topic, m.payload, m.all_or_error));
         }
         let taken = self.queue.push(items);
         let mut acks = Vec::new();
@@ -464,6 +464,7 @@ impl Bridge {
                     retain: false,
                     targets: Vec::new(),
                     table_version: 0,
+                    all_or_error: false,
                 };
                 if self.switch.send(Event::Up(LINK, vec![m])).await.is_err() {
                     return Err(Ended::Shutdown);

@@ -37,6 +37,7 @@ pub fn message_from_pb(m: pb::Message) -> Message {
         retain: m.retain,
         targets: m.targets,
         table_version: m.table_version,
+        all_or_error: m.all_or_error,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn message_to_pb(m: Message) -> pb::Message {
         retain: m.retain,
         targets: m.targets,
         table_version: m.table_version,
+        all_or_error: m.all_or_error,
     }
 }
 

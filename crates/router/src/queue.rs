@@ -123,13 +123,15 @@ impl CloudQueue {
         Ok(q)
     }
 
-    /// Adds a batch in one transaction; for each message, whether it was
-    /// taken. Nothing is taken if the disk write fails.
-    pub fn push(&mut self, batch: Vec<(String, Bytes)>) -> Vec<bool> {
+    /// Adds a batch of (topic, payload, all-or-error) in one transaction;
+    /// for each message, whether it was taken. A message marked
+    /// all-or-error is refused rather than making room. Nothing is taken
+    /// if the disk write fails.
+    pub fn push(&mut self, batch: Vec<(String, Bytes, bool)>) -> Vec<bool> {
         let mut taken = Vec::with_capacity(batch.len());
         let mut added = Vec::new();
         let mut dropped = Vec::new();
-        for (topic, payload) in batch {
+        for (topic, payload, all_or_error) in batch {
             let m = Queued {
                 id: self.next_id,
                 topic,
@@ -137,7 +139,8 @@ impl CloudQueue {
             };
             let size = m.size();
             if size > self.limit
-                || (self.policy == FullPolicy::RefuseNew && self.bytes + size > self.limit)
+                || ((all_or_error || self.policy == FullPolicy::RefuseNew)
+                    && self.bytes + size > self.limit)
             {
                 taken.push(false);
                 continue;
@@ -243,10 +246,16 @@ impl CloudQueue {
 mod tests {
     use super::*;
 
-    fn batch(items: &[(&str, &str)]) -> Vec<(String, Bytes)> {
+    fn batch(items: &[(&str, &str)]) -> Vec<(String, Bytes, bool)> {
         items
             .iter()
-            .map(|(t, p)| ((*t).to_string(), Bytes::copy_from_slice(p.as_bytes())))
+            .map(|(t, p)| {
+                (
+                    (*t).to_string(),
+                    Bytes::copy_from_slice(p.as_bytes()),
+                    false,
+                )
+            })
             .collect()
     }
 
@@ -311,6 +320,10 @@ mod tests {
         assert_eq!(q.push(batch(&[("t", "abcd")])), [true]);
         assert_eq!(q.next_from(0).unwrap().payload.as_ref(), b"5678");
         assert_eq!(q.stats.dropped_oldest, 1);
+        // A publisher asking for all-or-error is refused instead.
+        let all_or_error = vec![("t".to_string(), Bytes::from_static(b"wxyz"), true)];
+        assert_eq!(q.push(all_or_error), [false]);
+        assert_eq!(q.next_from(0).unwrap().payload.as_ref(), b"5678");
 
         let mut q = CloudQueue::open(None, 10, FullPolicy::RefuseNew).unwrap();
         q.push(batch(&[("t", "1234"), ("t", "5678")]));

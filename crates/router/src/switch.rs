@@ -68,6 +68,8 @@ pub struct Message {
     pub targets: Vec<String>,
     /// Up from the broker: the table version its device targets used.
     pub table_version: u64,
+    /// A full queue refuses it rather than dropping older messages.
+    pub all_or_error: bool,
 }
 
 /// One routed message as `Trace` shows it.

@@ -42,6 +42,7 @@ fn msg(id: u64, source: &str, topic: &str, qos: u8) -> Message {
         retain: false,
         targets: Vec::new(),
         table_version: 7,
+        all_or_error: false,
     }
 }
 
