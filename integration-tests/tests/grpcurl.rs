@@ -93,4 +93,16 @@ async fn grpcurl_lists_describes_and_calls_every_socket() {
     let json: serde_json::Value = serde_json::from_str(&restarted).unwrap();
     assert_eq!(json["state"], "SERVICE_STATE_RUNNING", "{restarted}");
     assert_eq!(json["restartCount"], 1, "{restarted}");
+
+    // The router's API: its table (the sample group's), the cloud, and
+    // the streaming trace, as an operator sees them.
+    let router_sock = core.socket("router");
+    let described = grpcurl_on(&router_sock, &["describe", "verdant.router.v1.Router"]);
+    for rpc in ["Link", "ListRoutes", "GetCloud", "Trace", "ReloadTable"] {
+        assert!(described.contains(&format!("rpc {rpc} ")), "{described}");
+    }
+    let routes = grpcurl_on(&router_sock, &["verdant.router.v1.Router/ListRoutes"]);
+    assert!(routes.contains("\"device-to-cloud\""), "{routes}");
+    let cloud = grpcurl_on(&router_sock, &["verdant.router.v1.Router/GetCloud"]);
+    assert!(cloud.contains("\"disabled\""), "{cloud}");
 }
