@@ -473,7 +473,7 @@ async fn more_subscriptions_than_one_connection_holds_open_more_connections() {
     .expect("every subject delivered");
     let log = cloud.log();
     assert!(
-        log.contains("as verdant-core ") && log.contains("as verdant-core-1 "),
+        log.contains("as verdant-core ") && log.contains("as verdant-core-c01 "),
         "{log}"
     );
 }

@@ -284,7 +284,8 @@ impl Bridge {
         let id = if index == 0 {
             self.client_id.clone()
         } else {
-            format!("{}-{index}", self.client_id)
+            // Greengrass's naming for its extra connections.
+            format!("{}-c{index:02}", self.client_id)
         };
         let mut o = MqttOptions::new(id, self.config.endpoint.clone(), self.config.port);
         o.set_keep_alive(Duration::from_secs(self.config.keep_alive_secs));

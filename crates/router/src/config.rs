@@ -80,7 +80,8 @@ pub struct CloudConfig {
     /// Greengrass's `GG_CONFIG_SUBSCRIPTION_QUALITY`.
     pub subscription_quality: SubscriptionQuality,
     /// Subscriptions on one cloud connection (AWS IoT allows 50); more
-    /// open more connections, with client ids `<client_id>-1`, `-2`...
+    /// open more connections, with client ids `<client_id>-c01`, `-c02`...
+    /// (Greengrass's naming).
     pub max_subscriptions_per_connection: usize,
     /// `"memory"` or `"disk"` (`data/router/cloud-queue.db`).
     pub queue_storage: Storage,
