@@ -255,6 +255,22 @@ impl Core {
     }
 
     /// A file under the root's `config/certs/`.
+    /// Runs a script of `integration-tests/python/` against this core's TLS
+    /// listener: `script localhost PORT CA CERT KEY <extra...>`, with the
+    /// sample device's certificate.
+    pub async fn run_device_script(&self, script: &str, extra: &[&str]) -> std::process::Output {
+        let port = self.broker_port("tls").await.to_string();
+        Command::new(python())
+            .arg(python_script(script))
+            .args(["localhost", &port])
+            .arg(self.cert("group-ca.pem"))
+            .arg(self.cert("devices/sample-device.pem"))
+            .arg(self.cert("devices/sample-device.key"))
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     pub fn cert(&self, name: &str) -> String {
         self.root()
             .join("config/certs")

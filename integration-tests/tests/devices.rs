@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use verdant_integration_tests::{Core, Options, python, python_script};
+use verdant_integration_tests::{Core, Options};
 
 /// Local mode with the plain listener on loopback, to publish from a
 /// second client (not a device of the group) without taking over the
@@ -138,16 +138,7 @@ async fn mosquitto_clients_over_mutual_tls_with_the_dev_certificates() {
 async fn run_device_script(script: &str, extra: &[&str]) -> std::process::Output {
     let core = Core::start();
     core.wait_all_running().await;
-    let port = core.broker_port("tls").await.to_string();
-    Command::new(python())
-        .arg(python_script(script))
-        .args(["localhost", &port])
-        .arg(core.cert("group-ca.pem"))
-        .arg(core.cert("devices/sample-device.pem"))
-        .arg(core.cert("devices/sample-device.key"))
-        .args(extra)
-        .output()
-        .unwrap()
+    core.run_device_script(script, extra).await
 }
 
 #[tokio::test]

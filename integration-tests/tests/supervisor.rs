@@ -37,6 +37,7 @@ async fn every_daemon_serves_health_and_says_what_it_does() {
         let expected = match svc.name.as_str() {
             "broker" => "routed mode",
             "router" => "routing by the table",
+            "shadow" => "shadows over MQTT",
             _ => "no function yet",
         };
         assert!(svc.note.contains(expected), "{svc:?}");

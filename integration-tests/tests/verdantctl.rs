@@ -67,13 +67,13 @@ async fn logs_follow_streams_new_lines() {
     let mut follow = std::process::Command::new(verdant_integration_tests::bin("verdantctl"))
         .arg("--socket-dir")
         .arg(core.runtime_dir())
-        .args(["logs", "shadow", "-f", "-n", "0"])
+        .args(["logs", "secrets", "-f", "-n", "0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Let the follower subscribe, then make the service log something.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    text(&core.ctl(&["restart", "shadow"]));
+    text(&core.ctl(&["restart", "secrets"]));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     follow.kill().unwrap();
     let out = follow.wait_with_output().unwrap();

@@ -1,5 +1,64 @@
-//! verdant-shadow: see DESIGN.md for what it will own. Until its issue
-//! (issue #5) lands it serves only health, reflection and daemon info, and
-//! says so in its log and in `verdantctl status`.
+//! verdant-shadow: device shadows with AWS IoT semantics, durable in
+//! SQLite, reached over MQTT through the router. See ARCHITECTURE.md.
 
-verdant_common::placeholder_daemon!("shadow", One, "issue #5");
+pub mod config;
+pub mod document;
+pub mod error;
+mod link;
+pub mod service;
+pub mod store;
+
+use tokio::net::UnixListener;
+use verdant_common::daemon::Context;
+use verdant_common::grpc::{Info, Server};
+use verdant_common::shutdown::CancellationToken;
+
+use crate::config::ShadowConfig;
+pub use crate::error::ShadowError;
+
+pub const SERVICE: &str = "shadow";
+/// The runtime this daemon wants.
+pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
+
+/// Serves shadows until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Context,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> Result<(), ShadowError> {
+    let config: ShadowConfig = ctx.config.section("shadow")?;
+    config
+        .check()
+        .map_err(|(key, reason)| ShadowError::Invalid { key, reason })?;
+    let dir = ctx.layout.data_dir(SERVICE);
+    std::fs::create_dir_all(&dir).map_err(|source| ShadowError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let (store, docs) = store::Store::open(&dir.join("shadows.db"))?;
+    tracing::info!(shadows = docs.len(), "shadows restored");
+    let shadows = service::Shadows {
+        docs,
+        store: Some(store),
+        limits: document::Limits {
+            max_document_bytes: config.max_document_bytes,
+        },
+    };
+    let socket = ctx.layout.socket("router");
+    let link_shutdown = shutdown.clone();
+    tokio::spawn(async move { link::run(&socket, shadows, link_shutdown).await });
+
+    let server = Server::new(Info {
+        service: SERVICE.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        note:
+            "classic and named shadows over MQTT through the router (no gRPC API or cloud sync yet)"
+                .into(),
+        functional: true,
+    })
+    .await;
+    server.readiness().serving().await;
+    let result = server.serve(listener, shutdown.clone()).await;
+    shutdown.cancel();
+    result.map_err(ShadowError::from)
+}

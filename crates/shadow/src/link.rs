@@ -1,0 +1,128 @@
+//! The shadow service's link with the router (`Router/Link`, endpoint
+//! `shadow`): requests come down in batches, replies go up with source
+//! `GGShadowService` within the router's credit, and a QoS 1 request is
+//! acknowledged once its batch is durable. The link is opened again
+//! whenever it breaks; replies not yet sent wait for it.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use verdant_common::shutdown::CancellationToken;
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+use crate::service::Shadows;
+
+/// Requests the router may send before more credit is granted.
+const CREDIT: u32 = 256;
+/// Replies in one message up.
+const BATCH: usize = 256;
+/// Replies waiting for the router at most; older ones go first (a reply
+/// that waits that long has a client that gave up).
+const MAX_WAITING: usize = 10_000;
+
+/// Keeps the link up until `shutdown`.
+pub async fn run(socket: &Path, mut shadows: Shadows, shutdown: CancellationToken) {
+    let mut waiting: VecDeque<pb::Message> = VecDeque::new();
+    let mut next_id = 1u64;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let why = tokio::select! {
+            () = shutdown.cancelled() => return,
+            why = linked(socket, &mut shadows, &mut waiting, &mut next_id) => why,
+        };
+        tracing::warn!("router link down: {why}");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn linked(
+    socket: &Path,
+    shadows: &mut Shadows,
+    waiting: &mut VecDeque<pb::Message>,
+    next_id: &mut u64,
+) -> String {
+    let channel = match verdant_common::uds::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let (up, up_rx) = mpsc::unbounded_channel();
+    let send = |kind| up.send(pb::LinkUp { kind: Some(kind) }).is_ok();
+    send(pb::link_up::Kind::Hello(pb::Hello {
+        endpoint: "shadow".into(),
+        credit: CREDIT,
+    }));
+    let mut down = match RouterClient::new(channel)
+        .link(UnboundedReceiverStream::new(up_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return format!("the router refused the link: {}", e.message()),
+    };
+    tracing::info!("linked with the router");
+    let mut credit = 0u32;
+    loop {
+        while credit > 0 && !waiting.is_empty() {
+            let n = waiting.len().min(credit as usize).min(BATCH);
+            let messages: Vec<pb::Message> = waiting.drain(..n).collect();
+            credit -= n as u32;
+            if !send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
+                return "the stream closed".into();
+            }
+        }
+        let kind = match down.message().await {
+            Ok(Some(pb::LinkDown { kind: Some(kind) })) => kind,
+            Ok(Some(_)) => continue,
+            Ok(None) => return "the router closed the link".into(),
+            Err(e) => return format!("link failed: {}", e.message()),
+        };
+        match kind {
+            pb::link_down::Kind::Messages(batch) => {
+                let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
+                let acks: Vec<u64> = batch
+                    .messages
+                    .iter()
+                    .filter(|m| m.qos > 0)
+                    .map(|m| m.id)
+                    .collect();
+                let requests = batch
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.topic, m.payload))
+                    .collect();
+                for (topic, payload) in shadows.batch(requests).await {
+                    if waiting.len() >= MAX_WAITING {
+                        waiting.pop_front();
+                    }
+                    waiting.push_back(pb::Message {
+                        id: *next_id,
+                        source: "GGShadowService".into(),
+                        topic,
+                        payload,
+                        qos: 0,
+                        ..pb::Message::default()
+                    });
+                    *next_id += 1;
+                }
+                // Durable now: acknowledge, and take as many more.
+                if !acks.is_empty() {
+                    send(pb::link_up::Kind::Acks(pb::Acks {
+                        ids: acks,
+                        refused: Vec::new(),
+                    }));
+                }
+                send(pb::link_up::Kind::Credit(pb::Credit { messages: n }));
+            }
+            pb::link_down::Kind::Credit(c) => credit = credit.saturating_add(c.messages),
+            // Acks of our QoS 0 replies, the table and tracing are the broker's.
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Requests on shadow topics, in batches: each is answered against the
+//! shadows in memory, the batch's changes are committed in one transaction,
+//! and only then do the replies go out (and the requests get acknowledged).
+//! A failed commit undoes the batch in memory and answers 500.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::document::{self, Limits, Rejection, Shadow};
+use crate::store::{Key, Op, Store};
+
+/// What a request topic asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub thing: String,
+    /// "" for the classic shadow.
+    pub name: String,
+    pub op: Operation,
+    /// `$aws/things/<thing>/shadow[/name/<name>]`: where replies go under.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Get,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    fn word(self) -> &'static str {
+        match self {
+            Operation::Get => "get",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+/// Parses a request topic; `None` for anything else (e.g. reply topics).
+pub fn parse_topic(topic: &str) -> Option<Target> {
+    let rest = topic.strip_prefix("$aws/things/")?;
+    let (thing, rest) = rest.split_once("/shadow/")?;
+    if thing.is_empty() {
+        return None;
+    }
+    let (name, op) = match rest.strip_prefix("name/") {
+        Some(named) => named.split_once('/')?,
+        None => ("", rest),
+    };
+    let op = match op {
+        "get" => Operation::Get,
+        "update" => Operation::Update,
+        "delete" => Operation::Delete,
+        _ => return None,
+    };
+    let prefix = if name.is_empty() {
+        format!("$aws/things/{thing}/shadow")
+    } else {
+        format!("$aws/things/{thing}/shadow/name/{name}")
+    };
+    Some(Target {
+        thing: thing.to_string(),
+        name: name.to_string(),
+        op,
+        prefix,
+    })
+}
+
+/// A reply to publish: topic and payload.
+pub type Reply = (String, Bytes);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn body(v: &Value) -> Bytes {
+    Bytes::from(v.to_string())
+}
+
+/// Every shadow of the core, and where they are kept.
+pub struct Shadows {
+    pub docs: HashMap<Key, Shadow>,
+    /// `None` while a commit runs on a blocking thread.
+    pub store: Option<Store>,
+    pub limits: Limits,
+}
+
+/// One answered request before its batch commits.
+struct Answer {
+    replies: Vec<Reply>,
+    /// The reply to send instead if the commit fails.
+    on_failure: Option<Reply>,
+}
+
+impl Shadows {
+    /// Answers one request, changing the shadows in memory; the store
+    /// operation and the previous value (for undo) go to `ops`/`undo`.
+    fn answer(
+        &mut self,
+        target: &Target,
+        payload: &[u8],
+        ops: &mut Vec<Op>,
+        undo: &mut Vec<(Key, Option<Shadow>)>,
+    ) -> Answer {
+        let now = now();
+        let op = target.op.word();
+        let rejected_topic = format!("{}/{op}/rejected", target.prefix);
+        let accepted_topic = format!("{}/{op}/accepted", target.prefix);
+        let refuse = |r: &Rejection, token: Option<&String>| Answer {
+            replies: vec![(
+                rejected_topic.clone(),
+                body(&document::rejected(r, token, now)),
+            )],
+            on_failure: None,
+        };
+        let request = match document::parse(payload, self.limits) {
+            Ok(r) => r,
+            Err((r, token)) => return refuse(&r, token.as_ref()),
+        };
+        let token = request.client_token.clone();
+        let failure = Some((
+            rejected_topic.clone(),
+            body(&document::rejected(
+                &Rejection {
+                    code: 500,
+                    message: "Internal service failure".into(),
+                },
+                token.as_ref(),
+                now,
+            )),
+        ));
+        let key: Key = (target.thing.clone(), target.name.clone());
+        let current = self.docs.get(&key);
+        let shown = if target.name.is_empty() {
+            &target.thing
+        } else {
+            &target.name
+        };
+        match target.op {
+            Operation::Get => match document::get(current, shown, &request, now) {
+                Ok(v) => Answer {
+                    replies: vec![(accepted_topic, body(&v))],
+                    on_failure: None,
+                },
+                Err(r) => refuse(&r, token.as_ref()),
+            },
+            Operation::Delete => match document::delete(current, shown, &request, now) {
+                Ok(v) => {
+                    undo.push((key.clone(), self.docs.remove(&key)));
+                    ops.push(Op::Delete(key));
+                    Answer {
+                        replies: vec![(accepted_topic, body(&v))],
+                        on_failure: failure,
+                    }
+                }
+                Err(r) => refuse(&r, token.as_ref()),
+            },
+            Operation::Update => match document::update(current, &request, now) {
+                Ok(u) => {
+                    // The delta first: the Python SDK takes a delta only if
+                    // its version is newer than the last it saw, and the
+                    // accepted reply to the same update carries that version.
+                    let mut replies = Vec::new();
+                    if let Some(delta) = &u.delta {
+                        replies.push((format!("{}/update/delta", target.prefix), body(delta)));
+                    }
+                    replies.push((accepted_topic, body(&u.accepted)));
+                    replies.push((
+                        format!("{}/update/documents", target.prefix),
+                        body(&u.documents),
+                    ));
+                    undo.push((key.clone(), self.docs.insert(key.clone(), u.shadow.clone())));
+                    ops.push(Op::Put(key, u.shadow));
+                    Answer {
+                        replies,
+                        on_failure: failure,
+                    }
+                }
+                Err(r) => refuse(&r, token.as_ref()),
+            },
+        }
+    }
+
+    /// Answers a batch of requests (topic, payload): their replies, in
+    /// order, once the batch is durable. Requests on other topics get none.
+    pub async fn batch(&mut self, requests: Vec<(String, Bytes)>) -> Vec<Reply> {
+        let mut ops = Vec::new();
+        let mut undo = Vec::new();
+        let mut answers = Vec::new();
+        for (topic, payload) in &requests {
+            match parse_topic(topic) {
+                Some(target) => answers.push(self.answer(&target, payload, &mut ops, &mut undo)),
+                None => tracing::debug!(topic, "not a shadow request topic: ignored"),
+            }
+        }
+        let durable = ops.is_empty() || self.commit(ops).await;
+        if !durable {
+            for (key, previous) in undo.into_iter().rev() {
+                match previous {
+                    Some(s) => self.docs.insert(key, s),
+                    None => self.docs.remove(&key),
+                };
+            }
+        }
+        answers
+            .into_iter()
+            .flat_map(|a| match (durable, a.on_failure) {
+                (false, Some(failure)) => vec![failure],
+                _ => a.replies,
+            })
+            .collect()
+    }
+
+    /// Commits on a blocking thread; false if it failed (logged).
+    async fn commit(&mut self, ops: Vec<Op>) -> bool {
+        let Some(mut store) = self.store.take() else {
+            return true;
+        };
+        let (store, result) = tokio::task::spawn_blocking(move || {
+            let r = store.commit(&ops);
+            (store, r)
+        })
+        .await
+        .expect("the commit does not panic");
+        self.store = Some(store);
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("{e}: this batch of shadow changes is refused (500)");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        let t = parse_topic("$aws/things/dev-1/shadow/update").unwrap();
+        assert_eq!(
+            (t.thing.as_str(), t.name.as_str(), t.op),
+            ("dev-1", "", Operation::Update)
+        );
+        assert_eq!(t.prefix, "$aws/things/dev-1/shadow");
+        let n = parse_topic("$aws/things/dev-1/shadow/name/cfg/get").unwrap();
+        assert_eq!((n.name.as_str(), n.op), ("cfg", Operation::Get));
+        assert_eq!(n.prefix, "$aws/things/dev-1/shadow/name/cfg");
+        assert!(parse_topic("$aws/things/dev-1/shadow/update/accepted").is_none());
+        assert!(parse_topic("$aws/things//shadow/get").is_none());
+        assert!(parse_topic("other/topic").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_durable_before_its_replies_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (store, docs) = Store::open(&path).unwrap();
+        let mut s = Shadows {
+            docs,
+            store: Some(store),
+            limits: Limits {
+                max_document_bytes: 8192,
+            },
+        };
+        let replies = s
+            .batch(vec![
+                (
+                    "$aws/things/d/shadow/update".into(),
+                    Bytes::from(r#"{"state":{"desired":{"on":true}},"clientToken":"a"}"#),
+                ),
+                (
+                    "$aws/things/d/shadow/name/n/update".into(),
+                    Bytes::from(r#"{"state":{"reported":{"x":1}}}"#),
+                ),
+                ("$aws/things/d/shadow/get".into(), Bytes::from("{}")),
+                ("$aws/things/gone/shadow/delete".into(), Bytes::new()),
+            ])
+            .await;
+        let topics: Vec<&str> = replies.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "$aws/things/d/shadow/update/delta",
+                "$aws/things/d/shadow/update/accepted",
+                "$aws/things/d/shadow/update/documents",
+                "$aws/things/d/shadow/name/n/update/accepted",
+                "$aws/things/d/shadow/name/n/update/documents",
+                "$aws/things/d/shadow/get/accepted",
+                "$aws/things/gone/shadow/delete/rejected",
+            ]
+        );
+        drop(s);
+        let (_, docs) = Store::open(&path).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[&("d".to_string(), String::new())].version, 1);
+    }
+}
