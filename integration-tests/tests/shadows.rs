@@ -38,3 +38,121 @@ async fn the_aws_iot_device_sdk_shadow_client_works_unmodified() {
     assert_eq!(r["get_after_delete"]["status"], "rejected", "{v}");
     assert_eq!(r["get_after_delete"]["payload"]["code"], 404, "{v}");
 }
+
+const DEVICE_GROUP_DROPIN: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
+     [init]\nrestart_limit = 1000\nbackoff_max_secs = 1\n";
+
+/// Device `d` and routes between it and the shadow service.
+fn device_group() -> String {
+    use verdant_integration_tests::groups::{arn, thing};
+    serde_json::json!({
+        "Id": "shadow-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("d", 2)] },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "to-shadow", "Source": arn("d"), "Subject": "$aws/things/d/shadow/#", "Target": "GGShadowService" },
+            { "Id": "from-shadow", "Source": "GGShadowService", "Subject": "$aws/things/d/shadow/#", "Target": arn("d") },
+        ]},
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn kill_9_of_the_shadow_service_loses_no_acknowledged_update() {
+    use std::time::Duration;
+    use verdant_integration_tests::mqtt::{connect, publish, subscribed};
+    use verdant_integration_tests::{Options, PATIENCE};
+
+    let group = device_group();
+    let core = Core::start_with(&Options {
+        dropin: Some(DEVICE_GROUP_DROPIN),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "d", false).await;
+
+    // kill -9 the shadow service again and again while the device updates.
+    let runtime = core.runtime_dir();
+    let killer = tokio::spawn(async move {
+        let mut kills = 0;
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let out = std::process::Command::new(verdant_integration_tests::bin("verdantctl"))
+                .arg("--socket-dir")
+                .arg(&runtime)
+                .args(["-o", "json", "status"])
+                .output()
+                .unwrap();
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let pid = status
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "shadow")
+                .and_then(|s| s["pid"].as_i64())
+                .unwrap_or(0);
+            if pid > 0
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            {
+                kills += 1;
+            }
+        }
+        kills
+    });
+    let n = 120;
+    for i in 0..n {
+        // Acknowledged only once the shadow service has it on disk.
+        let update = serde_json::json!({"state": {"reported": {format!("k{i}"): i}}});
+        publish(
+            &dev,
+            &mut ev,
+            "$aws/things/d/shadow/update",
+            &update.to_string(),
+        )
+        .await;
+    }
+    let kills = killer.await.unwrap();
+    assert!(kills >= 3, "only {kills} kills landed");
+
+    subscribed(&dev, &mut ev, "$aws/things/d/shadow/get/accepted").await;
+    let mut doc = serde_json::Value::Null;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            publish(
+                &dev,
+                &mut ev,
+                "$aws/things/d/shadow/get",
+                r#"{"clientToken":"final"}"#,
+            )
+            .await;
+            let got =
+                verdant_integration_tests::mqtt::received(&mut ev, Duration::from_millis(500))
+                    .await;
+            if let Some((_, body)) = got.into_iter().find(|(t, _)| t.ends_with("/get/accepted")) {
+                doc = serde_json::from_str(&body).unwrap();
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the shadow answers");
+    let reported = doc["state"]["reported"].as_object().expect("reported");
+    for i in 0..n {
+        assert_eq!(
+            reported.get(&format!("k{i}")),
+            Some(&serde_json::json!(i)),
+            "k{i} lost: {doc}"
+        );
+    }
+    let db = rusqlite::Connection::open(core.root().join("data/shadow/shadows.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
