@@ -57,19 +57,25 @@ fn device_group() -> String {
     .to_string()
 }
 
+/// A core with [`device_group`] and the plain listener.
+async fn start_device_core() -> Core {
+    let group = device_group();
+    let core = Core::start_with(&verdant_integration_tests::Options {
+        dropin: Some(DEVICE_GROUP_DROPIN),
+        group: Some(&group),
+        ..verdant_integration_tests::Options::default()
+    });
+    core.wait_all_running().await;
+    core
+}
+
 #[tokio::test]
 async fn kill_9_of_the_shadow_service_loses_no_acknowledged_update() {
     use std::time::Duration;
+    use verdant_integration_tests::PATIENCE;
     use verdant_integration_tests::mqtt::{connect, publish, subscribed};
-    use verdant_integration_tests::{Options, PATIENCE};
 
-    let group = device_group();
-    let core = Core::start_with(&Options {
-        dropin: Some(DEVICE_GROUP_DROPIN),
-        group: Some(&group),
-        ..Options::default()
-    });
-    core.wait_all_running().await;
+    let core = start_device_core().await;
     let port = core.broker_port("tcp").await;
     let (dev, mut ev) = connect(port, "d", false).await;
 
@@ -155,4 +161,129 @@ async fn kill_9_of_the_shadow_service_loses_no_acknowledged_update() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+#[tokio::test]
+async fn operators_reach_shadows_with_verdantctl_and_devices_see_the_changes() {
+    use std::time::Duration;
+    use verdant_integration_tests::PATIENCE;
+    use verdant_integration_tests::mqtt::{connect, received, subscribed};
+
+    let core = start_device_core().await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "d", false).await;
+    subscribed(&dev, &mut ev, "$aws/things/d/shadow/#").await;
+    let ctl = |args: &[&str]| {
+        let out = core.ctl(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // An operator sets desired state; the device hears the delta.
+    let (ok, out, err) = ctl(&[
+        "shadow",
+        "update",
+        "d",
+        r#"{"state":{"desired":{"on":true}}}"#,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\"version\": 1"), "{out}");
+    let heard = tokio::time::timeout(PATIENCE, async {
+        let mut topics = Vec::new();
+        while !topics.iter().any(|t: &String| t.ends_with("/update/delta")) {
+            topics.extend(
+                received(&mut ev, Duration::from_millis(200))
+                    .await
+                    .into_iter()
+                    .map(|(t, _)| t),
+            );
+        }
+        topics
+    })
+    .await
+    .expect("the device hears the delta");
+    assert!(
+        heard.contains(&"$aws/things/d/shadow/update/accepted".to_string()),
+        "{heard:?}"
+    );
+
+    let (ok, out, _) = ctl(&["shadow", "get", "d"]);
+    assert!(ok && out.contains("\"delta\""), "{out}");
+    let (ok, _, _) = ctl(&[
+        "shadow",
+        "update",
+        "d",
+        "--name",
+        "cfg",
+        r#"{"state":{"reported":{"x":1}}}"#,
+    ]);
+    assert!(ok);
+    let (_, out, _) = ctl(&["shadow", "list", "d"]);
+    assert_eq!(out.trim(), "cfg");
+    let (ok, _, err) = ctl(&["shadow", "get", "nobody"]);
+    assert!(
+        !ok && err.contains("404 No shadow exists with name: 'nobody'"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&[
+        "shadow",
+        "update",
+        "d",
+        r#"{"state":{"desired":{"on":false}},"version":9}"#,
+    ]);
+    assert!(!ok && err.contains("409 Version conflict"), "{err}");
+}
+
+#[tokio::test]
+async fn a_functions_shadow_call_gets_the_reply_body_as_json() {
+    use verdant_proto::shadow::v1 as pb;
+    use verdant_proto::shadow::v1::shadow_client::ShadowClient;
+
+    let core = start_device_core().await;
+    let channel = verdant_common::uds::connect(&core.socket("shadow"))
+        .await
+        .unwrap();
+    let mut api = ShadowClient::new(channel);
+    let update = pb::CallRequest {
+        topic: "$aws/things/d/shadow/update".into(),
+        payload: br#"{"state":{"desired":{"on":true}}}"#.to_vec(),
+    };
+    assert!(!api.call(update).await.unwrap().into_inner().rejected);
+    // A function's call (as the lambda-runner will make it): the body is
+    // what /accepted or /rejected would carry, valid JSON even for delete.
+    let channel = verdant_common::uds::connect(&core.socket("shadow"))
+        .await
+        .unwrap();
+    let mut api = ShadowClient::new(channel);
+    let call = |topic: &str| pb::CallRequest {
+        topic: topic.into(),
+        payload: Vec::new(),
+    };
+    let got = api
+        .call(call("$aws/things/d/shadow/get"))
+        .await
+        .unwrap()
+        .into_inner();
+    let body: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert!(
+        !got.rejected && body["state"]["desired"]["on"] == true,
+        "{body}"
+    );
+    let deleted = api
+        .call(call("$aws/things/d/shadow/delete"))
+        .await
+        .unwrap()
+        .into_inner();
+    let body: serde_json::Value = serde_json::from_slice(&deleted.payload).unwrap();
+    assert!(!deleted.rejected && body["version"] == 1, "{body}");
+    let again = api
+        .call(call("$aws/things/d/shadow/delete"))
+        .await
+        .unwrap()
+        .into_inner();
+    let body: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
+    assert!(again.rejected && body["code"] == 404, "{body}");
 }

@@ -24,6 +24,12 @@ pub mod router {
     }
 }
 
+pub mod shadow {
+    pub mod v1 {
+        tonic::include_proto!("verdant.shadow.v1");
+    }
+}
+
 pub mod supervisor {
     pub mod v1 {
         tonic::include_proto!("verdant.supervisor.v1");

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod document;
 pub mod error;
+mod grpc;
 mod link;
 pub mod service;
 pub mod store;
@@ -12,6 +13,8 @@ use tokio::net::UnixListener;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::CancellationToken;
+
+use verdant_proto::shadow::v1::shadow_server::ShadowServer;
 
 use crate::config::ShadowConfig;
 pub use crate::error::ShadowError;
@@ -44,19 +47,23 @@ pub async fn run(
             max_document_bytes: config.max_document_bytes,
         },
     };
+    let (commands, commands_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(service::run(shadows, commands_rx));
+    let (publish, published) = tokio::sync::mpsc::unbounded_channel();
     let socket = ctx.layout.socket("router");
     let link_shutdown = shutdown.clone();
-    tokio::spawn(async move { link::run(&socket, shadows, link_shutdown).await });
+    let link_commands = commands.clone();
+    tokio::spawn(async move { link::run(&socket, link_commands, published, link_shutdown).await });
 
     let server = Server::new(Info {
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        note:
-            "classic and named shadows over MQTT through the router (no gRPC API or cloud sync yet)"
-                .into(),
+        note: "classic and named shadows over MQTT through the router and gRPC (no cloud sync yet)"
+            .into(),
         functional: true,
     })
-    .await;
+    .await
+    .add_service(ShadowServer::new(grpc::Api { commands, publish }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -14,7 +14,7 @@ use verdant_common::shutdown::CancellationToken;
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
-use crate::service::Shadows;
+use crate::service::{Command, Reply};
 
 /// Requests the router may send before more credit is granted.
 const CREDIT: u32 = 256;
@@ -24,15 +24,47 @@ const BATCH: usize = 256;
 /// that waits that long has a client that gave up).
 const MAX_WAITING: usize = 10_000;
 
-/// Keeps the link up until `shutdown`.
-pub async fn run(socket: &Path, mut shadows: Shadows, shutdown: CancellationToken) {
-    let mut waiting: VecDeque<pb::Message> = VecDeque::new();
-    let mut next_id = 1u64;
+/// Where replies wait for the router.
+struct Outbox {
+    waiting: VecDeque<pb::Message>,
+    next_id: u64,
+}
+
+impl Outbox {
+    fn push(&mut self, (topic, payload): Reply) {
+        if self.waiting.len() >= MAX_WAITING {
+            self.waiting.pop_front();
+        }
+        self.waiting.push_back(pb::Message {
+            id: self.next_id,
+            source: "GGShadowService".into(),
+            topic,
+            payload,
+            qos: 0,
+            ..pb::Message::default()
+        });
+        self.next_id += 1;
+    }
+}
+
+/// Keeps the link up until `shutdown`: requests go to the shadows' task
+/// (`commands`), and its replies, and those of gRPC calls (`published`),
+/// go up.
+pub async fn run(
+    socket: &Path,
+    commands: mpsc::Sender<Command>,
+    mut published: mpsc::UnboundedReceiver<Reply>,
+    shutdown: CancellationToken,
+) {
+    let mut outbox = Outbox {
+        waiting: VecDeque::new(),
+        next_id: 1,
+    };
     let mut delay = Duration::from_millis(50);
     loop {
         let why = tokio::select! {
             () = shutdown.cancelled() => return,
-            why = linked(socket, &mut shadows, &mut waiting, &mut next_id) => why,
+            why = linked(socket, &commands, &mut published, &mut outbox) => why,
         };
         tracing::warn!("router link down: {why}");
         tokio::select! {
@@ -45,9 +77,9 @@ pub async fn run(socket: &Path, mut shadows: Shadows, shutdown: CancellationToke
 
 async fn linked(
     socket: &Path,
-    shadows: &mut Shadows,
-    waiting: &mut VecDeque<pb::Message>,
-    next_id: &mut u64,
+    commands: &mpsc::Sender<Command>,
+    published: &mut mpsc::UnboundedReceiver<Reply>,
+    outbox: &mut Outbox,
 ) -> String {
     let channel = match verdant_common::uds::connect(socket).await {
         Ok(c) => c,
@@ -69,15 +101,25 @@ async fn linked(
     tracing::info!("linked with the router");
     let mut credit = 0u32;
     loop {
-        while credit > 0 && !waiting.is_empty() {
-            let n = waiting.len().min(credit as usize).min(BATCH);
-            let messages: Vec<pb::Message> = waiting.drain(..n).collect();
+        while credit > 0 && !outbox.waiting.is_empty() {
+            let n = outbox.waiting.len().min(credit as usize).min(BATCH);
+            let messages: Vec<pb::Message> = outbox.waiting.drain(..n).collect();
             credit -= n as u32;
             if !send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
                 return "the stream closed".into();
             }
         }
-        let kind = match down.message().await {
+        let message = tokio::select! {
+            m = down.message() => m,
+            reply = published.recv() => {
+                match reply {
+                    Some(r) => outbox.push(r),
+                    None => return "the shadow service is stopping".into(),
+                }
+                continue;
+            }
+        };
+        let kind = match message {
             Ok(Some(pb::LinkDown { kind: Some(kind) })) => kind,
             Ok(Some(_)) => continue,
             Ok(None) => return "the router closed the link".into(),
@@ -97,19 +139,19 @@ async fn linked(
                     .into_iter()
                     .map(|m| (m.topic, m.payload))
                     .collect();
-                for (topic, payload) in shadows.batch(requests).await {
-                    if waiting.len() >= MAX_WAITING {
-                        waiting.pop_front();
-                    }
-                    waiting.push_back(pb::Message {
-                        id: *next_id,
-                        source: "GGShadowService".into(),
-                        topic,
-                        payload,
-                        qos: 0,
-                        ..pb::Message::default()
-                    });
-                    *next_id += 1;
+                let (respond, replies) = tokio::sync::oneshot::channel();
+                let command = Command::Requests {
+                    batch: requests,
+                    respond,
+                };
+                if commands.send(command).await.is_err() {
+                    return "the shadow service is stopping".into();
+                }
+                let Ok(replies) = replies.await else {
+                    return "the shadow service is stopping".into();
+                };
+                for r in replies.into_iter().flatten() {
+                    outbox.push(r);
                 }
                 // Durable now: acknowledge, and take as many more.
                 if !acks.is_empty() {

@@ -187,17 +187,23 @@ impl Shadows {
         }
     }
 
-    /// Answers a batch of requests (topic, payload): their replies, in
-    /// order, once the batch is durable. Requests on other topics get none.
-    pub async fn batch(&mut self, requests: Vec<(String, Bytes)>) -> Vec<Reply> {
+    /// Answers a batch of requests (topic, payload): each one's replies,
+    /// once the batch is durable. Requests on other topics get none.
+    pub async fn batch(&mut self, requests: Vec<(String, Bytes)>) -> Vec<Vec<Reply>> {
         let mut ops = Vec::new();
         let mut undo = Vec::new();
         let mut answers = Vec::new();
         for (topic, payload) in &requests {
-            match parse_topic(topic) {
-                Some(target) => answers.push(self.answer(&target, payload, &mut ops, &mut undo)),
-                None => tracing::debug!(topic, "not a shadow request topic: ignored"),
-            }
+            answers.push(match parse_topic(topic) {
+                Some(target) => self.answer(&target, payload, &mut ops, &mut undo),
+                None => {
+                    tracing::debug!(topic, "not a shadow request topic: ignored");
+                    Answer {
+                        replies: Vec::new(),
+                        on_failure: None,
+                    }
+                }
+            });
         }
         let durable = ops.is_empty() || self.commit(ops).await;
         if !durable {
@@ -210,11 +216,23 @@ impl Shadows {
         }
         answers
             .into_iter()
-            .flat_map(|a| match (durable, a.on_failure) {
+            .map(|a| match (durable, a.on_failure) {
                 (false, Some(failure)) => vec![failure],
                 _ => a.replies,
             })
             .collect()
+    }
+
+    /// The named shadows of `thing`, sorted.
+    pub fn names(&self, thing: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .docs
+            .keys()
+            .filter(|(t, n)| t == thing && !n.is_empty())
+            .map(|(_, n)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Commits on a blocking thread; false if it failed (logged).
@@ -235,6 +253,54 @@ impl Shadows {
                 tracing::error!("{e}: this batch of shadow changes is refused (500)");
                 false
             }
+        }
+    }
+}
+
+/// What the task owning the shadows is asked.
+pub enum Command {
+    /// Requests (topic, payload); each one's replies come back.
+    Requests {
+        batch: Vec<(String, Bytes)>,
+        respond: tokio::sync::oneshot::Sender<Vec<Vec<Reply>>>,
+    },
+    /// The named shadows of a thing.
+    Names {
+        thing: String,
+        respond: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// Commands taken together at most, so concurrent callers share a commit.
+const MAX_BATCH: usize = 256;
+
+/// The task owning the shadows: requests that arrive together make one
+/// batch, one transaction.
+pub async fn run(mut shadows: Shadows, mut commands: tokio::sync::mpsc::Receiver<Command>) {
+    while let Some(first) = commands.recv().await {
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(c) => pending.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        for c in pending {
+            match c {
+                Command::Requests { batch: b, respond } => {
+                    waiting.push((b.len(), respond));
+                    batch.extend(b);
+                }
+                Command::Names { thing, respond } => {
+                    let _ = respond.send(shadows.names(&thing));
+                }
+            }
+        }
+        let mut replies = shadows.batch(batch).await.into_iter();
+        for (n, respond) in waiting {
+            let _ = respond.send(replies.by_ref().take(n).collect());
         }
     }
 }
@@ -285,7 +351,7 @@ mod tests {
                 ("$aws/things/gone/shadow/delete".into(), Bytes::new()),
             ])
             .await;
-        let topics: Vec<&str> = replies.iter().map(|(t, _)| t.as_str()).collect();
+        let topics: Vec<&str> = replies.iter().flatten().map(|(t, _)| t.as_str()).collect();
         assert_eq!(
             topics,
             [

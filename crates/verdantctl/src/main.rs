@@ -3,6 +3,7 @@
 mod broker;
 mod output;
 mod router;
+mod shadow;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,9 @@ enum Cmd {
     Routes,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
+    /// Device shadows: get, update, delete, list named shadows.
+    #[command(subcommand)]
+    Shadow(shadow::ShadowCmd),
     /// Every message routed from now on: where it went, or why nowhere.
     Trace {
         /// Only from this source: a thing name or ARN, a function ARN,
@@ -157,6 +161,7 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
         Cmd::Routes => return router::routes(&dir, json).await,
         Cmd::Cloud => return router::cloud(&dir, json).await,
+        Cmd::Shadow(cmd) => return shadow::run(&dir, cmd, json).await,
         Cmd::Trace { source, topic } => return router::trace(&dir, source, topic, json).await,
         _ => {}
     }
@@ -236,7 +241,8 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Disconnect { .. }
         | Cmd::Routes
         | Cmd::Cloud
-        | Cmd::Trace { .. } => {
+        | Cmd::Trace { .. }
+        | Cmd::Shadow(_) => {
             unreachable!("handled before connecting to init")
         }
     }

@@ -1,0 +1,95 @@
+//! Device shadows, over `verdant.shadow.v1.Shadow`.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use verdant_proto::shadow::v1 as pb;
+use verdant_proto::shadow::v1::shadow_client::ShadowClient;
+
+use crate::{dial, status_error};
+
+#[derive(Debug, Subcommand)]
+pub enum ShadowCmd {
+    /// A shadow's document (state, delta, metadata, version).
+    Get {
+        thing: String,
+        /// A named shadow (default: the classic shadow).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Update a shadow with a request document, e.g. '{"state":{"desired":{"on":true}}}'.
+    Update {
+        thing: String,
+        document: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a shadow.
+    Delete {
+        thing: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The named shadows of a thing.
+    List { thing: String },
+}
+
+/// Pretty JSON for people, compact for `-o json`.
+fn print(payload: &[u8], json: bool) {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) if !json => println!("{}", serde_json::to_string_pretty(&v).expect("json")),
+        Ok(v) => println!("{v}"),
+        Err(_) => println!("{}", String::from_utf8_lossy(payload)),
+    }
+}
+
+pub async fn run(dir: &Path, cmd: ShadowCmd, json: bool) -> Result<(), String> {
+    let mut api = ShadowClient::new(dial(dir, "shadow").await?);
+    let reply = match cmd {
+        ShadowCmd::Get { thing, name } => {
+            api.get_shadow(pb::GetShadowRequest {
+                thing_name: thing,
+                shadow_name: name.unwrap_or_default(),
+            })
+            .await
+        }
+        ShadowCmd::Update {
+            thing,
+            document,
+            name,
+        } => {
+            api.update_shadow(pb::UpdateShadowRequest {
+                thing_name: thing,
+                shadow_name: name.unwrap_or_default(),
+                payload: document.into_bytes(),
+            })
+            .await
+        }
+        ShadowCmd::Delete { thing, name } => {
+            api.delete_shadow(pb::DeleteShadowRequest {
+                thing_name: thing,
+                shadow_name: name.unwrap_or_default(),
+            })
+            .await
+        }
+        ShadowCmd::List { thing } => {
+            let names = api
+                .list_named_shadows(pb::ListNamedShadowsRequest { thing_name: thing })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner()
+                .shadow_names;
+            if json {
+                println!("{}", serde_json::json!(names));
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            return Ok(());
+        }
+    };
+    let reply = reply.map_err(|e| status_error(&e))?.into_inner();
+    print(&reply.payload, json);
+    Ok(())
+}
