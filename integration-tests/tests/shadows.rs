@@ -287,3 +287,50 @@ async fn a_functions_shadow_call_gets_the_reply_body_as_json() {
     let body: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
     assert!(again.rejected && body["code"] == 404, "{body}");
 }
+
+#[tokio::test]
+async fn named_shadows_and_rejections_over_mqtt() {
+    use std::time::Duration;
+    use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
+
+    let core = start_device_core().await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "d", false).await;
+    subscribed(&dev, &mut ev, "$aws/things/d/shadow/#").await;
+    let mut ask = async |topic: &str, body: &str| {
+        publish(&dev, &mut ev, topic, body).await;
+        received(&mut ev, Duration::from_millis(400))
+            .await
+            .into_iter()
+            .filter(|(t, _)| t.ends_with("ccepted") || t.ends_with("ejected"))
+            .map(|(t, b)| (t, serde_json::from_str::<serde_json::Value>(&b).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let named = "$aws/things/d/shadow/name/cfg";
+    let got = ask(
+        &format!("{named}/update"),
+        r#"{"state":{"desired":{"rate":5}},"clientToken":"n1"}"#,
+    )
+    .await;
+    assert_eq!(got[0].0, format!("{named}/update/accepted"));
+    assert_eq!(got[0].1["clientToken"], "n1");
+    let got = ask(&format!("{named}/get"), "").await;
+    assert_eq!(got[0].1["state"]["desired"]["rate"], 5);
+    // The classic shadow is another document.
+    let got = ask("$aws/things/d/shadow/get", r#"{"clientToken":"c"}"#).await;
+    assert_eq!(
+        (got[0].1["code"].as_u64(), got[0].1["clientToken"].as_str()),
+        (Some(404), Some("c"))
+    );
+    let got = ask("$aws/things/d/shadow/update", "{not json").await;
+    assert_eq!(
+        (got[0].1["code"].as_u64(), got[0].1["message"].as_str()),
+        (Some(400), Some("Invalid JSON"))
+    );
+    let big = format!(
+        r#"{{"state":{{"reported":{{"x":"{}"}}}}}}"#,
+        "y".repeat(9000)
+    );
+    let got = ask("$aws/things/d/shadow/update", &big).await;
+    assert_eq!(got[0].1["code"], 413);
+}

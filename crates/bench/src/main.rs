@@ -5,6 +5,7 @@ mod compare;
 mod core;
 mod drain;
 mod mqtt;
+mod shadow;
 
 use std::path::PathBuf;
 
@@ -72,6 +73,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The shadow service: durable updates/s and get latency (gRPC, MQTT)
+    /// on a whole core.
+    Shadow {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Prints the group a routed-mode benchmark deploys: things named as
     /// the benchmark's clients and routes from every publisher to every
     /// subscriber on `bench/#`.
@@ -111,6 +120,7 @@ fn main() {
             ));
         }
         Cmd::Group => println!("{}", compare::group()),
+        Cmd::Shadow { bin_dir, runs } => runtime.block_on(shadow::run(&bin_dir, runs)),
         Cmd::Drain {
             bin_dir,
             messages,
