@@ -334,3 +334,49 @@ async fn named_shadows_and_rejections_over_mqtt() {
     let got = ask("$aws/things/d/shadow/update", &big).await;
     assert_eq!(got[0].1["code"], 413);
 }
+
+#[tokio::test]
+async fn watchers_see_every_durable_change() {
+    use verdant_integration_tests::PATIENCE;
+    use verdant_integration_tests::mqtt::{connect, publish};
+    use verdant_proto::shadow::v1 as pb;
+    use verdant_proto::shadow::v1::shadow_client::ShadowClient;
+
+    let core = start_device_core().await;
+    let channel = verdant_common::uds::connect(&core.socket("shadow"))
+        .await
+        .unwrap();
+    let mut watch = ShadowClient::new(channel)
+        .watch_shadows(pb::WatchShadowsRequest {
+            thing_name: "d".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "d", false).await;
+    publish(
+        &dev,
+        &mut ev,
+        "$aws/things/d/shadow/update",
+        r#"{"state":{"reported":{"on":1}}}"#,
+    )
+    .await;
+    publish(&dev, &mut ev, "$aws/things/d/shadow/delete", "").await;
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, watch.message())
+            .await
+            .expect("a change")
+            .unwrap()
+            .expect("the stream goes on")
+    };
+    let updated = next().await;
+    let doc: serde_json::Value = serde_json::from_slice(&updated.document).unwrap();
+    assert_eq!(
+        (updated.thing_name.as_str(), doc["version"].as_u64()),
+        ("d", Some(1))
+    );
+    assert_eq!(doc["state"]["reported"]["on"], 1);
+    let deleted = next().await;
+    assert!(deleted.deleted && deleted.document.is_empty());
+}

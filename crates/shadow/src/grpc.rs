@@ -9,12 +9,17 @@ use verdant_proto::shadow::v1 as pb;
 use verdant_proto::shadow::v1::shadow_server::Shadow;
 
 use crate::service::{Command, Reply, parse_topic};
+use crate::store::Op;
 
 pub struct Api {
     pub commands: mpsc::Sender<Command>,
     /// Replies to publish through the router.
     pub publish: mpsc::UnboundedSender<Reply>,
+    pub changes: tokio::sync::broadcast::Sender<Op>,
 }
+
+type Changes =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ShadowChange, Status>> + Send>>;
 
 fn stopping<T>(_: T) -> Status {
     Status::unavailable("the shadow service is stopping")
@@ -143,6 +148,36 @@ impl Shadow for Api {
         Ok(Response::new(pb::ListNamedShadowsResponse {
             shadow_names: names.await.map_err(stopping)?,
         }))
+    }
+
+    type WatchShadowsStream = Changes;
+
+    async fn watch_shadows(
+        &self,
+        request: Request<pb::WatchShadowsRequest>,
+    ) -> Result<Response<Self::WatchShadowsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let thing = request.into_inner().thing_name;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe())
+            .filter_map(move |op| {
+                // A watcher far behind skips what it missed.
+                let change = match op.ok()? {
+                    Op::Put((t, n), s) => pb::ShadowChange {
+                        thing_name: t,
+                        shadow_name: n,
+                        document: s.to_json().to_string().into_bytes(),
+                        deleted: false,
+                    },
+                    Op::Delete((t, n)) => pb::ShadowChange {
+                        thing_name: t,
+                        shadow_name: n,
+                        document: Vec::new(),
+                        deleted: true,
+                    },
+                };
+                (thing.is_empty() || change.thing_name == thing).then_some(Ok(change))
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn call(

@@ -39,6 +39,8 @@ pub async fn run(
         source,
     })?;
     let (store, docs) = store::Store::open(&dir.join("shadows.db"))?;
+    // Watchers that fall this far behind skip changes.
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
     tracing::info!(shadows = docs.len(), "shadows restored");
     let shadows = service::Shadows {
         docs,
@@ -46,6 +48,7 @@ pub async fn run(
         limits: document::Limits {
             max_document_bytes: config.max_document_bytes,
         },
+        changes: changes.clone(),
     };
     let (commands, commands_rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(service::run(shadows, commands_rx));
@@ -63,7 +66,11 @@ pub async fn run(
         functional: true,
     })
     .await
-    .add_service(ShadowServer::new(grpc::Api { commands, publish }));
+    .add_service(ShadowServer::new(grpc::Api {
+        commands,
+        publish,
+        changes,
+    }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();

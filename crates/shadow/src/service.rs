@@ -89,6 +89,8 @@ pub struct Shadows {
     /// `None` while a commit runs on a blocking thread.
     pub store: Option<Store>,
     pub limits: Limits,
+    /// Durable changes, for watchers (none listening costs nothing).
+    pub changes: tokio::sync::broadcast::Sender<Op>,
 }
 
 /// One answered request before its batch commits.
@@ -205,7 +207,12 @@ impl Shadows {
                 }
             });
         }
-        let durable = ops.is_empty() || self.commit(ops).await;
+        let durable = ops.is_empty() || self.commit(&ops).await;
+        if durable && self.changes.receiver_count() > 0 {
+            for op in ops {
+                let _ = self.changes.send(op);
+            }
+        }
         if !durable {
             for (key, previous) in undo.into_iter().rev() {
                 match previous {
@@ -236,10 +243,11 @@ impl Shadows {
     }
 
     /// Commits on a blocking thread; false if it failed (logged).
-    async fn commit(&mut self, ops: Vec<Op>) -> bool {
+    async fn commit(&mut self, ops: &[Op]) -> bool {
         let Some(mut store) = self.store.take() else {
             return true;
         };
+        let ops = ops.to_vec();
         let (store, result) = tokio::task::spawn_blocking(move || {
             let r = store.commit(&ops);
             (store, r)
@@ -336,6 +344,7 @@ mod tests {
             limits: Limits {
                 max_document_bytes: 8192,
             },
+            changes: tokio::sync::broadcast::channel(16).0,
         };
         let replies = s
             .batch(vec![

@@ -32,6 +32,9 @@ pub enum ShadowCmd {
     },
     /// The named shadows of a thing.
     List { thing: String },
+    /// Every durable change from now on, one JSON line each (of one
+    /// thing's shadows, or all).
+    Watch { thing: Option<String> },
 }
 
 /// Pretty JSON for people, compact for `-o json`.
@@ -71,6 +74,29 @@ pub async fn run(dir: &Path, cmd: ShadowCmd, json: bool) -> Result<(), String> {
                 shadow_name: name.unwrap_or_default(),
             })
             .await
+        }
+        ShadowCmd::Watch { thing } => {
+            let mut stream = api
+                .watch_shadows(pb::WatchShadowsRequest {
+                    thing_name: thing.unwrap_or_default(),
+                })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            while let Some(c) = stream.message().await.map_err(|e| status_error(&e))? {
+                let document: serde_json::Value =
+                    serde_json::from_slice(&c.document).unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "thing": c.thing_name,
+                        "shadow": c.shadow_name,
+                        "deleted": c.deleted,
+                        "document": document,
+                    })
+                );
+            }
+            return Ok(());
         }
         ShadowCmd::List { thing } => {
             let names = api
