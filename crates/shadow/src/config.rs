@@ -8,12 +8,17 @@ pub struct ShadowConfig {
     /// Bytes of a request payload at most (AWS IoT: 8 KiB); larger ones
     /// get 413.
     pub max_document_bytes: usize,
+    /// Requests for one thing being answered at once (that arrived
+    /// together) at most; past it they get 429, as AWS IoT answers more
+    /// than 10 requests in flight.
+    pub max_in_flight_per_thing: usize,
 }
 
 impl Default for ShadowConfig {
     fn default() -> Self {
         ShadowConfig {
             max_document_bytes: 8192,
+            max_in_flight_per_thing: 10,
         }
     }
 }
@@ -25,6 +30,12 @@ impl ShadowConfig {
             return Err((
                 "shadow.max_document_bytes".into(),
                 "must be between 256 and 65536".into(),
+            ));
+        }
+        if self.max_in_flight_per_thing == 0 {
+            return Err((
+                "shadow.max_in_flight_per_thing".into(),
+                "must be at least 1".into(),
             ));
         }
         Ok(())

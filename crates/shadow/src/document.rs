@@ -20,6 +20,8 @@ pub struct Shadow {
 pub struct Limits {
     /// Bytes of a request payload (AWS: 8 KiB for a classic shadow).
     pub max_document_bytes: usize,
+    /// Requests for one thing in one batch; past it 429.
+    pub max_in_flight_per_thing: usize,
 }
 
 /// The nesting AWS allows in `state`.
@@ -32,7 +34,7 @@ pub struct Rejection {
     pub message: String,
 }
 
-fn reject(code: u16, message: impl Into<String>) -> Rejection {
+pub fn reject(code: u16, message: impl Into<String>) -> Rejection {
     Rejection {
         code,
         message: message.into(),

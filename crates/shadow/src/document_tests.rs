@@ -6,6 +6,7 @@ use super::*;
 
 const LIMITS: Limits = Limits {
     max_document_bytes: 8192,
+    max_in_flight_per_thing: 10,
 };
 
 fn req(v: &Value) -> Request {

@@ -58,7 +58,7 @@ impl Api {
         let (respond, replies) = oneshot::channel();
         self.commands
             .send(Command::Requests {
-                batch: vec![(topic, payload)],
+                batch: vec![(topic, payload, false)],
                 respond,
             })
             .await

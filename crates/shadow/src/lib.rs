@@ -47,6 +47,7 @@ pub async fn run(
         store: Some(store),
         limits: document::Limits {
             max_document_bytes: config.max_document_bytes,
+            max_in_flight_per_thing: config.max_in_flight_per_thing,
         },
         changes: changes.clone(),
     };

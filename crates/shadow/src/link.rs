@@ -137,7 +137,7 @@ async fn linked(
                 let requests = batch
                     .messages
                     .into_iter()
-                    .map(|m| (m.topic, m.payload))
+                    .map(|m| (m.topic, m.payload, true))
                     .collect();
                 let (respond, replies) = tokio::sync::oneshot::channel();
                 let command = Command::Requests {

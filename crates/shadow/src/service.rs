@@ -189,15 +189,26 @@ impl Shadows {
         }
     }
 
-    /// Answers a batch of requests (topic, payload): each one's replies,
-    /// once the batch is durable. Requests on other topics get none.
-    pub async fn batch(&mut self, requests: Vec<(String, Bytes)>) -> Vec<Vec<Reply>> {
+    /// Answers a batch of requests (topic, payload, from a device): each
+    /// one's replies, once the batch is durable. Requests on other topics
+    /// get none. Devices' requests count toward their thing's in-flight
+    /// limit; operators' and functions' (gRPC) do not.
+    pub async fn batch(&mut self, requests: Vec<(String, Bytes, bool)>) -> Vec<Vec<Reply>> {
         let mut ops = Vec::new();
         let mut undo = Vec::new();
         let mut answers = Vec::new();
-        for (topic, payload) in &requests {
+        let mut per_thing: HashMap<String, usize> = HashMap::new();
+        for (topic, payload, from_device) in &requests {
             answers.push(match parse_topic(topic) {
-                Some(target) => self.answer(&target, payload, &mut ops, &mut undo),
+                Some(target) => {
+                    let n = per_thing.entry(target.thing.clone()).or_default();
+                    *n += usize::from(*from_device);
+                    if *n > self.limits.max_in_flight_per_thing {
+                        too_many(&target, payload, self.limits)
+                    } else {
+                        self.answer(&target, payload, &mut ops, &mut undo)
+                    }
+                }
                 None => {
                     tracing::debug!(topic, "not a shadow request topic: ignored");
                     Answer {
@@ -265,11 +276,26 @@ impl Shadows {
     }
 }
 
+/// 429 for a request past the in-flight limit of its thing.
+fn too_many(target: &Target, payload: &[u8], limits: Limits) -> Answer {
+    let token = document::parse(payload, limits)
+        .ok()
+        .and_then(|r| r.client_token);
+    let r = document::reject(429, "Too many requests");
+    Answer {
+        replies: vec![(
+            format!("{}/{}/rejected", target.prefix, target.op.word()),
+            body(&document::rejected(&r, token.as_ref(), now())),
+        )],
+        on_failure: None,
+    }
+}
+
 /// What the task owning the shadows is asked.
 pub enum Command {
-    /// Requests (topic, payload); each one's replies come back.
+    /// Requests (topic, payload, from a device); each one's replies come back.
     Requests {
-        batch: Vec<(String, Bytes)>,
+        batch: Vec<(String, Bytes, bool)>,
         respond: tokio::sync::oneshot::Sender<Vec<Vec<Reply>>>,
     },
     /// The named shadows of a thing.
@@ -343,6 +369,7 @@ mod tests {
             store: Some(store),
             limits: Limits {
                 max_document_bytes: 8192,
+                max_in_flight_per_thing: 3,
             },
             changes: tokio::sync::broadcast::channel(16).0,
         };
@@ -351,13 +378,15 @@ mod tests {
                 (
                     "$aws/things/d/shadow/update".into(),
                     Bytes::from(r#"{"state":{"desired":{"on":true}},"clientToken":"a"}"#),
+                    true,
                 ),
                 (
                     "$aws/things/d/shadow/name/n/update".into(),
                     Bytes::from(r#"{"state":{"reported":{"x":1}}}"#),
+                    true,
                 ),
-                ("$aws/things/d/shadow/get".into(), Bytes::from("{}")),
-                ("$aws/things/gone/shadow/delete".into(), Bytes::new()),
+                ("$aws/things/d/shadow/get".into(), Bytes::from("{}"), true),
+                ("$aws/things/gone/shadow/delete".into(), Bytes::new(), true),
             ])
             .await;
         let topics: Vec<&str> = replies.iter().flatten().map(|(t, _)| t.as_str()).collect();
@@ -373,6 +402,21 @@ mod tests {
                 "$aws/things/gone/shadow/delete/rejected",
             ]
         );
+        // A fourth request for one thing in one batch: 429.
+        let many = (0..4)
+            .map(|_| {
+                (
+                    "$aws/things/busy/shadow/get".to_string(),
+                    Bytes::from("{}"),
+                    true,
+                )
+            })
+            .collect();
+        let replies = s.batch(many).await;
+        let last = &replies[3][0];
+        assert!(last.0.ends_with("/get/rejected"));
+        assert!(String::from_utf8_lossy(&last.1).contains("429"));
+        assert!(String::from_utf8_lossy(&replies[2][0].1).contains("404"));
         drop(s);
         let (_, docs) = Store::open(&path).unwrap();
         assert_eq!(docs.len(), 2);
