@@ -14,9 +14,10 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
-use verdant_group::routes::{Kind, RouteIndex, Table};
+use verdant_group::routes::{RouteIndex, Table};
 
-use crate::link::{Forward, ToLink, Traced};
+use crate::index::Index;
+use crate::link::{Forward, ToLink};
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 
@@ -164,6 +165,8 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Hub {
     routing: Routing,
     sessions: HashMap<String, Session>,
+    /// Every session's subscriptions by filter, kept with `sessions`.
+    index: Index,
     retained: BTreeMap<String, Message>,
     next_connection: u64,
     limits: QueueLimits,
@@ -197,6 +200,7 @@ impl Hub {
         Hub {
             routing: Routing::Local,
             sessions: HashMap::new(),
+            index: Index::default(),
             retained: BTreeMap::new(),
             next_connection: 1,
             limits,
@@ -204,96 +208,6 @@ impl Hub {
             durable_subscriptions: Arc::new(AtomicUsize::new(0)),
             counters: Counters::default(),
         }
-    }
-
-    /// Routed mode: the table comes from the router, and messages with
-    /// targets beyond the devices go to it through `link`.
-    pub fn routed(&mut self, link: mpsc::UnboundedSender<ToLink>) {
-        self.routing = Routing::Routed {
-            table: None,
-            link,
-            counts: Vec::new(),
-            no_route: HashMap::new(),
-            last_report: std::time::Instant::now(),
-            unreported: false,
-            tracing: false,
-            scratch: Vec::new(),
-        };
-    }
-
-    pub fn is_routed(&self) -> bool {
-        matches!(self.routing, Routing::Routed { .. })
-    }
-
-    /// Starts or stops tracing routed messages to the router.
-    pub fn set_tracing(&mut self, on: bool) {
-        if let Routing::Routed { tracing, .. } = &mut self.routing {
-            *tracing = on;
-        }
-    }
-
-    /// Takes the router's new table; messages from now on use it.
-    pub fn set_table(&mut self, new: Arc<Table>) {
-        self.report(true);
-        if let Routing::Routed { table, counts, .. } = &mut self.routing {
-            tracing::info!(
-                version = new.version(),
-                routes = new.routes().len(),
-                "subscription table from the router"
-            );
-            *counts = vec![(0, 0); new.routes().len()];
-            *table = Some(new);
-        }
-    }
-
-    /// Sends the routes' counts to the router, at most once a second
-    /// unless `now`.
-    fn report(&mut self, now: bool) {
-        let Routing::Routed {
-            table: Some(table),
-            link,
-            counts,
-            no_route,
-            last_report,
-            unreported,
-            ..
-        } = &mut self.routing
-        else {
-            return;
-        };
-        if !*unreported || (!now && last_report.elapsed() < REPORT_EVERY) {
-            return;
-        }
-        *last_report = std::time::Instant::now();
-        *unreported = false;
-        let routes: Vec<(String, u64, u64)> = counts
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, c)| c.0 > 0)
-            .map(|(i, c)| {
-                let (m, b) = std::mem::take(c);
-                (table.route(RouteIndex(i)).id.clone(), m, b)
-            })
-            .collect();
-        let dropped: Vec<(String, u64)> =
-            no_route.drain().map(|(s, n)| (s.to_string(), n)).collect();
-        if !routes.is_empty() || !dropped.is_empty() {
-            let _ = link.send(ToLink::Counts {
-                routes,
-                no_route: dropped,
-            });
-        }
-    }
-
-    /// Whether counts wait to be reported to the router.
-    fn unreported(&self) -> bool {
-        matches!(
-            self.routing,
-            Routing::Routed {
-                unreported: true,
-                ..
-            }
-        )
     }
 
     /// The count connections read (see the field).
@@ -330,6 +244,10 @@ impl Hub {
                 clean_session: false,
                 connected_at: SystemTime::UNIX_EPOCH,
             };
+            let client: Arc<str> = s.client_id.as_str().into();
+            for (f, q) in &s.subscriptions {
+                hub.index.insert(f, &client, *q);
+            }
             hub.sessions.insert(
                 s.client_id.clone(),
                 Session {
@@ -387,6 +305,12 @@ impl Hub {
             self.record(Op::PutSession(client_id.clone()));
         }
         if !present {
+            // A clean start forgets the old session's subscriptions.
+            if let Some(old) = self.sessions.get(&client_id) {
+                for f in old.subscriptions.keys() {
+                    self.index.remove(f, &client_id);
+                }
+            }
             self.sessions.insert(
                 client_id.clone(),
                 Session {
@@ -442,6 +366,9 @@ impl Hub {
         }
         let connection = session.connection.take().expect("checked above");
         if session.clean {
+            for f in session.subscriptions.keys() {
+                self.index.remove(f, client_id);
+            }
             self.sessions.remove(client_id);
         } else {
             for m in unacked.into_iter().rev() {
@@ -474,134 +401,26 @@ impl Hub {
         self.fan_out(message, None);
     }
 
-    /// Routes a device's message. Local mode: as [`Hub::publish`]. Routed
-    /// mode: the table's device targets get it here, and what else it
-    /// must reach is returned, to go to the router once this batch is
-    /// committed. Retained messages are not kept in routed mode (a
-    /// retained message would reach later subscribers the table never
-    /// allowed, and Greengrass v1 had none).
-    pub fn publish_from(
-        &mut self,
-        message: &Message,
-        source: Option<&Arc<str>>,
-    ) -> Option<Forward> {
-        let Routing::Routed {
-            table,
-            counts,
-            no_route,
-            scratch,
-            unreported,
-            tracing,
-            link,
-            ..
-        } = &mut self.routing
-        else {
-            self.publish(message);
-            return None;
-        };
-        self.counters.published += 1;
-        let Some(source) = source else {
-            self.counters.no_route += 1;
-            tracing::debug!(topic = %message.topic, "message from a client that is no device: discarded");
-            return None;
-        };
-        let message = Message {
-            retain: false,
-            ..message.clone()
-        };
-        let forward = |table_version| Forward {
-            message: message.clone(),
-            source: source.clone(),
-            table_version,
-            reply: None,
-        };
-        let Some(table) = table else {
-            return Some(forward(0));
-        };
-        table.matching(source, &message.topic, scratch);
-        *unreported = true;
-        let mut things: Vec<String> = Vec::new();
-        let mut beyond = false;
-        for i in scratch.iter() {
-            let route = table.route(*i);
-            counts[i.0].0 += 1;
-            counts[i.0].1 += message.payload.len() as u64;
-            if Kind::of(&route.target) == Kind::Thing {
-                let name = route.target.rsplit_once("thing/").map_or("", |(_, n)| n);
-                if !things.iter().any(|t| t == name) {
-                    things.push(name.to_string());
-                }
-            } else {
-                beyond = true;
-            }
-        }
-        let out = beyond.then(|| forward(table.version()));
-        // The router traces what it routes; the devices' part, or a
-        // message without a route, is traced here.
-        if *tracing && (!things.is_empty() || scratch.is_empty()) {
-            let outcome = if scratch.is_empty() {
-                "no route"
-            } else {
-                "routed"
-            };
-            let _ = link.send(ToLink::Trace(Traced::new(
-                source,
-                &message,
-                things.clone(),
-                outcome,
-            )));
-        }
-        if scratch.is_empty() {
-            self.counters.no_route += 1;
-            *no_route.entry(source.clone()).or_default() += 1;
-            tracing::debug!(source = %source, topic = %message.topic, "no route: message discarded");
-        }
-        if !things.is_empty() {
-            self.fan_out(&message, Some(&things));
-        }
-        self.report(false);
-        out
-    }
-
-    /// Delivers a message the router routed to the devices `things`.
-    pub fn deliver_to(&mut self, things: &[String], message: &Message) {
-        self.fan_out(message, Some(things));
-    }
-
-    /// Hands a message to the router's link (after its batch committed).
-    fn forward(&mut self, f: Forward, durable: bool) {
-        if let Routing::Routed { link, .. } = &self.routing {
-            match f.reply {
-                Some(reply) if !durable => {
-                    let _ = reply.send(false);
-                }
-                _ => {
-                    let _ = link.send(ToLink::Forward(f));
-                }
-            }
-        }
-    }
-
     /// Delivers `message` to every session (of the devices `to`, when
     /// given) with a matching subscription: once per client, at the
     /// highest QoS it subscribed with, never above the message's.
     fn fan_out(&mut self, message: &Message, to: Option<&[String]>) {
         let mut stored = Vec::new();
-        for (client_id, session) in &mut self.sessions {
+        let matched: Vec<(Arc<str>, QoS)> = self
+            .index
+            .matching(&message.topic)
+            .into_iter()
+            .map(|(c, q)| (c.clone(), q))
+            .collect();
+        for (client_id, granted) in matched {
+            let Some(session) = self.sessions.get_mut(&*client_id) else {
+                continue;
+            };
             if let Some(to) = to
                 && !session.thing.as_ref().is_some_and(|t| to.contains(t))
             {
                 continue;
             }
-            let granted = session
-                .subscriptions
-                .iter()
-                .filter(|(f, _)| topic::matches(f, &message.topic))
-                .map(|(_, q)| *q)
-                .max_by_key(|q| *q as u8);
-            let Some(granted) = granted else {
-                continue;
-            };
             let mut out = Message {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
@@ -615,7 +434,7 @@ impl Hub {
             }
             let kept = Self::deliver(session, out.clone(), self.limits, &mut self.counters);
             if kept && let Some(id) = out.stored {
-                stored.push(Op::Enqueue(id, client_id.clone(), out));
+                stored.push(Op::Enqueue(id, client_id.to_string(), out));
             }
         }
         for op in stored {
@@ -679,6 +498,7 @@ impl Hub {
         let mut ops = Vec::new();
         for (filter, qos) in filters {
             session.subscriptions.insert(filter.clone(), *qos);
+            self.index.insert(filter, &Arc::from(client_id), *qos);
             if persistent {
                 ops.push(Op::Subscribe(client_id.to_string(), filter.clone(), *qos));
             }
@@ -703,7 +523,11 @@ impl Hub {
         };
         let persistent = !session.clean;
         for f in filters {
-            if session.subscriptions.remove(f).is_some() && persistent {
+            if session.subscriptions.remove(f).is_none() {
+                continue;
+            }
+            self.index.remove(f, client_id);
+            if persistent {
                 let op = Op::Unsubscribe(client_id.to_string(), f.clone());
                 if let Some(store) = &mut self.store {
                     store.record(op);
@@ -988,208 +812,8 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+#[path = "hub_tests.rs"]
+mod tests;
 
-    fn limits(messages: usize) -> QueueLimits {
-        QueueLimits {
-            messages,
-            bytes: 1 << 20,
-        }
-    }
-
-    fn info(id: &str, clean: bool) -> ClientInfo {
-        ClientInfo {
-            client_id: id.into(),
-            thing_name: None,
-            thing_arn: None,
-            certificate_subject: None,
-            peer_address: "test".into(),
-            listener: "test",
-            protocol_version: 4,
-            clean_session: clean,
-            connected_at: SystemTime::now(),
-        }
-    }
-
-    fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: Bytes::copy_from_slice(payload.as_bytes()),
-            qos,
-            retain,
-            stored: None,
-        }
-    }
-
-    fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
-        let mut out = Vec::new();
-        while let Ok(o) = rx.try_recv() {
-            if let Outgoing::Deliver(m) = o {
-                out.push(m);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn fan_out_once_per_client_at_granted_qos() {
-        let mut hub = Hub::new(limits(10));
-        let (tx, mut rx) = mpsc::channel(10);
-        hub.connect(info("a", true), None, tx);
-        hub.subscribe(
-            "a",
-            &[
-                ("x/#".into(), QoS::AtMostOnce),
-                ("x/+".into(), QoS::AtLeastOnce),
-            ],
-        );
-        hub.publish(&msg("x/y", QoS::ExactlyOnce, false, "1"));
-        hub.publish(&msg("z", QoS::AtLeastOnce, false, "2"));
-        let got = drain(&mut rx);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].qos, QoS::AtLeastOnce);
-        assert!(!got[0].retain);
-    }
-
-    #[test]
-    fn retained_set_replace_clear_and_sent_on_subscribe() {
-        let mut hub = Hub::new(limits(10));
-        hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));
-        hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "new"));
-        hub.publish(&msg("r/2", QoS::AtMostOnce, true, "two"));
-        hub.publish(&msg("r/2", QoS::AtMostOnce, true, ""));
-        let (tx, _rx) = mpsc::channel(10);
-        hub.connect(info("a", true), None, tx);
-        let retained = hub.subscribe("a", &[("r/#".into(), QoS::AtMostOnce)]);
-        assert_eq!(retained.len(), 1);
-        assert_eq!(retained[0].payload, Bytes::from_static(b"new"));
-        assert!(retained[0].retain);
-        assert_eq!(retained[0].qos, QoS::AtMostOnce);
-    }
-
-    #[test]
-    fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
-        let mut hub = Hub::new(limits(2));
-        let (tx, _rx) = mpsc::channel(10);
-        let c = hub.connect(info("p", false), None, tx);
-        hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
-        hub.disconnect(
-            "p",
-            c.connection_id,
-            true,
-            vec![msg("t", QoS::AtLeastOnce, false, "unacked")],
-        );
-        hub.publish(&msg("t", QoS::AtLeastOnce, false, "a"));
-        hub.publish(&msg("t", QoS::AtMostOnce, false, "qos0 not queued"));
-        hub.publish(&msg("t", QoS::AtLeastOnce, false, "over the limit"));
-        assert_eq!(hub.counters.dropped_queue_full, 1);
-
-        let (wtx, mut wrx) = mpsc::channel(10);
-        let w = hub.connect(info("watcher", true), None, wtx);
-        hub.subscribe("watcher", &[("will".into(), QoS::AtMostOnce)]);
-
-        let (tx, _rx) = mpsc::channel(10);
-        let c = hub.connect(
-            info("p", false),
-            Some(msg("will", QoS::AtMostOnce, false, "gone")),
-            tx,
-        );
-        assert!(c.session_present);
-        let payloads: Vec<_> = c.queued.iter().map(|m| m.payload.clone()).collect();
-        assert_eq!(
-            payloads,
-            vec![Bytes::from_static(b"unacked"), Bytes::from_static(b"a")]
-        );
-        hub.disconnect("p", c.connection_id, false, Vec::new());
-        assert_eq!(drain(&mut wrx)[0].payload, Bytes::from_static(b"gone"));
-        let _ = w;
-    }
-
-    #[test]
-    fn take_over_closes_the_old_connection_and_clean_session_forgets() {
-        let mut hub = Hub::new(limits(10));
-        let (tx1, mut rx1) = mpsc::channel(10);
-        let first = hub.connect(info("c", false), None, tx1);
-        hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
-        let (tx2, _rx2) = mpsc::channel(10);
-        let second = hub.connect(info("c", true), None, tx2);
-        assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(_))));
-        assert!(!second.session_present);
-        assert_eq!(hub.subscription_count("c"), 0);
-        // The old connection's late disconnect does not end the new one.
-        hub.disconnect("c", first.connection_id, false, Vec::new());
-        assert!(hub.clients()[0].connected);
-    }
-
-    #[test]
-    fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
-        let mut hub = Hub::with_store(limits(10), store, loaded);
-        let count = hub.durable_subscriptions();
-        let (tx, _rx) = mpsc::channel(10);
-        hub.connect(info("clean", true), None, tx);
-        hub.subscribe("clean", &[("a".into(), QoS::AtLeastOnce)]);
-        hub.count_durable_subscriptions();
-        assert_eq!(count.load(Ordering::Acquire), 0);
-        let (tx, _rx) = mpsc::channel(10);
-        hub.connect(info("kept", false), None, tx);
-        hub.subscribe(
-            "kept",
-            &[
-                ("a".into(), QoS::AtLeastOnce),
-                ("b".into(), QoS::AtMostOnce),
-            ],
-        );
-        hub.count_durable_subscriptions();
-        assert_eq!(count.load(Ordering::Acquire), 2);
-        let (tx, _rx) = mpsc::channel(10);
-        hub.connect(info("kept", true), None, tx); // clean now: forgotten
-        hub.count_durable_subscriptions();
-        assert_eq!(count.load(Ordering::Acquire), 0);
-        // Without a store nothing is durable.
-        let mut memory = Hub::new(limits(10));
-        let (tx, _rx) = mpsc::channel(10);
-        memory.connect(info("kept", false), None, tx);
-        memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
-        memory.count_durable_subscriptions();
-        assert_eq!(memory.durable_subscriptions().load(Ordering::Acquire), 0);
-    }
-
-    #[test]
-    fn take_over_hands_unacked_messages_of_a_persistent_session_to_the_new_connection() {
-        let mut hub = Hub::new(limits(10));
-        let (tx1, _rx1) = mpsc::channel(10);
-        let first = hub.connect(info("p", false), None, tx1);
-        let (tx2, mut rx2) = mpsc::channel(10);
-        hub.connect(info("p", false), None, tx2);
-        hub.disconnect(
-            "p",
-            first.connection_id,
-            false,
-            vec![msg("t", QoS::AtLeastOnce, false, "in flight")],
-        );
-        let got = drain(&mut rx2);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].payload, Bytes::from_static(b"in flight"));
-    }
-
-    #[test]
-    fn queued_bytes_are_limited_per_session() {
-        let mut hub = Hub::new(QueueLimits {
-            messages: 100,
-            bytes: 10,
-        });
-        let (tx, _rx) = mpsc::channel(10);
-        let c = hub.connect(info("p", false), None, tx);
-        hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
-        hub.disconnect("p", c.connection_id, true, Vec::new());
-        hub.publish(&msg("t", QoS::AtLeastOnce, false, "12345678")); // 9 bytes: kept
-        hub.publish(&msg("t", QoS::AtLeastOnce, false, "12")); // 12 in all: refused
-        assert_eq!(hub.counters.dropped_queue_full, 1);
-        let (tx, _rx) = mpsc::channel(10);
-        let back = hub.connect(info("p", false), None, tx);
-        assert_eq!(back.queued.len(), 1);
-    }
-}
+#[path = "hub_routed.rs"]
+mod routed;

@@ -7,6 +7,7 @@ pub mod error;
 mod grpc;
 pub mod hub;
 pub mod identity;
+pub mod index;
 pub mod link;
 mod listener;
 pub mod outbound;

@@ -1,0 +1,207 @@
+//! The hub without sockets: outboxes are channels.
+use super::*;
+
+fn limits(messages: usize) -> QueueLimits {
+    QueueLimits {
+        messages,
+        bytes: 1 << 20,
+    }
+}
+
+fn info(id: &str, clean: bool) -> ClientInfo {
+    ClientInfo {
+        client_id: id.into(),
+        thing_name: None,
+        thing_arn: None,
+        certificate_subject: None,
+        peer_address: "test".into(),
+        listener: "test",
+        protocol_version: 4,
+        clean_session: clean,
+        connected_at: SystemTime::now(),
+    }
+}
+
+fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain,
+        stored: None,
+    }
+}
+
+fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        if let Outgoing::Deliver(m) = o {
+            out.push(m);
+        }
+    }
+    out
+}
+
+#[test]
+fn fan_out_once_per_client_at_granted_qos() {
+    let mut hub = Hub::new(limits(10));
+    let (tx, mut rx) = mpsc::channel(10);
+    hub.connect(info("a", true), None, tx);
+    hub.subscribe(
+        "a",
+        &[
+            ("x/#".into(), QoS::AtMostOnce),
+            ("x/+".into(), QoS::AtLeastOnce),
+        ],
+    );
+    hub.publish(&msg("x/y", QoS::ExactlyOnce, false, "1"));
+    hub.publish(&msg("z", QoS::AtLeastOnce, false, "2"));
+    let got = drain(&mut rx);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+    assert!(!got[0].retain);
+}
+
+#[test]
+fn retained_set_replace_clear_and_sent_on_subscribe() {
+    let mut hub = Hub::new(limits(10));
+    hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));
+    hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "new"));
+    hub.publish(&msg("r/2", QoS::AtMostOnce, true, "two"));
+    hub.publish(&msg("r/2", QoS::AtMostOnce, true, ""));
+    let (tx, _rx) = mpsc::channel(10);
+    hub.connect(info("a", true), None, tx);
+    let retained = hub.subscribe("a", &[("r/#".into(), QoS::AtMostOnce)]);
+    assert_eq!(retained.len(), 1);
+    assert_eq!(retained[0].payload, Bytes::from_static(b"new"));
+    assert!(retained[0].retain);
+    assert_eq!(retained[0].qos, QoS::AtMostOnce);
+}
+
+#[test]
+fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
+    let mut hub = Hub::new(limits(2));
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info("p", false), None, tx);
+    hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+    hub.disconnect(
+        "p",
+        c.connection_id,
+        true,
+        vec![msg("t", QoS::AtLeastOnce, false, "unacked")],
+    );
+    hub.publish(&msg("t", QoS::AtLeastOnce, false, "a"));
+    hub.publish(&msg("t", QoS::AtMostOnce, false, "qos0 not queued"));
+    hub.publish(&msg("t", QoS::AtLeastOnce, false, "over the limit"));
+    assert_eq!(hub.counters.dropped_queue_full, 1);
+
+    let (wtx, mut wrx) = mpsc::channel(10);
+    let w = hub.connect(info("watcher", true), None, wtx);
+    hub.subscribe("watcher", &[("will".into(), QoS::AtMostOnce)]);
+
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(
+        info("p", false),
+        Some(msg("will", QoS::AtMostOnce, false, "gone")),
+        tx,
+    );
+    assert!(c.session_present);
+    let payloads: Vec<_> = c.queued.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"unacked"), Bytes::from_static(b"a")]
+    );
+    hub.disconnect("p", c.connection_id, false, Vec::new());
+    assert_eq!(drain(&mut wrx)[0].payload, Bytes::from_static(b"gone"));
+    let _ = w;
+}
+
+#[test]
+fn take_over_closes_the_old_connection_and_clean_session_forgets() {
+    let mut hub = Hub::new(limits(10));
+    let (tx1, mut rx1) = mpsc::channel(10);
+    let first = hub.connect(info("c", false), None, tx1);
+    hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
+    let (tx2, mut rx2) = mpsc::channel(10);
+    let second = hub.connect(info("c", true), None, tx2);
+    assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(_))));
+    assert!(!second.session_present);
+    assert_eq!(hub.subscription_count("c"), 0);
+    // Nor does the index still route the old filter to it.
+    hub.publish(&msg("t", QoS::AtMostOnce, false, "x"));
+    assert!(drain(&mut rx2).is_empty());
+    // The old connection's late disconnect does not end the new one.
+    hub.disconnect("c", first.connection_id, false, Vec::new());
+    assert!(hub.clients()[0].connected);
+}
+
+#[test]
+fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
+    let mut hub = Hub::with_store(limits(10), store, loaded);
+    let count = hub.durable_subscriptions();
+    let (tx, _rx) = mpsc::channel(10);
+    hub.connect(info("clean", true), None, tx);
+    hub.subscribe("clean", &[("a".into(), QoS::AtLeastOnce)]);
+    hub.count_durable_subscriptions();
+    assert_eq!(count.load(Ordering::Acquire), 0);
+    let (tx, _rx) = mpsc::channel(10);
+    hub.connect(info("kept", false), None, tx);
+    hub.subscribe(
+        "kept",
+        &[
+            ("a".into(), QoS::AtLeastOnce),
+            ("b".into(), QoS::AtMostOnce),
+        ],
+    );
+    hub.count_durable_subscriptions();
+    assert_eq!(count.load(Ordering::Acquire), 2);
+    let (tx, _rx) = mpsc::channel(10);
+    hub.connect(info("kept", true), None, tx); // clean now: forgotten
+    hub.count_durable_subscriptions();
+    assert_eq!(count.load(Ordering::Acquire), 0);
+    // Without a store nothing is durable.
+    let mut memory = Hub::new(limits(10));
+    let (tx, _rx) = mpsc::channel(10);
+    memory.connect(info("kept", false), None, tx);
+    memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
+    memory.count_durable_subscriptions();
+    assert_eq!(memory.durable_subscriptions().load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn take_over_hands_unacked_messages_of_a_persistent_session_to_the_new_connection() {
+    let mut hub = Hub::new(limits(10));
+    let (tx1, _rx1) = mpsc::channel(10);
+    let first = hub.connect(info("p", false), None, tx1);
+    let (tx2, mut rx2) = mpsc::channel(10);
+    hub.connect(info("p", false), None, tx2);
+    hub.disconnect(
+        "p",
+        first.connection_id,
+        false,
+        vec![msg("t", QoS::AtLeastOnce, false, "in flight")],
+    );
+    let got = drain(&mut rx2);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, Bytes::from_static(b"in flight"));
+}
+
+#[test]
+fn queued_bytes_are_limited_per_session() {
+    let mut hub = Hub::new(QueueLimits {
+        messages: 100,
+        bytes: 10,
+    });
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info("p", false), None, tx);
+    hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+    hub.disconnect("p", c.connection_id, true, Vec::new());
+    hub.publish(&msg("t", QoS::AtLeastOnce, false, "12345678")); // 9 bytes: kept
+    hub.publish(&msg("t", QoS::AtLeastOnce, false, "12")); // 12 in all: refused
+    assert_eq!(hub.counters.dropped_queue_full, 1);
+    let (tx, _rx) = mpsc::channel(10);
+    let back = hub.connect(info("p", false), None, tx);
+    assert_eq!(back.queued.len(), 1);
+}
