@@ -271,6 +271,18 @@ impl Core {
             .unwrap()
     }
 
+    /// The router's table with its counters (`Router/ListRoutes`).
+    pub async fn routes(&self) -> verdant_proto::router::v1::ListRoutesResponse {
+        let channel = verdant_common::uds::connect(&self.socket("router"))
+            .await
+            .unwrap();
+        verdant_proto::router::v1::router_client::RouterClient::new(channel)
+            .list_routes(verdant_proto::router::v1::ListRoutesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub fn cert(&self, name: &str) -> String {
         self.root()
             .join("config/certs")

@@ -28,17 +28,6 @@ fn group() -> String {
     .to_string()
 }
 
-async fn routes(core: &Core) -> pb::ListRoutesResponse {
-    let channel = verdant_common::uds::connect(&core.socket("router"))
-        .await
-        .unwrap();
-    RouterClient::new(channel)
-        .list_routes(pb::ListRoutesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn up(kind: pb::link_up::Kind) -> pb::LinkUp {
     pb::LinkUp { kind: Some(kind) }
 }
@@ -68,7 +57,7 @@ async fn link_as(
         .unwrap()
         .into_inner();
     tokio::time::timeout(PATIENCE, async {
-        while !routes(core).await.links.contains(&endpoint.to_string()) {
+        while !core.routes().await.links.contains(&endpoint.to_string()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -128,7 +117,7 @@ async fn a_stuck_target_holds_only_its_own_messages() {
     assert_eq!(acks, 0);
     tokio::time::timeout(PATIENCE, async {
         loop {
-            let r = routes(&core).await;
+            let r = core.routes().await;
             let shadow = r.overflow.iter().find(|o| o.endpoint == "shadow").unwrap();
             if shadow.messages >= 6 {
                 break;

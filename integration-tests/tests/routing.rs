@@ -38,17 +38,6 @@ async fn client_publish_then_read_echo(a: &AsyncClient, events: &mut EventLoop) 
     assert_eq!(got, vec![("a/echo".to_string(), "for a".to_string())]);
 }
 
-async fn routes(core: &Core) -> pb::ListRoutesResponse {
-    let channel = verdant_common::uds::connect(&core.socket("router"))
-        .await
-        .unwrap();
-    RouterClient::new(channel)
-        .list_routes(pb::ListRoutesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn count(r: &pb::ListRoutesResponse, id: &str) -> u64 {
     r.routes
         .iter()
@@ -126,7 +115,7 @@ async fn the_table_decides_and_messages_without_a_route_are_counted() {
     // (the broker reports them at most a second late).
     tokio::time::timeout(PATIENCE, async {
         loop {
-            let r = routes(&core).await;
+            let r = core.routes().await;
             let no_route: Vec<(String, u64)> = r
                 .no_route
                 .iter()
@@ -279,7 +268,7 @@ async fn a_reloaded_table_is_swapped_in_whole_and_a_bad_one_is_refused() {
         (swapped.group_id.as_str(), swapped.routes),
         ("routing-test", 2)
     );
-    let r = routes(&core).await;
+    let r = core.routes().await;
     assert_eq!(r.version, swapped.version);
     assert!(
         r.routes

@@ -13,14 +13,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
-const LIMIT: Duration = Duration::from_mins(5);
+use crate::spawn::{self, free_port};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+const LIMIT: Duration = Duration::from_mins(5);
 
 /// The cloud's CA and server certificate, written to `dir`.
 fn cloud_certs(dir: &Path) {
@@ -83,36 +78,16 @@ async fn wait_cloud(socket: &Path, pred: impl Fn(&pb::GetCloudResponse) -> bool)
 async fn once(bin_dir: &Path, messages: usize, window: u16) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("config/config.d")).expect("dirs");
-    std::fs::create_dir_all(root.join("deployments/bench")).expect("dirs");
     cloud_certs(dir.path());
-    let defaults = Command::new(bin_dir.join("verdant"))
-        .args(["init", "--print-default-config"])
-        .output()
-        .expect("verdant init");
-    std::fs::write(root.join("config/verdant.toml"), defaults.stdout).expect("write");
     let (mqtt, cloud_port) = (free_port(), free_port());
-    std::fs::write(
-        root.join("config/config.d/50-bench.toml"),
-        format!(
-            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{mqtt}\"\n\
-             [router.cloud]\nendpoint = \"localhost\"\nport = {cloud_port}\nca = \"{}\"\n\
-             max_retry_interval_secs = 1\nwindow = {window}\nqueue_max_bytes = {}\n",
-            dir.path().join("cloud-ca.pem").display(),
-            messages * 200
-        ),
-    )
-    .expect("write");
-    std::fs::write(root.join("deployments/bench/group.json"), group()).expect("write");
-    std::os::unix::fs::symlink("bench", root.join("deployments/current")).expect("link");
-    let mut core = Command::new(bin_dir.join("verdant"))
-        .args(["init", "--root"])
-        .arg(&root)
-        .env("VERDANT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("verdant init");
+    let dropin = format!(
+        "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{mqtt}\"\n\
+         [router.cloud]\nendpoint = \"localhost\"\nport = {cloud_port}\nca = \"{}\"\n\
+         max_retry_interval_secs = 1\nwindow = {window}\nqueue_max_bytes = {}\n",
+        dir.path().join("cloud-ca.pem").display(),
+        messages * 200
+    );
+    let mut core = spawn::core(bin_dir, &root, &dropin, Some(&group()));
     let socket = root.join("run/router.sock");
 
     // Queue while the cloud is down.
@@ -153,17 +128,9 @@ async fn once(bin_dir: &Path, messages: usize, window: u16) -> f64 {
     let connected = wait_cloud(&socket, |c| c.state == "connected").await;
     let empty = wait_cloud(&socket, |c| c.queued_messages == 0).await;
     let rate = messages as f64 / (empty - connected).as_secs_f64();
-    stop(&mut mosquitto);
-    stop(&mut core);
+    spawn::stop(&mut mosquitto);
+    spawn::stop(&mut core);
     rate
-}
-
-fn stop(c: &mut Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid")),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = c.wait();
 }
 
 fn start_mosquitto(dir: &Path, port: u16, client_ca: &Path) -> Child {

@@ -6,6 +6,7 @@ mod core;
 mod drain;
 mod mqtt;
 mod shadow;
+mod spawn;
 
 use std::path::PathBuf;
 

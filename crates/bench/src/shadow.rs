@@ -4,7 +4,6 @@
 //! broker and router).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use verdant_proto::shadow::v1 as pb;
 use verdant_proto::shadow::v1::shadow_client::ShadowClient;
 
 use crate::mqtt::percentile;
+use crate::spawn;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -115,31 +115,15 @@ pub async fn run(bin_dir: &Path, runs: usize) {
     let bin_dir = std::path::absolute(bin_dir).expect("bin dir");
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("config/config.d")).expect("dirs");
-    let defaults = Command::new(bin_dir.join("verdant"))
-        .args(["init", "--print-default-config"])
-        .output()
-        .expect("verdant init");
-    std::fs::write(root.join("config/verdant.toml"), defaults.stdout).expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a port")
-        .port();
-    std::fs::write(
-        root.join("config/config.d/50-bench.toml"),
-        format!(
+    let port = spawn::free_port();
+    let mut core = spawn::core(
+        &bin_dir,
+        &root,
+        &format!(
             "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n"
         ),
-    )
-    .expect("write");
-    let mut core = Command::new(bin_dir.join("verdant"))
-        .args(["init", "--root"])
-        .arg(&root)
-        .env("VERDANT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("verdant init");
+        None,
+    );
     let deadline = Instant::now() + LIMIT;
     let socket = root.join("run/shadow.sock");
     let channel = loop {
@@ -193,9 +177,5 @@ pub async fn run(bin_dir: &Path, runs: usize) {
         p(&mqtt, 50.0),
         p(&mqtt, 99.0)
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(core.id()).expect("pid")),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = core.wait();
+    spawn::stop(&mut core);
 }
