@@ -297,3 +297,65 @@ async fn a_reloaded_table_is_swapped_in_whole_and_a_bad_one_is_refused() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn devices_no_longer_in_a_reloaded_group_are_disconnected_and_refused() {
+    let (core, port) = start().await;
+    let (_dev_c, mut c_ev) = verdant_integration_tests::mqtt::connect(port, "c", false).await;
+    let file = core.root().join("deployments/test/group.json");
+    let mut g: serde_json::Value = serde_json::from_str(&group()).unwrap();
+    g["DeviceDefinitionVersion"]["Devices"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|d| d["Id"] != "c");
+    std::fs::write(&file, g.to_string()).unwrap();
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    RouterClient::new(channel)
+        .reload_table(pb::ReloadTableRequest {})
+        .await
+        .unwrap();
+    // c's connection is closed...
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Err(e) = c_ev.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the broker closes c's connection");
+    assert!(
+        matches!(
+            ended,
+            rumqttc::ConnectionError::Io(_) | rumqttc::ConnectionError::MqttState(_)
+        ),
+        "{ended:?}"
+    );
+    // ... and c is refused from now on, while a stays welcome.
+    let mut again = MqttOptions::new("c", "127.0.0.1", port);
+    again.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut events) = AsyncClient::new(again, 10);
+    let refused = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.poll().await {
+                Err(e) => return e,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
+                    panic!("c admitted again: {a:?}")
+                }
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            refused,
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
+        ),
+        "{refused:?}"
+    );
+    verdant_integration_tests::mqtt::connect(port, "a", false).await;
+}

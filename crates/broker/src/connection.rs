@@ -38,7 +38,9 @@ const READ_CHUNK: usize = 4096;
 /// What every connection shares.
 pub struct Shared {
     pub config: BrokerConfig,
-    pub devices: Devices,
+    /// The deployed group's devices; replaced when the router swaps in a
+    /// new group's table.
+    pub devices: Arc<std::sync::RwLock<Devices>>,
     pub hub: mpsc::Sender<hub::Request>,
     /// The hub's count of persistent sessions' subscriptions: while zero,
     /// QoS 1/2 publishes are acknowledged without waiting for the hub.
@@ -245,12 +247,13 @@ where
         Peer::Tls(p) => Some(p.subject.clone()),
         Peer::Plain => None,
     };
-    let thing = match shared.devices.admit(
+    let admitted = shared.devices.read().expect("devices lock").admit(
         peer,
         &connect.client_id,
         shared.config.require_client_id_match,
         shared.routed(),
-    ) {
+    );
+    let thing = match admitted {
         Ok(thing) => thing,
         Err(refusal) => {
             tracing::warn!(

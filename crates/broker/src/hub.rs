@@ -565,6 +565,24 @@ impl Hub {
         out
     }
 
+    /// Closes the connections of devices that are not `things`.
+    pub fn keep_only(&mut self, things: &std::collections::HashSet<String>) {
+        for (client_id, s) in &self.sessions {
+            if let (Some(c), Some(thing)) = (&s.connection, &s.thing)
+                && !things.contains(thing)
+            {
+                tracing::info!(
+                    client_id,
+                    thing,
+                    "no longer a device of the group: disconnected"
+                );
+                let _ = c
+                    .outbox
+                    .try_send(Outgoing::Close("no longer a device of the group".into()));
+            }
+        }
+    }
+
     /// Closes a client's connection; false if it has none.
     pub fn kick(&mut self, client_id: &str, reason: &str) -> bool {
         match self
@@ -611,6 +629,8 @@ pub enum Request {
     Table(Arc<Table>),
     /// The router says whether someone traces.
     Tracing(bool),
+    /// The group changed: close the connections of devices not in it.
+    Members(std::collections::HashSet<String>),
     /// Stored messages the subscriber acknowledged.
     Acked(Vec<u64>),
     Subscribe {
@@ -776,6 +796,7 @@ impl Hub {
             }
             Request::Table(table) => self.set_table(table),
             Request::Tracing(on) => self.set_tracing(on),
+            Request::Members(things) => self.keep_only(&things),
             Request::Acked(ids) => self.acked(&ids),
             Request::Subscribe {
                 client_id,

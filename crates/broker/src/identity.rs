@@ -90,6 +90,11 @@ impl Devices {
         }
     }
 
+    /// The thing names of the group's devices and cores.
+    pub fn names(&self) -> std::collections::HashSet<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     /// Decides a CONNECT: `Ok(Some(device))` for a device, `Ok(None)` on
     /// the plain listener in local mode. In routed mode a client of the
     /// plain listener is the device its client id names (labs and tests:

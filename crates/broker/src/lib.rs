@@ -48,34 +48,8 @@ pub async fn run(
         .check()
         .map_err(|(key, reason)| BrokerError::Invalid { key, reason })?;
     let group = Group::load(&ctx.layout.current_group())?;
-    let devices = Devices::from_group(&group);
-    let tls = if config.tls.enabled {
-        Some(Tls::load(
-            &ctx.layout.resolve(&config.tls.certificate),
-            &ctx.layout.resolve(&config.tls.private_key),
-            &ctx.layout.resolve(&config.tls.client_ca),
-        )?)
-    } else {
-        None
-    };
-
-    let mut sockets = Vec::new();
-    if let Some(tls) = &tls {
-        sockets.push((bind(config.tls.bind).await?, Some(tls.clone())));
-    }
-    if config.tcp.enabled {
-        sockets.push((bind(config.tcp.bind).await?, None));
-    }
-    let mut bound = Vec::new();
-    for (socket, tls) in &sockets {
-        let name = if tls.is_some() { "tls" } else { "tcp" };
-        let addr = socket.local_addr().map_err(|source| BrokerError::Bind {
-            addr: config.tls.bind,
-            source,
-        })?;
-        tracing::info!(listener = name, %addr, "listening for devices");
-        bound.push((name, addr));
-    }
+    let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(&group)));
+    let (sockets, bound) = listen(&ctx, &config).await?;
 
     let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
@@ -86,6 +60,10 @@ pub async fn run(
         hub.routed(link_tx);
         tokio::spawn(link::run(
             ctx.layout.socket("router"),
+            link::Group {
+                file: ctx.layout.current_group(),
+                devices: devices.clone(),
+            },
             hub_tx.clone(),
             link_rx,
             config.router_backlog,
@@ -167,4 +145,41 @@ fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerErro
         "persistent sessions restored"
     );
     Ok(hub::Hub::with_store(config.queue_limits(), store, loaded))
+}
+
+/// A bound listener and the TLS it speaks (`None`: plain).
+type Listening = (tokio::net::TcpListener, Option<Tls>);
+
+/// Binds the configured listeners; also their names and real addresses.
+async fn listen(
+    ctx: &Context,
+    config: &BrokerConfig,
+) -> Result<(Vec<Listening>, Vec<(&'static str, std::net::SocketAddr)>), BrokerError> {
+    let tls = if config.tls.enabled {
+        Some(Tls::load(
+            &ctx.layout.resolve(&config.tls.certificate),
+            &ctx.layout.resolve(&config.tls.private_key),
+            &ctx.layout.resolve(&config.tls.client_ca),
+        )?)
+    } else {
+        None
+    };
+    let mut sockets = Vec::new();
+    if let Some(tls) = tls {
+        sockets.push((bind(config.tls.bind).await?, Some(tls)));
+    }
+    if config.tcp.enabled {
+        sockets.push((bind(config.tcp.bind).await?, None));
+    }
+    let mut bound = Vec::new();
+    for (socket, tls) in &sockets {
+        let name = if tls.is_some() { "tls" } else { "tcp" };
+        let addr = socket.local_addr().map_err(|source| BrokerError::Bind {
+            addr: config.tls.bind,
+            source,
+        })?;
+        tracing::info!(listener = name, %addr, "listening for devices");
+        bound.push((name, addr));
+    }
+    Ok((sockets, bound))
 }

@@ -209,9 +209,35 @@ impl State {
     }
 }
 
+/// The deployed group's file, and the devices read from it, replaced
+/// when the router sends a new table (a new deployment).
+pub struct Group {
+    pub file: PathBuf,
+    pub devices: Arc<std::sync::RwLock<crate::identity::Devices>>,
+}
+
+impl Group {
+    /// Reads the group again; the devices no longer in it, if it changed.
+    fn reload(&self) -> Option<std::collections::HashSet<String>> {
+        match verdant_group::Group::load(&self.file) {
+            Ok(g) => {
+                let devices = crate::identity::Devices::from_group(&g);
+                let names = devices.names();
+                *self.devices.write().expect("devices lock") = devices;
+                Some(names)
+            }
+            Err(e) => {
+                tracing::error!("{e}: the devices allowed in stay those of the previous group");
+                None
+            }
+        }
+    }
+}
+
 /// Keeps the link up until `shutdown`.
 pub async fn run(
     socket: PathBuf,
+    group: Group,
     hub: mpsc::Sender<hub::Request>,
     mut from_hub: mpsc::UnboundedReceiver<ToLink>,
     backlog: usize,
@@ -231,7 +257,7 @@ pub async fn run(
     loop {
         let why = tokio::select! {
             () = shutdown.cancelled() => return,
-            why = linked(&socket, &hub, &mut from_hub, &mut state) => why,
+            why = linked(&socket, &group, &hub, &mut from_hub, &mut state) => why,
         };
         // Everything not acknowledged goes again on the next link.
         state.unsent = state.entries.keys().copied().collect();
@@ -261,6 +287,7 @@ type Committing = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (u64, boo
 /// One link's life; returns why it ended.
 async fn linked(
     socket: &std::path::Path,
+    group: &Group,
     hub: &mpsc::Sender<hub::Request>,
     from_hub: &mut mpsc::UnboundedReceiver<ToLink>,
     state: &mut State,
@@ -320,6 +347,12 @@ async fn linked(
             }
             msg = down.message() => match msg {
                 Ok(Some(pb::LinkDown { kind: Some(kind) })) => {
+                    if let pb::link_down::Kind::Table(_) = &kind
+                        && let Some(members) = group.reload()
+                        && hub.send(hub::Request::Members(members)).await.is_err()
+                    {
+                        return "the broker is stopping".into();
+                    }
                     if let Err(why) = on_down(kind, hub, state, &mut credit, &mut committing, &send).await {
                         return why;
                     }
