@@ -123,3 +123,17 @@ pub fn assert_numbered(got: &[String], n: usize) {
         panic!("message {i} is {:?}: out of order or missing", got[i]);
     }
 }
+
+/// Receives until `n` publishes arrived (within [`PATIENCE`]); their topics
+/// and payloads, in order.
+pub async fn receive_messages(events: &mut EventLoop, n: usize) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while got.len() < n {
+            got.extend(received(events, Duration::from_millis(50)).await);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} messages: {got:?}", got.len()));
+    got
+}

@@ -101,7 +101,7 @@ async fn a_stuck_target_holds_only_its_own_messages() {
         .await
         .unwrap();
     let mut acks = 0;
-    let got = tokio::time::timeout(Duration::from_millis(1500), async {
+    let got = tokio::time::timeout(PATIENCE, async {
         loop {
             tokio::select! {
                 ev = a_ev.poll() => if let Ok(Event::Incoming(Packet::PubAck(_))) = ev { acks += 1 },
