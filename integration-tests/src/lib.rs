@@ -7,6 +7,7 @@
 //! (`scripts/test.sh` does).
 
 pub mod cloud;
+pub mod cloud_shadow;
 pub mod groups;
 pub mod mqtt;
 

@@ -434,6 +434,8 @@ async fn on_down(
             .send(hub::Request::Tracing(t.on))
             .await
             .map_err(stopping)?,
+        // The cloud's state is the shadow service's business.
+        Kind::Cloud(_) => {}
     }
     Ok(())
 }

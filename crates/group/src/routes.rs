@@ -110,6 +110,9 @@ pub struct Table {
     version: u64,
     routes: Vec<Route>,
     by_source: HashMap<String, Node>,
+    /// Things whose shadows the core keeps in sync with the cloud
+    /// (`SyncShadow: true`), by thing name, sorted.
+    synced: Vec<String>,
 }
 
 impl Table {
@@ -126,7 +129,28 @@ impl Table {
             version,
             routes,
             by_source,
+            synced: Vec::new(),
         }
+    }
+
+    /// The same table with `things` (names) marked `SyncShadow`.
+    pub fn with_synced(mut self, mut things: Vec<String>) -> Table {
+        things.sort();
+        things.dedup();
+        self.synced = things;
+        self
+    }
+
+    /// The things whose shadows are synced with the cloud, sorted.
+    pub fn synced(&self) -> &[String] {
+        &self.synced
+    }
+
+    /// Whether the shadows of `thing` are synced with the cloud.
+    pub fn is_synced(&self, thing: &str) -> bool {
+        self.synced
+            .binary_search_by(|t| t.as_str().cmp(thing))
+            .is_ok()
     }
 
     /// The table of a deployed group.
@@ -142,7 +166,15 @@ impl Table {
                 target: s.target.clone(),
             })
             .collect();
-        Table::new(version, routes)
+        let synced = group
+            .core_definition_version
+            .cores
+            .iter()
+            .chain(&group.device_definition_version.devices)
+            .filter(|t| t.sync_shadow)
+            .map(|t| t.thing_name().to_string())
+            .collect();
+        Table::new(version, routes).with_synced(synced)
     }
 
     /// Which deployment this table came from; the broker tells the router
@@ -177,6 +209,39 @@ impl Table {
     pub fn has_source(&self, source: &str) -> bool {
         self.by_source.contains_key(source)
     }
+}
+
+/// Which side of the shadow protocol a shadow topic is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowSide {
+    /// `get`, `update` or `delete`: a request to a shadow service.
+    Request,
+    /// `.../accepted`, `.../rejected` or `update/documents`: a shadow
+    /// service's answer (`update/delta` is neither: it is for devices).
+    Response,
+}
+
+/// The thing of a shadow topic
+/// (`$aws/things/<thing>/shadow[/name/<name>]/...`) and its side; `None`
+/// for any other topic.
+pub fn shadow_topic(topic: &str) -> Option<(&str, ShadowSide)> {
+    let rest = topic.strip_prefix("$aws/things/")?;
+    let (thing, rest) = rest.split_once("/shadow/")?;
+    if thing.is_empty() || thing.contains('/') {
+        return None;
+    }
+    let rest = match rest.strip_prefix("name/") {
+        Some(named) => named.split_once('/').filter(|(n, _)| !n.is_empty())?.1,
+        None => rest,
+    };
+    let side = match rest.split_once('/') {
+        None if matches!(rest, "get" | "update" | "delete") => ShadowSide::Request,
+        Some(("get" | "update" | "delete", "accepted" | "rejected") | ("update", "documents")) => {
+            ShadowSide::Response
+        }
+        _ => return None,
+    };
+    Some((thing, side))
 }
 
 /// The plain reading of a subscription's subject, for tests and fuzzing:
@@ -215,6 +280,34 @@ mod tests {
         let mut out = Vec::new();
         table.matching(source, topic, &mut out);
         out.iter().map(|i| table.route(*i).id.clone()).collect()
+    }
+
+    #[test]
+    fn shadow_topics_by_side() {
+        use ShadowSide::{Request, Response};
+        for (topic, want) in [
+            ("$aws/things/t1/shadow/update", Some(("t1", Request))),
+            ("$aws/things/t1/shadow/name/cfg/get", Some(("t1", Request))),
+            ("$aws/things/t1/shadow/get/accepted", Some(("t1", Response))),
+            (
+                "$aws/things/t1/shadow/update/documents",
+                Some(("t1", Response)),
+            ),
+            (
+                "$aws/things/t1/shadow/name/cfg/delete/rejected",
+                Some(("t1", Response)),
+            ),
+            ("$aws/things/t1/shadow/update/delta", None),
+            ("$aws/things/t1/shadow/name//update", None),
+            ("$aws/things//shadow/update", None),
+            ("$aws/things/t1/shadow/other", None),
+            ("dev/t1/shadow/update", None),
+        ] {
+            assert_eq!(shadow_topic(topic), want, "{topic}");
+        }
+        let t = Table::new(1, Vec::new()).with_synced(vec!["b".into(), "a".into(), "b".into()]);
+        assert_eq!(t.synced(), ["a", "b"]);
+        assert!(t.is_synced("a") && !t.is_synced("c"));
     }
 
     #[test]

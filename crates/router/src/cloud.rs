@@ -94,6 +94,12 @@ pub fn cloud_subjects(table: &verdant_group::routes::Table) -> Vec<String> {
         .filter(|r| r.source == "cloud")
         .map(|r| r.subject.clone())
         .collect();
+    // The cloud shadow service's answers for synced things (not the
+    // requests: our own would come back).
+    for thing in table.synced() {
+        subjects.push(format!("$aws/things/{thing}/shadow/+/+"));
+        subjects.push(format!("$aws/things/{thing}/shadow/name/+/+/+"));
+    }
     subjects.sort();
     subjects.dedup();
     subjects
@@ -168,6 +174,7 @@ impl Bridge {
             let ended = self.connected(&tls, &mut down, &shutdown).await;
             self.clients.clear();
             self.unacknowledged.clear();
+            let _ = self.switch.send(Event::CloudState(false)).await;
             match ended {
                 Ended::Shutdown => return,
                 Ended::Failed(why) => {
@@ -428,6 +435,9 @@ impl Bridge {
                     s.last_error.clear();
                     s.connected_since = Some(SystemTime::now());
                 });
+                if self.switch.send(Event::CloudState(true)).await.is_err() {
+                    return Err(Ended::Shutdown);
+                }
             }
             MqttEvent::Incoming(Packet::SubAck(ack)) => {
                 let failed = ack

@@ -70,7 +70,9 @@ fn down_to_pb(d: Down) -> pb::LinkDown {
                     target: r.target.clone(),
                 })
                 .collect(),
+            synced_things: t.synced().to_vec(),
         }),
+        Down::Cloud(connected) => Kind::Cloud(pb::CloudState { connected }),
         Down::Messages(m) => Kind::Messages(pb::Messages {
             messages: m.into_iter().map(message_to_pb).collect(),
         }),

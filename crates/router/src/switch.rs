@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use verdant_group::routes::{Kind, RouteIndex, Table};
+use verdant_group::routes::{Kind, RouteIndex, ShadowSide, Table, shadow_topic};
 
 /// The daemons (and the in-process cloud bridge) messages go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,6 +117,8 @@ pub enum Down {
     Table(Arc<Table>),
     /// To the broker: send traces of what you route, or stop.
     Tracing(bool),
+    /// To the shadow service: whether the cloud connection is up.
+    Cloud(bool),
     Messages(Vec<Message>),
     Acks {
         ids: Vec<u64>,
@@ -160,6 +162,8 @@ pub enum Event {
     Swap(Table),
     /// What the broker routed while tracing was on.
     Traces(Vec<TraceRecord>),
+    /// The cloud bridge connected (true) or lost its connection.
+    CloudState(bool),
     Routes(oneshot::Sender<RoutesView>),
 }
 
@@ -220,6 +224,8 @@ pub struct Switch {
     trace: TraceSender,
     /// Whether the broker was told to trace.
     tracing: bool,
+    /// Whether the cloud connection is up (the shadow service is told).
+    cloud_up: bool,
 }
 
 impl Switch {
@@ -241,6 +247,7 @@ impl Switch {
             scratch: Vec::new(),
             trace,
             tracing: false,
+            cloud_up: false,
         }
     }
 
@@ -297,6 +304,14 @@ impl Switch {
             Event::Routes(reply) => {
                 let _ = reply.send(self.view());
             }
+            Event::CloudState(up) => {
+                if up != self.cloud_up {
+                    self.cloud_up = up;
+                    if let Some(l) = &self.queues[&Endpoint::Shadow].link {
+                        let _ = l.down.send(Down::Cloud(up));
+                    }
+                }
+            }
         }
         self.send_acks();
     }
@@ -306,6 +321,11 @@ impl Switch {
             let _ = down.send(Down::Table(self.table.clone()));
             // A broker that traced for a previous router stops, or starts.
             let _ = down.send(Down::Tracing(self.tracing));
+        }
+        if link.endpoint == Endpoint::Shadow {
+            // Which things it syncs, and whether it can now.
+            let _ = down.send(Down::Table(self.table.clone()));
+            let _ = down.send(Down::Cloud(self.cloud_up));
         }
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
         // Copies the previous connection did not acknowledge go first.
@@ -343,10 +363,22 @@ impl Switch {
             }
             _ => self.table.clone(),
         };
-        let mut matched = std::mem::take(&mut self.scratch);
-        table.matching(&m.source, &m.topic, &mut matched);
         let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
         let mut any = false;
+        // Shadow sync travels outside the routes (router.proto, Table).
+        match (from.endpoint, shadow_topic(&m.topic)) {
+            (Endpoint::Shadow, Some((thing, ShadowSide::Request))) if table.is_synced(thing) => {
+                by_endpoint.insert(Endpoint::Cloud, vec!["cloud".into()]);
+                return Some(by_endpoint);
+            }
+            (Endpoint::Cloud, Some((thing, ShadowSide::Response))) if table.is_synced(thing) => {
+                by_endpoint.insert(Endpoint::Shadow, vec!["GGShadowService".into()]);
+                any = true;
+            }
+            _ => {}
+        }
+        let mut matched = std::mem::take(&mut self.scratch);
+        table.matching(&m.source, &m.topic, &mut matched);
         for i in &matched {
             let route = table.route(*i);
             let (endpoint, target) = match Kind::of(&route.target) {
@@ -566,8 +598,9 @@ impl Switch {
             "subscription table swapped"
         );
         // The broker routes device to device by its copy; the cloud bridge
-        // subscribes to what the table routes from the cloud.
-        for e in [Endpoint::Broker, Endpoint::Cloud] {
+        // subscribes to what the table routes from the cloud; the shadow
+        // service syncs the things the table marks.
+        for e in [Endpoint::Broker, Endpoint::Cloud, Endpoint::Shadow] {
             if let Some(l) = &self.queues[&e].link {
                 let _ = l.down.send(Down::Table(self.table.clone()));
             }

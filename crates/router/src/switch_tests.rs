@@ -224,3 +224,58 @@ fn credit_limits_what_is_sent() {
     s.handle(Event::Credit(cloud, 5));
     assert_eq!(messages(&drain(&mut crx))[0].topic, "x/2");
 }
+
+#[test]
+fn shadow_sync_travels_outside_the_routes_for_synced_things_only() {
+    let mut s = Switch::new(
+        table().with_synced(vec!["a".into()]),
+        10,
+        tokio::sync::broadcast::channel(16).0,
+    );
+    let (shadow, mut srx) = link(&mut s, Endpoint::Shadow, 1);
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    // The shadow service learns what is synced and whether the cloud is up.
+    let downs = drain(&mut srx);
+    assert!(matches!(&downs[0], Down::Table(t) if t.synced() == ["a"]));
+    assert!(matches!(downs[1], Down::Cloud(false)));
+    s.handle(Event::CloudState(true));
+    assert!(matches!(drain(&mut srx)[..], [Down::Cloud(true)]));
+    // Its requests for a synced thing go to the cloud with no route; for
+    // another thing, and its replies, the table decides (none here).
+    s.handle(Event::Up(
+        shadow,
+        vec![
+            msg(1, "GGShadowService", "$aws/things/a/shadow/update", 0),
+            msg(2, "GGShadowService", "$aws/things/b/shadow/update", 0),
+            msg(
+                3,
+                "GGShadowService",
+                "$aws/things/a/shadow/update/accepted",
+                0,
+            ),
+        ],
+    ));
+    let up: Vec<String> = messages(&drain(&mut crx))
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(up, ["$aws/things/a/shadow/update"]);
+    // The cloud's answers for a synced thing come to the shadow service.
+    s.handle(Event::Up(
+        cloud,
+        vec![
+            msg(1, "cloud", "$aws/things/a/shadow/update/accepted", 0),
+            msg(2, "cloud", "$aws/things/a/shadow/update/delta", 0),
+            msg(3, "cloud", "$aws/things/b/shadow/update/accepted", 0),
+        ],
+    ));
+    let down: Vec<String> = messages(&drain(&mut srx))
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(down, ["$aws/things/a/shadow/update/accepted"]);
+    // The cloud subscribes to synced things' answers.
+    let subjects = crate::cloud::cloud_subjects(&table().with_synced(vec!["a".into()]));
+    assert!(subjects.contains(&"$aws/things/a/shadow/+/+".to_string()));
+    assert!(subjects.contains(&"$aws/things/a/shadow/name/+/+/+".to_string()));
+}

@@ -150,6 +150,22 @@ impl Shadow for Api {
         }))
     }
 
+    async fn get_sync(
+        &self,
+        request: Request<pb::GetSyncRequest>,
+    ) -> Result<Response<pb::SyncState>, Status> {
+        let r = request.into_inner();
+        let (respond, state) = oneshot::channel();
+        self.commands
+            .send(Command::SyncState {
+                key: (r.thing_name, r.shadow_name),
+                respond,
+            })
+            .await
+            .map_err(stopping)?;
+        Ok(Response::new(state.await.map_err(stopping)?))
+    }
+
     type WatchShadowsStream = Changes;
 
     async fn watch_shadows(

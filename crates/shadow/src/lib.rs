@@ -8,6 +8,7 @@ mod grpc;
 mod link;
 pub mod service;
 pub mod store;
+pub mod sync;
 
 use tokio::net::UnixListener;
 use verdant_common::daemon::Context;
@@ -41,7 +42,12 @@ pub async fn run(
     let (store, docs) = store::Store::open(&dir.join("shadows.db"))?;
     // Watchers that fall this far behind skip changes.
     let (changes, _) = tokio::sync::broadcast::channel(1024);
-    tracing::info!(shadows = docs.len(), "shadows restored");
+    let agreed = store.agreed()?;
+    tracing::info!(
+        shadows = docs.len(),
+        synced = agreed.len(),
+        "shadows restored"
+    );
     let shadows = service::Shadows {
         docs,
         store: Some(store),
@@ -50,10 +56,11 @@ pub async fn run(
             max_in_flight_per_thing: config.max_in_flight_per_thing,
         },
         changes: changes.clone(),
+        sync: sync::Sync::new(agreed),
     };
     let (commands, commands_rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(service::run(shadows, commands_rx));
     let (publish, published) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(service::run(shadows, commands_rx, publish.clone()));
     let socket = ctx.layout.socket("router");
     let link_shutdown = shutdown.clone();
     let link_commands = commands.clone();
@@ -62,7 +69,7 @@ pub async fn run(
     let server = Server::new(Info {
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        note: "classic and named shadows over MQTT through the router and gRPC (no cloud sync yet)"
+        note: "classic and named shadows over MQTT through the router and gRPC, synced with the cloud for SyncShadow things"
             .into(),
         functional: true,
     })

@@ -14,7 +14,11 @@ use verdant_common::shutdown::CancellationToken;
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
+use bytes::Bytes;
+use verdant_group::routes::{ShadowSide, shadow_topic};
+
 use crate::service::{Command, Reply};
+use crate::sync::TOKEN_PREFIX;
 
 /// Requests the router may send before more credit is granted.
 const CREDIT: u32 = 256;
@@ -125,46 +129,109 @@ async fn linked(
             Ok(None) => return "the router closed the link".into(),
             Err(e) => return format!("link failed: {}", e.message()),
         };
-        match kind {
+        let command = match kind {
             pb::link_down::Kind::Messages(batch) => {
-                let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
-                let acks: Vec<u64> = batch
-                    .messages
-                    .iter()
-                    .filter(|m| m.qos > 0)
-                    .map(|m| m.id)
-                    .collect();
-                let requests = batch
-                    .messages
-                    .into_iter()
-                    .map(|m| (m.topic, m.payload, true))
-                    .collect();
-                let (respond, replies) = tokio::sync::oneshot::channel();
-                let command = Command::Requests {
-                    batch: requests,
-                    respond,
-                };
-                if commands.send(command).await.is_err() {
-                    return "the shadow service is stopping".into();
+                if let Err(why) = requests(batch, commands, outbox, &send).await {
+                    return why;
                 }
-                let Ok(replies) = replies.await else {
-                    return "the shadow service is stopping".into();
-                };
-                for r in replies.into_iter().flatten() {
-                    outbox.push(r);
-                }
-                // Durable now: acknowledge, and take as many more.
-                if !acks.is_empty() {
-                    send(pb::link_up::Kind::Acks(pb::Acks {
-                        ids: acks,
-                        refused: Vec::new(),
-                    }));
-                }
-                send(pb::link_up::Kind::Credit(pb::Credit { messages: n }));
+                continue;
             }
-            pb::link_down::Kind::Credit(c) => credit = credit.saturating_add(c.messages),
-            // Acks of our QoS 0 replies, the table and tracing are the broker's.
-            _ => {}
+            pb::link_down::Kind::Credit(c) => {
+                credit = credit.saturating_add(c.messages);
+                continue;
+            }
+            pb::link_down::Kind::Table(t) => Command::Synced(t.synced_things),
+            pb::link_down::Kind::Cloud(c) => Command::CloudState(c.connected),
+            // Acks of our QoS 0 replies; tracing is the broker's.
+            _ => continue,
+        };
+        if commands.send(command).await.is_err() {
+            return STOPPING.into();
         }
     }
+}
+
+const STOPPING: &str = "the shadow service is stopping";
+
+/// Hands a batch from the router to the shadows' task; once it is durable,
+/// its replies wait in `outbox`, QoS 1 requests are acknowledged and as
+/// much credit is granted again.
+async fn requests(
+    batch: pb::Messages,
+    commands: &mpsc::Sender<Command>,
+    outbox: &mut Outbox,
+    send: &impl Fn(pb::link_up::Kind) -> bool,
+) -> Result<(), String> {
+    let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
+    let acks: Vec<u64> = batch
+        .messages
+        .iter()
+        .filter(|m| m.qos > 0)
+        .map(|m| m.id)
+        .collect();
+    let (answers, requests) = split(batch.messages);
+    if !answers.is_empty() && commands.send(Command::Cloud(answers)).await.is_err() {
+        return Err(STOPPING.into());
+    }
+    let (respond, replies) = tokio::sync::oneshot::channel();
+    let command = Command::Requests {
+        batch: requests,
+        respond,
+    };
+    if commands.send(command).await.is_err() {
+        return Err(STOPPING.into());
+    }
+    let replies = replies.await.map_err(|_| STOPPING.to_string())?;
+    for r in replies.into_iter().flatten() {
+        outbox.push(r);
+    }
+    // Durable now: acknowledge, and take as many more.
+    if !acks.is_empty() {
+        send(pb::link_up::Kind::Acks(pb::Acks {
+            ids: acks,
+            refused: Vec::new(),
+        }));
+    }
+    send(pb::link_up::Kind::Credit(pb::Credit { messages: n }));
+    Ok(())
+}
+
+/// Answers of the cloud shadow service: (topic, payload).
+type Answers = Vec<(String, Bytes)>;
+/// Requests: (topic, payload, from a device).
+type Requests = Vec<(String, Bytes, bool)>;
+
+/// Splits what came down into the cloud shadow service's answers (for the
+/// sync) and requests (from devices, and from the cloud where a route
+/// allows it). Our own sync requests coming back from the cloud, through
+/// a route from the cloud on request topics, are dropped.
+fn split(messages: Vec<pb::Message>) -> (Answers, Requests) {
+    let mut answers = Vec::new();
+    let mut requests = Vec::new();
+    for m in messages {
+        if m.source == "cloud" {
+            match shadow_topic(&m.topic) {
+                Some((_, ShadowSide::Response)) => {
+                    answers.push((m.topic, m.payload));
+                    continue;
+                }
+                Some((_, ShadowSide::Request)) if is_ours(&m.payload) => continue,
+                _ => {}
+            }
+        }
+        requests.push((m.topic, m.payload, true));
+    }
+    (answers, requests)
+}
+
+/// Whether a request carries one of our sync client tokens.
+fn is_ours(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| {
+            v.get("clientToken")
+                .and_then(serde_json::Value::as_str)
+                .map(|t| t.starts_with(TOKEN_PREFIX))
+        })
+        .unwrap_or(false)
 }

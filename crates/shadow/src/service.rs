@@ -8,9 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::document::{self, Limits, Rejection, Shadow};
 use crate::store::{Key, Op, Store};
+use crate::sync::{Actions, Agreed, Sync};
 
 /// What a request topic asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct Shadows {
     pub limits: Limits,
     /// Durable changes, for watchers (none listening costs nothing).
     pub changes: tokio::sync::broadcast::Sender<Op>,
+    /// Cloud sync of the shadows of things marked `SyncShadow`.
+    pub sync: Sync,
 }
 
 /// One answered request before its batch commits.
@@ -194,6 +198,16 @@ impl Shadows {
     /// get none. Devices' requests count toward their thing's in-flight
     /// limit; operators' and functions' (gRPC) do not.
     pub async fn batch(&mut self, requests: Vec<(String, Bytes, bool)>) -> Vec<Vec<Reply>> {
+        self.batch_with(requests, Vec::new()).await.0
+    }
+
+    /// [`Shadows::batch`], committing the sync states `agreed` in the same
+    /// transaction; also what the sync does about the changes.
+    async fn batch_with(
+        &mut self,
+        requests: Vec<(String, Bytes, bool)>,
+        agreed: Vec<(Key, Agreed)>,
+    ) -> (Vec<Vec<Reply>>, Actions) {
         let mut ops = Vec::new();
         let mut undo = Vec::new();
         let mut answers = Vec::new();
@@ -218,7 +232,17 @@ impl Shadows {
                 }
             });
         }
-        let durable = ops.is_empty() || self.commit(&ops).await;
+        let durable = (ops.is_empty() && agreed.is_empty()) || self.commit(&ops, agreed).await;
+        let mut actions = Actions::default();
+        if durable && !ops.is_empty() {
+            let keys: Vec<Key> = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put(k, _) | Op::Delete(k) => k.clone(),
+                })
+                .collect();
+            actions = self.sync.changed(&keys, &self.docs);
+        }
         if durable && self.changes.receiver_count() > 0 {
             for op in ops {
                 let _ = self.changes.send(op);
@@ -232,13 +256,38 @@ impl Shadows {
                 };
             }
         }
-        answers
+        let replies = answers
             .into_iter()
             .map(|a| match (durable, a.on_failure) {
                 (false, Some(failure)) => vec![failure],
                 _ => a.replies,
             })
-            .collect()
+            .collect();
+        (replies, actions)
+    }
+
+    /// Carries out what the sync asks: requests to the cloud are published,
+    /// the cloud's side is applied locally (its replies published too) with
+    /// the agreed states, and so on until the sync asks nothing more.
+    async fn act(&mut self, mut actions: Actions, publish: &UnboundedSender<Reply>) {
+        loop {
+            for c in actions.cloud.drain(..) {
+                let _ = publish.send(c);
+            }
+            if actions.local.is_empty() && actions.agreed.is_empty() {
+                return;
+            }
+            let requests = actions
+                .local
+                .into_iter()
+                .map(|(topic, payload)| (topic, payload, false))
+                .collect();
+            let (replies, next) = self.batch_with(requests, actions.agreed).await;
+            for r in replies.into_iter().flatten() {
+                let _ = publish.send(r);
+            }
+            actions = next;
+        }
     }
 
     /// The named shadows of `thing`, sorted.
@@ -254,13 +303,13 @@ impl Shadows {
     }
 
     /// Commits on a blocking thread; false if it failed (logged).
-    async fn commit(&mut self, ops: &[Op]) -> bool {
+    async fn commit(&mut self, ops: &[Op], agreed: Vec<(Key, Agreed)>) -> bool {
         let Some(mut store) = self.store.take() else {
             return true;
         };
         let ops = ops.to_vec();
         let (store, result) = tokio::task::spawn_blocking(move || {
-            let r = store.commit(&ops);
+            let r = store.commit(&ops, &agreed);
             (store, r)
         })
         .await
@@ -303,15 +352,47 @@ pub enum Command {
         thing: String,
         respond: tokio::sync::oneshot::Sender<Vec<String>>,
     },
+    /// Where a shadow's cloud sync stands.
+    SyncState {
+        key: Key,
+        respond: tokio::sync::oneshot::Sender<verdant_proto::shadow::v1::SyncState>,
+    },
+    /// Answers of the cloud shadow service (topic, payload).
+    Cloud(Vec<(String, Bytes)>),
+    /// The things whose shadows are synced with the cloud.
+    Synced(Vec<String>),
+    /// The cloud connection is up, or not.
+    CloudState(bool),
 }
 
 /// Commands taken together at most, so concurrent callers share a commit.
 const MAX_BATCH: usize = 256;
 
+/// How often sync requests the cloud left unanswered are looked at.
+const SYNC_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The task owning the shadows: requests that arrive together make one
-/// batch, one transaction.
-pub async fn run(mut shadows: Shadows, mut commands: tokio::sync::mpsc::Receiver<Command>) {
-    while let Some(first) = commands.recv().await {
+/// batch, one transaction. What the sync asks is carried out between
+/// batches; its requests to the cloud and its local replies go to `publish`.
+pub async fn run(
+    mut shadows: Shadows,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
+    publish: UnboundedSender<Reply>,
+) {
+    let mut tick = tokio::time::interval(SYNC_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            c = commands.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = tick.tick() => {
+                let actions = shadows.sync.tick(&shadows.docs);
+                shadows.act(actions, &publish).await;
+                continue;
+            }
+        };
         let mut pending = vec![first];
         while pending.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -321,6 +402,7 @@ pub async fn run(mut shadows: Shadows, mut commands: tokio::sync::mpsc::Receiver
         }
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
+        let mut actions = Vec::new();
         for c in pending {
             match c {
                 Command::Requests { batch: b, respond } => {
@@ -330,11 +412,30 @@ pub async fn run(mut shadows: Shadows, mut commands: tokio::sync::mpsc::Receiver
                 Command::Names { thing, respond } => {
                     let _ = respond.send(shadows.names(&thing));
                 }
+                Command::SyncState { key, respond } => {
+                    let _ = respond.send(shadows.sync.state(&key, &shadows.docs));
+                }
+                Command::Cloud(answers) => {
+                    for (topic, payload) in answers {
+                        actions.push(shadows.sync.answer(&topic, &payload, &shadows.docs));
+                    }
+                }
+                Command::Synced(things) => {
+                    actions.push(shadows.sync.set_things(things, &shadows.docs));
+                }
+                Command::CloudState(up) => {
+                    actions.push(shadows.sync.set_connected(up, &shadows.docs));
+                }
             }
         }
-        let mut replies = shadows.batch(batch).await.into_iter();
+        let (replies, after) = shadows.batch_with(batch, Vec::new()).await;
+        let mut replies = replies.into_iter();
         for (n, respond) in waiting {
             let _ = respond.send(replies.by_ref().take(n).collect());
+        }
+        actions.push(after);
+        for a in actions {
+            shadows.act(a, &publish).await;
         }
     }
 }
@@ -372,6 +473,7 @@ mod tests {
                 max_in_flight_per_thing: 3,
             },
             changes: tokio::sync::broadcast::channel(16).0,
+            sync: Sync::default(),
         };
         let replies = s
             .batch(vec![

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use crate::document::Shadow;
+use crate::sync::{Agreed, Sides};
 
 /// A shadow's key: the thing, and the shadow's name ("" for the classic one).
 pub type Key = (String, String);
@@ -43,6 +44,9 @@ impl Store {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS shadows (
                  thing TEXT NOT NULL, name TEXT NOT NULL, document TEXT NOT NULL,
+                 PRIMARY KEY (thing, name));
+             CREATE TABLE IF NOT EXISTS sync (
+                 thing TEXT NOT NULL, name TEXT NOT NULL, base TEXT, cloud_version INTEGER NOT NULL,
                  PRIMARY KEY (thing, name));",
         )
         .map_err(err)?;
@@ -83,8 +87,44 @@ impl Store {
         ))
     }
 
-    /// Writes `ops` in one transaction.
-    pub fn commit(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+    /// What each synced shadow last agreed on with the cloud.
+    pub fn agreed(&self) -> Result<HashMap<Key, Agreed>, StoreError> {
+        let err = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT thing, name, base, cloud_version FROM sync")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut all = HashMap::new();
+        for row in rows {
+            let (key, base, version) = row.map_err(err)?;
+            let base = base
+                .and_then(|b| serde_json::from_str(&b).ok())
+                .map(|v| Sides::from_json(&v));
+            all.insert(
+                key,
+                Agreed {
+                    base,
+                    cloud_version: u64::try_from(version).unwrap_or(0),
+                },
+            );
+        }
+        Ok(all)
+    }
+
+    /// Writes `ops` and the sync states `agreed` in one transaction.
+    pub fn commit(&mut self, ops: &[Op], agreed: &[(Key, Agreed)]) -> Result<(), StoreError> {
         let err = |source| StoreError {
             path: self.path.clone(),
             source,
@@ -100,6 +140,19 @@ impl Store {
             let mut del = tx
                 .prepare_cached("DELETE FROM shadows WHERE thing = ?1 AND name = ?2")
                 .map_err(err)?;
+            let mut sync = tx
+                .prepare_cached(
+                    "INSERT INTO sync (thing, name, base, cloud_version) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (thing, name) DO UPDATE
+                     SET base = excluded.base, cloud_version = excluded.cloud_version",
+                )
+                .map_err(err)?;
+            for ((thing, name), a) in agreed {
+                let base = a.base.as_ref().map(|b| b.to_json().to_string());
+                let version = i64::try_from(a.cloud_version).unwrap_or(i64::MAX);
+                sync.execute(params![thing, name, base, version])
+                    .map_err(err)?;
+            }
             for op in ops {
                 match op {
                     Op::Put((thing, name), s) => {

@@ -35,6 +35,12 @@ pub enum ShadowCmd {
     /// Every durable change from now on, one JSON line each (of one
     /// thing's shadows, or all).
     Watch { thing: Option<String> },
+    /// Where a shadow's sync with the cloud stands (things marked `SyncShadow`).
+    Sync {
+        thing: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// Pretty JSON for people, compact for `-o json`.
@@ -96,6 +102,25 @@ pub async fn run(dir: &Path, cmd: ShadowCmd, json: bool) -> Result<(), String> {
                     })
                 );
             }
+            return Ok(());
+        }
+        ShadowCmd::Sync { thing, name } => {
+            let s = api
+                .get_sync(pb::GetSyncRequest {
+                    thing_name: thing,
+                    shadow_name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            let v = serde_json::json!({
+                "synced": s.synced,
+                "connected": s.connected,
+                "cloud_version": s.cloud_version,
+                "in_sync": s.in_sync,
+                "awaiting": s.awaiting,
+            });
+            print(v.to_string().as_bytes(), json);
             return Ok(());
         }
         ShadowCmd::List { thing } => {
