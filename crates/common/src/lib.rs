@@ -3,13 +3,15 @@
 //! logs are set up ([`telemetry`]), how a daemon stops ([`shutdown`]), what
 //! its exit code tells `verdant-init` ([`exit`]), gRPC on Unix sockets
 //! with health, reflection and peer credentials ([`uds`], [`grpc`]), and
-//! certificates from PEM files ([`pem`]).
+//! certificates from PEM files ([`pem`]), and an endpoint daemon's link
+//! with the router ([`link`]).
 //! [`daemon`] strings these together into a daemon's `main`.
 
 pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod grpc;
+pub mod link;
 pub mod paths;
 pub mod pem;
 pub mod shutdown;

@@ -1,0 +1,236 @@
+//! An endpoint daemon's side of `verdant.router.v1.Router/Link` (the shadow
+//! service and the lambda-runner; the broker's link is its own, being on
+//! the hot path): Hello, credit both ways, messages up within the router's
+//! credit, QoS 1 messages kept until the router acknowledges them (and sent
+//! again after the link breaks), and the link opened again whenever it
+//! breaks. What comes down goes to the daemon's [`Handler`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use verdant_proto::router::v1 as pb;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+use crate::shutdown::CancellationToken;
+
+/// Messages in one batch up.
+const BATCH: usize = 256;
+
+/// A message to send up; a QoS 1 one may ask to hear whether the router
+/// took it (`true`) or refused it (`false`, e.g. a full cloud queue).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub message: pb::Message,
+    pub outcome: Option<oneshot::Sender<bool>>,
+}
+
+/// What waits for the router's credit, and what it has not acknowledged.
+struct Outbox {
+    waiting: VecDeque<(pb::Message, Option<oneshot::Sender<bool>>)>,
+    /// QoS 1 messages sent and not yet acknowledged, by id: sent again
+    /// first when the link opens again.
+    unacked: BTreeMap<u64, (pb::Message, Option<oneshot::Sender<bool>>)>,
+    next_id: u64,
+    /// QoS 0 messages waiting at most; older ones go first.
+    max_waiting: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, o: Outgoing) {
+        let mut m = o.message;
+        m.id = self.next_id;
+        self.next_id += 1;
+        if m.qos == 0
+            && self.waiting.len() >= self.max_waiting
+            && let Some(i) = self.waiting.iter().position(|(w, _)| w.qos == 0)
+        {
+            self.waiting.remove(i);
+        }
+        self.waiting.push_back((m, o.outcome));
+    }
+
+    fn acked(&mut self, ids: &[u64], taken: bool) {
+        for id in ids {
+            if let Some((_, Some(tx))) = self.unacked.remove(id) {
+                let _ = tx.send(taken);
+            }
+        }
+    }
+
+    /// After a broken link: what was not acknowledged goes first.
+    fn resend(&mut self) {
+        let unacked = std::mem::take(&mut self.unacked);
+        for m in unacked.into_values().rev() {
+            self.waiting.push_front(m);
+        }
+    }
+}
+
+/// Sends up on the current link.
+pub struct Up<'a> {
+    tx: &'a mpsc::UnboundedSender<pb::LinkUp>,
+    /// QoS 0 messages the handler sends up, moved to the outbox once it
+    /// returns (a mutex so that a handler's future stays `Send`).
+    replies: std::sync::Mutex<Vec<pb::Message>>,
+}
+
+impl Up<'_> {
+    /// Sends QoS 0 messages up (within the router's credit).
+    pub fn reply(&self, messages: Vec<pb::Message>) {
+        self.replies.lock().expect("replies lock").extend(messages);
+    }
+
+    /// False when the link has closed.
+    pub fn send(&self, kind: pb::link_up::Kind) -> bool {
+        self.tx.send(pb::LinkUp { kind: Some(kind) }).is_ok()
+    }
+
+    /// Acknowledges QoS 1 messages from the router (now safe here) and
+    /// grants credit for `n` more.
+    pub fn done(&self, acks: Vec<u64>, n: u32) -> bool {
+        (acks.is_empty()
+            || self.send(pb::link_up::Kind::Acks(pb::Acks {
+                ids: acks,
+                refused: Vec::new(),
+            })))
+            && self.send(pb::link_up::Kind::Credit(pb::Credit { messages: n }))
+    }
+}
+
+/// What a daemon does with what the router sends down (messages, table,
+/// cloud state; credit and acknowledgements are handled here).
+pub trait Handler: Send {
+    /// `Err` ends this link (the reason is logged) and it is opened again.
+    fn down(
+        &mut self,
+        kind: pb::link_down::Kind,
+        up: &Up<'_>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The link of endpoint `endpoint` (its Hello name), granting `credit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub socket: &'a Path,
+    pub endpoint: &'static str,
+    pub credit: u32,
+    /// QoS 0 messages waiting for the router at most.
+    pub max_waiting: usize,
+}
+
+impl Link<'_> {
+    /// Keeps the link up until `shutdown` or until `published` closes:
+    /// what comes down goes to `handler`, what `published` gives goes up.
+    pub async fn run(
+        self,
+        handler: &mut impl Handler,
+        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        shutdown: CancellationToken,
+    ) {
+        let mut outbox = Outbox {
+            waiting: VecDeque::new(),
+            unacked: BTreeMap::new(),
+            next_id: 1,
+            max_waiting: self.max_waiting,
+        };
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let why = tokio::select! {
+                () = shutdown.cancelled() => return,
+                why = self.linked(handler, published, &mut outbox) => why,
+            };
+            let Some(why) = why else { return };
+            tracing::warn!("router link down: {why}");
+            outbox.resend();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One link's life: why it ended, `None` when the daemon is stopping.
+    async fn linked(
+        &self,
+        handler: &mut impl Handler,
+        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        outbox: &mut Outbox,
+    ) -> Option<String> {
+        let channel = match crate::uds::connect(self.socket).await {
+            Ok(c) => c,
+            Err(e) => return Some(e.to_string()),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let up = Up {
+            tx: &tx,
+            replies: std::sync::Mutex::default(),
+        };
+        up.send(pb::link_up::Kind::Hello(pb::Hello {
+            endpoint: self.endpoint.into(),
+            credit: self.credit,
+        }));
+        let mut down = match RouterClient::new(channel)
+            .link(UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => return Some(format!("the router refused the link: {}", e.message())),
+        };
+        tracing::info!("linked with the router");
+        let mut credit = 0u32;
+        loop {
+            while credit > 0 && !outbox.waiting.is_empty() {
+                let n = outbox.waiting.len().min(credit as usize).min(BATCH);
+                let mut messages = Vec::with_capacity(n);
+                for (m, outcome) in outbox.waiting.drain(..n) {
+                    if m.qos > 0 {
+                        outbox.unacked.insert(m.id, (m.clone(), outcome));
+                    }
+                    messages.push(m);
+                }
+                credit -= n as u32;
+                if !up.send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
+                    return Some("the stream closed".into());
+                }
+            }
+            let message = tokio::select! {
+                m = down.message() => m,
+                o = published.recv() => {
+                    outbox.push(o?);
+                    continue;
+                }
+            };
+            let kind = match message {
+                Ok(Some(pb::LinkDown { kind: Some(kind) })) => kind,
+                Ok(Some(_)) => continue,
+                Ok(None) => return Some("the router closed the link".into()),
+                Err(e) => return Some(format!("link failed: {}", e.message())),
+            };
+            match kind {
+                pb::link_down::Kind::Credit(c) => credit = credit.saturating_add(c.messages),
+                pb::link_down::Kind::Acks(a) => {
+                    outbox.acked(&a.ids, true);
+                    outbox.acked(&a.refused, false);
+                }
+                kind => {
+                    let result = handler.down(kind, &up).await;
+                    let replies = std::mem::take(&mut *up.replies.lock().expect("replies lock"));
+                    for message in replies {
+                        outbox.push(Outgoing {
+                            message,
+                            outcome: None,
+                        });
+                    }
+                    if let Err(why) = result {
+                        return Some(why);
+                    }
+                }
+            }
+        }
+    }
+}
