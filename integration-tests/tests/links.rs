@@ -205,7 +205,10 @@ async fn a_function_asking_all_or_error_is_refused_by_a_full_cloud_queue() {
         ..Options::default()
     });
     core.wait_all_running().await;
-    // A "lambda-runner" publishing for function f.
+    // A stand-in "lambda-runner" publishing for function f, in place of
+    // the real one.
+    let out = core.ctl(&["stop", "lambda-runner"]);
+    assert!(out.status.success(), "{out:?}");
     let (tx, mut down) = link_as(&core, "lambda-runner", 100).await;
     let message = |id: u64, all_or_error: bool| pb::Message {
         id,

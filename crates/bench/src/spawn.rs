@@ -21,6 +21,12 @@ pub fn core(bin_dir: &Path, root: &Path, dropin: &str, group: Option<&str>) -> C
         .output()
         .expect("verdant init");
     std::fs::write(root.join("config/verdant.toml"), defaults.stdout).expect("write");
+    // The function IPC port too is taken per core, not the fixed default.
+    std::fs::write(
+        root.join("config/config.d/00-bench.toml"),
+        "[lambda-runner]\nipc_port = 0\n",
+    )
+    .expect("write");
     std::fs::write(root.join("config/config.d/50-bench.toml"), dropin).expect("write");
     if let Some(group) = group {
         std::fs::create_dir_all(root.join("deployments/bench")).expect("dirs");

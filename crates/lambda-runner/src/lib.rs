@@ -1,5 +1,222 @@
-//! verdant-lambda-runner: see DESIGN.md for what it will own. Until its issue
-//! (issue #6) lands it serves only health, reflection and daemon info, and
-//! says so in its log and in `verdantctl status`.
+//! verdant-lambda-runner: the group's functions, run with Greengrass v1's
+//! IPC so that code written for Greengrass runs unchanged. See
+//! ARCHITECTURE.md.
 
-verdant_common::placeholder_daemon!("lambda-runner", PerCore, "issue #6");
+pub mod config;
+pub mod error;
+pub mod function;
+mod grpc;
+pub mod instance;
+pub mod ipc;
+mod link;
+pub mod work;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use verdant_common::daemon::Context;
+use verdant_common::grpc::{Info, Server};
+use verdant_common::shutdown::CancellationToken;
+use verdant_group::Group;
+use verdant_proto::lambda::v1::lambda_server::LambdaServer;
+
+use crate::config::LambdaConfig;
+pub use crate::error::LambdaError;
+use crate::function::Runtime;
+
+pub const SERVICE: &str = "lambda-runner";
+/// The runtime this daemon wants.
+pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
+
+/// Verdant's Python runtime loop and the core modules greengrasssdk
+/// imports, written under the data directory at every start.
+const PYTHON_RUNTIME: &[(&str, &str)] = &[
+    (
+        "lambda_runtime.py",
+        include_str!("../runtime/python/lambda_runtime.py"),
+    ),
+    (
+        "greengrass_common/__init__.py",
+        include_str!("../runtime/python/greengrass_common/__init__.py"),
+    ),
+    (
+        "greengrass_common/env_vars.py",
+        include_str!("../runtime/python/greengrass_common/env_vars.py"),
+    ),
+    (
+        "greengrass_common/function_arn_fields.py",
+        include_str!("../runtime/python/greengrass_common/function_arn_fields.py"),
+    ),
+    (
+        "greengrass_ipc_python_sdk/__init__.py",
+        include_str!("../runtime/python/greengrass_ipc_python_sdk/__init__.py"),
+    ),
+    (
+        "greengrass_ipc_python_sdk/ipc_client.py",
+        include_str!("../runtime/python/greengrass_ipc_python_sdk/ipc_client.py"),
+    ),
+];
+
+/// Lets anyone pass through `dir` (adds x for all, not r: no listing),
+/// creating it.
+fn traversable(dir: &Path) -> Result<(), LambdaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| LambdaError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o111)).map_err(err)
+}
+
+/// Writes the Python runtime under `dir`, readable by functions' users.
+fn write_runtime(dir: &Path) -> Result<(), LambdaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LambdaError::Io { path, source }
+    };
+    for (name, text) in PYTHON_RUNTIME {
+        let path = dir.join(name);
+        let parent = path.parent().expect("under dir");
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(parent))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// The function IPC endpoint on `ipc_listener` and the router link, until
+/// `shutdown`.
+fn serve_functions(
+    ctx: &Context,
+    ipc_listener: tokio::net::TcpListener,
+    runner: Arc<Mutex<work::Runner>>,
+    shutdown: &CancellationToken,
+) {
+    let (up, mut up_rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = ipc::router(ipc::Ipc {
+        runner: runner.clone(),
+        up,
+        shadow_socket: ctx.layout.socket("shadow"),
+    });
+    let ipc_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(ipc_listener, app)
+            .with_graceful_shutdown(ipc_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!("function IPC endpoint: {e}");
+        }
+    });
+    let router_socket = ctx.layout.socket("router");
+    let link_shutdown = shutdown.clone();
+    let mut functions = link::Functions { runner };
+    tokio::spawn(async move {
+        let link = verdant_common::link::Link {
+            socket: &router_socket,
+            endpoint: "lambda-runner",
+            credit: 256,
+            max_waiting: 10_000,
+        };
+        link.run(&mut functions, &mut up_rx, link_shutdown).await;
+    });
+}
+
+/// Runs the group's functions until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Context,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> Result<(), LambdaError> {
+    let config: LambdaConfig = ctx.config.section("lambda-runner")?;
+    config
+        .check()
+        .map_err(|(key, reason)| LambdaError::Invalid { key, reason })?;
+    let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
+    let group = Group::load(&ctx.layout.current_group())?;
+    let specs = function::specs(&group, &ctx.layout.functions_dir(), &config);
+    for s in &specs {
+        if let Runtime::Unavailable(why) = &s.runtime {
+            tracing::error!(function = %s.arn, "cannot run: {why}");
+        }
+    }
+    let data = ctx.layout.data_dir(SERVICE);
+    let python_runtime = data.join("runtime").join("python");
+    // Functions run as other users: they may pass through (not list) the
+    // directories above their code and the runtime.
+    let functions_dir = ctx.layout.functions_dir();
+    for dir in [
+        data.parent().unwrap_or(&data),
+        data.as_path(),
+        functions_dir.as_path(),
+    ] {
+        traversable(dir)?;
+    }
+    write_runtime(&python_runtime)?;
+
+    let ipc_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.ipc_port))
+        .await
+        .map_err(|source| LambdaError::Bind {
+            port: config.ipc_port,
+            source,
+        })?;
+    let ipc_port = ipc_listener
+        .local_addr()
+        .map_err(|source| LambdaError::Bind {
+            port: config.ipc_port,
+            source,
+        })?
+        .port();
+    tracing::info!(
+        functions = specs.len(),
+        ipc_port,
+        "function IPC endpoint on 127.0.0.1"
+    );
+
+    let (starts, starts_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = Arc::new(Mutex::new(work::Runner::new(
+        specs,
+        starts,
+        config.max_instances_per_function,
+        config.max_work_items,
+        Duration::from_secs(config.idle_secs),
+    )));
+    let supervisor = instance::Supervisor {
+        runner: runner.clone(),
+        env: instance::Environment {
+            ipc_port,
+            python: config.python.clone(),
+            python_runtime,
+            logs: ctx.layout.logs_dir(),
+            region: config.region.clone(),
+            thing_name: core.thing_name,
+            thing_arn: group.core().thing_arn.clone(),
+        },
+    };
+    tokio::spawn(supervisor.run(starts_rx, shutdown.clone()));
+
+    serve_functions(&ctx, ipc_listener, runner.clone(), &shutdown);
+    runner.lock().expect("runner lock").start_pinned();
+
+    let server = Server::new(Info {
+        service: SERVICE.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        note: format!(
+            "Python functions (NoContainer) with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
+        ),
+        functional: true,
+    })
+    .await
+    .add_service(LambdaServer::new(grpc::Api { runner, ipc_port }));
+    server.readiness().serving().await;
+    let result = server.serve(listener, shutdown.clone()).await;
+    shutdown.cancel();
+    result.map_err(LambdaError::from)
+}

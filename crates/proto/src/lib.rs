@@ -18,6 +18,12 @@ pub mod daemon {
     }
 }
 
+pub mod lambda {
+    pub mod v1 {
+        tonic::include_proto!("verdant.lambda.v1");
+    }
+}
+
 pub mod router {
     pub mod v1 {
         tonic::include_proto!("verdant.router.v1");

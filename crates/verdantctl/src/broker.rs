@@ -48,10 +48,7 @@ pub async fn clients(dir: &Path, json: bool) -> Result<(), String> {
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&views).expect("views serialize")
-        );
+        output::json(&views);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views

@@ -1,6 +1,7 @@
 //! verdantctl: inspect and steer a running core over its gRPC sockets.
 
 mod broker;
+mod functions;
 mod output;
 mod router;
 mod shadow;
@@ -69,6 +70,8 @@ enum Cmd {
     Routes,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
+    /// The group's functions: instances, queues and counters.
+    Functions,
     /// Device shadows: get, update, delete, list named shadows.
     #[command(subcommand)]
     Shadow(shadow::ShadowCmd),
@@ -160,6 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Clients => return broker::clients(&dir, json).await,
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
         Cmd::Routes => return router::routes(&dir, json).await,
+        Cmd::Functions => return functions::list(&dir, json).await,
         Cmd::Cloud => return router::cloud(&dir, json).await,
         Cmd::Shadow(cmd) => return shadow::run(&dir, cmd, json).await,
         Cmd::Trace { source, topic } => return router::trace(&dir, source, topic, json).await,
@@ -240,6 +244,7 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Clients
         | Cmd::Disconnect { .. }
         | Cmd::Routes
+        | Cmd::Functions
         | Cmd::Cloud
         | Cmd::Trace { .. }
         | Cmd::Shadow(_) => {

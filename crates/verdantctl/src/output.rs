@@ -76,10 +76,7 @@ pub fn services(list: &[pb::Service], json: bool) {
                 note: &s.note,
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&views).expect("views serialize")
-        );
+        self::json(&views);
         return;
     }
     let rows: Vec<[String; 7]> = list
@@ -116,6 +113,14 @@ pub fn services(list: &[pb::Service], json: bool) {
 }
 
 /// Columns padded to their widest cell; the last one is not padded.
+/// Pretty JSON of what a command shows, for `-o json`.
+pub fn json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("views serialize")
+    );
+}
+
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {

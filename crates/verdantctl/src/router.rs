@@ -64,10 +64,7 @@ pub async fn routes(dir: &Path, json: bool) -> Result<(), String> {
         links: &resp.links,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&view).expect("views serialize")
-        );
+        output::json(&view);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = view

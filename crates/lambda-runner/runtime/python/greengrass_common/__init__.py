@@ -1,0 +1,1 @@
+# Verdant's greengrass_common: what greengrasssdk imports from the core.

@@ -1,0 +1,1 @@
+# Verdant's greengrass_ipc_python_sdk: the function side of the core's IPC.

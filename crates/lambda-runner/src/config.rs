@@ -1,0 +1,70 @@
+//! `[lambda-runner]` in the core config.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LambdaConfig {
+    /// The function IPC port on loopback (Greengrass's `ggDaemonPort`;
+    /// old function bundles hard-code 8000). 0 picks a free port.
+    pub ipc_port: u16,
+    /// The Python 3 interpreter Python functions run with.
+    pub python: PathBuf,
+    /// Who functions run as when the group says nothing (`RunAs`): a user
+    /// name (Greengrass's `ggc_user`; `nobody` if it does not exist).
+    pub default_user: String,
+    /// Functions may run as uid or gid 0 (Greengrass's
+    /// `allowFunctionsToRunAsRoot`).
+    pub allow_functions_to_run_as_root: bool,
+    /// Instances of one on-demand function at most (`maxConcurrentLimit`).
+    pub max_instances_per_function: usize,
+    /// Work items waiting per function at most (`maxWorkItemCount`); more
+    /// are refused and counted.
+    pub max_work_items: usize,
+    /// An on-demand instance idle this long is stopped.
+    pub idle_secs: u64,
+    /// The AWS region functions are told (`AWS_REGION`).
+    pub region: String,
+}
+
+impl Default for LambdaConfig {
+    fn default() -> Self {
+        LambdaConfig {
+            ipc_port: 8000,
+            python: PathBuf::from("python3"),
+            default_user: "ggc_user".into(),
+            allow_functions_to_run_as_root: false,
+            max_instances_per_function: 10,
+            max_work_items: 1000,
+            idle_secs: 60,
+            region: "us-east-1".into(),
+        }
+    }
+}
+
+impl LambdaConfig {
+    /// Problems that stop the lambda-runner from starting, as (key, reason).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.max_instances_per_function == 0 {
+            return Err((
+                "lambda-runner.max_instances_per_function".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_work_items == 0 {
+            return Err((
+                "lambda-runner.max_work_items".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.default_user.is_empty() {
+            return Err((
+                "lambda-runner.default_user".into(),
+                "must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! The group's functions as the lambda-runner runs them: Greengrass's
+//! configuration with its defaults applied, the artifact found, and the
+//! runtime told from it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use verdant_group::{EncodingType, Execution, Group, IsolationMode};
+
+use crate::config::LambdaConfig;
+
+/// How a function's code runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// `Executable` = `<module>.<function>`, with `<module>.py` in the
+    /// artifact: Verdant's Python runtime loop imports it.
+    Python { handler: String },
+    /// Not runnable: why (shown as the function's state).
+    Unavailable(String),
+}
+
+impl Runtime {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runtime::Python { .. } => "python",
+            Runtime::Unavailable(_) => "none",
+        }
+    }
+}
+
+/// One function of the group, ready to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Qualified, as subscriptions and callers name it.
+    pub arn: String,
+    pub name: String,
+    /// The qualifier (a version or an alias).
+    pub version: String,
+    /// `<root>/functions/<name>/<version>/`.
+    pub dir: PathBuf,
+    pub runtime: Runtime,
+    pub pinned: bool,
+    /// Per request (Greengrass default 3 s).
+    pub timeout: Duration,
+    pub memory_kb: u32,
+    pub binary: bool,
+    pub variables: BTreeMap<String, String>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The name and qualifier of `arn:aws:lambda:<r>:<a>:function:<name>:<q>`.
+fn name_and_version(arn: &str) -> (String, String) {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let name = parts.get(6).copied().unwrap_or(arn).to_string();
+    let version = parts.get(7).copied().unwrap_or("$LATEST").to_string();
+    (name, version)
+}
+
+/// The uid and gid functions run as by default: `[lambda-runner] default_user`,
+/// else `nobody`.
+pub fn default_identity(config: &LambdaConfig) -> (u32, u32) {
+    for name in [config.default_user.as_str(), "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            if name != config.default_user {
+                tracing::warn!(
+                    user = %config.default_user,
+                    "no such user: functions run as nobody unless the group says otherwise"
+                );
+            }
+            return (u.uid.as_raw(), u.gid.as_raw());
+        }
+    }
+    (65534, 65534)
+}
+
+/// The specs of the group's functions, in the group's order. A function
+/// that cannot run gets `Runtime::Unavailable` with the reason (its JSON
+/// path included) and the others run.
+pub fn specs(group: &Group, functions_dir: &Path, config: &LambdaConfig) -> Vec<Spec> {
+    let defaults = group
+        .function_definition_version
+        .default_config
+        .as_ref()
+        .and_then(|d| d.execution.clone())
+        .unwrap_or_default();
+    let identity = if group.function_definition_version.functions.is_empty() {
+        (65534, 65534)
+    } else {
+        default_identity(config)
+    };
+    group
+        .function_definition_version
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let at = format!("FunctionDefinitionVersion.Functions[{i}].FunctionConfiguration");
+            let c = &f.function_configuration;
+            let (name, version) = name_and_version(&f.function_arn);
+            let dir = functions_dir.join(&name).join(&version);
+            let own = c
+                .environment
+                .as_ref()
+                .and_then(|e| e.execution.clone())
+                .unwrap_or_default();
+            let execution = Execution {
+                isolation_mode: own.isolation_mode.or(defaults.isolation_mode),
+                run_as: own.run_as.or_else(|| defaults.run_as.clone()),
+            };
+            let uid = execution
+                .run_as
+                .as_ref()
+                .and_then(|r| r.uid)
+                .unwrap_or(identity.0);
+            let gid = execution
+                .run_as
+                .as_ref()
+                .and_then(|r| r.gid)
+                .unwrap_or(identity.1);
+            let mut runtime = runtime(c.executable.as_deref(), &dir, &at);
+            if (uid == 0 || gid == 0) && !config.allow_functions_to_run_as_root {
+                runtime = Runtime::Unavailable(format!(
+                    "{at}.Environment.Execution.RunAs: uid or gid 0 is refused unless \
+                     [lambda-runner] allow_functions_to_run_as_root = true"
+                ));
+            }
+            if execution.isolation_mode != Some(IsolationMode::NoContainer) {
+                runtime = Runtime::Unavailable(format!(
+                    "{at}.Environment.Execution.IsolationMode: GreengrassContainer isolation \
+                     is not available yet (issue #6); set NoContainer"
+                ));
+            }
+            Spec {
+                arn: f.function_arn.clone(),
+                name,
+                version,
+                dir,
+                runtime,
+                pinned: c.pinned,
+                timeout: Duration::from_secs(u64::from(c.timeout.unwrap_or(3).max(1))),
+                memory_kb: c.memory_size.unwrap_or(16_384),
+                binary: c.encoding_type == Some(EncodingType::Binary),
+                variables: c
+                    .environment
+                    .as_ref()
+                    .map(|e| e.variables.clone())
+                    .unwrap_or_default(),
+                uid,
+                gid,
+            }
+        })
+        .collect()
+}
+
+/// The runtime the artifact in `dir` needs for `executable`.
+fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
+    let Some(executable) = executable.filter(|e| !e.is_empty()) else {
+        return Runtime::Unavailable(format!("{at}.Executable: required"));
+    };
+    if !dir.is_dir() {
+        return Runtime::Unavailable(format!(
+            "{at}: no artifact at {} (a directory with the function's code)",
+            dir.display()
+        ));
+    }
+    if let Some((module, _)) = executable.rsplit_once('.') {
+        let file = dir.join(format!("{}.py", module.replace('.', "/")));
+        if file.is_file() {
+            return Runtime::Python {
+                handler: executable.to_string(),
+            };
+        }
+    }
+    Runtime::Unavailable(format!(
+        "{at}.Executable: `{executable}` names no Python handler (<module>.<function> with \
+         <module>.py) in {}; other runtimes are not available yet (issue #6)",
+        dir.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(functions: serde_json::Value) -> Group {
+        let core = verdant_group::Thing {
+            id: "core".into(),
+            thing_arn: "arn:aws:iot:us-east-1:1:thing/core".into(),
+            certificate_arn: format!("arn:aws:iot:us-east-1:1:cert/{}", "ab".repeat(32)),
+            sync_shadow: false,
+        };
+        let mut g = Group::sample(&core, &core);
+        g.function_definition_version = serde_json::from_value(functions).unwrap();
+        g
+    }
+
+    #[test]
+    fn defaults_identity_and_refusals_with_their_json_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = dir.path().join("echo/1");
+        std::fs::create_dir_all(&code).unwrap();
+        std::fs::write(code.join("echo.py"), "def handler(e, c):\n    return e\n").unwrap();
+        let arn = |n: &str| format!("arn:aws:lambda:us-east-1:1:function:{n}:1");
+        let g = group(serde_json::json!({
+            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+                "RunAs": { "Uid": 1000, "Gid": 1000 } } },
+            "Functions": [
+                { "Id": "a", "FunctionArn": arn("echo"),
+                  "FunctionConfiguration": { "Executable": "echo.handler", "Pinned": true } },
+                { "Id": "b", "FunctionArn": arn("echo"),
+                  "FunctionConfiguration": { "Executable": "echo.handler", "Timeout": 9,
+                    "Environment": { "Execution": { "RunAs": { "Uid": 0, "Gid": 0 } } } } },
+                { "Id": "c", "FunctionArn": arn("gone"),
+                  "FunctionConfiguration": { "Executable": "gone.handler" } },
+                { "Id": "d", "FunctionArn": arn("echo"),
+                  "FunctionConfiguration": { "Executable": "echo.handler",
+                    "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
+            ]
+        }));
+        let s = specs(&g, dir.path(), &LambdaConfig::default());
+        assert_eq!(
+            s[0].runtime,
+            Runtime::Python {
+                handler: "echo.handler".into()
+            }
+        );
+        assert!(s[0].pinned);
+        assert_eq!((s[0].uid, s[0].gid), (1000, 1000));
+        assert_eq!(s[0].timeout, Duration::from_secs(3));
+        assert_eq!((s[0].name.as_str(), s[0].version.as_str()), ("echo", "1"));
+        let why = |i: usize| match &s[i].runtime {
+            Runtime::Unavailable(w) => w.clone(),
+            r @ Runtime::Python { .. } => panic!("{r:?}"),
+        };
+        assert!(
+            why(1).starts_with(
+                "FunctionDefinitionVersion.Functions[1].FunctionConfiguration.Environment.Execution.RunAs"
+            ),
+            "{}",
+            why(1)
+        );
+        assert!(why(2).contains("no artifact"), "{}", why(2));
+        assert!(why(3).contains("GreengrassContainer"), "{}", why(3));
+    }
+}

@@ -1,0 +1,456 @@
+//! Work items, instances and invocations, with no I/O: who runs what, and
+//! who waits for which result. One `Runner` behind a mutex is shared by
+//! the IPC endpoint, the router link and the process supervisor; waits
+//! happen on oneshot channels outside the lock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::function::{Runtime, Spec};
+
+/// Index of a function in the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionId(pub usize);
+
+/// One process of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub u64);
+
+/// What an instance is handed by `GET .../work`.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub id: String,
+    pub payload: Bytes,
+    /// Base64 JSON, passed through as `X-Amz-Client-Context`.
+    pub client_context: String,
+    /// A `RequestResponse` caller waits for the result.
+    pub reply: bool,
+}
+
+/// How an invocation ended: the body, and `X-Amz-Function-Error` ("" on
+/// success, `Handled` or `Unhandled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub payload: Bytes,
+    pub error: &'static str,
+}
+
+impl Outcome {
+    pub fn unhandled(message: &str) -> Outcome {
+        Outcome {
+            payload: Bytes::from(serde_json::json!({ "errorMessage": message }).to_string()),
+            error: "Unhandled",
+        }
+    }
+}
+
+/// Why a work item was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("no function {0} in the deployed group")]
+    NotFound(String),
+    #[error("function {arn} cannot run: {why}")]
+    Unavailable { arn: String, why: String },
+    #[error("the work queue of {0} is full")]
+    Full(String),
+}
+
+#[derive(Debug)]
+struct Instance {
+    token: String,
+    /// Waiting in `GET .../work`.
+    poller: Option<oneshot::Sender<WorkItem>>,
+    /// The invocation it runs (its id, whether someone waits for its
+    /// result), and since when.
+    busy: Option<(String, bool, Instant)>,
+    idle_since: Instant,
+}
+
+/// Counters of one function.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub invocations: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub overflow: u64,
+}
+
+#[derive(Debug)]
+struct Function {
+    spec: Spec,
+    queue: VecDeque<WorkItem>,
+    instances: BTreeMap<InstanceId, Instance>,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+enum Invocation {
+    Waiting(Vec<oneshot::Sender<Outcome>>),
+    Done(Outcome),
+}
+
+/// A function as `ListFunctions` shows it.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub spec: Spec,
+    pub instances: usize,
+    pub queued: usize,
+    pub counters: Counters,
+}
+
+/// A result, or where it will come.
+#[derive(Debug)]
+pub enum Pending<T> {
+    Ready(T),
+    Later(oneshot::Receiver<T>),
+}
+
+/// An instance to start: its function, id and authorization token.
+pub type Start = (FunctionId, InstanceId, String);
+
+#[derive(Debug)]
+pub struct Runner {
+    functions: Vec<Function>,
+    by_arn: HashMap<String, FunctionId>,
+    tokens: HashMap<String, (FunctionId, InstanceId)>,
+    /// Results of `RequestResponse` invocations until fetched.
+    invocations: HashMap<String, Invocation>,
+    next_instance: u64,
+    next_invocation: u64,
+    /// Instances to start go to the supervisor here.
+    starts: mpsc::UnboundedSender<Start>,
+    max_instances: usize,
+    max_work_items: usize,
+    idle: Duration,
+    /// Part of every invocation id, so that ids differ across restarts.
+    epoch: String,
+}
+
+/// A fresh secret: 128 bits from the kernel, hex.
+pub fn secret() -> String {
+    let mut buf = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    buf.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+impl Runner {
+    pub fn new(
+        specs: Vec<Spec>,
+        starts: mpsc::UnboundedSender<Start>,
+        max_instances: usize,
+        max_work_items: usize,
+        idle: Duration,
+    ) -> Runner {
+        let by_arn = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.arn.clone(), FunctionId(i)))
+            .collect();
+        Runner {
+            functions: specs
+                .into_iter()
+                .map(|spec| Function {
+                    spec,
+                    queue: VecDeque::new(),
+                    instances: BTreeMap::new(),
+                    counters: Counters::default(),
+                })
+                .collect(),
+            by_arn,
+            tokens: HashMap::new(),
+            invocations: HashMap::new(),
+            next_instance: 1,
+            next_invocation: 1,
+            starts,
+            max_instances,
+            max_work_items,
+            idle,
+            epoch: secret()[..8].to_string(),
+        }
+    }
+
+    pub fn spec(&self, f: FunctionId) -> &Spec {
+        &self.functions[f.0].spec
+    }
+
+    /// The function a token belongs to (the caller of an IPC request).
+    pub fn caller(&self, token: &str) -> Option<(FunctionId, InstanceId)> {
+        self.tokens.get(token).copied()
+    }
+
+    pub fn function(&self, arn: &str) -> Option<FunctionId> {
+        self.by_arn.get(arn).copied()
+    }
+
+    /// Starts the instance of every pinned function that can run.
+    pub fn start_pinned(&mut self) {
+        for i in 0..self.functions.len() {
+            let f = &self.functions[i];
+            if f.spec.pinned
+                && f.instances.is_empty()
+                && !matches!(f.spec.runtime, Runtime::Unavailable(_))
+            {
+                self.reserve(FunctionId(i));
+            }
+        }
+    }
+
+    /// A new invocation id.
+    pub fn invocation_id(&mut self) -> String {
+        self.next_invocation += 1;
+        format!("{}-{:08}", self.epoch, self.next_invocation)
+    }
+
+    /// Queues work for the function `arn`: its invocation id.
+    pub fn submit(
+        &mut self,
+        arn: &str,
+        payload: Bytes,
+        client_context: String,
+        reply: bool,
+    ) -> Result<String, Refused> {
+        let f = self
+            .function(arn)
+            .ok_or_else(|| Refused::NotFound(arn.to_string()))?;
+        if let Runtime::Unavailable(why) = &self.functions[f.0].spec.runtime {
+            return Err(Refused::Unavailable {
+                arn: arn.to_string(),
+                why: why.clone(),
+            });
+        }
+        let function = &mut self.functions[f.0];
+        if function.queue.len() >= self.max_work_items {
+            function.counters.overflow += 1;
+            tracing::warn!(function = %arn, queued = function.queue.len(), "work queue full: work item refused");
+            return Err(Refused::Full(arn.to_string()));
+        }
+        let id = self.invocation_id();
+        if reply {
+            self.invocations
+                .insert(id.clone(), Invocation::Waiting(Vec::new()));
+        }
+        self.functions[f.0].queue.push_back(WorkItem {
+            id: id.clone(),
+            payload,
+            client_context,
+            reply,
+        });
+        self.dispatch(f);
+        Ok(id)
+    }
+
+    /// Hands queued work to instances waiting for it; asks for one more
+    /// instance when work waits and none is free.
+    fn dispatch(&mut self, f: FunctionId) {
+        let now = Instant::now();
+        let function = &mut self.functions[f.0];
+        while !function.queue.is_empty() {
+            let Some(instance) = function
+                .instances
+                .values_mut()
+                .find(|i| i.poller.is_some() && i.busy.is_none())
+            else {
+                break;
+            };
+            let item = function.queue.pop_front().expect("not empty");
+            instance.busy = Some((item.id.clone(), item.reply, now));
+            function.counters.invocations += 1;
+            let poller = instance.poller.take().expect("found with a poller");
+            if let Err(item) = poller.send(item) {
+                // The instance hung up its poll: the item goes back.
+                instance.busy = None;
+                function.counters.invocations -= 1;
+                function.queue.push_front(item);
+            }
+        }
+        let starting = function
+            .instances
+            .values()
+            .filter(|i| i.poller.is_none() && i.busy.is_none())
+            .count();
+        let limit = if function.spec.pinned {
+            1
+        } else {
+            self.max_instances
+        };
+        if function.queue.len() > starting && function.instances.len() < limit {
+            self.reserve(f);
+        }
+    }
+
+    /// Makes an instance entry and asks the supervisor to start it.
+    fn reserve(&mut self, f: FunctionId) {
+        let id = InstanceId(self.next_instance);
+        self.next_instance += 1;
+        let token = secret();
+        self.tokens.insert(token.clone(), (f, id));
+        self.functions[f.0].instances.insert(
+            id,
+            Instance {
+                token: token.clone(),
+                poller: None,
+                busy: None,
+                idle_since: Instant::now(),
+            },
+        );
+        let _ = self.starts.send((f, id, token));
+    }
+
+    /// An instance asks for work (`GET .../work`).
+    pub fn take_work(&mut self, f: FunctionId, i: InstanceId) -> Option<Pending<WorkItem>> {
+        let function = &mut self.functions[f.0];
+        let instance = function.instances.get_mut(&i)?;
+        if let Some(item) = function.queue.pop_front() {
+            instance.busy = Some((item.id.clone(), item.reply, Instant::now()));
+            function.counters.invocations += 1;
+            return Some(Pending::Ready(item));
+        }
+        let (tx, rx) = oneshot::channel();
+        instance.poller = Some(tx);
+        instance.busy = None;
+        instance.idle_since = Instant::now();
+        Some(Pending::Later(rx))
+    }
+
+    /// An instance gives the result of invocation `id` (`POST .../work`).
+    pub fn finish(&mut self, f: FunctionId, i: InstanceId, id: &str, outcome: Outcome) -> bool {
+        let function = &mut self.functions[f.0];
+        let Some(instance) = function.instances.get_mut(&i) else {
+            return false;
+        };
+        match &instance.busy {
+            Some((busy, _, _)) if busy == id => {}
+            _ => return false,
+        }
+        instance.busy = None;
+        instance.idle_since = Instant::now();
+        if !outcome.error.is_empty() {
+            function.counters.errors += 1;
+        }
+        self.complete(id, outcome);
+        true
+    }
+
+    fn complete(&mut self, id: &str, outcome: Outcome) {
+        if let Some(Invocation::Waiting(waiters)) = self.invocations.remove(id) {
+            if waiters.is_empty() {
+                self.invocations
+                    .insert(id.to_string(), Invocation::Done(outcome));
+            } else {
+                for w in waiters {
+                    let _ = w.send(outcome.clone());
+                }
+            }
+        }
+    }
+
+    /// The result of a `RequestResponse` invocation (`GET .../functions/<arn>`).
+    pub fn result(&mut self, id: &str) -> Option<Pending<Outcome>> {
+        match self.invocations.remove(id)? {
+            Invocation::Done(o) => Some(Pending::Ready(o)),
+            Invocation::Waiting(mut waiters) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                self.invocations
+                    .insert(id.to_string(), Invocation::Waiting(waiters));
+                Some(Pending::Later(rx))
+            }
+        }
+    }
+
+    /// A result known at once (a shadow call, an unavailable service).
+    pub fn done(&mut self, outcome: Outcome) -> String {
+        let id = self.invocation_id();
+        self.invocations
+            .insert(id.clone(), Invocation::Done(outcome));
+        id
+    }
+
+    /// An instance's process ended (or could not start): what it ran fails
+    /// as `Unhandled`; a pinned function gets a new instance (the
+    /// supervisor delays its start). True if one was asked for.
+    pub fn exited(&mut self, f: FunctionId, i: InstanceId, why: &str) -> bool {
+        let function = &mut self.functions[f.0];
+        let Some(instance) = function.instances.remove(&i) else {
+            return false;
+        };
+        self.tokens.remove(&instance.token);
+        if let Some((id, _, _)) = instance.busy {
+            function.counters.errors += 1;
+            self.complete(&id, Outcome::unhandled(why));
+        }
+        let function = &mut self.functions[f.0];
+        if function.spec.pinned {
+            self.reserve(f);
+            return true;
+        }
+        if function.instances.is_empty() && !function.queue.is_empty() {
+            // Nothing left to run the queue: it fails rather than waits.
+            let failed: Vec<WorkItem> = function.queue.drain(..).collect();
+            function.counters.errors += failed.len() as u64;
+            for item in failed {
+                self.complete(&item.id, Outcome::unhandled(why));
+            }
+        }
+        false
+    }
+
+    /// Instances past their function's Timeout (their invocation fails as
+    /// `Unhandled`, counted) and on-demand instances idle too long: the
+    /// supervisor stops them.
+    pub fn overdue(&mut self, now: Instant) -> Vec<(FunctionId, InstanceId)> {
+        let mut out = Vec::new();
+        let mut timed_out = Vec::new();
+        for (fi, function) in self.functions.iter_mut().enumerate() {
+            let timeout = function.spec.timeout;
+            for (id, instance) in &mut function.instances {
+                match &instance.busy {
+                    Some((inv, _, since)) if now.duration_since(*since) > timeout => {
+                        function.counters.timeouts += 1;
+                        function.counters.errors += 1;
+                        timed_out.push((inv.clone(), timeout));
+                        instance.busy = None;
+                        out.push((FunctionId(fi), *id));
+                    }
+                    None if !function.spec.pinned
+                        && instance.poller.is_some()
+                        && now.duration_since(instance.idle_since) > self.idle =>
+                    {
+                        out.push((FunctionId(fi), *id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (inv, timeout) in timed_out {
+            let message = format!("Task timed out after {:.2} seconds", timeout.as_secs_f64());
+            self.complete(&inv, Outcome::unhandled(&message));
+        }
+        out
+    }
+
+    pub fn views(&self) -> Vec<View> {
+        self.functions
+            .iter()
+            .map(|f| View {
+                spec: f.spec.clone(),
+                instances: f.instances.len(),
+                queued: f.queue.len(),
+                counters: f.counters,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "work_tests.rs"]
+mod tests;

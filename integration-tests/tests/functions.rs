@@ -1,0 +1,254 @@
+//! Functions written for Greengrass v1 with the real greengrasssdk, run by
+//! the lambda-runner: a device's message reaches a pinned function, which
+//! updates a shadow, invokes an on-demand function and publishes back to
+//! the device; handler errors, timeouts and strangers are told apart.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use verdant_integration_tests::groups::{arn, thing};
+use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
+use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_proto::lambda::v1 as pb;
+use verdant_proto::lambda::v1::lambda_client::LambdaClient;
+
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+fn function_arn(name: &str) -> String {
+    format!("arn:aws:lambda:us-east-1:123456789012:function:{name}:1")
+}
+
+fn group() -> String {
+    json!({
+        "Id": "functions-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("a", 2)] },
+        "FunctionDefinitionVersion": {
+            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+                "RunAs": { "Uid": 65534, "Gid": 65534 } } },
+            "Functions": [
+                { "Id": "echo", "FunctionArn": function_arn("echo"),
+                  "FunctionConfiguration": { "Executable": "echo.handler", "Pinned": true,
+                    "Timeout": 10, "MemorySize": 32768, "EncodingType": "json",
+                    "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
+                { "Id": "adder", "FunctionArn": function_arn("adder"),
+                  "FunctionConfiguration": { "Executable": "adder.handler", "Timeout": 1 } },
+            ]
+        },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "in", "Source": arn("a"), "Subject": "in/#", "Target": function_arn("echo") },
+            { "Id": "out", "Source": function_arn("echo"), "Subject": "echo/out", "Target": arn("a") },
+        ]},
+    })
+    .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Puts the functions' code under `functions/<name>/1/`, each bundled with
+/// greengrasssdk as users bundle it, readable by the functions' user.
+fn install_functions(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
+    let sdk = std::process::Command::new(verdant_integration_tests::python())
+        .args([
+            "-c",
+            "import greengrasssdk, os; print(os.path.dirname(greengrasssdk.__file__))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sdk.status.success(),
+        "greengrasssdk (scripts/test-deps.sh installs it)"
+    );
+    let sdk = String::from_utf8(sdk.stdout).unwrap();
+    for name in ["echo", "adder"] {
+        let dir = root.join("functions").join(name).join("1");
+        copy_dir(&here.join(name), &dir);
+        copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
+    }
+    // The temp dir is private to us; the functions run as nobody.
+    for dir in [root.parent().unwrap(), root] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+async fn start() -> Core {
+    let group = group();
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        group: Some(&group),
+        prepare: Some(&install_functions),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    core
+}
+
+async fn functions(core: &Core) -> pb::ListFunctionsResponse {
+    let channel = verdant_common::uds::connect(&core.socket("lambda-runner"))
+        .await
+        .unwrap();
+    LambdaClient::new(channel)
+        .list_functions(pb::ListFunctionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the listed function `name` satisfies `pred`.
+async fn wait_function(core: &Core, name: &str, pred: impl Fn(&pb::Function) -> bool) {
+    let arn = function_arn(name);
+    let mut last = None;
+    let ok = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let listed = functions(core).await;
+            last = listed.functions.into_iter().find(|f| f.arn == arn);
+            if last.as_ref().is_some_and(&pred) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{name}: {last:?}");
+}
+
+/// What the functions wrote to their logs, and the core's log.
+fn logs(core: &Core) -> String {
+    let mut out = String::new();
+    for name in ["echo", "adder"] {
+        let path = core.root().join(format!("logs/functions/{name}.log"));
+        out += "--- ";
+        out += name;
+        out += ".log\n";
+        out += &std::fs::read_to_string(path).unwrap_or_default();
+    }
+    out + "--- core\n" + &core.stderr_text()
+}
+
+async fn echo(
+    core: &Core,
+    dev: &rumqttc::AsyncClient,
+    ev: &mut rumqttc::EventLoop,
+    event: Value,
+) -> Value {
+    publish(dev, ev, "in/x", &event.to_string()).await;
+    let mut got = Vec::new();
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while got.is_empty() {
+            got.extend(received(ev, Duration::from_millis(50)).await);
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no answer to {event}:\n{}", logs(core));
+    assert_eq!(got[0].0, "echo/out");
+    serde_json::from_str(&got[0].1).unwrap()
+}
+
+#[tokio::test]
+async fn a_greengrasssdk_function_gets_messages_calls_shadows_and_functions_and_publishes() {
+    let core = start().await;
+    wait_function(&core, "echo", |f| f.instances == 1 && f.state == "ready").await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut ev, "echo/out").await;
+
+    let out = echo(&core, &dev, &mut ev, json!({ "n": 1 })).await;
+    assert_eq!(out["event"], json!({ "n": 1 }));
+    assert_eq!(out["subject"], "in/x");
+    assert_eq!(out["sum"], 101, "the adder answered");
+    assert_eq!(out["shadow_version"], 1, "the shadow update was accepted");
+    assert_eq!(out["uid"], 65534, "run as the group's RunAs");
+    assert_eq!(out["function"], function_arn("echo"));
+    let shadow = core.ctl(&["shadow", "get", "a"]);
+    assert!(
+        String::from_utf8_lossy(&shadow.stdout).contains("\"n\": 1"),
+        "{shadow:?}"
+    );
+
+    // The same pinned instance takes the next message.
+    let out = echo(&core, &dev, &mut ev, json!({ "n": 2 })).await;
+    assert_eq!(
+        (out["sum"].clone(), out["shadow_version"].clone()),
+        (json!(102), json!(2))
+    );
+    wait_function(&core, "echo", |f| f.invocations == 2 && f.instances == 1).await;
+    wait_function(&core, "adder", |f| f.invocations == 2 && f.errors == 0).await;
+
+    // A handler that raises is an error, counted; the instance lives on.
+    publish(&dev, &mut ev, "in/x", &json!({ "fail": true }).to_string()).await;
+    wait_function(&core, "echo", |f| f.errors == 1 && f.instances == 1).await;
+
+    // An invocation past its Timeout: the caller gets Unhandled, the
+    // instance is killed, and the next call starts a new one.
+    let out = echo(&core, &dev, &mut ev, json!({ "slow": 5 })).await;
+    assert_eq!(out["error"], "Unhandled");
+    assert!(
+        out["body"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 1.00 seconds"),
+        "{out}"
+    );
+    wait_function(&core, "adder", |f| f.timeouts == 1).await;
+    let out = echo(&core, &dev, &mut ev, json!({ "n": 3 })).await;
+    assert_eq!(out["sum"], 103);
+
+    // What operators see.
+    let listed = core.ctl(&["functions"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    for want in [
+        "function:echo:1",
+        "pinned",
+        "function:adder:1",
+        "on-demand",
+        "65534:65534",
+    ] {
+        assert!(text.contains(want), "{want} in:\n{text}");
+    }
+}
+
+/// One HTTP/1.1 request to the IPC port: the status line.
+fn http(port: u16, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
+    let core = start().await;
+    let port = u16::try_from(functions(&core).await.ipc_port).unwrap();
+    let path = format!("/2016-11-01/functions/{}", function_arn("adder"));
+    for token in ["", "Authorization: not-a-token\r\n"] {
+        let status = http(
+            port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\n{token}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            ),
+        );
+        assert!(status.contains("401"), "{status}");
+    }
+    let status = http(
+        port,
+        &format!("GET {path}/work HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(status.contains("401"), "{status}");
+}
