@@ -15,6 +15,9 @@ use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 
 const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+/// This machine has `fs.protected_symlinks = 0`: the tests say deliberately
+/// that functions may run anyway (the last test checks the refusal).
+const INSECURE: &str = "[lambda-runner]\nrun_on_insecure_host = true\n";
 
 fn function_arn(name: &str) -> String {
     format!("arn:aws:lambda:us-east-1:123456789012:function:{name}:1")
@@ -87,9 +90,13 @@ fn install_functions(root: &Path) {
 }
 
 async fn start() -> Core {
+    start_with(&format!("{TCP}{INSECURE}")).await
+}
+
+async fn start_with(dropin: &str) -> Core {
     let group = group();
     let core = Core::start_with(&Options {
-        dropin: Some(TCP),
+        dropin: Some(dropin),
         group: Some(&group),
         prepare: Some(&install_functions),
         ..Options::default()
@@ -251,4 +258,21 @@ async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
         &format!("GET {path}/work HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
     );
     assert!(status.contains("401"), "{status}");
+}
+
+#[tokio::test]
+async fn secure_mode_refuses_functions_on_a_host_without_link_protection() {
+    let core = start_with(TCP).await;
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/fs/{name}")).unwrap();
+    let protected =
+        read("protected_hardlinks").trim() == "1" && read("protected_symlinks").trim() == "1";
+    let listed = functions(&core).await;
+    for f in &listed.functions {
+        if protected {
+            assert_eq!(f.state, "ready", "{f:?}");
+        } else {
+            assert!(f.state.starts_with("secure mode: fs.protected_"), "{f:?}");
+            assert_eq!(f.instances, 0, "{f:?}");
+        }
+    }
 }

@@ -27,6 +27,10 @@ pub struct LambdaConfig {
     pub idle_secs: u64,
     /// The AWS region functions are told (`AWS_REGION`).
     pub region: String,
+    /// Run functions even though `fs.protected_hardlinks` or
+    /// `fs.protected_symlinks` is not 1 (a function could then trick the
+    /// core through links in shared directories); logged loudly.
+    pub run_on_insecure_host: bool,
 }
 
 impl Default for LambdaConfig {
@@ -40,6 +44,7 @@ impl Default for LambdaConfig {
             max_work_items: 1000,
             idle_secs: 60,
             region: "us-east-1".into(),
+            run_on_insecure_host: false,
         }
     }
 }

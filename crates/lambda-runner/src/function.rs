@@ -154,6 +154,45 @@ pub fn specs(group: &Group, functions_dir: &Path, config: &LambdaConfig) -> Vec<
         .collect()
 }
 
+/// Why this host is not safe for functions (Greengrass's secure mode):
+/// link protections that are off, read from `proc_sys` (`/proc/sys`).
+pub fn host_problems(proc_sys: &Path) -> Vec<String> {
+    ["protected_hardlinks", "protected_symlinks"]
+        .iter()
+        .filter_map(|name| {
+            let value = std::fs::read_to_string(proc_sys.join("fs").join(name)).ok()?;
+            (value.trim() != "1").then(|| format!("fs.{name} is {}", value.trim()))
+        })
+        .collect()
+}
+
+/// Applies secure mode: with `problems`, no function runs unless the
+/// configuration says to run anyway (then it is logged loudly).
+pub fn secure_mode(specs: &mut [Spec], problems: &[String], config: &LambdaConfig) {
+    if problems.is_empty() || specs.is_empty() {
+        return;
+    }
+    let problems = problems.join(", ");
+    if config.run_on_insecure_host {
+        tracing::warn!(
+            "INSECURE: running functions although {problems} \
+             ([lambda-runner] run_on_insecure_host = true)"
+        );
+        return;
+    }
+    tracing::error!(
+        "functions do not run: {problems}; set them to 1 (sysctl), or \
+         [lambda-runner] run_on_insecure_host = true to run anyway"
+    );
+    for s in specs {
+        if !matches!(s.runtime, Runtime::Unavailable(_)) {
+            s.runtime = Runtime::Unavailable(format!(
+                "secure mode: {problems} (set to 1, or [lambda-runner] run_on_insecure_host = true)"
+            ));
+        }
+    }
+}
+
 /// The runtime the artifact in `dir` needs for `executable`.
 fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
     let Some(executable) = executable.filter(|e| !e.is_empty()) else {
@@ -243,5 +282,27 @@ mod tests {
         );
         assert!(why(2).contains("no artifact"), "{}", why(2));
         assert!(why(3).contains("GreengrassContainer"), "{}", why(3));
+
+        // Secure mode, against a made-up /proc/sys.
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(sys.join("fs")).unwrap();
+        std::fs::write(sys.join("fs/protected_hardlinks"), "1\n").unwrap();
+        std::fs::write(sys.join("fs/protected_symlinks"), "0\n").unwrap();
+        let problems = host_problems(&sys);
+        assert_eq!(problems, ["fs.protected_symlinks is 0"]);
+        let mut insecure = s.clone();
+        secure_mode(&mut insecure, &problems, &LambdaConfig::default());
+        assert!(
+            matches!(&insecure[0].runtime, Runtime::Unavailable(w) if w.contains("secure mode"))
+        );
+        let mut anyway = s.clone();
+        let config = LambdaConfig {
+            run_on_insecure_host: true,
+            ..LambdaConfig::default()
+        };
+        secure_mode(&mut anyway, &problems, &config);
+        assert_eq!(anyway[0].runtime, s[0].runtime);
+        std::fs::write(sys.join("fs/protected_symlinks"), "1\n").unwrap();
+        assert!(host_problems(&sys).is_empty());
     }
 }

@@ -141,7 +141,9 @@ pub async fn run(
         .map_err(|(key, reason)| LambdaError::Invalid { key, reason })?;
     let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
     let group = Group::load(&ctx.layout.current_group())?;
-    let specs = function::specs(&group, &ctx.layout.functions_dir(), &config);
+    let mut specs = function::specs(&group, &ctx.layout.functions_dir(), &config);
+    let problems = function::host_problems(Path::new("/proc/sys"));
+    function::secure_mode(&mut specs, &problems, &config);
     for s in &specs {
         if let Runtime::Unavailable(why) = &s.runtime {
             tracing::error!(function = %s.arn, "cannot run: {why}");
