@@ -4,6 +4,7 @@
 mod compare;
 mod core;
 mod drain;
+mod function;
 mod mqtt;
 mod shadow;
 mod spawn;
@@ -82,6 +83,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Functions: a pinned Python function (greengrasssdk) relaying a
+    /// device's messages back to it; messages/s and round trip.
+    Function {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        /// A Python with greengrasssdk, bundled with the function.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Prints the group a routed-mode benchmark deploys: things named as
     /// the benchmark's clients and routes from every publisher to every
     /// subscriber on `bench/#`.
@@ -122,6 +134,11 @@ fn main() {
         }
         Cmd::Group => println!("{}", compare::group()),
         Cmd::Shadow { bin_dir, runs } => runtime.block_on(shadow::run(&bin_dir, runs)),
+        Cmd::Function {
+            bin_dir,
+            python,
+            runs,
+        } => runtime.block_on(function::run(&bin_dir, &python, runs)),
         Cmd::Drain {
             bin_dir,
             messages,
