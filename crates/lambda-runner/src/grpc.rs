@@ -29,7 +29,7 @@ impl Lambda for Api {
                 pinned: v.spec.pinned,
                 state: match &v.spec.runtime {
                     Runtime::Unavailable(why) => why.clone(),
-                    Runtime::Python { .. } => "ready".into(),
+                    Runtime::Python { .. } | Runtime::Node { .. } => "ready".into(),
                 },
                 instances: v.instances as u32,
                 queued: v.queued as u32,

@@ -20,8 +20,9 @@ use crate::work::{FunctionId, InstanceId, Runner, Start};
 pub struct Environment {
     pub ipc_port: u16,
     pub python: PathBuf,
-    /// Where Verdant's Python runtime and modules are.
-    pub python_runtime: PathBuf,
+    pub node: PathBuf,
+    /// Where Verdant's runtime loops and modules are (`python/`, `nodejs/`).
+    pub runtimes: PathBuf,
     pub logs: PathBuf,
     pub region: String,
     pub thing_name: String,
@@ -105,20 +106,30 @@ async fn run_instance(
     token: &str,
     kill: oneshot::Receiver<()>,
 ) -> String {
-    let Runtime::Python { handler } = &spec.runtime else {
-        return "the function cannot run".into();
+    let (mut cmd, path_var) = match &spec.runtime {
+        Runtime::Python { handler } => {
+            let mut cmd = tokio::process::Command::new(&env.python);
+            cmd.arg("-u")
+                .arg(env.runtimes.join("python/lambda_runtime.py"))
+                .arg(format!("--handler={handler}"));
+            (cmd, ("PYTHONPATH", env.runtimes.join("python")))
+        }
+        Runtime::Node { handler } => {
+            let mut cmd = tokio::process::Command::new(&env.node);
+            cmd.arg(env.runtimes.join("nodejs/lambda_nodejs_runtime.js"))
+                .arg(format!("--handler={handler}"));
+            (cmd, ("NODE_PATH", env.runtimes.join("nodejs/lib")))
+        }
+        Runtime::Unavailable(_) => return "the function cannot run".into(),
     };
     let log = match open_log(env, spec) {
         Ok(l) => l,
         Err(e) => return format!("cannot open its log: {e}"),
     };
-    let mut cmd = tokio::process::Command::new(&env.python);
-    cmd.arg("-u")
-        .arg(env.python_runtime.join("lambda_runtime.py"))
-        .arg(format!("--handler={handler}"))
-        .current_dir(&spec.dir)
+    cmd.current_dir(&spec.dir)
         .env_clear()
         .envs(variables(spec, env, token))
+        .env(path_var.0, path_var.1)
         .stdin(std::process::Stdio::null())
         .stdout(
             log.try_clone()
@@ -143,7 +154,7 @@ async fn run_instance(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(function = %spec.arn, python = %env.python.display(), "cannot start: {e}");
+            tracing::error!(function = %spec.arn, "cannot start: {e}");
             return format!("cannot start: {e}");
         }
     };
@@ -181,10 +192,8 @@ fn open_log(env: &Environment, spec: &Spec) -> std::io::Result<std::fs::File> {
 /// The environment of a function process (`COMPAT.md` §1.1), then the
 /// group's `Environment.Variables`.
 fn variables(spec: &Spec, env: &Environment, token: &str) -> Vec<(String, String)> {
-    let runtime = env.python_runtime.display().to_string();
     let mut v: Vec<(String, String)> = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
-        ("PYTHONPATH", runtime),
         ("HOME", "/tmp".into()),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.to_string()),
         ("MY_FUNCTION_ARN", spec.arn.clone()),

@@ -30,32 +30,53 @@ pub const SERVICE: &str = "lambda-runner";
 /// The runtime this daemon wants.
 pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
 
-/// Verdant's Python runtime loop and the core modules greengrasssdk
-/// imports, written under the data directory at every start.
-const PYTHON_RUNTIME: &[(&str, &str)] = &[
+/// Verdant's runtime loops and the core modules the Greengrass SDKs
+/// require (Python: greengrasssdk; Node.js: aws-greengrass-core-sdk),
+/// written under the data directory at every start.
+const RUNTIME: &[(&str, &str)] = &[
     (
-        "lambda_runtime.py",
+        "python/lambda_runtime.py",
         include_str!("../runtime/python/lambda_runtime.py"),
     ),
     (
-        "greengrass_common/__init__.py",
+        "python/greengrass_common/__init__.py",
         include_str!("../runtime/python/greengrass_common/__init__.py"),
     ),
     (
-        "greengrass_common/env_vars.py",
+        "python/greengrass_common/env_vars.py",
         include_str!("../runtime/python/greengrass_common/env_vars.py"),
     ),
     (
-        "greengrass_common/function_arn_fields.py",
+        "python/greengrass_common/function_arn_fields.py",
         include_str!("../runtime/python/greengrass_common/function_arn_fields.py"),
     ),
     (
-        "greengrass_ipc_python_sdk/__init__.py",
+        "python/greengrass_ipc_python_sdk/__init__.py",
         include_str!("../runtime/python/greengrass_ipc_python_sdk/__init__.py"),
     ),
     (
-        "greengrass_ipc_python_sdk/ipc_client.py",
+        "python/greengrass_ipc_python_sdk/ipc_client.py",
         include_str!("../runtime/python/greengrass_ipc_python_sdk/ipc_client.py"),
+    ),
+    (
+        "nodejs/lambda_nodejs_runtime.js",
+        include_str!("../runtime/nodejs/lambda_nodejs_runtime.js"),
+    ),
+    (
+        "nodejs/lib/aws-greengrass-common-js/index.js",
+        include_str!("../runtime/nodejs/lib/aws-greengrass-common-js/index.js"),
+    ),
+    (
+        "nodejs/lib/aws-greengrass-common-js/package.json",
+        include_str!("../runtime/nodejs/lib/aws-greengrass-common-js/package.json"),
+    ),
+    (
+        "nodejs/lib/aws-greengrass-ipc-sdk-js/index.js",
+        include_str!("../runtime/nodejs/lib/aws-greengrass-ipc-sdk-js/index.js"),
+    ),
+    (
+        "nodejs/lib/aws-greengrass-ipc-sdk-js/package.json",
+        include_str!("../runtime/nodejs/lib/aws-greengrass-ipc-sdk-js/package.json"),
     ),
 ];
 
@@ -72,14 +93,14 @@ fn traversable(dir: &Path) -> Result<(), LambdaError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o111)).map_err(err)
 }
 
-/// Writes the Python runtime under `dir`, readable by functions' users.
+/// Writes the runtimes under `dir`, readable by functions' users.
 fn write_runtime(dir: &Path) -> Result<(), LambdaError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| LambdaError::Io { path, source }
     };
-    for (name, text) in PYTHON_RUNTIME {
+    for (name, text) in RUNTIME {
         let path = dir.join(name);
         let parent = path.parent().expect("under dir");
         std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -150,7 +171,7 @@ pub async fn run(
         }
     }
     let data = ctx.layout.data_dir(SERVICE);
-    let python_runtime = data.join("runtime").join("python");
+    let runtimes = data.join("runtime");
     // Functions run as other users: they may pass through (not list) the
     // directories above their code and the runtime.
     let functions_dir = ctx.layout.functions_dir();
@@ -161,7 +182,7 @@ pub async fn run(
     ] {
         traversable(dir)?;
     }
-    write_runtime(&python_runtime)?;
+    write_runtime(&runtimes)?;
 
     let ipc_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.ipc_port))
         .await
@@ -195,7 +216,8 @@ pub async fn run(
         env: instance::Environment {
             ipc_port,
             python: config.python.clone(),
-            python_runtime,
+            node: config.node.clone(),
+            runtimes,
             logs: ctx.layout.logs_dir(),
             region: config.region.clone(),
             thing_name: core.thing_name,
@@ -211,7 +233,7 @@ pub async fn run(
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: format!(
-            "Python functions (NoContainer) with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
+            "Python and Node.js functions (NoContainer) with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
         ),
         functional: true,
     })
