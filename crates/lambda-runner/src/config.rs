@@ -29,6 +29,11 @@ pub struct LambdaConfig {
     pub idle_secs: u64,
     /// The AWS region functions are told (`AWS_REGION`).
     pub region: String,
+    /// Processes (threads included) of one `GreengrassContainer` instance
+    /// at most (its cgroup's `pids.max`).
+    pub pids_limit: u64,
+    /// Bytes of a `GreengrassContainer` instance's private `/tmp`.
+    pub tmp_bytes: u64,
     /// Run functions even though `fs.protected_hardlinks` or
     /// `fs.protected_symlinks` is not 1 (a function could then trick the
     /// core through links in shared directories); logged loudly.
@@ -48,6 +53,8 @@ impl Default for LambdaConfig {
             idle_secs: 60,
             region: "us-east-1".into(),
             run_on_insecure_host: false,
+            pids_limit: 256,
+            tmp_bytes: 64 << 20,
         }
     }
 }

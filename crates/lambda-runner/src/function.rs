@@ -19,6 +19,9 @@ pub enum Runtime {
     /// `Executable` = `<module>.<function>`, with `<module>.js` in the
     /// artifact: Verdant's Node.js runtime loop requires it.
     Node { handler: String },
+    /// `Executable` names a program in the artifact, run with `ExecArgs`;
+    /// it speaks the IPC itself (`verdant-function-sdk` for Rust).
+    Executable { program: String, args: Vec<String> },
     /// Not runnable: why (shown as the function's state).
     Unavailable(String),
 }
@@ -28,6 +31,7 @@ impl Runtime {
         match self {
             Runtime::Python { .. } => "python",
             Runtime::Node { .. } => "nodejs",
+            Runtime::Executable { .. } => "executable",
             Runtime::Unavailable(_) => "none",
         }
     }
@@ -52,6 +56,9 @@ pub struct Spec {
     pub variables: BTreeMap<String, String>,
     pub uid: u32,
     pub gid: u32,
+    /// `GreengrassContainer` (Greengrass's default): namespaces, a minimal
+    /// root and cgroup limits; else `NoContainer`, a plain process.
+    pub container: bool,
 }
 
 /// The name and qualifier of `arn:aws:lambda:<r>:<a>:function:<name>:<q>`.
@@ -81,8 +88,14 @@ pub fn default_identity(config: &LambdaConfig) -> (u32, u32) {
 
 /// The specs of the group's functions, in the group's order. A function
 /// that cannot run gets `Runtime::Unavailable` with the reason (its JSON
-/// path included) and the others run.
-pub fn specs(group: &Group, functions_dir: &Path, config: &LambdaConfig) -> Vec<Spec> {
+/// path included) and the others run. `containers` says whether this core
+/// can run `GreengrassContainer` functions, or why not.
+pub fn specs(
+    group: &Group,
+    functions_dir: &Path,
+    config: &LambdaConfig,
+    containers: &Result<(), String>,
+) -> Vec<Spec> {
     let defaults = group
         .function_definition_version
         .default_config
@@ -123,17 +136,18 @@ pub fn specs(group: &Group, functions_dir: &Path, config: &LambdaConfig) -> Vec<
                 .as_ref()
                 .and_then(|r| r.gid)
                 .unwrap_or(identity.1);
-            let mut runtime = runtime(c.executable.as_deref(), &dir, &at);
+            let mut runtime = runtime(c.executable.as_deref(), c.exec_args.as_deref(), &dir, &at);
             if (uid == 0 || gid == 0) && !config.allow_functions_to_run_as_root {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.RunAs: uid or gid 0 is refused unless \
                      [lambda-runner] allow_functions_to_run_as_root = true"
                 ));
             }
-            if execution.isolation_mode != Some(IsolationMode::NoContainer) {
+            let container = execution.isolation_mode != Some(IsolationMode::NoContainer);
+            if let (true, Err(why)) = (container, containers) {
                 runtime = Runtime::Unavailable(format!(
-                    "{at}.Environment.Execution.IsolationMode: GreengrassContainer isolation \
-                     is not available yet (issue #6); set NoContainer"
+                    "{at}.Environment.Execution.IsolationMode: GreengrassContainer (the \
+                     default) needs {why}; set NoContainer"
                 ));
             }
             Spec {
@@ -153,6 +167,7 @@ pub fn specs(group: &Group, functions_dir: &Path, config: &LambdaConfig) -> Vec<
                     .unwrap_or_default(),
                 uid,
                 gid,
+                container,
             }
         })
         .collect()
@@ -198,7 +213,8 @@ pub fn secure_mode(specs: &mut [Spec], problems: &[String], config: &LambdaConfi
 }
 
 /// The runtime the artifact in `dir` needs for `executable`.
-fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
+fn runtime(executable: Option<&str>, exec_args: Option<&str>, dir: &Path, at: &str) -> Runtime {
+    use std::os::unix::fs::PermissionsExt;
     let Some(executable) = executable.filter(|e| !e.is_empty()) else {
         return Runtime::Unavailable(format!("{at}.Executable: required"));
     };
@@ -207,6 +223,21 @@ fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
             "{at}: no artifact at {} (a directory with the function's code)",
             dir.display()
         ));
+    }
+    let program = dir.join(executable);
+    if !executable.starts_with('/')
+        && !executable.split('/').any(|c| c == "..")
+        && std::fs::metadata(&program)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    {
+        return Runtime::Executable {
+            program: executable.to_string(),
+            args: exec_args
+                .unwrap_or("")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        };
     }
     if let Some((module, _)) = executable.rsplit_once('.') {
         let file = dir.join(format!("{}.py", module.replace('.', "/")));
@@ -223,7 +254,7 @@ fn runtime(executable: Option<&str>, dir: &Path, at: &str) -> Runtime {
     }
     Runtime::Unavailable(format!(
         "{at}.Executable: `{executable}` names no handler (<module>.<function> with \
-         <module>.py or <module>.js) in {}; Java and executables are not available yet (issue #6)",
+         <module>.py or <module>.js) nor an executable file in {}; Java is not available yet (issue #6)",
         dir.display()
     ))
 }
@@ -267,7 +298,11 @@ mod tests {
                     "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
             ]
         }));
-        let s = specs(&g, dir.path(), &LambdaConfig::default());
+        let no = Err("a core running as root".to_string());
+        let s = specs(&g, dir.path(), &LambdaConfig::default(), &no);
+        assert!(!s[0].container && s[3].container);
+        let can = specs(&g, dir.path(), &LambdaConfig::default(), &Ok(()));
+        assert!(matches!(can[3].runtime, Runtime::Python { .. }));
         assert_eq!(
             s[0].runtime,
             Runtime::Python {
@@ -280,7 +315,9 @@ mod tests {
         assert_eq!((s[0].name.as_str(), s[0].version.as_str()), ("echo", "1"));
         let why = |i: usize| match &s[i].runtime {
             Runtime::Unavailable(w) => w.clone(),
-            r @ (Runtime::Python { .. } | Runtime::Node { .. }) => panic!("{r:?}"),
+            r @ (Runtime::Python { .. } | Runtime::Node { .. } | Runtime::Executable { .. }) => {
+                panic!("{r:?}")
+            }
         };
         assert!(
             why(1).starts_with(

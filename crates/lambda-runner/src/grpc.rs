@@ -29,7 +29,9 @@ impl Lambda for Api {
                 pinned: v.spec.pinned,
                 state: match &v.spec.runtime {
                     Runtime::Unavailable(why) => why.clone(),
-                    Runtime::Python { .. } | Runtime::Node { .. } => "ready".into(),
+                    Runtime::Python { .. } | Runtime::Node { .. } | Runtime::Executable { .. } => {
+                        "ready".into()
+                    }
                 },
                 instances: v.instances as u32,
                 queued: v.queued as u32,

@@ -5,14 +5,16 @@
 //! while it keeps failing.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use verdant_common::shutdown::CancellationToken;
 
+use crate::cgroup::{Cgroup, Hierarchy, Limits};
 use crate::function::{Runtime, Spec};
+use crate::sandbox::{self, Plan};
 use crate::work::{FunctionId, InstanceId, Runner, Start};
 
 /// What every instance is told about the core.
@@ -23,6 +25,15 @@ pub struct Environment {
     pub node: PathBuf,
     /// Where Verdant's runtime loops and modules are (`python/`, `nodejs/`).
     pub runtimes: PathBuf,
+    /// This executable: `GreengrassContainer` instances start as its
+    /// `verdant-lambda-sandbox`.
+    pub exe: PathBuf,
+    /// The empty directory sandboxes mount their root on.
+    pub sandbox_dir: PathBuf,
+    /// Where container instances' cgroups go (`None`: no containers).
+    pub cgroups: Option<Hierarchy>,
+    pub pids_limit: u64,
+    pub tmp_bytes: u64,
     pub logs: PathBuf,
     pub region: String,
     pub thing_name: String,
@@ -67,7 +78,19 @@ impl Supervisor {
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let started = Instant::now();
-                        let why = run_instance(&spec, &env, &token, kill).await;
+                        let why = match cgroup(&spec, &env, i) {
+                            Ok(cg) => {
+                                let why = run_instance(&spec, &env, &token, cg.as_ref(), kill).await;
+                                if let Some(cg) = cg {
+                                    cg.remove();
+                                }
+                                why
+                            }
+                            Err(e) => {
+                                tracing::error!(function = %spec.arn, "cannot make its cgroup: {e}");
+                                format!("cannot make its cgroup: {e}")
+                            }
+                        };
                         let _ = ended.send((f, i, why, started.elapsed()));
                     });
                 }
@@ -93,43 +116,158 @@ impl Supervisor {
                 }
             }
         }
+        // Stop every instance, and give each a moment to be reaped and its
+        // cgroup removed.
+        let n = kills.len();
         for (_, kill) in kills.drain() {
             let _ = kill.send(());
         }
+        for _ in 0..n {
+            if tokio::time::timeout(Duration::from_secs(2), ended.recv())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
     }
 }
+
+/// A container instance's cgroup, with its function's `MemorySize` and the
+/// pids limit; none for `NoContainer`.
+fn cgroup(spec: &Spec, env: &Environment, i: InstanceId) -> std::io::Result<Option<Cgroup>> {
+    let (true, Some(h)) = (spec.container, &env.cgroups) else {
+        return Ok(None);
+    };
+    let limits = Limits {
+        memory_bytes: u64::from(spec.memory_kb) * 1024,
+        pids: env.pids_limit,
+    };
+    // Unique on the host: cores side by side share the hierarchy.
+    let name = format!("{}-{}-{}", spec.name, std::process::id(), i.0);
+    h.create(&name, limits).map(Some)
+}
+
+/// How an instance's process starts.
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    /// Where the runtime's modules are (`PYTHONPATH`, `NODE_PATH`).
+    modules: Option<(&'static str, PathBuf)>,
+}
+
+/// How `spec`'s runtime starts, with the runtimes at `runtimes` (as the
+/// instance sees them).
+fn command(spec: &Spec, env: &Environment, runtimes: &Path) -> Option<Launch> {
+    let at = |p: &str| runtimes.join(p).display().to_string();
+    match &spec.runtime {
+        Runtime::Python { handler } => Some(Launch {
+            program: env.python.clone(),
+            args: vec![
+                "-u".into(),
+                at("python/lambda_runtime.py"),
+                format!("--handler={handler}"),
+            ],
+            modules: Some(("PYTHONPATH", runtimes.join("python"))),
+        }),
+        Runtime::Node { handler } => Some(Launch {
+            program: env.node.clone(),
+            args: vec![
+                at("nodejs/lambda_nodejs_runtime.js"),
+                format!("--handler={handler}"),
+            ],
+            modules: Some(("NODE_PATH", runtimes.join("nodejs/lib"))),
+        }),
+        Runtime::Executable { program, args } => {
+            let code = if spec.container {
+                Path::new("/lambda")
+            } else {
+                spec.dir.as_path()
+            };
+            Some(Launch {
+                program: code.join(program),
+                args: args.clone(),
+                modules: None,
+            })
+        }
+        Runtime::Unavailable(_) => None,
+    }
+}
+
+/// `program` as a path: a bare name is looked up where functions look
+/// (a container sees the same system directories).
+fn resolve(program: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_path_buf();
+    }
+    SEARCH_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
+/// `PATH` of function processes.
+const SEARCH_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs one instance until it exits or `kill` fires: why it ended.
 async fn run_instance(
     spec: &Spec,
     env: &Environment,
     token: &str,
+    cgroup: Option<&Cgroup>,
     kill: oneshot::Receiver<()>,
 ) -> String {
-    let (mut cmd, path_var) = match &spec.runtime {
-        Runtime::Python { handler } => {
-            let mut cmd = tokio::process::Command::new(&env.python);
-            cmd.arg("-u")
-                .arg(env.runtimes.join("python/lambda_runtime.py"))
-                .arg(format!("--handler={handler}"));
-            (cmd, ("PYTHONPATH", env.runtimes.join("python")))
+    let runtimes = if spec.container {
+        PathBuf::from("/runtime")
+    } else {
+        env.runtimes.clone()
+    };
+    let Some(Launch {
+        program,
+        args,
+        modules,
+    }) = command(spec, env, &runtimes)
+    else {
+        return "the function cannot run".into();
+    };
+    let mut cmd = if spec.container {
+        let mut command_line = vec![resolve(&program).display().to_string()];
+        command_line.extend(args);
+        let plan = Plan {
+            mount_point: env.sandbox_dir.clone(),
+            function_dir: spec.dir.clone(),
+            runtimes: env.runtimes.clone(),
+            system: ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            tmp_bytes: env.tmp_bytes,
+            hostname: spec.name.clone(),
+            uid: spec.uid,
+            gid: spec.gid,
+            cgroup_procs: cgroup.map(Cgroup::procs).unwrap_or_default(),
+            argv: command_line,
+        };
+        let mut cmd = tokio::process::Command::new(&env.exe);
+        cmd.arg0(sandbox::PROGRAM)
+            .arg(serde_json::to_string(&plan).expect("a plan serializes"));
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(args).current_dir(&spec.dir);
+        if nix::unistd::geteuid().is_root() {
+            cmd.uid(spec.uid).gid(spec.gid);
         }
-        Runtime::Node { handler } => {
-            let mut cmd = tokio::process::Command::new(&env.node);
-            cmd.arg(env.runtimes.join("nodejs/lambda_nodejs_runtime.js"))
-                .arg(format!("--handler={handler}"));
-            (cmd, ("NODE_PATH", env.runtimes.join("nodejs/lib")))
-        }
-        Runtime::Unavailable(_) => return "the function cannot run".into(),
+        cmd
     };
     let log = match open_log(env, spec) {
         Ok(l) => l,
         Err(e) => return format!("cannot open its log: {e}"),
     };
-    cmd.current_dir(&spec.dir)
-        .env_clear()
+    cmd.env_clear()
         .envs(variables(spec, env, token))
-        .env(path_var.0, path_var.1)
+        .envs(modules)
         .stdin(std::process::Stdio::null())
         .stdout(
             log.try_clone()
@@ -137,9 +275,6 @@ async fn run_instance(
         )
         .stderr(log)
         .kill_on_drop(true);
-    if nix::unistd::geteuid().is_root() {
-        cmd.uid(spec.uid).gid(spec.gid);
-    }
     // SAFETY: between fork and exec only async-signal-safe calls: setsid
     // (its own session, so a timeout kills the whole group) and prctl.
     unsafe {
@@ -159,7 +294,13 @@ async fn run_instance(
         }
     };
     let pid = child.id();
-    tracing::info!(function = %spec.arn, pid, uid = spec.uid, "function instance started");
+    tracing::info!(
+        function = %spec.arn,
+        pid,
+        uid = spec.uid,
+        container = spec.container,
+        "function instance started"
+    );
     tokio::select! {
         status = child.wait() => match status {
             Ok(s) => format!("its process exited ({s})"),
@@ -193,7 +334,7 @@ fn open_log(env: &Environment, spec: &Spec) -> std::io::Result<std::fs::File> {
 /// group's `Environment.Variables`.
 fn variables(spec: &Spec, env: &Environment, token: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("PATH", SEARCH_PATH.to_string()),
         ("HOME", "/tmp".into()),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.to_string()),
         ("MY_FUNCTION_ARN", spec.arn.clone()),

@@ -2,6 +2,7 @@
 //! IPC so that code written for Greengrass runs unchanged. See
 //! ARCHITECTURE.md.
 
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod function;
@@ -9,6 +10,7 @@ mod grpc;
 pub mod instance;
 pub mod ipc;
 mod link;
+pub mod sandbox;
 pub mod work;
 
 use std::path::Path;
@@ -150,26 +152,40 @@ fn serve_functions(
     });
 }
 
-/// Runs the group's functions until `shutdown` is cancelled.
-pub async fn run(
-    ctx: Context,
-    listener: UnixListener,
-    shutdown: CancellationToken,
-) -> Result<(), LambdaError> {
-    let config: LambdaConfig = ctx.config.section("lambda-runner")?;
-    config
-        .check()
-        .map_err(|(key, reason)| LambdaError::Invalid { key, reason })?;
-    let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
-    let group = Group::load(&ctx.layout.current_group())?;
-    let mut specs = function::specs(&group, &ctx.layout.functions_dir(), &config);
+/// The group's functions as they can run here, and where container
+/// instances' cgroups go.
+fn functions(
+    ctx: &Context,
+    config: &LambdaConfig,
+    group: &Group,
+) -> (Vec<function::Spec>, Option<cgroup::Hierarchy>) {
+    let cgroups = cgroup::Hierarchy::detect(
+        Path::new("/sys/fs/cgroup"),
+        &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        "verdant-functions",
+    );
+    if let Some(h) = &cgroups {
+        h.sweep();
+    }
+    let containers = match (nix::unistd::geteuid().is_root(), &cgroups) {
+        (false, _) => Err("a core running as root (it sets up namespaces and cgroups)".to_string()),
+        (true, None) => Err("cgroups with the memory and pids controllers".to_string()),
+        (true, Some(_)) => Ok(()),
+    };
+    let mut specs = function::specs(group, &ctx.layout.functions_dir(), config, &containers);
     let problems = function::host_problems(Path::new("/proc/sys"));
-    function::secure_mode(&mut specs, &problems, &config);
+    function::secure_mode(&mut specs, &problems, config);
     for s in &specs {
         if let Runtime::Unavailable(why) = &s.runtime {
             tracing::error!(function = %s.arn, "cannot run: {why}");
         }
     }
+    (specs, cgroups)
+}
+
+/// The data directories (runtimes, the sandboxes' mount point), made and
+/// opened to functions' users as they need.
+fn directories(ctx: &Context) -> Result<(std::path::PathBuf, std::path::PathBuf), LambdaError> {
     let data = ctx.layout.data_dir(SERVICE);
     let runtimes = data.join("runtime");
     // Functions run as other users: they may pass through (not list) the
@@ -183,6 +199,29 @@ pub async fn run(
         traversable(dir)?;
     }
     write_runtime(&runtimes)?;
+    let sandbox_dir = data.join("sandbox");
+    std::fs::create_dir_all(&sandbox_dir).map_err(|source| LambdaError::Io {
+        path: sandbox_dir.clone(),
+        source,
+    })?;
+
+    Ok((runtimes, sandbox_dir))
+}
+
+/// Runs the group's functions until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Context,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> Result<(), LambdaError> {
+    let config: LambdaConfig = ctx.config.section("lambda-runner")?;
+    config
+        .check()
+        .map_err(|(key, reason)| LambdaError::Invalid { key, reason })?;
+    let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
+    let group = Group::load(&ctx.layout.current_group())?;
+    let (specs, cgroups) = functions(&ctx, &config, &group);
+    let (runtimes, sandbox_dir) = directories(&ctx)?;
 
     let ipc_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.ipc_port))
         .await
@@ -218,13 +257,21 @@ pub async fn run(
             python: config.python.clone(),
             node: config.node.clone(),
             runtimes,
+            exe: std::env::current_exe().map_err(|source| LambdaError::Io {
+                path: "/proc/self/exe".into(),
+                source,
+            })?,
+            sandbox_dir: sandbox_dir.clone(),
+            cgroups,
+            pids_limit: config.pids_limit,
+            tmp_bytes: config.tmp_bytes,
             logs: ctx.layout.logs_dir(),
             region: config.region.clone(),
             thing_name: core.thing_name,
             thing_arn: group.core().thing_arn.clone(),
         },
     };
-    tokio::spawn(supervisor.run(starts_rx, shutdown.clone()));
+    let supervised = tokio::spawn(supervisor.run(starts_rx, shutdown.clone()));
 
     serve_functions(&ctx, ipc_listener, runner.clone(), &shutdown);
     runner.lock().expect("runner lock").start_pinned();
@@ -242,5 +289,7 @@ pub async fn run(
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();
+    // Instances stopped and their cgroups removed.
+    let _ = supervised.await;
     result.map_err(LambdaError::from)
 }

@@ -16,6 +16,7 @@ fn spec(arn: &str, pinned: bool) -> Spec {
         variables: BTreeMap::new(),
         uid: 65534,
         gid: 65534,
+        container: false,
     }
 }
 

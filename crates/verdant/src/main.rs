@@ -22,6 +22,9 @@ const PROGRAMS: &[&str] = &[
     "verdant-secrets",
     "verdant-discovery",
     "verdant-ota-agent",
+    // Not a daemon: how the lambda-runner starts a GreengrassContainer
+    // function instance.
+    "verdant-lambda-sandbox",
 ];
 
 /// Runs the daemon whose library is `$krate`.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         "verdant-secrets" => daemon!(args, verdant_secrets),
         "verdant-discovery" => daemon!(args, verdant_discovery),
         "verdant-ota-agent" => daemon!(args, verdant_ota_agent),
+        "verdant-lambda-sandbox" => verdant_lambda_runner::sandbox::main(&args),
         _ => unreachable!("PROGRAMS lists every arm"),
     }
 }
