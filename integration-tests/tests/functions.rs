@@ -257,6 +257,20 @@ async fn a_greengrasssdk_function_gets_messages_calls_shadows_and_functions_and_
     let out = echo(&core, &dev, &mut ev, json!({ "n": 3 })).await;
     assert_eq!(out["sum"], 103);
 
+    // Operators invoke a function and read a function's log.
+    let adder = function_arn("adder");
+    let invoked = core.ctl(&["functions", "invoke", &adder, r#"{"a":2,"b":3}"#]);
+    assert!(invoked.status.success(), "{invoked:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&invoked.stdout).trim(),
+        r#"{"sum": 5}"#
+    );
+    let log = core.ctl(&["functions", "logs", "echo", "-n", "100"]);
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("ValueError: asked to fail"),
+        "{log:?}"
+    );
+
     // What operators see.
     let listed = core.ctl(&["functions"]);
     let text = String::from_utf8_lossy(&listed.stdout);

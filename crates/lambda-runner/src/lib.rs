@@ -285,7 +285,11 @@ pub async fn run(
         functional: true,
     })
     .await
-    .add_service(LambdaServer::new(grpc::Api { runner, ipc_port }));
+    .add_service(LambdaServer::new(grpc::Api {
+        runner,
+        ipc_port,
+        logs: ctx.layout.logs_dir().join("functions"),
+    }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;
     shutdown.cancel();

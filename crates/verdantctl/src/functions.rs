@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use base64::Engine;
+use clap::Subcommand;
 use serde::Serialize;
 use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_client::LambdaClient;
@@ -29,7 +31,96 @@ fn short(arn: &str) -> &str {
     arn.find("function:").map_or(arn, |i| &arn[i..])
 }
 
-pub async fn list(dir: &Path, json: bool) -> Result<(), String> {
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCmd {
+    /// Instances, queues and counters (the default).
+    List,
+    /// Run a function with a payload, as another function's invoke would;
+    /// prints its result (or, with `--event`, its invocation id).
+    Invoke {
+        /// The function's qualified ARN.
+        function: String,
+        #[arg(default_value = "")]
+        payload: String,
+        /// Do not wait for the result.
+        #[arg(long)]
+        event: bool,
+        /// The topic the function sees as `client_context.custom.subject`.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// What a function wrote to stdout and stderr.
+    Logs {
+        /// Its qualified ARN or its name.
+        function: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
+}
+
+pub async fn run(dir: &Path, cmd: Option<FunctionsCmd>, json: bool) -> Result<(), String> {
+    match cmd.unwrap_or(FunctionsCmd::List) {
+        FunctionsCmd::List => list(dir, json).await,
+        FunctionsCmd::Invoke {
+            function,
+            payload,
+            event,
+            subject,
+        } => {
+            let client_context = subject.map_or_else(String::new, |s| {
+                let v = serde_json::json!({ "custom": { "subject": s } });
+                base64::engine::general_purpose::STANDARD.encode(v.to_string())
+            });
+            let r = LambdaClient::new(dial(dir, "lambda-runner").await?)
+                .invoke(pb::InvokeRequest {
+                    function_arn: function,
+                    payload: payload.into_bytes(),
+                    invocation_type: if event { "Event" } else { "RequestResponse" }.into(),
+                    client_context,
+                })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            if event {
+                println!("{}", r.invocation_id);
+                return Ok(());
+            }
+            println!("{}", String::from_utf8_lossy(&r.payload));
+            if r.function_error.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("the function failed ({})", r.function_error))
+            }
+        }
+        FunctionsCmd::Logs {
+            function,
+            follow,
+            lines,
+        } => {
+            let mut stream = LambdaClient::new(dial(dir, "lambda-runner").await?)
+                .logs(pb::LogsRequest {
+                    function,
+                    lines,
+                    follow,
+                })
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            while let Some(chunk) = stream.message().await.map_err(|e| status_error(&e))? {
+                for line in chunk.lines {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(dir: &Path, json: bool) -> Result<(), String> {
     let resp = LambdaClient::new(dial(dir, "lambda-runner").await?)
         .list_functions(pb::ListFunctionsRequest {})
         .await

@@ -70,8 +70,12 @@ enum Cmd {
     Routes,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
-    /// The group's functions: instances, queues and counters.
-    Functions,
+    /// The group's functions: instances, queues and counters (and invoke
+    /// one, or read its logs).
+    Functions {
+        #[command(subcommand)]
+        command: Option<functions::FunctionsCmd>,
+    },
     /// Device shadows: get, update, delete, list named shadows.
     #[command(subcommand)]
     Shadow(shadow::ShadowCmd),
@@ -163,7 +167,7 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Clients => return broker::clients(&dir, json).await,
         Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
         Cmd::Routes => return router::routes(&dir, json).await,
-        Cmd::Functions => return functions::list(&dir, json).await,
+        Cmd::Functions { command } => return functions::run(&dir, command, json).await,
         Cmd::Cloud => return router::cloud(&dir, json).await,
         Cmd::Shadow(cmd) => return shadow::run(&dir, cmd, json).await,
         Cmd::Trace { source, topic } => return router::trace(&dir, source, topic, json).await,
@@ -244,7 +248,7 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Clients
         | Cmd::Disconnect { .. }
         | Cmd::Routes
-        | Cmd::Functions
+        | Cmd::Functions { .. }
         | Cmd::Cloud
         | Cmd::Trace { .. }
         | Cmd::Shadow(_) => {
