@@ -46,6 +46,9 @@ fn group() -> String {
                   "FunctionConfiguration": { "Executable": "native-echo", "Timeout": 10,
                     "EncodingType": "binary",
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
+                { "Id": "javasum", "FunctionArn": function_arn("javasum"),
+                  "FunctionConfiguration": { "Executable": "example.Sum::handleRequest",
+                    "Timeout": 30, "MemorySize": 262_144 } },
                 { "Id": "nodeecho", "FunctionArn": function_arn("nodeecho"),
                   "FunctionConfiguration": { "Executable": "index.handler", "Timeout": 10,
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
@@ -110,6 +113,26 @@ fn install_functions(root: &Path) {
     let dir = root.join("functions/nodeecho/1");
     copy_dir(&here.join("nodeecho"), &dir);
     copy_dir(&node_sdk, &dir.join("node_modules"));
+    // The Java function: compiled here (javac of the JDK the CI machine has).
+    let dir = root.join("functions/javasum/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sources: Vec<String> = [
+        "example/Sum.java",
+        "com/amazonaws/services/lambda/runtime/RequestHandler.java",
+        "com/amazonaws/services/lambda/runtime/Context.java",
+        "com/amazonaws/services/lambda/runtime/ClientContext.java",
+        "com/amazonaws/services/lambda/runtime/LambdaLogger.java",
+    ]
+    .iter()
+    .map(|f| here.join("javasum/src").join(f).display().to_string())
+    .collect();
+    let javac = std::process::Command::new("javac")
+        .arg("-d")
+        .arg(&dir)
+        .args(&sources)
+        .output()
+        .expect("javac (a JDK 11 or newer)");
+    assert!(javac.status.success(), "{javac:?}");
     // The native function: a program built with verdant-function-sdk.
     let dir = root.join("functions/native/1");
     std::fs::create_dir_all(&dir).unwrap();
@@ -172,7 +195,7 @@ async fn wait_function(core: &Core, name: &str, pred: impl Fn(&pb::Function) -> 
 /// What the functions wrote to their logs, and the core's log.
 fn logs(core: &Core) -> String {
     let mut out = String::new();
-    for name in ["echo", "adder", "boxed", "nodeecho", "native"] {
+    for name in ["echo", "adder", "boxed", "nodeecho", "native", "javasum"] {
         let path = core.root().join(format!("logs/functions/{name}.log"));
         out += "--- ";
         out += name;
@@ -452,6 +475,37 @@ async fn a_native_function_written_with_the_rust_sdk_runs_in_a_container() {
     .await;
     wait_function(&core, "native", |f| {
         f.runtime == "executable" && f.invocations == 2 && f.errors == 1 && f.instances == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_java_function_to_the_aws_lambda_convention_runs_in_a_container() {
+    let core = start().await;
+    let java = function_arn("javasum");
+    let invoked = core.ctl(&[
+        "functions",
+        "invoke",
+        &java,
+        r#"{"a":2,"b":40}"#,
+        "--subject",
+        "java/in",
+    ]);
+    assert!(invoked.status.success(), "{invoked:?}\n{}", logs(&core));
+    let out: Value = serde_json::from_slice(&invoked.stdout).unwrap();
+    assert_eq!(out["sum"], 42);
+    assert_eq!(out["subject"], "java/in");
+    assert_eq!(out["function"], java);
+    // A handler that throws: a handled error with its message.
+    let failed = core.ctl(&["functions", "invoke", &java, r#"{"fail":1}"#]);
+    assert!(!failed.status.success());
+    let body = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        body.contains("IllegalArgumentException: asked to fail"),
+        "{body}"
+    );
+    wait_function(&core, "javasum", |f| {
+        f.runtime == "java" && f.invocations == 2 && f.errors == 1 && f.instances == 1
     })
     .await;
 }

@@ -38,7 +38,7 @@ async fn every_daemon_serves_health_and_says_what_it_does() {
             "broker" => "routed mode",
             "router" => "routing by the table",
             "shadow" => "shadows over MQTT",
-            "lambda-runner" => "Python and Node.js functions",
+            "lambda-runner" => "Python, Node.js, Java and native functions",
             _ => "no function yet",
         };
         assert!(svc.note.contains(expected), "{svc:?}");

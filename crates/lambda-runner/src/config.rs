@@ -14,6 +14,9 @@ pub struct LambdaConfig {
     pub python: PathBuf,
     /// The Node.js that Node.js functions run with.
     pub node: PathBuf,
+    /// The `java` of a JDK (11 or newer: its source launcher runs
+    /// Verdant's Java runtime) that Java functions run with.
+    pub java: PathBuf,
     /// Who functions run as when the group says nothing (`RunAs`): a user
     /// name (Greengrass's `ggc_user`; `nobody` if it does not exist).
     pub default_user: String,
@@ -46,6 +49,7 @@ impl Default for LambdaConfig {
             ipc_port: 8000,
             python: PathBuf::from("python3"),
             node: PathBuf::from("node"),
+            java: PathBuf::from("java"),
             default_user: "ggc_user".into(),
             allow_functions_to_run_as_root: false,
             max_instances_per_function: 10,

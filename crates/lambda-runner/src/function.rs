@@ -19,6 +19,10 @@ pub enum Runtime {
     /// `Executable` = `<module>.<function>`, with `<module>.js` in the
     /// artifact: Verdant's Node.js runtime loop requires it.
     Node { handler: String },
+    /// `Executable` = `<package.Class>[::<method>]` (the AWS Lambda Java
+    /// convention), with the class or jars in the artifact: Verdant's Java
+    /// runtime loop (run by the JDK's source launcher) loads it.
+    Java { handler: String },
     /// `Executable` names a program in the artifact, run with `ExecArgs`;
     /// it speaks the IPC itself (`verdant-function-sdk` for Rust).
     Executable { program: String, args: Vec<String> },
@@ -32,6 +36,7 @@ impl Runtime {
             Runtime::Python { .. } => "python",
             Runtime::Node { .. } => "nodejs",
             Runtime::Executable { .. } => "executable",
+            Runtime::Java { .. } => "java",
             Runtime::Unavailable(_) => "none",
         }
     }
@@ -212,6 +217,32 @@ pub fn secure_mode(specs: &mut [Spec], problems: &[String], config: &LambdaConfi
     }
 }
 
+/// Whether `executable` names a Java handler whose class is in `dir`
+/// (as a `.class` file) or may be in its jars (`*.jar`, `lib/*.jar`).
+fn is_java(executable: &str, dir: &Path) -> bool {
+    let class = executable.split("::").next().unwrap_or("");
+    let valid = !class.is_empty()
+        && class
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'));
+    if !valid {
+        return false;
+    }
+    if dir
+        .join(format!("{}.class", class.replace('.', "/")))
+        .is_file()
+    {
+        return true;
+    }
+    [dir.to_path_buf(), dir.join("lib")].iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "jar"))
+        })
+    })
+}
+
 /// The runtime the artifact in `dir` needs for `executable`.
 fn runtime(executable: Option<&str>, exec_args: Option<&str>, dir: &Path, at: &str) -> Runtime {
     use std::os::unix::fs::PermissionsExt;
@@ -252,9 +283,15 @@ fn runtime(executable: Option<&str>, exec_args: Option<&str>, dir: &Path, at: &s
             };
         }
     }
+    if is_java(executable, dir) {
+        return Runtime::Java {
+            handler: executable.to_string(),
+        };
+    }
     Runtime::Unavailable(format!(
         "{at}.Executable: `{executable}` names no handler (<module>.<function> with \
-         <module>.py or <module>.js) nor an executable file in {}; Java is not available yet (issue #6)",
+         <module>.py or <module>.js), Java class (<package.Class>[::<method>] with its class \
+         or jars) nor executable file in {}",
         dir.display()
     ))
 }
@@ -315,7 +352,10 @@ mod tests {
         assert_eq!((s[0].name.as_str(), s[0].version.as_str()), ("echo", "1"));
         let why = |i: usize| match &s[i].runtime {
             Runtime::Unavailable(w) => w.clone(),
-            r @ (Runtime::Python { .. } | Runtime::Node { .. } | Runtime::Executable { .. }) => {
+            r @ (Runtime::Python { .. }
+            | Runtime::Node { .. }
+            | Runtime::Executable { .. }
+            | Runtime::Java { .. }) => {
                 panic!("{r:?}")
             }
         };

@@ -62,9 +62,10 @@ impl Lambda for Api {
                 pinned: v.spec.pinned,
                 state: match &v.spec.runtime {
                     Runtime::Unavailable(why) => why.clone(),
-                    Runtime::Python { .. } | Runtime::Node { .. } | Runtime::Executable { .. } => {
-                        "ready".into()
-                    }
+                    Runtime::Python { .. }
+                    | Runtime::Node { .. }
+                    | Runtime::Executable { .. }
+                    | Runtime::Java { .. } => "ready".into(),
                 },
                 instances: v.instances as u32,
                 queued: v.queued as u32,

@@ -23,6 +23,7 @@ pub struct Environment {
     pub ipc_port: u16,
     pub python: PathBuf,
     pub node: PathBuf,
+    pub java: PathBuf,
     /// Where Verdant's runtime loops and modules are (`python/`, `nodejs/`).
     pub runtimes: PathBuf,
     /// This executable: `GreengrassContainer` instances start as its
@@ -156,6 +157,15 @@ struct Launch {
     modules: Option<(&'static str, PathBuf)>,
 }
 
+/// Where the instance sees its code.
+fn code_dir(spec: &Spec) -> &Path {
+    if spec.container {
+        Path::new("/lambda")
+    } else {
+        spec.dir.as_path()
+    }
+}
+
 /// How `spec`'s runtime starts, with the runtimes at `runtimes` (as the
 /// instance sees them).
 fn command(spec: &Spec, env: &Environment, runtimes: &Path) -> Option<Launch> {
@@ -178,12 +188,23 @@ fn command(spec: &Spec, env: &Environment, runtimes: &Path) -> Option<Launch> {
             ],
             modules: Some(("NODE_PATH", runtimes.join("nodejs/lib"))),
         }),
+        Runtime::Java { handler } => {
+            let code = code_dir(spec).display().to_string();
+            Some(Launch {
+                program: env.java.clone(),
+                args: vec![
+                    "-XX:+UseSerialGC".into(),
+                    "-XX:TieredStopAtLevel=1".into(),
+                    "-cp".into(),
+                    format!("{code}/*:{code}/lib/*:{code}"),
+                    at("java/VerdantJavaRuntime.java"),
+                    format!("--handler={handler}"),
+                ],
+                modules: None,
+            })
+        }
         Runtime::Executable { program, args } => {
-            let code = if spec.container {
-                Path::new("/lambda")
-            } else {
-                spec.dir.as_path()
-            };
+            let code = code_dir(spec);
             Some(Launch {
                 program: code.join(program),
                 args: args.clone(),

@@ -61,6 +61,10 @@ const RUNTIME: &[(&str, &str)] = &[
         include_str!("../runtime/python/greengrass_ipc_python_sdk/ipc_client.py"),
     ),
     (
+        "java/VerdantJavaRuntime.java",
+        include_str!("../runtime/java/VerdantJavaRuntime.java"),
+    ),
+    (
         "nodejs/lambda_nodejs_runtime.js",
         include_str!("../runtime/nodejs/lambda_nodejs_runtime.js"),
     ),
@@ -256,6 +260,7 @@ pub async fn run(
             ipc_port,
             python: config.python.clone(),
             node: config.node.clone(),
+            java: config.java.clone(),
             runtimes,
             exe: std::env::current_exe().map_err(|source| LambdaError::Io {
                 path: "/proc/self/exe".into(),
@@ -280,7 +285,7 @@ pub async fn run(
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: format!(
-            "Python and Node.js functions (NoContainer) with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
+            "Python, Node.js, Java and native functions with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
         ),
         functional: true,
     })
