@@ -41,7 +41,11 @@ fn group() -> String {
                 { "Id": "boxed", "FunctionArn": function_arn("boxed"),
                   "FunctionConfiguration": { "Executable": "boxed.handler", "Timeout": 10,
                     "MemorySize": 65536,
-                    "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
+                    "Environment": { "AccessSysfs": true,
+                      "ResourceAccessPolicies": [
+                        { "ResourceId": "shared", "Permission": "rw" },
+                        { "ResourceId": "full", "Permission": "ro" } ],
+                      "Execution": { "IsolationMode": "GreengrassContainer" } } } },
                 { "Id": "native", "FunctionArn": function_arn("native"),
                   "FunctionConfiguration": { "Executable": "native-echo", "Timeout": 10,
                     "EncodingType": "binary",
@@ -54,6 +58,15 @@ fn group() -> String {
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
             ]
         },
+        // The volume's source is under the core's root (`install_functions`).
+        "ResourceDefinitionVersion": { "Resources": [
+            { "Id": "shared", "Name": "shared", "ResourceDataContainer": {
+                "LocalVolumeResourceData": { "SourcePath": "@ROOT@/shared",
+                  "DestinationPath": "/data/shared",
+                  "GroupOwnerSetting": { "AutoAddGroupOwner": false, "GroupOwner": "tty" } } } },
+            { "Id": "full", "Name": "full", "ResourceDataContainer": {
+                "LocalDeviceResourceData": { "SourcePath": "/dev/full" } } },
+        ]},
         "SubscriptionDefinitionVersion": { "Subscriptions": [
             { "Id": "in", "Source": arn("a"), "Subject": "in/#", "Target": function_arn("echo") },
             { "Id": "out", "Source": function_arn("echo"), "Subject": "echo/out", "Target": arn("a") },
@@ -139,6 +152,17 @@ fn install_functions(root: &Path) {
     std::fs::copy(
         verdant_integration_tests::bin("native-echo"),
         dir.join("native-echo"),
+    )
+    .unwrap();
+    // The volume resource, writable by the functions' user.
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let deployed = root.join("deployments/test/group.json");
+    let text = std::fs::read_to_string(&deployed).unwrap();
+    std::fs::write(
+        &deployed,
+        text.replace("@ROOT@", &root.display().to_string()),
     )
     .unwrap();
     // The temp dir is private to us; the functions run as nobody.
@@ -431,6 +455,23 @@ async fn a_greengrass_container_sees_only_its_code_and_the_system_within_its_lim
         assert_eq!(r[cap], "0000000000000000", "{cap}: {r}");
     }
     assert_eq!(r["NoNewPrivs"], "1");
+    // Its resources: the volume written through, the device read-only,
+    // /sys, and the volume's owner group (GroupOwner tty) joined.
+    assert_eq!(
+        std::fs::read_to_string(core.root().join("shared/hello")).unwrap(),
+        "from the container"
+    );
+    assert_eq!(r["device"], true);
+    // Read-only by the devices cgroup (a mount cannot make a device file
+    // read-only).
+    assert_eq!(r["device_error"], "EPERM", "the device is read-only");
+    assert_eq!(r["sysfs"], true);
+    let tty = nix::unistd::Group::from_name("tty")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    assert!(r["groups"].as_array().unwrap().contains(&json!(tty)), "{r}");
     // cgroup v1 here (v2 is tested against a made-up tree in the crate).
     if Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
         let limit = memory_limit("boxed").expect("the instance's memory cgroup");

@@ -9,18 +9,51 @@ use std::path::{Path, PathBuf};
 /// Where the lambda-runner makes its cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
-    /// One directory per controller (this machine's kind).
-    V1 { memory: PathBuf, pids: PathBuf },
+    /// One directory per controller (this machine's kind); the devices
+    /// controller, where mounted, limits device files to those granted.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        devices: Option<PathBuf>,
+    },
     /// The unified hierarchy: one directory, whose `cgroup.subtree_control`
     /// must enable `memory` and `pids` for the cgroups under it.
     V2 { dir: PathBuf },
 }
 
 /// What an instance may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: u64,
     pub pids: u64,
+    /// Device files it may open beyond `/dev/null`, `zero`, `random` and
+    /// `urandom`, as the devices controller writes them (`c 1:7 r`).
+    pub devices: Vec<String>,
+}
+
+/// The devices every instance has (null, zero, random, urandom).
+const BASE_DEVICES: [&str; 4] = ["c 1:3 rwm", "c 1:5 rwm", "c 1:8 rwm", "c 1:9 rwm"];
+
+/// The devices-controller rule for the device file `path`: `r` or `rw`.
+pub fn device_rule(path: &std::path::Path, writable: bool) -> io::Result<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path)?;
+    let kind = if meta.file_type().is_block_device() {
+        'b'
+    } else if meta.file_type().is_char_device() {
+        'c'
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a device", path.display()),
+        ));
+    };
+    let rdev = meta.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    Ok(format!(
+        "{kind} {major}:{minor} {}",
+        if writable { "rw" } else { "r" }
+    ))
 }
 
 /// One instance's cgroup (a directory per v1 controller, one in v2).
@@ -60,6 +93,7 @@ impl Hierarchy {
     pub fn detect(cgroup_fs: &Path, self_cgroup: &str, name: &str) -> Option<Hierarchy> {
         let mut memory = None;
         let mut pids = None;
+        let mut devices = None;
         let mut unified = None;
         for line in self_cgroup.lines() {
             let mut parts = line.splitn(3, ':');
@@ -69,6 +103,7 @@ impl Hierarchy {
                 match c {
                     "memory" => memory = Some(cgroup_fs.join("memory").join(path).join(name)),
                     "pids" => pids = Some(cgroup_fs.join("pids").join(path).join(name)),
+                    "devices" => devices = Some(cgroup_fs.join("devices").join(path).join(name)),
                     "" => unified = Some(cgroup_fs.join(path).join(name)),
                     _ => {}
                 }
@@ -79,7 +114,12 @@ impl Hierarchy {
                 if memory.parent().is_some_and(Path::is_dir)
                     && pids.parent().is_some_and(Path::is_dir) =>
             {
-                Some(Hierarchy::V1 { memory, pids })
+                let devices = devices.filter(|d| d.parent().is_some_and(Path::is_dir));
+                Some(Hierarchy::V1 {
+                    memory,
+                    pids,
+                    devices,
+                })
             }
             (_, _, Some(dir))
                 if dir
@@ -97,7 +137,14 @@ impl Hierarchy {
     /// of running ones, and any still in use, stay.
     pub fn sweep(&self) {
         let bases = match self {
-            Hierarchy::V1 { memory, pids } => vec![memory, pids],
+            Hierarchy::V1 {
+                memory,
+                pids,
+                devices,
+            } => [Some(memory), Some(pids), devices.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
             Hierarchy::V2 { dir } => vec![dir],
         };
         for base in bases {
@@ -119,9 +166,13 @@ impl Hierarchy {
     }
 
     /// Makes the cgroup `name` with `limits` written.
-    pub fn create(&self, name: &str, limits: Limits) -> io::Result<Cgroup> {
+    pub fn create(&self, name: &str, limits: &Limits) -> io::Result<Cgroup> {
         match self {
-            Hierarchy::V1 { memory, pids } => {
+            Hierarchy::V1 {
+                memory,
+                pids,
+                devices,
+            } => {
                 let m = memory.join(name);
                 let p = pids.join(name);
                 std::fs::create_dir_all(&m)?;
@@ -136,7 +187,21 @@ impl Hierarchy {
                     write(&memsw, &limits.memory_bytes.to_string())?;
                 }
                 write(&p.join("pids.max"), &limits.pids.to_string())?;
-                Ok(Cgroup { dirs: vec![m, p] })
+                let mut dirs = vec![m, p];
+                if let Some(devices) = devices {
+                    let d = devices.join(name);
+                    std::fs::create_dir_all(&d)?;
+                    write(&d.join("devices.deny"), "a")?;
+                    for rule in BASE_DEVICES
+                        .iter()
+                        .copied()
+                        .chain(limits.devices.iter().map(String::as_str))
+                    {
+                        write(&d.join("devices.allow"), rule)?;
+                    }
+                    dirs.push(d);
+                }
+                Ok(Cgroup { dirs })
             }
             Hierarchy::V2 { dir } => {
                 std::fs::create_dir_all(dir)?;
@@ -177,13 +242,16 @@ mod tests {
             Hierarchy::V1 {
                 memory: fs.path().join("memory/svc/verdant"),
                 pids: fs.path().join("pids/verdant"),
+                devices: None,
             }
         );
         let limits = Limits {
             memory_bytes: 16 << 20,
             pids: 64,
+            devices: vec![device_rule(Path::new("/dev/full"), false).unwrap()],
         };
-        let cg = h.create("fn-1", limits).unwrap();
+        assert_eq!(limits.devices, ["c 1:7 r"]);
+        let cg = h.create("fn-1", &limits).unwrap();
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         assert_eq!(
             read(
@@ -219,9 +287,10 @@ mod tests {
         let cg = h
             .create(
                 "fn-2",
-                Limits {
+                &Limits {
                     memory_bytes: 32 << 20,
                     pids: 10,
+                    devices: Vec::new(),
                 },
             )
             .unwrap();

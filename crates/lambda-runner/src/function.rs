@@ -9,6 +9,7 @@ use std::time::Duration;
 use verdant_group::{EncodingType, Execution, Group, IsolationMode};
 
 use crate::config::LambdaConfig;
+use crate::resources::Grants;
 
 /// How a function's code runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ impl Runtime {
 }
 
 /// One function of the group, ready to run.
+// Each flag is a setting of its own in the group's definition.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub struct Spec {
     /// Qualified, as subscriptions and callers name it.
@@ -64,6 +67,10 @@ pub struct Spec {
     /// `GreengrassContainer` (Greengrass's default): namespaces, a minimal
     /// root and cgroup limits; else `NoContainer`, a plain process.
     pub container: bool,
+    /// Local resources bound into a container (`ResourceAccessPolicies`).
+    pub grants: Grants,
+    /// A container sees `/sys` (read-only).
+    pub access_sysfs: bool,
 }
 
 /// The name and qualifier of `arn:aws:lambda:<r>:<a>:function:<name>:<q>`.
@@ -149,6 +156,24 @@ pub fn specs(
                 ));
             }
             let container = execution.isolation_mode != Some(IsolationMode::NoContainer);
+            let environment = c.environment.clone().unwrap_or_default();
+            // Resources and sysfs are a container's (NoContainer functions
+            // reach the file system as their user can).
+            let grants = if container {
+                match crate::resources::grants(
+                    group,
+                    &environment.resource_access_policies,
+                    &format!("{at}.Environment"),
+                ) {
+                    Ok(g) => g,
+                    Err(why) => {
+                        runtime = Runtime::Unavailable(why);
+                        Grants::default()
+                    }
+                }
+            } else {
+                Grants::default()
+            };
             if let (true, Err(why)) = (container, containers) {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.IsolationMode: GreengrassContainer (the \
@@ -173,6 +198,8 @@ pub fn specs(
                 uid,
                 gid,
                 container,
+                grants,
+                access_sysfs: container && environment.access_sysfs,
             }
         })
         .collect()

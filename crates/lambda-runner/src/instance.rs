@@ -140,13 +140,21 @@ fn cgroup(spec: &Spec, env: &Environment, i: InstanceId) -> std::io::Result<Opti
     let (true, Some(h)) = (spec.container, &env.cgroups) else {
         return Ok(None);
     };
+    let devices = spec
+        .grants
+        .mounts
+        .iter()
+        .filter(|m| m.device)
+        .map(|m| crate::cgroup::device_rule(&m.source, m.writable))
+        .collect::<std::io::Result<Vec<String>>>()?;
     let limits = Limits {
         memory_bytes: u64::from(spec.memory_kb) * 1024,
         pids: env.pids_limit,
+        devices,
     };
     // Unique on the host: cores side by side share the hierarchy.
     let name = format!("{}-{}-{}", spec.name, std::process::id(), i.0);
-    h.create(&name, limits).map(Some)
+    h.create(&name, &limits).map(Some)
 }
 
 /// How an instance's process starts.
@@ -231,6 +239,37 @@ fn resolve(program: &Path) -> PathBuf {
 /// `PATH` of function processes.
 const SEARCH_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The sandbox command that starts `command_line` in a container.
+fn sandboxed(
+    spec: &Spec,
+    env: &Environment,
+    cgroup: Option<&Cgroup>,
+    command_line: Vec<String>,
+) -> tokio::process::Command {
+    let plan = Plan {
+        mount_point: env.sandbox_dir.clone(),
+        function_dir: spec.dir.clone(),
+        runtimes: env.runtimes.clone(),
+        system: ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc"]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        tmp_bytes: env.tmp_bytes,
+        hostname: spec.name.clone(),
+        uid: spec.uid,
+        gid: spec.gid,
+        cgroup_procs: cgroup.map(Cgroup::procs).unwrap_or_default(),
+        mounts: spec.grants.mounts.clone(),
+        sysfs: spec.access_sysfs,
+        groups: spec.grants.groups.clone(),
+        argv: command_line,
+    };
+    let mut cmd = tokio::process::Command::new(&env.exe);
+    cmd.arg0(sandbox::PROGRAM)
+        .arg(serde_json::to_string(&plan).expect("a plan serializes"));
+    cmd
+}
+
 /// Runs one instance until it exits or `kill` fires: why it ended.
 async fn run_instance(
     spec: &Spec,
@@ -255,25 +294,7 @@ async fn run_instance(
     let mut cmd = if spec.container {
         let mut command_line = vec![resolve(&program).display().to_string()];
         command_line.extend(args);
-        let plan = Plan {
-            mount_point: env.sandbox_dir.clone(),
-            function_dir: spec.dir.clone(),
-            runtimes: env.runtimes.clone(),
-            system: ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc"]
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
-            tmp_bytes: env.tmp_bytes,
-            hostname: spec.name.clone(),
-            uid: spec.uid,
-            gid: spec.gid,
-            cgroup_procs: cgroup.map(Cgroup::procs).unwrap_or_default(),
-            argv: command_line,
-        };
-        let mut cmd = tokio::process::Command::new(&env.exe);
-        cmd.arg0(sandbox::PROGRAM)
-            .arg(serde_json::to_string(&plan).expect("a plan serializes"));
-        cmd
+        sandboxed(spec, env, cgroup, command_line)
     } else {
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(args).current_dir(&spec.dir);

@@ -10,6 +10,7 @@ mod grpc;
 pub mod instance;
 pub mod ipc;
 mod link;
+pub mod resources;
 pub mod sandbox;
 pub mod work;
 

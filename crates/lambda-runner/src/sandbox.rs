@@ -18,6 +18,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
+use crate::resources::Mount;
+
 /// What the sandbox sets up, passed as JSON in its one argument.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -38,6 +40,12 @@ pub struct Plan {
     pub gid: u32,
     /// `cgroup.procs` files to join first.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Granted local resources.
+    pub mounts: Vec<Mount>,
+    /// `/sys`, read-only.
+    pub sysfs: bool,
+    /// Supplementary groups (the granted resources' owners).
+    pub groups: Vec<u32>,
     /// The command, as seen inside (`argv[0]` a path inside).
     pub argv: Vec<String>,
 }
@@ -214,6 +222,7 @@ fn build_root(plan: &Plan) -> Result<(), String> {
         std::fs::File::create(&node).map_err(|e| format!("{}: {e}", node.display()))?;
         bind(&Path::new("/dev").join(name), &node, false)?;
     }
+    grant(plan, &at)?;
     // Into the new root; the old one goes.
     let old = root.join(".old");
     mkdir(&old)?;
@@ -234,6 +243,28 @@ fn build_root(plan: &Plan) -> Result<(), String> {
     std::env::set_current_dir("/lambda").map_err(|e| format!("chdir /lambda: {e}"))
 }
 
+/// Binds `/sys` (if asked) and the granted resources into the new root.
+fn grant(plan: &Plan, at: &impl Fn(&Path) -> PathBuf) -> Result<(), String> {
+    if plan.sysfs {
+        let sys = at(Path::new("/sys"));
+        mkdir(&sys)?;
+        bind(Path::new("/sys"), &sys, true)?;
+    }
+    for m in &plan.mounts {
+        let target = at(&m.destination);
+        if m.device {
+            if let Some(parent) = target.parent() {
+                mkdir(parent)?;
+            }
+            std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        } else {
+            mkdir(&target)?;
+        }
+        bind(&m.source, &target, !m.writable)?;
+    }
+    Ok(())
+}
+
 fn drop_privileges(plan: &Plan) -> Result<(), String> {
     // Every capability out of the bounding set, so none can come back.
     for cap in 0..=63 {
@@ -246,7 +277,8 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
             ));
         }
     }
-    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setgid(Gid::from_raw(plan.gid)).map_err(|e| format!("setgid: {e}"))?;
     // From root to another uid: permitted and effective sets are cleared.
     nix::unistd::setuid(Uid::from_raw(plan.uid)).map_err(|e| format!("setuid: {e}"))?;

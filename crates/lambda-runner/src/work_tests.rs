@@ -17,6 +17,8 @@ fn spec(arn: &str, pinned: bool) -> Spec {
         uid: 65534,
         gid: 65534,
         container: false,
+        grants: crate::resources::Grants::default(),
+        access_sysfs: false,
     }
 }
 

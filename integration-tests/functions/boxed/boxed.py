@@ -1,5 +1,6 @@
 """A function in a GreengrassContainer: reports what it can see and do, or
 allocates more memory than its MemorySize when asked."""
+import errno
 import json
 import os
 import socket
@@ -29,6 +30,20 @@ def handler(event, context):
         report["code_writable"] = False
     with open("/tmp/scratch", "w") as f:
         report["tmp_writable"] = f.write("x") == 1
+    # Granted resources: a volume (read-write) and a device (read-only),
+    # and /sys (AccessSysfs).
+    with open("/data/shared/hello", "w") as f:
+        f.write("from the container")
+    report["device"] = os.path.exists("/dev/full")
+    try:
+        with open("/dev/full", "w") as f:
+            f.write("x")
+        report["device_error"] = None
+    except OSError as e:
+        # EPERM when opening for writing: granted read-only.
+        report["device_error"] = errno.errorcode.get(e.errno)
+    report["sysfs"] = os.path.isdir("/sys/class")
+    report["groups"] = sorted(os.getgroups())
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")

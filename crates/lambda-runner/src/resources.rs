@@ -1,0 +1,187 @@
+//! Local resources a `GreengrassContainer` function is granted
+//! (`ResourceAccessPolicies` on the group's `ResourceDefinitionVersion`):
+//! device files and volumes bound into its root, read-only or read-write,
+//! with the group that owns them added to the function's groups when the
+//! resource says so.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use verdant_group::{Group, GroupOwnerSetting, Permission, ResourceAccessPolicy};
+
+/// One bind mount into an instance's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: PathBuf,
+    /// Where the function sees it.
+    pub destination: PathBuf,
+    pub writable: bool,
+    /// A device file (bound onto a file), else a directory.
+    pub device: bool,
+}
+
+/// What a function is granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub mounts: Vec<Mount>,
+    /// Groups the function's process joins (the resources' owners).
+    pub groups: Vec<u32>,
+}
+
+/// The group a `GroupOwnerSetting` adds: the named group, or the owner of
+/// `source` when `AutoAddGroupOwner`.
+fn owner(setting: Option<&GroupOwnerSetting>, source: &str) -> Result<Option<u32>, String> {
+    let Some(s) = setting else {
+        return Ok(None);
+    };
+    if let Some(name) = &s.group_owner {
+        return match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+            _ => Err(format!("GroupOwner `{name}`: no such group")),
+        };
+    }
+    if s.auto_add_group_owner {
+        let meta = std::fs::metadata(source).map_err(|e| format!("{source}: {e}"))?;
+        return Ok(Some(meta.gid()));
+    }
+    Ok(None)
+}
+
+/// The mounts and groups `policies` grant, from `group`'s resources; `Err`
+/// with the JSON path and reason if one cannot be granted here.
+pub fn grants(
+    group: &Group,
+    policies: &[ResourceAccessPolicy],
+    at: &str,
+) -> Result<Grants, String> {
+    let mut out = Grants::default();
+    for (j, policy) in policies.iter().enumerate() {
+        let here = format!("{at}.ResourceAccessPolicies[{j}]");
+        let Some(resource) = group
+            .resource_definition_version
+            .resources
+            .iter()
+            .find(|r| r.id == policy.resource_id)
+        else {
+            return Err(format!("{here}: unknown resource `{}`", policy.resource_id));
+        };
+        let writable = policy.permission == Some(Permission::Rw);
+        let data = &resource.resource_data_container;
+        let (mount, setting) = if let Some(d) = &data.local_device_resource_data {
+            (
+                Mount {
+                    source: d.source_path.clone().into(),
+                    destination: d.source_path.clone().into(),
+                    writable,
+                    device: true,
+                },
+                d.group_owner_setting.as_ref(),
+            )
+        } else if let Some(v) = &data.local_volume_resource_data {
+            (
+                Mount {
+                    source: v.source_path.clone().into(),
+                    destination: v.destination_path.clone().into(),
+                    writable,
+                    device: false,
+                },
+                v.group_owner_setting.as_ref(),
+            )
+        } else {
+            return Err(format!(
+                "{here}: resource `{}` is a machine learning model or a secret; only local \
+                 devices and volumes can be granted yet (issue #6)",
+                resource.id
+            ));
+        };
+        let source = mount.source.display().to_string();
+        let meta = std::fs::metadata(&mount.source)
+            .map_err(|e| format!("{here}: resource `{}`: {source}: {e}", resource.id))?;
+        if mount.device == meta.is_dir() {
+            return Err(format!(
+                "{here}: resource `{}`: {source} is {}",
+                resource.id,
+                if mount.device {
+                    "a directory, not a device"
+                } else {
+                    "not a directory"
+                }
+            ));
+        }
+        if let Some(gid) = owner(setting, &source)
+            .map_err(|e| format!("{here}: resource `{}`: {e}", resource.id))?
+            && !out.groups.contains(&gid)
+        {
+            out.groups.push(gid);
+        }
+        out.mounts.push(mount);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_volumes_with_their_permission_and_owner_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("shared");
+        std::fs::create_dir(&volume).unwrap();
+        let core = verdant_group::Thing {
+            id: "core".into(),
+            thing_arn: "arn:aws:iot:us-east-1:1:thing/core".into(),
+            certificate_arn: format!("arn:aws:iot:us-east-1:1:cert/{}", "ab".repeat(32)),
+            sync_shadow: false,
+        };
+        let mut g = Group::sample(&core, &core);
+        g.resource_definition_version = serde_json::from_value(serde_json::json!({ "Resources": [
+            { "Id": "vol", "Name": "vol", "ResourceDataContainer": { "LocalVolumeResourceData": {
+                "SourcePath": volume, "DestinationPath": "/data",
+                "GroupOwnerSetting": { "AutoAddGroupOwner": true } } } },
+            { "Id": "dev", "Name": "dev", "ResourceDataContainer": { "LocalDeviceResourceData": {
+                "SourcePath": "/dev/null" } } },
+            { "Id": "model", "Name": "model", "ResourceDataContainer": {
+                "S3MachineLearningModelResourceData": { "S3Uri": "s3://b/m.zip", "DestinationPath": "/m" } } },
+        ]}))
+        .unwrap();
+        let policy = |id: &str, p: Option<Permission>| ResourceAccessPolicy {
+            resource_id: id.into(),
+            permission: p,
+        };
+        let got = grants(
+            &g,
+            &[policy("vol", Some(Permission::Rw)), policy("dev", None)],
+            "F",
+        )
+        .unwrap();
+        let gid = std::fs::metadata(&volume).unwrap().gid();
+        assert_eq!(got.groups, [gid]);
+        assert_eq!(
+            got.mounts,
+            [
+                Mount {
+                    source: volume.clone(),
+                    destination: "/data".into(),
+                    writable: true,
+                    device: false
+                },
+                Mount {
+                    source: "/dev/null".into(),
+                    destination: "/dev/null".into(),
+                    writable: false,
+                    device: true
+                },
+            ]
+        );
+        let e = grants(&g, &[policy("model", None)], "F").unwrap_err();
+        assert!(
+            e.starts_with("F.ResourceAccessPolicies[0]: resource `model`"),
+            "{e}"
+        );
+        std::fs::remove_dir(&volume).unwrap();
+        let e = grants(&g, &[policy("vol", None)], "F").unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
+    }
+}
