@@ -323,18 +323,24 @@ fn runtime(executable: Option<&str>, exec_args: Option<&str>, dir: &Path, at: &s
     ))
 }
 
+/// A group of one core, for tests to add to.
+#[cfg(test)]
+pub(crate) fn test_group() -> Group {
+    let core = verdant_group::Thing {
+        id: "core".into(),
+        thing_arn: "arn:aws:iot:us-east-1:1:thing/core".into(),
+        certificate_arn: format!("arn:aws:iot:us-east-1:1:cert/{}", "ab".repeat(32)),
+        sync_shadow: false,
+    };
+    Group::sample(&core, &core)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn group(functions: serde_json::Value) -> Group {
-        let core = verdant_group::Thing {
-            id: "core".into(),
-            thing_arn: "arn:aws:iot:us-east-1:1:thing/core".into(),
-            certificate_arn: format!("arn:aws:iot:us-east-1:1:cert/{}", "ab".repeat(32)),
-            sync_shadow: false,
-        };
-        let mut g = Group::sample(&core, &core);
+        let mut g = test_group();
         g.function_definition_version = serde_json::from_value(functions).unwrap();
         g
     }

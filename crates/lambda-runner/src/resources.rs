@@ -129,13 +129,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let volume = dir.path().join("shared");
         std::fs::create_dir(&volume).unwrap();
-        let core = verdant_group::Thing {
-            id: "core".into(),
-            thing_arn: "arn:aws:iot:us-east-1:1:thing/core".into(),
-            certificate_arn: format!("arn:aws:iot:us-east-1:1:cert/{}", "ab".repeat(32)),
-            sync_shadow: false,
-        };
-        let mut g = Group::sample(&core, &core);
+        let mut g = crate::function::test_group();
         g.resource_definition_version = serde_json::from_value(serde_json::json!({ "Resources": [
             { "Id": "vol", "Name": "vol", "ResourceDataContainer": { "LocalVolumeResourceData": {
                 "SourcePath": volume, "DestinationPath": "/data",
