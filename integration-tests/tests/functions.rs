@@ -111,11 +111,20 @@ fn install_functions(root: &Path) {
         "greengrasssdk (scripts/test-deps.sh installs it)"
     );
     let sdk = String::from_utf8(sdk.stdout).unwrap();
-    for name in ["echo", "adder", "boxed"] {
+    for name in ["echo", "boxed"] {
         let dir = root.join("functions").join(name).join("1");
         copy_dir(&here.join(name), &dir);
         copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
     }
+    // The adder comes as a zip, as Greengrass deployments bring functions.
+    std::fs::create_dir_all(root.join("functions/adder")).unwrap();
+    let zipped = std::process::Command::new(verdant_integration_tests::python())
+        .args(["-m", "zipfile", "-c"])
+        .arg(root.join("functions/adder/1.zip"))
+        .arg(here.join("adder/adder.py"))
+        .output()
+        .unwrap();
+    assert!(zipped.status.success(), "{zipped:?}");
     // The Node.js function bundles aws-greengrass-core-sdk and its
     // dependencies in node_modules, as users do.
     let node_sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.node/node_modules");

@@ -104,7 +104,7 @@ pub fn default_identity(config: &LambdaConfig) -> (u32, u32) {
 /// can run `GreengrassContainer` functions, or why not.
 pub fn specs(
     group: &Group,
-    functions_dir: &Path,
+    dirs: &Dirs,
     config: &LambdaConfig,
     containers: &Result<(), String>,
 ) -> Vec<Spec> {
@@ -128,7 +128,13 @@ pub fn specs(
             let at = format!("FunctionDefinitionVersion.Functions[{i}].FunctionConfiguration");
             let c = &f.function_configuration;
             let (name, version) = name_and_version(&f.function_arn);
-            let dir = functions_dir.join(&name).join(&version);
+            let (dir, unpacked) = match artifact(dirs, &name, &version) {
+                Ok(d) => (d, Ok(())),
+                Err(why) => (
+                    dirs.functions.join(&name).join(&version),
+                    Err(format!("{at}: {why}")),
+                ),
+            };
             let own = c
                 .environment
                 .as_ref()
@@ -138,17 +144,15 @@ pub fn specs(
                 isolation_mode: own.isolation_mode.or(defaults.isolation_mode),
                 run_as: own.run_as.or_else(|| defaults.run_as.clone()),
             };
-            let uid = execution
-                .run_as
-                .as_ref()
-                .and_then(|r| r.uid)
-                .unwrap_or(identity.0);
-            let gid = execution
-                .run_as
-                .as_ref()
-                .and_then(|r| r.gid)
-                .unwrap_or(identity.1);
-            let mut runtime = runtime(c.executable.as_deref(), c.exec_args.as_deref(), &dir, &at);
+            let run_as = execution.run_as.clone().unwrap_or_default();
+            let (uid, gid) = (
+                run_as.uid.unwrap_or(identity.0),
+                run_as.gid.unwrap_or(identity.1),
+            );
+            let mut runtime = match unpacked {
+                Ok(()) => runtime(c.executable.as_deref(), c.exec_args.as_deref(), &dir, &at),
+                Err(why) => Runtime::Unavailable(why),
+            };
             if (uid == 0 || gid == 0) && !config.allow_functions_to_run_as_root {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.RunAs: uid or gid 0 is refused unless \
@@ -159,21 +163,16 @@ pub fn specs(
             let environment = c.environment.clone().unwrap_or_default();
             // Resources and sysfs are a container's (NoContainer functions
             // reach the file system as their user can).
-            let grants = if container {
-                match crate::resources::grants(
-                    group,
-                    &environment.resource_access_policies,
-                    &format!("{at}.Environment"),
-                ) {
-                    Ok(g) => g,
-                    Err(why) => {
-                        runtime = Runtime::Unavailable(why);
-                        Grants::default()
-                    }
-                }
+            let policies = if container {
+                environment.resource_access_policies.as_slice()
             } else {
-                Grants::default()
+                &[]
             };
+            let grants = crate::resources::grants(group, policies, &format!("{at}.Environment"))
+                .unwrap_or_else(|why| {
+                    runtime = Runtime::Unavailable(why);
+                    Grants::default()
+                });
             if let (true, Err(why)) = (container, containers) {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.IsolationMode: GreengrassContainer (the \
@@ -190,11 +189,7 @@ pub fn specs(
                 timeout: Duration::from_secs(u64::from(c.timeout.unwrap_or(3).max(1))),
                 memory_kb: c.memory_size.unwrap_or(16_384),
                 binary: c.encoding_type == Some(EncodingType::Binary),
-                variables: c
-                    .environment
-                    .as_ref()
-                    .map(|e| e.variables.clone())
-                    .unwrap_or_default(),
+                variables: environment.variables,
                 uid,
                 gid,
                 container,
@@ -242,6 +237,42 @@ pub fn secure_mode(specs: &mut [Spec], problems: &[String], config: &LambdaConfi
             ));
         }
     }
+}
+
+/// Where functions' artifacts are.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// `<root>/functions`: `<name>/<version>/` directories or
+    /// `<name>/<version>.zip` files.
+    pub functions: PathBuf,
+    /// Where zip artifacts are unpacked (`<name>/<version>/`).
+    pub unpacked: PathBuf,
+}
+
+/// The directory of a function's code: `functions/<name>/<version>/`, or
+/// `functions/<name>/<version>.zip` unpacked afresh (entries that would
+/// leave the directory are refused by the zip reader).
+fn artifact(dirs: &Dirs, name: &str, version: &str) -> Result<PathBuf, String> {
+    let dir = dirs.functions.join(name).join(version);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let zip = dirs.functions.join(name).join(format!("{version}.zip"));
+    if !zip.is_file() {
+        return Ok(dir);
+    }
+    let into = dirs.unpacked.join(name).join(version);
+    let unpack = || -> Result<(), String> {
+        if into.exists() {
+            std::fs::remove_dir_all(&into).map_err(|e| e.to_string())?;
+        }
+        std::fs::create_dir_all(&into).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(&zip).map_err(|e| e.to_string())?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+        archive.extract(&into).map_err(|e| e.to_string())
+    };
+    unpack().map_err(|e| format!("cannot unpack {}: {e}", zip.display()))?;
+    Ok(into)
 }
 
 /// Whether `executable` names a Java handler whose class is in `dir`
@@ -345,6 +376,59 @@ mod tests {
         g
     }
 
+    fn zip(path: &Path, entries: &[(&str, &str)]) {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .unix_permissions(0o644);
+        for (name, text) in entries {
+            w.start_file(*name, options).unwrap();
+            std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn zip_artifacts_are_unpacked_and_escapes_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            functions: dir.path().join("functions"),
+            unpacked: dir.path().join("unpacked"),
+        };
+        std::fs::create_dir_all(dirs.functions.join("z")).unwrap();
+        std::fs::create_dir_all(dirs.functions.join("evil")).unwrap();
+        zip(
+            &dirs.functions.join("z/2.zip"),
+            &[("main.py", "def handler(e, c):\n    return e\n")],
+        );
+        zip(
+            &dirs.functions.join("evil/1.zip"),
+            &[("../../escaped.py", "x = 1\n")],
+        );
+        let g = group(serde_json::json!({
+            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer" } },
+            "Functions": [
+                { "Id": "z", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:z:2",
+                  "FunctionConfiguration": { "Executable": "main.handler" } },
+                { "Id": "evil", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:evil:1",
+                  "FunctionConfiguration": { "Executable": "escaped.handler" } },
+            ]
+        }));
+        let s = specs(&g, &dirs, &LambdaConfig::default(), &Ok(()));
+        assert!(
+            matches!(s[0].runtime, Runtime::Python { .. }),
+            "{:?}",
+            s[0].runtime
+        );
+        assert_eq!(s[0].dir, dirs.unpacked.join("z/2"));
+        assert!(
+            matches!(&s[1].runtime, Runtime::Unavailable(w) if w.contains("cannot unpack")),
+            "{:?}",
+            s[1].runtime
+        );
+        assert!(!dir.path().join("escaped.py").exists());
+    }
+
     #[test]
     fn defaults_identity_and_refusals_with_their_json_path() {
         let dir = tempfile::tempdir().unwrap();
@@ -369,9 +453,13 @@ mod tests {
             ]
         }));
         let no = Err("a core running as root".to_string());
-        let s = specs(&g, dir.path(), &LambdaConfig::default(), &no);
+        let dirs = Dirs {
+            functions: dir.path().to_path_buf(),
+            unpacked: dir.path().join("unpacked"),
+        };
+        let s = specs(&g, &dirs, &LambdaConfig::default(), &no);
         assert!(!s[0].container && s[3].container);
-        let can = specs(&g, dir.path(), &LambdaConfig::default(), &Ok(()));
+        let can = specs(&g, &dirs, &LambdaConfig::default(), &Ok(()));
         assert!(matches!(can[3].runtime, Runtime::Python { .. }));
         assert_eq!(
             s[0].runtime,

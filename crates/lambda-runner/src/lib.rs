@@ -177,7 +177,11 @@ fn functions(
         (true, None) => Err("cgroups with the memory and pids controllers".to_string()),
         (true, Some(_)) => Ok(()),
     };
-    let mut specs = function::specs(group, &ctx.layout.functions_dir(), config, &containers);
+    let dirs = function::Dirs {
+        functions: ctx.layout.functions_dir(),
+        unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
+    };
+    let mut specs = function::specs(group, &dirs, config, &containers);
     let problems = function::host_problems(Path::new("/proc/sys"));
     function::secure_mode(&mut specs, &problems, config);
     for s in &specs {
