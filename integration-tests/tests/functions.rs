@@ -370,6 +370,41 @@ async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
         &format!("GET {path}/work HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
     );
     assert!(status.contains("401"), "{status}");
+
+    // A real token, stolen from the echo instance's environment (we are
+    // root), is refused from a socket of another user than the instance's.
+    wait_function(&core, "echo", |f| f.instances == 1).await;
+    let token = stolen_token(&function_arn("echo"), port).expect("the echo instance's token");
+    let echo = format!("/2016-11-01/functions/{}", function_arn("echo"));
+    let status = http(
+        port,
+        &format!(
+            "GET {echo}/work HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.contains("401"), "{status}");
+}
+
+/// The token in the environment of the process running `arn` for the
+/// core whose IPC port is `port`.
+fn stolen_token(arn: &str, port: u16) -> Option<String> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let has = |want: &str| vars.iter().any(|v| v == want);
+        if has(&format!("MY_FUNCTION_ARN={arn}")) && has(&format!("GG_DAEMON_PORT={port}")) {
+            return vars
+                .iter()
+                .find_map(|v| v.strip_prefix("AWS_CONTAINER_AUTHORIZATION_TOKEN="))
+                .map(String::from);
+        }
+    }
+    None
 }
 
 #[tokio::test]

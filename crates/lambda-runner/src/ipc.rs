@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
@@ -37,6 +37,8 @@ pub struct Ipc {
     /// What functions publish goes up the router link.
     pub up: mpsc::UnboundedSender<Outgoing>,
     pub shadow_socket: PathBuf,
+    /// This endpoint's address (the other end of every caller's socket).
+    pub local: std::net::SocketAddr,
 }
 
 pub fn router(ipc: Ipc) -> axum::Router {
@@ -79,12 +81,35 @@ impl Ipc {
         self.runner.lock().expect("runner lock")
     }
 
-    /// The instance whose token the request carries, and its function's ARN.
-    fn caller(&self, headers: &HeaderMap) -> Option<(FunctionId, InstanceId, String)> {
+    /// The instance whose token the request carries, and its function's
+    /// ARN, if the caller's socket belongs to the user that instance runs
+    /// as (the core's own user when the core cannot change users).
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: std::net::SocketAddr,
+    ) -> Option<(FunctionId, InstanceId, String)> {
         let token = header(headers, "Authorization");
-        let runner = self.lock();
-        let (f, i) = runner.caller(token)?;
-        Some((f, i, runner.spec(f).arn.clone()))
+        let (f, i, arn, uid) = {
+            let runner = self.lock();
+            let (f, i) = runner.caller(token)?;
+            let spec = runner.spec(f);
+            (f, i, spec.arn.clone(), spec.uid)
+        };
+        let euid = nix::unistd::geteuid();
+        let want = if euid.is_root() { uid } else { euid.as_raw() };
+        match crate::peer::uid(peer, self.local) {
+            Some(got) if got == want => Some((f, i, arn)),
+            got => {
+                tracing::warn!(
+                    function = %arn,
+                    caller_uid = ?got,
+                    want,
+                    "a function's token presented from another user's socket: refused"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -108,11 +133,12 @@ fn custom(client_context: &str) -> serde_json::Value {
 
 async fn post_work(
     State(ipc): State<Ipc>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(arn): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((_, _, caller)) = ipc.caller(&headers) else {
+    let Some((_, _, caller)) = ipc.caller(&headers, peer) else {
         return stranger();
     };
     let client_context = header(&headers, CLIENT_CONTEXT).to_string();
@@ -219,10 +245,11 @@ async fn shadow_call(ipc: &Ipc, topic: String, payload: Bytes) -> Outcome {
 
 async fn get_work_result(
     State(ipc): State<Ipc>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(_arn): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if ipc.caller(&headers).is_none() {
+    if ipc.caller(&headers, peer).is_none() {
         return stranger();
     }
     let id = header(&headers, INVOCATION_ID).to_string();
@@ -248,8 +275,13 @@ async fn get_work_result(
     r
 }
 
-async fn get_work(State(ipc): State<Ipc>, Path(arn): Path<String>, headers: HeaderMap) -> Response {
-    let Some((f, i, caller)) = ipc.caller(&headers) else {
+async fn get_work(
+    State(ipc): State<Ipc>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(arn): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((f, i, caller)) = ipc.caller(&headers, peer) else {
         return stranger();
     };
     if caller != arn {
@@ -278,11 +310,12 @@ async fn get_work(State(ipc): State<Ipc>, Path(arn): Path<String>, headers: Head
 
 async fn post_work_result(
     State(ipc): State<Ipc>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(arn): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((f, i, caller)) = ipc.caller(&headers) else {
+    let Some((f, i, caller)) = ipc.caller(&headers, peer) else {
         return stranger();
     };
     if caller != arn {
@@ -313,11 +346,12 @@ async fn post_work_result(
 
 async fn initialized(
     State(ipc): State<Ipc>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(_arn): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((_, _, caller)) = ipc.caller(&headers) else {
+    let Some((_, _, caller)) = ipc.caller(&headers, peer) else {
         return stranger();
     };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

@@ -10,6 +10,7 @@ mod grpc;
 pub mod instance;
 pub mod ipc;
 mod link;
+pub mod peer;
 pub mod resources;
 pub mod sandbox;
 pub mod work;
@@ -133,9 +134,11 @@ fn serve_functions(
         runner: runner.clone(),
         up,
         shadow_socket: ctx.layout.socket("shadow"),
+        local: ipc_listener.local_addr().expect("a bound listener"),
     });
     let ipc_shutdown = shutdown.clone();
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(ipc_listener, app)
             .with_graceful_shutdown(ipc_shutdown.cancelled_owned())
             .await;
