@@ -17,7 +17,7 @@ use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
 /// This machine has `fs.protected_symlinks = 0`: the tests say deliberately
 /// that functions may run anyway (the last test checks the refusal).
-const INSECURE: &str = "[lambda-runner]\nrun_on_insecure_host = true\n";
+const INSECURE: &str = "[lambda-runner]\nrun_on_insecure_host = true\npids_limit = 64\n";
 
 fn function_arn(name: &str) -> String {
     format!("arn:aws:lambda:us-east-1:123456789012:function:{name}:1")
@@ -292,7 +292,7 @@ async fn a_greengrasssdk_function_gets_messages_calls_shadows_and_functions_and_
         (json!(102), json!(2))
     );
     wait_function(&core, "echo", |f| f.invocations == 2 && f.instances == 1).await;
-    wait_function(&core, "adder", |f| f.invocations == 2 && f.errors == 0).await;
+    wait_function(&core, "adder", |f| f.invocations == 4 && f.errors == 0).await;
 
     // A handler that raises is an error, counted; the instance lives on.
     publish(&dev, &mut ev, "in/x", &json!({ "fail": true }).to_string()).await;
@@ -525,6 +525,23 @@ async fn a_greengrass_container_sees_only_its_code_and_the_system_within_its_lim
             "MemorySize 65536 KB"
         );
     }
+
+    // The escape matrix, run as the function.
+    publish(&dev, &mut ev, "boxed/in", &ask(json!({ "escape": true }))).await;
+    let got = reply(&core, &mut ev, "no escape report").await;
+    let e: Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(e["shadow_readable"], false, "/etc/shadow: {e}");
+    assert!(
+        e["pids_seen"].as_u64().unwrap() < 5,
+        "host PIDs visible: {e}"
+    );
+    assert_eq!(e["written"], json!(["/tmp/x"]), "writes outside /tmp: {e}");
+    assert_eq!(e["became_root"], false);
+    assert_eq!(
+        e["fork_error"], "EAGAIN",
+        "the pids limit stops a fork bomb: {e}"
+    );
+    assert!(e["forked"].as_u64().unwrap() < 64, "{e}");
 
     // More memory than MemorySize: the kernel ends the instance, the
     // invocation fails, and a new instance answers the next one.

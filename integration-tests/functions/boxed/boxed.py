@@ -3,14 +3,61 @@ allocates more memory than its MemorySize when asked."""
 import errno
 import json
 import os
+import signal
 import socket
+import time
 
 import greengrasssdk
 
 iot = greengrasssdk.client("iot-data")
 
 
+def escape():
+    """What a function tries to get out of its container."""
+    report = {}
+    try:
+        with open("/etc/shadow") as f:
+            f.read()
+        report["shadow_readable"] = True
+    except OSError:
+        report["shadow_readable"] = False
+    report["pids_seen"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    report["written"] = []
+    for path in ["/x", "/usr/x", "/etc/x", "/lambda/x", "/runtime/x", "/proc/x", "/tmp/x"]:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            report["written"].append(path)
+        except OSError:
+            pass
+    try:
+        os.setuid(0)
+        report["became_root"] = True
+    except OSError:
+        report["became_root"] = False
+    kids = []
+    try:
+        while len(kids) < 10000:
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            kids.append(pid)
+        report["fork_error"] = None
+    except OSError as e:
+        report["fork_error"] = errno.errorcode.get(e.errno)
+    finally:
+        for pid in kids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    report["forked"] = len(kids)
+    return report
+
+
 def handler(event, context):
+    if "escape" in event:
+        iot.publish(topic="boxed/out", payload=json.dumps(escape()))
+        return None
     if "alloc_mb" in event:
         hog = b"x" * (event["alloc_mb"] << 20)
         iot.publish(topic="boxed/out", payload=json.dumps({"allocated": len(hog)}))

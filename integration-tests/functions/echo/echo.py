@@ -24,6 +24,10 @@ def handler(event, context):
     shadow = iot.update_thing_shadow(
         thingName="a", payload=json.dumps({"state": {"reported": {"last": event}}}))
     version = json.loads(shadow["payload"])["version"]
+    # An Event invocation returns at once, with no result.
+    fired = functions.invoke(FunctionName=ADDER, InvocationType="Event",
+                             Payload=json.dumps({"a": 0, "b": 0}))
+    assert fired == {"Payload": b"", "FunctionError": ""}, fired
     answer = functions.invoke(FunctionName=ADDER, InvocationType="RequestResponse",
                               Payload=json.dumps({"a": event["n"], "b": 100}))
     total = json.loads(answer["Payload"].read())["sum"]
