@@ -321,7 +321,7 @@ async fn a_greengrasssdk_function_gets_messages_calls_shadows_and_functions_and_
         String::from_utf8_lossy(&invoked.stdout).trim(),
         r#"{"sum": 5}"#
     );
-    let log = core.ctl(&["functions", "logs", "echo", "-n", "100"]);
+    let log = core.ctl(&["logs", "--function", "echo", "-n", "100"]);
     assert!(
         String::from_utf8_lossy(&log.stdout).contains("ValueError: asked to fail"),
         "{log:?}"
@@ -385,10 +385,56 @@ async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
     assert!(status.contains("401"), "{status}");
 }
 
-/// The token in the environment of the process running `arn` for the
-/// core whose IPC port is `port`.
-fn stolen_token(arn: &str, port: u16) -> Option<String> {
+#[tokio::test]
+async fn instances_die_with_a_killed_lambda_runner_and_come_back_with_it() {
+    let core = start().await;
+    wait_function(&core, "echo", |f| f.instances == 1).await;
+    let port = u16::try_from(functions(&core).await.ipc_port).unwrap();
+    let (old, _) = instance(&function_arn("echo"), port).expect("the echo instance");
+    let runner = core.service("lambda-runner").await.pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(runner).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = tokio::time::timeout(PATIENCE, async {
+        while verdant_integration_tests::alive(old) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "instance {old} outlived its lambda-runner");
+    // init restarts the lambda-runner, which starts the pinned function again.
+    core.wait_until("the lambda-runner restarted", |list| {
+        list.iter().any(|s| {
+            s.name == "lambda-runner"
+                && s.pid != runner
+                && s.state() == verdant_proto::supervisor::v1::ServiceState::Running
+        })
+    })
+    .await;
+    let port = loop {
+        if let Ok(channel) = verdant_common::uds::connect(&core.socket("lambda-runner")).await
+            && let Ok(r) = LambdaClient::new(channel)
+                .list_functions(pb::ListFunctionsRequest {})
+                .await
+        {
+            break u16::try_from(r.into_inner().ipc_port).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_function(&core, "echo", |f| f.instances == 1).await;
+    let (new, _) = instance(&function_arn("echo"), port).expect("a new echo instance");
+    assert_ne!(new, old);
+}
+
+/// The pid and token of the process running `arn` for the core whose IPC
+/// port is `port`.
+fn instance(arn: &str, port: u16) -> Option<(u32, String)> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
@@ -398,13 +444,19 @@ fn stolen_token(arn: &str, port: u16) -> Option<String> {
             .collect();
         let has = |want: &str| vars.iter().any(|v| v == want);
         if has(&format!("MY_FUNCTION_ARN={arn}")) && has(&format!("GG_DAEMON_PORT={port}")) {
-            return vars
+            let token = vars
                 .iter()
-                .find_map(|v| v.strip_prefix("AWS_CONTAINER_AUTHORIZATION_TOKEN="))
-                .map(String::from);
+                .find_map(|v| v.strip_prefix("AWS_CONTAINER_AUTHORIZATION_TOKEN="))?;
+            return Some((pid, token.to_string()));
         }
     }
     None
+}
+
+/// The token in the environment of the process running `arn` for the
+/// core whose IPC port is `port`.
+fn stolen_token(arn: &str, port: u16) -> Option<String> {
+    instance(arn, port).map(|(_, token)| token)
 }
 
 #[tokio::test]

@@ -13,7 +13,13 @@ use crate::spawn;
 
 const LIMIT: Duration = Duration::from_mins(1);
 const FUNCTION: &str = "arn:aws:lambda:us-east-1:123456789012:function:relay:1";
+/// On-demand, for cold starts: plain and in a container.
+const COLD: &str = "arn:aws:lambda:us-east-1:123456789012:function:cold:1";
+const COLD_BOX: &str = "arn:aws:lambda:us-east-1:123456789012:function:coldbox:1";
 const DEVICE: &str = "arn:aws:iot:us-east-1:123456789012:thing/bench-dev";
+
+/// A handler that only answers.
+const HELLO: &str = "def handler(event, context):\n    return {'ok': 1}\n";
 
 /// The relay: what comes in goes out (binary encoding: bytes both ways).
 const RELAY: &str = r"import greengrasssdk
@@ -35,9 +41,16 @@ fn group() -> String {
         "FunctionDefinitionVersion": {
             "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
                 "RunAs": { "Uid": 65534, "Gid": 65534 } } },
-            "Functions": [{ "Id": "relay", "FunctionArn": FUNCTION,
-                "FunctionConfiguration": { "Executable": "relay.handler", "Pinned": true,
-                    "EncodingType": "binary", "Timeout": 30 } }]
+            "Functions": [
+                { "Id": "relay", "FunctionArn": FUNCTION,
+                  "FunctionConfiguration": { "Executable": "relay.handler", "Pinned": true,
+                    "EncodingType": "binary", "Timeout": 30 } },
+                { "Id": "cold", "FunctionArn": COLD,
+                  "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30 } },
+                { "Id": "coldbox", "FunctionArn": COLD_BOX,
+                  "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30,
+                    "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
+            ]
         },
         "SubscriptionDefinitionVersion": { "Subscriptions": [
             { "Id": "in", "Source": DEVICE, "Subject": "bench/in", "Target": FUNCTION },
@@ -166,6 +179,11 @@ pub async fn run(bin_dir: &Path, python: &Path, runs: usize) {
     std::fs::create_dir_all(&artifact).expect("dir");
     std::fs::write(artifact.join("relay.py"), RELAY).expect("write");
     copy_dir(Path::new(&sdk(python)), &artifact.join("greengrasssdk"));
+    for name in ["cold", "coldbox"] {
+        let dir = root.join("functions").join(name).join("1");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("hello.py"), HELLO).expect("write");
+    }
     for d in [dir.path(), root.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
@@ -176,7 +194,7 @@ pub async fn run(bin_dir: &Path, python: &Path, runs: usize) {
         &root,
         &format!(
             "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n\
-             [lambda-runner]\nrun_on_insecure_host = true\n"
+             [lambda-runner]\nrun_on_insecure_host = true\nidle_secs = 0\n"
         ),
         Some(&group),
     );
@@ -187,6 +205,17 @@ pub async fn run(bin_dir: &Path, python: &Path, runs: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     round_trips(port, 1).await;
+    let socket = root.join("run/lambda-runner.sock");
+    let mut cold = Vec::new();
+    let mut cold_box = Vec::new();
+    for _ in 0..runs {
+        let mut c = cold_starts(&socket, COLD, 20).await;
+        c.sort_unstable();
+        cold.push(c);
+        let mut c = cold_starts(&socket, COLD_BOX, 20).await;
+        c.sort_unstable();
+        cold_box.push(c);
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -211,5 +240,56 @@ pub async fn run(bin_dir: &Path, python: &Path, runs: usize) {
         p(&trips, 50.0),
         p(&trips, 99.0)
     );
+    for (what, runs) in [("NoContainer", &cold), ("GreengrassContainer", &cold_box)] {
+        println!(
+            "| cold start of an on-demand Python function ({what}): invoke → result, p50 / p99 ms | {:.1} / {:.1} |",
+            p(runs, 50.0) / 1000.0,
+            p(runs, 99.0) / 1000.0
+        );
+    }
     spawn::stop(&mut core);
+}
+
+/// `n` invocations of `arn` each with no instance running (idle instances
+/// stop at once here): latencies in µs from the call to its result.
+async fn cold_starts(socket: &Path, arn: &str, n: usize) -> Vec<u64> {
+    use verdant_proto::lambda::v1 as pb;
+    use verdant_proto::lambda::v1::lambda_client::LambdaClient;
+    let channel = verdant_common::uds::connect(socket)
+        .await
+        .expect("the lambda-runner's socket");
+    let mut api = LambdaClient::new(channel);
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let listed = api
+                .list_functions(pb::ListFunctionsRequest {})
+                .await
+                .expect("list")
+                .into_inner();
+            if listed
+                .functions
+                .iter()
+                .any(|f| f.arn == arn && f.instances == 0)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{arn} kept an instance");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = Instant::now();
+        let r = api
+            .invoke(pb::InvokeRequest {
+                function_arn: arn.into(),
+                payload: b"{}".to_vec(),
+                ..pb::InvokeRequest::default()
+            })
+            .await
+            .expect("invoke")
+            .into_inner();
+        assert!(r.function_error.is_empty(), "{r:?}");
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    lat
 }

@@ -4,7 +4,8 @@
 //! its exit code tells `verdant-init` ([`exit`]), gRPC on Unix sockets
 //! with health, reflection and peer credentials ([`uds`], [`grpc`]), and
 //! certificates from PEM files ([`pem`]), and an endpoint daemon's link
-//! with the router ([`link`]).
+//! with the router ([`link`]), and a child process's output captured into
+//! a rotating log ([`logs`]).
 //! [`daemon`] strings these together into a daemon's `main`.
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod exit;
 pub mod grpc;
 pub mod link;
+pub mod logs;
 pub mod paths;
 pub mod pem;
 pub mod shutdown;

@@ -6,7 +6,6 @@ pub mod devcerts;
 pub mod error;
 mod grpc;
 mod health;
-mod logs;
 mod notify;
 pub mod process;
 mod service;

@@ -17,8 +17,8 @@ use verdant_common::paths::{Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
 
 use crate::config::{HealthCheck, InitSection};
 use crate::health;
-use crate::logs::ServiceLog;
 use crate::process::{self, Child, Exited, Reaper};
+use verdant_common::logs::ServiceLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -37,6 +37,11 @@ pub struct LambdaConfig {
     pub pids_limit: u64,
     /// Bytes of a `GreengrassContainer` instance's private `/tmp`.
     pub tmp_bytes: u64,
+    /// A function's log (`logs/functions/<name>.log`) is rotated past
+    /// this size ...
+    pub log_max_bytes: u64,
+    /// ... and this many rotated ones are kept.
+    pub log_keep: u32,
     /// Run functions even though `fs.protected_hardlinks` or
     /// `fs.protected_symlinks` is not 1 (a function could then trick the
     /// core through links in shared directories); logged loudly.
@@ -59,6 +64,8 @@ impl Default for LambdaConfig {
             run_on_insecure_host: false,
             pids_limit: 256,
             tmp_bytes: 64 << 20,
+            log_max_bytes: 10 << 20,
+            log_keep: 3,
         }
     }
 }

@@ -1,12 +1,12 @@
 //! `verdant.lambda.v1.Lambda`: what operators see of the functions, and
 //! what they may do with them (invoke, read their logs).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
+use verdant_common::logs::ServiceLog;
 use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_server::Lambda;
 
@@ -16,35 +16,23 @@ use crate::work::{Pending, Refused, Runner};
 pub struct Api {
     pub runner: Arc<Mutex<Runner>>,
     pub ipc_port: u16,
-    /// `<logs>/functions`, where each function's `<name>.log` is.
-    pub logs: PathBuf,
+    /// Each function's log, by function name.
+    pub logs: Arc<HashMap<String, ServiceLog>>,
 }
 
 type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogLines, Status>> + Send>>;
 
-/// How often a followed log is looked at for more.
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
-
 impl Api {
-    /// The log file of `function` (its ARN or its name), if it is one of
-    /// the group's.
-    fn log_file(&self, function: &str) -> Option<PathBuf> {
+    /// The log of `function` (its ARN or its name), if it is one of the
+    /// group's.
+    fn log(&self, function: &str) -> Option<ServiceLog> {
         let views = self.runner.lock().expect("runner lock").views();
         let spec = views
             .iter()
             .map(|v| &v.spec)
             .find(|s| s.arn == function || s.name == function)?;
-        Some(self.logs.join(format!("{}.log", spec.name)))
+        self.logs.get(&spec.name).cloned()
     }
-}
-
-/// The last `n` lines of `text`.
-fn last_lines(text: &str, n: usize) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| (*l).to_string())
-        .collect()
 }
 
 #[tonic::async_trait]
@@ -138,38 +126,49 @@ impl Lambda for Api {
     ) -> Result<Response<Self::LogsStream>, Status> {
         verdant_common::uds::require_owner(&request)?;
         let r = request.into_inner();
-        let path = self
-            .log_file(&r.function)
+        let log = self
+            .log(&r.function)
             .ok_or_else(|| Status::not_found(format!("no function {} in the group", r.function)))?;
+        // Subscribed before the tail is read: nothing falls in between.
+        let mut follow = r.follow.then(|| log.follow());
+        let tail = log
+            .tail(r.lines as usize)
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let text = tokio::fs::read(&path).await.unwrap_or_default();
-            let mut offset = text.len();
-            let first = last_lines(&String::from_utf8_lossy(&text), r.lines as usize);
+            let lines = |bytes: &[u8]| -> Vec<String> {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            };
+            let first = lines(&tail);
             if !first.is_empty() && tx.send(Ok(pb::LogLines { lines: first })).await.is_err() {
                 return;
             }
-            if !r.follow {
+            let Some(follow) = follow.as_mut() else {
                 return;
-            }
+            };
             loop {
-                tokio::select! {
+                let chunk = tokio::select! {
                     () = tx.closed() => return,
-                    () = tokio::time::sleep(FOLLOW_EVERY) => {}
-                }
-                let text = tokio::fs::read(&path).await.unwrap_or_default();
-                // Rotated or cut: from the start again.
-                if text.len() < offset {
-                    offset = 0;
-                }
-                let Some(end) = text[offset..].iter().rposition(|b| *b == b'\n') else {
-                    continue;
+                    c = follow.recv() => c,
                 };
-                let new = String::from_utf8_lossy(&text[offset..=offset + end]).into_owned();
-                offset += end + 1;
-                let lines = new.lines().map(String::from).collect();
-                if tx.send(Ok(pb::LogLines { lines })).await.is_err() {
-                    return;
+                match chunk {
+                    Ok(c) => {
+                        if tx
+                            .send(Ok(pb::LogLines { lines: lines(&c) }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let note = format!("[verdant] {n} log chunks skipped (a slow reader)");
+                        let _ = tx.send(Ok(pb::LogLines { lines: vec![note] })).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         });

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use verdant_common::logs::ServiceLog;
 use verdant_common::shutdown::CancellationToken;
 
 use crate::cgroup::{Cgroup, Hierarchy, Limits};
@@ -35,7 +36,8 @@ pub struct Environment {
     pub cgroups: Option<Hierarchy>,
     pub pids_limit: u64,
     pub tmp_bytes: u64,
-    pub logs: PathBuf,
+    /// Each function's log, by function name.
+    pub logs: Arc<HashMap<String, ServiceLog>>,
     pub region: String,
     pub thing_name: String,
     pub thing_arn: String,
@@ -303,27 +305,38 @@ async fn run_instance(
         }
         cmd
     };
-    let log = match open_log(env, spec) {
-        Ok(l) => l,
-        Err(e) => return format!("cannot open its log: {e}"),
+    // stdout and stderr on one pipe into the function's rotating log.
+    let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return format!("cannot make its output pipe: {e}"),
     };
+    let Ok(write2) = write.try_clone() else {
+        return "cannot make its output pipe".into();
+    };
+    if let Some(log) = env.logs.get(&spec.name) {
+        log.pump(read);
+    }
     cmd.env_clear()
         .envs(variables(spec, env, token))
         .envs(modules)
         .stdin(std::process::Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_or_else(|_| std::process::Stdio::null(), Into::into),
-        )
-        .stderr(log)
+        .stdout(write)
+        .stderr(write2)
         .kill_on_drop(true);
     // SAFETY: between fork and exec only async-signal-safe calls: setsid
-    // (its own session, so a timeout kills the whole group) and prctl.
+    // (its own session, so a timeout kills the whole group) and prctl:
+    // no new privileges, and killed if the lambda-runner dies (set here,
+    // after std has changed the user, which would clear it).
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for (option, value) in [
+                (libc::PR_SET_NO_NEW_PRIVS, 1),
+                (libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+            ] {
+                if libc::prctl(option, value, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -360,16 +373,6 @@ async fn run_instance(
             "stopped".into()
         }
     }
-}
-
-/// `<logs>/functions/<name>.log`, appended to.
-fn open_log(env: &Environment, spec: &Spec) -> std::io::Result<std::fs::File> {
-    let dir = env.logs.join("functions");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{}.log", spec.name)))
 }
 
 /// The environment of a function process (`COMPAT.md` §1.1), then the

@@ -254,6 +254,26 @@ pub async fn run(
         "function IPC endpoint on 127.0.0.1"
     );
 
+    // One rotating log per function name.
+    let log_dir = ctx.layout.logs_dir().join("functions");
+    std::fs::create_dir_all(&log_dir).map_err(|source| LambdaError::Io {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let logs: Arc<std::collections::HashMap<String, verdant_common::logs::ServiceLog>> = Arc::new(
+        specs
+            .iter()
+            .map(|s| {
+                let path = log_dir.join(format!("{}.log", s.name));
+                let log = verdant_common::logs::ServiceLog::new(
+                    path,
+                    config.log_max_bytes,
+                    config.log_keep,
+                );
+                (s.name.clone(), log)
+            })
+            .collect(),
+    );
     let (starts, starts_rx) = tokio::sync::mpsc::unbounded_channel();
     let runner = Arc::new(Mutex::new(work::Runner::new(
         specs,
@@ -278,7 +298,7 @@ pub async fn run(
             cgroups,
             pids_limit: config.pids_limit,
             tmp_bytes: config.tmp_bytes,
-            logs: ctx.layout.logs_dir(),
+            logs: logs.clone(),
             region: config.region.clone(),
             thing_name: core.thing_name,
             thing_arn: group.core().thing_arn.clone(),
@@ -301,7 +321,7 @@ pub async fn run(
     .add_service(LambdaServer::new(grpc::Api {
         runner,
         ipc_port,
-        logs: ctx.layout.logs_dir().join("functions"),
+        logs,
     }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;

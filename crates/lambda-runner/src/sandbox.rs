@@ -286,6 +286,24 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
     }
+    // Killed with the sandbox process (the user change above cleared what
+    // it inherited), which is killed with the lambda-runner.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(format!(
+            "parent-death signal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     Ok(())
 }
 

@@ -50,9 +50,13 @@ enum Cmd {
     Stop { service: String },
     /// Stop and start a service; clears a failed state.
     Restart { service: String },
-    /// A service's captured output.
+    /// A service's captured output (or, with --function, a function's).
     Logs {
-        service: String,
+        #[arg(required_unless_present = "function")]
+        service: Option<String>,
+        /// A function's log instead: its name or qualified ARN.
+        #[arg(long, conflicts_with = "service")]
+        function: Option<String>,
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
@@ -160,21 +164,43 @@ pub fn status_error(e: &tonic::Status) -> String {
     }
 }
 
+/// Runs the commands answered by daemons other than init; gives the
+/// others back.
+async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<(), String>, Cmd> {
+    Ok(match command {
+        Cmd::Clients => broker::clients(dir, json).await,
+        Cmd::Disconnect { client_id } => broker::disconnect(dir, client_id).await,
+        Cmd::Routes => router::routes(dir, json).await,
+        Cmd::Functions { command } => functions::run(dir, command, json).await,
+        Cmd::Cloud => router::cloud(dir, json).await,
+        Cmd::Shadow(cmd) => shadow::run(dir, cmd, json).await,
+        Cmd::Trace { source, topic } => router::trace(dir, source, topic, json).await,
+        Cmd::Logs {
+            function: Some(function),
+            follow,
+            lines,
+            ..
+        } => {
+            let cmd = functions::FunctionsCmd::Logs {
+                function,
+                follow,
+                lines,
+            };
+            functions::run(dir, Some(cmd), json).await
+        }
+        other => return Err(other),
+    })
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let dir = socket_dir(&args)?;
     let json = args.output == Format::Json;
-    match args.command {
-        Cmd::Clients => return broker::clients(&dir, json).await,
-        Cmd::Disconnect { client_id } => return broker::disconnect(&dir, client_id).await,
-        Cmd::Routes => return router::routes(&dir, json).await,
-        Cmd::Functions { command } => return functions::run(&dir, command, json).await,
-        Cmd::Cloud => return router::cloud(&dir, json).await,
-        Cmd::Shadow(cmd) => return shadow::run(&dir, cmd, json).await,
-        Cmd::Trace { source, topic } => return router::trace(&dir, source, topic, json).await,
-        _ => {}
-    }
+    let command = match other_daemons(&dir, args.command, json).await {
+        Ok(done) => return done,
+        Err(command) => command,
+    };
     let mut client = SupervisorClient::new(dial(&dir, INIT_SERVICE).await?);
-    match args.command {
+    match command {
         Cmd::Status { service: None } => {
             let list = client
                 .list_services(pb::ListServicesRequest {})
@@ -216,10 +242,11 @@ async fn run(args: Args) -> Result<(), String> {
             service,
             follow,
             lines,
+            ..
         } => {
             let mut stream = client
                 .read_logs(pb::ReadLogsRequest {
-                    name: service,
+                    name: service.unwrap_or_default(),
                     lines,
                     follow,
                 })

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import socket
-import time
 
 import greengrasssdk
 
@@ -40,8 +39,11 @@ def escape():
         while len(kids) < 10000:
             pid = os.fork()
             if pid == 0:
-                time.sleep(60)
-                os._exit(0)
+                # Small processes, so the pids limit is met before memory's.
+                try:
+                    os.execv("/bin/sleep", ["sleep", "60"])
+                finally:
+                    os._exit(1)
             kids.append(pid)
         report["fork_error"] = None
     except OSError as e:

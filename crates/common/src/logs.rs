@@ -1,5 +1,6 @@
-//! Each service's stdout and stderr, captured from its pipe into
-//! `<root>/logs/<service>.log` with size-based rotation, and broadcast line
+//! A process's stdout and stderr, captured from its pipe into a log file
+//! with size-based rotation (each service's `<root>/logs/<service>.log`,
+//! each function's `<root>/logs/functions/<name>.log`), and broadcast line
 //! by line to `verdantctl logs -f` followers.
 
 use std::fs::{File, OpenOptions};
@@ -17,7 +18,8 @@ const FOLLOW_BUFFER: usize = 256;
 /// A line longer than this is written in pieces.
 const MAX_LINE: usize = 16 * 1024;
 
-/// One service's log file, shared by the pumps of its successive processes.
+/// One log file, shared by the pumps of successive processes (a service's,
+/// or a function's instances).
 #[derive(Clone)]
 pub struct ServiceLog {
     inner: Arc<Mutex<LogFile>>,
@@ -31,6 +33,14 @@ struct LogFile {
     size: u64,
     max: u64,
     keep: u32,
+}
+
+impl std::fmt::Debug for ServiceLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceLog")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceLog {
