@@ -327,7 +327,38 @@ async fn a_greengrasssdk_function_gets_messages_calls_shadows_and_functions_and_
         "{log:?}"
     );
 
-    // What operators see.
+    // What operators see: processes, memory, the last error.
+    let json_list = core.ctl(&["-o", "json", "functions"]);
+    let list: Value = serde_json::from_slice(&json_list.stdout).unwrap();
+    let find = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["arn"] == function_arn(name))
+            .unwrap()
+            .clone()
+    };
+    let echo_row = find("echo");
+    assert_eq!(echo_row["pids"].as_array().unwrap().len(), 1, "{echo_row}");
+    assert!(
+        echo_row["memory_bytes"].as_u64().unwrap() > 1 << 20,
+        "{echo_row}"
+    );
+    assert!(
+        echo_row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{echo_row}"
+    );
+    let adder_row = find("adder");
+    assert!(
+        adder_row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 1.00 seconds"),
+        "{adder_row}"
+    );
     let listed = core.ctl(&["functions"]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{listed:?}");

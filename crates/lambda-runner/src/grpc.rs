@@ -35,6 +35,24 @@ impl Api {
     }
 }
 
+/// Resident bytes of `pid` and its descendants, from procfs (0 if gone).
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let own = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(resident)
+        .sum::<u64>()
+}
+
 #[tonic::async_trait]
 impl Lambda for Api {
     async fn list_functions(
@@ -63,6 +81,9 @@ impl Lambda for Api {
                 overflow: v.counters.overflow,
                 uid: v.spec.uid,
                 gid: v.spec.gid,
+                memory_bytes: v.pids.iter().map(|p| resident(*p)).sum(),
+                pids: v.pids,
+                last_error: v.last_error.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListFunctionsResponse {

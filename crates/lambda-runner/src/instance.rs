@@ -78,12 +78,14 @@ impl Supervisor {
                     kills.insert((f, i), kill_tx);
                     let env = self.env.clone();
                     let ended = ended_tx.clone();
+                    let runner = self.runner.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let started = Instant::now();
                         let why = match cgroup(&spec, &env, i) {
                             Ok(cg) => {
-                                let why = run_instance(&spec, &env, &token, cg.as_ref(), kill).await;
+                                let started = |pid| runner.lock().expect("runner lock").started(f, i, pid);
+                                let why = run_instance(&spec, &env, &token, cg.as_ref(), started, kill).await;
                                 if let Some(cg) = cg {
                                     cg.remove();
                                 }
@@ -278,6 +280,7 @@ async fn run_instance(
     env: &Environment,
     token: &str,
     cgroup: Option<&Cgroup>,
+    started: impl FnOnce(u32),
     kill: oneshot::Receiver<()>,
 ) -> String {
     let runtimes = if spec.container {
@@ -349,6 +352,9 @@ async fn run_instance(
         }
     };
     let pid = child.id();
+    if let Some(pid) = pid {
+        started(pid);
+    }
     tracing::info!(
         function = %spec.arn,
         pid,

@@ -67,6 +67,8 @@ struct Instance {
     /// result), and since when.
     busy: Option<(String, bool, Instant)>,
     idle_since: Instant,
+    /// Its process, once started.
+    pid: Option<u32>,
 }
 
 /// Counters of one function.
@@ -84,6 +86,8 @@ struct Function {
     queue: VecDeque<WorkItem>,
     instances: BTreeMap<InstanceId, Instance>,
     counters: Counters,
+    /// What the last failed invocation said (shortened).
+    last_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -97,8 +101,11 @@ enum Invocation {
 pub struct View {
     pub spec: Spec,
     pub instances: usize,
+    /// The processes of the running instances.
+    pub pids: Vec<u32>,
     pub queued: usize,
     pub counters: Counters,
+    pub last_error: Option<String>,
 }
 
 /// A result, or where it will come.
@@ -127,6 +134,15 @@ pub struct Runner {
     idle: Duration,
     /// Part of every invocation id, so that ids differ across restarts.
     epoch: String,
+}
+
+/// At most 200 characters of an error, on one line.
+fn shorten(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &one_line[..at]),
+        None => one_line,
+    }
 }
 
 /// A fresh secret: 128 bits from the kernel, hex.
@@ -163,6 +179,7 @@ impl Runner {
                     queue: VecDeque::new(),
                     instances: BTreeMap::new(),
                     counters: Counters::default(),
+                    last_error: None,
                 })
                 .collect(),
             by_arn,
@@ -300,9 +317,17 @@ impl Runner {
                 poller: None,
                 busy: None,
                 idle_since: Instant::now(),
+                pid: None,
             },
         );
         let _ = self.starts.send((f, id, token));
+    }
+
+    /// An instance's process started as `pid`.
+    pub fn started(&mut self, f: FunctionId, i: InstanceId, pid: u32) {
+        if let Some(instance) = self.functions[f.0].instances.get_mut(&i) {
+            instance.pid = Some(pid);
+        }
     }
 
     /// An instance asks for work (`GET .../work`).
@@ -335,6 +360,7 @@ impl Runner {
         instance.idle_since = Instant::now();
         if !outcome.error.is_empty() {
             function.counters.errors += 1;
+            function.last_error = Some(shorten(&String::from_utf8_lossy(&outcome.payload)));
         }
         self.complete(id, outcome);
         true
@@ -386,6 +412,7 @@ impl Runner {
         self.tokens.remove(&instance.token);
         if let Some((id, _, _)) = instance.busy {
             function.counters.errors += 1;
+            function.last_error = Some(shorten(why));
             self.complete(&id, Outcome::unhandled(why));
         }
         let function = &mut self.functions[f.0];
@@ -417,6 +444,10 @@ impl Runner {
                     Some((inv, _, since)) if now.duration_since(*since) > timeout => {
                         function.counters.timeouts += 1;
                         function.counters.errors += 1;
+                        function.last_error = Some(format!(
+                            "Task timed out after {:.2} seconds",
+                            timeout.as_secs_f64()
+                        ));
                         timed_out.push((inv.clone(), timeout));
                         instance.busy = None;
                         out.push((FunctionId(fi), *id));
@@ -444,8 +475,10 @@ impl Runner {
             .map(|f| View {
                 spec: f.spec.clone(),
                 instances: f.instances.len(),
+                pids: f.instances.values().filter_map(|i| i.pid).collect(),
                 queued: f.queue.len(),
                 counters: f.counters,
+                last_error: f.last_error.clone(),
             })
             .collect()
     }

@@ -24,6 +24,9 @@ struct FunctionView<'a> {
     overflow: u64,
     uid: u32,
     gid: u32,
+    pids: &'a [u32],
+    memory_bytes: u64,
+    last_error: &'a str,
 }
 
 /// `function:<name>:<qualifier>`: what tells functions apart.
@@ -142,6 +145,9 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             overflow: f.overflow,
             uid: f.uid,
             gid: f.gid,
+            pids: &f.pids,
+            memory_bytes: f.memory_bytes,
+            last_error: &f.last_error,
         })
         .collect();
     if json {
@@ -156,6 +162,12 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
                 f.runtime.to_string(),
                 if f.pinned { "pinned" } else { "on-demand" }.to_string(),
                 f.instances.to_string(),
+                f.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!("{:.1} MiB", f.memory_bytes as f64 / f64::from(1 << 20)),
                 f.queued.to_string(),
                 f.invocations.to_string(),
                 f.errors.to_string(),
@@ -176,6 +188,8 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             "RUNTIME",
             "LIFECYCLE",
             "INSTANCES",
+            "PIDS",
+            "MEMORY",
             "QUEUED",
             "INVOCATIONS",
             "ERRORS",
@@ -187,6 +201,9 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
     );
     for f in views.iter().filter(|f| f.state != "ready") {
         println!("\n{}: {}", short(f.arn), f.state);
+    }
+    for f in views.iter().filter(|f| !f.last_error.is_empty()) {
+        println!("\n{} last error: {}", short(f.arn), f.last_error);
     }
     println!("\nfunction IPC endpoint: 127.0.0.1:{}", resp.ipc_port);
     Ok(())
