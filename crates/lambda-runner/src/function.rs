@@ -168,11 +168,16 @@ pub fn specs(
             } else {
                 &[]
             };
-            let grants = crate::resources::grants(group, policies, &format!("{at}.Environment"))
-                .unwrap_or_else(|why| {
-                    runtime = Runtime::Unavailable(why);
-                    Grants::default()
-                });
+            let grants = crate::resources::grants(
+                group,
+                policies,
+                &format!("{at}.Environment"),
+                &dirs.models,
+            )
+            .unwrap_or_else(|why| {
+                runtime = Runtime::Unavailable(why);
+                Grants::default()
+            });
             if let (true, Err(why)) = (container, containers) {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.IsolationMode: GreengrassContainer (the \
@@ -247,6 +252,8 @@ pub struct Dirs {
     pub functions: PathBuf,
     /// Where zip artifacts are unpacked (`<name>/<version>/`).
     pub unpacked: PathBuf,
+    /// Machine learning model resources, `<resource id>/`.
+    pub models: PathBuf,
 }
 
 /// The directory of a function's code: `functions/<name>/<version>/`, or
@@ -394,6 +401,7 @@ mod tests {
         let dirs = Dirs {
             functions: dir.path().join("functions"),
             unpacked: dir.path().join("unpacked"),
+            models: dir.path().join("models"),
         };
         std::fs::create_dir_all(dirs.functions.join("z")).unwrap();
         std::fs::create_dir_all(dirs.functions.join("evil")).unwrap();
@@ -456,6 +464,7 @@ mod tests {
         let dirs = Dirs {
             functions: dir.path().to_path_buf(),
             unpacked: dir.path().join("unpacked"),
+            models: dir.path().join("models"),
         };
         let s = specs(&g, &dirs, &LambdaConfig::default(), &no);
         assert!(!s[0].container && s[3].container);

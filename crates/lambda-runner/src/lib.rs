@@ -183,6 +183,7 @@ fn functions(
     let dirs = function::Dirs {
         functions: ctx.layout.functions_dir(),
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
+        models: ctx.layout.data_dir(SERVICE).join("models"),
     };
     let mut specs = function::specs(group, &dirs, config, &containers);
     let problems = function::host_problems(Path::new("/proc/sys"));

@@ -49,11 +49,14 @@ fn owner(setting: Option<&GroupOwnerSetting>, source: &str) -> Result<Option<u32
 }
 
 /// The mounts and groups `policies` grant, from `group`'s resources; `Err`
-/// with the JSON path and reason if one cannot be granted here.
+/// with the JSON path and reason if one cannot be granted here. Machine
+/// learning models are read from `models/<resource id>/` (made empty if
+/// missing: their download is the deployment's).
 pub fn grants(
     group: &Group,
     policies: &[ResourceAccessPolicy],
     at: &str,
+    models: &std::path::Path,
 ) -> Result<Grants, String> {
     let mut out = Grants::default();
     for (j, policy) in policies.iter().enumerate() {
@@ -88,10 +91,37 @@ pub fn grants(
                 },
                 v.group_owner_setting.as_ref(),
             )
+        } else if let Some(m) = data
+            .s3_machine_learning_model_resource_data
+            .as_ref()
+            .or(data
+                .sage_maker_machine_learning_model_resource_data
+                .as_ref())
+        {
+            let source = models.join(&resource.id);
+            std::fs::create_dir_all(&source)
+                .map_err(|e| format!("{here}: {}: {e}", source.display()))?;
+            let group_owner = m.owner_setting.as_ref().map(|o| GroupOwnerSetting {
+                auto_add_group_owner: false,
+                group_owner: Some(o.group_owner.clone()),
+            });
+            if let Some(gid) = owner(group_owner.as_ref(), "")
+                .map_err(|e| format!("{here}: resource `{}`: {e}", resource.id))?
+                && !out.groups.contains(&gid)
+            {
+                out.groups.push(gid);
+            }
+            out.mounts.push(Mount {
+                source,
+                destination: m.destination_path.clone().into(),
+                // Models are read-only, whatever the policy says.
+                writable: false,
+                device: false,
+            });
+            continue;
         } else {
             return Err(format!(
-                "{here}: resource `{}` is a machine learning model or a secret; only local \
-                 devices and volumes can be granted yet (issue #6)",
+                "{here}: resource `{}` is a secret, which is not bound into functions",
                 resource.id
             ));
         };
@@ -144,10 +174,12 @@ mod tests {
             resource_id: id.into(),
             permission: p,
         };
+        let models = dir.path().join("models");
         let got = grants(
             &g,
             &[policy("vol", Some(Permission::Rw)), policy("dev", None)],
             "F",
+            &models,
         )
         .unwrap();
         let gid = std::fs::metadata(&volume).unwrap().gid();
@@ -169,13 +201,20 @@ mod tests {
                 },
             ]
         );
-        let e = grants(&g, &[policy("model", None)], "F").unwrap_err();
-        assert!(
-            e.starts_with("F.ResourceAccessPolicies[0]: resource `model`"),
-            "{e}"
+        // A model: its directory under models/, read-only even if rw.
+        let got = grants(&g, &[policy("model", Some(Permission::Rw))], "F", &models).unwrap();
+        assert_eq!(
+            got.mounts,
+            [Mount {
+                source: models.join("model"),
+                destination: "/m".into(),
+                writable: false,
+                device: false
+            }]
         );
+        assert!(models.join("model").is_dir());
         std::fs::remove_dir(&volume).unwrap();
-        let e = grants(&g, &[policy("vol", None)], "F").unwrap_err();
+        let e = grants(&g, &[policy("vol", None)], "F", &models).unwrap_err();
         assert!(e.contains("No such file"), "{e}");
     }
 }
