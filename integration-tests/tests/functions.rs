@@ -53,6 +53,9 @@ fn group() -> String {
                 { "Id": "javasum", "FunctionArn": function_arn("javasum"),
                   "FunctionConfiguration": { "Executable": "example.Sum::handleRequest",
                     "Timeout": 30, "MemorySize": 262_144 } },
+                { "Id": "javapojo", "FunctionArn": function_arn("javapojo"),
+                  "FunctionConfiguration": { "Executable": "example.Greeter",
+                    "Timeout": 30, "MemorySize": 262_144 } },
                 { "Id": "nodeecho", "FunctionArn": function_arn("nodeecho"),
                   "FunctionConfiguration": { "Executable": "index.handler", "Timeout": 10,
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
@@ -140,6 +143,7 @@ fn install_functions(root: &Path) {
     std::fs::create_dir_all(&dir).unwrap();
     let sources: Vec<String> = [
         "example/Sum.java",
+        "example/Greeter.java",
         "com/amazonaws/services/lambda/runtime/RequestHandler.java",
         "com/amazonaws/services/lambda/runtime/Context.java",
         "com/amazonaws/services/lambda/runtime/ClientContext.java",
@@ -155,6 +159,7 @@ fn install_functions(root: &Path) {
         .output()
         .expect("javac (a JDK 11 or newer)");
     assert!(javac.status.success(), "{javac:?}");
+    copy_dir(&dir, &root.join("functions/javapojo/1"));
     // The native function: a program built with verdant-function-sdk.
     let dir = root.join("functions/native/1");
     std::fs::create_dir_all(&dir).unwrap();
@@ -688,6 +693,19 @@ async fn a_java_function_to_the_aws_lambda_convention_runs_in_a_container() {
     assert!(
         body.contains("IllegalArgumentException: asked to fail"),
         "{body}"
+    );
+    // Plain Java objects in and out.
+    let pojo = core.ctl(&[
+        "functions",
+        "invoke",
+        &function_arn("javapojo"),
+        r#"{"name":"core","times":3,"unknown":true}"#,
+    ]);
+    assert!(pojo.status.success(), "{pojo:?}\n{}", logs(&core));
+    let out: Value = serde_json::from_slice(&pojo.stdout).unwrap();
+    assert_eq!(
+        out,
+        json!({ "lines": ["hello core", "hello core", "hello core"], "shouted": true })
     );
     wait_function(&core, "javasum", |f| {
         f.runtime == "java" && f.invocations == 2 && f.errors == 1 && f.instances == 1

@@ -24,6 +24,8 @@ def handler(event, context):
     shadow = iot.update_thing_shadow(
         thingName="a", payload=json.dumps({"state": {"reported": {"last": event}}}))
     version = json.loads(shadow["payload"])["version"]
+    current = json.loads(iot.get_thing_shadow(thingName="a")["payload"])
+    assert current["version"] == version and current["state"]["reported"]["last"] == event, current
     # An Event invocation returns at once, with no result.
     fired = functions.invoke(FunctionName=ADDER, InvocationType="Event",
                              Payload=json.dumps({"a": 0, "b": 0}))

@@ -238,7 +238,7 @@ public final class VerdantJavaRuntime {
         } else if (InputStream.class.isAssignableFrom(types[0])) {
             input = new ByteArrayInputStream(payload);
         } else {
-            input = text.isBlank() ? null : Json.read(text);
+            input = Pojo.to(text.isBlank() ? null : Json.read(text), method.getGenericParameterTypes()[0]);
         }
         Object result = types.length >= 2 ? method.invoke(handler, input, context) : method.invoke(handler, input);
         if (result instanceof byte[]) {
@@ -247,7 +247,116 @@ public final class VerdantJavaRuntime {
         if (BINARY && result instanceof String) {
             return ((String) result).getBytes(StandardCharsets.UTF_8);
         }
-        return Json.write(result).getBytes(StandardCharsets.UTF_8);
+        return Json.write(Pojo.from(result)).getBytes(StandardCharsets.UTF_8);
+    }
+
+    /// JSON values (Map, List, String, Long, Double, Boolean, null) to the
+    /// handler's declared input type, and plain Java objects back: fields
+    /// by name through setters or public fields, getters or public fields
+    /// out, as the AWS Lambda Java runtime maps POJOs.
+    static final class Pojo {
+        static Object to(Object value, java.lang.reflect.Type type) throws Exception {
+            Class<?> raw = type instanceof Class ? (Class<?>) type
+                    : type instanceof java.lang.reflect.ParameterizedType
+                            ? (Class<?>) ((java.lang.reflect.ParameterizedType) type).getRawType() : Object.class;
+            if (value == null) {
+                return raw == boolean.class ? Boolean.FALSE : raw.isPrimitive() ? to(0L, raw) : null;
+            }
+            if (raw == Object.class || raw.isInstance(value)) {
+                return value;
+            }
+            if (value instanceof Number) {
+                Number n = (Number) value;
+                if (raw == int.class || raw == Integer.class) return n.intValue();
+                if (raw == long.class || raw == Long.class) return n.longValue();
+                if (raw == double.class || raw == Double.class) return n.doubleValue();
+                if (raw == float.class || raw == Float.class) return n.floatValue();
+                if (raw == short.class || raw == Short.class) return n.shortValue();
+                if (raw == byte.class || raw == Byte.class) return n.byteValue();
+                if (raw == String.class) return n.toString();
+            }
+            if (value instanceof Boolean && (raw == boolean.class || raw == Boolean.class)) {
+                return value;
+            }
+            if (raw == String.class) {
+                return value instanceof String ? value : Json.write(value);
+            }
+            if (value instanceof List && List.class.isAssignableFrom(raw)) {
+                java.lang.reflect.Type item = type instanceof java.lang.reflect.ParameterizedType
+                        ? ((java.lang.reflect.ParameterizedType) type).getActualTypeArguments()[0] : Object.class;
+                List<Object> out = new ArrayList<>();
+                for (Object o : (List<?>) value) {
+                    out.add(to(o, item));
+                }
+                return out;
+            }
+            if (value instanceof Map) {
+                Object o = raw.getDeclaredConstructor().newInstance();
+                for (Map.Entry<?, ?> e : ((Map<?, ?>) value).entrySet()) {
+                    set(o, String.valueOf(e.getKey()), e.getValue());
+                }
+                return o;
+            }
+            throw new IllegalArgumentException("cannot make a " + raw.getName() + " of " + Json.write(value));
+        }
+
+        private static void set(Object o, String name, Object value) throws Exception {
+            String setter = "set" + Character.toUpperCase(name.charAt(0)) + name.substring(1);
+            for (Method m : o.getClass().getMethods()) {
+                if (m.getName().equals(setter) && m.getParameterCount() == 1) {
+                    m.invoke(o, to(value, m.getGenericParameterTypes()[0]));
+                    return;
+                }
+            }
+            try {
+                java.lang.reflect.Field f = o.getClass().getField(name);
+                f.set(o, to(value, f.getGenericType()));
+            } catch (NoSuchFieldException e) {
+                // Unknown properties are ignored, as the AWS runtime does.
+            }
+        }
+
+        /// A plain object as JSON values (Map of its properties).
+        static Object from(Object o) throws Exception {
+            if (o == null || o instanceof String || o instanceof Number || o instanceof Boolean) {
+                return o;
+            }
+            if (o instanceof Map) {
+                Map<String, Object> out = new LinkedHashMap<>();
+                for (Map.Entry<?, ?> e : ((Map<?, ?>) o).entrySet()) {
+                    out.put(String.valueOf(e.getKey()), from(e.getValue()));
+                }
+                return out;
+            }
+            if (o instanceof Iterable) {
+                List<Object> out = new ArrayList<>();
+                for (Object x : (Iterable<?>) o) {
+                    out.add(from(x));
+                }
+                return out;
+            }
+            if (o instanceof Enum || o instanceof Character) {
+                return o.toString();
+            }
+            Map<String, Object> out = new LinkedHashMap<>();
+            for (Method m : o.getClass().getMethods()) {
+                String n = m.getName();
+                if (m.getParameterCount() != 0 || m.getDeclaringClass() == Object.class) {
+                    continue;
+                }
+                String property = n.startsWith("get") && n.length() > 3 ? n.substring(3)
+                        : n.startsWith("is") && n.length() > 2 && m.getReturnType() == boolean.class ? n.substring(2) : null;
+                if (property != null) {
+                    out.put(Character.toLowerCase(property.charAt(0)) + property.substring(1), from(m.invoke(o)));
+                }
+            }
+            for (java.lang.reflect.Field f : o.getClass().getFields()) {
+                if (!Modifier.isStatic(f.getModifiers())) {
+                    out.putIfAbsent(f.getName(), from(f.get(o)));
+                }
+            }
+            return out;
+        }
     }
 
     /// JSON to and from Map, List, String, Long, Double, Boolean and null.
