@@ -121,6 +121,35 @@ fn stranger() -> Response {
     )
 }
 
+/// The calling instance, checked (`Ipc::caller`); a request without one
+/// is answered 401 before its handler runs.
+struct Caller {
+    function: FunctionId,
+    instance: InstanceId,
+    arn: String,
+}
+
+impl axum::extract::FromRequestParts<Ipc> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ipc: &Ipc,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0)
+            .ok_or_else(stranger)?;
+        let (function, instance, arn) = ipc.caller(&parts.headers, peer).ok_or_else(stranger)?;
+        Ok(Caller {
+            function,
+            instance,
+            arn,
+        })
+    }
+}
+
 /// The `custom` object of a base64 JSON client context.
 fn custom(client_context: &str) -> serde_json::Value {
     base64::engine::general_purpose::STANDARD
@@ -133,14 +162,12 @@ fn custom(client_context: &str) -> serde_json::Value {
 
 async fn post_work(
     State(ipc): State<Ipc>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
     Path(arn): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((_, _, caller)) = ipc.caller(&headers, peer) else {
-        return stranger();
-    };
+    let caller = caller.arn;
     let client_context = header(&headers, CLIENT_CONTEXT).to_string();
     let reply = header(&headers, INVOCATION_TYPE) != "Event";
     match arn.as_str() {
@@ -243,15 +270,13 @@ async fn shadow_call(ipc: &Ipc, topic: String, payload: Bytes) -> Outcome {
     }
 }
 
+/// Any calling instance may fetch a result by its invocation id.
 async fn get_work_result(
     State(ipc): State<Ipc>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    _caller: Caller,
     Path(_arn): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if ipc.caller(&headers, peer).is_none() {
-        return stranger();
-    }
     let id = header(&headers, INVOCATION_ID).to_string();
     let pending = ipc.lock().result(&id);
     let outcome = match pending {
@@ -275,15 +300,8 @@ async fn get_work_result(
     r
 }
 
-async fn get_work(
-    State(ipc): State<Ipc>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path(arn): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some((f, i, caller)) = ipc.caller(&headers, peer) else {
-        return stranger();
-    };
+async fn get_work(State(ipc): State<Ipc>, caller: Caller, Path(arn): Path<String>) -> Response {
+    let (f, i, caller) = (caller.function, caller.instance, caller.arn);
     if caller != arn {
         return error(StatusCode::FORBIDDEN, "a function takes only its own work");
     }
@@ -310,14 +328,12 @@ async fn get_work(
 
 async fn post_work_result(
     State(ipc): State<Ipc>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
     Path(arn): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((f, i, caller)) = ipc.caller(&headers, peer) else {
-        return stranger();
-    };
+    let (f, i, caller) = (caller.function, caller.instance, caller.arn);
     if caller != arn {
         return error(
             StatusCode::FORBIDDEN,
@@ -344,16 +360,8 @@ async fn post_work_result(
     }
 }
 
-async fn initialized(
-    State(ipc): State<Ipc>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path(_arn): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some((_, _, caller)) = ipc.caller(&headers, peer) else {
-        return stranger();
-    };
+async fn initialized(caller: Caller, Path(_arn): Path<String>, body: Bytes) -> Response {
+    let caller = caller.arn;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if v["Success"].as_bool() == Some(true) {
         tracing::info!(function = %caller, "function initialized");
