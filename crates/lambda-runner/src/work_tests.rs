@@ -131,3 +131,37 @@ fn an_instance_that_dies_fails_its_invocation_and_an_orphaned_queue() {
         assert_eq!(o.error, "Unhandled");
     }
 }
+
+#[test]
+fn on_demand_instances_idle_too_long_are_stopped_but_pinned_ones_stay() {
+    let (mut r, mut starts) = runner(vec![spec("a", false), spec("p", true)]);
+    r.start_pinned();
+    let (pf, pi, _) = starts.try_recv().unwrap();
+    r.submit("a", Bytes::new(), String::new(), false).unwrap();
+    let (f, i, _) = starts.try_recv().unwrap();
+    let Some(Pending::Ready(item)) = r.take_work(f, i) else {
+        panic!()
+    };
+    assert!(r.finish(
+        f,
+        i,
+        &item.id,
+        Outcome {
+            payload: Bytes::new(),
+            error: ""
+        }
+    ));
+    // Both wait for work now.
+    let Some(Pending::Later(_waiting)) = r.take_work(f, i) else {
+        panic!()
+    };
+    let Some(Pending::Later(_pinned)) = r.take_work(pf, pi) else {
+        panic!()
+    };
+    assert!(r.overdue(Instant::now()).is_empty(), "not idle long yet");
+    let later = Instant::now() + Duration::from_secs(61);
+    assert_eq!(r.overdue(later), [(f, i)], "only the on-demand one");
+    assert!(!r.exited(f, i, "stopped"), "no replacement while idle");
+    assert_eq!(r.views()[0].instances, 0);
+    assert_eq!(r.views()[1].instances, 1);
+}
