@@ -8,13 +8,14 @@ use tonic::{Request, Response, Status};
 use verdant_proto::shadow::v1 as pb;
 use verdant_proto::shadow::v1::shadow_server::Shadow;
 
-use crate::service::{Command, Reply, parse_topic};
+use crate::service::{Command, parse_topic};
 use crate::store::Op;
+use verdant_common::link::Outgoing;
 
 pub struct Api {
     pub commands: mpsc::Sender<Command>,
     /// Replies to publish through the router.
-    pub publish: mpsc::UnboundedSender<Reply>,
+    pub publish: mpsc::UnboundedSender<Outgoing>,
     pub changes: tokio::sync::broadcast::Sender<Op>,
 }
 
@@ -75,7 +76,7 @@ impl Api {
                     continue;
                 }
             }
-            let _ = self.publish.send((t, body));
+            let _ = self.publish.send(crate::link::outgoing((t, body)));
         }
         mine.ok_or_else(|| Status::internal("the shadow service gave no answer"))
     }

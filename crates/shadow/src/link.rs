@@ -22,42 +22,40 @@ const CREDIT: u32 = 256;
 /// that waits that long has a client that gave up).
 const MAX_WAITING: usize = 10_000;
 
+/// A reply as it goes up: from `GGShadowService`, QoS 0.
+pub fn message((topic, payload): Reply) -> pb::Message {
+    pb::Message {
+        source: "GGShadowService".into(),
+        topic,
+        payload,
+        ..pb::Message::default()
+    }
+}
+
+/// A reply for the link's `published` channel.
+pub fn outgoing(reply: Reply) -> Outgoing {
+    Outgoing {
+        message: message(reply),
+        outcome: None,
+    }
+}
+
 /// Keeps the link up until `shutdown`: requests go to the shadows' task
-/// (`commands`), and its replies, and those of gRPC calls (`published`),
-/// go up with source `GGShadowService`.
+/// (`commands`), and its replies, and those of gRPC calls and of the sync
+/// (`published`, made by [`outgoing`]), go up.
 pub async fn run(
     socket: &Path,
     commands: mpsc::Sender<Command>,
-    mut published: mpsc::UnboundedReceiver<Reply>,
+    mut published: mpsc::UnboundedReceiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
-    let (tx, mut outgoing) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some((topic, payload)) = published.recv().await {
-            let message = pb::Message {
-                source: "GGShadowService".into(),
-                topic,
-                payload,
-                ..pb::Message::default()
-            };
-            if tx
-                .send(Outgoing {
-                    message,
-                    outcome: None,
-                })
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
     let link = Link {
         socket,
         endpoint: "shadow",
         credit: CREDIT,
         max_waiting: MAX_WAITING,
     };
-    link.run(&mut Shadow { commands }, &mut outgoing, shutdown)
+    link.run(&mut Shadow { commands }, &mut published, shutdown)
         .await;
 }
 
@@ -113,17 +111,7 @@ async fn requests(
         return Err(STOPPING.into());
     }
     let replies = replies.await.map_err(|_| STOPPING.to_string())?;
-    let messages = replies
-        .into_iter()
-        .flatten()
-        .map(|(topic, payload)| pb::Message {
-            source: "GGShadowService".into(),
-            topic,
-            payload,
-            ..pb::Message::default()
-        })
-        .collect();
-    up.reply(messages);
+    up.reply(replies.into_iter().flatten().map(message).collect());
     // Durable now: acknowledge, and take as many more.
     if up.done(acks, n) {
         Ok(())

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
+use verdant_common::link::Outgoing;
 
 use crate::document::{self, Limits, Rejection, Shadow};
 use crate::store::{Key, Op, Store};
@@ -269,10 +270,10 @@ impl Shadows {
     /// Carries out what the sync asks: requests to the cloud are published,
     /// the cloud's side is applied locally (its replies published too) with
     /// the agreed states, and so on until the sync asks nothing more.
-    async fn act(&mut self, mut actions: Actions, publish: &UnboundedSender<Reply>) {
+    async fn act(&mut self, mut actions: Actions, publish: &UnboundedSender<Outgoing>) {
         loop {
             for c in actions.cloud.drain(..) {
-                let _ = publish.send(c);
+                let _ = publish.send(crate::link::outgoing(c));
             }
             if actions.local.is_empty() && actions.agreed.is_empty() {
                 return;
@@ -284,7 +285,7 @@ impl Shadows {
                 .collect();
             let (replies, next) = self.batch_with(requests, actions.agreed).await;
             for r in replies.into_iter().flatten() {
-                let _ = publish.send(r);
+                let _ = publish.send(crate::link::outgoing(r));
             }
             actions = next;
         }
@@ -377,7 +378,7 @@ const SYNC_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn run(
     mut shadows: Shadows,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
-    publish: UnboundedSender<Reply>,
+    publish: UnboundedSender<Outgoing>,
 ) {
     let mut tick = tokio::time::interval(SYNC_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
