@@ -413,8 +413,6 @@ impl Sync {
         if !self.connected || !self.things.contains(&key.0) {
             return;
         }
-        self.next_token += 1;
-        let token = format!("{TOKEN_PREFIX}{}", self.next_token);
         let e = self.entries.entry(key.clone()).or_default();
         if e.in_flight.is_some() {
             return;
@@ -426,7 +424,7 @@ impl Sync {
             e.retry_at = None;
         }
         let prefix = prefix(key);
-        let (topic, body, sent) = if e.known {
+        let (topic, mut body, sent) = if e.known {
             let local = docs.get(key).map(Sides::of);
             if local == e.agreed.base || (local.is_some() && e.refused == local) {
                 return;
@@ -438,14 +436,10 @@ impl Sync {
                     actions.agreed.push((key.clone(), e.agreed.clone()));
                     return;
                 }
-                None => (
-                    format!("{prefix}/delete"),
-                    json!({ "clientToken": token }),
-                    Sent::Delete,
-                ),
+                None => (format!("{prefix}/delete"), json!({}), Sent::Delete),
                 Some(l) => {
                     let from = e.agreed.base.clone().unwrap_or_default();
-                    let mut body = json!({ "state": diff_sides(&from, &l), "clientToken": token });
+                    let mut body = json!({ "state": diff_sides(&from, &l) });
                     if e.agreed.cloud_version > 0 {
                         body["version"] = e.agreed.cloud_version.into();
                     }
@@ -453,12 +447,11 @@ impl Sync {
                 }
             }
         } else {
-            (
-                format!("{prefix}/get"),
-                json!({ "clientToken": token }),
-                Sent::Get,
-            )
+            (format!("{prefix}/get"), json!({}), Sent::Get)
         };
+        self.next_token += 1;
+        let token = format!("{TOKEN_PREFIX}{}", self.next_token);
+        body["clientToken"] = token.clone().into();
         e.in_flight = Some(InFlight {
             token,
             sent,
