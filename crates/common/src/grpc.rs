@@ -5,6 +5,8 @@
 //! Health starts `NOT_SERVING`; the daemon calls [`Readiness::serving`] once
 //! it can really do its work, which is what `verdant-init` waits for.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -101,12 +103,18 @@ impl Server {
         listener: UnixListener,
         shutdown: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
-        let v1 = reflection(&self.names)
-            .build_v1()
-            .expect("built-in descriptor sets are valid");
-        let v1alpha = reflection(&self.names)
-            .build_v1alpha()
-            .expect("built-in descriptor sets are valid");
+        let names = self.names.clone();
+        let v1 = Lazy::new(move || {
+            reflection(&names)
+                .build_v1()
+                .expect("built-in descriptor sets are valid")
+        });
+        let names = self.names.clone();
+        let v1alpha = Lazy::new(move || {
+            reflection(&names)
+                .build_v1alpha()
+                .expect("built-in descriptor sets are valid")
+        });
         self.routes.add_service(v1).add_service(v1alpha);
         let readiness = self.readiness();
         let server = tonic::transport::Server::builder()
@@ -148,6 +156,60 @@ fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'stat
         builder = builder.with_service_name(*name);
     }
     builder
+}
+
+/// A service built on its first call. Reflection decodes every descriptor
+/// of the core into lookup tables (about 100 KiB of heap for both versions);
+/// most daemons are never asked, so they never pay.
+struct Lazy<S, F> {
+    service: Arc<OnceLock<S>>,
+    build: F,
+}
+
+impl<S, F: Fn() -> S> Lazy<S, F> {
+    fn new(build: F) -> Self {
+        Lazy {
+            service: Arc::new(OnceLock::new()),
+            build,
+        }
+    }
+}
+
+impl<S, F: Clone> Clone for Lazy<S, F> {
+    fn clone(&self) -> Self {
+        Lazy {
+            service: Arc::clone(&self.service),
+            build: self.build.clone(),
+        }
+    }
+}
+
+impl<S: NamedService, F> NamedService for Lazy<S, F> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, F, R> tower::Service<R> for Lazy<S, F>
+where
+    S: tower::Service<R> + Clone,
+    F: Fn() -> S,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // tonic's generated servers are always ready, so the one `call`
+        // builds needs no readiness of its own.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let mut service = self.service.get_or_init(&self.build).clone();
+        service.call(request)
+    }
 }
 
 struct InfoService(Info);

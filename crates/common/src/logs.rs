@@ -10,7 +10,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 
 /// Followers that fall this many chunks behind lose the oldest ones.
@@ -80,29 +79,45 @@ impl ServiceLog {
     pub fn pump(&self, output: OwnedFd) {
         let log = self.clone();
         tokio::spawn(async move {
-            let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
+            let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!("cannot read a service's output: {e}");
                     return;
                 }
             };
-            let mut pending: Vec<u8> = Vec::with_capacity(4096);
-            let mut buf = vec![0u8; 8192];
+            // Only a partial line waits here; the read buffer is on the
+            // stack, not in the task, so an idle pump holds no buffer.
+            let mut pending: Vec<u8> = Vec::new();
             loop {
-                let n = match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                if pipe.readable().await.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 8192];
+                let data = match pipe.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => &buf[..n],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break,
                 };
-                pending.extend_from_slice(&buf[..n]);
-                let cut = match pending.iter().rposition(|&b| b == b'\n') {
-                    Some(i) => i + 1,
-                    None if pending.len() >= MAX_LINE => pending.len(),
-                    None => continue,
-                };
-                let rest = pending.split_off(cut);
-                log.write(&pending);
-                pending = rest;
+                match data.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => {
+                        let (lines, rest) = data.split_at(i + 1);
+                        if pending.is_empty() {
+                            log.write(lines);
+                        } else {
+                            pending.extend_from_slice(lines);
+                            log.write(&std::mem::take(&mut pending));
+                        }
+                        pending.extend_from_slice(rest);
+                    }
+                    None => {
+                        pending.extend_from_slice(data);
+                        if pending.len() >= MAX_LINE {
+                            log.write(&std::mem::take(&mut pending));
+                        }
+                    }
+                }
             }
             if !pending.is_empty() {
                 pending.push(b'\n');
@@ -200,6 +215,38 @@ mod tests {
         assert!(!dir.path().join("svc.log.3").exists());
         let last = log.tail(1).unwrap();
         assert_eq!(last, b"line 19 padded to be long\n");
+    }
+
+    #[tokio::test]
+    async fn pump_writes_whole_lines() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.log");
+        let log = ServiceLog::new(path.clone(), 1 << 20, 1);
+        let mut follow = log.follow();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        log.pump(reader.into());
+        // A line split over two writes is written once, whole.
+        writer.write_all(b"one\ntw").unwrap();
+        assert_eq!(&*follow.recv().await.unwrap(), b"one\n");
+        writer.write_all(b"o\nthree\nfou").unwrap();
+        assert_eq!(&*follow.recv().await.unwrap(), b"two\nthree\n");
+        // Longer than a line may be: cut; what is left when the pipe closes
+        // gets its newline.
+        writer.write_all(&vec![b'x'; MAX_LINE]).unwrap();
+        writer.write_all(b"end").unwrap();
+        drop(writer);
+        let mut rest = Vec::new();
+        let mut chunks = 0;
+        while !rest.ends_with(b"end\n") {
+            rest.extend_from_slice(&follow.recv().await.unwrap());
+            chunks += 1;
+        }
+        assert!(chunks >= 2, "a line over MAX_LINE is cut");
+        assert_eq!(rest.len(), 3 + MAX_LINE + 4);
+        let text = std::fs::read(&path).unwrap();
+        assert!(text.starts_with(b"one\ntwo\nthree\nfouxxx"));
+        assert!(text.ends_with(b"xxxend\n"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use verdant_common::uds::require_owner;
@@ -98,7 +99,21 @@ impl SupervisorApi for Api {
             .map(to_proto)
             .map(Ok)
             .collect();
-        let changes = BroadcastStream::new(events).filter_map(|e| e.ok().map(|s| Ok(to_proto(&s))));
+        // A watcher that falls behind the buffer gets every service's
+        // current status again instead of the changes it missed.
+        let supervisor = self.supervisor.clone();
+        let changes = futures::StreamExt::flat_map(BroadcastStream::new(events), move |e| {
+            let statuses = match e {
+                Ok(status) => vec![status],
+                Err(BroadcastStreamRecvError::Lagged(_)) => supervisor.list(),
+            };
+            tokio_stream::iter(
+                statuses
+                    .into_iter()
+                    .map(|s| Ok(to_proto(&s)))
+                    .collect::<Vec<_>>(),
+            )
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::iter(now).chain(changes),
         )))
@@ -125,11 +140,9 @@ impl SupervisorApi for Api {
             Ok(data) => Some(Ok(pb::LogChunk {
                 data: data.to_vec(),
             })),
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Some(Ok(pb::LogChunk {
-                    data: format!("[verdantctl fell behind: {n} chunks skipped]\n").into_bytes(),
-                }))
-            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::LogChunk {
+                data: format!("[verdantctl fell behind: {n} chunks skipped]\n").into_bytes(),
+            })),
         });
         Ok(Response::new(Box::pin(first.chain(lines))))
     }

@@ -11,8 +11,10 @@ use crate::config::Config;
 use crate::process;
 use crate::service::{self, Handle, Request, Shared, Spec, State, Status};
 
-/// Watchers that fall this far behind miss the oldest changes.
-const EVENT_BUFFER: usize = 1024;
+/// Changes kept for watchers; one that falls further behind is sent every
+/// service's status again (each status is whole, so nothing is lost but
+/// the intermediate states). Small: every slot costs memory in init.
+const EVENT_BUFFER: usize = 32;
 
 #[derive(Clone)]
 pub struct Supervisor {
