@@ -19,6 +19,13 @@ pub struct Cloud {
 }
 
 /// A port free now (the race until it is bound again is acceptable in tests).
+/// A listener on a free loopback port, and the port.
+pub async fn bound_port() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -150,8 +157,9 @@ impl Drop for Cloud {
 /// A TLS front standing in for AWS IoT's port 443: it completes the
 /// handshake only with clients offering ALPN `x-amzn-mqtt-ca` and a
 /// certificate from `client_ca`, then relays to the cloud's plain port.
-/// Listens on `port` (e.g. from [`free_port`]).
-pub async fn alpn_front(cloud: &Cloud, port: u16, client_ca: &Path) {
+/// Serves on `listener`, bound before the core that dials it starts (a
+/// port only picked then could be taken in between).
+pub fn alpn_front(cloud: &Cloud, listener: tokio::net::TcpListener, client_ca: &Path) {
     use std::sync::Arc;
     use verdant_common::pem;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -168,9 +176,6 @@ pub async fn alpn_front(cloud: &Cloud, port: u16, client_ca: &Path) {
         .unwrap();
     config.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
     let upstream = cloud.plain_port;
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {

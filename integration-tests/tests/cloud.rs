@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use verdant_integration_tests::cloud::{Cloud, Proxy, alpn_front, free_port};
+use verdant_integration_tests::cloud::{Cloud, Proxy, alpn_front, bound_port};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{
     assert_numbered, connect, publish, receive_distinct, receive_n, subscribed, until,
@@ -229,11 +229,11 @@ async fn alpn_x_amzn_mqtt_ca_through_a_front_that_requires_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = Cloud::prepare(dir.path());
     // A core offering ALPN, as on AWS IoT's port 443.
-    let front = free_port();
+    let (listener, front) = bound_port().await;
     let core = start_core(&cloud.dropin_via(front, "alpn = true\n")).await;
     let group_ca = std::path::PathBuf::from(core.cert("group-ca.pem"));
     cloud.start(&group_ca);
-    alpn_front(&cloud, front, &group_ca).await;
+    alpn_front(&cloud, listener, &group_ca);
     wait_cloud(&core, "connected through the ALPN front", |c| {
         c.state == "connected"
     })
@@ -241,14 +241,13 @@ async fn alpn_x_amzn_mqtt_ca_through_a_front_that_requires_it() {
     telemetry_arrives(&core, &cloud).await;
 
     // A core not offering it is refused by such a front.
-    let other_front = free_port();
+    let (listener, other_front) = bound_port().await;
     let no_alpn = start_core(&cloud.dropin_via(other_front, "alpn = false\n")).await;
     alpn_front(
         &cloud,
-        other_front,
+        listener,
         std::path::Path::new(&no_alpn.cert("group-ca.pem")),
-    )
-    .await;
+    );
     wait_cloud(&no_alpn, "refused without ALPN", |c| {
         !c.last_error.is_empty()
     })

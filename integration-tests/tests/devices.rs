@@ -170,3 +170,21 @@ async fn paho_with_the_wrong_client_id_is_not_authorized() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn paho_speaks_mqtt_5_with_properties_aliases_sessions_and_wills() {
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let tcp = core.broker_port("tcp").await.to_string();
+    let out = core.run_device_script("paho_v5.py", &[&tcp]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all MQTT 5.0 checks passed"), "{stdout}");
+}

@@ -1,7 +1,8 @@
 //! One client connection: CONNECT and authentication, then the MQTT 3.1.1
-//! packet exchange, with the hub on one side and the socket on the other.
-//! Packets are decoded with rumqttc's codec after a strict check of what
-//! it leaves lenient (fixed-header flags, CONNECT flags, protocol level).
+//! or 5.0 packet exchange, with the hub on one side and the socket on the
+//! other. Packets are decoded with rumqttc's codecs after a strict check of
+//! what they leave lenient (fixed-header flags, CONNECT flags, protocol
+//! level), into one shape for both versions (`wire`).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,10 +15,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rumqttc::QoS;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode,
-    UnsubAck,
-};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -28,6 +27,7 @@ use crate::hub::{self, ClientInfo, Message, Outgoing};
 use crate::identity::{Device, Devices, Peer};
 use crate::outbound::Outbound;
 use crate::topic;
+use crate::wire::{self, Decoder, In, Out, Props, Refusal, Version, Violation};
 
 /// What a connection's buffers start with: most devices send small packets
 /// now and then, and a thousand idle connections should cost little.
@@ -58,10 +58,23 @@ impl Shared {
 /// Why a connection ended, for the log and the will.
 #[derive(Debug)]
 enum End {
-    /// DISCONNECT: the will is discarded.
-    Graceful,
-    /// Anything else: the will is published.
+    /// DISCONNECT: the will is discarded, unless a 5.0 client asked for it.
+    Graceful { will: bool },
+    /// The socket is gone or failed: the will is published.
     Abrupt(String),
+    /// The broker closes the connection: the will is published, and a 5.0
+    /// client is told the reason code first.
+    Closed(u8, String),
+}
+
+impl End {
+    #[allow(clippy::needless_pass_by_value)]
+    fn protocol(v: Violation) -> Self {
+        End::Closed(v.reason, format!("protocol error: {}", v.text))
+    }
+    fn stopping() -> Self {
+        End::Closed(0x8B, "broker stopping".into())
+    }
 }
 
 struct Conn<R, W> {
@@ -69,29 +82,26 @@ struct Conn<R, W> {
     wr: W,
     inbuf: BytesMut,
     outbuf: BytesMut,
-    max_packet: usize,
+    decoder: Decoder,
 }
 
 /// Why reading a packet failed.
 enum ReadError {
     Closed,
     Io(std::io::Error),
-    Protocol(String),
+    Protocol(Violation),
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// The next whole packet already in the buffer, if any.
-    fn decode(&mut self) -> Result<Option<Packet>, ReadError> {
-        codec::decode(&mut self.inbuf, self.max_packet).map_err(ReadError::Protocol)
+    fn decode(&mut self) -> Result<Option<In>, ReadError> {
+        self.decoder
+            .decode(&mut self.inbuf)
+            .map_err(ReadError::Protocol)
     }
 
-    async fn read_packet(&mut self) -> Result<Packet, ReadError> {
-        loop {
-            if let Some(p) = self.decode()? {
-                return Ok(p);
-            }
-            self.fill().await?;
-        }
+    fn version(&self) -> Version {
+        self.decoder.version
     }
 
     async fn fill(&mut self) -> Result<(), ReadError> {
@@ -106,10 +116,48 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         }
     }
 
-    fn queue(&mut self, packet: &Packet) {
-        // Our own packets are within the limits of the ones we accepted.
-        if let Err(e) = packet.write(&mut self.outbuf, usize::MAX) {
-            tracing::warn!("cannot encode {packet:?}: {e}");
+    fn queue(&mut self, out: &Out<'_>) {
+        wire::encode(self.decoder.version, out, &mut self.outbuf);
+    }
+
+    fn publish(&mut self, p: &wire::Publish) {
+        self.queue(&Out::Publish(p));
+    }
+
+    /// CONNACK in the client's version: `refusal` is the 5.0 reason code
+    /// (0x84, 0x85, 0x87), mapped to 3.1.1's return codes.
+    fn connack(
+        &mut self,
+        refusal: Option<u8>,
+        session_present: bool,
+        props: Option<v5::ConnAckProperties>,
+    ) {
+        match self.decoder.version {
+            Version::V311 => {
+                let code = match refusal {
+                    None => v4::ConnectReturnCode::Success,
+                    Some(0x85) => v4::ConnectReturnCode::BadClientId,
+                    Some(0x84) => v4::ConnectReturnCode::RefusedProtocolVersion,
+                    Some(_) => v4::ConnectReturnCode::NotAuthorized,
+                };
+                let packet = v4::Packet::ConnAck(v4::ConnAck::new(code, session_present));
+                let _ = packet.write(&mut self.outbuf, usize::MAX);
+            }
+            Version::V5 => {
+                let code = match refusal {
+                    None => v5::ConnectReturnCode::Success,
+                    Some(0x85) => v5::ConnectReturnCode::ClientIdentifierNotValid,
+                    Some(0x84) => v5::ConnectReturnCode::UnsupportedProtocolVersion,
+                    Some(0x81) => v5::ConnectReturnCode::MalformedPacket,
+                    Some(_) => v5::ConnectReturnCode::NotAuthorized,
+                };
+                let packet = v5::Packet::ConnAck(v5::ConnAck {
+                    session_present,
+                    code,
+                    properties: props,
+                });
+                let _ = packet.write(&mut self.outbuf, None);
+            }
         }
     }
 
@@ -138,7 +186,7 @@ pub async fn serve<S>(
         wr,
         inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
         outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
-        max_packet: shared.config.max_packet_size,
+        decoder: Decoder::new(Version::V311, shared.config.max_packet_size),
     };
     let Some(connect) = read_connect(&mut conn, &address, &shared).await else {
         return;
@@ -148,6 +196,7 @@ pub async fn serve<S>(
     };
     let Admitted {
         client_id,
+        assigned,
         thing,
         subject,
         will,
@@ -162,8 +211,9 @@ pub async fn serve<S>(
         certificate_subject: subject,
         peer_address: address.clone(),
         listener,
-        protocol_version: 4,
-        clean_session: connect.clean_session,
+        protocol_version: conn.version().level(),
+        clean_session: !connect.persistent,
+        clean_start: connect.clean_start,
         connected_at: SystemTime::now(),
     };
     if shared
@@ -182,15 +232,22 @@ pub async fn serve<S>(
     let Ok(connected) = rx.await else {
         return;
     };
-    tracing::info!(%address, client_id, listener, clean = connect.clean_session, "client connected");
-    conn.queue(&Packet::ConnAck(ConnAck::new(
-        ConnectReturnCode::Success,
-        connected.session_present,
-    )));
-    let mut outbound = Outbound::new(shared.config.max_inflight);
+    tracing::info!(
+        %address, client_id, listener,
+        version = conn.version().level(),
+        clean_start = connect.clean_start,
+        persistent = connect.persistent,
+        "client connected"
+    );
+    let props = (conn.version() == Version::V5)
+        .then(|| connack_properties(&shared, assigned.then(|| client_id.clone())));
+    conn.connack(None, connected.session_present, props);
+    // A 5.0 client's Receive Maximum narrows the window (MQTT-3.3.4-7).
+    let window = shared.config.max_inflight.min(connect.receive_maximum);
+    let mut outbound = Outbound::new(window);
     for m in connected.queued {
         if let Some(p) = outbound.push(m) {
-            conn.queue(&Packet::Publish(p));
+            conn.publish(&p);
         }
     }
 
@@ -205,12 +262,7 @@ pub async fn serve<S>(
         acked: Vec::new(),
     };
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
-    let _ = conn.flush().await;
-    let graceful = matches!(end, End::Graceful);
-    match &end {
-        End::Graceful => tracing::info!(%address, client_id, "client disconnected"),
-        End::Abrupt(why) => tracing::info!(%address, client_id, "connection ended: {why}"),
-    }
+    let graceful = close(&mut conn, &end, &address, &client_id).await;
     let _ = shared
         .hub
         .send(hub::Request::Disconnect {
@@ -222,9 +274,142 @@ pub async fn serve<S>(
         .await;
 }
 
+/// Tells a 5.0 client why the broker closes and logs how the connection
+/// ended; true when it ended without its will.
+async fn close<R, W>(conn: &mut Conn<R, W>, end: &End, address: &str, client_id: &str) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let End::Closed(reason, _) = end {
+        conn.queue(&Out::Disconnect(*reason));
+    }
+    let _ = conn.flush().await;
+    match end {
+        End::Graceful { .. } => tracing::info!(%address, client_id, "client disconnected"),
+        End::Abrupt(why) => tracing::info!(%address, client_id, "connection ended: {why}"),
+        End::Closed(reason, why) => {
+            tracing::info!(%address, client_id, "connection closed ({reason:#04x}): {why}");
+        }
+    }
+    matches!(end, End::Graceful { will: false })
+}
+
+/// A CONNECT of either version, as the session needs it.
+struct Hello {
+    client_id: String,
+    /// Start a new session (3.1.1 clean session, 5.0 clean start).
+    clean_start: bool,
+    /// The session outlives the connection (3.1.1: not clean; 5.0: a
+    /// session expiry interval over 0, kept until the client cleans it).
+    persistent: bool,
+    keep_alive: u16,
+    will: Option<wire::Publish>,
+    /// 5.0 Receive Maximum; 3.1.1 clients have none.
+    receive_maximum: u16,
+}
+
+impl Hello {
+    fn from_v4(c: v4::Connect) -> Self {
+        Hello {
+            client_id: c.client_id,
+            clean_start: c.clean_session,
+            persistent: !c.clean_session,
+            keep_alive: c.keep_alive,
+            will: c.last_will.map(|w| wire::Publish {
+                topic: w.topic,
+                payload: w.message,
+                qos: w.qos,
+                retain: w.retain,
+                dup: false,
+                pkid: 0,
+                props: None,
+            }),
+            receive_maximum: u16::MAX,
+        }
+    }
+
+    fn from_v5(c: v5::Connect, will: Option<v5::LastWill>) -> Result<Self, String> {
+        let props = c.properties.unwrap_or_default();
+        if props.receive_maximum == Some(0) {
+            return Err("Receive Maximum 0".into());
+        }
+        if props.authentication_method.is_some() {
+            return Err("enhanced authentication is not supported".into());
+        }
+        let will = match will {
+            Some(w) => {
+                let topic = String::from_utf8(w.topic.to_vec())
+                    .map_err(|_| "a will topic that is not UTF-8".to_string())?;
+                let props = w
+                    .properties
+                    .map(|p| Props {
+                        payload_format_indicator: p.payload_format_indicator,
+                        expiry: p
+                            .message_expiry_interval
+                            .map(|s| (s, std::time::Instant::now())),
+                        content_type: p.content_type,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        user_properties: p.user_properties,
+                    })
+                    .unwrap_or_default();
+                Some(wire::Publish {
+                    topic,
+                    payload: w.message,
+                    qos: match w.qos as u8 {
+                        0 => QoS::AtMostOnce,
+                        1 => QoS::AtLeastOnce,
+                        _ => QoS::ExactlyOnce,
+                    },
+                    retain: w.retain,
+                    dup: false,
+                    pkid: 0,
+                    props: (props != Props::default()).then(|| Arc::new(props)),
+                })
+            }
+            None => None,
+        };
+        Ok(Hello {
+            client_id: c.client_id,
+            clean_start: c.clean_start,
+            persistent: props.session_expiry_interval.unwrap_or(0) > 0,
+            keep_alive: c.keep_alive,
+            will,
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        })
+    }
+}
+
+/// What a 5.0 client learns of this server in CONNACK.
+fn connack_properties(shared: &Shared, assigned: Option<String>) -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        // In routed mode the table decides who hears what: nothing is retained.
+        retain_available: Some(u8::from(!shared.routed())),
+        max_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(wire::TOPIC_ALIAS_MAX),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(0),
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 /// What admission decided about a CONNECT.
 struct Admitted {
     client_id: String,
+    /// The broker chose the client id (the client sent an empty one).
+    assigned: bool,
     thing: Option<Device>,
     subject: Option<String>,
     will: Option<Message>,
@@ -234,7 +419,7 @@ struct Admitted {
 /// get their CONNACK and a log line naming the certificate subject.
 async fn admit<R, W>(
     conn: &mut Conn<R, W>,
-    connect: &rumqttc::mqttbytes::v4::Connect,
+    connect: &Hello,
     peer: &Peer,
     address: &str,
     shared: &Shared,
@@ -262,21 +447,18 @@ where
                 subject = subject.as_deref().unwrap_or("-"),
                 "refused: {}", refusal.0
             );
-            conn.queue(&Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::NotAuthorized,
-                false,
-            )));
+            conn.connack(Some(0x87), false, None);
             let _ = conn.flush().await;
             return None;
         }
     };
     let mut client_id = connect.client_id.clone();
-    if client_id.is_empty() {
-        if !connect.clean_session {
-            conn.queue(&Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::BadClientId,
-                false,
-            )));
+    let assigned = client_id.is_empty();
+    if assigned {
+        // 3.1.1 assigns an id only to a clean session (MQTT-3.1.3-8); 5.0
+        // to anyone, and says which in CONNACK.
+        if connect.persistent && conn.version() == Version::V311 {
+            conn.connack(Some(0x85), false, None);
             let _ = conn.flush().await;
             return None;
         }
@@ -286,18 +468,19 @@ where
         );
     }
     let limits = shared.config.topic_limits();
-    let will = match connect.last_will.clone() {
+    let will = match &connect.will {
         Some(w) => {
             if let Err(e) = topic::validate_name(&w.topic, limits) {
                 tracing::info!(%address, client_id, "will topic `{}`: {e}; closing", w.topic);
                 return None;
             }
             Some(Message {
-                topic: w.topic,
-                payload: w.message,
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
                 stored: None,
+                props: w.props.clone(),
             })
         }
         None => None,
@@ -305,6 +488,7 @@ where
 
     Some(Admitted {
         client_id,
+        assigned,
         thing,
         subject,
         will,
@@ -312,18 +496,15 @@ where
 }
 
 /// Reads and checks CONNECT: within the connect timeout, protocol level 4
-/// (5.0 and 3.1 are refused with their CONNACK), flags well formed.
-async fn read_connect<R, W>(
-    conn: &mut Conn<R, W>,
-    address: &str,
-    shared: &Shared,
-) -> Option<rumqttc::mqttbytes::v4::Connect>
+/// (3.1.1) or 5 (5.0; 3.1 is refused with its CONNACK), flags well formed.
+/// Sets the connection's version.
+async fn read_connect<R, W>(conn: &mut Conn<R, W>, address: &str, shared: &Shared) -> Option<Hello>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let connect = tokio::time::timeout(shared.config.connect_timeout(), async {
-        // Look at the protocol level and flags before the v3.1.1 codec does.
+        // Look at the protocol level and flags before a codec does.
         let (level, flags) = loop {
             if conn.inbuf.first().is_some_and(|b| b >> 4 != 1) {
                 return Err("the first packet is not CONNECT".to_string());
@@ -338,48 +519,77 @@ where
                 .await
                 .map_err(|_| "closed before CONNECT".to_string())?;
         };
-        Ok((level, flags, conn.read_packet().await))
+        if level == 5 {
+            conn.decoder.version = Version::V5;
+        }
+        if level != 4 && level != 5 {
+            return Ok((level, flags, None));
+        }
+        loop {
+            let found = match conn.decoder.version {
+                Version::V311 => codec::decode(&mut conn.inbuf, conn.decoder.max_packet).map(|p| {
+                    p.map(|p| match p {
+                        v4::Packet::Connect(c) => Ok(Hello::from_v4(c)),
+                        _ => Err("not CONNECT".to_string()),
+                    })
+                }),
+                Version::V5 => codec::decode_v5(&mut conn.inbuf, conn.decoder.max_packet)
+                    .map_err(|v| v.text)
+                    .map(|p| {
+                        p.map(|p| match p {
+                            v5::Packet::Connect(c, will, _login) => Hello::from_v5(c, will),
+                            _ => Err("not CONNECT".to_string()),
+                        })
+                    }),
+            };
+            match found {
+                Ok(Some(Ok(hello))) => return Ok((level, flags, Some(hello))),
+                Ok(Some(Err(e))) | Err(e) => return Err(format!("malformed CONNECT: {e}")),
+                Ok(None) => conn
+                    .fill()
+                    .await
+                    .map_err(|_| "closed before CONNECT was whole".to_string())?,
+            }
+        }
     })
     .await;
-    let (level, flags, packet) = match connect {
+    let (level, flags, hello) = match connect {
         Err(_) => {
             tracing::info!(%address, "no CONNECT within {:?}; closing", shared.config.connect_timeout());
             return None;
         }
         Ok(Err(reason)) => {
             tracing::info!(%address, "{reason}; closing");
+            // A 5.0 client hears why (MQTT-3.1.4-1/2: CONNACK before closing).
+            if conn.version() == Version::V5 {
+                conn.connack(Some(0x81), false, None);
+                let _ = conn.flush().await;
+            }
             return None;
         }
         Ok(Ok(x)) => x,
     };
-    if level != 4 {
-        // 5.0 arrives in a later slice; 3.1 (level 3) is not supported.
+    let Some(hello) = hello else {
+        // 3.1 (level 3) and anything else: 3.1.1's "unacceptable protocol version".
         tracing::warn!(%address, level, "unsupported MQTT protocol level; refusing");
-        let refusal: &[u8] = if level == 5 {
-            &[0x20, 0x03, 0x00, 0x84, 0x00]
-        } else {
-            &[0x20, 0x02, 0x00, 0x01]
-        };
-        let _ = conn.wr.write_all(refusal).await;
+        let _ = conn.wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
         return None;
-    }
+    };
     let will_flag = flags & 0b100 != 0;
     let bad_flags = flags & 1 != 0
         || (!will_flag && flags & 0b0011_1000 != 0)
-        || (flags & 0b1000_0000 == 0 && flags & 0b0100_0000 != 0);
-    let connect = match packet {
-        Ok(Packet::Connect(c)) if !bad_flags => c,
-        Ok(_) => {
-            tracing::info!(%address, "malformed CONNECT flags {flags:#010b}; closing");
-            return None;
+        || (conn.version() == Version::V311
+            && flags & 0b1000_0000 == 0
+            && flags & 0b0100_0000 != 0);
+    if bad_flags {
+        tracing::info!(%address, "malformed CONNECT flags {flags:#010b}; closing");
+        if conn.version() == Version::V5 {
+            conn.connack(Some(0x81), false, None);
+            let _ = conn.flush().await;
         }
-        Err(ReadError::Protocol(e)) => {
-            tracing::info!(%address, "malformed CONNECT: {e}; closing");
-            return None;
-        }
-        Err(_) => return None,
-    };
-    Some(connect)
+        return None;
+    }
+    Some(hello)
 }
 
 /// The packet exchange after CONNACK.
@@ -430,9 +640,7 @@ impl Session<'_> {
                         }
                     }
                     Ok(None) => break,
-                    Err(ReadError::Protocol(e)) => {
-                        return End::Abrupt(format!("protocol error: {e}"));
-                    }
+                    Err(ReadError::Protocol(v)) => return End::protocol(v),
                     Err(_) => return End::Abrupt("read failed".into()),
                 }
             }
@@ -446,6 +654,7 @@ impl Session<'_> {
                 partial_since.or_else(|| Some(Instant::now()))
             };
             let packet_deadline = partial_since.map(|t| t + packet_timeout);
+            self.acked.append(&mut self.outbound.expired);
             if !self.acked.is_empty() {
                 let ids = std::mem::take(&mut self.acked);
                 if self
@@ -455,106 +664,111 @@ impl Session<'_> {
                     .await
                     .is_err()
                 {
-                    return End::Abrupt("broker stopping".into());
+                    return End::stopping();
                 }
             }
             tokio::select! {
                 Some((pkid, qos, safe)) = self.unconfirmed.next(), if !self.unconfirmed.is_empty() => {
                     if !safe {
-                        return End::Abrupt(format!(
+                        return End::Closed(0x80, format!(
                             "the broker could not store QoS {} message {pkid}; not acknowledged",
                             qos as u8
                         ));
                     }
                     match qos {
-                        QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(pkid))),
-                        _ => conn.queue(&Packet::PubRec(PubRec::new(pkid))),
+                        QoS::AtLeastOnce => conn.queue(&Out::PubAck(pkid)),
+                        _ => conn.queue(&Out::PubRec(pkid)),
                     }
                 }
                 read = conn.fill() => match read {
                     Ok(()) => {}
                     Err(ReadError::Closed) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(ReadError::Io(e)) => return End::Abrupt(format!("read failed: {e}")),
-                    Err(ReadError::Protocol(e)) => return End::Abrupt(e),
+                    Err(ReadError::Protocol(v)) => return End::protocol(v),
                 },
                 out = inbox.recv() => match out {
                     Some(Outgoing::Deliver(m)) => {
                         if let Some(p) = self.outbound.push(m) {
-                            conn.queue(&Packet::Publish(p));
+                            conn.publish(&p);
                         }
                         // Take whatever else is ready in one write.
                         while let Ok(Outgoing::Deliver(m)) = inbox.try_recv() {
                             if let Some(p) = self.outbound.push(m) {
-                                conn.queue(&Packet::Publish(p));
+                                conn.publish(&p);
                             }
                         }
                     }
-                    Some(Outgoing::Close(why)) => return End::Abrupt(why),
-                    None => return End::Abrupt("broker stopping".into()),
+                    Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
+                    None => return End::stopping(),
                 },
                 () = tokio::time::sleep_until(packet_deadline.unwrap_or(deadline)), if packet_deadline.is_some() => {
-                    return End::Abrupt(format!(
+                    return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
                     ));
                 }
                 () = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
-                    return End::Abrupt(format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
+                    return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
                 }
             }
         }
     }
 
     /// Handles one packet from the client; `Some` ends the connection.
-    async fn on_packet<R, W>(&mut self, conn: &mut Conn<R, W>, packet: Packet) -> Option<End>
+    async fn on_packet<R, W>(&mut self, conn: &mut Conn<R, W>, packet: In) -> Option<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         match packet {
-            Packet::Publish(p) => return self.on_publish(conn, p).await,
-            Packet::PubRel(r) => {
-                self.incoming_qos2.remove(&r.pkid);
-                conn.queue(&Packet::PubComp(PubComp::new(r.pkid)));
+            In::Publish(p) => return self.on_publish(conn, p).await,
+            In::PubRel(pkid) => {
+                self.incoming_qos2.remove(&pkid);
+                conn.queue(&Out::PubComp(pkid));
             }
-            Packet::PubAck(a) => match self.outbound.puback(a.pkid) {
+            In::PubAck(pkid) => match self.outbound.puback(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
                     tracing::debug!(client_id = self.client_id, "PUBACK for unknown id {}", e.0);
                 }
             },
-            Packet::PubRec(r) => match self.outbound.pubrec(r.pkid) {
-                Ok(rel) => conn.queue(&Packet::PubRel(rel)),
+            In::PubRec(pkid) => match self.outbound.pubrec(pkid) {
+                Ok(rel) => conn.queue(&Out::PubRel(rel)),
                 Err(e) => {
                     tracing::debug!(client_id = self.client_id, "PUBREC for unknown id {}", e.0);
                 }
             },
-            Packet::PubComp(c) => match self.outbound.pubcomp(c.pkid) {
+            In::PubComp(pkid) => match self.outbound.pubcomp(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
                     tracing::debug!(client_id = self.client_id, "PUBCOMP for unknown id {}", e.0);
                 }
             },
-            Packet::Subscribe(s) => return self.on_subscribe(conn, s).await,
-            Packet::Unsubscribe(u) => {
-                if u.topics.is_empty() {
-                    return Some(End::Abrupt("UNSUBSCRIBE with no topic filter".into()));
+            In::Subscribe { pkid, filters } => return self.on_subscribe(conn, pkid, filters).await,
+            In::Unsubscribe { pkid, filters } => {
+                if filters.is_empty() {
+                    return Some(End::protocol(Violation::protocol(
+                        "UNSUBSCRIBE with no topic filter",
+                    )));
                 }
+                let count = filters.len();
                 let (tx, rx) = oneshot::channel();
                 let request = hub::Request::Unsubscribe {
                     client_id: self.client_id.clone(),
-                    filters: u.topics,
+                    filters,
                     reply: tx,
                 };
                 if self.shared.hub.send(request).await.is_err() || rx.await.is_err() {
-                    return Some(End::Abrupt("broker stopping".into()));
+                    return Some(End::stopping());
                 }
-                conn.queue(&Packet::UnsubAck(UnsubAck::new(u.pkid)));
+                conn.queue(&Out::UnsubAck { pkid, count });
             }
-            Packet::PingReq => conn.queue(&Packet::PingResp),
-            Packet::Disconnect => return Some(End::Graceful),
-            Packet::Connect(_) => return Some(End::Abrupt("a second CONNECT".into())),
-            other => {
-                return Some(End::Abrupt(format!("a client may not send {other:?}")));
+            In::PingReq => conn.queue(&Out::PingResp),
+            In::Disconnect { will } => return Some(End::Graceful { will }),
+            In::Connect => return Some(End::protocol(Violation::protocol("a second CONNECT"))),
+            In::ServerOnly(what) => {
+                return Some(End::protocol(Violation::protocol(format!(
+                    "a client may not send {what}"
+                ))));
             }
         }
         None
@@ -568,28 +782,24 @@ impl Session<'_> {
         W: AsyncWrite + Unpin,
     {
         for p in done.next {
-            conn.queue(&Packet::Publish(p));
+            conn.publish(&p);
         }
         self.acked.extend(done.stored);
     }
 
-    async fn on_publish<R, W>(
-        &mut self,
-        conn: &mut Conn<R, W>,
-        p: rumqttc::mqttbytes::v4::Publish,
-    ) -> Option<End>
+    async fn on_publish<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish) -> Option<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let limits = self.shared.config.topic_limits();
         if let Err(e) = topic::validate_name(&p.topic, limits) {
-            return Some(End::Abrupt(format!("PUBLISH to `{}`: {e}", p.topic)));
+            return Some(End::Closed(0x90, format!("PUBLISH to `{}`: {e}", p.topic)));
         }
         let (pkid, qos) = (p.pkid, p.qos);
         if qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid) {
             // A resent QoS 2 message already handed over: only PUBREC again.
-            conn.queue(&Packet::PubRec(PubRec::new(pkid)));
+            conn.queue(&Out::PubRec(pkid));
             return None;
         }
         let message = Message {
@@ -598,6 +808,7 @@ impl Session<'_> {
             qos,
             retain: p.retain,
             stored: None,
+            props: p.props,
         };
         // In routed mode the router may have to take the message too.
         let must_wait = qos != QoS::AtMostOnce
@@ -624,7 +835,7 @@ impl Session<'_> {
             .await
             .is_err()
         {
-            return Some(End::Abrupt("broker stopping".into()));
+            return Some(End::stopping());
         }
         match confirmation {
             Some(rx) => self.unconfirmed.push_back(Box::pin(async move {
@@ -636,8 +847,8 @@ impl Session<'_> {
                 .push_back(Box::pin(async move { (pkid, qos, true) })),
             None => match qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => conn.queue(&Packet::PubAck(PubAck::new(pkid))),
-                QoS::ExactlyOnce => conn.queue(&Packet::PubRec(PubRec::new(pkid))),
+                QoS::AtLeastOnce => conn.queue(&Out::PubAck(pkid)),
+                QoS::ExactlyOnce => conn.queue(&Out::PubRec(pkid)),
             },
         }
         None
@@ -646,31 +857,43 @@ impl Session<'_> {
     async fn on_subscribe<R, W>(
         &mut self,
         conn: &mut Conn<R, W>,
-        s: rumqttc::mqttbytes::v4::Subscribe,
+        pkid: u16,
+        filters: Vec<(String, QoS)>,
     ) -> Option<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let limits = self.shared.config.topic_limits();
-        if s.filters.is_empty() {
-            return Some(End::Abrupt("SUBSCRIBE with no topic filter".into()));
+        if filters.is_empty() {
+            return Some(End::protocol(Violation::protocol(
+                "SUBSCRIBE with no topic filter",
+            )));
         }
-        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
-        for f in s.filters {
-            match topic::validate_filter(&f.path, limits) {
-                Ok(()) => {
-                    codes.push(SubscribeReasonCode::Success(f.qos));
-                    accepted.push((f.path, f.qos));
+        for (path, qos) in filters {
+            let refusal = if conn.version() == Version::V5 && path.starts_with("$share/") {
+                Some((
+                    Refusal::SharedNotSupported,
+                    "shared subscriptions are not supported".to_string(),
+                ))
+            } else {
+                topic::validate_filter(&path, limits)
+                    .err()
+                    .map(|e| (Refusal::InvalidFilter, e.to_string()))
+            };
+            match refusal {
+                None => {
+                    codes.push(Ok(qos));
+                    accepted.push((path, qos));
                 }
-                Err(e) => {
+                Some((code, e)) => {
                     tracing::info!(
                         client_id = self.client_id,
-                        "subscription `{}` refused: {e}",
-                        f.path
+                        "subscription `{path}` refused: {e}"
                     );
-                    codes.push(SubscribeReasonCode::Failure);
+                    codes.push(Err(code));
                 }
             }
         }
@@ -681,23 +904,23 @@ impl Session<'_> {
             reply: tx,
         };
         if self.shared.hub.send(request).await.is_err() {
-            return Some(End::Abrupt("broker stopping".into()));
+            return Some(End::stopping());
         }
         match rx.await {
             Ok(Ok(retained)) => {
-                conn.queue(&Packet::SubAck(SubAck::new(s.pkid, codes)));
+                conn.queue(&Out::SubAck { pkid, codes });
                 for m in retained {
                     if let Some(p) = self.outbound.push(m) {
-                        conn.queue(&Packet::Publish(p));
+                        conn.publish(&p);
                     }
                 }
             }
             Ok(Err(why)) => {
                 tracing::info!(client_id = self.client_id, "subscriptions refused: {why}");
-                let failed = vec![SubscribeReasonCode::Failure; codes.len()];
-                conn.queue(&Packet::SubAck(SubAck::new(s.pkid, failed)));
+                let codes = vec![Err(Refusal::Quota); codes.len()];
+                conn.queue(&Out::SubAck { pkid, codes });
             }
-            Err(_) => return Some(End::Abrupt("broker stopping".into())),
+            Err(_) => return Some(End::stopping()),
         }
         None
     }

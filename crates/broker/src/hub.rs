@@ -31,6 +31,8 @@ pub struct Message {
     /// Its row in the store, for a QoS 1/2 message queued for a persistent
     /// session: deleted when the subscriber acknowledges it.
     pub stored: Option<u64>,
+    /// MQTT 5.0 properties from its publisher, for 5.0 subscribers.
+    pub props: Option<Arc<crate::wire::Props>>,
 }
 
 /// What the hub tells a connection.
@@ -38,8 +40,9 @@ pub struct Message {
 pub enum Outgoing {
     /// Send this to the client (QoS already the granted one).
     Deliver(Message),
-    /// Close the connection (taken over by a new one, or an operator).
-    Close(String),
+    /// Close the connection (taken over by a new one, or an operator),
+    /// with the MQTT 5.0 DISCONNECT reason code and why.
+    Close(u8, String),
 }
 
 /// What operators see of a client.
@@ -53,7 +56,12 @@ pub struct ClientInfo {
     pub peer_address: String,
     pub listener: &'static str,
     pub protocol_version: u8,
+    /// The session ends with the connection (3.1.1 clean session; 5.0
+    /// session expiry interval 0).
     pub clean_session: bool,
+    /// The connection starts a new session (3.1.1 clean session; 5.0
+    /// clean start).
+    pub clean_start: bool,
     pub connected_at: SystemTime,
 }
 
@@ -242,6 +250,7 @@ impl Hub {
                 listener: "-",
                 protocol_version: 4,
                 clean_session: false,
+                clean_start: false,
                 connected_at: SystemTime::UNIX_EPOCH,
             };
             let client: Arc<str> = s.client_id.as_str().into();
@@ -293,16 +302,29 @@ impl Hub {
             .and_then(|s| s.connection.take())
         {
             let _ = old.outbox.try_send(Outgoing::Close(
+                0x8E,
                 "session taken over by a new connection".into(),
             ));
         }
-        let present = !clean && self.sessions.contains_key(&client_id);
-        if clean {
-            if self.sessions.get(&client_id).is_some_and(|s| !s.clean) {
-                self.record(Op::DropSession(client_id.clone()));
-            }
-        } else if !present {
+        let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
+        let present = !info.clean_start && old_persistent.is_some();
+        // The store holds exactly the sessions that outlive their connection.
+        if old_persistent == Some(true) && (!present || clean) {
+            self.record(Op::DropSession(client_id.clone()));
+        }
+        let resumed_persistent = present && old_persistent == Some(true);
+        if !clean && !resumed_persistent {
             self.record(Op::PutSession(client_id.clone()));
+            if present && let Some(old) = self.sessions.get(&client_id) {
+                let subscriptions: Vec<Op> = old
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| Op::Subscribe(client_id.clone(), f.clone(), *q))
+                    .collect();
+                for op in subscriptions {
+                    self.record(op);
+                }
+            }
         }
         if !present {
             // A clean start forgets the old session's subscriptions.
@@ -427,6 +449,7 @@ impl Hub {
                 qos: min_qos(message.qos, granted),
                 retain: false,
                 stored: None,
+                props: message.props.clone(),
             };
             let durable = !session.clean && out.qos != QoS::AtMostOnce;
             if durable && let Some(store) = &mut self.store {
@@ -576,9 +599,10 @@ impl Hub {
                     thing,
                     "no longer a device of the group: disconnected"
                 );
-                let _ = c
-                    .outbox
-                    .try_send(Outgoing::Close("no longer a device of the group".into()));
+                let _ = c.outbox.try_send(Outgoing::Close(
+                    0x87,
+                    "no longer a device of the group".into(),
+                ));
             }
         }
     }
@@ -590,7 +614,10 @@ impl Hub {
             .get(client_id)
             .and_then(|s| s.connection.as_ref())
         {
-            Some(c) => c.outbox.try_send(Outgoing::Close(reason.into())).is_ok(),
+            Some(c) => c
+                .outbox
+                .try_send(Outgoing::Close(0x98, reason.into()))
+                .is_ok(),
             None => false,
         }
     }

@@ -17,6 +17,7 @@ fn info(id: &str, clean: bool) -> ClientInfo {
         peer_address: "test".into(),
         listener: "test",
         protocol_version: 4,
+        clean_start: clean,
         clean_session: clean,
         connected_at: SystemTime::now(),
     }
@@ -29,6 +30,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
         qos,
         retain,
         stored: None,
+        props: None,
     }
 }
 
@@ -124,7 +126,7 @@ fn take_over_closes_the_old_connection_and_clean_session_forgets() {
     hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
     let (tx2, mut rx2) = mpsc::channel(10);
     let second = hub.connect(info("c", true), None, tx2);
-    assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(_))));
+    assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(0x8E, _))));
     assert!(!second.session_present);
     assert_eq!(hub.subscription_count("c"), 0);
     // Nor does the index still route the old filter to it.

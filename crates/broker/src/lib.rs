@@ -13,6 +13,7 @@ mod listener;
 pub mod outbound;
 pub mod store;
 pub mod topic;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

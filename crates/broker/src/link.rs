@@ -415,6 +415,7 @@ async fn on_down(
                         },
                         retain: false,
                         stored: None,
+                        props: None,
                     },
                     reply,
                 };

@@ -2,9 +2,10 @@
 //! of unacknowledged QoS 1/2 messages, and what waits behind it. No I/O.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
+use crate::wire::Publish;
 use rumqttc::QoS;
-use rumqttc::mqttbytes::v4::{PubRel, Publish};
 
 use crate::hub::Message;
 
@@ -24,6 +25,9 @@ pub struct Outbound {
     next_pkid: u16,
     inflight: BTreeMap<u16, (Message, Stage)>,
     waiting: VecDeque<Message>,
+    /// Store rows of messages whose 5.0 expiry passed before they could be
+    /// sent: dropped (MQTT-3.3.2-5), for the store to delete.
+    pub expired: Vec<u64>,
 }
 
 /// A message the client finished acknowledging.
@@ -46,11 +50,15 @@ impl Outbound {
             next_pkid: 1,
             inflight: BTreeMap::new(),
             waiting: VecDeque::new(),
+            expired: Vec::new(),
         }
     }
 
     /// Queues `message`; returns the PUBLISH to send now, if the window allows.
     pub fn push(&mut self, message: Message) -> Option<Publish> {
+        if self.expire(&message) {
+            return None;
+        }
         if message.qos == QoS::AtMostOnce {
             return Some(to_publish(&message, 0));
         }
@@ -90,9 +98,20 @@ impl Outbound {
             let Some(m) = self.waiting.pop_front() else {
                 break;
             };
-            out.push(self.send(m));
+            if !self.expire(&m) {
+                out.push(self.send(m));
+            }
         }
         out
+    }
+
+    /// Whether `m` expired; its store row, if any, is noted for deletion.
+    fn expire(&mut self, m: &Message) -> bool {
+        let expired = m.props.as_ref().is_some_and(|p| p.expired(Instant::now()));
+        if expired {
+            self.expired.extend(m.stored);
+        }
+        expired
     }
 
     pub fn puback(&mut self, pkid: u16) -> Result<Done, UnknownPacketId> {
@@ -112,11 +131,12 @@ impl Outbound {
         }
     }
 
-    pub fn pubrec(&mut self, pkid: u16) -> Result<PubRel, UnknownPacketId> {
+    /// PUBREC: the PUBREL's packet id to send.
+    pub fn pubrec(&mut self, pkid: u16) -> Result<u16, UnknownPacketId> {
         match self.inflight.get_mut(&pkid) {
             Some((_, stage @ (Stage::Qos2Sent | Stage::Released))) => {
                 *stage = Stage::Released;
-                Ok(PubRel::new(pkid))
+                Ok(pkid)
             }
             _ => Err(UnknownPacketId(pkid)),
         }
@@ -141,10 +161,15 @@ impl Outbound {
 }
 
 fn to_publish(m: &Message, pkid: u16) -> Publish {
-    let mut p = Publish::from_bytes(m.topic.clone(), m.qos, m.payload.clone());
-    p.retain = m.retain;
-    p.pkid = pkid;
-    p
+    Publish {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        dup: false,
+        pkid,
+        props: m.props.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +184,7 @@ mod tests {
             qos,
             retain: false,
             stored: Some(u64::from(n)),
+            props: None,
         }
     }
 
@@ -177,7 +203,7 @@ mod tests {
         let next = done.next;
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].payload, Bytes::from(vec![3]));
-        assert_eq!(o.pubrec(b.pkid).unwrap().pkid, b.pkid);
+        assert_eq!(o.pubrec(b.pkid).unwrap(), b.pkid);
         assert!(o.pubcomp(a.pkid).is_err());
         let done = o.pubcomp(b.pkid).unwrap();
         assert_eq!(done.stored, Some(2));

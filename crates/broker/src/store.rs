@@ -211,6 +211,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 qos: qos(r.get(4)?),
                 retain: r.get::<_, i64>(5)? != 0,
                 stored: None,
+                props: None,
             },
         ))
     })?;
@@ -229,6 +230,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             qos: qos(r.get(2)?),
             retain: true,
             stored: None,
+            props: None,
         })
     })?;
     for m in rows {
@@ -248,6 +250,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             stored: None,
+            props: None,
         }
     }
 

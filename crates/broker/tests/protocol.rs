@@ -18,6 +18,17 @@ fn connect_packet(id: &str, flags: u8, level: u8) -> Vec<u8> {
     p
 }
 
+/// CONNECT for MQTT 5.0, clean start, keep-alive 60, client id `x`, with
+/// `props` (its length first) as the properties.
+fn connect_v5(props: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60];
+    body.extend_from_slice(props);
+    body.extend_from_slice(&[0, 1, b'x']);
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
 async fn open(port: u16) -> TcpStream {
     TcpStream::connect(("127.0.0.1", port)).await.unwrap()
 }
@@ -54,11 +65,12 @@ async fn packets_before_connect_and_bad_connects_are_closed() {
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(closed && got.is_empty(), "{got:?}");
 
+    // MQTT 5.0 with an unknown property (0x7f): CONNACK "malformed" (0x81).
     let mut s = open(port).await;
-    s.write_all(&connect_packet("x", 0x02, 5)).await.unwrap(); // MQTT 5: not yet
+    s.write_all(&connect_v5(&[1, 0x7f])).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(closed);
-    assert_eq!(got, [0x20, 0x03, 0x00, 0x84, 0x00]);
+    assert_eq!(&got[..4], [0x20, got[1], 0x00, 0x81], "{got:?}");
 
     let mut s = open(port).await;
     s.write_all(&connect_packet("x", 0x02, 3)).await.unwrap(); // 3.1
@@ -77,6 +89,61 @@ async fn packets_before_connect_and_bad_connects_are_closed() {
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(buf, CONNACK_OK);
+}
+
+#[tokio::test]
+async fn mqtt5_connack_properties_and_reason_codes() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+
+    // A good 5.0 CONNECT: CONNACK success with the server's properties.
+    let mut s = open(port).await;
+    s.write_all(&connect_v5(&[0])).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20);
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest[..2], [0x00, 0x00], "no session, success: {rest:?}");
+    let props = &rest[3..];
+    // Topic Alias Maximum (0x22) 64, Subscription Identifiers Available
+    // (0x29) 0, Shared Subscription Available (0x2a) 0.
+    assert!(props.windows(3).any(|w| w == [0x22, 0, 64]), "{props:?}");
+    assert!(props.windows(2).any(|w| w == [0x29, 0]), "{props:?}");
+    assert!(props.windows(2).any(|w| w == [0x2a, 0]), "{props:?}");
+
+    // SUBSCRIBE to an invalid filter and to a shared one: 0x8F and 0x9E.
+    let mut sub = vec![0x82, 0, 0, 7, 0];
+    for f in ["a/#/b", "$share/g/t"] {
+        sub.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        sub.extend_from_slice(f.as_bytes());
+        sub.push(1);
+    }
+    sub[1] = (sub.len() - 2) as u8;
+    s.write_all(&sub).await.unwrap();
+    let mut suback = [0u8; 7];
+    s.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 5, 0, 7, 0, 0x8F, 0x9E]);
+
+    // A topic alias never set: DISCONNECT "protocol error" (0x82), closed.
+    // PUBLISH QoS 0, empty topic, properties: Topic Alias (0x23) 5.
+    s.write_all(&[0x30, 7, 0, 0, 3, 0x23, 0, 5, b'p'])
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(&got[..3], [0xE0, 0x01, 0x82], "{got:?}");
+
+    // A DISCONNECT with no reason code is a normal one.
+    let mut s = open(port).await;
+    s.write_all(&connect_v5(&[0])).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    s.write_all(&[0xE0, 0x00]).await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && got.is_empty(), "{got:?}");
 }
 
 #[tokio::test]

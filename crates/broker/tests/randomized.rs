@@ -7,6 +7,7 @@ use rumqttc::QoS;
 use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
 use verdant_broker::codec;
 use verdant_broker::topic::{self, TopicLimits};
+use verdant_broker::wire::{Decoder, Version};
 
 const LIMITS: TopicLimits = TopicLimits {
     max_bytes: 1024,
@@ -66,6 +67,25 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         drain(&bytes, 256);
+    }
+
+    #[test]
+    fn mqtt5_packet_like_bytes_never_panic_nor_stall(
+        first in prop_oneof![Just(0x10u8), Just(0x30), Just(0x32), Just(0x34), Just(0x40), Just(0x62), Just(0x82), Just(0xa2), Just(0xc0), Just(0xe0), Just(0xf0)],
+        len in 0u8..200,
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut bytes = vec![first, len];
+        bytes.extend(body);
+        let mut decoder = Decoder::new(Version::V5, 1024);
+        let mut buf = BytesMut::from(&bytes[..]);
+        while !buf.is_empty() {
+            let before = buf.len();
+            match decoder.decode(&mut buf) {
+                Ok(Some(_)) => prop_assert!(buf.len() < before),
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
 
     #[test]

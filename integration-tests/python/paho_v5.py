@@ -1,0 +1,156 @@
+"""paho-mqtt speaking MQTT 5.0 to a core in local mode: the sample device
+over mutual TLS subscribes, a second client on the plain listener
+publishes. Checks what 5.0 adds: message properties forwarded unaltered,
+topic aliases, reason codes, clean start with a session expiry interval,
+and the will sent on a DISCONNECT with reason code 0x04.
+
+usage: paho_v5.py HOST TLS_PORT CA CERT KEY PLAIN_PORT
+Prints each check as it passes; exits non-zero at the first that fails.
+"""
+import queue
+import ssl
+import sys
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+host, tls_port, ca, cert, key, plain_port = sys.argv[1:7]
+WAIT = 20
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"FAILED: {what}")
+    print(f"ok: {what}", flush=True)
+
+
+class Client:
+    """A paho v5 client with its events in queues."""
+
+    def __init__(self, client_id, tls=False):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if tls:
+            self.c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.port = int(tls_port if tls else plain_port)
+        self.connack = queue.Queue()
+        self.messages = queue.Queue()
+        self.subacks = queue.Queue()
+        self.published = queue.Queue()
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connack.put((flags, rc, props))
+        self.c.on_message = lambda c, u, msg: self.messages.put(msg)
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
+        self.c.on_publish = lambda c, u, mid, rc, props: self.published.put((mid, rc))
+
+    def connect(self, clean_start=True, expiry=None, will=None):
+        props = Properties(PacketTypes.CONNECT)
+        if expiry is not None:
+            props.SessionExpiryInterval = expiry
+        if will:
+            self.c.will_set(will, b"gone", qos=1)
+        self.c.connect(host, self.port, clean_start=clean_start, properties=props)
+        self.c.loop_start()
+        return self.connack.get(timeout=WAIT)
+
+    def subscribe(self, topic, qos):
+        self.c.subscribe(topic, qos)
+        return self.subacks.get(timeout=WAIT)
+
+    def publish(self, topic, payload, qos, props=None):
+        info = self.c.publish(topic, payload, qos=qos, properties=props)
+        info.wait_for_publish(WAIT)
+        check(info.is_published(), f"PUBLISH {topic} QoS {qos} acknowledged")
+
+    def message(self):
+        return self.messages.get(timeout=WAIT)
+
+    def message_on(self, topic):
+        """The next message on `topic`, past others."""
+        while True:
+            m = self.message()
+            if m.topic == topic:
+                return m
+
+    def close(self, reason=None):
+        if reason is None:
+            self.c.disconnect()
+        else:
+            self.c.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, reason))
+        self.c.loop_stop()
+
+
+sub = Client("sample-device", tls=True)
+flags, rc, props = sub.connect()
+check(rc == 0, f"device CONNACK over mTLS: {rc}")
+check(props.TopicAliasMaximum == 64, "CONNACK Topic Alias Maximum 64")
+rcs = sub.subscribe("v5/#", 2)
+check([r.value for r in rcs] == [2], f"SUBACK grants QoS 2: {rcs}")
+
+pub = Client("v5-publisher")
+flags, rc, _ = pub.connect()
+check(rc == 0, "publisher CONNACK")
+
+# Properties arrive unaltered, user properties in order, duplicates kept.
+p = Properties(PacketTypes.PUBLISH)
+p.PayloadFormatIndicator = 1
+p.MessageExpiryInterval = 60
+p.ContentType = "text/plain"
+p.ResponseTopic = "v5/resp"
+p.CorrelationData = b"\x00abc"
+p.UserProperty = [("k", "v"), ("k", "w"), ("z", "1")]
+pub.publish("v5/req", b"request", 1, p)
+m = sub.message()
+check(m.topic == "v5/req" and m.payload == b"request", "message delivered")
+mp = m.properties
+check(mp.ResponseTopic == "v5/resp", "response topic forwarded")
+check(mp.CorrelationData == b"\x00abc", "correlation data forwarded")
+check(mp.ContentType == "text/plain", "content type forwarded")
+check(mp.PayloadFormatIndicator == 1, "payload format indicator forwarded")
+check(mp.UserProperty == [("k", "v"), ("k", "w"), ("z", "1")], f"user properties in order: {mp.UserProperty}")
+check(0 < mp.MessageExpiryInterval <= 60, f"expiry interval counted down: {mp.MessageExpiryInterval}")
+
+# A topic alias set with one PUBLISH and used alone by the next.
+a = Properties(PacketTypes.PUBLISH)
+a.TopicAlias = 3
+pub.publish("v5/alias", b"first", 1, a)
+pub.publish("", b"second", 1, a)
+got = [sub.message(), sub.message()]
+check([(g.topic, g.payload) for g in got] == [("v5/alias", b"first"), ("v5/alias", b"second")],
+      "topic alias resolved")
+
+# QoS 2 both ways.
+pub.publish("v5/exact", b"two", 2)
+m = sub.message()
+check(m.topic == "v5/exact" and m.qos == 2, "QoS 2 delivered at QoS 2")
+
+# A session kept by its expiry interval: clean start 0 finds it again.
+later = Client("v5-later")
+flags, rc, _ = later.connect(clean_start=True, expiry=300)
+check(not flags.session_present, "new session")
+later.subscribe("v5/later", 1)
+later.close()
+pub.publish("v5/later", b"while away", 1)
+later = Client("v5-later")
+flags, rc, _ = later.connect(clean_start=False, expiry=300)
+check(flags.session_present, "session present after reconnecting")
+m = later.message()
+check(m.payload == b"while away", "message queued while away delivered")
+later.close()
+# Clean start discards it.
+later = Client("v5-later")
+flags, rc, _ = later.connect(clean_start=True, expiry=0)
+check(not flags.session_present, "clean start discards the session")
+later.close()
+
+# DISCONNECT with reason 0x04 still publishes the will.
+w = Client("v5-will")
+w.connect(will="v5/will")
+w.close(reason="Disconnect with will message")
+m = sub.message_on("v5/will")
+check(m.topic == "v5/will" and m.payload == b"gone", "will published on DISCONNECT 0x04")
+
+pub.close()
+sub.close()
+print("all MQTT 5.0 checks passed")
