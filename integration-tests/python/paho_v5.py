@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 host, tls_port, ca, cert, key, plain_port = sys.argv[1:7]
 WAIT = 20
@@ -54,12 +55,15 @@ class Client:
         self.c.loop_start()
         return self.connack.get(timeout=WAIT)
 
-    def subscribe(self, topic, qos):
-        self.c.subscribe(topic, qos)
+    def subscribe(self, topic, qos, **options):
+        if options:
+            self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **options))
+        else:
+            self.c.subscribe(topic, qos)
         return self.subacks.get(timeout=WAIT)
 
-    def publish(self, topic, payload, qos, props=None):
-        info = self.c.publish(topic, payload, qos=qos, properties=props)
+    def publish(self, topic, payload, qos, props=None, retain=False):
+        info = self.c.publish(topic, payload, qos=qos, properties=props, retain=retain)
         info.wait_for_publish(WAIT)
         check(info.is_published(), f"PUBLISH {topic} QoS {qos} acknowledged")
 
@@ -150,6 +154,38 @@ w.connect(will="v5/will")
 w.close(reason="Disconnect with will message")
 m = sub.message_on("v5/will")
 check(m.topic == "v5/will" and m.payload == b"gone", "will published on DISCONNECT 0x04")
+
+# No local: the device's own message does not come back to a "no local"
+# subscription; another client's does.
+own = Client("v5-own")
+own.connect()
+own.subscribe("v5/own", 1, noLocal=True)
+own.publish("v5/own", b"mine", 1)
+pub.publish("v5/own", b"theirs", 1)
+m = own.message()
+check(m.payload == b"theirs", f"no local: own message not delivered (got {m.payload})")
+own.close()
+
+# Retain handling 2 sends no retained message at subscribe; retain as
+# published keeps the flag on live messages.
+pub.publish("v5/kept", b"old", 1, retain=True)
+rap = Client("v5-rap")
+rap.connect()
+rap.subscribe("v5/kept", 1, retainHandling=2, retainAsPublished=True)
+pub.publish("v5/kept", b"live", 1, retain=True)
+m = rap.message()
+check(m.payload == b"live", f"retain handling 2: nothing at subscribe (got {m.payload})")
+check(m.retain, "retain as published: the live message keeps its retain flag")
+rap.close()
+plain = Client("v5-plain")
+plain.connect()
+plain.subscribe("v5/kept", 1)
+m = plain.message()
+check(m.payload == b"live" and m.retain, "retain handling 0: the retained message at subscribe")
+pub.publish("v5/kept", b"again", 1, retain=True)
+m = plain.message()
+check(m.payload == b"again" and not m.retain, "without retain as published the flag is cleared")
+plain.close()
 
 pub.close()
 sub.close()

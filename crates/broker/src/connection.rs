@@ -255,6 +255,7 @@ pub async fn serve<S>(
     let mut session = Session {
         shared: &shared,
         client_id: client_id.clone(),
+        origin: Arc::from(client_id.as_str()),
         source,
         outbound,
         incoming_qos2: HashSet::new(),
@@ -481,6 +482,7 @@ where
                 retain: w.retain,
                 stored: None,
                 props: w.props.clone(),
+                from: None,
             })
         }
         None => None,
@@ -596,6 +598,8 @@ where
 struct Session<'a> {
     shared: &'a Shared,
     client_id: String,
+    /// The client id as messages carry it (for "no local").
+    origin: Arc<str>,
     /// The device's thing ARN, the source of what it publishes.
     source: Option<Arc<str>>,
     outbound: Outbound,
@@ -809,6 +813,7 @@ impl Session<'_> {
             retain: p.retain,
             stored: None,
             props: p.props,
+            from: Some(self.origin.clone()),
         };
         // In routed mode the router may have to take the message too.
         let must_wait = qos != QoS::AtMostOnce
@@ -858,7 +863,7 @@ impl Session<'_> {
         &mut self,
         conn: &mut Conn<R, W>,
         pkid: u16,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, QoS, wire::SubOptions)>,
     ) -> Option<End>
     where
         R: AsyncRead + Unpin,
@@ -872,7 +877,7 @@ impl Session<'_> {
         }
         let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
-        for (path, qos) in filters {
+        for (path, qos, options) in filters {
             let refusal = if conn.version() == Version::V5 && path.starts_with("$share/") {
                 Some((
                     Refusal::SharedNotSupported,
@@ -886,7 +891,7 @@ impl Session<'_> {
             match refusal {
                 None => {
                     codes.push(Ok(qos));
-                    accepted.push((path, qos));
+                    accepted.push((path, qos, options));
                 }
                 Some((code, e)) => {
                     tracing::info!(

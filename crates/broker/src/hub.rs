@@ -20,6 +20,7 @@ use crate::index::Index;
 use crate::link::{Forward, ToLink};
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
+use crate::wire::SubOptions;
 
 /// An application message as the hub routes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct Message {
     pub stored: Option<u64>,
     /// MQTT 5.0 properties from its publisher, for 5.0 subscribers.
     pub props: Option<Arc<crate::wire::Props>>,
+    /// The client id of the local client that published it, for 5.0's
+    /// "no local" subscription option.
+    pub from: Option<Arc<str>>,
 }
 
 /// What the hub tells a connection.
@@ -99,6 +103,8 @@ struct Session {
     /// The device's thing name: who routed messages for that thing reach.
     thing: Option<String>,
     subscriptions: BTreeMap<String, QoS>,
+    /// The MQTT 5.0 options of subscriptions that have any.
+    options: BTreeMap<String, SubOptions>,
     /// QoS 1/2 messages held while the client is away.
     queue: VecDeque<Message>,
     /// Topic and payload bytes in `queue`.
@@ -119,6 +125,27 @@ fn size(m: &Message) -> usize {
 }
 
 impl Session {
+    /// For a session with 5.0 subscription options: `None` if every
+    /// subscription matching `topic` says "no local" and the message is
+    /// the client's own; otherwise whether one that matches keeps the
+    /// retain flag.
+    fn deliverable(&self, topic: &str, own: bool) -> Option<bool> {
+        let mut deliver = false;
+        let mut keep_retain = false;
+        for filter in self.subscriptions.keys() {
+            if !topic::matches(filter, topic) {
+                continue;
+            }
+            let options = self.options.get(filter).copied().unwrap_or_default();
+            if own && options.no_local {
+                continue;
+            }
+            deliver = true;
+            keep_retain |= options.retain_as_published;
+        }
+        deliver.then_some(keep_retain)
+    }
+
     /// Queues `m` unless that would pass `limits`; false if refused.
     fn enqueue(&mut self, m: Message, limits: QueueLimits) -> bool {
         if self.queue.len() >= limits.messages || self.queued_bytes + size(&m) > limits.bytes {
@@ -254,16 +281,27 @@ impl Hub {
                 connected_at: SystemTime::UNIX_EPOCH,
             };
             let client: Arc<str> = s.client_id.as_str().into();
-            for (f, q) in &s.subscriptions {
+            for (f, q, _) in &s.subscriptions {
                 hub.index.insert(f, &client, *q);
             }
+            let options = s
+                .subscriptions
+                .iter()
+                .filter(|(_, _, o)| *o != SubOptions::default())
+                .map(|(f, _, o)| (f.clone(), *o))
+                .collect();
             hub.sessions.insert(
                 s.client_id.clone(),
                 Session {
                     clean: false,
                     // Client ids are thing names unless that rule is relaxed.
                     thing: Some(s.client_id.clone()),
-                    subscriptions: s.subscriptions.into_iter().collect(),
+                    subscriptions: s
+                        .subscriptions
+                        .into_iter()
+                        .map(|(f, q, _)| (f, q))
+                        .collect(),
+                    options,
                     queued_bytes: s.queue.iter().map(size).sum(),
                     queue: s.queue.into(),
                     connection: None,
@@ -319,7 +357,10 @@ impl Hub {
                 let subscriptions: Vec<Op> = old
                     .subscriptions
                     .iter()
-                    .map(|(f, q)| Op::Subscribe(client_id.clone(), f.clone(), *q))
+                    .map(|(f, q)| {
+                        let o = old.options.get(f).copied().unwrap_or_default();
+                        Op::Subscribe(client_id.clone(), f.clone(), *q, o)
+                    })
                     .collect();
                 for op in subscriptions {
                     self.record(op);
@@ -339,6 +380,7 @@ impl Hub {
                     clean,
                     thing: None,
                     subscriptions: BTreeMap::new(),
+                    options: BTreeMap::new(),
                     queue: VecDeque::new(),
                     queued_bytes: 0,
                     connection: None,
@@ -443,13 +485,23 @@ impl Hub {
             {
                 continue;
             }
+            // 5.0 options: no local, retain as published.
+            let mut retain = false;
+            if !session.options.is_empty() {
+                let own = message.from.as_deref() == Some(&*client_id);
+                match session.deliverable(&message.topic, own) {
+                    None => continue,
+                    Some(keep_retain) => retain = keep_retain && message.retain,
+                }
+            }
             let mut out = Message {
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
                 qos: min_qos(message.qos, granted),
-                retain: false,
+                retain,
                 stored: None,
                 props: message.props.clone(),
+                from: None,
             };
             let durable = !session.clean && out.qos != QoS::AtMostOnce;
             if durable && let Some(store) = &mut self.store {
@@ -509,9 +561,23 @@ impl Hub {
         }
     }
 
-    /// Adds subscriptions (already validated); returns the retained
-    /// messages they match, to send after the SUBACK.
+    /// Adds subscriptions with the default options (3.1.1's).
     pub fn subscribe(&mut self, client_id: &str, filters: &[(String, QoS)]) -> Vec<Message> {
+        let filters: Vec<_> = filters
+            .iter()
+            .map(|(f, q)| (f.clone(), *q, SubOptions::default()))
+            .collect();
+        self.subscribe_with(client_id, &filters)
+    }
+
+    /// Adds subscriptions (already validated); returns the retained
+    /// messages they match, to send after the SUBACK (as their retain
+    /// handling option says).
+    pub fn subscribe_with(
+        &mut self,
+        client_id: &str,
+        filters: &[(String, QoS, SubOptions)],
+    ) -> Vec<Message> {
         let routed = self.is_routed();
         let Some(session) = self.sessions.get_mut(client_id) else {
             return Vec::new();
@@ -519,11 +585,29 @@ impl Hub {
         let persistent = !session.clean;
         let mut retained = Vec::new();
         let mut ops = Vec::new();
-        for (filter, qos) in filters {
-            session.subscriptions.insert(filter.clone(), *qos);
+        for (filter, qos, options) in filters {
+            let new = session.subscriptions.insert(filter.clone(), *qos).is_none();
+            if *options == SubOptions::default() {
+                session.options.remove(filter);
+            } else {
+                session.options.insert(filter.clone(), *options);
+            }
             self.index.insert(filter, &Arc::from(client_id), *qos);
             if persistent {
-                ops.push(Op::Subscribe(client_id.to_string(), filter.clone(), *qos));
+                ops.push(Op::Subscribe(
+                    client_id.to_string(),
+                    filter.clone(),
+                    *qos,
+                    *options,
+                ));
+            }
+            let send_retained = match options.retain_handling {
+                0 => true,
+                1 => new,
+                _ => false,
+            };
+            if !send_retained {
+                continue;
             }
             for m in self.retained.values() {
                 if !routed && topic::matches(filter, &m.topic) {
@@ -549,6 +633,7 @@ impl Hub {
             if session.subscriptions.remove(f).is_none() {
                 continue;
             }
+            session.options.remove(f);
             self.index.remove(f, client_id);
             if persistent {
                 let op = Op::Unsubscribe(client_id.to_string(), f.clone());
@@ -662,7 +747,7 @@ pub enum Request {
     Acked(Vec<u64>),
     Subscribe {
         client_id: String,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, QoS, SubOptions)>,
         reply: oneshot::Sender<SubscribeResult>,
     },
     Unsubscribe {
@@ -836,7 +921,7 @@ impl Hub {
                         "more than {max_subscriptions} subscriptions for one client"
                     ))
                 } else {
-                    Ok(self.subscribe(&client_id, &filters))
+                    Ok(self.subscribe_with(&client_id, &filters))
                 };
                 replies.push(Reply::Subscribe(reply, result));
             }

@@ -31,6 +31,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
         retain,
         stored: None,
         props: None,
+        from: None,
     }
 }
 
@@ -62,6 +63,54 @@ fn fan_out_once_per_client_at_granted_qos() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].qos, QoS::AtLeastOnce);
     assert!(!got[0].retain);
+}
+
+#[test]
+fn mqtt5_no_local_and_retain_as_published_with_overlapping_filters() {
+    use crate::wire::SubOptions;
+    let mut hub = Hub::new(limits(10));
+    let (tx, mut rx) = mpsc::channel(10);
+    hub.connect(info("a", true), None, tx);
+    let no_local = SubOptions {
+        no_local: true,
+        ..SubOptions::default()
+    };
+    hub.subscribe_with("a", &[("n/#".into(), QoS::AtLeastOnce, no_local)]);
+    let own = |topic: &str, retain: bool| Message {
+        from: Some("a".into()),
+        ..msg(topic, QoS::AtLeastOnce, retain, "x")
+    };
+    hub.publish(&own("n/1", false));
+    assert!(
+        drain(&mut rx).is_empty(),
+        "own message on a no-local filter"
+    );
+    hub.publish(&msg("n/1", QoS::AtLeastOnce, false, "other"));
+    assert_eq!(drain(&mut rx).len(), 1, "another client's message");
+    // An overlapping filter without "no local", retaining as published.
+    let rap = SubOptions {
+        retain_as_published: true,
+        ..SubOptions::default()
+    };
+    hub.subscribe_with("a", &[("n/+".into(), QoS::AtMostOnce, rap)]);
+    hub.publish(&own("n/2", true));
+    let got = drain(&mut rx);
+    assert_eq!(got.len(), 1, "delivered once, by the filter that allows it");
+    assert!(got[0].retain, "retain as published");
+    // Retain handling 1: retained messages only for a new subscription.
+    let on_new = SubOptions {
+        retain_handling: 1,
+        ..SubOptions::default()
+    };
+    assert_eq!(
+        hub.subscribe_with("a", &[("n/2".into(), QoS::AtMostOnce, on_new)])
+            .len(),
+        1
+    );
+    assert!(
+        hub.subscribe_with("a", &[("n/2".into(), QoS::AtMostOnce, on_new)])
+            .is_empty()
+    );
 }
 
 #[test]

@@ -416,6 +416,7 @@ async fn on_down(
                         retain: false,
                         stored: None,
                         props: None,
+                        from: None,
                     },
                     reply,
                 };

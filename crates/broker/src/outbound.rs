@@ -185,6 +185,7 @@ mod tests {
             retain: false,
             stored: Some(u64::from(n)),
             props: None,
+            from: None,
         }
     }
 

@@ -15,6 +15,7 @@ use rumqttc::QoS;
 use rusqlite::{Connection, params};
 
 use crate::hub::Message;
+use crate::wire::SubOptions;
 
 #[derive(Debug, thiserror::Error)]
 #[error("session store {path}: {source}")]
@@ -29,7 +30,7 @@ pub enum Op {
     PutSession(String),
     /// Forgets a session: its subscriptions and queue too.
     DropSession(String),
-    Subscribe(String, String, QoS),
+    Subscribe(String, String, QoS, SubOptions),
     Unsubscribe(String, String),
     Enqueue(u64, String, Message),
     Ack(u64),
@@ -41,7 +42,7 @@ pub enum Op {
 #[derive(Debug, Default)]
 pub struct LoadedSession {
     pub client_id: String,
-    pub subscriptions: Vec<(String, QoS)>,
+    pub subscriptions: Vec<(String, QoS, SubOptions)>,
     /// Oldest first, each with its store id.
     pub queue: Vec<Message>,
 }
@@ -144,9 +145,11 @@ impl Store {
                     .execute("DELETE FROM sessions WHERE client_id = ?1", params![c])
                     .and_then(|_| tx.execute("DELETE FROM subscriptions WHERE client_id = ?1", params![c]))
                     .and_then(|_| tx.execute("DELETE FROM queue WHERE client_id = ?1", params![c])),
-                Op::Subscribe(c, f, q) => tx.execute(
+                // The qos column holds MQTT 5.0's whole options byte; for a
+                // 3.1.1 subscription that is its QoS.
+                Op::Subscribe(c, f, q, o) => tx.execute(
                     "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
-                    params![c, f, q as i64],
+                    params![c, f, i64::from(o.byte(q))],
                 ),
                 Op::Unsubscribe(c, f) => tx.execute(
                     "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2",
@@ -196,7 +199,8 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     for row in rows {
         let (client, filter, q) = row?;
         if let Some(&i) = index.get(&client) {
-            loaded.sessions[i].subscriptions.push((filter, qos(q)));
+            let (options, q) = SubOptions::from_byte(u8::try_from(q).unwrap_or(0));
+            loaded.sessions[i].subscriptions.push((filter, q, options));
         }
     }
     let mut queue =
@@ -212,6 +216,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 retain: r.get::<_, i64>(5)? != 0,
                 stored: None,
                 props: None,
+                from: None,
             },
         ))
     })?;
@@ -231,6 +236,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             retain: true,
             stored: None,
             props: None,
+            from: None,
         })
     })?;
     for m in rows {
@@ -251,11 +257,16 @@ mod tests {
             retain: false,
             stored: None,
             props: None,
+            from: None,
         }
     }
 
     #[test]
     fn survives_reopen_and_forgets_what_is_acked_or_dropped() {
+        let no_local = SubOptions {
+            no_local: true,
+            ..SubOptions::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
@@ -263,8 +274,18 @@ mod tests {
             assert!(loaded.sessions.is_empty());
             s.record(Op::PutSession("a".into()));
             s.record(Op::PutSession("b".into()));
-            s.record(Op::Subscribe("a".into(), "x/#".into(), QoS::ExactlyOnce));
-            s.record(Op::Subscribe("b".into(), "y".into(), QoS::AtLeastOnce));
+            s.record(Op::Subscribe(
+                "a".into(),
+                "x/#".into(),
+                QoS::ExactlyOnce,
+                no_local,
+            ));
+            s.record(Op::Subscribe(
+                "b".into(),
+                "y".into(),
+                QoS::AtLeastOnce,
+                SubOptions::default(),
+            ));
             for n in 0..3 {
                 let id = s.next_id();
                 s.record(Op::Enqueue(id, "a".into(), m("x/1", n)));
@@ -280,7 +301,10 @@ mod tests {
         let (mut s, loaded) = Store::open(&path).unwrap();
         assert_eq!(loaded.sessions.len(), 1);
         let a = &loaded.sessions[0];
-        assert_eq!(a.subscriptions, vec![("x/#".to_string(), QoS::ExactlyOnce)]);
+        assert_eq!(
+            a.subscriptions,
+            vec![("x/#".to_string(), QoS::ExactlyOnce, no_local)]
+        );
         let payloads: Vec<u8> = a.queue.iter().map(|m| m.payload[0]).collect();
         assert_eq!(payloads, vec![0, 2]);
         assert_eq!(a.queue[1].stored, Some(3));

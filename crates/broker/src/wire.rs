@@ -87,6 +87,39 @@ impl Props {
     }
 }
 
+/// MQTT 5.0 subscription options (3.1.1 subscriptions have the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Not sent the messages its own client publishes.
+    pub no_local: bool,
+    /// Forwarded messages keep their retain flag.
+    pub retain_as_published: bool,
+    /// 0: retained messages at subscribe; 1: only for a new subscription;
+    /// 2: never.
+    pub retain_handling: u8,
+}
+
+impl SubOptions {
+    /// The options byte of SUBSCRIBE (MQTT 3.8.3.1) with `qos` in its low
+    /// bits: what the store keeps.
+    pub fn byte(self, qos: QoS) -> u8 {
+        qos as u8
+            | u8::from(self.no_local) << 2
+            | u8::from(self.retain_as_published) << 3
+            | (self.retain_handling & 0b11) << 4
+    }
+
+    /// The options and QoS of an options byte.
+    pub fn from_byte(b: u8) -> (Self, QoS) {
+        let options = SubOptions {
+            no_local: b & 0b100 != 0,
+            retain_as_published: b & 0b1000 != 0,
+            retain_handling: (b >> 4) & 0b11,
+        };
+        (options, qos(b & 0b11))
+    }
+}
+
 /// A PUBLISH in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -109,7 +142,7 @@ pub enum In {
     PubComp(u16),
     Subscribe {
         pkid: u16,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, QoS, SubOptions)>,
     },
     Unsubscribe {
         pkid: u16,
@@ -232,7 +265,18 @@ impl Decoder {
                     filters: s
                         .filters
                         .into_iter()
-                        .map(|f| (f.path, qos(f.qos as u8)))
+                        .map(|f| {
+                            let options = SubOptions {
+                                no_local: f.nolocal,
+                                retain_as_published: f.preserve_retain,
+                                retain_handling: match f.retain_forward_rule {
+                                    v5::RetainForwardRule::OnEverySubscribe => 0,
+                                    v5::RetainForwardRule::OnNewSubscribe => 1,
+                                    v5::RetainForwardRule::Never => 2,
+                                },
+                            };
+                            (f.path, qos(f.qos as u8), options)
+                        })
                         .collect(),
                 }
             }
@@ -311,7 +355,11 @@ fn from_v4(packet: v4::Packet) -> In {
         v4::Packet::PubComp(c) => In::PubComp(c.pkid),
         v4::Packet::Subscribe(s) => In::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.into_iter().map(|f| (f.path, f.qos)).collect(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos, SubOptions::default()))
+                .collect(),
         },
         v4::Packet::Unsubscribe(u) => In::Unsubscribe {
             pkid: u.pkid,
