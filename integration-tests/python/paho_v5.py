@@ -11,6 +11,7 @@ import queue
 import ssl
 import sys
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -45,12 +46,15 @@ class Client:
         self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
         self.c.on_publish = lambda c, u, mid, rc, props: self.published.put((mid, rc))
 
-    def connect(self, clean_start=True, expiry=None, will=None):
+    def connect(self, clean_start=True, expiry=None, will=None, will_delay=None):
         props = Properties(PacketTypes.CONNECT)
         if expiry is not None:
             props.SessionExpiryInterval = expiry
         if will:
-            self.c.will_set(will, b"gone", qos=1)
+            will_props = Properties(PacketTypes.WILLMESSAGE)
+            if will_delay is not None:
+                will_props.WillDelayInterval = will_delay
+            self.c.will_set(will, b"gone", qos=1, properties=will_props)
         self.c.connect(host, self.port, clean_start=clean_start, properties=props)
         self.c.loop_start()
         return self.connack.get(timeout=WAIT)
@@ -76,6 +80,11 @@ class Client:
             m = self.message()
             if m.topic == topic:
                 return m
+
+    def vanish(self):
+        """Drops the connection without DISCONNECT."""
+        self.c.loop_stop()
+        self.c.socket().close()
 
     def close(self, reason=None):
         if reason is None:
@@ -186,6 +195,26 @@ pub.publish("v5/kept", b"again", 1, retain=True)
 m = plain.message()
 check(m.payload == b"again" and not m.retain, "without retain as published the flag is cleared")
 plain.close()
+
+# A session kept for 2 s is gone after that.
+exp = Client("v5-expiry")
+exp.connect(clean_start=True, expiry=2)
+exp.subscribe("v5/exp", 1)
+exp.close()
+time.sleep(3.5)
+exp = Client("v5-expiry")
+flags, rc, _ = exp.connect(clean_start=False, expiry=2)
+check(not flags.session_present, "the session ended after its expiry interval")
+exp.close()
+
+# A will with a 2 s delay waits that long after the client vanished.
+d = Client("v5-delay")
+d.connect(expiry=30, will="v5/delayed", will_delay=2)
+start = time.monotonic()
+d.vanish()
+m = sub.message_on("v5/delayed")
+waited = time.monotonic() - start
+check(waited >= 1.5, f"delayed will published after its delay ({waited:.1f} s)")
 
 pub.close()
 sub.close()

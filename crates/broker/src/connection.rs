@@ -58,8 +58,12 @@ impl Shared {
 /// Why a connection ended, for the log and the will.
 #[derive(Debug)]
 enum End {
-    /// DISCONNECT: the will is discarded, unless a 5.0 client asked for it.
-    Graceful { will: bool },
+    /// DISCONNECT: the will is discarded, unless a 5.0 client asked for
+    /// it; a 5.0 client may set a new session expiry interval.
+    Graceful {
+        will: bool,
+        session_expiry: Option<u32>,
+    },
     /// The socket is gone or failed: the will is published.
     Abrupt(String),
     /// The broker closes the connection: the will is published, and a 5.0
@@ -214,6 +218,8 @@ pub async fn serve<S>(
         protocol_version: conn.version().level(),
         clean_session: !connect.persistent,
         clean_start: connect.clean_start,
+        session_expiry: connect.session_expiry,
+        will_delay: connect.will_delay,
         connected_at: SystemTime::now(),
     };
     if shared
@@ -256,6 +262,7 @@ pub async fn serve<S>(
         shared: &shared,
         client_id: client_id.clone(),
         origin: Arc::from(client_id.as_str()),
+        expiry_at_connect: connect.session_expiry,
         source,
         outbound,
         incoming_qos2: HashSet::new(),
@@ -271,6 +278,10 @@ pub async fn serve<S>(
             connection_id: connected.connection_id,
             graceful,
             unacked: session.outbound.into_unacked(),
+            session_expiry: match end {
+                End::Graceful { session_expiry, .. } => session_expiry,
+                _ => None,
+            },
         })
         .await;
 }
@@ -293,7 +304,7 @@ where
             tracing::info!(%address, client_id, "connection closed ({reason:#04x}): {why}");
         }
     }
-    matches!(end, End::Graceful { will: false })
+    matches!(end, End::Graceful { will: false, .. })
 }
 
 /// A CONNECT of either version, as the session needs it.
@@ -302,8 +313,12 @@ struct Hello {
     /// Start a new session (3.1.1 clean session, 5.0 clean start).
     clean_start: bool,
     /// The session outlives the connection (3.1.1: not clean; 5.0: a
-    /// session expiry interval over 0, kept until the client cleans it).
+    /// session expiry interval over 0).
     persistent: bool,
+    /// For how long, in seconds (3.1.1: `hub::NEVER`).
+    session_expiry: u32,
+    /// 5.0 Will Delay Interval.
+    will_delay: u32,
     keep_alive: u16,
     will: Option<wire::Publish>,
     /// 5.0 Receive Maximum; 3.1.1 clients have none.
@@ -316,6 +331,8 @@ impl Hello {
             client_id: c.client_id,
             clean_start: c.clean_session,
             persistent: !c.clean_session,
+            session_expiry: if c.clean_session { 0 } else { hub::NEVER },
+            will_delay: 0,
             keep_alive: c.keep_alive,
             will: c.last_will.map(|w| wire::Publish {
                 topic: w.topic,
@@ -338,6 +355,11 @@ impl Hello {
         if props.authentication_method.is_some() {
             return Err("enhanced authentication is not supported".into());
         }
+        let will_delay = will
+            .as_ref()
+            .and_then(|w| w.properties.as_ref())
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0);
         let will = match will {
             Some(w) => {
                 let topic = String::from_utf8(w.topic.to_vec())
@@ -375,6 +397,8 @@ impl Hello {
             client_id: c.client_id,
             clean_start: c.clean_start,
             persistent: props.session_expiry_interval.unwrap_or(0) > 0,
+            session_expiry: props.session_expiry_interval.unwrap_or(0),
+            will_delay,
             keep_alive: c.keep_alive,
             will,
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
@@ -600,6 +624,8 @@ struct Session<'a> {
     client_id: String,
     /// The client id as messages carry it (for "no local").
     origin: Arc<str>,
+    /// The session expiry interval of CONNECT.
+    expiry_at_connect: u32,
     /// The device's thing ARN, the source of what it publishes.
     source: Option<Arc<str>>,
     outbound: Outbound,
@@ -767,7 +793,22 @@ impl Session<'_> {
                 conn.queue(&Out::UnsubAck { pkid, count });
             }
             In::PingReq => conn.queue(&Out::PingResp),
-            In::Disconnect { will } => return Some(End::Graceful { will }),
+            In::Disconnect {
+                will,
+                session_expiry,
+            } => {
+                // MQTT-3.14.2-2: a session that ends with its connection
+                // cannot be made to outlive it at DISCONNECT.
+                if self.expiry_at_connect == 0 && session_expiry.is_some_and(|e| e > 0) {
+                    return Some(End::protocol(Violation::protocol(
+                        "a session expiry interval set at DISCONNECT after 0 at CONNECT",
+                    )));
+                }
+                return Some(End::Graceful {
+                    will,
+                    session_expiry,
+                });
+            }
             In::Connect => return Some(End::protocol(Violation::protocol("a second CONNECT"))),
             In::ServerOnly(what) => {
                 return Some(End::protocol(Violation::protocol(format!(

@@ -66,6 +66,11 @@ pub struct ClientInfo {
     /// The connection starts a new session (3.1.1 clean session; 5.0
     /// clean start).
     pub clean_start: bool,
+    /// Seconds a persistent session outlives its connection ([`NEVER`]
+    /// for 3.1.1's persistent sessions).
+    pub session_expiry: u32,
+    /// Seconds the will waits after the client vanished (5.0).
+    pub will_delay: u32,
     pub connected_at: SystemTime,
 }
 
@@ -215,6 +220,10 @@ pub struct Hub {
     /// before its subscriber knows it exists.
     durable_subscriptions: Arc<AtomicUsize>,
     pub counters: Counters,
+    /// Persistent sessions whose clients left, and when they end.
+    expiring: HashMap<String, std::time::Instant>,
+    /// Wills waiting for their delay, by client id.
+    wills: HashMap<String, timers::DelayedWill>,
 }
 
 /// A new connection's session, as CONNACK and the connection need it.
@@ -242,6 +251,8 @@ impl Hub {
             store: None,
             durable_subscriptions: Arc::new(AtomicUsize::new(0)),
             counters: Counters::default(),
+            expiring: HashMap::new(),
+            wills: HashMap::new(),
         }
     }
 
@@ -278,8 +289,11 @@ impl Hub {
                 protocol_version: 4,
                 clean_session: false,
                 clean_start: false,
+                session_expiry: s.expiry,
+                will_delay: 0,
                 connected_at: SystemTime::UNIX_EPOCH,
             };
+            hub.arm_expiry(&s.client_id, s.expiry, std::time::Instant::now());
             let client: Arc<str> = s.client_id.as_str().into();
             for (f, q, _) in &s.subscriptions {
                 hub.index.insert(f, &client, *q);
@@ -344,6 +358,7 @@ impl Hub {
                 "session taken over by a new connection".into(),
             ));
         }
+        self.reconnected(&client_id, info.clean_start);
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
         // The store holds exactly the sessions that outlive their connection.
@@ -351,20 +366,25 @@ impl Hub {
             self.record(Op::DropSession(client_id.clone()));
         }
         let resumed_persistent = present && old_persistent == Some(true);
-        if !clean && !resumed_persistent {
-            self.record(Op::PutSession(client_id.clone()));
-            if present && let Some(old) = self.sessions.get(&client_id) {
-                let subscriptions: Vec<Op> = old
-                    .subscriptions
-                    .iter()
-                    .map(|(f, q)| {
-                        let o = old.options.get(f).copied().unwrap_or_default();
-                        Op::Subscribe(client_id.clone(), f.clone(), *q, o)
-                    })
-                    .collect();
-                for op in subscriptions {
-                    self.record(op);
-                }
+        if !clean {
+            // Also when resumed: the expiry interval may have changed.
+            self.record(Op::PutSession(client_id.clone(), info.session_expiry));
+        }
+        if !clean
+            && !resumed_persistent
+            && present
+            && let Some(old) = self.sessions.get(&client_id)
+        {
+            let subscriptions: Vec<Op> = old
+                .subscriptions
+                .iter()
+                .map(|(f, q)| {
+                    let o = old.options.get(f).copied().unwrap_or_default();
+                    Op::Subscribe(client_id.clone(), f.clone(), *q, o)
+                })
+                .collect();
+            for op in subscriptions {
+                self.record(op);
             }
         }
         if !present {
@@ -429,6 +449,7 @@ impl Hub {
             return;
         }
         let connection = session.connection.take().expect("checked above");
+        let now = std::time::Instant::now();
         if session.clean {
             for f in session.subscriptions.keys() {
                 self.index.remove(f, client_id);
@@ -438,12 +459,12 @@ impl Hub {
             for m in unacked.into_iter().rev() {
                 session.requeue_front(m);
             }
+            let expiry = session.last_info.session_expiry;
+            self.arm_expiry(client_id, expiry, now);
         }
         if !graceful && let Some(will) = connection.will {
             let source = connection.info.thing_arn.clone();
-            if let Some(forward) = self.publish_from(&will, source.as_ref()) {
-                self.forward(forward, true);
-            }
+            self.will(client_id, will, source, now);
         }
     }
 
@@ -710,6 +731,8 @@ impl Hub {
 
 /// Requests to the hub.
 pub enum Request {
+    /// A second passed while sessions expire or wills wait (`run` itself).
+    Sweep,
     Connect {
         info: ClientInfo,
         will: Option<Message>,
@@ -721,6 +744,8 @@ pub enum Request {
         connection_id: u64,
         graceful: bool,
         unacked: Vec<Message>,
+        /// A 5.0 DISCONNECT's new session expiry interval.
+        session_expiry: Option<u32>,
     },
     /// A message from a client (`source`: its device's thing ARN); for
     /// QoS 1/2 the reply says whether it is safe to acknowledge (stored
@@ -784,12 +809,17 @@ const BATCH: usize = 1024;
 /// commit make the next batch: that is the group commit.
 pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
     let mut replies = Vec::new();
+    // Session expiry and will delays, to the second; an interval keeps its
+    // beat however busy the requests keep the loop.
+    let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             r = requests.recv() => match r {
                 Some(r) => r,
                 None => break,
             },
+            _ = clock.tick(), if hub.has_timers() => Request::Sweep,
             // Counts left over when traffic stops still reach the router.
             () = tokio::time::sleep(REPORT_EVERY), if hub.unreported() => {
                 hub.report(true);
@@ -870,8 +900,10 @@ impl Hub {
                 | Request::Disconnect { .. }
                 | Request::Subscribe { .. }
                 | Request::Unsubscribe { .. }
+                | Request::Sweep
         );
         match request {
+            Request::Sweep => self.sweep(std::time::Instant::now()),
             Request::Connect {
                 info,
                 will,
@@ -883,7 +915,13 @@ impl Hub {
                 connection_id,
                 graceful,
                 unacked,
-            } => self.disconnect(&client_id, connection_id, graceful, unacked),
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    self.set_expiry(&client_id, connection_id, expiry);
+                }
+                self.disconnect(&client_id, connection_id, graceful, unacked);
+            }
             Request::Publish {
                 message,
                 source,
@@ -950,3 +988,7 @@ mod tests;
 
 #[path = "hub_routed.rs"]
 mod routed;
+
+#[path = "hub_timers.rs"]
+mod timers;
+pub use timers::NEVER;

@@ -19,8 +19,68 @@ fn info(id: &str, clean: bool) -> ClientInfo {
         protocol_version: 4,
         clean_start: clean,
         clean_session: clean,
+        session_expiry: if clean { 0 } else { NEVER },
+        will_delay: 0,
         connected_at: SystemTime::now(),
     }
+}
+
+/// A 5.0 client keeping its session `expiry` seconds, will delay `delay`.
+fn info5(id: &str, expiry: u32, delay: u32) -> ClientInfo {
+    ClientInfo {
+        protocol_version: 5,
+        clean_start: false,
+        clean_session: expiry == 0,
+        session_expiry: expiry,
+        will_delay: delay,
+        ..info(id, false)
+    }
+}
+
+#[test]
+fn mqtt5_will_delay_session_expiry_and_coming_back_in_time() {
+    use std::time::{Duration, Instant};
+    let mut hub = Hub::new(limits(10));
+    let (tx, mut watcher) = mpsc::channel(10);
+    hub.connect(info("watcher", true), None, tx);
+    hub.subscribe("watcher", &[("will/#".into(), QoS::AtMostOnce)]);
+    let will = |t: &str| msg(t, QoS::AtMostOnce, false, "gone");
+
+    // Vanishes: the will waits for its 5 s delay, then goes.
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info5("late", 60, 5), Some(will("will/late")), tx);
+    hub.disconnect("late", c.connection_id, false, Vec::new());
+    let t0 = Instant::now();
+    hub.sweep(t0 + Duration::from_secs(4));
+    assert!(drain(&mut watcher).is_empty(), "not before the delay");
+    hub.sweep(t0 + Duration::from_secs(6));
+    assert_eq!(drain(&mut watcher)[0].topic, "will/late");
+
+    // Comes back within the delay: no will.
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info5("back", 60, 5), Some(will("will/back")), tx);
+    hub.disconnect("back", c.connection_id, false, Vec::new());
+    let (tx, _rx) = mpsc::channel(10);
+    let again = hub.connect(info5("back", 60, 5), None, tx);
+    assert!(again.session_present);
+    hub.sweep(t0 + Duration::from_secs(10));
+    assert!(
+        drain(&mut watcher).is_empty(),
+        "the will of a client that came back"
+    );
+
+    // The session ends before the delay: the will goes with it.
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info5("short", 2, 30), Some(will("will/short")), tx);
+    hub.subscribe("short", &[("x".into(), QoS::AtLeastOnce)]);
+    hub.disconnect("short", c.connection_id, false, Vec::new());
+    assert!(hub.has_timers());
+    hub.sweep(Instant::now() + Duration::from_secs(3));
+    assert_eq!(drain(&mut watcher)[0].topic, "will/short");
+    let (tx, _rx) = mpsc::channel(10);
+    let c = hub.connect(info5("short", 2, 0), None, tx);
+    assert!(!c.session_present, "the expired session is gone");
+    assert!(!hub.expiring.contains_key("short") && !hub.wills.contains_key("short"));
 }
 
 fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {

@@ -27,7 +27,8 @@ pub struct StoreError {
 /// One change to durable state.
 #[derive(Debug)]
 pub enum Op {
-    PutSession(String),
+    /// Keeps a session, with its expiry interval in seconds.
+    PutSession(String, u32),
     /// Forgets a session: its subscriptions and queue too.
     DropSession(String),
     Subscribe(String, String, QoS, SubOptions),
@@ -42,6 +43,8 @@ pub enum Op {
 #[derive(Debug, Default)]
 pub struct LoadedSession {
     pub client_id: String,
+    /// Its session expiry interval in seconds (`u32::MAX`: never).
+    pub expiry: u32,
     pub subscriptions: Vec<(String, QoS, SubOptions)>,
     /// Oldest first, each with its store id.
     pub queue: Vec<Message>,
@@ -79,7 +82,8 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS sessions (
+                 client_id TEXT PRIMARY KEY, expiry INTEGER NOT NULL DEFAULT 4294967295);
              CREATE TABLE IF NOT EXISTS subscriptions (
                  client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
                  PRIMARY KEY (client_id, filter));
@@ -91,6 +95,20 @@ impl Store {
                  topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);",
         )
         .map_err(err)?;
+        // Stores from before MQTT 5.0 sessions: every session never expires.
+        let has_expiry: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('sessions') WHERE name = 'expiry'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if has_expiry == 0 {
+            conn.execute_batch(
+                "ALTER TABLE sessions ADD COLUMN expiry INTEGER NOT NULL DEFAULT 4294967295",
+            )
+            .map_err(err)?;
+        }
         let loaded = load(&conn).map_err(err)?;
         let next_id = conn
             .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM queue", [], |r| {
@@ -137,9 +155,9 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         for op in ops {
             let r = match op {
-                Op::PutSession(c) => tx.execute(
-                    "INSERT OR IGNORE INTO sessions (client_id) VALUES (?1)",
-                    params![c],
+                Op::PutSession(c, expiry) => tx.execute(
+                    "INSERT OR REPLACE INTO sessions (client_id, expiry) VALUES (?1, ?2)",
+                    params![c, i64::from(expiry)],
                 ),
                 Op::DropSession(c) => tx
                     .execute("DELETE FROM sessions WHERE client_id = ?1", params![c])
@@ -175,10 +193,12 @@ impl Store {
 /// Everything the store holds, as the hub starts from it.
 fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     let mut loaded = Loaded::default();
-    let mut sessions = conn.prepare("SELECT client_id FROM sessions ORDER BY client_id")?;
-    for id in sessions.query_map([], |r| r.get::<_, String>(0))? {
+    let mut sessions = conn.prepare("SELECT client_id, expiry FROM sessions ORDER BY client_id")?;
+    for row in sessions.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (id, expiry) = row?;
         loaded.sessions.push(LoadedSession {
-            client_id: id?,
+            client_id: id,
+            expiry: u32::try_from(expiry).unwrap_or(u32::MAX),
             ..LoadedSession::default()
         });
     }
@@ -272,8 +292,8 @@ mod tests {
         {
             let (mut s, loaded) = Store::open(&path).unwrap();
             assert!(loaded.sessions.is_empty());
-            s.record(Op::PutSession("a".into()));
-            s.record(Op::PutSession("b".into()));
+            s.record(Op::PutSession("a".into(), 60));
+            s.record(Op::PutSession("b".into(), u32::MAX));
             s.record(Op::Subscribe(
                 "a".into(),
                 "x/#".into(),
@@ -301,6 +321,7 @@ mod tests {
         let (mut s, loaded) = Store::open(&path).unwrap();
         assert_eq!(loaded.sessions.len(), 1);
         let a = &loaded.sessions[0];
+        assert_eq!(a.expiry, 60);
         assert_eq!(
             a.subscriptions,
             vec![("x/#".to_string(), QoS::ExactlyOnce, no_local)]

@@ -149,9 +149,11 @@ pub enum In {
         filters: Vec<String>,
     },
     PingReq,
-    /// DISCONNECT; `will` when a 5.0 client asks for its will anyway (0x04).
+    /// DISCONNECT; `will` when a 5.0 client asks for its will anyway
+    /// (0x04); a 5.0 client may change its session expiry interval.
     Disconnect {
         will: bool,
+        session_expiry: Option<u32>,
     },
     Connect,
     /// A packet only a server sends.
@@ -287,6 +289,7 @@ impl Decoder {
             v5::Packet::PingReq(_) => In::PingReq,
             v5::Packet::Disconnect(d) => In::Disconnect {
                 will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
             },
             v5::Packet::Connect(..) => In::Connect,
             v5::Packet::Auth(_) => {
@@ -366,7 +369,10 @@ fn from_v4(packet: v4::Packet) -> In {
             filters: u.topics,
         },
         v4::Packet::PingReq => In::PingReq,
-        v4::Packet::Disconnect => In::Disconnect { will: false },
+        v4::Packet::Disconnect => In::Disconnect {
+            will: false,
+            session_expiry: None,
+        },
         v4::Packet::Connect(_) => In::Connect,
         v4::Packet::ConnAck(_) => In::ServerOnly("CONNACK"),
         v4::Packet::SubAck(_) => In::ServerOnly("SUBACK"),
