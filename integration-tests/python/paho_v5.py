@@ -46,8 +46,10 @@ class Client:
         self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
         self.c.on_publish = lambda c, u, mid, rc, props: self.published.put((mid, rc))
 
-    def connect(self, clean_start=True, expiry=None, will=None, will_delay=None):
+    def connect(self, clean_start=True, expiry=None, will=None, will_delay=None, max_packet=None):
         props = Properties(PacketTypes.CONNECT)
+        if max_packet is not None:
+            props.MaximumPacketSize = max_packet
         if expiry is not None:
             props.SessionExpiryInterval = expiry
         if will:
@@ -195,6 +197,17 @@ pub.publish("v5/kept", b"again", 1, retain=True)
 m = plain.message()
 check(m.payload == b"again" and not m.retain, "without retain as published the flag is cleared")
 plain.close()
+
+# Nothing larger than the client's Maximum Packet Size is sent to it; a
+# QoS 1 message dropped so does not block the ones behind it.
+small = Client("v5-small")
+small.connect(max_packet=128)
+small.subscribe("v5/size", 1)
+pub.publish("v5/size", b"x" * 500, 1)
+pub.publish("v5/size", b"fits", 1)
+m = small.message()
+check(m.payload == b"fits", f"an oversized message is not sent (got {len(m.payload)} bytes)")
+small.close()
 
 # A session kept for 2 s is gone after that.
 exp = Client("v5-expiry")

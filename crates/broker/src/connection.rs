@@ -87,6 +87,8 @@ struct Conn<R, W> {
     inbuf: BytesMut,
     outbuf: BytesMut,
     decoder: Decoder,
+    /// A 5.0 client's Maximum Packet Size.
+    client_max_packet: usize,
 }
 
 /// Why reading a packet failed.
@@ -124,8 +126,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         wire::encode(self.decoder.version, out, &mut self.outbuf);
     }
 
-    fn publish(&mut self, p: &wire::Publish) {
+    /// Queues `p`; false if it is larger than the client's Maximum Packet
+    /// Size, and so not sent.
+    fn publish(&mut self, p: &wire::Publish) -> bool {
+        let before = self.outbuf.len();
         self.queue(&Out::Publish(p));
+        if self.outbuf.len() - before > self.client_max_packet {
+            self.outbuf.truncate(before);
+            return false;
+        }
+        true
     }
 
     /// CONNACK in the client's version: `refusal` is the 5.0 reason code
@@ -191,6 +201,7 @@ pub async fn serve<S>(
         inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
         outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
         decoder: Decoder::new(Version::V311, shared.config.max_packet_size),
+        client_max_packet: usize::MAX,
     };
     let Some(connect) = read_connect(&mut conn, &address, &shared).await else {
         return;
@@ -250,12 +261,8 @@ pub async fn serve<S>(
     conn.connack(None, connected.session_present, props);
     // A 5.0 client's Receive Maximum narrows the window (MQTT-3.3.4-7).
     let window = shared.config.max_inflight.min(connect.receive_maximum);
-    let mut outbound = Outbound::new(window);
-    for m in connected.queued {
-        if let Some(p) = outbound.push(m) {
-            conn.publish(&p);
-        }
-    }
+    conn.client_max_packet = connect.max_packet.map_or(usize::MAX, |m| m as usize);
+    let outbound = Outbound::new(window);
 
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
     let mut session = Session {
@@ -269,6 +276,9 @@ pub async fn serve<S>(
         unconfirmed: FuturesOrdered::new(),
         acked: Vec::new(),
     };
+    for m in connected.queued {
+        session.push(&mut conn, m);
+    }
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
     let _ = shared
@@ -323,6 +333,8 @@ struct Hello {
     will: Option<wire::Publish>,
     /// 5.0 Receive Maximum; 3.1.1 clients have none.
     receive_maximum: u16,
+    /// 5.0 Maximum Packet Size the client accepts.
+    max_packet: Option<u32>,
 }
 
 impl Hello {
@@ -344,6 +356,7 @@ impl Hello {
                 props: None,
             }),
             receive_maximum: u16::MAX,
+            max_packet: None,
         }
     }
 
@@ -402,6 +415,7 @@ impl Hello {
             keep_alive: c.keep_alive,
             will,
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            max_packet: props.max_packet_size,
         })
     }
 }
@@ -718,14 +732,10 @@ impl Session<'_> {
                 },
                 out = inbox.recv() => match out {
                     Some(Outgoing::Deliver(m)) => {
-                        if let Some(p) = self.outbound.push(m) {
-                            conn.publish(&p);
-                        }
+                        self.push(conn, m);
                         // Take whatever else is ready in one write.
                         while let Ok(Outgoing::Deliver(m)) = inbox.try_recv() {
-                            if let Some(p) = self.outbound.push(m) {
-                                conn.publish(&p);
-                            }
+                            self.push(conn, m);
                         }
                     }
                     Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
@@ -826,10 +836,49 @@ impl Session<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        for p in done.next {
-            conn.publish(&p);
-        }
         self.acked.extend(done.stored);
+        for p in done.next {
+            self.send(conn, p);
+        }
+    }
+
+    /// Hands `m` to the outbound window and sends what it lets out.
+    fn push<R, W>(&mut self, conn: &mut Conn<R, W>, m: Message)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if let Some(p) = self.outbound.push(m) {
+            self.send(conn, p);
+        }
+    }
+
+    /// Sends `p`. One larger than a 5.0 client's Maximum Packet Size is
+    /// dropped as if sent and acknowledged (MQTT-3.1.2-25), which may let
+    /// others out of the window.
+    fn send<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut pending = std::collections::VecDeque::from([p]);
+        while let Some(p) = pending.pop_front() {
+            if conn.publish(&p) {
+                continue;
+            }
+            tracing::info!(
+                client_id = self.client_id,
+                topic = p.topic,
+                "a message larger than the client's Maximum Packet Size ({} bytes): dropped",
+                conn.client_max_packet
+            );
+            if p.qos != QoS::AtMostOnce
+                && let Ok(done) = self.outbound.discard(p.pkid)
+            {
+                self.acked.extend(done.stored);
+                pending.extend(done.next);
+            }
+        }
     }
 
     async fn on_publish<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish) -> Option<End>
@@ -956,9 +1005,7 @@ impl Session<'_> {
             Ok(Ok(retained)) => {
                 conn.queue(&Out::SubAck { pkid, codes });
                 for m in retained {
-                    if let Some(p) = self.outbound.push(m) {
-                        conn.publish(&p);
-                    }
+                    self.push(conn, m);
                 }
             }
             Ok(Err(why)) => {

@@ -114,6 +114,15 @@ impl Outbound {
         expired
     }
 
+    /// A message that could not be sent (larger than the client takes):
+    /// finished as if acknowledged.
+    pub fn discard(&mut self, pkid: u16) -> Result<Done, UnknownPacketId> {
+        match self.inflight.get(&pkid) {
+            Some((_, stage)) => self.finish(pkid, *stage),
+            None => Err(UnknownPacketId(pkid)),
+        }
+    }
+
     pub fn puback(&mut self, pkid: u16) -> Result<Done, UnknownPacketId> {
         self.finish(pkid, Stage::Qos1Sent)
     }

@@ -95,20 +95,17 @@ impl Store {
                  topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);",
         )
         .map_err(err)?;
-        // Stores from before MQTT 5.0 sessions: every session never expires.
-        let has_expiry: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('sessions') WHERE name = 'expiry'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err)?;
-        if has_expiry == 0 {
-            conn.execute_batch(
-                "ALTER TABLE sessions ADD COLUMN expiry INTEGER NOT NULL DEFAULT 4294967295",
-            )
-            .map_err(err)?;
-        }
+        // Stores from before MQTT 5.0: sessions never expire, messages
+        // have no properties.
+        add_column(
+            &conn,
+            "sessions",
+            "expiry",
+            "INTEGER NOT NULL DEFAULT 4294967295",
+        )
+        .and_then(|()| add_column(&conn, "queue", "props", "BLOB"))
+        .and_then(|()| add_column(&conn, "retained", "props", "BLOB"))
+        .map_err(err)?;
         let loaded = load(&conn).map_err(err)?;
         let next_id = conn
             .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM queue", [], |r| {
@@ -174,13 +171,13 @@ impl Store {
                     params![c, f],
                 ),
                 Op::Enqueue(id, c, m) => tx.execute(
-                    "INSERT INTO queue (id, client_id, topic, payload, qos, retain) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id as i64, c, m.topic, &m.payload[..], m.qos as i64, i64::from(m.retain)],
+                    "INSERT INTO queue (id, client_id, topic, payload, qos, retain, props) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![id as i64, c, m.topic, &m.payload[..], m.qos as i64, i64::from(m.retain), props_bytes(&m)],
                 ),
                 Op::Ack(id) => tx.execute("DELETE FROM queue WHERE id = ?1", params![id as i64]),
                 Op::Retain(m) => tx.execute(
-                    "INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?1, ?2, ?3)",
-                    params![m.topic, &m.payload[..], m.qos as i64],
+                    "INSERT OR REPLACE INTO retained (topic, payload, qos, props) VALUES (?1, ?2, ?3, ?4)",
+                    params![m.topic, &m.payload[..], m.qos as i64, props_bytes(&m)],
                 ),
                 Op::Unretain(t) => tx.execute("DELETE FROM retained WHERE topic = ?1", params![t]),
             };
@@ -188,6 +185,27 @@ impl Store {
         }
         tx.commit().map_err(err)
     }
+}
+
+/// Adds `column` to `table` unless it is there.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    let there: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get(0),
+    )?;
+    if there == 0 {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
+fn props_bytes(m: &Message) -> Option<Vec<u8>> {
+    m.props.as_ref().map(|p| p.to_bytes())
+}
+
+fn props_of(bytes: Option<Vec<u8>>) -> Option<std::sync::Arc<crate::wire::Props>> {
+    bytes.and_then(|b| crate::wire::Props::from_bytes(&b))
 }
 
 /// Everything the store holds, as the hub starts from it.
@@ -223,8 +241,9 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             loaded.sessions[i].subscriptions.push((filter, q, options));
         }
     }
-    let mut queue =
-        conn.prepare("SELECT id, client_id, topic, payload, qos, retain FROM queue ORDER BY id")?;
+    let mut queue = conn.prepare(
+        "SELECT id, client_id, topic, payload, qos, retain, props FROM queue ORDER BY id",
+    )?;
     let rows = queue.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -235,7 +254,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 qos: qos(r.get(4)?),
                 retain: r.get::<_, i64>(5)? != 0,
                 stored: None,
-                props: None,
+                props: props_of(r.get(6)?),
                 from: None,
             },
         ))
@@ -247,7 +266,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             loaded.sessions[i].queue.push(m);
         }
     }
-    let mut retained = conn.prepare("SELECT topic, payload, qos FROM retained")?;
+    let mut retained = conn.prepare("SELECT topic, payload, qos, props FROM retained")?;
     let rows = retained.query_map([], |r| {
         Ok(Message {
             topic: r.get(0)?,
@@ -255,7 +274,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             qos: qos(r.get(2)?),
             retain: true,
             stored: None,
-            props: None,
+            props: props_of(r.get(3)?),
             from: None,
         })
     })?;
@@ -279,6 +298,36 @@ mod tests {
             props: None,
             from: None,
         }
+    }
+
+    #[test]
+    fn opens_a_store_from_before_mqtt_5() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE sessions (client_id TEXT PRIMARY KEY);
+             CREATE TABLE subscriptions (client_id TEXT NOT NULL, filter TEXT NOT NULL,
+                 qos INTEGER NOT NULL, PRIMARY KEY (client_id, filter));
+             CREATE TABLE queue (id INTEGER PRIMARY KEY, client_id TEXT NOT NULL,
+                 topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+                 retain INTEGER NOT NULL);
+             CREATE TABLE retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL,
+                 qos INTEGER NOT NULL);
+             INSERT INTO sessions VALUES ('old');
+             INSERT INTO subscriptions VALUES ('old', 'a/#', 1);
+             INSERT INTO queue VALUES (1, 'old', 'a/b', x'01', 1, 0);
+             INSERT INTO retained VALUES ('r', x'02', 0);",
+        )
+        .unwrap();
+        drop(old);
+        let (_s, loaded) = Store::open(&path).unwrap();
+        let old = &loaded.sessions[0];
+        assert_eq!(old.expiry, u32::MAX, "3.1.1 sessions never expire");
+        assert_eq!(old.subscriptions[0].1, QoS::AtLeastOnce);
+        assert_eq!(old.queue.len(), 1);
+        assert!(old.queue[0].props.is_none());
+        assert_eq!(loaded.retained.len(), 1);
     }
 
     #[test]
@@ -308,7 +357,16 @@ mod tests {
             ));
             for n in 0..3 {
                 let id = s.next_id();
-                s.record(Op::Enqueue(id, "a".into(), m("x/1", n)));
+                let props = crate::wire::Props {
+                    user_properties: vec![("n".into(), n.to_string())],
+                    correlation_data: Some(Bytes::from_static(b"\x00c")),
+                    ..crate::wire::Props::default()
+                };
+                let message = Message {
+                    props: Some(std::sync::Arc::new(props)),
+                    ..m("x/1", n)
+                };
+                s.record(Op::Enqueue(id, "a".into(), message));
             }
             s.record(Op::Ack(2));
             s.record(Op::Retain(Message {
@@ -328,6 +386,12 @@ mod tests {
         );
         let payloads: Vec<u8> = a.queue.iter().map(|m| m.payload[0]).collect();
         assert_eq!(payloads, vec![0, 2]);
+        let props = a.queue[1].props.as_ref().expect("5.0 properties kept");
+        assert_eq!(
+            props.user_properties,
+            vec![("n".to_string(), "2".to_string())]
+        );
+        assert_eq!(props.correlation_data.as_deref(), Some(&b"\x00c"[..]));
         assert_eq!(a.queue[1].stored, Some(3));
         assert_eq!(loaded.retained.len(), 1);
         assert_eq!(s.next_id(), 4);

@@ -73,6 +73,36 @@ impl Props {
         self.remaining(now) == Some(0)
     }
 
+    /// The properties as the store keeps them: a 5.0 PUBLISH carrying
+    /// them (the standard encoding), its expiry what is left of it now.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let packet = v5::Packet::Publish(v5::Publish {
+            dup: false,
+            qos: rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            retain: false,
+            topic: Bytes::from_static(b"-"),
+            pkid: 0,
+            payload: Bytes::new(),
+            properties: Some(self.to_v5(Instant::now())),
+        });
+        let mut buf = BytesMut::new();
+        if let Err(e) = packet.write(&mut buf, None) {
+            tracing::warn!("cannot encode message properties: {e}");
+        }
+        buf.to_vec()
+    }
+
+    /// What [`Props::to_bytes`] wrote; the expiry counts from now.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Arc<Props>> {
+        let mut buf = BytesMut::from(bytes);
+        match v5::Packet::read(&mut buf, None) {
+            Ok(v5::Packet::Publish(p)) => p
+                .properties
+                .and_then(|props| Props::from_v5(props, Instant::now())),
+            _ => None,
+        }
+    }
+
     fn to_v5(&self, now: Instant) -> v5::PublishProperties {
         v5::PublishProperties {
             payload_format_indicator: self.payload_format_indicator,
