@@ -32,8 +32,10 @@ def check(cond, what):
 class Client:
     """A paho v5 client with its events in queues."""
 
-    def __init__(self, client_id, tls=False):
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    def __init__(self, client_id, tls=False, v311=False):
+        self.v311 = v311
+        protocol = mqtt.MQTTv311 if v311 else mqtt.MQTTv5
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if tls:
             self.c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.port = int(tls_port if tls else plain_port)
@@ -47,6 +49,10 @@ class Client:
         self.c.on_publish = lambda c, u, mid, rc, props: self.published.put((mid, rc))
 
     def connect(self, clean_start=True, expiry=None, will=None, will_delay=None, max_packet=None):
+        if self.v311:
+            self.c.connect(host, self.port)
+            self.c.loop_start()
+            return self.connack.get(timeout=WAIT)
         props = Properties(PacketTypes.CONNECT)
         if max_packet is not None:
             props.MaximumPacketSize = max_packet
@@ -208,6 +214,31 @@ pub.publish("v5/size", b"fits", 1)
 m = small.message()
 check(m.payload == b"fits", f"an oversized message is not sent (got {len(m.payload)} bytes)")
 small.close()
+
+# A shared subscription: its members, 5.0 and 3.1.1 alike, take turns;
+# every message goes to exactly one of them.
+workers = [Client("v5-worker"), Client("v311-worker", v311=True)]
+for w in workers:
+    w.connect()
+    w.subscribe("$share/workers/v5/job/+", 1)
+for i in range(10):
+    pub.publish(f"v5/job/{i}", str(i).encode(), 1)
+got = {}
+for w in workers:
+    got[w] = []
+deadline = time.monotonic() + WAIT
+while sum(len(v) for v in got.values()) < 10:
+    check(time.monotonic() < deadline, "ten messages reach the group")
+    for w in workers:
+        try:
+            got[w].append(w.messages.get(timeout=0.2).payload)
+        except queue.Empty:
+            pass
+everything = sorted(int(p) for v in got.values() for p in v)
+check(everything == list(range(10)), f"each message to one member: {everything}")
+check(all(len(v) == 5 for v in got.values()), f"members take turns: {[len(v) for v in got.values()]}")
+for w in workers:
+    w.close()
 
 # A session kept for 2 s is gone after that.
 exp = Client("v5-expiry")

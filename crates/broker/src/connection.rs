@@ -429,7 +429,7 @@ fn connack_properties(shared: &Shared, assigned: Option<String>) -> v5::ConnAckP
         assigned_client_identifier: assigned,
         topic_alias_max: Some(wire::TOPIC_ALIAS_MAX),
         subscription_identifiers_available: Some(0),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         session_expiry_interval: None,
         receive_max: None,
         max_qos: None,
@@ -968,16 +968,14 @@ impl Session<'_> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (path, qos, options) in filters {
-            let refusal = if conn.version() == Version::V5 && path.starts_with("$share/") {
-                Some((
-                    Refusal::SharedNotSupported,
-                    "shared subscriptions are not supported".to_string(),
-                ))
-            } else {
-                topic::validate_filter(&path, limits)
-                    .err()
-                    .map(|e| (Refusal::InvalidFilter, e.to_string()))
-            };
+            if options.no_local && topic::shared(&path).is_some() {
+                return Some(End::protocol(Violation::protocol(
+                    "\"no local\" on a shared subscription (MQTT-3.8.3-4)",
+                )));
+            }
+            let refusal = topic::validate_filter(&path, limits)
+                .err()
+                .map(|e| (Refusal::InvalidFilter, e.to_string()));
             match refusal {
                 None => {
                     codes.push(Ok(qos));

@@ -138,7 +138,7 @@ impl Session {
         let mut deliver = false;
         let mut keep_retain = false;
         for filter in self.subscriptions.keys() {
-            if !topic::matches(filter, topic) {
+            if !topic::matches(topic::matching_part(filter), topic) {
                 continue;
             }
             let options = self.options.get(filter).copied().unwrap_or_default();
@@ -233,6 +233,30 @@ pub struct Connected {
     pub session_present: bool,
     /// Messages queued while the client was away, to send first.
     pub queued: Vec<Message>,
+}
+
+/// The member of a shared subscription that takes the next message: in
+/// turn, preferring members that are connected (and, in routed mode, among
+/// the devices `to`).
+fn pick_member(
+    group: &mut crate::index::Group,
+    sessions: &HashMap<String, Session>,
+    to: Option<&[String]>,
+) -> Option<(Arc<str>, QoS)> {
+    let n = group.members.len();
+    let eligible = |c: &str| {
+        sessions
+            .get(c)
+            .is_some_and(|s| to.is_none_or(|to| s.thing.as_ref().is_some_and(|t| to.contains(t))))
+    };
+    let connected = |c: &str| sessions.get(c).is_some_and(|s| s.connection.is_some());
+    let order = (0..n).map(|i| (group.next + i) % n);
+    let choice = order
+        .clone()
+        .find(|&i| eligible(&group.members[i].0) && connected(&group.members[i].0))
+        .or_else(|| order.clone().find(|&i| eligible(&group.members[i].0)))?;
+    group.next = (choice + 1) % n;
+    Some(group.members[choice].clone())
 }
 
 fn min_qos(a: QoS, b: QoS) -> QoS {
@@ -491,12 +515,15 @@ impl Hub {
     /// highest QoS it subscribed with, never above the message's.
     fn fan_out(&mut self, message: &Message, to: Option<&[String]>) {
         let mut stored = Vec::new();
-        let matched: Vec<(Arc<str>, QoS)> = self
+        let mut matched: Vec<(Arc<str>, QoS)> = self
             .index
             .matching(&message.topic)
             .into_iter()
             .map(|(c, q)| (c.clone(), q))
             .collect();
+        for group in self.index.matching_groups(&message.topic) {
+            matched.extend(pick_member(group, &self.sessions, to));
+        }
         for (client_id, granted) in matched {
             let Some(session) = self.sessions.get_mut(&*client_id) else {
                 continue;
@@ -622,11 +649,13 @@ impl Hub {
                     *options,
                 ));
             }
-            let send_retained = match options.retain_handling {
-                0 => true,
-                1 => new,
-                _ => false,
-            };
+            // Shared subscriptions get no retained messages (MQTT 4.8.2).
+            let send_retained = topic::shared(filter).is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => new,
+                    _ => false,
+                };
             if !send_retained {
                 continue;
             }

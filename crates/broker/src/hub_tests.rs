@@ -174,6 +174,49 @@ fn mqtt5_no_local_and_retain_as_published_with_overlapping_filters() {
 }
 
 #[test]
+fn shared_subscriptions_take_turns_and_prefer_connected_members() {
+    let mut hub = Hub::new(limits(100));
+    let (tx_a, mut a) = mpsc::channel(100);
+    let (tx_b, mut b) = mpsc::channel(100);
+    hub.connect(info("a", true), None, tx_a);
+    hub.connect(info("b", true), None, tx_b);
+    hub.publish(&msg("jobs/0", QoS::AtLeastOnce, true, "retained"));
+    for c in ["a", "b"] {
+        let retained = hub.subscribe(c, &[("$share/workers/jobs/+".into(), QoS::AtLeastOnce)]);
+        assert!(
+            retained.is_empty(),
+            "no retained messages for shared subscriptions"
+        );
+    }
+    for i in 0..10 {
+        hub.publish(&msg(&format!("jobs/{i}"), QoS::AtLeastOnce, false, "j"));
+    }
+    assert_eq!(
+        (drain(&mut a).len(), drain(&mut b).len()),
+        (5, 5),
+        "in turn"
+    );
+    // A persistent member that left gets nothing while another is there.
+    let (tx_p, _p) = mpsc::channel(100);
+    let p = hub.connect(info("p", false), None, tx_p);
+    hub.subscribe("p", &[("$share/workers/jobs/+".into(), QoS::AtLeastOnce)]);
+    hub.disconnect("p", p.connection_id, true, Vec::new());
+    for i in 0..6 {
+        hub.publish(&msg(&format!("jobs/{i}"), QoS::AtLeastOnce, false, "j"));
+    }
+    assert_eq!(drain(&mut a).len() + drain(&mut b).len(), 6);
+    // Unsubscribed members leave the group; the last one ends it.
+    hub.unsubscribe("a", &["$share/workers/jobs/+".into()]);
+    hub.unsubscribe("b", &["$share/workers/jobs/+".into()]);
+    hub.publish(&msg("jobs/x", QoS::AtLeastOnce, false, "j"));
+    assert_eq!(
+        hub.sessions["p"].queue.len(),
+        1,
+        "the absent member is the only one left"
+    );
+}
+
+#[test]
 fn retained_set_replace_clear_and_sent_on_subscribe() {
     let mut hub = Hub::new(limits(10));
     hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));

@@ -104,15 +104,70 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct Index {
     root: Node,
+    /// Shared subscriptions: a trie of their filters whose "clients" are
+    /// the groups (`$share/<name>/<filter>`), and each group's members.
+    shared_root: Node,
+    groups: HashMap<Arc<str>, Group>,
+}
+
+/// The members of one shared subscription, who take its messages in turn.
+#[derive(Debug, Default)]
+pub struct Group {
+    pub members: Vec<(Arc<str>, QoS)>,
+    /// Who is next.
+    pub next: usize,
 }
 
 impl Index {
     pub fn insert(&mut self, filter: &str, client: &Arc<str>, qos: QoS) {
-        self.root.slot(filter).insert(client.clone(), qos);
+        let Some((_, inner)) = crate::topic::shared(filter) else {
+            self.root.slot(filter).insert(client.clone(), qos);
+            return;
+        };
+        let group = self.groups.entry(Arc::from(filter)).or_default();
+        match group.members.iter_mut().find(|(c, _)| c == client) {
+            Some(member) => member.1 = qos,
+            None => group.members.push((client.clone(), qos)),
+        }
+        let key = self
+            .groups
+            .get_key_value(filter)
+            .expect("inserted above")
+            .0
+            .clone();
+        self.shared_root.slot(inner).insert(key, QoS::AtMostOnce);
     }
 
     pub fn remove(&mut self, filter: &str, client: &str) {
-        self.root.remove(filter.split('/'), client);
+        let Some((_, inner)) = crate::topic::shared(filter) else {
+            self.root.remove(filter.split('/'), client);
+            return;
+        };
+        let Some(group) = self.groups.get_mut(filter) else {
+            return;
+        };
+        group.members.retain(|(c, _)| &**c != client);
+        if group.members.is_empty() {
+            self.groups.remove(filter);
+            self.shared_root.remove(inner.split('/'), filter);
+        }
+    }
+
+    /// The shared subscriptions whose filter matches `topic`: each sends
+    /// the message to one of its members.
+    pub fn matching_groups(&mut self, topic: &str) -> Vec<&mut Group> {
+        if self.groups.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = HashMap::new();
+        self.shared_root
+            .collect(topic.split('/'), topic.starts_with('$'), &mut keys);
+        let keys: Vec<Arc<str>> = keys.into_keys().cloned().collect();
+        self.groups
+            .iter_mut()
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(_, g)| g)
+            .collect()
     }
 
     /// The clients subscribed to `topic`, each once, at the highest QoS of
@@ -127,7 +182,7 @@ impl Index {
 
     /// No subscription at all (every node pruned).
     pub fn is_empty(&self) -> bool {
-        self.root.is_empty()
+        self.root.is_empty() && self.shared_root.is_empty() && self.groups.is_empty()
     }
 }
 

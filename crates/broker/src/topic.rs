@@ -57,6 +57,18 @@ pub fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError>
 /// Checks a topic filter (what a SUBSCRIBE names).
 pub fn validate_filter(filter: &str, limits: TopicLimits) -> Result<(), TopicError> {
     common(filter, limits)?;
+    let filter = match shared(filter) {
+        Some((group, inner)) => {
+            if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+                return Err(TopicError::BadShare);
+            }
+            inner
+        }
+        None if filter.starts_with("$share/") || filter == "$share" => {
+            return Err(TopicError::BadShare);
+        }
+        None => filter,
+    };
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
@@ -67,6 +79,17 @@ pub fn validate_filter(filter: &str, limits: TopicLimits) -> Result<(), TopicErr
         }
     }
     Ok(())
+}
+
+/// The share name and the filter of a shared subscription
+/// (`$share/<name>/<filter>`, MQTT 4.8.2).
+pub fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
+/// The filter a subscription matches topics with: a shared one's own.
+pub fn matching_part(filter: &str) -> &str {
+    shared(filter).map_or(filter, |(_, inner)| inner)
 }
 
 /// Whether `filter` matches `topic`. A filter starting with a wildcard does

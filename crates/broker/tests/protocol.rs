@@ -107,23 +107,24 @@ async fn mqtt5_connack_properties_and_reason_codes() {
     assert_eq!(&rest[..2], [0x00, 0x00], "no session, success: {rest:?}");
     let props = &rest[3..];
     // Topic Alias Maximum (0x22) 64, Subscription Identifiers Available
-    // (0x29) 0, Shared Subscription Available (0x2a) 0.
+    // (0x29) 0, Shared Subscription Available (0x2a) 1.
     assert!(props.windows(3).any(|w| w == [0x22, 0, 64]), "{props:?}");
     assert!(props.windows(2).any(|w| w == [0x29, 0]), "{props:?}");
-    assert!(props.windows(2).any(|w| w == [0x2a, 0]), "{props:?}");
+    assert!(props.windows(2).any(|w| w == [0x2a, 1]), "{props:?}");
 
-    // SUBSCRIBE to an invalid filter and to a shared one: 0x8F and 0x9E.
+    // SUBSCRIBE to an invalid filter, a shared one with no share name and a
+    // good shared one: 0x8F, 0x8F, granted QoS 1.
     let mut sub = vec![0x82, 0, 0, 7, 0];
-    for f in ["a/#/b", "$share/g/t"] {
+    for f in ["a/#/b", "$share//t", "$share/g/t"] {
         sub.extend_from_slice(&(f.len() as u16).to_be_bytes());
         sub.extend_from_slice(f.as_bytes());
         sub.push(1);
     }
     sub[1] = (sub.len() - 2) as u8;
     s.write_all(&sub).await.unwrap();
-    let mut suback = [0u8; 7];
+    let mut suback = [0u8; 8];
     s.read_exact(&mut suback).await.unwrap();
-    assert_eq!(suback, [0x90, 5, 0, 7, 0, 0x8F, 0x9E]);
+    assert_eq!(suback, [0x90, 6, 0, 7, 0, 0x8F, 0x8F, 0x01]);
 
     // A topic alias never set: DISCONNECT "protocol error" (0x82), closed.
     // PUBLISH QoS 0, empty topic, properties: Topic Alias (0x23) 5.
