@@ -215,6 +215,23 @@ m = small.message()
 check(m.payload == b"fits", f"an oversized message is not sent (got {len(m.payload)} bytes)")
 small.close()
 
+# Subscription identifiers: each delivery names the receiver's matching
+# subscriptions.
+ids = Client("v5-ids")
+ids.connect()
+for topic, sid in (("v5/sid/#", 42), ("v5/sid/+", 43)):
+    sp = Properties(PacketTypes.SUBSCRIBE)
+    sp.SubscriptionIdentifier = sid
+    ids.c.subscribe(topic, 1, properties=sp)
+    ids.subacks.get(timeout=WAIT)
+pub.publish("v5/sid/x", b"both", 1)
+m = ids.message()
+check(sorted(m.properties.SubscriptionIdentifier) == [42, 43], f"subscription identifiers: {m.properties.SubscriptionIdentifier}")
+pub.publish("v5/sid/x/y", b"one", 1)
+m = ids.message()
+check(m.properties.SubscriptionIdentifier == [42], f"only the matching one: {m.properties.SubscriptionIdentifier}")
+ids.close()
+
 # A shared subscription: its members, 5.0 and 3.1.1 alike, take turns;
 # every message goes to exactly one of them.
 workers = [Client("v5-worker"), Client("v311-worker", v311=True)]

@@ -388,6 +388,7 @@ impl Hello {
                         response_topic: p.response_topic,
                         correlation_data: p.correlation_data,
                         user_properties: p.user_properties,
+                        subscription_ids: Vec::new(),
                     })
                     .unwrap_or_default();
                 Some(wire::Publish {
@@ -428,7 +429,7 @@ fn connack_properties(shared: &Shared, assigned: Option<String>) -> v5::ConnAckP
         max_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
         assigned_client_identifier: assigned,
         topic_alias_max: Some(wire::TOPIC_ALIAS_MAX),
-        subscription_identifiers_available: Some(0),
+        subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(1),
         session_expiry_interval: None,
         receive_max: None,

@@ -133,10 +133,11 @@ impl Session {
     /// For a session with 5.0 subscription options: `None` if every
     /// subscription matching `topic` says "no local" and the message is
     /// the client's own; otherwise whether one that matches keeps the
-    /// retain flag.
-    fn deliverable(&self, topic: &str, own: bool) -> Option<bool> {
+    /// retain flag, and the identifiers of those that match.
+    fn deliverable(&self, topic: &str, own: bool) -> Option<(bool, Vec<usize>)> {
         let mut deliver = false;
         let mut keep_retain = false;
+        let mut ids = Vec::new();
         for filter in self.subscriptions.keys() {
             if !topic::matches(topic::matching_part(filter), topic) {
                 continue;
@@ -147,8 +148,11 @@ impl Session {
             }
             deliver = true;
             keep_retain |= options.retain_as_published;
+            if options.id != 0 {
+                ids.push(options.id as usize);
+            }
         }
-        deliver.then_some(keep_retain)
+        deliver.then_some((keep_retain, ids))
     }
 
     /// Queues `m` unless that would pass `limits`; false if refused.
@@ -533,13 +537,19 @@ impl Hub {
             {
                 continue;
             }
-            // 5.0 options: no local, retain as published.
+            // 5.0 options: no local, retain as published, identifiers.
             let mut retain = false;
+            let mut props = message.props.clone();
             if !session.options.is_empty() {
                 let own = message.from.as_deref() == Some(&*client_id);
-                match session.deliverable(&message.topic, own) {
-                    None => continue,
-                    Some(keep_retain) => retain = keep_retain && message.retain,
+                let Some((keep_retain, ids)) = session.deliverable(&message.topic, own) else {
+                    continue;
+                };
+                retain = keep_retain && message.retain;
+                if !ids.is_empty() {
+                    let mut with_ids = props.as_deref().cloned().unwrap_or_default();
+                    with_ids.subscription_ids = ids;
+                    props = Some(Arc::new(with_ids));
                 }
             }
             let mut out = Message {
@@ -548,7 +558,7 @@ impl Hub {
                 qos: min_qos(message.qos, granted),
                 retain,
                 stored: None,
-                props: message.props.clone(),
+                props,
                 from: None,
             };
             let durable = !session.clean && out.qos != QoS::AtMostOnce;
@@ -661,8 +671,15 @@ impl Hub {
             }
             for m in self.retained.values() {
                 if !routed && topic::matches(filter, &m.topic) {
+                    let mut props = m.props.clone();
+                    if options.id != 0 {
+                        let mut with_id = props.as_deref().cloned().unwrap_or_default();
+                        with_id.subscription_ids = vec![options.id as usize];
+                        props = Some(Arc::new(with_id));
+                    }
                     retained.push(Message {
                         qos: min_qos(m.qos, *qos),
+                        props,
                         ..m.clone()
                     });
                 }

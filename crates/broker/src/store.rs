@@ -105,6 +105,14 @@ impl Store {
         )
         .and_then(|()| add_column(&conn, "queue", "props", "BLOB"))
         .and_then(|()| add_column(&conn, "retained", "props", "BLOB"))
+        .and_then(|()| {
+            add_column(
+                &conn,
+                "subscriptions",
+                "sub_id",
+                "INTEGER NOT NULL DEFAULT 0",
+            )
+        })
         .map_err(err)?;
         let loaded = load(&conn).map_err(err)?;
         let next_id = conn
@@ -163,8 +171,8 @@ impl Store {
                 // The qos column holds MQTT 5.0's whole options byte; for a
                 // 3.1.1 subscription that is its QoS.
                 Op::Subscribe(c, f, q, o) => tx.execute(
-                    "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
-                    params![c, f, i64::from(o.byte(q))],
+                    "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, sub_id) VALUES (?1, ?2, ?3, ?4)",
+                    params![c, f, i64::from(o.byte(q)), i64::from(o.id)],
                 ),
                 Op::Unsubscribe(c, f) => tx.execute(
                     "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2",
@@ -226,18 +234,20 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         .enumerate()
         .map(|(i, s)| (s.client_id.clone(), i))
         .collect();
-    let mut subs = conn.prepare("SELECT client_id, filter, qos FROM subscriptions")?;
+    let mut subs = conn.prepare("SELECT client_id, filter, qos, sub_id FROM subscriptions")?;
     let rows = subs.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
         ))
     })?;
     for row in rows {
-        let (client, filter, q) = row?;
+        let (client, filter, q, id) = row?;
         if let Some(&i) = index.get(&client) {
-            let (options, q) = SubOptions::from_byte(u8::try_from(q).unwrap_or(0));
+            let (mut options, q) = SubOptions::from_byte(u8::try_from(q).unwrap_or(0));
+            options.id = u32::try_from(id).unwrap_or(0);
             loaded.sessions[i].subscriptions.push((filter, q, options));
         }
     }
@@ -334,6 +344,7 @@ mod tests {
     fn survives_reopen_and_forgets_what_is_acked_or_dropped() {
         let no_local = SubOptions {
             no_local: true,
+            id: 7,
             ..SubOptions::default()
         };
         let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,9 @@ pub struct Props {
     pub response_topic: Option<String>,
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
+    /// The identifiers of the receiving client's subscriptions that
+    /// matched (set per delivery).
+    pub subscription_ids: Vec<usize>,
 }
 
 impl Props {
@@ -56,6 +59,7 @@ impl Props {
             response_topic: p.response_topic,
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
+            subscription_ids: p.subscription_identifiers,
         };
         (props != Props::default()).then(|| Arc::new(props))
     }
@@ -111,7 +115,7 @@ impl Props {
             response_topic: self.response_topic.clone(),
             correlation_data: self.correlation_data.clone(),
             user_properties: self.user_properties.clone(),
-            subscription_identifiers: Vec::new(),
+            subscription_identifiers: self.subscription_ids.clone(),
             content_type: self.content_type.clone(),
         }
     }
@@ -127,6 +131,8 @@ pub struct SubOptions {
     /// 0: retained messages at subscribe; 1: only for a new subscription;
     /// 2: never.
     pub retain_handling: u8,
+    /// Its subscription identifier (0: none).
+    pub id: u32,
 }
 
 impl SubOptions {
@@ -145,6 +151,7 @@ impl SubOptions {
             no_local: b & 0b100 != 0,
             retain_as_published: b & 0b1000 != 0,
             retain_handling: (b >> 4) & 0b11,
+            id: 0,
         };
         (options, qos(b & 0b11))
     }
@@ -286,12 +293,15 @@ impl Decoder {
             v5::Packet::PubRel(r) => In::PubRel(r.pkid),
             v5::Packet::PubComp(c) => In::PubComp(c.pkid),
             v5::Packet::Subscribe(s) => {
-                if s.properties.as_ref().is_some_and(|p| p.id.is_some()) {
-                    return Err(Violation {
-                        reason: 0xA1,
-                        text: "subscription identifiers are not supported (CONNACK said so)".into(),
-                    });
-                }
+                let given = s.properties.as_ref().and_then(|p| p.id);
+                let id = match given.map(u32::try_from) {
+                    None => 0,
+                    Some(Ok(0)) => return Err(Violation::protocol("subscription identifier 0")),
+                    Some(Ok(id)) if id < 1 << 28 => id,
+                    Some(_) => {
+                        return Err(Violation::malformed("subscription identifier too large"));
+                    }
+                };
                 In::Subscribe {
                     pkid: s.pkid,
                     filters: s
@@ -306,6 +316,7 @@ impl Decoder {
                                     v5::RetainForwardRule::OnNewSubscribe => 1,
                                     v5::RetainForwardRule::Never => 2,
                                 },
+                                id,
                             };
                             (f.path, qos(f.qos as u8), options)
                         })

@@ -107,9 +107,9 @@ async fn mqtt5_connack_properties_and_reason_codes() {
     assert_eq!(&rest[..2], [0x00, 0x00], "no session, success: {rest:?}");
     let props = &rest[3..];
     // Topic Alias Maximum (0x22) 64, Subscription Identifiers Available
-    // (0x29) 0, Shared Subscription Available (0x2a) 1.
+    // (0x29) 1, Shared Subscription Available (0x2a) 1.
     assert!(props.windows(3).any(|w| w == [0x22, 0, 64]), "{props:?}");
-    assert!(props.windows(2).any(|w| w == [0x29, 0]), "{props:?}");
+    assert!(props.windows(2).any(|w| w == [0x29, 1]), "{props:?}");
     assert!(props.windows(2).any(|w| w == [0x2a, 1]), "{props:?}");
 
     // SUBSCRIBE to an invalid filter, a shared one with no share name and a
