@@ -188,3 +188,83 @@ async fn paho_speaks_mqtt_5_with_properties_aliases_sessions_and_wills() {
     );
     assert!(stdout.contains("all MQTT 5.0 checks passed"), "{stdout}");
 }
+
+#[tokio::test]
+async fn paho_over_websocket_with_mutual_tls_and_plain() {
+    // WebSocket over mutual TLS: the sample device with its certificate.
+    let wss = "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
+               [broker.websocket]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+    let core = Core::start_with(&Options {
+        dropin: Some(wss),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("wss").await.to_string();
+    let tcp = core.broker_port("tcp").await.to_string();
+    let out = ws_script(&core, &port, &["wss", &tcp]);
+    assert!(out.contains("all WebSocket checks passed"), "{out}");
+
+    // Plain WebSocket, a lab listener on loopback.
+    let ws = "[broker]\nmode = \"local\"\n[broker.websocket]\nenabled = true\ntls = false\n\
+              bind = \"127.0.0.1:0\"\n";
+    let core = Core::start_with(&Options {
+        dropin: Some(ws),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("ws").await.to_string();
+    let out = ws_script(&core, &port, &["ws"]);
+    assert!(out.contains("all WebSocket checks passed"), "{out}");
+
+    // Refused upgrades: another path, or no `mqtt` subprotocol.
+    for (path, protocol, status) in [("/other", "mqtt", "404"), ("/mqtt", "chat", "400")] {
+        let answer = raw_upgrade(&port, path, protocol);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+    }
+}
+
+/// A WebSocket upgrade request by hand; the first line of the answer.
+fn raw_upgrade(port: &str, path: &str, protocol: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs `paho_ws.py` against `port` with the dev certificates; its output.
+fn ws_script(core: &Core, port: &str, extra: &[&str]) -> String {
+    let out = Command::new(verdant_integration_tests::python())
+        .arg(verdant_integration_tests::python_script("paho_ws.py"))
+        .args(["localhost", port])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}

@@ -56,6 +56,7 @@ pub struct BrokerConfig {
     pub persistence: bool,
     pub tls: TlsListener,
     pub tcp: TcpListener,
+    pub websocket: WebSocketListener,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +77,7 @@ impl Default for BrokerConfig {
             persistence: true,
             tls: TlsListener::default(),
             tcp: TcpListener::default(),
+            websocket: WebSocketListener::default(),
         }
     }
 }
@@ -127,6 +129,34 @@ impl Default for TcpListener {
     }
 }
 
+/// MQTT over WebSocket. With `tls` (the default) it is WebSocket over
+/// mutual TLS with the certificates of `[broker.tls]`, so devices
+/// authenticate as on 8883; without, it is a lab listener like the plain
+/// one (loopback only unless forced). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketListener {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    pub tls: bool,
+    /// The HTTP path clients connect to.
+    pub path: String,
+    /// Without TLS: allow a non-loopback address.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for WebSocketListener {
+    fn default() -> Self {
+        WebSocketListener {
+            enabled: false,
+            bind: ([0, 0, 0, 0], 8083).into(),
+            tls: true,
+            path: "/mqtt".into(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
 impl BrokerConfig {
     pub fn topic_limits(&self) -> TopicLimits {
         TopicLimits {
@@ -162,7 +192,21 @@ impl BrokerConfig {
                 ),
             ));
         }
-        if !self.tls.enabled && !self.tcp.enabled {
+        let ws = &self.websocket;
+        if ws.enabled && !ws.tls && !ws.bind.ip().is_loopback() && !ws.allow_non_loopback {
+            return Err((
+                "broker.websocket.bind".into(),
+                format!(
+                    "{} is not a loopback address; WebSocket without TLS has no authentication \
+                     (set broker.websocket.tls = true, or allow_non_loopback = true to force it)",
+                    ws.bind
+                ),
+            ));
+        }
+        if !ws.path.starts_with('/') {
+            return Err(("broker.websocket.path".into(), "must start with `/`".into()));
+        }
+        if !self.tls.enabled && !self.tcp.enabled && !ws.enabled {
             return Err(("broker".into(), "no listener is enabled".into()));
         }
         if self.max_packet_size < 64 || self.max_packet_size > 268_435_455 {

@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod store;
 pub mod topic;
 pub mod wire;
+mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -86,10 +87,9 @@ pub async fn run(
         assigned: AtomicU64::new(1),
     });
     let tracker = TaskTracker::new();
-    for (socket, tls) in sockets {
+    for listening in sockets {
         tokio::spawn(listener::accept(
-            socket,
-            tls,
+            listening,
             shared.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -149,14 +149,22 @@ fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerErro
 }
 
 /// A bound listener and the TLS it speaks (`None`: plain).
-type Listening = (tokio::net::TcpListener, Option<Tls>);
+/// A bound listener: its name (`tls`, `tcp`, `wss`, `ws`), its TLS, and
+/// for WebSocket the path.
+pub(crate) struct Listening {
+    pub socket: tokio::net::TcpListener,
+    pub name: &'static str,
+    pub tls: Option<Tls>,
+    pub websocket: Option<String>,
+}
 
 /// Binds the configured listeners; also their names and real addresses.
 async fn listen(
     ctx: &Context,
     config: &BrokerConfig,
 ) -> Result<(Vec<Listening>, Vec<(&'static str, std::net::SocketAddr)>), BrokerError> {
-    let tls = if config.tls.enabled {
+    let wss = config.websocket.enabled && config.websocket.tls;
+    let tls = if config.tls.enabled || wss {
         Some(Tls::load(
             &ctx.layout.resolve(&config.tls.certificate),
             &ctx.layout.resolve(&config.tls.private_key),
@@ -166,21 +174,36 @@ async fn listen(
         None
     };
     let mut sockets = Vec::new();
-    if let Some(tls) = tls {
-        sockets.push((bind(config.tls.bind).await?, Some(tls)));
+    let listening = |socket, name, tls, websocket| Listening {
+        socket,
+        name,
+        tls,
+        websocket,
+    };
+    if config.tls.enabled {
+        let socket = bind(config.tls.bind).await?;
+        sockets.push(listening(socket, "tls", tls.clone(), None));
     }
     if config.tcp.enabled {
-        sockets.push((bind(config.tcp.bind).await?, None));
+        sockets.push(listening(bind(config.tcp.bind).await?, "tcp", None, None));
+    }
+    if config.websocket.enabled {
+        let socket = bind(config.websocket.bind).await?;
+        let path = Some(config.websocket.path.clone());
+        if wss {
+            sockets.push(listening(socket, "wss", tls.clone(), path));
+        } else {
+            sockets.push(listening(socket, "ws", None, path));
+        }
     }
     let mut bound = Vec::new();
-    for (socket, tls) in &sockets {
-        let name = if tls.is_some() { "tls" } else { "tcp" };
-        let addr = socket.local_addr().map_err(|source| BrokerError::Bind {
+    for l in &sockets {
+        let addr = l.socket.local_addr().map_err(|source| BrokerError::Bind {
             addr: config.tls.bind,
             source,
         })?;
-        tracing::info!(listener = name, %addr, "listening for devices");
-        bound.push((name, addr));
+        tracing::info!(listener = l.name, %addr, "listening for devices");
+        bound.push((l.name, addr));
     }
     Ok((sockets, bound))
 }

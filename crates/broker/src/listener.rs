@@ -1,25 +1,34 @@
-//! Accepting devices: the mutual-TLS listener and the plain lab listener.
+//! Accepting devices: the mutual-TLS listener, the plain lab listener, and
+//! MQTT over WebSocket on either.
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Listening;
 use crate::connection::{self, Shared};
 use crate::identity::{Peer, Tls};
+use crate::ws;
 
 /// Accepts until `shutdown`; each connection runs on `tracker`.
 pub async fn accept(
-    listener: TcpListener,
-    tls: Option<Tls>,
+    listening: Listening,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let name = if tls.is_some() { "tls" } else { "tcp" };
-    let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.server.clone()));
+    let Listening {
+        socket: listener,
+        name,
+        tls,
+        websocket,
+    } = listening;
+    let tls = tls.map(|t| (TlsAcceptor::from(t.server.clone()), t));
+    let websocket: Option<Arc<str>> = websocket.map(Arc::from);
     loop {
         let (socket, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -37,46 +46,96 @@ pub async fn accept(
         let shared = shared.clone();
         let address = addr.to_string();
         let stop = shutdown.clone();
-        match (&acceptor, &tls) {
-            (Some(acceptor), Some(tls)) => {
-                let acceptor = acceptor.clone();
-                let tls = tls.clone();
-                tracker.spawn(async move {
-                    let timeout = shared.config.connect_timeout();
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%address, "TLS handshake failed: {e}");
+        let tls = tls.clone();
+        let websocket = websocket.clone();
+        tracker.spawn(async move {
+            let serve = async {
+                match tls {
+                    Some((acceptor, tls)) => {
+                        let Some((stream, peer)) =
+                            handshake(socket, &acceptor, &tls, &address, &shared).await
+                        else {
                             return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%address, "TLS handshake not done within {timeout:?}");
-                            return;
-                        }
-                    };
-                    let presented = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| tls.presented(chain));
-                    let Some(presented) = presented else {
-                        tracing::info!(%address, "no client certificate");
-                        return;
-                    };
-                    tokio::select! {
-                        () = connection::serve(stream, Peer::Tls(presented), address, "tls", shared) => {}
-                        () = stop.cancelled() => {}
+                        };
+                        serve(stream, peer, address, name, websocket.as_deref(), shared).await;
                     }
-                });
-            }
-            _ => {
-                tracker.spawn(async move {
-                    tokio::select! {
-                        () = connection::serve(socket, Peer::Plain, address, "tcp", shared) => {}
-                        () = stop.cancelled() => {}
+                    None => {
+                        serve(
+                            socket,
+                            Peer::Plain,
+                            address,
+                            name,
+                            websocket.as_deref(),
+                            shared,
+                        )
+                        .await;
                     }
-                });
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = stop.cancelled() => {}
             }
+        });
+    }
+}
+
+/// The TLS handshake and the client certificate's check; `None` (logged)
+/// refuses the connection.
+async fn handshake(
+    socket: TcpStream,
+    acceptor: &TlsAcceptor,
+    tls: &Tls,
+    address: &str,
+    shared: &Shared,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
+    let timeout = shared.config.connect_timeout();
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%address, "TLS handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%address, "TLS handshake not done within {timeout:?}");
+            return None;
+        }
+    };
+    let presented = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| tls.presented(chain));
+    let Some(presented) = presented else {
+        tracing::info!(%address, "no client certificate");
+        return None;
+    };
+    Some((stream, Peer::Tls(presented)))
+}
+
+/// Serves MQTT on `stream`, inside a WebSocket on `websocket`'s path if
+/// given.
+async fn serve<S>(
+    stream: S,
+    peer: Peer,
+    address: String,
+    name: &'static str,
+    websocket: Option<&str>,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(path) = websocket else {
+        connection::serve(stream, peer, address, name, shared).await;
+        return;
+    };
+    let timeout = shared.config.connect_timeout();
+    let max = shared.config.max_packet_size;
+    match tokio::time::timeout(timeout, ws::accept(stream, path, max)).await {
+        Ok(Ok(inner)) => connection::serve(inner, peer, address, name, shared).await,
+        Ok(Err(e)) => tracing::info!(%address, listener = name, "{e}"),
+        Err(_) => {
+            tracing::info!(%address, listener = name, "WebSocket handshake not done within {timeout:?}");
         }
     }
 }
