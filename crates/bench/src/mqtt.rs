@@ -227,34 +227,71 @@ pub async fn latency(
     seconds: u64,
     tag: &str,
 ) -> Result<Outcome, String> {
+    let mut out = paced(t, 1, qos, size, rate, seconds, tag).await?;
+    out.rate = f64::from(rate);
+    Ok(out)
+}
+
+/// `publishers` each offering `rate` messages/s for `seconds` whether or
+/// not the broker keeps up (open loop: a publisher that falls behind sends
+/// what it owes at once), one subscriber; the rate is what arrived per
+/// second, the broker's queues draining included.
+pub async fn paced(
+    t: &Target,
+    publishers: usize,
+    qos: QoS,
+    size: usize,
+    rate: u32,
+    seconds: u64,
+    tag: &str,
+) -> Result<Outcome, String> {
     let base = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub = subscriber(t, 0, format!("{tag}-s"), &format!("{tag}/#"), qos, tx).await?;
-    let publ = publisher(t, format!("{tag}-p")).await?;
+    let mut pubs = Vec::new();
+    for p in 0..publishers {
+        pubs.push(publisher(t, format!("{tag}-p{p}")).await?);
+    }
     let n = u64::from(rate) * seconds;
-    let topic = format!("{tag}/0");
-    let sender = publ.clone();
-    let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for seq in 0..n {
-            tick.tick().await;
-            let body = payload(0, seq, base, size);
-            if sender
-                .publish_bytes(topic.clone(), qos, false, body)
-                .await
-                .is_err()
-            {
-                return;
+    let begun = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, sender) in pubs.iter().enumerate() {
+        let (sender, topic) = (sender.clone(), format!("{tag}/{p}"));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for seq in 0..n {
+                tick.tick().await;
+                let body = payload(p as u32, seq, base, size);
+                if sender
+                    .publish_bytes(topic.clone(), qos, false, body)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
-        }
-    });
-    let (mut out, _) = collect(&mut rx, n, base, Duration::from_secs(5)).await;
-    out.rate = f64::from(rate);
-    let _ = task.await;
-    let _ = publ.disconnect().await;
-    let _ = sub.disconnect().await;
+        }));
+    }
+    let expected = n * publishers as u64;
+    let (mut out, last) = collect(&mut rx, expected, base, Duration::from_secs(5)).await;
+    out.rate = out.received as f64 / last.duration_since(begun).as_secs_f64().max(1e-6);
+    for task in tasks {
+        let _ = task.await;
+    }
+    for c in pubs.iter().chain(std::iter::once(&sub)) {
+        let _ = c.disconnect().await;
+    }
     Ok(out)
+}
+
+/// The peak resident memory of a process so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// What a connection storm measured.
