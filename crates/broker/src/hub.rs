@@ -204,6 +204,12 @@ enum Routing {
 
 /// How often routed mode reports its counts to the router.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// After this many requests, quiet spells of [`TRIM_AFTER`] return the
+/// allocator's free memory (the backlog of a burst) to the system, a few
+/// times over, as connections may still be draining what the burst left.
+const TRIM_MIN_REQUESTS: u64 = 10_000;
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+const TRIMS: u8 = 3;
 
 /// The broker's sessions and their routing.
 pub struct Hub {
@@ -859,12 +865,23 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
     // beat however busy the requests keep the loop.
     let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since_trim: u64 = 0;
+    let mut trims = 0u8;
     loop {
+        if since_trim >= TRIM_MIN_REQUESTS {
+            since_trim = 0;
+            trims = TRIMS;
+        }
         let first = tokio::select! {
             r = requests.recv() => match r {
                 Some(r) => r,
                 None => break,
             },
+            () = tokio::time::sleep(TRIM_AFTER), if trims > 0 => {
+                trims -= 1;
+                let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
+                continue;
+            }
             _ = clock.tick(), if hub.has_timers() => Request::Sweep,
             // Counts left over when traffic stops still reach the router.
             () = tokio::time::sleep(REPORT_EVERY), if hub.unreported() => {
@@ -873,11 +890,13 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
             }
         };
         let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
+        since_trim += 1;
         for _ in 1..BATCH {
             match requests.try_recv() {
                 Ok(r) => sessions_changed |= hub.handle(r, max_subscriptions, &mut replies),
                 Err(_) => break,
             }
+            since_trim += 1;
         }
         if sessions_changed {
             hub.count_durable_subscriptions();

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod grpc;
 pub mod link;
 pub mod logs;
+pub mod memory;
 pub mod paths;
 pub mod pem;
 pub mod shutdown;
