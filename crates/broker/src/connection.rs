@@ -45,6 +45,9 @@ pub struct Shared {
     /// The hub's count of persistent sessions' subscriptions: while zero,
     /// QoS 1/2 publishes are acknowledged without waiting for the hub.
     pub durable_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set by the hub while a subscriber is backlogged: QoS 1/2 publishes
+    /// then wait for the hub's word before they are acknowledged.
+    pub congested: Arc<std::sync::atomic::AtomicBool>,
     /// For client ids the broker assigns (empty id, clean session).
     pub assigned: AtomicU64,
 }
@@ -731,11 +734,15 @@ impl Session<'_> {
                     Err(ReadError::Io(e)) => return End::Abrupt(format!("read failed: {e}")),
                     Err(ReadError::Protocol(v)) => return End::protocol(v),
                 },
-                out = inbox.recv() => match out {
+                // A client behind on its acknowledgements takes no more:
+                // the hub parks what comes and slows the publishers.
+                out = inbox.recv(), if !self.outbound.backlogged() => match out {
                     Some(Outgoing::Deliver(m)) => {
                         self.push(conn, m);
                         // Take whatever else is ready in one write.
-                        while let Ok(Outgoing::Deliver(m)) = inbox.try_recv() {
+                        while !self.outbound.backlogged()
+                            && let Ok(Outgoing::Deliver(m)) = inbox.try_recv()
+                        {
                             self.push(conn, m);
                         }
                     }
@@ -909,6 +916,10 @@ impl Session<'_> {
         // In routed mode the router may have to take the message too.
         let must_wait = qos != QoS::AtMostOnce
             && (self.shared.routed()
+                || self
+                    .shared
+                    .congested
+                    .load(std::sync::atomic::Ordering::Acquire)
                 || self
                     .shared
                     .durable_subscriptions

@@ -116,6 +116,9 @@ struct Session {
     queued_bytes: usize,
     connection: Option<Connection>,
     last_info: ClientInfo,
+    /// QoS 1/2 messages for the connected client that its full outbox
+    /// could not take yet (see `hub_backlog.rs`).
+    parked: VecDeque<Message>,
 }
 
 /// How much a session may hold while its client is away.
@@ -210,6 +213,8 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const TRIM_MIN_REQUESTS: u64 = 10_000;
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 const TRIMS: u8 = 3;
+/// How often parked messages are offered to their outboxes again.
+const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The broker's sessions and their routing.
 pub struct Hub {
@@ -234,6 +239,14 @@ pub struct Hub {
     expiring: HashMap<String, std::time::Instant>,
     /// Wills waiting for their delay, by client id.
     wills: HashMap<String, timers::DelayedWill>,
+    /// Clients with parked messages, and the acknowledgements held while
+    /// any are (`hub_backlog.rs`); connections read the flag.
+    parked: std::collections::HashSet<String>,
+    /// Acknowledgements waiting for these clients' parked messages.
+    held: Vec<(oneshot::Sender<bool>, Vec<String>)>,
+    /// The clients the request being handled parked messages for.
+    just_parked: Vec<String>,
+    congested_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A new connection's session, as CONNACK and the connection need it.
@@ -287,7 +300,17 @@ impl Hub {
             counters: Counters::default(),
             expiring: HashMap::new(),
             wills: HashMap::new(),
+            parked: std::collections::HashSet::new(),
+            held: Vec::new(),
+            just_parked: Vec::new(),
+            congested_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// The flag connections read: while set, their QoS 1/2 publishes wait
+    /// for the hub's word before they are acknowledged.
+    pub fn congestion(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.congested_flag.clone()
     }
 
     /// The count connections read (see the field).
@@ -354,6 +377,7 @@ impl Hub {
                     queue: s.queue.into(),
                     connection: None,
                     last_info: info,
+                    parked: VecDeque::new(),
                 },
             );
         }
@@ -439,6 +463,7 @@ impl Hub {
                     queued_bytes: 0,
                     connection: None,
                     last_info: info.clone(),
+                    parked: VecDeque::new(),
                 },
             );
         }
@@ -479,10 +504,17 @@ impl Hub {
                 for m in unacked {
                     Self::deliver(session, m, self.limits, &mut self.counters);
                 }
+                if !session.parked.is_empty() {
+                    self.parked_for(client_id);
+                }
             }
             return;
         }
         let connection = session.connection.take().expect("checked above");
+        self.unpark_on_disconnect(client_id);
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return;
+        };
         let now = std::time::Instant::now();
         if session.clean {
             for f in session.subscriptions.keys() {
@@ -525,6 +557,7 @@ impl Hub {
     /// highest QoS it subscribed with, never above the message's.
     fn fan_out(&mut self, message: &Message, to: Option<&[String]>) {
         let mut stored = Vec::new();
+        let mut parked = Vec::new();
         let mut matched: Vec<(Arc<str>, QoS)> = self
             .index
             .matching(&message.topic)
@@ -572,9 +605,16 @@ impl Hub {
                 out.stored = Some(store.next_id());
             }
             let kept = Self::deliver(session, out.clone(), self.limits, &mut self.counters);
+            if !session.parked.is_empty() {
+                parked.push(client_id.clone());
+            }
             if kept && let Some(id) = out.stored {
                 stored.push(Op::Enqueue(id, client_id.to_string(), out));
             }
+        }
+        for client_id in parked {
+            self.parked_for(&client_id);
+            self.just_parked.push(client_id.to_string());
         }
         for op in stored {
             self.record(op);
@@ -597,6 +637,12 @@ impl Hub {
         counters: &mut Counters,
     ) -> bool {
         match &session.connection {
+            // Behind what is parked, in order.
+            Some(_) if !session.parked.is_empty() && out.qos != QoS::AtMostOnce => {
+                session.park(out);
+                counters.delivered += 1;
+                true
+            }
             Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
                 Ok(()) => {
                     counters.delivered += 1;
@@ -607,6 +653,11 @@ impl Hub {
                 {
                     counters.dropped_qos0 += 1;
                     false
+                }
+                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m))) => {
+                    session.park(m);
+                    counters.delivered += 1;
+                    true
                 }
                 Err(_) => {
                     counters.dropped_queue_full += 1;
@@ -785,6 +836,8 @@ impl Hub {
 pub enum Request {
     /// A second passed while sessions expire or wills wait (`run` itself).
     Sweep,
+    /// Time to retry parked messages (`run` itself).
+    Unpark,
     Connect {
         info: ClientInfo,
         will: Option<Message>,
@@ -846,6 +899,9 @@ pub type SubscribeResult = Result<Vec<Message>, String>;
 enum Reply {
     Connect(oneshot::Sender<Connected>, Connected),
     Publish(oneshot::Sender<bool>),
+    /// A publish that parked messages for these clients: acknowledged
+    /// once they took them (`hub_backlog.rs`).
+    Held(oneshot::Sender<bool>, Vec<String>),
     /// To the router, which acknowledges a QoS 1 message itself.
     Forward(Forward),
     Subscribe(oneshot::Sender<SubscribeResult>, SubscribeResult),
@@ -877,6 +933,7 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
                 Some(r) => r,
                 None => break,
             },
+            () = tokio::time::sleep(UNPARK_EVERY), if hub.congested() => Request::Unpark,
             () = tokio::time::sleep(TRIM_AFTER), if trims > 0 => {
                 trims -= 1;
                 let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
@@ -900,6 +957,9 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
         }
         if sessions_changed {
             hub.count_durable_subscriptions();
+        }
+        if hub.congested() {
+            hub.unpark();
         }
         let durable = match hub.store.take() {
             Some(mut store) if store.has_pending() => {
@@ -930,7 +990,10 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
                 Reply::Connect(tx, c) => {
                     let _ = tx.send(c);
                 }
-                Reply::Publish(tx) => {
+                // A publish that parked messages waits for them (see
+                // `hub_backlog.rs`).
+                Reply::Held(tx, clients) if durable => hub.hold(tx, clients),
+                Reply::Held(tx, _) | Reply::Publish(tx) => {
                     let _ = tx.send(durable);
                 }
                 Reply::Forward(f) => hub.forward(f, durable),
@@ -969,6 +1032,7 @@ impl Hub {
         );
         match request {
             Request::Sweep => self.sweep(std::time::Instant::now()),
+            Request::Unpark => self.unpark(),
             Request::Connect {
                 info,
                 will,
@@ -991,22 +1055,26 @@ impl Hub {
                 message,
                 source,
                 reply,
-            } => match self.publish_from(&message, source.as_ref()) {
-                Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
-                None => {
-                    if let Some(reply) = reply {
-                        replies.push(Reply::Publish(reply));
+            } => {
+                self.just_parked.clear();
+                match self.publish_from(&message, source.as_ref()) {
+                    Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
+                    None => {
+                        if let Some(reply) = reply {
+                            replies.push(self.reply_to_publish(reply));
+                        }
                     }
                 }
-            },
+            }
             Request::Deliver {
                 things,
                 message,
                 reply,
             } => {
+                self.just_parked.clear();
                 self.deliver_to(&things, &message);
                 if let Some(reply) = reply {
-                    replies.push(Reply::Publish(reply));
+                    replies.push(self.reply_to_publish(reply));
                 }
             }
             Request::Table(table) => self.set_table(table),
@@ -1056,4 +1124,7 @@ mod routed;
 
 #[path = "hub_timers.rs"]
 mod timers;
+
+#[path = "hub_backlog.rs"]
+mod backlog;
 pub use timers::NEVER;

@@ -217,6 +217,41 @@ fn shared_subscriptions_take_turns_and_prefer_connected_members() {
 }
 
 #[test]
+fn a_full_outbox_parks_qos1_in_order_and_congestion_holds_acknowledgements() {
+    let mut hub = Hub::new(limits(100));
+    let (tx, mut rx) = mpsc::channel(2);
+    hub.connect(info("slow", true), None, tx);
+    hub.subscribe("slow", &[("t".into(), QoS::AtLeastOnce)]);
+    for i in 0..5 {
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, &i.to_string()));
+    }
+    hub.publish(&msg("t", QoS::AtMostOnce, false, "qos0"));
+    assert!(hub.congested());
+    assert!(hub.congestion().load(Ordering::Acquire));
+    let (held, mut answer) = tokio::sync::oneshot::channel();
+    hub.hold(held, vec!["slow".into()]);
+    assert!(
+        answer.try_recv().is_err(),
+        "held while its subscriber is behind"
+    );
+    let mut got = drain(&mut rx);
+    hub.unpark();
+    got.extend(drain(&mut rx));
+    hub.unpark();
+    got.extend(drain(&mut rx));
+    hub.unpark();
+    let payloads: Vec<_> = got.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        ["0", "1", "2", "3", "4"],
+        "QoS 1 in order, none lost"
+    );
+    assert_eq!(hub.counters.dropped_qos0, 1, "QoS 0 is dropped, not parked");
+    assert!(!hub.congested());
+    assert_eq!(answer.try_recv(), Ok(true), "held acknowledgement released");
+}
+
+#[test]
 fn retained_set_replace_clear_and_sent_on_subscribe() {
     let mut hub = Hub::new(limits(10));
     hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));

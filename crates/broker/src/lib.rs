@@ -55,6 +55,7 @@ pub async fn run(
 
     let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
+    let congested = hub.congestion();
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
     let router_dropped = Arc::new(AtomicU64::new(0));
     if config.mode == config::Mode::Routed {
@@ -84,6 +85,7 @@ pub async fn run(
         devices,
         hub: hub_tx.clone(),
         durable_subscriptions,
+        congested,
         assigned: AtomicU64::new(1),
     });
     let tracker = TaskTracker::new();

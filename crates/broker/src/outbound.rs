@@ -155,6 +155,12 @@ impl Outbound {
         self.finish(pkid, Stage::Released)
     }
 
+    /// As many messages wait behind the window as it holds: the
+    /// connection takes no more from the hub until they move.
+    pub fn backlogged(&self) -> bool {
+        self.waiting.len() >= self.window
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }

@@ -193,3 +193,87 @@ async fn persistent_session_keeps_subscriptions_and_messages_while_away() {
     }
     back.nothing_for(Duration::from_millis(300)).await;
 }
+
+/// A subscriber that stops acknowledging slows its publisher down (its
+/// PUBACKs are held) instead of losing messages or queueing without
+/// bound; once it acknowledges again, everything arrives, in order.
+#[tokio::test]
+async fn a_slow_subscriber_holds_back_its_publisher_and_loses_nothing() {
+    const N: u64 = 100;
+    let b = common::start(&[], "max_queued_messages = 4\nmax_inflight = 2").await;
+    let mut o = b.tcp_options("slow");
+    o.set_manual_acks(true);
+    let (slow, mut slow_events) = rumqttc::AsyncClient::new(o, 100);
+    slow.subscribe("bp", QoS::AtLeastOnce).await.unwrap();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = slow_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = got_tx.send(p);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut o = b.tcp_options("fast");
+    o.set_inflight(10);
+    let (fast, mut fast_events) = rumqttc::AsyncClient::new(o, 200);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acked.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = fast_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..N {
+            fast.publish("bp", QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+
+    // The subscriber holds two unacknowledged; the broker parks a few
+    // more and holds the publisher's acknowledgements for them.
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        held.push(got.recv().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked_while_stuck = acked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        acked_while_stuck < N,
+        "all {N} acknowledged while the subscriber took none"
+    );
+    assert!(
+        got.try_recv().is_err(),
+        "no more than the window while stuck"
+    );
+
+    // Acknowledging again: all of them, in order.
+    let mut payloads = Vec::new();
+    for p in held {
+        payloads.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        slow.ack(&p).await.unwrap();
+    }
+    while payloads.len() < N as usize {
+        let p = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .expect("the rest arrives")
+            .unwrap();
+        payloads.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        slow.ack(&p).await.unwrap();
+    }
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, want);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every publish acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

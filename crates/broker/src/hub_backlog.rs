@@ -1,0 +1,118 @@
+//! Backpressure for subscribers that fall behind. A QoS 1/2 message for a
+//! connected client whose outbox is full waits here ("parked") instead of
+//! being dropped, and the publish that parked it is acknowledged only once
+//! that client took what was parked for it. Its publisher then runs out of
+//! its inflight window and slows to what the subscriber takes: an overload
+//! costs memory bounded by the publishers' windows and loses no
+//! acknowledged message; publishers of messages nobody backlogged wait
+//! only for the hub's answer. While anything is parked, connections ask
+//! the hub before acknowledging a QoS 1/2 publish (the congestion flag).
+
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Hub, Message, Outgoing, Reply, Session};
+
+impl Hub {
+    /// Whether a message waits for a subscriber's outbox.
+    pub fn congested(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Holds a publisher's acknowledgement until `clients` took what its
+    /// message parked for them.
+    pub fn hold(&mut self, reply: oneshot::Sender<bool>, clients: Vec<String>) {
+        self.held.push((reply, clients));
+        self.release();
+    }
+
+    /// The answer to a publish just handled: held if it parked messages.
+    pub(super) fn reply_to_publish(&mut self, reply: oneshot::Sender<bool>) -> Reply {
+        let parked = std::mem::take(&mut self.just_parked);
+        if parked.is_empty() {
+            Reply::Publish(reply)
+        } else {
+            Reply::Held(reply, parked)
+        }
+    }
+
+    /// Sends the held acknowledgements whose clients have nothing parked.
+    fn release(&mut self) {
+        let parked = &self.parked;
+        let (free, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(_, clients)| clients.iter().all(|c| !parked.contains(c)));
+        self.held = held;
+        for (reply, _) in free {
+            let _ = reply.send(true);
+        }
+    }
+
+    /// Notes that `client_id`'s session parked a message.
+    pub(super) fn parked_for(&mut self, client_id: &str) {
+        if self.parked.insert(client_id.to_string()) {
+            self.congested_flag.store(true, Ordering::Release);
+        }
+    }
+
+    /// Moves parked messages into outboxes that have room, oldest first;
+    /// once none is left, the held acknowledgements go out.
+    pub fn unpark(&mut self) {
+        let clients: Vec<String> = self.parked.iter().cloned().collect();
+        for client_id in clients {
+            let done = self
+                .sessions
+                .get_mut(&client_id)
+                .is_none_or(Session::flush_parked);
+            if done {
+                self.parked.remove(&client_id);
+            }
+        }
+        if self.parked.is_empty() {
+            self.congested_flag.store(false, Ordering::Release);
+        }
+        self.release();
+    }
+
+    /// A session's connection ended: what it had parked goes to its queue
+    /// if it persists (a clean session ends with it).
+    pub(super) fn unpark_on_disconnect(&mut self, client_id: &str) {
+        self.parked.remove(client_id);
+        if let Some(session) = self.sessions.get_mut(client_id) {
+            let parked = std::mem::take(&mut session.parked);
+            if !session.clean {
+                for m in parked {
+                    let _ = session.enqueue(m, self.limits);
+                }
+            }
+        }
+        self.unpark();
+    }
+}
+
+impl Session {
+    /// Sends what is parked while the outbox takes it; true when nothing
+    /// is left (or the connection is gone).
+    fn flush_parked(&mut self) -> bool {
+        let Some(connection) = &self.connection else {
+            return true;
+        };
+        while let Some(m) = self.parked.pop_front() {
+            match connection.outbox.try_send(Outgoing::Deliver(m)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m))) => {
+                    self.parked.push_front(m);
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// Parks `m` behind what already waits.
+    pub(super) fn park(&mut self, m: Message) {
+        self.parked.push_back(m);
+    }
+}
