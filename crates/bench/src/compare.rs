@@ -96,10 +96,14 @@ async fn storm(targets: &[Target], pids: &[(String, u32)], runs: usize, clients:
                 Ok(s) => {
                     secs.push(s.seconds);
                     connected = s.connected;
-                    before = s.rss_before;
-                    after = s.rss_connected;
-                    if let (Some(b), Some(a)) = (s.rss_before, s.rss_connected) {
-                        per_conn.push(a.saturating_sub(b) as f64 / clients as f64);
+                    // Memory from the first storm only: later ones start
+                    // with what the allocator kept from the one before.
+                    if r == 0 {
+                        before = s.rss_before;
+                        after = s.rss_connected;
+                        if let (Some(b), Some(a)) = (s.rss_before, s.rss_connected) {
+                            per_conn.push(a.saturating_sub(b) as f64 / clients as f64);
+                        }
                     }
                 }
                 Err(e) => eprintln!("{}: {e}", target.name),

@@ -92,6 +92,8 @@ struct Conn<R, W> {
     decoder: Decoder,
     /// A 5.0 client's Maximum Packet Size.
     client_max_packet: usize,
+    /// Bytes the last read brought: how large the next buffer should be.
+    last_read: usize,
 }
 
 /// Why reading a packet failed.
@@ -102,6 +104,19 @@ enum ReadError {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
+    /// A connection speaking 3.1.1 until its CONNECT says otherwise.
+    fn new(rd: R, wr: W, max_packet: usize) -> Self {
+        Conn {
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+            outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+            decoder: Decoder::new(Version::V311, max_packet),
+            client_max_packet: usize::MAX,
+            last_read: 0,
+        }
+    }
+
     /// The next whole packet already in the buffer, if any.
     fn decode(&mut self) -> Result<Option<In>, ReadError> {
         self.decoder
@@ -114,13 +129,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 
     async fn fill(&mut self) -> Result<(), ReadError> {
-        // Idle connections keep small buffers; busy ones read in 4 KiB steps.
-        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
-            self.inbuf.reserve(READ_CHUNK);
+        // Busy connections read in 4 KiB steps; one whose last read was
+        // small goes back to a small buffer (a thousand quiet devices
+        // would otherwise hold 4 MiB).
+        let busy = self.last_read >= INITIAL_BUFFER;
+        if !busy && self.inbuf.is_empty() && self.inbuf.capacity() > INITIAL_BUFFER {
+            self.inbuf = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        let step = if busy { READ_CHUNK } else { INITIAL_BUFFER };
+        if self.inbuf.capacity() - self.inbuf.len() < step / 4 {
+            self.inbuf.reserve(step);
         }
         match self.rd.read_buf(&mut self.inbuf).await {
             Ok(0) => Err(ReadError::Closed),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.last_read = n;
+                Ok(())
+            }
             Err(e) => Err(ReadError::Io(e)),
         }
     }
@@ -198,14 +223,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let mut conn = Conn {
-        rd,
-        wr,
-        inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
-        outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
-        decoder: Decoder::new(Version::V311, shared.config.max_packet_size),
-        client_max_packet: usize::MAX,
-    };
+    let mut conn = Conn::new(rd, wr, shared.config.max_packet_size);
     let Some(connect) = read_connect(&mut conn, &address, &shared).await else {
         return;
     };

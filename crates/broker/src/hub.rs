@@ -210,7 +210,7 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// After this many requests, quiet spells of [`TRIM_AFTER`] return the
 /// allocator's free memory (the backlog of a burst) to the system, a few
 /// times over, as connections may still be draining what the burst left.
-const TRIM_MIN_REQUESTS: u64 = 10_000;
+const TRIM_MIN_REQUESTS: u64 = 1_000;
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 const TRIMS: u8 = 3;
 /// How often parked messages are offered to their outboxes again.
