@@ -5,11 +5,18 @@
 # With --routed the core runs in routed mode (its default) with the group of
 # `verdant-bench group`: every message is delivered by the subscription
 # table, against Mosquitto delivering it directly.
-# Usage: scripts/bench-broker.sh [--routed] [--runs N] [--quick] [--storm-only]
+# With --tls (local mode) the load reaches Verdant over its mutual-TLS
+# listener, every client presenting the sample device's certificate.
+# Usage: scripts/bench-broker.sh [--routed | --tls] [--runs N] [--quick] [--storm-only]
 set -euo pipefail
 mode=local
+tls=no
 if [ "${1:-}" = "--routed" ]; then
+    # Passed on: the load tool then uses the group's client ids.
     mode=routed
+elif [ "${1:-}" = "--tls" ]; then
+    tls=yes
+    shift
 fi
 cd "$(dirname "$0")/.."
 # A thousand clients and their brokers need file descriptors.
@@ -20,6 +27,7 @@ cargo build --release --workspace --bins --locked >&2
 tmp=$(mktemp -d)
 MOSQ_PORT=${MOSQ_PORT:-18830}
 VERDANT_PORT=${VERDANT_PORT:-18831}
+VERDANT_TLS_PORT=${VERDANT_TLS_PORT:-18832}
 cleanup() {
     [ -n "${mosq:-}" ] && kill "$mosq" 2>/dev/null || true
     [ -n "${core:-}" ] && kill "$core" 2>/dev/null || true
@@ -48,8 +56,10 @@ cat > "$tmp/core/config/config.d/50-bench.toml" <<CONF
 # local: the broker alone, as a plain broker; routed: by the group's table.
 mode = "$mode"
 max_queued_messages = 100000
+# Over TLS every load client presents the one sample device.
+require_client_id_match = $([ "$tls" = yes ] && echo false || echo true)
 [broker.tls]
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:$VERDANT_TLS_PORT"
 [broker.tcp]
 enabled = true
 bind = "127.0.0.1:$VERDANT_PORT"
@@ -62,14 +72,20 @@ fi
 VERDANT_LOG=warn target/release/verdant init --root "$tmp/core" >/dev/null 2>&1 &
 core=$!
 
-for port in "$MOSQ_PORT" "$VERDANT_PORT"; do
+for port in "$MOSQ_PORT" "$VERDANT_PORT" "$VERDANT_TLS_PORT"; do
     for _ in $(seq 100); do
         (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
         sleep 0.1
     done
 done
 broker=$(pgrep -f '^verdant-broker' | head -1)
-target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" --target "verdant=127.0.0.1:$VERDANT_PORT" \
+verdant=(--target "verdant=127.0.0.1:$VERDANT_PORT")
+if [ "$tls" = yes ]; then
+    certs="$tmp/core/config/certs"
+    verdant=(--target "verdant=127.0.0.1:$VERDANT_TLS_PORT"
+        --tls "verdant=$certs/group-ca.pem,$certs/devices/sample-device.pem,$certs/devices/sample-device.key")
+fi
+target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" "${verdant[@]}" \
     --pid "mosquitto=$mosq" --pid "verdant=$broker" "$@"
 echo
 echo "idle after the run: mosquitto RSS $(ps -o rss= -p "$mosq") KiB; verdant-broker RSS $(ps -o rss= -p "$broker") KiB"

@@ -60,6 +60,11 @@ enum Cmd {
         /// routed mode, whose devices must be things of its group); no storm.
         #[arg(long)]
         routed: bool,
+        /// `name=ca,cert,key`: the target `name` speaks mutual TLS with
+        /// these PEM files (a broker with `require_client_id_match =
+        /// false`, since every client presents the same device).
+        #[arg(long = "tls")]
+        tls: Vec<String>,
     },
     /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
     /// core queues `messages` while its cloud is down, then the time from
@@ -114,13 +119,32 @@ fn main() {
             label,
         } => runtime.block_on(core::run(&bin_dir, runs, kills, &label)),
         Cmd::Mqtt {
-            targets,
+            mut targets,
             runs,
             quick,
             storm_only,
             pids,
             routed,
+            tls,
         } => {
+            for spec in &tls {
+                let parsed = spec.split_once('=').and_then(|(name, files)| {
+                    let mut f = files.split(',');
+                    Some((name, f.next()?, f.next()?, f.next()?))
+                });
+                let Some((name, ca, cert, key)) = parsed else {
+                    eprintln!("--tls {spec}: expected name=ca,cert,key");
+                    std::process::exit(2);
+                };
+                let Some(target) = targets.iter_mut().find(|t| t.name == name) else {
+                    eprintln!("--tls {spec}: no target named {name}");
+                    std::process::exit(2);
+                };
+                if let Err(e) = target.use_tls(ca, cert, key) {
+                    eprintln!("--tls {spec}: {e}");
+                    std::process::exit(2);
+                }
+            }
             let pids: Vec<(String, u32)> = pids
                 .iter()
                 .filter_map(|p| {

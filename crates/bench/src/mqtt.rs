@@ -16,6 +16,30 @@ pub struct Target {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// Mutual TLS with this client configuration (`--tls`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// Speaks mutual TLS, trusting `ca` and presenting `cert` and `key`
+    /// (PEM files), as a device of the group does.
+    pub fn use_tls(&mut self, ca: &str, cert: &str, key: &str) -> Result<(), String> {
+        use std::path::Path;
+        use verdant_common::pem;
+        let roots = pem::roots(Path::new(ca)).map_err(|e| e.to_string())?;
+        let chain = pem::certificates(Path::new(cert)).map_err(|e| e.to_string())?;
+        let key = pem::private_key(Path::new(key)).map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+        self.tls = Some(std::sync::Arc::new(config));
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for Target {
@@ -28,6 +52,7 @@ impl std::str::FromStr for Target {
             name: name.into(),
             host: host.into(),
             port: port.parse().map_err(|e| format!("port: {e}"))?,
+            tls: None,
         })
     }
 }
@@ -72,6 +97,11 @@ fn options(t: &Target, id: &str) -> MqttOptions {
     o.set_keep_alive(Duration::from_mins(1));
     o.set_inflight(100);
     o.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(config) = &t.tls {
+        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            config.clone(),
+        )));
+    }
     o
 }
 
