@@ -191,6 +191,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     Some(0x85) => v5::ConnectReturnCode::ClientIdentifierNotValid,
                     Some(0x84) => v5::ConnectReturnCode::UnsupportedProtocolVersion,
                     Some(0x81) => v5::ConnectReturnCode::MalformedPacket,
+                    Some(0x82) => v5::ConnectReturnCode::ProtocolError,
+                    Some(0x8C) => v5::ConnectReturnCode::BadAuthenticationMethod,
                     Some(_) => v5::ConnectReturnCode::NotAuthorized,
                 };
                 let packet = v5::Packet::ConnAck(v5::ConnAck {
@@ -302,13 +304,23 @@ pub async fn serve<S>(
     }
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
+    // What was sent and not acknowledged, what waited behind the window,
+    // then what the hub had put in the outbox: all of it, in that order,
+    // goes back to a persistent session.
+    let mut unacked = session.outbound.into_unacked();
+    inbox.close();
+    while let Ok(out) = inbox.try_recv() {
+        if let Outgoing::Deliver(m) = out {
+            unacked.push(m);
+        }
+    }
     let _ = shared
         .hub
         .send(hub::Request::Disconnect {
             client_id,
             connection_id: connected.connection_id,
             graceful,
-            unacked: session.outbound.into_unacked(),
+            unacked,
             session_expiry: match end {
                 End::Graceful { session_expiry, .. } => session_expiry,
                 _ => None,
@@ -356,6 +368,9 @@ struct Hello {
     receive_maximum: u16,
     /// 5.0 Maximum Packet Size the client accepts.
     max_packet: Option<u32>,
+    /// A well-formed CONNECT the broker still refuses: the 5.0 CONNACK
+    /// reason code and why.
+    refusal: Option<(u8, String)>,
 }
 
 impl Hello {
@@ -378,17 +393,20 @@ impl Hello {
             }),
             receive_maximum: u16::MAX,
             max_packet: None,
+            refusal: None,
         }
     }
 
     fn from_v5(c: v5::Connect, will: Option<v5::LastWill>) -> Result<Self, String> {
         let props = c.properties.unwrap_or_default();
-        if props.receive_maximum == Some(0) {
-            return Err("Receive Maximum 0".into());
-        }
-        if props.authentication_method.is_some() {
-            return Err("enhanced authentication is not supported".into());
-        }
+        let refusal = if props.receive_maximum == Some(0) {
+            Some((0x82, "Receive Maximum 0 (MQTT-3.1.2-21)".to_string()))
+        } else {
+            props.authentication_method.as_ref().map(|method| {
+                let why = format!("enhanced authentication ({method}) is not supported");
+                (0x8C, why)
+            })
+        };
         let will_delay = will
             .as_ref()
             .and_then(|w| w.properties.as_ref())
@@ -438,6 +456,7 @@ impl Hello {
             will,
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet: props.max_packet_size,
+            refusal,
         })
     }
 }
@@ -649,6 +668,12 @@ where
             conn.connack(Some(0x81), false, None);
             let _ = conn.flush().await;
         }
+        return None;
+    }
+    if let Some((code, why)) = &hello.refusal {
+        tracing::info!(%address, client_id = hello.client_id, "refused: {why}");
+        conn.connack(Some(*code), false, None);
+        let _ = conn.flush().await;
         return None;
     }
     Some(hello)

@@ -659,6 +659,18 @@ impl Hub {
                     counters.delivered += 1;
                     true
                 }
+                // The connection just ended and the hub has not heard yet:
+                // a persistent session keeps the message.
+                Err(mpsc::error::TrySendError::Closed(Outgoing::Deliver(m)))
+                    if m.qos != QoS::AtMostOnce && !session.clean =>
+                {
+                    if session.enqueue(m, limits) {
+                        true
+                    } else {
+                        counters.dropped_queue_full += 1;
+                        false
+                    }
+                }
                 Err(_) => {
                     counters.dropped_queue_full += 1;
                     false

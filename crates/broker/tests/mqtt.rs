@@ -277,3 +277,57 @@ async fn a_slow_subscriber_holds_back_its_publisher_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A persistent subscriber that leaves with messages unacknowledged, behind
+/// its window and still in its outbox gets every one of them when it
+/// comes back (QoS 1: at least once).
+#[tokio::test]
+async fn a_persistent_subscriber_leaving_mid_backlog_gets_everything_back() {
+    const N: u64 = 20;
+    let b = common::start(&[], "max_inflight = 2").await;
+    let mut o = b.tcp_options("backlogged");
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    let (sub, mut events) = rumqttc::AsyncClient::new(o.clone(), 100);
+    sub.subscribe("bl", QoS::AtLeastOnce).await.unwrap();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = got_tx.send(p);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = connect(b.tcp_options("feeder")).await.unwrap();
+    for i in 0..N {
+        p.mqtt
+            .publish("bl", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .unwrap();
+    }
+    // Two arrive (the window); the rest wait in the broker. Leave without
+    // acknowledging anything.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pump.abort();
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Back, acknowledging now: all N, none missing.
+    o.set_manual_acks(false);
+    let mut back = connect(o).await.unwrap();
+    assert!(back.session_present);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N as usize {
+        let m = back.next().await;
+        seen.insert(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    let want: std::collections::BTreeSet<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(seen, want);
+}

@@ -135,6 +135,15 @@ async fn mqtt5_connack_properties_and_reason_codes() {
     assert!(closed);
     assert_eq!(&got[..3], [0xE0, 0x01, 0x82], "{got:?}");
 
+    // Enhanced authentication (Authentication Method 0x15): CONNACK 0x8C.
+    let mut s = open(port).await;
+    s.write_all(&connect_v5(&[8, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M']))
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(&got[..4], [0x20, got[1], 0x00, 0x8C], "{got:?}");
+
     // A DISCONNECT with no reason code is a normal one.
     let mut s = open(port).await;
     s.write_all(&connect_v5(&[0])).await.unwrap();
