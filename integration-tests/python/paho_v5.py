@@ -8,99 +8,15 @@ usage: paho_v5.py HOST TLS_PORT CA CERT KEY PLAIN_PORT
 Prints each check as it passes; exits non-zero at the first that fails.
 """
 import queue
-import ssl
 import sys
-import threading
 import time
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
-host, tls_port, ca, cert, key, plain_port = sys.argv[1:7]
-WAIT = 20
+from paho_client import WAIT, Client, check, setup
 
-
-def check(cond, what):
-    if not cond:
-        sys.exit(f"FAILED: {what}")
-    print(f"ok: {what}", flush=True)
-
-
-class Client:
-    """A paho v5 client with its events in queues."""
-
-    def __init__(self, client_id, tls=False, v311=False):
-        self.v311 = v311
-        protocol = mqtt.MQTTv311 if v311 else mqtt.MQTTv5
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-        if tls:
-            self.c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.port = int(tls_port if tls else plain_port)
-        self.connack = queue.Queue()
-        self.messages = queue.Queue()
-        self.subacks = queue.Queue()
-        self.published = queue.Queue()
-        self.c.on_connect = lambda c, u, flags, rc, props: self.connack.put((flags, rc, props))
-        self.c.on_message = lambda c, u, msg: self.messages.put(msg)
-        self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
-        self.c.on_publish = lambda c, u, mid, rc, props: self.published.put((mid, rc))
-
-    def connect(self, clean_start=True, expiry=None, will=None, will_delay=None, max_packet=None):
-        if self.v311:
-            self.c.connect(host, self.port)
-            self.c.loop_start()
-            return self.connack.get(timeout=WAIT)
-        props = Properties(PacketTypes.CONNECT)
-        if max_packet is not None:
-            props.MaximumPacketSize = max_packet
-        if expiry is not None:
-            props.SessionExpiryInterval = expiry
-        if will:
-            will_props = Properties(PacketTypes.WILLMESSAGE)
-            if will_delay is not None:
-                will_props.WillDelayInterval = will_delay
-            self.c.will_set(will, b"gone", qos=1, properties=will_props)
-        self.c.connect(host, self.port, clean_start=clean_start, properties=props)
-        self.c.loop_start()
-        return self.connack.get(timeout=WAIT)
-
-    def subscribe(self, topic, qos, **options):
-        if options:
-            self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **options))
-        else:
-            self.c.subscribe(topic, qos)
-        return self.subacks.get(timeout=WAIT)
-
-    def publish(self, topic, payload, qos, props=None, retain=False):
-        info = self.c.publish(topic, payload, qos=qos, properties=props, retain=retain)
-        info.wait_for_publish(WAIT)
-        check(info.is_published(), f"PUBLISH {topic} QoS {qos} acknowledged")
-
-    def message(self):
-        return self.messages.get(timeout=WAIT)
-
-    def message_on(self, topic):
-        """The next message on `topic`, past others."""
-        while True:
-            m = self.message()
-            if m.topic == topic:
-                return m
-
-    def vanish(self):
-        """Drops the connection without DISCONNECT."""
-        self.c.loop_stop()
-        self.c.socket().close()
-
-    def close(self, reason=None):
-        if reason is None:
-            self.c.disconnect()
-        else:
-            self.c.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, reason))
-        self.c.loop_stop()
-
+setup(sys.argv)
 
 sub = Client("sample-device", tls=True)
 flags, rc, props = sub.connect()
