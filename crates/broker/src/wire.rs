@@ -202,8 +202,6 @@ pub enum In {
 pub enum Refusal {
     /// 5.0: 0x8F.
     InvalidFilter,
-    /// 5.0: 0x9E (`$share/...`).
-    SharedNotSupported,
     /// 5.0: 0x97 (a limit of the session).
     Quota,
 }
@@ -513,9 +511,6 @@ fn v5_packet(out: &Out<'_>) -> v5::Packet {
                 .map(|c| match c {
                     Ok(q) => v5::SubscribeReasonCode::Success(qos_v5(*q)),
                     Err(Refusal::InvalidFilter) => v5::SubscribeReasonCode::TopicFilterInvalid,
-                    Err(Refusal::SharedNotSupported) => {
-                        v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                    }
                     Err(Refusal::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect(),
