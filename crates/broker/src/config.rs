@@ -51,6 +51,10 @@ pub struct BrokerConfig {
     /// Topic and payload bytes a persistent session may hold while its
     /// client is away; past it new QoS 1/2 messages are refused (counted).
     pub max_queued_bytes: usize,
+    /// A connected client that has messages parked for it (its outbox
+    /// full) and takes none of them for this long is disconnected, so its
+    /// publishers are not held back for ever. 0: never.
+    pub slow_client_timeout_secs: u64,
     /// Keep persistent sessions and retained messages on disk
     /// (`<root>/data/broker/sessions.db`), so they survive a restart.
     pub persistence: bool,
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             max_inflight: 32,
             max_queued_messages: 1000,
             max_queued_bytes: 8 * 1024 * 1024,
+            slow_client_timeout_secs: 60,
             persistence: true,
             tls: TlsListener::default(),
             tcp: TcpListener::default(),
@@ -169,6 +174,8 @@ impl BrokerConfig {
         crate::hub::QueueLimits {
             messages: self.max_queued_messages,
             bytes: self.max_queued_bytes,
+            stuck_after: (self.slow_client_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.slow_client_timeout_secs)),
         }
     }
 

@@ -293,6 +293,7 @@ pub async fn serve<S>(
         client_id: client_id.clone(),
         origin: Arc::from(client_id.as_str()),
         expiry_at_connect: connect.session_expiry,
+        kill: connected.kill.clone(),
         source,
         outbound,
         incoming_qos2: HashSet::new(),
@@ -304,16 +305,7 @@ pub async fn serve<S>(
     }
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
-    // What was sent and not acknowledged, what waited behind the window,
-    // then what the hub had put in the outbox: all of it, in that order,
-    // goes back to a persistent session.
-    let mut unacked = session.outbound.into_unacked();
-    inbox.close();
-    while let Ok(out) = inbox.try_recv() {
-        if let Outgoing::Deliver(m) = out {
-            unacked.push(m);
-        }
-    }
+    let unacked = take_back(session.outbound, &mut inbox);
     let _ = shared
         .hub
         .send(hub::Request::Disconnect {
@@ -327,6 +319,20 @@ pub async fn serve<S>(
             },
         })
         .await;
+}
+
+/// What was sent and not acknowledged, what waited behind the window,
+/// then what the hub had put in the outbox: all of it, in that order, for
+/// a persistent session to keep.
+fn take_back(outbound: Outbound, inbox: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
+    let mut unacked = outbound.into_unacked();
+    inbox.close();
+    while let Ok(out) = inbox.try_recv() {
+        if let Outgoing::Deliver(m) = out {
+            unacked.push(m);
+        }
+    }
+    unacked
 }
 
 /// Tells a 5.0 client why the broker closes and logs how the connection
@@ -687,6 +693,8 @@ struct Session<'a> {
     origin: Arc<str>,
     /// The session expiry interval of CONNECT.
     expiry_at_connect: u32,
+    /// The hub's way to end a connection whose outbox is full.
+    kill: tokio_util::sync::CancellationToken,
     /// The device's thing ARN, the source of what it publishes.
     source: Option<Arc<str>>,
     outbound: Outbound,
@@ -796,6 +804,9 @@ impl Session<'_> {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
                     ));
+                }
+                () = self.kill.cancelled() => {
+                    return End::Closed(0x97, "took no message while its publishers waited (slow_client_timeout_secs)".into());
                 }
                 () = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
                     return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));

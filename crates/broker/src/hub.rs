@@ -101,6 +101,9 @@ struct Connection {
     outbox: mpsc::Sender<Outgoing>,
     will: Option<Message>,
     info: ClientInfo,
+    /// Ends the connection when its outbox cannot carry a Close (a
+    /// client that takes nothing).
+    kill: tokio_util::sync::CancellationToken,
 }
 
 struct Session {
@@ -117,8 +120,9 @@ struct Session {
     connection: Option<Connection>,
     last_info: ClientInfo,
     /// QoS 1/2 messages for the connected client that its full outbox
-    /// could not take yet (see `hub_backlog.rs`).
+    /// could not take yet (see `hub_backlog.rs`), and when they last moved.
     parked: VecDeque<Message>,
+    parked_since: Option<std::time::Instant>,
 }
 
 /// How much a session may hold while its client is away.
@@ -126,6 +130,9 @@ struct Session {
 pub struct QueueLimits {
     pub messages: usize,
     pub bytes: usize,
+    /// How long a connected client may take none of its parked messages
+    /// before it is disconnected (`slow_client_timeout_secs`).
+    pub stuck_after: Option<std::time::Duration>,
 }
 
 fn size(m: &Message) -> usize {
@@ -256,6 +263,8 @@ pub struct Connected {
     pub session_present: bool,
     /// Messages queued while the client was away, to send first.
     pub queued: Vec<Message>,
+    /// Cancelled when the hub gives up on a client that takes nothing.
+    pub kill: tokio_util::sync::CancellationToken,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -378,6 +387,7 @@ impl Hub {
                     connection: None,
                     last_info: info,
                     parked: VecDeque::new(),
+                    parked_since: None,
                 },
             );
         }
@@ -464,6 +474,7 @@ impl Hub {
                     connection: None,
                     last_info: info.clone(),
                     parked: VecDeque::new(),
+                    parked_since: None,
                 },
             );
         }
@@ -471,13 +482,16 @@ impl Hub {
         session.clean = clean;
         session.thing.clone_from(&info.thing_name);
         session.last_info = info.clone();
+        let kill = tokio_util::sync::CancellationToken::new();
         session.connection = Some(Connection {
             id,
             outbox,
             will,
             info,
+            kill: kill.clone(),
         });
         Connected {
+            kill,
             connection_id: id,
             session_present: present,
             queued: session.take_queue(),

@@ -72,7 +72,35 @@ impl Hub {
         if self.parked.is_empty() {
             self.congested_flag.store(false, Ordering::Release);
         }
+        self.give_up_on_stuck();
         self.release();
+    }
+
+    /// Disconnects clients that took none of their parked messages for
+    /// `stuck_after`: their publishers are held back meanwhile.
+    fn give_up_on_stuck(&mut self) {
+        let Some(limit) = self.limits.stuck_after else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for client_id in &self.parked {
+            let Some(session) = self.sessions.get(client_id) else {
+                continue;
+            };
+            let stuck = session
+                .parked_since
+                .is_some_and(|since| now.duration_since(since) >= limit);
+            if let (true, Some(connection)) = (stuck, &session.connection)
+                && !connection.kill.is_cancelled()
+            {
+                tracing::warn!(
+                    client_id,
+                    parked = session.parked.len(),
+                    "took no message for {limit:?} while its publishers waited; disconnecting"
+                );
+                connection.kill.cancel();
+            }
+        }
     }
 
     /// A session's connection ended: what it had parked goes to its queue
@@ -81,6 +109,7 @@ impl Hub {
         self.parked.remove(client_id);
         if let Some(session) = self.sessions.get_mut(client_id) {
             let parked = std::mem::take(&mut session.parked);
+            session.parked_since = None;
             if !session.clean {
                 for m in parked {
                     let _ = session.enqueue(m, self.limits);
@@ -98,21 +127,29 @@ impl Session {
         let Some(connection) = &self.connection else {
             return true;
         };
+        let mut moved = false;
         while let Some(m) = self.parked.pop_front() {
             match connection.outbox.try_send(Outgoing::Deliver(m)) {
-                Ok(()) => {}
+                Ok(()) => moved = true,
                 Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m))) => {
                     self.parked.push_front(m);
+                    if moved {
+                        self.parked_since = Some(std::time::Instant::now());
+                    }
                     return false;
                 }
                 Err(_) => return true,
             }
         }
+        self.parked_since = None;
         true
     }
 
     /// Parks `m` behind what already waits.
     pub(super) fn park(&mut self, m: Message) {
+        if self.parked.is_empty() {
+            self.parked_since = Some(std::time::Instant::now());
+        }
         self.parked.push_back(m);
     }
 }

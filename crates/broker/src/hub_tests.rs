@@ -5,6 +5,7 @@ fn limits(messages: usize) -> QueueLimits {
     QueueLimits {
         messages,
         bytes: 1 << 20,
+        stuck_after: None,
     }
 }
 
@@ -382,6 +383,7 @@ fn queued_bytes_are_limited_per_session() {
     let mut hub = Hub::new(QueueLimits {
         messages: 100,
         bytes: 10,
+        stuck_after: None,
     });
     let (tx, _rx) = mpsc::channel(10);
     let c = hub.connect(info("p", false), None, tx);

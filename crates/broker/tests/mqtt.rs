@@ -331,3 +331,59 @@ async fn a_persistent_subscriber_leaving_mid_backlog_gets_everything_back() {
     let want: std::collections::BTreeSet<String> = (0..N).map(|i| i.to_string()).collect();
     assert_eq!(seen, want);
 }
+
+/// A subscriber that takes nothing for `slow_client_timeout_secs` while
+/// messages are parked for it is disconnected, and its publisher's held
+/// acknowledgements go out.
+#[tokio::test]
+async fn a_subscriber_that_takes_nothing_is_disconnected_and_releases_its_publisher() {
+    const N: u64 = 40;
+    let b = common::start(
+        &[],
+        "max_queued_messages = 4\nmax_inflight = 2\nslow_client_timeout_secs = 1",
+    )
+    .await;
+    let mut o = b.tcp_options("stuck");
+    o.set_manual_acks(true);
+    let (stuck, mut stuck_events) = rumqttc::AsyncClient::new(o, 100);
+    stuck.subscribe("st", QoS::AtLeastOnce).await.unwrap();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        while stuck_events.poll().await.is_ok() {}
+        let _ = ended_tx.send(());
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut o = b.tcp_options("held");
+    o.set_inflight(10);
+    let (held, mut held_events) = rumqttc::AsyncClient::new(o, 200);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acked.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = held_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..N {
+            held.publish("st", QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(15), ended)
+        .await
+        .expect("the stuck subscriber is disconnected")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher is released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stuck);
+}
