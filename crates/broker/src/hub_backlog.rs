@@ -138,6 +138,12 @@ impl Session {
                     }
                     return false;
                 }
+                // The connection ended: what is parked stays for the
+                // disconnect, which gives it to a persistent session.
+                Err(mpsc::error::TrySendError::Closed(Outgoing::Deliver(m))) => {
+                    self.parked.push_front(m);
+                    return true;
+                }
                 Err(_) => return true,
             }
         }

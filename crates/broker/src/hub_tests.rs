@@ -253,6 +253,28 @@ fn a_full_outbox_parks_qos1_in_order_and_congestion_holds_acknowledgements() {
 }
 
 #[test]
+fn parked_messages_of_a_connection_that_ended_go_to_its_persistent_session() {
+    let mut hub = Hub::new(limits(100));
+    let (tx, rx) = mpsc::channel(1);
+    let c = hub.connect(info("p", false), None, tx);
+    hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+    for i in 0..3 {
+        hub.publish(&msg("t", QoS::AtLeastOnce, false, &i.to_string()));
+    }
+    // The connection is gone (its task took the outbox's message along)
+    // before the hub heard of it.
+    drop(rx);
+    hub.unpark();
+    hub.disconnect("p", c.connection_id, false, Vec::new());
+    let queued: Vec<_> = hub.sessions["p"]
+        .queue
+        .iter()
+        .map(|m| m.payload.clone())
+        .collect();
+    assert_eq!(queued, ["1", "2"], "both parked messages kept, in order");
+}
+
+#[test]
 fn retained_set_replace_clear_and_sent_on_subscribe() {
     let mut hub = Hub::new(limits(10));
     hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "old"));
