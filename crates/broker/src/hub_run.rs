@@ -1,0 +1,306 @@
+//! The hub's task: the requests connections and the link send, taken in
+//! batches, the store committed once per batch, then the answers (see
+//! `hub.rs`); and the clocks it keeps (wills, expiries, parked messages,
+//! giving memory back).
+
+use std::sync::Arc;
+
+use rumqttc::QoS;
+use tokio::sync::{mpsc, oneshot};
+use verdant_group::routes::Table;
+
+use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, Outgoing, REPORT_EVERY};
+use crate::link::Forward;
+use crate::wire::SubOptions;
+
+/// After this many requests, quiet spells of [`TRIM_AFTER`] return the
+/// allocator's free memory (the backlog of a burst) to the system, a few
+/// times over, as connections may still be draining what the burst left.
+const TRIM_MIN_REQUESTS: u64 = 1_000;
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+const TRIMS: u8 = 3;
+/// How often parked messages are offered to their outboxes again.
+const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Requests to the hub.
+pub enum Request {
+    /// A second passed while sessions expire or wills wait (`run` itself).
+    Sweep,
+    /// Time to retry parked messages (`run` itself).
+    Unpark,
+    Connect {
+        info: ClientInfo,
+        will: Option<Message>,
+        outbox: mpsc::Sender<Outgoing>,
+        reply: oneshot::Sender<Connected>,
+    },
+    Disconnect {
+        client_id: String,
+        connection_id: u64,
+        graceful: bool,
+        unacked: Vec<Message>,
+        /// A 5.0 DISCONNECT's new session expiry interval.
+        session_expiry: Option<u32>,
+    },
+    /// A message from a client (`source`: its device's thing ARN); for
+    /// QoS 1/2 the reply says whether it is safe to acknowledge (stored
+    /// wherever it must be, the router's side included).
+    Publish {
+        message: Message,
+        source: Option<Arc<str>>,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// A message the router routed to the devices `things`; the reply
+    /// says the sessions have it.
+    Deliver {
+        things: Vec<String>,
+        message: Message,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// The router's table.
+    Table(Arc<Table>),
+    /// The router says whether someone traces.
+    Tracing(bool),
+    /// The group changed: close the connections of devices not in it.
+    Members(std::collections::HashSet<String>),
+    /// Stored messages the subscriber acknowledged.
+    Acked(Vec<u64>),
+    Subscribe {
+        client_id: String,
+        filters: Vec<(String, QoS, SubOptions)>,
+        reply: oneshot::Sender<SubscribeResult>,
+    },
+    Unsubscribe {
+        client_id: String,
+        filters: Vec<String>,
+        reply: oneshot::Sender<()>,
+    },
+    Clients(oneshot::Sender<(Vec<ClientSummary>, Counters)>),
+    Kick {
+        client_id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The retained messages to send, or why the subscription was refused.
+pub type SubscribeResult = Result<Vec<Message>, String>;
+
+/// An answer held back until its batch is committed.
+pub(super) enum Reply {
+    Connect(oneshot::Sender<Connected>, Connected),
+    Publish(oneshot::Sender<bool>),
+    /// A publish that parked messages for these clients: acknowledged
+    /// once they took them (`hub_backlog.rs`).
+    Held(oneshot::Sender<bool>, Vec<String>),
+    /// To the router, which acknowledges a QoS 1 message itself.
+    Forward(Forward),
+    Subscribe(oneshot::Sender<SubscribeResult>, SubscribeResult),
+    Unsubscribe(oneshot::Sender<()>),
+}
+
+/// Requests handled before one commit.
+const BATCH: usize = 1024;
+
+/// The hub's task: takes requests in batches, commits each batch's store
+/// operations once (on a blocking thread, only when there are any), then
+/// answers, until every sender is gone. Requests that arrive during a
+/// commit make the next batch: that is the group commit.
+pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
+    let mut replies = Vec::new();
+    // Session expiry and will delays, to the second; an interval keeps its
+    // beat however busy the requests keep the loop.
+    let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since_trim: u64 = 0;
+    let mut trims = 0u8;
+    loop {
+        if since_trim >= TRIM_MIN_REQUESTS {
+            since_trim = 0;
+            trims = TRIMS;
+        }
+        let first = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            () = tokio::time::sleep(UNPARK_EVERY), if hub.congested() => Request::Unpark,
+            () = tokio::time::sleep(TRIM_AFTER), if trims > 0 => {
+                trims -= 1;
+                let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
+                continue;
+            }
+            _ = clock.tick(), if hub.has_timers() => Request::Sweep,
+            // Counts left over when traffic stops still reach the router.
+            () = tokio::time::sleep(REPORT_EVERY), if hub.unreported() => {
+                hub.report(true);
+                continue;
+            }
+        };
+        let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
+        since_trim += 1;
+        for _ in 1..BATCH {
+            match requests.try_recv() {
+                Ok(r) => sessions_changed |= hub.handle(r, max_subscriptions, &mut replies),
+                Err(_) => break,
+            }
+            since_trim += 1;
+        }
+        if sessions_changed {
+            hub.count_durable_subscriptions();
+        }
+        if hub.congested() {
+            hub.unpark();
+        }
+        let durable = match hub.store.take() {
+            Some(mut store) if store.has_pending() => {
+                let (store, result) = tokio::task::spawn_blocking(move || {
+                    let result = store.commit();
+                    (store, result)
+                })
+                .await
+                .expect("the commit does not panic");
+                hub.store = Some(store);
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(
+                            "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
+                        );
+                        false
+                    }
+                }
+            }
+            other => {
+                hub.store = other;
+                true
+            }
+        };
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Connect(tx, c) => {
+                    let _ = tx.send(c);
+                }
+                // A publish that parked messages waits for them (see
+                // `hub_backlog.rs`).
+                Reply::Held(tx, clients) if durable => hub.hold(tx, clients),
+                Reply::Held(tx, _) | Reply::Publish(tx) => {
+                    let _ = tx.send(durable);
+                }
+                Reply::Forward(f) => hub.forward(f, durable),
+                Reply::Subscribe(tx, result) => {
+                    let result = if durable {
+                        result
+                    } else {
+                        Err("the session store cannot be written".into())
+                    };
+                    let _ = tx.send(result);
+                }
+                Reply::Unsubscribe(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Applies one request; true if it may have changed sessions or
+    /// subscriptions.
+    fn handle(
+        &mut self,
+        request: Request,
+        max_subscriptions: usize,
+        replies: &mut Vec<Reply>,
+    ) -> bool {
+        let changes_sessions = matches!(
+            request,
+            Request::Connect { .. }
+                | Request::Disconnect { .. }
+                | Request::Subscribe { .. }
+                | Request::Unsubscribe { .. }
+                | Request::Sweep
+        );
+        match request {
+            Request::Sweep => self.sweep(std::time::Instant::now()),
+            Request::Unpark => self.unpark(),
+            Request::Connect {
+                info,
+                will,
+                outbox,
+                reply,
+            } => replies.push(Reply::Connect(reply, self.connect(info, will, outbox))),
+            Request::Disconnect {
+                client_id,
+                connection_id,
+                graceful,
+                unacked,
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    self.set_expiry(&client_id, connection_id, expiry);
+                }
+                self.disconnect(&client_id, connection_id, graceful, unacked);
+            }
+            Request::Publish {
+                message,
+                source,
+                reply,
+            } => {
+                self.just_parked.clear();
+                match self.publish_from(&message, source.as_ref()) {
+                    Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
+                    None => {
+                        if let Some(reply) = reply {
+                            replies.push(self.reply_to_publish(reply));
+                        }
+                    }
+                }
+            }
+            Request::Deliver {
+                things,
+                message,
+                reply,
+            } => {
+                self.just_parked.clear();
+                self.deliver_to(&things, &message);
+                if let Some(reply) = reply {
+                    replies.push(self.reply_to_publish(reply));
+                }
+            }
+            Request::Table(table) => self.set_table(table),
+            Request::Tracing(on) => self.set_tracing(on),
+            Request::Members(things) => self.keep_only(&things),
+            Request::Acked(ids) => self.acked(&ids),
+            Request::Subscribe {
+                client_id,
+                filters,
+                reply,
+            } => {
+                let existing = self.subscription_count(&client_id);
+                let result = if existing + filters.len() > max_subscriptions {
+                    Err(format!(
+                        "more than {max_subscriptions} subscriptions for one client"
+                    ))
+                } else {
+                    Ok(self.subscribe_with(&client_id, &filters))
+                };
+                replies.push(Reply::Subscribe(reply, result));
+            }
+            Request::Unsubscribe {
+                client_id,
+                filters,
+                reply,
+            } => {
+                self.unsubscribe(&client_id, &filters);
+                replies.push(Reply::Unsubscribe(reply));
+            }
+            Request::Clients(reply) => {
+                let _ = reply.send((self.clients(), self.counters));
+            }
+            Request::Kick { client_id, reply } => {
+                let _ = reply.send(self.kick(&client_id, "disconnected by an operator"));
+            }
+        }
+        changes_sessions
+    }
+}
