@@ -215,25 +215,7 @@ async fn a_slow_subscriber_holds_back_its_publisher_and_loses_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut o = b.tcp_options("fast");
-    o.set_inflight(10);
-    let (fast, mut fast_events) = rumqttc::AsyncClient::new(o, 200);
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = acked.clone();
-    tokio::spawn(async move {
-        while let Ok(event) = fast_events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    });
-    tokio::spawn(async move {
-        for i in 0..N {
-            fast.publish("bp", QoS::AtLeastOnce, false, i.to_string())
-                .await
-                .unwrap();
-        }
-    });
+    let acked = counted_publisher(&b, "fast", "bp", N);
 
     // The subscriber holds two unacknowledged; the broker parks a few
     // more and holds the publisher's acknowledgements for them.
@@ -354,25 +336,7 @@ async fn a_subscriber_that_takes_nothing_is_disconnected_and_releases_its_publis
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut o = b.tcp_options("held");
-    o.set_inflight(10);
-    let (held, mut held_events) = rumqttc::AsyncClient::new(o, 200);
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = acked.clone();
-    tokio::spawn(async move {
-        while let Ok(event) = held_events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    });
-    tokio::spawn(async move {
-        for i in 0..N {
-            held.publish("st", QoS::AtLeastOnce, false, i.to_string())
-                .await
-                .unwrap();
-        }
-    });
+    let acked = counted_publisher(&b, "held", "st", N);
     tokio::time::timeout(Duration::from_secs(15), ended)
         .await
         .expect("the stuck subscriber is disconnected")
@@ -386,4 +350,35 @@ async fn a_subscriber_that_takes_nothing_is_disconnected_and_releases_its_publis
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(stuck);
+}
+
+/// A client publishing `n` QoS 1 messages (0, 1, ...) to `topic` with a
+/// window of 10; the count of PUBACKs it has received.
+fn counted_publisher(
+    b: &common::Broker,
+    id: &str,
+    topic: &'static str,
+    n: u64,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let mut o = b.tcp_options(id);
+    o.set_inflight(10);
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 200);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acked.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    acked
 }
