@@ -130,14 +130,23 @@ async fn storm(targets: &[Target], pids: &[(String, u32)], runs: usize, clients:
     }
 }
 
-pub async fn run(
-    targets: &[Target],
-    pids: &[(String, u32)],
-    runs: usize,
-    quick: bool,
-    storm_only: bool,
-    routed: bool,
-) {
+/// What to run: see `verdant-bench mqtt --help`.
+pub struct Plan {
+    pub runs: usize,
+    pub quick: bool,
+    pub storm_only: bool,
+    pub routed: bool,
+    pub only: Option<String>,
+}
+
+pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
+    let &Plan {
+        runs,
+        quick,
+        storm_only,
+        routed,
+        ..
+    } = plan;
     if storm_only {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
         return;
@@ -147,6 +156,16 @@ pub async fn run(
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (i, scenario) in scenarios(quick).into_iter().enumerate() {
+        let name = match &scenario {
+            Scenario::Throughput(n, _) | Scenario::Latency(n, ..) | Scenario::Overload(n, ..) => *n,
+        };
+        if plan
+            .only
+            .as_ref()
+            .is_some_and(|only| !name.contains(only.as_str()))
+        {
+            continue;
+        }
         let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); targets.len()];
         for r in 0..runs {
             for (t, target) in targets.iter().enumerate() {
@@ -170,9 +189,6 @@ pub async fn run(
                 }
             }
         }
-        let name = match &scenario {
-            Scenario::Throughput(n, _) | Scenario::Latency(n, ..) | Scenario::Overload(n, ..) => *n,
-        };
         let first = median(results[0].iter().map(|o| o.rate).collect());
         let first_p99 = median(
             results[0]
@@ -217,7 +233,7 @@ pub async fn run(
             println!("peak RSS of {name} so far (VmHWM): {peak} KiB");
         }
     }
-    if !routed {
+    if !routed && plan.only.is_none() {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
     }
 }

@@ -65,6 +65,9 @@ enum Cmd {
         /// false`, since every client presents the same device).
         #[arg(long = "tls")]
         tls: Vec<String>,
+        /// Only the scenarios whose name contains this text (e.g. "QoS 1, 1 KiB").
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
     /// core queues `messages` while its cloud is down, then the time from
@@ -126,6 +129,7 @@ fn main() {
             pids,
             routed,
             tls,
+            only,
         } => {
             for spec in &tls {
                 let parsed = spec.split_once('=').and_then(|(name, files)| {
@@ -152,9 +156,14 @@ fn main() {
                     Some((name.to_string(), pid.parse().ok()?))
                 })
                 .collect();
-            runtime.block_on(compare::run(
-                &targets, &pids, runs, quick, storm_only, routed,
-            ));
+            let plan = compare::Plan {
+                runs,
+                quick,
+                storm_only,
+                routed,
+                only,
+            };
+            runtime.block_on(compare::run(&targets, &pids, &plan));
         }
         Cmd::Group => println!("{}", compare::group()),
         Cmd::Shadow { bin_dir, runs } => runtime.block_on(shadow::run(&bin_dir, runs)),

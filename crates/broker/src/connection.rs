@@ -25,6 +25,7 @@ use crate::config::BrokerConfig;
 use crate::hub::{self, ClientInfo, Message, Outgoing};
 use crate::identity::{Devices, Peer};
 use crate::outbound::Outbound;
+use crate::outbox::{self, Inbox};
 use crate::topic;
 use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
@@ -229,10 +230,14 @@ pub async fn serve<S>(
 {
     let (rd, wr) = tokio::io::split(stream);
     let mut conn = Conn::new(rd, wr, shared.config.max_packet_size);
-    let Some(connect) = read_connect(&mut conn, &address, &shared).await else {
+    // Boxed, as is every stage that does not last: the task of an idle
+    // connection holds only what its session needs (see docs/benchmarks.md,
+    // memory per idle connection).
+    let Some(connect) = Box::pin(read_connect(&mut conn, &address, &shared)).await else {
         return;
     };
-    let Some(admitted) = admit(&mut conn, &connect, &peer, &address, &shared).await else {
+    let Some(admitted) = Box::pin(admit(&mut conn, &connect, &peer, &address, &shared)).await
+    else {
         return;
     };
     let Admitted {
@@ -242,7 +247,7 @@ pub async fn serve<S>(
         subject,
         will,
     } = admitted;
-    let (outbox, mut inbox) = mpsc::channel(shared.config.max_queued_messages.max(1));
+    let (outbox, mut inbox) = outbox::channel(shared.config.max_queued_messages);
     let (tx, rx) = oneshot::channel();
     let source = thing.as_ref().map(|d| d.thing_arn.clone());
     let info = ClientInfo {
@@ -259,16 +264,17 @@ pub async fn serve<S>(
         will_delay: connect.will_delay,
         connected_at: SystemTime::now(),
     };
-    if shared
-        .hub
-        .send(hub::Request::Connect {
+    if hub::to_hub(
+        &shared.hub,
+        hub::Request::Connect {
             info,
             will,
             outbox,
             reply: tx,
-        })
-        .await
-        .is_err()
+        },
+    )
+    .await
+    .is_err()
     {
         return;
     }
@@ -296,41 +302,44 @@ pub async fn serve<S>(
         client_id: client_id.clone(),
         origin: Arc::from(client_id.as_str()),
         expiry_at_connect: connect.session_expiry,
-        kill: connected.kill.clone(),
+        kill: connected.kill,
         source,
         outbound,
         incoming_qos2: HashSet::new(),
         unconfirmed: FuturesOrdered::new(),
         acked: Vec::new(),
     };
+    drop(connect);
+    let connection_id = connected.connection_id;
     for m in connected.queued {
         session.push(&mut conn, m);
     }
     let end = session.run(&mut conn, &mut inbox, keep_alive).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
     let unacked = take_back(session.outbound, &mut inbox);
-    let _ = shared
-        .hub
-        .send(hub::Request::Disconnect {
+    let _ = hub::to_hub(
+        &shared.hub,
+        hub::Request::Disconnect {
             client_id,
-            connection_id: connected.connection_id,
+            connection_id,
             graceful,
             unacked,
             session_expiry: match end {
                 End::Graceful { session_expiry, .. } => session_expiry,
                 _ => None,
             },
-        })
-        .await;
+        },
+    )
+    .await;
 }
 
 /// What was sent and not acknowledged, what waited behind the window,
 /// then what the hub had put in the outbox: all of it, in that order, for
 /// a persistent session to keep.
-fn take_back(outbound: Outbound, inbox: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
+fn take_back(outbound: Outbound, inbox: &mut Inbox) -> Vec<Message> {
     let mut unacked = outbound.into_unacked();
     inbox.close();
-    while let Ok(out) = inbox.try_recv() {
+    while let Some(out) = inbox.try_recv() {
         if let Outgoing::Deliver(m) = out {
             unacked.push(m);
         }
@@ -388,7 +397,7 @@ impl Session<'_> {
     async fn run<R, W>(
         &mut self,
         conn: &mut Conn<R, W>,
-        inbox: &mut mpsc::Receiver<Outgoing>,
+        inbox: &mut Inbox,
         keep_alive: Duration,
     ) -> End
     where
@@ -430,10 +439,7 @@ impl Session<'_> {
             self.acked.append(&mut self.outbound.expired);
             if !self.acked.is_empty() {
                 let ids = std::mem::take(&mut self.acked);
-                if self
-                    .shared
-                    .hub
-                    .send(hub::Request::Acked(ids))
+                if hub::to_hub(&self.shared.hub, hub::Request::Acked(ids))
                     .await
                     .is_err()
                 {
@@ -466,7 +472,7 @@ impl Session<'_> {
                         self.push(conn, m);
                         // Take whatever else is ready in one write.
                         while !self.outbound.backlogged()
-                            && let Ok(Outgoing::Deliver(m)) = inbox.try_recv()
+                            && let Some(Outgoing::Deliver(m)) = inbox.try_recv()
                         {
                             self.push(conn, m);
                         }
@@ -533,7 +539,7 @@ impl Session<'_> {
                     filters,
                     reply: tx,
                 };
-                if self.shared.hub.send(request).await.is_err() || rx.await.is_err() {
+                if hub::to_hub(&self.shared.hub, request).await.is_err() || rx.await.is_err() {
                     return Some(End::stopping());
                 }
                 conn.queue(&Out::UnsubAck { pkid, count });
@@ -659,16 +665,16 @@ impl Session<'_> {
         } else {
             (None, None)
         };
-        if self
-            .shared
-            .hub
-            .send(hub::Request::Publish {
+        if hub::to_hub(
+            &self.shared.hub,
+            hub::Request::Publish {
                 message,
                 source: self.source.clone(),
                 reply,
-            })
-            .await
-            .is_err()
+            },
+        )
+        .await
+        .is_err()
         {
             return Some(End::stopping());
         }
@@ -736,7 +742,7 @@ impl Session<'_> {
             filters: accepted,
             reply: tx,
         };
-        if self.shared.hub.send(request).await.is_err() {
+        if hub::to_hub(&self.shared.hub, request).await.is_err() {
             return Some(End::stopping());
         }
         match rx.await {

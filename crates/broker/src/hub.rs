@@ -18,6 +18,7 @@ use verdant_group::routes::{RouteIndex, Table};
 
 use crate::index::Index;
 use crate::link::ToLink;
+use crate::outbox::{Outbox, TrySendError};
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 use crate::wire::SubOptions;
@@ -98,9 +99,8 @@ pub struct Counters {
 
 struct Connection {
     id: u64,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
     will: Option<Message>,
-    info: ClientInfo,
     /// Ends the connection when its outbox cannot carry a Close (a
     /// client that takes nothing).
     kill: tokio_util::sync::CancellationToken,
@@ -118,6 +118,7 @@ struct Session {
     /// Topic and payload bytes in `queue`.
     queued_bytes: usize,
     connection: Option<Connection>,
+    /// The connected client's, or the last one's while it is away.
     last_info: ClientInfo,
     /// QoS 1/2 messages for the connected client that its full outbox
     /// could not take yet (see `hub_backlog.rs`), and when they last moved.
@@ -218,7 +219,8 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The broker's sessions and their routing.
 pub struct Hub {
     routing: Routing,
-    sessions: HashMap<String, Session>,
+    /// Boxed: the table grows in powers of two, its empty slots stay small.
+    sessions: HashMap<String, Box<Session>>,
     /// Every session's subscriptions by filter, kept with `sessions`.
     index: Index,
     retained: BTreeMap<String, Message>,
@@ -264,7 +266,7 @@ pub struct Connected {
 /// the devices `to`).
 fn pick_member(
     group: &mut crate::index::Group,
-    sessions: &HashMap<String, Session>,
+    sessions: &HashMap<String, Box<Session>>,
     to: Option<&[String]>,
 ) -> Option<(Arc<str>, QoS)> {
     let n = group.members.len();
@@ -364,7 +366,7 @@ impl Hub {
                 .collect();
             hub.sessions.insert(
                 s.client_id.clone(),
-                Session {
+                Box::new(Session {
                     clean: false,
                     // Client ids are thing names unless that rule is relaxed.
                     thing: Some(s.client_id.clone()),
@@ -380,7 +382,7 @@ impl Hub {
                     last_info: info,
                     parked: VecDeque::new(),
                     parked_since: None,
-                },
+                }),
             );
         }
         for m in loaded.retained {
@@ -402,7 +404,7 @@ impl Hub {
         &mut self,
         info: ClientInfo,
         will: Option<Message>,
-        outbox: mpsc::Sender<Outgoing>,
+        outbox: Outbox,
     ) -> Connected {
         let id = self.next_connection;
         self.next_connection += 1;
@@ -456,7 +458,7 @@ impl Hub {
             }
             self.sessions.insert(
                 client_id.clone(),
-                Session {
+                Box::new(Session {
                     clean,
                     thing: None,
                     subscriptions: BTreeMap::new(),
@@ -467,19 +469,18 @@ impl Hub {
                     last_info: info.clone(),
                     parked: VecDeque::new(),
                     parked_since: None,
-                },
+                }),
             );
         }
         let session = self.sessions.get_mut(&client_id).expect("inserted above");
         session.clean = clean;
         session.thing.clone_from(&info.thing_name);
-        session.last_info = info.clone();
+        session.last_info = info;
         let kill = tokio_util::sync::CancellationToken::new();
         session.connection = Some(Connection {
             id,
             outbox,
             will,
-            info,
             kill: kill.clone(),
         });
         Connected {
@@ -522,6 +523,7 @@ impl Hub {
             return;
         };
         let now = std::time::Instant::now();
+        let source = session.last_info.thing_arn.clone();
         if session.clean {
             for f in session.subscriptions.keys() {
                 self.index.remove(f, client_id);
@@ -535,7 +537,6 @@ impl Hub {
             self.arm_expiry(client_id, expiry, now);
         }
         if !graceful && let Some(will) = connection.will {
-            let source = connection.info.thing_arn.clone();
             self.will(client_id, will, source, now);
         }
     }
@@ -654,20 +655,18 @@ impl Hub {
                     counters.delivered += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m)))
-                    if m.qos == QoS::AtMostOnce =>
-                {
+                Err(TrySendError::Full(Outgoing::Deliver(m))) if m.qos == QoS::AtMostOnce => {
                     counters.dropped_qos0 += 1;
                     false
                 }
-                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m))) => {
+                Err(TrySendError::Full(Outgoing::Deliver(m))) => {
                     session.park(m);
                     counters.delivered += 1;
                     true
                 }
                 // The connection just ended and the hub has not heard yet:
                 // a persistent session keeps the message.
-                Err(mpsc::error::TrySendError::Closed(Outgoing::Deliver(m)))
+                Err(TrySendError::Closed(Outgoing::Deliver(m)))
                     if m.qos != QoS::AtMostOnce && !session.clean =>
                 {
                     if session.enqueue(m, limits) {
@@ -798,10 +797,7 @@ impl Hub {
             .sessions
             .values()
             .map(|s| ClientSummary {
-                info: s
-                    .connection
-                    .as_ref()
-                    .map_or_else(|| s.last_info.clone(), |c| c.info.clone()),
+                info: s.last_info.clone(),
                 connected: s.connection.is_some(),
                 subscriptions: s
                     .subscriptions
@@ -867,4 +863,4 @@ pub use timers::NEVER;
 #[path = "hub_run.rs"]
 mod driver;
 use driver::Reply;
-pub use driver::{Request, SubscribeResult, run};
+pub use driver::{Request, Stopped, SubscribeResult, run, to_hub};

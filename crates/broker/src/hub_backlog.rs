@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Hub, Message, Outgoing, Reply, Session};
 
@@ -64,7 +64,7 @@ impl Hub {
             let done = self
                 .sessions
                 .get_mut(&client_id)
-                .is_none_or(Session::flush_parked);
+                .is_none_or(|s| s.flush_parked());
             if done {
                 self.parked.remove(&client_id);
             }
@@ -131,7 +131,7 @@ impl Session {
         while let Some(m) = self.parked.pop_front() {
             match connection.outbox.try_send(Outgoing::Deliver(m)) {
                 Ok(()) => moved = true,
-                Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(m))) => {
+                Err(crate::outbox::TrySendError::Full(Outgoing::Deliver(m))) => {
                     self.parked.push_front(m);
                     if moved {
                         self.parked_since = Some(std::time::Instant::now());
@@ -140,7 +140,7 @@ impl Session {
                 }
                 // The connection ended: what is parked stays for the
                 // disconnect, which gives it to a persistent session.
-                Err(mpsc::error::TrySendError::Closed(Outgoing::Deliver(m))) => {
+                Err(crate::outbox::TrySendError::Closed(Outgoing::Deliver(m))) => {
                     self.parked.push_front(m);
                     return true;
                 }

@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::Table;
 
-use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, Outgoing, REPORT_EVERY};
+use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
 use crate::link::Forward;
 use crate::wire::SubOptions;
 
@@ -22,6 +22,32 @@ const TRIMS: u8 = 3;
 /// How often parked messages are offered to their outboxes again.
 const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// The hub has stopped: the broker is shutting down.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Sent at once, or waiting (boxed) for room in the hub's channel.
+pub type ToHub<'a> = futures::future::Either<
+    futures::future::Ready<Result<(), Stopped>>,
+    futures::future::BoxFuture<'a, Result<(), Stopped>>,
+>;
+
+/// Hands `request` to the hub. A connection's task holds this future for
+/// as long as it lives, so it is small: the common case is a `try_send`,
+/// and only a full channel waits, in a boxed future.
+pub fn to_hub(hub: &mpsc::Sender<Request>, request: Request) -> ToHub<'_> {
+    use futures::future::{Either, FutureExt};
+    match hub.try_send(request) {
+        Ok(()) => Either::Left(futures::future::ready(Ok(()))),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Either::Left(futures::future::ready(Err(Stopped)))
+        }
+        Err(mpsc::error::TrySendError::Full(request)) => {
+            Either::Right(async move { hub.send(request).await.map_err(|_| Stopped) }.boxed())
+        }
+    }
+}
+
 /// Requests to the hub.
 pub enum Request {
     /// A second passed while sessions expire or wills wait (`run` itself).
@@ -31,7 +57,7 @@ pub enum Request {
     Connect {
         info: ClientInfo,
         will: Option<Message>,
-        outbox: mpsc::Sender<Outgoing>,
+        outbox: crate::outbox::Outbox,
         reply: oneshot::Sender<Connected>,
     },
     Disconnect {

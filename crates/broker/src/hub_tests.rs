@@ -1,5 +1,6 @@
 //! The hub without sockets: outboxes are channels.
 use super::*;
+use crate::outbox::{self, Inbox};
 
 fn limits(messages: usize) -> QueueLimits {
     QueueLimits {
@@ -42,13 +43,13 @@ fn info5(id: &str, expiry: u32, delay: u32) -> ClientInfo {
 fn mqtt5_will_delay_session_expiry_and_coming_back_in_time() {
     use std::time::{Duration, Instant};
     let mut hub = Hub::new(limits(10));
-    let (tx, mut watcher) = mpsc::channel(10);
+    let (tx, mut watcher) = outbox::channel(10);
     hub.connect(info("watcher", true), None, tx);
     hub.subscribe("watcher", &[("will/#".into(), QoS::AtMostOnce)]);
     let will = |t: &str| msg(t, QoS::AtMostOnce, false, "gone");
 
     // Vanishes: the will waits for its 5 s delay, then goes.
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info5("late", 60, 5), Some(will("will/late")), tx);
     hub.disconnect("late", c.connection_id, false, Vec::new());
     let t0 = Instant::now();
@@ -58,10 +59,10 @@ fn mqtt5_will_delay_session_expiry_and_coming_back_in_time() {
     assert_eq!(drain(&mut watcher)[0].topic, "will/late");
 
     // Comes back within the delay: no will.
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info5("back", 60, 5), Some(will("will/back")), tx);
     hub.disconnect("back", c.connection_id, false, Vec::new());
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let again = hub.connect(info5("back", 60, 5), None, tx);
     assert!(again.session_present);
     hub.sweep(t0 + Duration::from_secs(10));
@@ -71,14 +72,14 @@ fn mqtt5_will_delay_session_expiry_and_coming_back_in_time() {
     );
 
     // The session ends before the delay: the will goes with it.
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info5("short", 2, 30), Some(will("will/short")), tx);
     hub.subscribe("short", &[("x".into(), QoS::AtLeastOnce)]);
     hub.disconnect("short", c.connection_id, false, Vec::new());
     assert!(hub.has_timers());
     hub.sweep(Instant::now() + Duration::from_secs(3));
     assert_eq!(drain(&mut watcher)[0].topic, "will/short");
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info5("short", 2, 0), None, tx);
     assert!(!c.session_present, "the expired session is gone");
     assert!(!hub.expiring.contains_key("short") && !hub.wills.contains_key("short"));
@@ -96,9 +97,9 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
+fn drain(rx: &mut Inbox) -> Vec<Message> {
     let mut out = Vec::new();
-    while let Ok(o) = rx.try_recv() {
+    while let Some(o) = rx.try_recv() {
         if let Outgoing::Deliver(m) = o {
             out.push(m);
         }
@@ -109,7 +110,7 @@ fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Message> {
 #[test]
 fn fan_out_once_per_client_at_granted_qos() {
     let mut hub = Hub::new(limits(10));
-    let (tx, mut rx) = mpsc::channel(10);
+    let (tx, mut rx) = outbox::channel(10);
     hub.connect(info("a", true), None, tx);
     hub.subscribe(
         "a",
@@ -130,7 +131,7 @@ fn fan_out_once_per_client_at_granted_qos() {
 fn mqtt5_no_local_and_retain_as_published_with_overlapping_filters() {
     use crate::wire::SubOptions;
     let mut hub = Hub::new(limits(10));
-    let (tx, mut rx) = mpsc::channel(10);
+    let (tx, mut rx) = outbox::channel(10);
     hub.connect(info("a", true), None, tx);
     let no_local = SubOptions {
         no_local: true,
@@ -177,8 +178,8 @@ fn mqtt5_no_local_and_retain_as_published_with_overlapping_filters() {
 #[test]
 fn shared_subscriptions_take_turns_and_prefer_connected_members() {
     let mut hub = Hub::new(limits(100));
-    let (tx_a, mut a) = mpsc::channel(100);
-    let (tx_b, mut b) = mpsc::channel(100);
+    let (tx_a, mut a) = outbox::channel(100);
+    let (tx_b, mut b) = outbox::channel(100);
     hub.connect(info("a", true), None, tx_a);
     hub.connect(info("b", true), None, tx_b);
     hub.publish(&msg("jobs/0", QoS::AtLeastOnce, true, "retained"));
@@ -198,7 +199,7 @@ fn shared_subscriptions_take_turns_and_prefer_connected_members() {
         "in turn"
     );
     // A persistent member that left gets nothing while another is there.
-    let (tx_p, _p) = mpsc::channel(100);
+    let (tx_p, _p) = outbox::channel(100);
     let p = hub.connect(info("p", false), None, tx_p);
     hub.subscribe("p", &[("$share/workers/jobs/+".into(), QoS::AtLeastOnce)]);
     hub.disconnect("p", p.connection_id, true, Vec::new());
@@ -220,7 +221,7 @@ fn shared_subscriptions_take_turns_and_prefer_connected_members() {
 #[test]
 fn a_full_outbox_parks_qos1_in_order_and_congestion_holds_acknowledgements() {
     let mut hub = Hub::new(limits(100));
-    let (tx, mut rx) = mpsc::channel(2);
+    let (tx, mut rx) = outbox::channel(2);
     hub.connect(info("slow", true), None, tx);
     hub.subscribe("slow", &[("t".into(), QoS::AtLeastOnce)]);
     for i in 0..5 {
@@ -255,7 +256,7 @@ fn a_full_outbox_parks_qos1_in_order_and_congestion_holds_acknowledgements() {
 #[test]
 fn parked_messages_of_a_connection_that_ended_go_to_its_persistent_session() {
     let mut hub = Hub::new(limits(100));
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = outbox::channel(1);
     let c = hub.connect(info("p", false), None, tx);
     hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
     for i in 0..3 {
@@ -281,7 +282,7 @@ fn retained_set_replace_clear_and_sent_on_subscribe() {
     hub.publish(&msg("r/1", QoS::AtLeastOnce, true, "new"));
     hub.publish(&msg("r/2", QoS::AtMostOnce, true, "two"));
     hub.publish(&msg("r/2", QoS::AtMostOnce, true, ""));
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     hub.connect(info("a", true), None, tx);
     let retained = hub.subscribe("a", &[("r/#".into(), QoS::AtMostOnce)]);
     assert_eq!(retained.len(), 1);
@@ -293,7 +294,7 @@ fn retained_set_replace_clear_and_sent_on_subscribe() {
 #[test]
 fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
     let mut hub = Hub::new(limits(2));
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info("p", false), None, tx);
     hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
     hub.disconnect(
@@ -307,11 +308,11 @@ fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
     hub.publish(&msg("t", QoS::AtLeastOnce, false, "over the limit"));
     assert_eq!(hub.counters.dropped_queue_full, 1);
 
-    let (wtx, mut wrx) = mpsc::channel(10);
+    let (wtx, mut wrx) = outbox::channel(10);
     let w = hub.connect(info("watcher", true), None, wtx);
     hub.subscribe("watcher", &[("will".into(), QoS::AtMostOnce)]);
 
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(
         info("p", false),
         Some(msg("will", QoS::AtMostOnce, false, "gone")),
@@ -331,12 +332,12 @@ fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
 #[test]
 fn take_over_closes_the_old_connection_and_clean_session_forgets() {
     let mut hub = Hub::new(limits(10));
-    let (tx1, mut rx1) = mpsc::channel(10);
+    let (tx1, mut rx1) = outbox::channel(10);
     let first = hub.connect(info("c", false), None, tx1);
     hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
-    let (tx2, mut rx2) = mpsc::channel(10);
+    let (tx2, mut rx2) = outbox::channel(10);
     let second = hub.connect(info("c", true), None, tx2);
-    assert!(matches!(rx1.try_recv(), Ok(Outgoing::Close(0x8E, _))));
+    assert!(matches!(rx1.try_recv(), Some(Outgoing::Close(0x8E, _))));
     assert!(!second.session_present);
     assert_eq!(hub.subscription_count("c"), 0);
     // Nor does the index still route the old filter to it.
@@ -353,12 +354,12 @@ fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
     let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
     let mut hub = Hub::with_store(limits(10), store, loaded);
     let count = hub.durable_subscriptions();
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     hub.connect(info("clean", true), None, tx);
     hub.subscribe("clean", &[("a".into(), QoS::AtLeastOnce)]);
     hub.count_durable_subscriptions();
     assert_eq!(count.load(Ordering::Acquire), 0);
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     hub.connect(info("kept", false), None, tx);
     hub.subscribe(
         "kept",
@@ -369,13 +370,13 @@ fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
     );
     hub.count_durable_subscriptions();
     assert_eq!(count.load(Ordering::Acquire), 2);
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     hub.connect(info("kept", true), None, tx); // clean now: forgotten
     hub.count_durable_subscriptions();
     assert_eq!(count.load(Ordering::Acquire), 0);
     // Without a store nothing is durable.
     let mut memory = Hub::new(limits(10));
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     memory.connect(info("kept", false), None, tx);
     memory.subscribe("kept", &[("a".into(), QoS::AtLeastOnce)]);
     memory.count_durable_subscriptions();
@@ -385,9 +386,9 @@ fn durable_subscriptions_count_only_persistent_sessions_with_a_store() {
 #[test]
 fn take_over_hands_unacked_messages_of_a_persistent_session_to_the_new_connection() {
     let mut hub = Hub::new(limits(10));
-    let (tx1, _rx1) = mpsc::channel(10);
+    let (tx1, _rx1) = outbox::channel(10);
     let first = hub.connect(info("p", false), None, tx1);
-    let (tx2, mut rx2) = mpsc::channel(10);
+    let (tx2, mut rx2) = outbox::channel(10);
     hub.connect(info("p", false), None, tx2);
     hub.disconnect(
         "p",
@@ -407,14 +408,14 @@ fn queued_bytes_are_limited_per_session() {
         bytes: 10,
         stuck_after: None,
     });
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info("p", false), None, tx);
     hub.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
     hub.disconnect("p", c.connection_id, true, Vec::new());
     hub.publish(&msg("t", QoS::AtLeastOnce, false, "12345678")); // 9 bytes: kept
     hub.publish(&msg("t", QoS::AtLeastOnce, false, "12")); // 12 in all: refused
     assert_eq!(hub.counters.dropped_queue_full, 1);
-    let (tx, _rx) = mpsc::channel(10);
+    let (tx, _rx) = outbox::channel(10);
     let back = hub.connect(info("p", false), None, tx);
     assert_eq!(back.queued.len(), 1);
 }

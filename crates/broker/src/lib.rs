@@ -11,6 +11,7 @@ pub mod index;
 pub mod link;
 mod listener;
 pub mod outbound;
+pub mod outbox;
 pub mod store;
 pub mod topic;
 pub mod wire;

@@ -46,37 +46,55 @@ pub async fn accept(
         let shared = shared.clone();
         let address = addr.to_string();
         let stop = shutdown.clone();
-        let tls = tls.clone();
-        let websocket = websocket.clone();
-        tracker.spawn(async move {
-            let serve = async {
-                match tls {
-                    Some((acceptor, tls)) => {
-                        let Some((stream, peer)) =
-                            handshake(socket, &acceptor, &tls, &address, &shared).await
-                        else {
-                            return;
-                        };
-                        serve(stream, peer, address, name, websocket.as_deref(), shared).await;
-                    }
-                    None => {
-                        serve(
-                            socket,
-                            Peer::Plain,
-                            address,
-                            name,
-                            websocket.as_deref(),
-                            shared,
-                        )
-                        .await;
-                    }
-                }
-            };
-            tokio::select! {
-                () = serve => {}
-                () = stop.cancelled() => {}
+        // One task per connection, holding only what its kind of
+        // connection needs: a plain client's task is not sized for a TLS
+        // session or a WebSocket (a thousand idle devices pay for it).
+        match (&tls, &websocket) {
+            (None, None) => {
+                tracker.spawn(until(
+                    stop,
+                    connection::serve(socket, Peer::Plain, address, name, shared),
+                ));
             }
-        });
+            (None, Some(path)) => {
+                let path = path.clone();
+                tracker.spawn(until(
+                    stop,
+                    over_websocket(socket, Peer::Plain, address, name, path, shared),
+                ));
+            }
+            (Some((acceptor, tls)), websocket) => {
+                let (acceptor, tls, websocket) = (acceptor.clone(), tls.clone(), websocket.clone());
+                tracker.spawn(until(stop, async move {
+                    let handshake = Box::pin(handshake(socket, acceptor, tls, &address, &shared));
+                    let Some((stream, peer)) = handshake.await else {
+                        return;
+                    };
+                    match websocket {
+                        None => connection::serve(stream, peer, address, name, shared).await,
+                        Some(path) => {
+                            over_websocket(stream, peer, address, name, path, shared).await;
+                        }
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Runs `work` until it ends or the broker stops. `work` is boxed here,
+/// once: an async wrapper would hold it twice (its argument, then the
+/// pinned copy it polls), doubling every connection's task.
+fn until(
+    stop: CancellationToken,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let work = Box::pin(work);
+    async move {
+        tokio::select! {
+            () = work => {}
+            () = stop.cancelled() => {}
+        }
     }
 }
 
@@ -84,8 +102,8 @@ pub async fn accept(
 /// refuses the connection.
 async fn handshake(
     socket: TcpStream,
-    acceptor: &TlsAcceptor,
-    tls: &Tls,
+    acceptor: TlsAcceptor,
+    tls: Tls,
     address: &str,
     shared: &Shared,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
@@ -113,26 +131,27 @@ async fn handshake(
     Some((stream, Peer::Tls(presented)))
 }
 
-/// Serves MQTT on `stream`, inside a WebSocket on `websocket`'s path if
-/// given.
-async fn serve<S>(
+/// Serves MQTT inside a WebSocket on `path`. Both the handshake and the
+/// session are boxed: this path's state costs nothing to the others.
+async fn over_websocket<S>(
     stream: S,
     peer: Peer,
     address: String,
     name: &'static str,
-    websocket: Option<&str>,
+    path: Arc<str>,
     shared: Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(path) = websocket else {
-        connection::serve(stream, peer, address, name, shared).await;
-        return;
-    };
     let timeout = shared.config.connect_timeout();
     let max = shared.config.max_packet_size;
-    match tokio::time::timeout(timeout, ws::accept(stream, path, max)).await {
-        Ok(Ok(inner)) => connection::serve(inner, peer, address, name, shared).await,
+    let accepted = Box::pin(tokio::time::timeout(
+        timeout,
+        ws::accept(stream, &path, max),
+    ))
+    .await;
+    match accepted {
+        Ok(Ok(inner)) => Box::pin(connection::serve(inner, peer, address, name, shared)).await,
         Ok(Err(e)) => tracing::info!(%address, listener = name, "{e}"),
         Err(_) => {
             tracing::info!(%address, listener = name, "WebSocket handshake not done within {timeout:?}");

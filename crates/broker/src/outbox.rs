@@ -1,0 +1,248 @@
+//! The hub → connection channel: what the hub has for one client.
+//!
+//! Bounded like tokio's `mpsc` (a full outbox makes the hub park QoS 1/2
+//! messages, see `hub_backlog.rs`), but sized by use: tokio's channel
+//! allocates a block of 32 slots and a cache-padded header up front,
+//! about 3.8 KiB for every connected client, idle or not. This one holds
+//! a `VecDeque` that starts empty and is given back once a burst has been
+//! taken, so a thousand quiet devices cost no buffers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+
+use crate::hub::Outgoing;
+
+/// A drained queue keeps at most this many slots for the next messages;
+/// a larger one (a burst) is freed.
+const KEEP_SLOTS: usize = 64;
+
+/// The hub's end.
+#[derive(Debug)]
+pub struct Outbox(Arc<Chan>);
+
+/// The connection's end.
+#[derive(Debug)]
+pub struct Inbox(Arc<Chan>);
+
+/// Why [`Outbox::try_send`] gave the message back.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The connection has `capacity` messages it has not taken yet.
+    Full(Outgoing),
+    /// The connection has ended.
+    Closed(Outgoing),
+}
+
+#[derive(Debug)]
+struct Chan {
+    state: Mutex<State>,
+    /// The connection's task, woken when its queue stops being empty.
+    waker: AtomicWaker,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    /// The hub dropped its end: nothing more will come.
+    sender_gone: bool,
+    /// The connection dropped its end.
+    receiver_gone: bool,
+}
+
+impl Chan {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere leaves a queue of plain values intact.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A channel for at most `capacity` (≥ 1) messages not yet taken.
+pub fn channel(capacity: usize) -> (Outbox, Inbox) {
+    let chan = Arc::new(Chan {
+        state: Mutex::new(State::default()),
+        waker: AtomicWaker::new(),
+        capacity: capacity.max(1),
+    });
+    (Outbox(chan.clone()), Inbox(chan))
+}
+
+impl Outbox {
+    /// Queues `out` unless the connection is gone or its queue is full.
+    pub fn try_send(&self, out: Outgoing) -> Result<(), TrySendError> {
+        let mut state = self.0.lock();
+        if state.receiver_gone {
+            return Err(TrySendError::Closed(out));
+        }
+        if state.queue.len() >= self.0.capacity {
+            return Err(TrySendError::Full(out));
+        }
+        // The connection waits only after it found the queue empty.
+        let wake = state.queue.is_empty();
+        state.queue.push_back(out);
+        drop(state);
+        if wake {
+            self.0.waker.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.0.lock().sender_gone = true;
+        self.0.waker.wake();
+    }
+}
+
+impl Inbox {
+    /// The next message; `None` once the hub dropped its end and
+    /// everything it sent was taken. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        if let Some(out) = self.try_recv() {
+            return Poll::Ready(Some(out));
+        }
+        // Registered before looking again, so a message queued in between
+        // wakes this task.
+        self.0.waker.register(cx.waker());
+        let mut state = self.0.lock();
+        match state.queue.pop_front() {
+            Some(out) => Poll::Ready(Some(out)),
+            None if state.sender_gone => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Takes nothing more: the hub's next `try_send` gets `Closed` (and
+    /// keeps the message for the session); what is queued can still be
+    /// taken.
+    pub fn close(&mut self) {
+        self.0.lock().receiver_gone = true;
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let mut state = self.0.lock();
+        let out = state.queue.pop_front();
+        if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
+            state.queue = VecDeque::new();
+        }
+        out
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.receiver_gone = true;
+        // Whatever is left was given back (`take_back`) or is lost with a
+        // clean session; the hub cannot reach it any more.
+        state.queue = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Outgoing;
+
+    fn close(n: u8) -> Outgoing {
+        Outgoing::Close(n, String::new())
+    }
+
+    fn code(out: Option<Outgoing>) -> Option<u8> {
+        out.and_then(|o| match o {
+            Outgoing::Close(n, _) => Some(n),
+            Outgoing::Deliver(_) => None,
+        })
+    }
+
+    #[test]
+    fn bounded_in_order_and_gives_back_when_full() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(close(1)).unwrap();
+        tx.try_send(close(2)).unwrap();
+        assert!(matches!(
+            tx.try_send(close(3)),
+            Err(TrySendError::Full(Outgoing::Close(3, _)))
+        ));
+        assert_eq!(code(rx.try_recv()), Some(1));
+        tx.try_send(close(3)).unwrap();
+        assert_eq!(code(rx.try_recv()), Some(2));
+        assert_eq!(code(rx.try_recv()), Some(3));
+        assert_eq!(code(rx.try_recv()), None);
+    }
+
+    #[test]
+    fn closed_both_ways() {
+        let (tx, rx) = channel(4);
+        drop(rx);
+        assert!(matches!(
+            tx.try_send(close(1)),
+            Err(TrySendError::Closed(_))
+        ));
+        let (tx, mut rx) = channel(4);
+        tx.try_send(close(1)).unwrap();
+        drop(tx);
+        // What was sent before the hub let go still arrives.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(code(runtime.block_on(rx.recv())), Some(1));
+        assert!(runtime.block_on(rx.recv()).is_none());
+
+        // A connection that ends takes what was queued, and nothing more.
+        let (tx, mut rx) = channel(4);
+        tx.try_send(close(1)).unwrap();
+        rx.close();
+        assert!(matches!(
+            tx.try_send(close(2)),
+            Err(TrySendError::Closed(_))
+        ));
+        assert_eq!(code(rx.try_recv()), Some(1));
+        assert_eq!(code(rx.try_recv()), None);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let (tx, mut rx) = channel(10_000);
+        assert_eq!(
+            rx.0.lock().queue.capacity(),
+            0,
+            "an idle outbox holds no buffer"
+        );
+        for _ in 0..1000 {
+            tx.try_send(close(0)).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert_eq!(rx.0.lock().queue.capacity(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wakes_a_waiting_connection_across_threads() {
+        let (tx, mut rx) = channel(16);
+        let sender = std::thread::spawn(move || {
+            let mut sent = 0u32;
+            while sent < 100_000 {
+                match tx.try_send(close(0)) {
+                    Ok(()) => sent += 1,
+                    Err(TrySendError::Full(_)) => std::thread::yield_now(),
+                    Err(TrySendError::Closed(_)) => panic!("closed"),
+                }
+            }
+        });
+        let mut got = 0u32;
+        while rx.recv().await.is_some() {
+            got += 1;
+        }
+        sender.join().unwrap();
+        assert_eq!(got, 100_000);
+    }
+}
