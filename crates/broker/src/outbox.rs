@@ -3,9 +3,10 @@
 //! Bounded like tokio's `mpsc` (a full outbox makes the hub park QoS 1/2
 //! messages, see `hub_backlog.rs`), but sized by use: tokio's channel
 //! allocates a block of 32 slots and a cache-padded header up front,
-//! about 3.8 KiB for every connected client, idle or not. This one holds
-//! a `VecDeque` that starts empty and is given back once a burst has been
-//! taken, so a thousand quiet devices cost no buffers.
+//! about 3.8 KiB for every connected client, idle or not. This one starts
+//! empty, grows in chunks of 32 (a backlog of 100,000 messages is never
+//! copied into a buffer twice its size) and gives its chunks back once a
+//! burst has been taken, so a thousand quiet devices cost no buffers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,9 +16,11 @@ use futures::task::AtomicWaker;
 
 use crate::hub::Outgoing;
 
-/// A drained queue keeps at most this many slots for the next messages;
-/// a larger one (a burst) is freed.
-const KEEP_SLOTS: usize = 64;
+/// Messages per chunk: a flow that never has more waiting uses one ring.
+const CHUNK: usize = 32;
+/// A drained queue keeps a chunk this small for the next message; a
+/// larger one (after a burst) is freed.
+const KEEP_SLOTS: usize = 4;
 
 /// The hub's end.
 #[derive(Debug)]
@@ -46,11 +49,47 @@ struct Chan {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    /// Oldest first; every chunk but the last is full at the time it was
+    /// left behind.
+    chunks: VecDeque<VecDeque<Outgoing>>,
+    len: usize,
     /// The hub dropped its end: nothing more will come.
     sender_gone: bool,
     /// The connection dropped its end.
     receiver_gone: bool,
+}
+
+impl State {
+    fn push(&mut self, out: Outgoing) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push_back(out),
+            back => {
+                // The first chunk grows as needed; later ones are whole.
+                let mut chunk = if back.is_some() {
+                    VecDeque::with_capacity(CHUNK)
+                } else {
+                    VecDeque::new()
+                };
+                chunk.push_back(out);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Outgoing> {
+        let several = self.chunks.len() > 1;
+        let front = self.chunks.front_mut()?;
+        let out = front.pop_front()?;
+        self.len -= 1;
+        if front.is_empty() && (several || front.capacity() > KEEP_SLOTS) {
+            self.chunks.pop_front();
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > KEEP_SLOTS {
+            self.chunks = VecDeque::new();
+        }
+        Some(out)
+    }
 }
 
 impl Chan {
@@ -77,12 +116,12 @@ impl Outbox {
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
         }
-        if state.queue.len() >= self.0.capacity {
+        if state.len >= self.0.capacity {
             return Err(TrySendError::Full(out));
         }
         // The connection waits only after it found the queue empty.
-        let wake = state.queue.is_empty();
-        state.queue.push_back(out);
+        let wake = state.len == 0;
+        state.push(out);
         drop(state);
         if wake {
             self.0.waker.wake();
@@ -113,7 +152,7 @@ impl Inbox {
         // wakes this task.
         self.0.waker.register(cx.waker());
         let mut state = self.0.lock();
-        match state.queue.pop_front() {
+        match state.pop() {
             Some(out) => Poll::Ready(Some(out)),
             None if state.sender_gone => Poll::Ready(None),
             None => Poll::Pending,
@@ -129,12 +168,7 @@ impl Inbox {
 
     /// The next message if one is queued.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let mut state = self.0.lock();
-        let out = state.queue.pop_front();
-        if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
-            state.queue = VecDeque::new();
-        }
-        out
+        self.0.lock().pop()
     }
 }
 
@@ -144,7 +178,8 @@ impl Drop for Inbox {
         state.receiver_gone = true;
         // Whatever is left was given back (`take_back`) or is lost with a
         // clean session; the hub cannot reach it any more.
-        state.queue = VecDeque::new();
+        state.chunks = VecDeque::new();
+        state.len = 0;
     }
 }
 
@@ -213,16 +248,23 @@ mod tests {
     #[test]
     fn a_drained_burst_gives_its_memory_back() {
         let (tx, mut rx) = channel(10_000);
-        assert_eq!(
-            rx.0.lock().queue.capacity(),
-            0,
-            "an idle outbox holds no buffer"
-        );
-        for _ in 0..1000 {
+        let held = |rx: &Inbox| {
+            let state = rx.0.lock();
+            state.chunks.capacity() + state.chunks.iter().map(VecDeque::capacity).sum::<usize>()
+        };
+        assert_eq!(held(&rx), 0, "an idle outbox holds no buffer");
+        for i in 0..1000 {
             tx.try_send(close(0)).unwrap();
+            assert!(held(&rx) <= i + 1 + 2 * CHUNK, "grown in chunks");
         }
         while rx.try_recv().is_some() {}
-        assert_eq!(rx.0.lock().queue.capacity(), 0);
+        assert_eq!(held(&rx), 0);
+        // A trickle keeps one small ring.
+        for _ in 0..100 {
+            tx.try_send(close(0)).unwrap();
+            rx.try_recv().unwrap();
+        }
+        assert!(held(&rx) <= 2 * KEEP_SLOTS);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
