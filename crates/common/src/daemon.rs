@@ -102,7 +102,9 @@ where
             return Exit::Failure.into();
         }
     };
-    let result = runtime.block_on(async {
+    // Boxed: the daemon's whole state lives on the heap, not in stack pages
+    // that stay resident after the deepest moment of its start.
+    let result = runtime.block_on(Box::pin(async {
         let listener = match crate::uds::bind(&socket) {
             Ok(l) => l,
             Err(e) => {
@@ -126,7 +128,7 @@ where
                 e.exit()
             }
         }
-    });
+    }));
     result.into()
 }
 
