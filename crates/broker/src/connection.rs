@@ -36,8 +36,8 @@ use connect::{Admitted, admit, connack_properties, read_connect};
 /// What a connection's buffers start with: most devices send small packets
 /// now and then, and a thousand idle connections should cost little.
 const INITIAL_BUFFER: usize = 256;
-/// How much a busy connection reads at a time.
-const READ_CHUNK: usize = 4096;
+/// The most a busy connection reads at a time.
+const READ_CHUNK: usize = 32 * 1024;
 
 /// What every connection shares.
 pub struct Shared {
@@ -98,6 +98,8 @@ struct Conn<R, W> {
     client_max_packet: usize,
     /// Bytes the last read brought: how large the next buffer should be.
     last_read: usize,
+    /// How much the next read offers room for.
+    read_step: usize,
 }
 
 /// Why reading a packet failed.
@@ -118,6 +120,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             decoder: Decoder::new(Version::V311, max_packet),
             client_max_packet: usize::MAX,
             last_read: 0,
+            read_step: INITIAL_BUFFER,
         }
     }
 
@@ -133,14 +136,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 
     async fn fill(&mut self) -> Result<(), ReadError> {
-        // Busy connections read in 4 KiB steps; one whose last read was
-        // small goes back to a small buffer (a thousand quiet devices
-        // would otherwise hold 4 MiB).
+        // A read that took all it was offered asks for twice as much next
+        // time (up to READ_CHUNK: fewer system calls for a busy
+        // publisher); one whose last read was small goes back to a small
+        // buffer (a thousand quiet devices would otherwise hold megabytes).
         let busy = self.last_read >= INITIAL_BUFFER;
         if !busy && self.inbuf.is_empty() && self.inbuf.capacity() > INITIAL_BUFFER {
             self.inbuf = BytesMut::with_capacity(INITIAL_BUFFER);
         }
-        let step = if busy { READ_CHUNK } else { INITIAL_BUFFER };
+        self.read_step = if !busy {
+            INITIAL_BUFFER
+        } else if self.last_read >= self.read_step {
+            (self.read_step * 2).min(READ_CHUNK)
+        } else {
+            self.read_step.max(4096)
+        };
+        let step = self.read_step;
         if self.inbuf.capacity() - self.inbuf.len() < step / 4 {
             self.inbuf.reserve(step);
         }
