@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use verdant_common::daemon;
 
+mod math;
+
 /// Every name this binary answers to, as `verdant-<name>`.
 const PROGRAMS: &[&str] = &[
     "verdant-init",
