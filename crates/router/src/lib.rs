@@ -30,8 +30,9 @@ pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Thr
 
 /// Events waiting for the switch.
 const SWITCH_QUEUE: usize = 1024;
-/// Trace records a slow tracer may fall behind by before it skips some.
-const TRACE_BACKLOG: usize = 4096;
+/// Trace records a slow tracer may fall behind by before it skips some
+/// (the ring is allocated whole at start: 1024 slots are about 40 KiB).
+const TRACE_BACKLOG: usize = 1024;
 
 /// Routes messages between the linked daemons until `shutdown` is cancelled.
 pub async fn run(

@@ -16,7 +16,7 @@ pub struct Api {
     pub commands: mpsc::Sender<Command>,
     /// Replies to publish through the router.
     pub publish: mpsc::UnboundedSender<Outgoing>,
-    pub changes: tokio::sync::broadcast::Sender<Op>,
+    pub changes: tokio::sync::broadcast::Sender<std::sync::Arc<Op>>,
 }
 
 type Changes =
@@ -178,16 +178,16 @@ impl Shadow for Api {
         let stream = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe())
             .filter_map(move |op| {
                 // A watcher far behind skips what it missed.
-                let change = match op.ok()? {
+                let change = match &*op.ok()? {
                     Op::Put((t, n), s) => pb::ShadowChange {
-                        thing_name: t,
-                        shadow_name: n,
+                        thing_name: t.clone(),
+                        shadow_name: n.clone(),
                         document: s.to_json().to_string().into_bytes(),
                         deleted: false,
                     },
                     Op::Delete((t, n)) => pb::ShadowChange {
-                        thing_name: t,
-                        shadow_name: n,
+                        thing_name: t.clone(),
+                        shadow_name: n.clone(),
                         document: Vec::new(),
                         deleted: true,
                     },

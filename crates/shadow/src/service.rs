@@ -92,8 +92,9 @@ pub struct Shadows {
     /// `None` while a commit runs on a blocking thread.
     pub store: Option<Store>,
     pub limits: Limits,
-    /// Durable changes, for watchers (none listening costs nothing).
-    pub changes: tokio::sync::broadcast::Sender<Op>,
+    /// Durable changes, for watchers (none listening costs nothing; the
+    /// ring of 1024 is allocated at start, so its slots hold pointers).
+    pub changes: tokio::sync::broadcast::Sender<std::sync::Arc<Op>>,
     /// Cloud sync of the shadows of things marked `SyncShadow`.
     pub sync: Sync,
 }
@@ -246,7 +247,7 @@ impl Shadows {
         }
         if durable && self.changes.receiver_count() > 0 {
             for op in ops {
-                let _ = self.changes.send(op);
+                let _ = self.changes.send(std::sync::Arc::new(op));
             }
         }
         if !durable {
