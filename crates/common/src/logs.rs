@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -22,8 +22,10 @@ const MAX_LINE: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct ServiceLog {
     inner: Arc<Mutex<LogFile>>,
-    /// Whole lines as they are written, for followers.
-    lines: broadcast::Sender<Arc<[u8]>>,
+    /// Whole lines as they are written, for followers: made by the first
+    /// follower (tokio allocates a broadcast ring whole, and most logs are
+    /// never followed).
+    lines: Arc<OnceLock<broadcast::Sender<Arc<[u8]>>>>,
 }
 
 struct LogFile {
@@ -44,7 +46,6 @@ impl std::fmt::Debug for ServiceLog {
 
 impl ServiceLog {
     pub fn new(path: PathBuf, max: u64, keep: u32) -> Self {
-        let (lines, _) = broadcast::channel(FOLLOW_BUFFER);
         ServiceLog {
             inner: Arc::new(Mutex::new(LogFile {
                 path,
@@ -53,7 +54,7 @@ impl ServiceLog {
                 max,
                 keep,
             })),
-            lines,
+            lines: Arc::default(),
         }
     }
 
@@ -62,7 +63,9 @@ impl ServiceLog {
     }
 
     pub fn follow(&self) -> broadcast::Receiver<Arc<[u8]>> {
-        self.lines.subscribe()
+        self.lines
+            .get_or_init(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
     }
 
     /// Appends whole lines (a supervisor note, or a pump's output).
@@ -72,7 +75,11 @@ impl ServiceLog {
             tracing::warn!("cannot write {}: {e}", log.path.display());
         }
         drop(log);
-        let _ = self.lines.send(Arc::from(data));
+        if let Some(lines) = self.lines.get()
+            && lines.receiver_count() > 0
+        {
+            let _ = lines.send(Arc::from(data));
+        }
     }
 
     /// Copies a process's output pipe into the log until the pipe closes.
