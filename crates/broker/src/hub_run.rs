@@ -32,9 +32,9 @@ pub type ToHub<'a> = futures::future::Either<
     futures::future::BoxFuture<'a, Result<(), Stopped>>,
 >;
 
-/// Hands `request` to the hub. A connection's task holds this future for
-/// as long as it lives, so it is small: the common case is a `try_send`,
-/// and only a full channel waits, in a boxed future.
+/// Hands `request` to the hub. A connection's task keeps room for this
+/// future as long as the connection lives, so it is small: the common case
+/// is a `try_send`, and only a full channel waits, in a boxed future.
 pub fn to_hub(hub: &mpsc::Sender<Request>, request: Request) -> ToHub<'_> {
     use futures::future::{Either, FutureExt};
     match hub.try_send(request) {
