@@ -4,16 +4,15 @@
 //! what they leave lenient (fixed-header flags, CONNECT flags, protocol
 //! level), into one shape for both versions (`wire`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -116,7 +115,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             rd,
             wr,
             inbuf: BytesMut::with_capacity(INITIAL_BUFFER),
-            outbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+            outbuf: BytesMut::new(),
             decoder: Decoder::new(Version::V311, max_packet),
             client_max_packet: usize::MAX,
             last_read: 0,
@@ -223,7 +222,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.outbuf.is_empty() {
             self.wr.write_all(&self.outbuf).await?;
-            self.outbuf.clear();
+            // A small write after a burst gives the burst's buffer back.
+            if self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER {
+                self.outbuf = BytesMut::new();
+            } else {
+                self.outbuf.clear();
+            }
         }
         Ok(())
     }
@@ -317,7 +321,7 @@ pub async fn serve<S>(
         source,
         outbound,
         incoming_qos2: HashSet::new(),
-        unconfirmed: FuturesOrdered::new(),
+        unconfirmed: VecDeque::new(),
         acked: Vec::new(),
     };
     drop(connect);
@@ -396,13 +400,35 @@ struct Session<'a> {
     incoming_qos2: HashSet<u16>,
     /// QoS 1/2 publishes handed to the hub, acknowledged to the client in
     /// order once the hub says they are safe (stored where they must be).
-    unconfirmed: FuturesOrdered<Confirmation>,
+    unconfirmed: Unconfirmed,
     /// Stored messages this client acknowledged, for the hub to delete.
     acked: Vec<u64>,
 }
 
-/// The hub's word on one client publish: (packet id, QoS, safe to acknowledge).
-type Confirmation = Pin<Box<dyn Future<Output = (u16, QoS, bool)> + Send>>;
+/// The client's QoS 1/2 publishes awaiting acknowledgement, in order:
+/// (packet id, QoS, the hub's answer when it must be awaited).
+type Unconfirmed = VecDeque<(u16, QoS, Option<oneshot::Receiver<bool>>)>;
+
+/// The oldest publish's answer, (packet id, QoS, safe to acknowledge);
+/// one with no receiver is safe as soon as those before it are.
+async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
+    std::future::poll_fn(|cx| {
+        let Some((pkid, qos, answer)) = unconfirmed.front_mut() else {
+            return Poll::Pending;
+        };
+        let safe = match answer {
+            Some(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(answer) => answer.unwrap_or(false),
+                Poll::Pending => return Poll::Pending,
+            },
+            None => true,
+        };
+        let done = (*pkid, *qos, safe);
+        unconfirmed.pop_front();
+        Poll::Ready(done)
+    })
+    .await
+}
 
 impl Session<'_> {
     async fn run<R, W>(
@@ -458,7 +484,7 @@ impl Session<'_> {
                 }
             }
             tokio::select! {
-                Some((pkid, qos, safe)) = self.unconfirmed.next(), if !self.unconfirmed.is_empty() => {
+                (pkid, qos, safe) = next_confirmed(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
                     if !safe {
                         return End::Closed(0x80, format!(
                             "the broker could not store QoS {} message {pkid}; not acknowledged",
@@ -690,13 +716,11 @@ impl Session<'_> {
             return Some(End::stopping());
         }
         match confirmation {
-            Some(rx) => self.unconfirmed.push_back(Box::pin(async move {
-                (pkid, qos, rx.await.unwrap_or(false))
-            })),
+            Some(rx) => self.unconfirmed.push_back((pkid, qos, Some(rx))),
             // Acknowledgements go out in the order the publishes came in.
-            None if qos != QoS::AtMostOnce && !self.unconfirmed.is_empty() => self
-                .unconfirmed
-                .push_back(Box::pin(async move { (pkid, qos, true) })),
+            None if qos != QoS::AtMostOnce && !self.unconfirmed.is_empty() => {
+                self.unconfirmed.push_back((pkid, qos, None));
+            }
             None => match qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => conn.queue(&Out::PubAck(pkid)),

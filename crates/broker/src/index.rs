@@ -9,7 +9,9 @@ use rumqttc::QoS;
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed: a level with many children (a thousand devices' own topics)
+    /// keeps a table of pointers, not of 150-byte nodes.
+    children: HashMap<Box<str>, Box<Node>>,
     plus: Option<Box<Node>>,
     /// Subscribers whose filter ends here with `#`.
     hash: HashMap<Arc<str>, QoS>,
