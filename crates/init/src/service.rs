@@ -362,13 +362,14 @@ impl Task {
         let deadline = Instant::now() + self.spec.start_timeout;
         let socket = self.shared.layout.socket(&self.spec.name);
         let check = self.spec.health;
-        let ready = async move {
+        // Boxed, and dropped once the service is up: the task keeps no
+        // room for the start's gRPC connection while it supervises.
+        let mut ready = Box::pin(async move {
             match check {
                 HealthCheck::None => Some(None),
                 HealthCheck::Grpc => health::wait_serving(&socket, deadline).await.map(Some),
             }
-        };
-        tokio::pin!(ready);
+        });
         let serving = loop {
             tokio::select! {
                 how = &mut child.exited => return Outcome::Exited(how.unwrap_or(Exited::Signal(9))),
@@ -389,11 +390,12 @@ impl Task {
                 }
             }
         };
+        drop(ready);
 
         // Running.
         let mut watch = None;
         if let Some(serving) = serving {
-            if let Some(info) = health::info(serving.channel.clone()).await {
+            if let Some(info) = Box::pin(health::info(serving.channel.clone())).await {
                 self.set(|s| {
                     s.version = info.version;
                     s.note = info.note;
