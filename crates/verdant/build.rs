@@ -1,5 +1,5 @@
-//! Release builds pack the executable's relative relocations (`DT_RELR`,
-//! glibc ≥ 2.36, binutils ≥ 2.38): every process of a core reads the
+//! Release builds pack the executable's relative relocations (`DT_RELR`;
+//! the loader must be glibc ≥ 2.36): every process of a core reads the
 //! relocation table at start, and packed it is a few KiB instead of
 //! about 300 KiB. Debug builds link as usual.
 
