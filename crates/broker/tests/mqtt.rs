@@ -250,14 +250,7 @@ async fn a_slow_subscriber_holds_back_its_publisher_and_loses_nothing() {
     }
     let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     assert_eq!(payloads, want);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while acked.load(std::sync::atomic::Ordering::Relaxed) < N {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "every publish acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_acknowledged(&acked, N, "every publish acknowledged").await;
 }
 
 /// A persistent subscriber that leaves with messages unacknowledged, behind
@@ -341,19 +334,21 @@ async fn a_subscriber_that_takes_nothing_is_disconnected_and_releases_its_publis
         .await
         .expect("the stuck subscriber is disconnected")
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while acked.load(std::sync::atomic::Ordering::Relaxed) < N {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the publisher is released"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_acknowledged(&acked, N, "the publisher is released").await;
     drop(stuck);
 }
 
 /// A client publishing `n` QoS 1 messages (0, 1, ...) to `topic` with a
 /// window of 10; the count of PUBACKs it has received.
+/// Waits up to 10 s for `counted_publisher`'s count to reach `n`.
+async fn all_acknowledged(acked: &std::sync::atomic::AtomicU64, n: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn counted_publisher(
     b: &common::Broker,
     id: &str,
