@@ -14,7 +14,7 @@ use verdant_proto::supervisor::v1::supervisor_client::SupervisorClient;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str) {
+pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str, exec: bool) {
     let bin_dir = std::path::absolute(bin_dir).expect("bin dir");
     let init = bin_dir.join("verdant");
     assert!(
@@ -28,6 +28,13 @@ pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str) {
     // The first start also writes config, certificates and the sample group.
     let (first, mut core) = start_and_measure(&init, &root).await;
     core.stop().await;
+    if exec {
+        std::fs::write(
+            root.join("config/config.d/50-bench.toml"),
+            "[init]\nzygote = false\n",
+        )
+        .expect("write a drop-in");
+    }
     let mut colds = Vec::new();
     let mut restarts = Vec::new();
     let mut memory = None;
@@ -57,6 +64,13 @@ pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str) {
         println!("\n| process | PSS KiB | RSS KiB |\n|---|---|---|");
         println!("| verdant-init | {init_pss} | |");
         for (n, pss, rss) in &rows {
+            // Init's other children come first (the zygote).
+            if !n.starts_with("verdant-") {
+                continue;
+            }
+            println!("| {n} | {pss} | {rss} |");
+        }
+        for (n, pss, rss) in rows.iter().filter(|r| !r.0.starts_with("verdant-")) {
             println!("| {n} | {pss} | {rss} |");
         }
         println!(
@@ -212,7 +226,9 @@ impl Core {
     }
 }
 
-/// (init PSS, [(service, PSS, RSS)]) in KiB, from `/proc/<pid>/smaps_rollup`.
+/// (init PSS, [(process, PSS, RSS)]) in KiB, from `/proc/<pid>/smaps_rollup`:
+/// every service, and every other child of init (the zygote) under its
+/// `comm` name (`verdant-...`).
 fn measure_memory(services: &[pb::Service], init_pid: u32) -> (u64, Vec<(String, u64, u64)>) {
     let rollup = |pid: u32, key: &str| -> u64 {
         let text = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/smaps_rollup")))
@@ -222,9 +238,25 @@ fn measure_memory(services: &[pb::Service], init_pid: u32) -> (u64, Vec<(String,
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     };
-    let rows = services
-        .iter()
-        .map(|s| (s.name.clone(), rollup(s.pid, "Pss:"), rollup(s.pid, "Rss:")))
+    let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children"))
+        .unwrap_or_default();
+    let others = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|pid| services.iter().all(|s| s.pid != *pid))
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let name = comm.trim();
+            let name = if name.starts_with("verdant-") {
+                name.to_string()
+            } else {
+                format!("verdant-({name})")
+            };
+            (name, pid)
+        });
+    let rows = others
+        .chain(services.iter().map(|s| (s.name.clone(), s.pid)))
+        .map(|(name, pid)| (name, rollup(pid, "Pss:"), rollup(pid, "Rss:")))
         .collect();
     (rollup(init_pid, "Pss:"), rows)
 }

@@ -37,6 +37,10 @@ enum Cmd {
         /// A label for the report (e.g. "separate binaries").
         #[arg(long, default_value = "")]
         label: String,
+        /// Execute each daemon (`[init] zygote = false`) instead of forking
+        /// them from init's zygote.
+        #[arg(long)]
+        exec: bool,
     },
     /// MQTT load against brokers side by side: `--target name=host:port`,
     /// at least once; ratios are against the first target.
@@ -120,7 +124,8 @@ fn main() {
             runs,
             kills,
             label,
-        } => runtime.block_on(core::run(&bin_dir, runs, kills, &label)),
+            exec,
+        } => runtime.block_on(core::run(&bin_dir, runs, kills, &label, exec)),
         Cmd::Mqtt {
             mut targets,
             runs,

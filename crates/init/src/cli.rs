@@ -9,6 +9,7 @@ use verdant_common::exit::Exit;
 use verdant_common::paths::{DEFAULT_ROOT, ROOT_ENV, RUNTIME_DIR_ENV};
 
 use crate::process::Programs;
+use crate::zygote;
 
 /// The supervisor of a Verdant core: prepares the root directory (a
 /// default config, development certificates and a sample group on first
@@ -30,13 +31,26 @@ struct Args {
 
 /// Runs verdant-init with its command line `args` (program name first).
 /// `programs` says how services named `verdant-<name>` are found.
-pub fn main(args: Vec<OsString>, programs: Programs) -> ExitCode {
+pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
     let args = Args::parse_from(args);
     if args.print_default_config {
         print!("{}", crate::config::default_config());
         return ExitCode::SUCCESS;
     }
+    // Before anything else (one thread, nothing set up): the zygote and
+    // the daemons it forks continue from here.
+    let mut no_zygote = None;
+    if let Some(entry) = programs.entry() {
+        match zygote::start(entry) {
+            Ok(zygote::Started::Daemon(code)) => return code,
+            Ok(zygote::Started::Init(z)) => programs = programs.with_zygote(z),
+            Err(e) => no_zygote = Some(e),
+        }
+    }
     verdant_common::telemetry::init();
+    if let Some(e) = no_zygote {
+        tracing::warn!("cannot fork the zygote ({e}); services are executed");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -11,8 +11,10 @@ pub mod process;
 mod service;
 pub mod setup;
 mod supervisor;
+pub mod zygote;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -28,6 +30,7 @@ pub use process::Programs;
 use process::Reaper;
 use service::{Shared, State};
 use supervisor::Supervisor;
+use zygote::Zygote;
 
 /// Prepares the root, starts every service, serves the supervisor API, and
 /// stops everything on SIGTERM/SIGINT or a Shutdown call.
@@ -55,12 +58,17 @@ pub async fn run(
         source,
     })?;
 
+    let (zygote, zygote_watch) = match programs.zygote() {
+        Some(z) => adopt_zygote(z, prepared.config.init.zygote, &reaper),
+        None => (None, None),
+    };
     let shared = Shared {
         layout: prepared.layout.clone(),
         policy: prepared.config.init.clone(),
         reaper,
         events: Supervisor::new_events(),
         pid_dir: prepared.pid_dir.clone(),
+        zygote,
     };
     tracing::info!(
         root = %prepared.layout.root().display(),
@@ -109,6 +117,12 @@ pub async fn run(
     notify::stopping();
     tracing::info!("stopping every service");
     supervisor.stop_all().await;
+    if let Some(z) = programs.zygote() {
+        z.close(); // it exits at the end of its socket
+    }
+    if let Some(watch) = zygote_watch {
+        let _ = tokio::time::timeout(Duration::from_secs(2), watch).await;
+    }
     watchdog_stop.cancel();
     server_stop.cancel();
     let _ = serving.await;
@@ -116,6 +130,45 @@ pub async fn run(
     drop(prepared.lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the zygote if the config wants it and init can adopt what it
+/// forks (init is PID 1 or a child subreaper); otherwise ends it. Returns
+/// it with a task that ends when it exits (and, if it dies unexpectedly,
+/// stops using it: services are executed from then on).
+fn adopt_zygote(
+    zygote: &Arc<Zygote>,
+    wanted: bool,
+    reaper: &Reaper,
+) -> (Option<Arc<Zygote>>, Option<tokio::task::JoinHandle<()>>) {
+    let adopts = nix::unistd::getpid().as_raw() == 1
+        || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+    let exited = reaper.watch(zygote.pid()).exited;
+    let z = zygote.clone();
+    let watch = tokio::spawn(async move {
+        let how = exited.await;
+        if z.usable() {
+            z.close();
+            match how {
+                Ok(how) => tracing::warn!(
+                    pid = z.pid(),
+                    "the zygote ended ({how}); services are executed from now on"
+                ),
+                Err(_) => tracing::warn!("the zygote is gone; services are executed from now on"),
+            }
+        }
+    });
+    if !wanted {
+        zygote.close();
+        tracing::info!("zygote = false: services are executed");
+        return (None, Some(watch));
+    }
+    if !adopts {
+        zygote.close();
+        tracing::warn!("init is neither PID 1 nor a child subreaper: services are executed");
+        return (None, Some(watch));
+    }
+    (Some(zygote.clone()), Some(watch))
 }
 
 /// SIGHUP, SIGUSR1 and SIGUSR2 go on to every service (init as PID 1 in a

@@ -17,6 +17,8 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::zygote::{self, Entry, Zygote};
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exited {
@@ -95,7 +97,7 @@ impl Reaper {
     /// Spawns `command` in a new session (so its whole process group can be
     /// signalled), stdin from /dev/null, stdout and stderr on one pipe.
     pub fn spawn(&self, mut command: Command) -> std::io::Result<Child> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (read, write) = output_pipe()?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::from(write.try_clone()?))
@@ -109,14 +111,50 @@ impl Reaper {
         }
         let mut waiting = self.waiting.lock().expect("reaper lock");
         let child = command.spawn()?;
-        let (tx, rx) = oneshot::channel();
-        waiting.insert(child.id() as i32, tx);
         drop(command); // closes our copies of the pipe's write end
-        Ok(Child {
-            pid: child.id(),
-            exited: rx,
-            output: Some(read),
-        })
+        Ok(register(&mut waiting, child.id(), Some(read)))
+    }
+
+    /// Has `zygote` fork the daemon of `request`, set up as [`Reaper::spawn`]
+    /// sets up a command. The daemon is adopted by init (see the zygote).
+    pub fn spawn_forked(
+        &self,
+        zygote: &Zygote,
+        request: &zygote::Request,
+    ) -> std::io::Result<Child> {
+        let (read, write) = output_pipe()?;
+        // Held while the zygote answers, so the daemon cannot be reaped as
+        // an orphan before it is registered.
+        let mut waiting = self.waiting.lock().expect("reaper lock");
+        let pid = zygote.spawn(request, &write)?;
+        drop(write);
+        Ok(register(&mut waiting, pid, Some(read)))
+    }
+
+    /// Waits for a child of init that was not spawned here (the zygote).
+    pub fn watch(&self, pid: u32) -> Child {
+        let mut waiting = self.waiting.lock().expect("reaper lock");
+        register(&mut waiting, pid, None)
+    }
+}
+
+/// A pipe for a service's stdout and stderr: (init's read end, the write end).
+fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Registers `pid` with the reaper (whose lock is `waiting`).
+fn register(
+    waiting: &mut HashMap<i32, oneshot::Sender<Exited>>,
+    pid: u32,
+    output: Option<OwnedFd>,
+) -> Child {
+    let (tx, rx) = oneshot::channel();
+    waiting.insert(pid.cast_signed(), tx);
+    Child {
+        pid,
+        exited: rx,
+        output,
     }
 }
 
@@ -210,6 +248,11 @@ pub struct Programs {
     /// The multicall executable and the names it answers to as `argv[0]`
     /// (`verdant-broker`, ...): those services run it, renamed.
     multicall: Option<(PathBuf, &'static [&'static str])>,
+    /// How the multicall binary runs a program in this process, for a
+    /// zygote to fork its daemons.
+    entry: Option<Entry>,
+    /// The zygote, once forked.
+    zygote: Option<Arc<Zygote>>,
 }
 
 /// A resolved program: what to execute and the `argv[0]` to give it.
@@ -224,7 +267,30 @@ impl Programs {
     pub fn multicall(exe: PathBuf, names: &'static [&'static str]) -> Self {
         Programs {
             multicall: Some((exe, names)),
+            ..Programs::default()
         }
+    }
+
+    /// `entry` runs a program of the multicall binary (by `argv[0]`) in
+    /// this process: init then forks those services from a zygote.
+    #[must_use]
+    pub fn with_entry(mut self, entry: Entry) -> Self {
+        self.entry = Some(entry);
+        self
+    }
+
+    pub fn entry(&self) -> Option<Entry> {
+        self.entry
+    }
+
+    #[must_use]
+    pub fn with_zygote(mut self, zygote: Zygote) -> Self {
+        self.zygote = Some(Arc::new(zygote));
+        self
+    }
+
+    pub fn zygote(&self) -> Option<&Arc<Zygote>> {
+        self.zygote.as_ref()
     }
 
     /// Finds a service's program: a path is taken as is; a name the

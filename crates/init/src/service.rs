@@ -4,9 +4,11 @@
 //! commands. Everyone else sees it through a `watch` of its [`Status`].
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -18,6 +20,7 @@ use verdant_common::paths::{Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
 use crate::config::{HealthCheck, InitSection};
 use crate::health;
 use crate::process::{self, Child, Exited, Reaper};
+use crate::zygote::{self, Zygote};
 use verdant_common::logs::ServiceLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,8 @@ pub struct Shared {
     pub reaper: Reaper,
     pub events: broadcast::Sender<Status>,
     pub pid_dir: PathBuf,
+    /// Forks the services of the `verdant` binary, while usable.
+    pub zygote: Option<Arc<Zygote>>,
 }
 
 /// Spawns the task of one service; `deps` are its dependencies' statuses.
@@ -315,6 +320,51 @@ impl Task {
     }
 
     fn start(&mut self) -> Result<Child, String> {
+        let child = match self.fork() {
+            Some(forked) => forked?,
+            None => self.exec()?,
+        };
+        let pidfile = self.pidfile();
+        if let Err(e) = process::write_pidfile(&pidfile, child.pid) {
+            tracing::warn!("cannot write {}: {e}", pidfile.display());
+        }
+        self.note(&format!("started pid {}", child.pid));
+        Ok(child)
+    }
+
+    /// The service from the zygote, if it is a program of the `verdant`
+    /// binary and the zygote is usable; `None` to execute it instead.
+    fn fork(&self) -> Option<Result<Child, String>> {
+        let zygote = self.shared.zygote.as_ref().filter(|z| z.usable())?;
+        let arg0 = self.spec.arg0.clone()?;
+        let layout = &self.shared.layout;
+        let mut env: Vec<(OsString, OsString)> = self
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        env.extend([
+            (ROOT_ENV.into(), layout.root().into()),
+            (RUNTIME_DIR_ENV.into(), layout.runtime_dir().into()),
+            (SOCKET_ENV.into(), layout.socket(&self.spec.name).into()),
+            ("VERDANT_SERVICE".into(), (&self.spec.name).into()),
+        ]);
+        let request = zygote::Request {
+            arg0,
+            args: self.spec.args.clone(),
+            env,
+            cwd: layout.root().to_path_buf(),
+        };
+        match self.shared.reaper.spawn_forked(zygote, &request) {
+            Ok(child) => Some(Ok(child)),
+            // The zygote is gone: execute this one and the next.
+            Err(_) if !zygote.usable() => None,
+            Err(e) => Some(Err(format!("cannot fork {}: {e}", request.arg0))),
+        }
+    }
+
+    fn exec(&self) -> Result<Child, String> {
         let layout = &self.shared.layout;
         let mut command = Command::new(&self.spec.program);
         if let Some(arg0) = &self.spec.arg0 {
@@ -328,17 +378,10 @@ impl Task {
             .env(SOCKET_ENV, layout.socket(&self.spec.name))
             .env("VERDANT_SERVICE", &self.spec.name)
             .current_dir(layout.root());
-        let child = self
-            .shared
+        self.shared
             .reaper
             .spawn(command)
-            .map_err(|e| format!("cannot start {}: {e}", self.spec.program.display()))?;
-        let pidfile = self.pidfile();
-        if let Err(e) = process::write_pidfile(&pidfile, child.pid) {
-            tracing::warn!("cannot write {}: {e}", pidfile.display());
-        }
-        self.note(&format!("started pid {}", child.pid));
-        Ok(child)
+            .map_err(|e| format!("cannot start {}: {e}", self.spec.program.display()))
     }
 
     fn pidfile(&self) -> PathBuf {

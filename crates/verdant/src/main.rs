@@ -73,13 +73,32 @@ fn main() -> ExitCode {
             }
         }
     };
-    match program.as_str() {
+    run(&program, args)
+}
+
+/// Runs a program of this binary in this process; also how the zygote of
+/// verdant-init starts a daemon (`args[0]` names it).
+fn forked(args: Vec<OsString>) -> ExitCode {
+    let program = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if PROGRAMS.contains(&program.as_str()) && program != "verdant-init" {
+        run(&program, args)
+    } else {
+        eprintln!("verdant: the zygote cannot run `{program}`");
+        ExitCode::from(2)
+    }
+}
+
+fn run(program: &str, args: Vec<OsString>) -> ExitCode {
+    match program {
         "verdant-init" => {
             let programs = match std::env::current_exe() {
                 Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS),
                 Err(_) => verdant_init::Programs::default(),
             };
-            verdant_init::main(args, programs)
+            verdant_init::main(args, programs.with_entry(forked))
         }
         "verdant-broker" => daemon!(args, verdant_broker),
         "verdant-router" => daemon!(args, verdant_router),
