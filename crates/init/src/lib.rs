@@ -59,7 +59,7 @@ pub async fn run(
     })?;
 
     let (zygote, zygote_watch) = match programs.zygote() {
-        Some(z) => adopt_zygote(z, prepared.config.init.zygote, &reaper),
+        Some(z) => adopt_zygote(z, prepared.config.init.zygote, &reaper, &shutdown),
         None => (None, None),
     };
     let shared = Shared {
@@ -140,22 +140,28 @@ fn adopt_zygote(
     zygote: &Arc<Zygote>,
     wanted: bool,
     reaper: &Reaper,
+    shutdown: &CancellationToken,
 ) -> (Option<Arc<Zygote>>, Option<tokio::task::JoinHandle<()>>) {
     let adopts = nix::unistd::getpid().as_raw() == 1
         || nix::sys::prctl::get_child_subreaper().unwrap_or(false);
     let exited = reaper.watch(zygote.pid()).exited;
     let z = zygote.clone();
+    let stopping = shutdown.clone();
     let watch = tokio::spawn(async move {
         let how = exited.await;
-        if z.usable() {
-            z.close();
-            match how {
-                Ok(how) => tracing::warn!(
-                    pid = z.pid(),
-                    "the zygote ended ({how}); services are executed from now on"
-                ),
-                Err(_) => tracing::warn!("the zygote is gone; services are executed from now on"),
-            }
+        if !z.usable() {
+            return; // closed by init
+        }
+        z.close();
+        let how = how.map_or_else(|_| "gone".to_string(), |h| h.to_string());
+        if stopping.is_cancelled() {
+            // e.g. systemd signalling the whole control group
+            tracing::info!(pid = z.pid(), "the zygote ended ({how}) while stopping");
+        } else {
+            tracing::warn!(
+                pid = z.pid(),
+                "the zygote ended ({how}); services are executed from now on"
+            );
         }
     });
     if !wanted {

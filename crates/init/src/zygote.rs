@@ -230,6 +230,9 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
     if nix::unistd::getppid() != init {
         exit_now(0);
     }
+    // Out of init's process group: a terminal's ^C is for init, which
+    // stops the services in order, not for the zygote.
+    let _ = nix::unistd::setsid();
     let _ = nix::sys::prctl::set_name(c"verdant-zygote");
     retitle("verdant-zygote");
     let mut buf = vec![0u8; MAX_REQUEST];
