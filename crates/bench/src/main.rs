@@ -5,6 +5,7 @@ mod compare;
 mod core;
 mod drain;
 mod function;
+mod lean;
 mod mqtt;
 mod shadow;
 mod spawn;
@@ -72,6 +73,10 @@ enum Cmd {
         /// Only the scenarios whose name contains this text (e.g. "QoS 1, 1 KiB").
         #[arg(long)]
         only: Option<String>,
+        /// The load client: `lean` (rumqttc's codec on the socket, many
+        /// packets per write) or `rumqttc` (its event loop, as before).
+        #[arg(long, default_value = "lean", value_parser = ["lean", "rumqttc"])]
+        client: String,
     },
     /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
     /// core queues `messages` while its cloud is down, then the time from
@@ -135,7 +140,11 @@ fn main() {
             routed,
             tls,
             only,
+            client,
         } => {
+            for t in &mut targets {
+                t.rumqttc = client == "rumqttc";
+            }
             for spec in &tls {
                 let parsed = spec.split_once('=').and_then(|(name, files)| {
                     let mut f = files.split(',');

@@ -18,6 +18,9 @@ pub struct Target {
     pub port: u16,
     /// Mutual TLS with this client configuration (`--tls`).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Load it with rumqttc's event loop instead of the lean client
+    /// (`--client rumqttc`; see `lean.rs`).
+    pub rumqttc: bool,
 }
 
 impl Target {
@@ -53,6 +56,7 @@ impl std::str::FromStr for Target {
             host: host.into(),
             port: port.parse().map_err(|e| format!("port: {e}"))?,
             tls: None,
+            rumqttc: false,
         })
     }
 }
@@ -81,9 +85,9 @@ pub struct Outcome {
     pub latencies: Vec<u64>,
 }
 
-const HEADER: usize = 4 + 8 + 8;
+pub(crate) const HEADER: usize = 4 + 8 + 8;
 
-fn payload(publisher: u32, seq: u64, base: Instant, size: usize) -> Bytes {
+pub(crate) fn payload(publisher: u32, seq: u64, base: Instant, size: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(size.max(HEADER));
     b.put_u32(publisher);
     b.put_u64(seq);
@@ -205,6 +209,9 @@ async fn collect(
 /// N publishers each send `messages` as fast as the broker takes them;
 /// every subscriber subscribes to all of it.
 pub async fn throughput(t: &Target, load: Load, tag: &str) -> Result<Outcome, String> {
+    if !t.rumqttc {
+        return crate::lean::run(t, load, None, tag).await;
+    }
     let base = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut subs = Vec::new();
@@ -275,6 +282,16 @@ pub async fn paced(
     seconds: u64,
     tag: &str,
 ) -> Result<Outcome, String> {
+    if !t.rumqttc {
+        let load = Load {
+            publishers,
+            subscribers: 1,
+            qos,
+            size,
+            messages: (u64::from(rate) * seconds) as usize,
+        };
+        return crate::lean::run(t, load, Some(rate), tag).await;
+    }
     let base = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub = subscriber(t, 0, format!("{tag}-s"), &format!("{tag}/#"), qos, tx).await?;
