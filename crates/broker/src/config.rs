@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_client: usize,
     /// QoS 1/2 messages sent to a client and not yet acknowledged.
     pub max_inflight: u16,
+    /// Topic aliases towards 5.0 clients whose CONNECT takes them (up to
+    /// 64 each). `false`: full topic names always, as Mosquitto sends.
+    pub send_topic_aliases: bool,
     /// Messages held for a client (offline, or beyond its inflight window);
     /// past this the oldest QoS 0 message is dropped, then new QoS 1/2
     /// messages are refused (counted).
@@ -76,6 +79,7 @@ impl Default for BrokerConfig {
             max_topic_levels: 32,
             max_subscriptions_per_client: 256,
             max_inflight: 32,
+            send_topic_aliases: true,
             max_queued_messages: 1000,
             max_queued_bytes: 8 * 1024 * 1024,
             slow_client_timeout_secs: 60,

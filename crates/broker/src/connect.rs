@@ -35,6 +35,8 @@ pub(super) struct Hello {
     pub(super) receive_maximum: u16,
     /// 5.0 Maximum Packet Size the client accepts.
     pub(super) max_packet: Option<u32>,
+    /// 5.0 Topic Alias Maximum: aliases the client takes from us (0: none).
+    pub(super) topic_alias_max: u16,
     /// A well-formed CONNECT the broker still refuses: the 5.0 CONNACK
     /// reason code and why.
     pub(super) refusal: Option<(u8, String)>,
@@ -60,6 +62,7 @@ impl Hello {
             }),
             receive_maximum: u16::MAX,
             max_packet: None,
+            topic_alias_max: 0,
             refusal: None,
         }
     }
@@ -123,6 +126,7 @@ impl Hello {
             will,
             receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             max_packet: props.max_packet_size,
+            topic_alias_max: props.topic_alias_max.unwrap_or(0),
             refusal,
         })
     }

@@ -30,7 +30,7 @@ use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
 #[path = "connect.rs"]
 mod connect;
-use connect::{Admitted, admit, connack_properties, read_connect};
+use connect::{Admitted, Hello, admit, connack_properties, read_connect};
 
 /// What a connection's buffers start with: most devices send small packets
 /// now and then, and a thousand idle connections should cost little.
@@ -95,6 +95,8 @@ struct Conn<R, W> {
     decoder: Decoder,
     /// A 5.0 client's Maximum Packet Size.
     client_max_packet: usize,
+    /// Topic aliases set up at a 5.0 client that takes them.
+    aliases: Option<Box<wire::Aliases>>,
     /// Bytes the last read brought: how large the next buffer should be.
     last_read: usize,
     /// How much the next read offers room for.
@@ -118,6 +120,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             outbuf: BytesMut::new(),
             decoder: Decoder::new(Version::V311, max_packet),
             client_max_packet: usize::MAX,
+            aliases: None,
             last_read: 0,
             read_step: INITIAL_BUFFER,
         }
@@ -168,14 +171,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         wire::encode(self.decoder.version, out, &mut self.outbuf);
     }
 
+    /// What a 5.0 client's CONNECT asks of what it is sent.
+    fn take_client_limits(&mut self, connect: &Hello, config: &BrokerConfig) {
+        self.client_max_packet = connect.max_packet.map_or(usize::MAX, |m| m as usize);
+        if config.send_topic_aliases {
+            self.aliases = wire::Aliases::new(connect.topic_alias_max);
+        }
+    }
+
     /// Queues `p`; false if it is larger than the client's Maximum Packet
     /// Size, and so not sent.
     fn publish(&mut self, p: &wire::Publish) -> bool {
         let before = self.outbuf.len();
-        self.queue(&Out::Publish(p));
+        let alias = self.aliases.as_deref().and_then(|a| a.choose(&p.topic));
+        match alias {
+            Some((alias, first)) => wire::encode_aliased(p, alias, first, &mut self.outbuf),
+            None => self.queue(&Out::Publish(p)),
+        }
         if self.outbuf.len() - before > self.client_max_packet {
             self.outbuf.truncate(before);
-            return false;
+            return false; // and the alias, if new, was not given
+        }
+        if let (Some((alias, true)), Some(aliases)) = (alias, self.aliases.as_deref_mut()) {
+            aliases.learned(&p.topic, alias);
         }
         true
     }
@@ -308,7 +326,7 @@ pub async fn serve<S>(
     conn.connack(None, connected.session_present, props);
     // A 5.0 client's Receive Maximum narrows the window (MQTT-3.3.4-7).
     let window = shared.config.max_inflight.min(connect.receive_maximum);
-    conn.client_max_packet = connect.max_packet.map_or(usize::MAX, |m| m as usize);
+    conn.take_client_limits(&connect, &shared.config);
     let outbound = Outbound::new(window);
 
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;

@@ -489,17 +489,77 @@ fn v4_packet(out: &Out<'_>) -> v4::Packet {
     }
 }
 
+fn v5_publish(p: &Publish) -> v5::Publish {
+    v5::Publish {
+        dup: p.dup,
+        qos: qos_v5(p.qos),
+        retain: p.retain,
+        topic: Bytes::from(p.topic.clone()),
+        pkid: p.pkid,
+        payload: p.payload.clone(),
+        properties: p.props.as_ref().map(|props| props.to_v5(Instant::now())),
+    }
+}
+
+/// Appends `p` as a 5.0 PUBLISH with Topic Alias `alias`: with its topic
+/// when `first` (which sets the alias up at the client), else with an empty
+/// topic (MQTT 3.3.2.3.4).
+pub fn encode_aliased(p: &Publish, alias: u16, first: bool, buf: &mut BytesMut) {
+    let mut publish = v5_publish(p);
+    publish
+        .properties
+        .get_or_insert_with(Default::default)
+        .topic_alias = Some(alias);
+    if !first {
+        publish.topic = Bytes::new();
+    }
+    if let Err(e) = v5::Packet::Publish(publish).write(buf, None) {
+        tracing::warn!("cannot encode a publish on {}: {e}", p.topic);
+    }
+}
+
+/// The topic aliases a 5.0 connection has set up at its client (MQTT
+/// 3.3.2.3.4): the first topics sent take aliases 1..=`max`, for the
+/// life of the network connection.
+#[derive(Debug)]
+pub struct Aliases {
+    max: u16,
+    given: std::collections::HashMap<String, u16>,
+}
+
+impl Aliases {
+    /// Up to `client_max` (the client's Topic Alias Maximum), at most
+    /// [`TOPIC_ALIAS_MAX`]; `None` if the client takes none.
+    pub fn new(client_max: u16) -> Option<Box<Self>> {
+        (client_max > 0).then(|| {
+            Box::new(Aliases {
+                max: client_max.min(TOPIC_ALIAS_MAX),
+                given: std::collections::HashMap::new(),
+            })
+        })
+    }
+
+    /// The alias to send `topic` with and whether the client learns it
+    /// now; `None` once every alias is taken by other topics.
+    pub fn choose(&self, topic: &str) -> Option<(u16, bool)> {
+        match self.given.get(topic) {
+            Some(&alias) => Some((alias, false)),
+            None => {
+                let next = u16::try_from(self.given.len() + 1).ok()?;
+                (next <= self.max).then_some((next, true))
+            }
+        }
+    }
+
+    /// Records that the client learned `alias` for `topic`.
+    pub fn learned(&mut self, topic: &str, alias: u16) {
+        self.given.insert(topic.to_string(), alias);
+    }
+}
+
 fn v5_packet(out: &Out<'_>) -> v5::Packet {
     match out {
-        Out::Publish(p) => v5::Packet::Publish(v5::Publish {
-            dup: p.dup,
-            qos: qos_v5(p.qos),
-            retain: p.retain,
-            topic: Bytes::from(p.topic.clone()),
-            pkid: p.pkid,
-            payload: p.payload.clone(),
-            properties: p.props.as_ref().map(|props| props.to_v5(Instant::now())),
-        }),
+        Out::Publish(p) => v5::Packet::Publish(v5_publish(p)),
         Out::PubAck(id) => v5::Packet::PubAck(v5::PubAck::new(*id, None)),
         Out::PubRec(id) => v5::Packet::PubRec(v5::PubRec::new(*id, None)),
         Out::PubRel(id) => v5::Packet::PubRel(v5::PubRel::new(*id, None)),

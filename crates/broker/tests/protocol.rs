@@ -328,3 +328,118 @@ async fn a_packet_trickling_in_is_cut_off_even_without_keep_alive() {
         "closed by the packet timeout: {elapsed:?}"
     );
 }
+
+/// Reads one whole packet with the 5.0 decoder.
+async fn next_v5(
+    s: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> rumqttc::v5::mqttbytes::v5::Packet {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    loop {
+        match Packet::read(buf, None) {
+            Ok(p) => return p,
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let mut chunk = [0u8; 1024];
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                    .await
+                    .expect("a packet in time")
+                    .unwrap();
+                assert!(n > 0, "closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A 5.0 client subscribed to `t/#` at QoS 0, whose CONNECT has Topic
+/// Alias Maximum `alias_max` (none when 0); its read buffer.
+async fn v5_subscriber(port: u16, alias_max: u8) -> (TcpStream, bytes::BytesMut) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mut s = open(port).await;
+    let props: &[u8] = if alias_max == 0 {
+        &[0]
+    } else {
+        &[3, 0x22, 0, alias_max]
+    };
+    s.write_all(&connect_v5(props)).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        next_v5(&mut s, &mut buf).await,
+        Packet::ConnAck(_)
+    ));
+    s.write_all(&[0x82, 9, 0, 1, 0, 0, 3, b't', b'/', b'#', 0])
+        .await
+        .unwrap();
+    assert!(matches!(next_v5(&mut s, &mut buf).await, Packet::SubAck(_)));
+    (s, buf)
+}
+
+/// A connected 3.1.1 client.
+async fn v4_publisher(port: u16) -> TcpStream {
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("p", 0x02, 4)).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, CONNACK_OK);
+    s
+}
+
+/// Publishes `m` on `topic` at QoS 0.
+async fn publish_m(s: &mut TcpStream, topic: &str) {
+    let mut p = vec![0x30, 0, 0, topic.len() as u8];
+    p.extend_from_slice(topic.as_bytes());
+    p.push(b'm');
+    p[1] = (p.len() - 2) as u8;
+    s.write_all(&p).await.unwrap();
+}
+
+/// The next publish's (topic on the wire, Topic Alias).
+async fn received(s: &mut TcpStream, buf: &mut bytes::BytesMut) -> (String, Option<u16>) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let Packet::Publish(p) = next_v5(s, buf).await else {
+        panic!("a publish");
+    };
+    assert_eq!(&p.payload[..], b"m");
+    let alias = p.properties.and_then(|props| props.topic_alias);
+    (String::from_utf8(p.topic.to_vec()).unwrap(), alias)
+}
+
+#[tokio::test]
+async fn a_client_taking_topic_aliases_is_sent_them() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let (mut sub, mut buf) = v5_subscriber(port, 2).await;
+    let mut publisher = v4_publisher(port).await;
+    for topic in ["t/a", "t/a", "t/b", "t/c", "t/b"] {
+        publish_m(&mut publisher, topic).await;
+    }
+    // t/a sets up alias 1, then uses it; t/b sets up 2; t/c finds no
+    // alias left and goes whole; t/b uses 2.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(received(&mut sub, &mut buf).await);
+    }
+    let want: Vec<(String, Option<u16>)> = vec![
+        ("t/a".into(), Some(1)),
+        (String::new(), Some(1)),
+        ("t/b".into(), Some(2)),
+        ("t/c".into(), None),
+        (String::new(), Some(2)),
+    ];
+    assert_eq!(got, want);
+
+    // A 5.0 client that takes none is sent whole topics.
+    let (mut plain, mut pbuf) = v5_subscriber(port, 0).await;
+    publish_m(&mut publisher, "t/a").await;
+    assert_eq!(received(&mut plain, &mut pbuf).await, ("t/a".into(), None));
+
+    // So is one that takes them, from a broker told to send none.
+    let off = common::start(&[], "send_topic_aliases = false").await;
+    let (mut sub, mut buf) = v5_subscriber(off.tcp_port.unwrap(), 2).await;
+    let mut publisher = v4_publisher(off.tcp_port.unwrap()).await;
+    for _ in 0..2 {
+        publish_m(&mut publisher, "t/a").await;
+        assert_eq!(received(&mut sub, &mut buf).await, ("t/a".into(), None));
+    }
+}
