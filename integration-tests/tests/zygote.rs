@@ -116,13 +116,19 @@ async fn daemons_are_forked_from_the_zygote_and_set_up_as_executed_ones() {
     }
 }
 
-#[tokio::test]
-async fn without_the_zygote_services_are_executed() {
+/// A running core whose zygote was sent `signal`: (core, init, zygote).
+async fn zygote_signalled(signal: Signal) -> (Core, u32, u32) {
     let core = Core::start();
     core.wait_all_running().await;
     let init = core.init.id();
     let zygote = zygote_of(init).expect("a zygote under init");
-    kill(Pid::from_raw(zygote.cast_signed()), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(zygote.cast_signed()), signal).unwrap();
+    (core, init, zygote)
+}
+
+#[tokio::test]
+async fn without_the_zygote_services_are_executed() {
+    let (core, init, _) = zygote_signalled(Signal::SIGKILL).await;
     let deadline = Instant::now() + PATIENCE;
     while !core.stderr_text().contains("the zygote ended") {
         assert!(Instant::now() < deadline, "{}", core.stderr_text());
@@ -134,6 +140,32 @@ async fn without_the_zygote_services_are_executed() {
     assert_eq!(comm(again), "verdant");
     assert!(cmdline(again).starts_with("verdant-shadow"));
     assert_eq!(parent_and_session(again), (init, again));
+}
+
+#[tokio::test]
+async fn a_zygote_that_does_not_answer_is_ended_and_services_executed() {
+    let (core, init, zygote) = zygote_signalled(Signal::SIGSTOP).await;
+    // The restart waits for the zygote's answer (5 s), then executes.
+    let list = kill_and_wait(&core, "secrets").await;
+    let again = list.iter().find(|s| s.name == "secrets").unwrap().pid;
+    assert_eq!(comm(again), "verdant");
+    assert!(
+        core.stderr_text().contains("the zygote does not answer"),
+        "{}",
+        core.stderr_text()
+    );
+    // Ended, so it cannot fork the request later.
+    let deadline = Instant::now() + PATIENCE;
+    while alive(zygote) {
+        assert!(Instant::now() < deadline, "the silent zygote lives on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let secrets = children(init)
+        .into_iter()
+        .filter(|p| comm(*p).starts_with("verdant-secrets"))
+        .count();
+    assert_eq!(secrets, 0, "a forked secrets besides the executed one");
 }
 
 #[tokio::test]

@@ -138,6 +138,12 @@ impl Zygote {
                 "the zygote does not answer ({e}); services are executed from now on"
             );
             *guard = None;
+            // A zygote that is only slow must not fork what it was asked
+            // for later, behind init's back.
+            let _ = nix::sys::signal::kill(
+                Pid::from_raw(self.pid.cast_signed()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         result
     }
