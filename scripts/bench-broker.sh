@@ -78,7 +78,9 @@ for port in "$MOSQ_PORT" "$VERDANT_PORT" "$VERDANT_TLS_PORT"; do
         sleep 0.1
     done
 done
-broker=$(pgrep -f '^verdant-broker' | head -1)
+# This core's broker (not another core's on the machine).
+broker=$(target/release/verdantctl --root "$tmp/core" status --output json |
+    python3 -c 'import json, sys; print(next(s["pid"] for s in json.load(sys.stdin) if s["name"] == "broker"))')
 verdant=(--target "verdant=127.0.0.1:$VERDANT_PORT")
 if [ "$tls" = yes ]; then
     certs="$tmp/core/config/certs"
