@@ -52,7 +52,7 @@ pub async fn run(
         .map_err(|(key, reason)| BrokerError::Invalid { key, reason })?;
     let group = Group::load(&ctx.layout.current_group())?;
     let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(&group)));
-    let (sockets, bound) = listen(&ctx, &config).await?;
+    let (sockets, bound) = listen(&ctx, &config)?;
 
     let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
@@ -125,9 +125,24 @@ pub async fn run(
     result.map_err(BrokerError::from)
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
+/// Connections the kernel completes for a listener before the broker
+/// accepts them (capped by `net.core.somaxconn`): room for a site's devices
+/// reconnecting at once, where a short queue drops their SYNs and each
+/// waits a second or more to try again.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| BrokerError::Bind { addr, source })
 }
 
@@ -161,11 +176,14 @@ pub(crate) struct Listening {
     pub websocket: Option<String>,
 }
 
+/// A listener's kind and the address it is bound to.
+type Bound = (&'static str, std::net::SocketAddr);
+
 /// Binds the configured listeners; also their names and real addresses.
-async fn listen(
+fn listen(
     ctx: &Context,
     config: &BrokerConfig,
-) -> Result<(Vec<Listening>, Vec<(&'static str, std::net::SocketAddr)>), BrokerError> {
+) -> Result<(Vec<Listening>, Vec<Bound>), BrokerError> {
     let wss = config.websocket.enabled && config.websocket.tls;
     let tls = if config.tls.enabled || wss {
         Some(Tls::load(
@@ -184,14 +202,14 @@ async fn listen(
         websocket,
     };
     if config.tls.enabled {
-        let socket = bind(config.tls.bind).await?;
+        let socket = bind(config.tls.bind)?;
         sockets.push(listening(socket, "tls", tls.clone(), None));
     }
     if config.tcp.enabled {
-        sockets.push(listening(bind(config.tcp.bind).await?, "tcp", None, None));
+        sockets.push(listening(bind(config.tcp.bind)?, "tcp", None, None));
     }
     if config.websocket.enabled {
-        let socket = bind(config.websocket.bind).await?;
+        let socket = bind(config.websocket.bind)?;
         let path = Some(config.websocket.path.clone());
         if wss {
             sockets.push(listening(socket, "wss", tls.clone(), path));
