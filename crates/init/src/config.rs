@@ -45,7 +45,7 @@ pub struct InitSection {
     /// Rotated logs kept (`<service>.log.1` ... `.N`).
     pub log_keep: u32,
     /// The daemons of the `verdant` binary are forked from a zygote made
-    /// at init's start, sharing its relocated pages (about 1.5 MiB less for
+    /// at init's start, sharing its relocated pages (about 1.9 MiB less for
     /// a core); `false` executes each (see docs/supervisor.md).
     pub zygote: bool,
 }
