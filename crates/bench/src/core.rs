@@ -63,14 +63,8 @@ pub async fn run(bin_dir: &Path, runs: usize, kills: usize, label: &str, exec: b
         let total: u64 = rows.iter().map(|r| r.1).sum::<u64>() + init_pss;
         println!("\n| process | PSS KiB | RSS KiB |\n|---|---|---|");
         println!("| verdant-init | {init_pss} | |");
+        // Init's other children (the zygote) first, then the services.
         for (n, pss, rss) in &rows {
-            // Init's other children come first (the zygote).
-            if !n.starts_with("verdant-") {
-                continue;
-            }
-            println!("| {n} | {pss} | {rss} |");
-        }
-        for (n, pss, rss) in rows.iter().filter(|r| !r.0.starts_with("verdant-")) {
             println!("| {n} | {pss} | {rss} |");
         }
         println!(

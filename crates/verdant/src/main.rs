@@ -94,11 +94,13 @@ fn forked(args: Vec<OsString>) -> ExitCode {
 fn run(program: &str, args: Vec<OsString>) -> ExitCode {
     match program {
         "verdant-init" => {
+            // Without its own path init cannot name the daemons' program:
+            // no multicall, so no zygote either.
             let programs = match std::env::current_exe() {
-                Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS),
+                Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS).with_entry(forked),
                 Err(_) => verdant_init::Programs::default(),
             };
-            verdant_init::main(args, programs.with_entry(forked))
+            verdant_init::main(args, programs)
         }
         "verdant-broker" => daemon!(args, verdant_broker),
         "verdant-router" => daemon!(args, verdant_router),
