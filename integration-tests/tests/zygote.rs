@@ -187,3 +187,33 @@ async fn zygote_false_executes_every_daemon() {
     }
     assert!(core.stderr_text().contains("zygote = false"));
 }
+
+#[tokio::test]
+async fn signals_to_init_while_it_waits_for_the_zygote_are_not_silence() {
+    let core = Core::start();
+    core.wait_all_running().await;
+    let init = core.init.id();
+    let zygote = zygote_of(init).expect("a zygote under init");
+    // SIGCHLD every half millisecond (init reaps and finds nothing) while
+    // services are forked again: an interrupted wait must be resumed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pelter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = kill(Pid::from_raw(init.cast_signed()), Signal::SIGCHLD);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    for name in ["secrets", "discovery", "ota-agent"] {
+        let list = kill_and_wait(&core, name).await;
+        let again = list.iter().find(|s| s.name == name).unwrap().pid;
+        let forked: String = format!("verdant-{name}").chars().take(15).collect();
+        assert_eq!(comm(again), forked, "{}", core.stderr_text());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pelter.join().unwrap();
+    assert!(alive(zygote));
+    assert!(!core.stderr_text().contains("the zygote does not answer"));
+}

@@ -158,15 +158,37 @@ impl Zygote {
 /// endian), or `E` and a reason.
 fn ask(socket: &OwnedFd, message: &[u8], output: RawFd) -> std::io::Result<u32> {
     let fds = [output];
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(message)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
+    // A signal to init (SIGCHLD above all) interrupts these calls: a socket
+    // with a receive timeout is not restarted (signal(7)). Try again, within
+    // the one timeout: an interrupted wait is not a silent zygote.
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_secs(ANSWER_TIMEOUT_SECS.cast_unsigned());
+    let again = |e: nix::errno::Errno| {
+        if e == nix::errno::Errno::EINTR && std::time::Instant::now() < deadline {
+            Ok(())
+        } else {
+            Err(std::io::Error::from(e))
+        }
+    };
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(message)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => break,
+            Err(e) => again(e)?,
+        }
+    }
     let mut answer = [0u8; 512];
-    let len = nix::sys::socket::recv(socket.as_raw_fd(), &mut answer, MsgFlags::empty())?;
+    let len = loop {
+        match nix::sys::socket::recv(socket.as_raw_fd(), &mut answer, MsgFlags::empty()) {
+            Ok(len) => break len,
+            Err(e) => again(e)?,
+        }
+    };
     match &answer[..len] {
         [] => Err(std::io::ErrorKind::UnexpectedEof.into()),
         [b'E', reason @ ..] => Err(std::io::Error::other(
