@@ -7,6 +7,7 @@ mod drain;
 mod function;
 mod lean;
 mod mqtt;
+mod probe;
 mod shadow;
 mod spawn;
 
@@ -74,8 +75,9 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
         /// The load client: `lean` (rumqttc's codec on the socket, many
-        /// packets per write) or `rumqttc` (its event loop, as before).
-        #[arg(long, default_value = "lean", value_parser = ["lean", "rumqttc"])]
+        /// packets per write), `rumqttc` (its event loop, as before), or
+        /// `probe` (lean, but the latency scenarios on blocking threads).
+        #[arg(long, default_value = "lean", value_parser = ["lean", "rumqttc", "probe"])]
         client: String,
     },
     /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
@@ -144,6 +146,7 @@ fn main() {
         } => {
             for t in &mut targets {
                 t.rumqttc = client == "rumqttc";
+                t.probe = client == "probe";
             }
             for spec in &tls {
                 let parsed = spec.split_once('=').and_then(|(name, files)| {

@@ -21,6 +21,9 @@ pub struct Target {
     /// Load it with rumqttc's event loop instead of the lean client
     /// (`--client rumqttc`; see `lean.rs`).
     pub rumqttc: bool,
+    /// The latency scenarios on blocking threads (`--client probe`; see
+    /// `probe.rs`); plain TCP only.
+    pub probe: bool,
 }
 
 impl Target {
@@ -57,6 +60,7 @@ impl std::str::FromStr for Target {
             port: port.parse().map_err(|e| format!("port: {e}"))?,
             tls: None,
             rumqttc: false,
+            probe: false,
         })
     }
 }
@@ -264,7 +268,11 @@ pub async fn latency(
     seconds: u64,
     tag: &str,
 ) -> Result<Outcome, String> {
-    let mut out = paced(t, 1, qos, size, rate, seconds, tag).await?;
+    let mut out = if t.probe && t.tls.is_none() {
+        crate::probe::latency(t, qos, size, rate, u64::from(rate) * seconds, tag).await?
+    } else {
+        paced(t, 1, qos, size, rate, seconds, tag).await?
+    };
     out.rate = f64::from(rate);
     Ok(out)
 }
