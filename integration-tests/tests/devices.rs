@@ -196,6 +196,34 @@ async fn paho_walks_mqtt_3_1_1() {
     paho_walk("paho_v311.py", "all MQTT 3.1.1 checks passed").await;
 }
 
+/// `worker_threads = 1`: connections, hub and gRPC share one thread, and
+/// the broker still passes the whole 3.1.1 walk (wills, sessions, QoS 2,
+/// retained messages, a persistent session's queue).
+#[tokio::test]
+async fn paho_walks_mqtt_3_1_1_with_the_broker_on_one_thread() {
+    let dropin = "[broker]\nmode = \"local\"\nworker_threads = 1\n\
+                  [broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+    let core = Core::start_with(&Options {
+        dropin: Some(dropin),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let pid = core.service("broker").await.pid;
+    // Before any disk commit has started a thread of the blocking pool.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "the broker runs on its main thread alone");
+    let tcp = core.broker_port("tcp").await.to_string();
+    let out = core.run_device_script("paho_v311.py", &[&tcp]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("all MQTT 3.1.1 checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn paho_speaks_mqtt_5_with_properties_aliases_sessions_and_wills() {
     paho_walk("paho_v5.py", "all MQTT 5.0 checks passed").await;

@@ -26,6 +26,10 @@ pub enum Mode {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub mode: Mode,
+    /// Threads that run the broker's connections and hub: 0, one per CPU
+    /// (the most throughput); 1, one thread for everything, as Mosquitto
+    /// (the smallest footprint); N, that many.
+    pub worker_threads: usize,
     /// Routed mode: messages waiting for the router (while it is away, or
     /// has not acknowledged them) at most; past it QoS 0 messages are
     /// dropped and QoS 1/2 refused, both counted.
@@ -70,6 +74,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             mode: Mode::Routed,
+            worker_threads: 0,
             router_backlog: 10_000,
             require_client_id_match: true,
             max_packet_size: 256 * 1024,

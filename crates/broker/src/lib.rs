@@ -33,8 +33,18 @@ pub use crate::error::BrokerError;
 use crate::identity::{Devices, Tls};
 
 pub const SERVICE: &str = "broker";
-/// The runtime this daemon wants.
-pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::PerCore;
+/// The runtime this daemon wants: `[broker] worker_threads`.
+pub const THREADS: verdant_common::daemon::Threads =
+    verdant_common::daemon::Threads::Configured(worker_threads);
+
+/// `[broker] worker_threads`; a section that does not parse is reported by
+/// `run`, on the default runtime.
+fn worker_threads(config: &verdant_common::config::ConfigSource) -> usize {
+    config.section::<BrokerConfig>("broker").map_or_else(
+        |_| BrokerConfig::default().worker_threads,
+        |c| c.worker_threads,
+    )
+}
 
 /// Requests waiting for the hub task.
 const HUB_QUEUE: usize = 4096;

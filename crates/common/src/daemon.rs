@@ -55,6 +55,9 @@ pub enum Threads {
     One,
     /// One worker per core: daemons that move data.
     PerCore,
+    /// As the daemon's configuration says: 0 one worker per core, 1 one
+    /// thread (as [`Threads::One`]), N that many workers.
+    Configured(fn(&ConfigSource) -> usize),
 }
 
 /// Runs a daemon with its command line `args` (program name first); the
@@ -87,11 +90,20 @@ where
         }
     };
     let socket = args.socket.unwrap_or_else(|| layout.socket(service));
-    let runtime = match threads {
-        Threads::One => tokio::runtime::Builder::new_current_thread()
+    let workers = match threads {
+        Threads::One => 1,
+        Threads::PerCore => 0,
+        Threads::Configured(workers) => workers(&config),
+    };
+    let runtime = match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Threads::PerCore => tokio::runtime::Builder::new_multi_thread()
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
             .enable_all()
             .build(),
     };
