@@ -217,3 +217,36 @@ async fn signals_to_init_while_it_waits_for_the_zygote_are_not_silence() {
     assert!(alive(zygote));
     assert!(!core.stderr_text().contains("the zygote does not answer"));
 }
+
+#[tokio::test]
+async fn a_daemon_forked_after_init_gave_up_on_the_zygote_never_runs() {
+    // Every answer of the zygote comes 6.5 s late (init waits 5): the first
+    // daemon is forked, but init has given up, executed that service and
+    // killed the zygote by the time the helper would name it.
+    let core = Core::start_with(&Options {
+        env: vec![("VERDANT_ZYGOTE_TEST_STALL_MS", "6500".into())],
+        ..Options::default()
+    });
+    let list = core.wait_all_running().await;
+    assert!(
+        core.stderr_text().contains("the zygote does not answer"),
+        "{}",
+        core.stderr_text()
+    );
+    // Past the helper's stall: what it forked has had every chance to run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let init = core.init.id();
+    let mut registered: Vec<u32> = list.iter().map(|s| s.pid).collect();
+    registered.sort_unstable();
+    let mut under_init: Vec<u32> = children(init);
+    under_init.sort_unstable();
+    let strays: Vec<String> = under_init
+        .iter()
+        .filter(|p| !registered.contains(p))
+        .map(|p| format!("{p} {} ({})", comm(*p), cmdline(*p)))
+        .collect();
+    assert!(strays.is_empty(), "unsupervised processes: {strays:?}");
+    for s in &list {
+        assert_eq!(comm(s.pid), "verdant", "{} was not executed", s.name);
+    }
+}

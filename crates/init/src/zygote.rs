@@ -18,6 +18,15 @@
 //! orphaned, is adopted by init (a child subreaper or PID 1), which reaps
 //! and signals it like an executed one. The daemon leaves the zygote's
 //! loop and returns to `main` with its own command line.
+//!
+//! Each request also carries the read end of a "go" pipe whose write end
+//! only init holds. The daemon waits for one byte on it before it does
+//! anything: init writes it once it has the pid (and registers it), and
+//! closes the pipe unwritten when the zygote did not answer in time. A
+//! daemon forked by a zygote init gave up on reads the end of the pipe and
+//! exits, so it never runs unsupervised beside the executed replacement.
+//! (`VERDANT_ZYGOTE_TEST_STALL_MS` in init's environment delays every
+//! answer, for the test of exactly that.)
 
 use std::ffi::{CString, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -129,7 +138,20 @@ impl Zygote {
         let Some(socket) = guard.as_ref() else {
             return Err(std::io::Error::other("the zygote is gone"));
         };
-        let result = ask(socket, &encode(request), output.as_raw_fd());
+        let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let result = ask(
+            socket,
+            &encode(request),
+            &[output.as_raw_fd(), go_read.as_raw_fd()],
+        );
+        drop(go_read);
+        if result.is_ok() {
+            // The caller registers the pid under the reaper's lock before
+            // the daemon could be reaped; the daemon may start.
+            let _ = nix::unistd::write(&go_write, b"g");
+        }
+        // Unwritten (no answer): the daemon, if forked, reads EOF and exits.
+        drop(go_write);
         if let Err(e) = &result
             && e.kind() != std::io::ErrorKind::Other
         {
@@ -156,8 +178,7 @@ impl Zygote {
 
 /// Sends one request and reads the answer: `P` and a pid (4 bytes, little
 /// endian), or `E` and a reason.
-fn ask(socket: &OwnedFd, message: &[u8], output: RawFd) -> std::io::Result<u32> {
-    let fds = [output];
+fn ask(socket: &OwnedFd, message: &[u8], fds: &[RawFd]) -> std::io::Result<u32> {
     // A signal to init (SIGCHLD above all) interrupts these calls: a socket
     // with a receive timeout is not restarted (signal(7)). Try again, within
     // the one timeout: an interrupted wait is not a silent zygote.
@@ -174,7 +195,7 @@ fn ask(socket: &OwnedFd, message: &[u8], output: RawFd) -> std::io::Result<u32> 
         match sendmsg::<()>(
             socket.as_raw_fd(),
             &[IoSlice::new(message)],
-            &[ControlMessage::ScmRights(&fds)],
+            &[ControlMessage::ScmRights(fds)],
             MsgFlags::MSG_NOSIGNAL,
             None,
         ) {
@@ -266,21 +287,23 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         // At the end of the stream init closed its end, or is gone.
-        let Ok(Some((len, output))) = receive(&socket, &mut buf) else {
+        let Ok(Some((len, fds))) = receive(&socket, &mut buf) else {
             exit_now(0)
         };
         let Some(request) = decode(&buf[..len]) else {
             answer_error(&socket, "malformed request");
             continue;
         };
-        let Some(output) = output else {
-            answer_error(&socket, "no output descriptor");
+        let mut fds = fds.into_iter();
+        let (Some(output), Some(go)) = (fds.next(), fds.next()) else {
+            answer_error(&socket, "no output and go descriptors");
             continue;
         };
         // SAFETY: the zygote has one thread.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 drop(output);
+                drop(go);
                 let _ = nix::sys::wait::waitpid(child, None);
             }
             Ok(ForkResult::Child) => {
@@ -288,6 +311,8 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
                 // SAFETY: still one thread.
                 match unsafe { fork() } {
                     Ok(ForkResult::Parent { child }) => {
+                        drop(go);
+                        stall_for_tests();
                         let mut answer = b"P".to_vec();
                         answer.extend_from_slice(&child.as_raw().cast_unsigned().to_le_bytes());
                         let _ = nix::sys::socket::send(
@@ -299,10 +324,16 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
                     }
                     Ok(ForkResult::Child) => {
                         drop(socket);
-                        if let Err(e) = become_daemon(output, &request) {
+                        if let Err(e) = become_daemon(output, &request, &go) {
                             eprintln!("{}: cannot start from the zygote: {e}", request.arg0);
                             exit_now(1);
                         }
+                        // Set up while init registered it; nothing seen
+                        // outside this process has happened yet.
+                        if !go_ahead(&go) {
+                            exit_now(0);
+                        }
+                        drop(go);
                         return request;
                     }
                     Err(e) => {
@@ -316,9 +347,33 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
     }
 }
 
-/// One request and the descriptor it carries; `None` at end of stream.
-fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<OwnedFd>)>> {
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+/// In a forked daemon: waits for init's byte on the go pipe; false at its
+/// end (init gave up on the zygote and did not register this process).
+fn go_ahead(go: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut byte) {
+            Ok(n) => return n == 1,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The test hook of the module's documentation: the helper waits this long
+/// before it answers.
+fn stall_for_tests() {
+    if let Some(ms) = std::env::var("VERDANT_ZYGOTE_TEST_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// One request and the descriptors it carries; `None` at end of stream.
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut space = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -326,14 +381,15 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Optio
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let mut output = None;
+    let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel just gave us this descriptor.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                output.get_or_insert(owned);
-            }
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just gave us these descriptors.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     let len = msg.bytes;
@@ -341,9 +397,9 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Optio
         return Ok(None);
     }
     if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-        return Ok(Some((0, output))); // decodes as malformed
+        return Ok(Some((0, fds))); // decodes as malformed
     }
-    Ok(Some((len, output)))
+    Ok(Some((len, fds)))
 }
 
 fn answer_error(socket: &OwnedFd, reason: &str) {
@@ -355,7 +411,7 @@ fn answer_error(socket: &OwnedFd, reason: &str) {
 /// In the forked daemon: what `exec` would have done (a new session,
 /// stdin from /dev/null, output to the service's pipe, no other inherited
 /// descriptor, the environment and directory asked for, its own name).
-fn become_daemon(output: OwnedFd, request: &Request) -> std::io::Result<()> {
+fn become_daemon(output: OwnedFd, request: &Request, go: &OwnedFd) -> std::io::Result<()> {
     nix::unistd::setsid()?;
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2_stdin(&null)?;
@@ -363,7 +419,7 @@ fn become_daemon(output: OwnedFd, request: &Request) -> std::io::Result<()> {
     nix::unistd::dup2_stderr(&output)?;
     drop(output);
     drop(null);
-    close_inherited();
+    close_inherited(go.as_raw_fd());
     std::env::set_current_dir(&request.cwd)?;
     for (name, value) in &request.env {
         // SAFETY: this process has one thread.
@@ -383,17 +439,17 @@ fn run_daemon(request: Request, entry: Entry) -> ExitCode {
     entry(args)
 }
 
-/// Closes every descriptor above stderr: a forked daemon holds nothing
+/// Closes every descriptor above stderr but `keep`: a forked daemon holds nothing
 /// of init's (an executed one would keep what init inherited without
 /// close-on-exec; this is stricter).
-fn close_inherited() {
+fn close_inherited(keep: RawFd) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
     let fds: Vec<RawFd> = dir
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 && *fd != keep)
         .collect();
     for fd in fds {
         // SAFETY: no owner in this process uses these descriptors any more
