@@ -20,8 +20,9 @@
 //! loop and returns to `main` with its own command line.
 //!
 //! Each request also carries the read end of a "go" pipe whose write end
-//! only init holds. The daemon waits for one byte on it before it does
-//! anything: init writes it once it has the pid (and registers it), and
+//! only init holds. The daemon sets itself up (session, descriptors, name)
+//! and then waits for one byte on it before it runs anything of the
+//! service: init writes it once it has the pid (and registers it), and
 //! closes the pipe unwritten when the zygote did not answer in time. A
 //! daemon forked by a zygote init gave up on reads the end of the pipe and
 //! exits, so it never runs unsupervised beside the executed replacement.
