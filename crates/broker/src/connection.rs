@@ -521,20 +521,26 @@ impl Session<'_> {
                     Err(ReadError::Protocol(v)) => return End::protocol(v),
                 },
                 // A client behind on its acknowledgements takes no more:
-                // the hub parks what comes and slows the publishers.
-                out = inbox.recv(), if !self.outbound.backlogged() => match out {
-                    Some(Outgoing::Deliver(m)) => {
-                        self.push(conn, m);
+                // the hub parks what comes and slows the publishers. A
+                // Close is taken first, behind or not.
+                out = inbox.recv(), if !self.outbound.backlogged() || inbox.closing() => {
+                    let mut out = out;
+                    loop {
+                        match out {
+                            Some(Outgoing::Deliver(m)) => self.push(conn, m),
+                            Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
+                            None => return End::stopping(),
+                        }
                         // Take whatever else is ready in one write.
-                        while !self.outbound.backlogged()
-                            && let Some(Outgoing::Deliver(m)) = inbox.try_recv()
-                        {
-                            self.push(conn, m);
+                        if self.outbound.backlogged() && !inbox.closing() {
+                            break;
+                        }
+                        match inbox.try_recv() {
+                            Some(next) => out = Some(next),
+                            None => break,
                         }
                     }
-                    Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
-                    None => return End::stopping(),
-                },
+                }
                 () = tokio::time::sleep_until(packet_deadline.unwrap_or(deadline)), if packet_deadline.is_some() => {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"

@@ -53,6 +53,10 @@ struct State {
     /// left behind.
     chunks: VecDeque<VecDeque<Outgoing>>,
     len: usize,
+    /// A `Close` goes ahead of the messages and does not count against
+    /// the capacity: a client that is behind is the one an operator or a
+    /// group change most needs to disconnect.
+    close: Option<Outgoing>,
     /// The hub dropped its end: nothing more will come.
     sender_gone: bool,
     /// The connection dropped its end.
@@ -78,6 +82,9 @@ impl State {
     }
 
     fn pop(&mut self) -> Option<Outgoing> {
+        if let Some(close) = self.close.take() {
+            return Some(close);
+        }
         let several = self.chunks.len() > 1;
         let front = self.chunks.front_mut()?;
         let out = front.pop_front()?;
@@ -110,11 +117,21 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
 }
 
 impl Outbox {
-    /// Queues `out` unless the connection is gone or its queue is full.
+    /// Queues `out` unless the connection is gone or its queue is full; a
+    /// `Close` is never refused for room, and is taken before anything
+    /// queued (the first one stands).
     pub fn try_send(&self, out: Outgoing) -> Result<(), TrySendError> {
         let mut state = self.0.lock();
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
+        }
+        if let Outgoing::Close(..) = out {
+            state.close.get_or_insert(out);
+            drop(state);
+            // A connection that is behind may not be waiting on its
+            // queue: wake it whatever the queue holds.
+            self.0.waker.wake();
+            return Ok(());
         }
         if state.len >= self.0.capacity {
             return Err(TrySendError::Full(out));
@@ -170,6 +187,11 @@ impl Inbox {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         self.0.lock().pop()
     }
+
+    /// Whether a `Close` waits (taken first by `recv`/`try_recv`).
+    pub fn closing(&self) -> bool {
+        self.0.lock().close.is_some()
+    }
 }
 
 impl Drop for Inbox {
@@ -180,6 +202,7 @@ impl Drop for Inbox {
         // clean session; the hub cannot reach it any more.
         state.chunks = VecDeque::new();
         state.len = 0;
+        state.close = None;
     }
 }
 
@@ -192,39 +215,71 @@ mod tests {
         Outgoing::Close(n, String::new())
     }
 
+    /// A delivery on topic `n`.
+    fn msg(n: u8) -> Outgoing {
+        Outgoing::Deliver(crate::hub::Message {
+            topic: n.to_string(),
+            payload: bytes::Bytes::new(),
+            qos: rumqttc::QoS::AtMostOnce,
+            retain: false,
+            stored: None,
+            props: None,
+            from: None,
+        })
+    }
+
+    /// A delivery's topic as a number, or a Close's code plus 100.
     fn code(out: Option<Outgoing>) -> Option<u8> {
-        out.and_then(|o| match o {
-            Outgoing::Close(n, _) => Some(n),
-            Outgoing::Deliver(_) => None,
+        out.map(|o| match o {
+            Outgoing::Close(n, _) => n + 100,
+            Outgoing::Deliver(m) => m.topic.parse().unwrap(),
         })
     }
 
     #[test]
     fn bounded_in_order_and_gives_back_when_full() {
         let (tx, mut rx) = channel(2);
-        tx.try_send(close(1)).unwrap();
-        tx.try_send(close(2)).unwrap();
+        tx.try_send(msg(1)).unwrap();
+        tx.try_send(msg(2)).unwrap();
         assert!(matches!(
-            tx.try_send(close(3)),
-            Err(TrySendError::Full(Outgoing::Close(3, _)))
+            tx.try_send(msg(3)),
+            Err(TrySendError::Full(Outgoing::Deliver(_)))
         ));
         assert_eq!(code(rx.try_recv()), Some(1));
-        tx.try_send(close(3)).unwrap();
+        tx.try_send(msg(3)).unwrap();
         assert_eq!(code(rx.try_recv()), Some(2));
         assert_eq!(code(rx.try_recv()), Some(3));
         assert_eq!(code(rx.try_recv()), None);
     }
 
     #[test]
-    fn closed_both_ways() {
-        let (tx, rx) = channel(4);
-        drop(rx);
+    fn a_close_is_never_refused_and_goes_first() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(msg(1)).unwrap();
+        tx.try_send(msg(2)).unwrap();
+        assert!(!rx.closing());
+        tx.try_send(close(0x98)).unwrap();
+        tx.try_send(close(0x87)).unwrap(); // the first one stands
+        assert!(rx.closing());
+        assert_eq!(code(rx.try_recv()), Some(100 + 0x98));
+        assert!(!rx.closing());
+        assert_eq!(code(rx.try_recv()), Some(1));
+        assert_eq!(code(rx.try_recv()), Some(2));
+        assert_eq!(code(rx.try_recv()), None);
+        rx.close();
         assert!(matches!(
             tx.try_send(close(1)),
             Err(TrySendError::Closed(_))
         ));
+    }
+
+    #[test]
+    fn closed_both_ways() {
+        let (tx, rx) = channel(4);
+        drop(rx);
+        assert!(matches!(tx.try_send(msg(1)), Err(TrySendError::Closed(_))));
         let (tx, mut rx) = channel(4);
-        tx.try_send(close(1)).unwrap();
+        tx.try_send(msg(1)).unwrap();
         drop(tx);
         // What was sent before the hub let go still arrives.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -235,12 +290,9 @@ mod tests {
 
         // A connection that ends takes what was queued, and nothing more.
         let (tx, mut rx) = channel(4);
-        tx.try_send(close(1)).unwrap();
+        tx.try_send(msg(1)).unwrap();
         rx.close();
-        assert!(matches!(
-            tx.try_send(close(2)),
-            Err(TrySendError::Closed(_))
-        ));
+        assert!(matches!(tx.try_send(msg(2)), Err(TrySendError::Closed(_))));
         assert_eq!(code(rx.try_recv()), Some(1));
         assert_eq!(code(rx.try_recv()), None);
     }
@@ -254,14 +306,14 @@ mod tests {
         };
         assert_eq!(held(&rx), 0, "an idle outbox holds no buffer");
         for i in 0..1000 {
-            tx.try_send(close(0)).unwrap();
+            tx.try_send(msg(0)).unwrap();
             assert!(held(&rx) <= i + 1 + 2 * CHUNK, "grown in chunks");
         }
         while rx.try_recv().is_some() {}
         assert_eq!(held(&rx), 0);
         // A trickle keeps one small ring.
         for _ in 0..100 {
-            tx.try_send(close(0)).unwrap();
+            tx.try_send(msg(0)).unwrap();
             rx.try_recv().unwrap();
         }
         assert!(held(&rx) <= 2 * KEEP_SLOTS);
@@ -273,7 +325,7 @@ mod tests {
         let sender = std::thread::spawn(move || {
             let mut sent = 0u32;
             while sent < 100_000 {
-                match tx.try_send(close(0)) {
+                match tx.try_send(msg(0)) {
                     Ok(()) => sent += 1,
                     Err(TrySendError::Full(_)) => std::thread::yield_now(),
                     Err(TrySendError::Closed(_)) => panic!("closed"),

@@ -443,3 +443,43 @@ async fn a_client_taking_topic_aliases_is_sent_them() {
         assert_eq!(received(&mut sub, &mut buf).await, ("t/a".into(), None));
     }
 }
+
+/// A client disconnected by an operator while messages stream to it: the
+/// hub queues the Close behind the messages, and the connection must end
+/// even when the Close comes in the same burst as them.
+#[tokio::test]
+async fn a_client_disconnected_mid_stream_is_closed() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let mut api = b.api().await;
+    for round in 0..10 {
+        let mut s = open(port).await;
+        s.write_all(&connect_packet("s", 0x02, 4)).await.unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, CONNACK_OK);
+        // SUBSCRIBE 1, `t` at QoS 0; SUBACK.
+        s.write_all(&[0x82, 6, 0, 1, 0, 1, b't', 0]).await.unwrap();
+        let mut suback = [0u8; 5];
+        s.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+        let mut publisher = v4_publisher(port).await;
+        let one = [0x30, 4, 0, 1, b't', b'm'];
+        publisher.write_all(&one.repeat(200_000)).await.unwrap();
+        // Not reading yet: the messages back up into the broker.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let kicked = api
+            .disconnect_client(verdant_proto::broker::v1::DisconnectClientRequest {
+                client_id: "s".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(
+            closed,
+            "round {round}: {kicked:?}, the connection stays open"
+        );
+        drop(publisher);
+    }
+}
