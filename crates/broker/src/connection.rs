@@ -424,22 +424,36 @@ struct Session<'a> {
 }
 
 /// The client's QoS 1/2 publishes awaiting acknowledgement, in order:
-/// (packet id, QoS, the hub's answer when it must be awaited).
-type Unconfirmed = VecDeque<(u16, QoS, Option<oneshot::Receiver<bool>>)>;
+/// (packet id, QoS, what to wait for).
+type Unconfirmed = VecDeque<(u16, QoS, Answer)>;
 
-/// The oldest publish's answer, (packet id, QoS, safe to acknowledge);
-/// one with no receiver is safe as soon as those before it are.
+/// What a publish's acknowledgement waits for.
+enum Answer {
+    /// Nothing but the publishes before it.
+    Now,
+    /// The hub's word that it is stored where it must be (no answer: not).
+    Stored(oneshot::Receiver<bool>),
+    /// The word that it is on its way to its subscribers (`Hub::pass_on`;
+    /// no answer: the hub has it, which is all it needs).
+    Delivered(oneshot::Receiver<bool>),
+}
+
+/// The oldest publish's answer, (packet id, QoS, safe to acknowledge).
 async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
     std::future::poll_fn(|cx| {
         let Some((pkid, qos, answer)) = unconfirmed.front_mut() else {
             return Poll::Pending;
         };
         let safe = match answer {
-            Some(rx) => match Pin::new(rx).poll(cx) {
+            Answer::Stored(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Ready(answer) => answer.unwrap_or(false),
                 Poll::Pending => return Poll::Pending,
             },
-            None => true,
+            Answer::Delivered(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(answer) => answer.unwrap_or(true),
+                Poll::Pending => return Poll::Pending,
+            },
+            Answer::Now => true,
         };
         let done = (*pkid, *qos, safe);
         unconfirmed.pop_front();
@@ -520,6 +534,14 @@ impl Session<'_> {
                     Err(ReadError::Io(e)) => return End::Abrupt(format!("read failed: {e}")),
                     Err(ReadError::Protocol(v)) => return End::protocol(v),
                 },
+                // Woken now, a publisher's task runs once this one's turn
+                // is over: after it wrote what it just took (or found the
+                // client's socket full, which must not hold the publisher).
+                wakes = inbox.wakes() => {
+                    for wake in wakes {
+                        let _ = wake.send(true);
+                    }
+                }
                 // A client behind on its acknowledgements takes no more:
                 // the hub parks what comes and slows the publishers. A
                 // Close is taken first, behind or not.
@@ -528,6 +550,7 @@ impl Session<'_> {
                     loop {
                         match out {
                             Some(Outgoing::Deliver(m)) => self.push(conn, m),
+                            Some(Outgoing::Wake(wake)) => drop(wake.send(true)),
                             Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
                             None => return End::stopping(),
                         }
@@ -720,11 +743,16 @@ impl Session<'_> {
                     .durable_subscriptions
                     .load(std::sync::atomic::Ordering::Acquire)
                     > 0);
-        let (reply, confirmation) = if must_wait {
+        let (reply, delivered, answer) = if must_wait {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
+            (Some(tx), None, Some(Answer::Stored(rx)))
+        } else if qos != QoS::AtMostOnce && conn.inbuf.is_empty() {
+            // The last publish read so far: acknowledged (with those before
+            // it) once the hub has handed it on; see `Hub::pass_on`.
+            let (tx, rx) = oneshot::channel();
+            (None, Some(tx), Some(Answer::Delivered(rx)))
         } else {
-            (None, None)
+            (None, None, None)
         };
         if hub::to_hub(
             &self.shared.hub,
@@ -732,6 +760,7 @@ impl Session<'_> {
                 message,
                 source: self.source.clone(),
                 reply,
+                delivered,
             },
         )
         .await
@@ -739,11 +768,11 @@ impl Session<'_> {
         {
             return Some(End::stopping());
         }
-        match confirmation {
-            Some(rx) => self.unconfirmed.push_back((pkid, qos, Some(rx))),
+        match answer {
+            Some(answer) => self.unconfirmed.push_back((pkid, qos, answer)),
             // Acknowledgements go out in the order the publishes came in.
             None if qos != QoS::AtMostOnce && !self.unconfirmed.is_empty() => {
-                self.unconfirmed.push_back((pkid, qos, None));
+                self.unconfirmed.push_back((pkid, qos, Answer::Now));
             }
             None => match qos {
                 QoS::AtMostOnce => {}

@@ -48,6 +48,10 @@ pub enum Outgoing {
     /// Close the connection (taken over by a new one, or an operator),
     /// with the MQTT 5.0 DISCONNECT reason code and why.
     Close(u8, String),
+    /// Tell the publisher of the message before it that it may acknowledge:
+    /// its task then runs after this connection's turn, which writes that
+    /// message (see `hub_run.rs`, `pass_on`).
+    Wake(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// What operators see of a client.
@@ -247,6 +251,9 @@ pub struct Hub {
     held: Vec<(oneshot::Sender<bool>, Vec<String>)>,
     /// The clients the request being handled parked messages for.
     just_parked: Vec<String>,
+    /// The connected client the last fan-out handed a message to, whose
+    /// connection passes a publisher's wake on.
+    pub(super) last_delivered: Option<Arc<str>>,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -306,6 +313,7 @@ impl Hub {
             parked: std::collections::HashSet::new(),
             held: Vec::new(),
             just_parked: Vec::new(),
+            last_delivered: None,
             congested_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
@@ -614,6 +622,8 @@ impl Hub {
             let kept = Self::deliver(session, out.clone(), self.limits, &mut self.counters);
             if !session.parked.is_empty() {
                 parked.push(client_id.clone());
+            } else if kept && session.connection.is_some() {
+                self.last_delivered = Some(client_id.clone());
             }
             if kept && let Some(id) = out.stored {
                 stored.push(Op::Enqueue(id, client_id.to_string(), out));

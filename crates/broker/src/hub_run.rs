@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::Table;
 
-use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
+use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, Outgoing, REPORT_EVERY};
 use crate::link::Forward;
 use crate::wire::SubOptions;
 
@@ -75,6 +75,9 @@ pub enum Request {
         message: Message,
         source: Option<Arc<str>>,
         reply: Option<oneshot::Sender<bool>>,
+        /// The publisher may acknowledge once the message is on its way
+        /// (`true`, or the sender dropped); see [`Hub::pass_on`].
+        delivered: Option<oneshot::Sender<bool>>,
     },
     /// A message the router routed to the devices `things`; the reply
     /// says the sessions have it.
@@ -271,8 +274,10 @@ impl Hub {
                 message,
                 source,
                 reply,
+                delivered,
             } => {
                 self.just_parked.clear();
+                self.last_delivered = None;
                 match self.publish_from(&message, source.as_ref()) {
                     Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
                     None => {
@@ -280,6 +285,9 @@ impl Hub {
                             replies.push(self.reply_to_publish(reply));
                         }
                     }
+                }
+                if let Some(delivered) = delivered {
+                    self.pass_on(delivered);
                 }
             }
             Request::Deliver {
@@ -328,5 +336,29 @@ impl Hub {
             }
         }
         changes_sessions
+    }
+}
+
+impl Hub {
+    /// Has the connection the message was last handed to wake its
+    /// publisher once it wrote the message, so the subscriber is sent the
+    /// message before the publisher its PUBACK: the order of a broker that
+    /// delivers in place. Each task then wakes exactly one other (hub →
+    /// subscriber → publisher), which a runtime runs next on the same
+    /// thread, where a publisher woken by the hub besides the subscriber
+    /// would be written to first, or wake a second worker. With no
+    /// connected recipient, or a full outbox, the publisher is woken now.
+    pub(super) fn pass_on(&mut self, delivered: oneshot::Sender<bool>) {
+        let outbox = self
+            .last_delivered
+            .take()
+            .and_then(|client_id| self.sessions.get(&*client_id))
+            .and_then(|s| s.connection.as_ref())
+            .map(|c| &c.outbox);
+        match outbox {
+            // A wake the outbox gives back is dropped: that wakes too.
+            Some(outbox) => drop(outbox.try_send(Outgoing::Wake(delivered))),
+            None => drop(delivered.send(true)),
+        }
     }
 }

@@ -332,7 +332,7 @@ fn persistent_session_queues_while_away_and_will_on_abrupt_end() {
 #[test]
 fn take_over_closes_the_old_connection_and_clean_session_forgets() {
     let mut hub = Hub::new(limits(10));
-    let (tx1, mut rx1) = outbox::channel(10);
+    let (tx1, rx1) = outbox::channel(10);
     let first = hub.connect(info("c", false), None, tx1);
     hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
     let (tx2, mut rx2) = outbox::channel(10);

@@ -57,6 +57,10 @@ struct State {
     /// the capacity: a client that is behind is the one an operator or a
     /// group change most needs to disconnect.
     close: Option<Outgoing>,
+    /// Publishers' wakes (`Outgoing::Wake`), also apart from the messages:
+    /// a connection that is behind takes them all the same, so a slow
+    /// client never holds another's acknowledgements this way.
+    wakes: Vec<tokio::sync::oneshot::Sender<bool>>,
     /// The hub dropped its end: nothing more will come.
     sender_gone: bool,
     /// The connection dropped its end.
@@ -125,6 +129,12 @@ impl Outbox {
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
         }
+        if let Outgoing::Wake(wake) = out {
+            state.wakes.push(wake);
+            drop(state);
+            self.0.waker.wake();
+            return Ok(());
+        }
         if let Outgoing::Close(..) = out {
             state.close.get_or_insert(out);
             drop(state);
@@ -157,11 +167,11 @@ impl Drop for Outbox {
 impl Inbox {
     /// The next message; `None` once the hub dropped its end and
     /// everything it sent was taken. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Outgoing> {
+    pub async fn recv(&self) -> Option<Outgoing> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
         if let Some(out) = self.try_recv() {
             return Poll::Ready(Some(out));
         }
@@ -184,13 +194,32 @@ impl Inbox {
     }
 
     /// The next message if one is queued.
-    pub fn try_recv(&mut self) -> Option<Outgoing> {
+    pub fn try_recv(&self) -> Option<Outgoing> {
         self.0.lock().pop()
     }
 
     /// Whether a `Close` waits (taken first by `recv`/`try_recv`).
     pub fn closing(&self) -> bool {
         self.0.lock().close.is_some()
+    }
+
+    /// The publishers' wakes queued so far, once there are any. Cancel-safe.
+    pub async fn wakes(&self) -> Vec<tokio::sync::oneshot::Sender<bool>> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock();
+            if !state.wakes.is_empty() {
+                return Poll::Ready(std::mem::take(&mut state.wakes));
+            }
+            drop(state);
+            self.0.waker.register(cx.waker());
+            let mut state = self.0.lock();
+            if state.wakes.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(std::mem::take(&mut state.wakes))
+            }
+        })
+        .await
     }
 }
 
@@ -203,6 +232,8 @@ impl Drop for Inbox {
         state.chunks = VecDeque::new();
         state.len = 0;
         state.close = None;
+        // Dropped wakes wake their publishers.
+        state.wakes = Vec::new();
     }
 }
 
@@ -233,12 +264,13 @@ mod tests {
         out.map(|o| match o {
             Outgoing::Close(n, _) => n + 100,
             Outgoing::Deliver(m) => m.topic.parse().unwrap(),
+            Outgoing::Wake(_) => 0,
         })
     }
 
     #[test]
     fn bounded_in_order_and_gives_back_when_full() {
-        let (tx, mut rx) = channel(2);
+        let (tx, rx) = channel(2);
         tx.try_send(msg(1)).unwrap();
         tx.try_send(msg(2)).unwrap();
         assert!(matches!(
@@ -278,7 +310,7 @@ mod tests {
         let (tx, rx) = channel(4);
         drop(rx);
         assert!(matches!(tx.try_send(msg(1)), Err(TrySendError::Closed(_))));
-        let (tx, mut rx) = channel(4);
+        let (tx, rx) = channel(4);
         tx.try_send(msg(1)).unwrap();
         drop(tx);
         // What was sent before the hub let go still arrives.
@@ -299,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_drained_burst_gives_its_memory_back() {
-        let (tx, mut rx) = channel(10_000);
+        let (tx, rx) = channel(10_000);
         let held = |rx: &Inbox| {
             let state = rx.0.lock();
             state.chunks.capacity() + state.chunks.iter().map(VecDeque::capacity).sum::<usize>()
@@ -321,7 +353,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wakes_a_waiting_connection_across_threads() {
-        let (tx, mut rx) = channel(16);
+        let (tx, rx) = channel(16);
         let sender = std::thread::spawn(move || {
             let mut sent = 0u32;
             while sent < 100_000 {

@@ -444,6 +444,22 @@ async fn a_client_taking_topic_aliases_is_sent_them() {
     }
 }
 
+/// Client `s` (3.1.1, clean session) subscribed to `t` at `qos`.
+async fn subscribed(port: u16, qos: u8) -> TcpStream {
+    let mut s = open(port).await;
+    s.write_all(&connect_packet("s", 0x02, 4)).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, CONNACK_OK);
+    s.write_all(&[0x82, 6, 0, 1, 0, 1, b't', qos])
+        .await
+        .unwrap();
+    let mut suback = [0u8; 5];
+    s.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, qos]);
+    s
+}
+
 /// A client disconnected by an operator while messages stream to it: the
 /// hub queues the Close behind the messages, and the connection must end
 /// even when the Close comes in the same burst as them.
@@ -453,16 +469,7 @@ async fn a_client_disconnected_mid_stream_is_closed() {
     let port = b.tcp_port.unwrap();
     let mut api = b.api().await;
     for round in 0..10 {
-        let mut s = open(port).await;
-        s.write_all(&connect_packet("s", 0x02, 4)).await.unwrap();
-        let mut connack = [0u8; 4];
-        s.read_exact(&mut connack).await.unwrap();
-        assert_eq!(connack, CONNACK_OK);
-        // SUBSCRIBE 1, `t` at QoS 0; SUBACK.
-        s.write_all(&[0x82, 6, 0, 1, 0, 1, b't', 0]).await.unwrap();
-        let mut suback = [0u8; 5];
-        s.read_exact(&mut suback).await.unwrap();
-        assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+        let mut s = subscribed(port, 0).await;
         let mut publisher = v4_publisher(port).await;
         let one = [0x30, 4, 0, 1, b't', b'm'];
         publisher.write_all(&one.repeat(200_000)).await.unwrap();
@@ -482,4 +489,29 @@ async fn a_client_disconnected_mid_stream_is_closed() {
         );
         drop(publisher);
     }
+}
+
+/// A subscriber that takes QoS 1 messages and acknowledges none: beyond its
+/// inflight window (32) the messages wait in the broker, and its publisher
+/// is still acknowledged at once (until the broker has to park them).
+#[tokio::test]
+async fn a_subscriber_behind_does_not_hold_its_publishers_acknowledgements() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let s = subscribed(port, 1).await;
+    let mut p = v4_publisher(port).await;
+    let mut burst = Vec::new();
+    for pkid in 1..=40u8 {
+        burst.extend_from_slice(&[0x32, 6, 0, 1, b't', 0, pkid, b'm']);
+    }
+    p.write_all(&burst).await.unwrap();
+    let mut acks = [0u8; 160];
+    tokio::time::timeout(Duration::from_secs(5), p.read_exact(&mut acks))
+        .await
+        .expect("40 PUBACKs while the subscriber acknowledges nothing")
+        .unwrap();
+    for (i, ack) in acks.chunks(4).enumerate() {
+        assert_eq!(ack, [0x40, 2, 0, i as u8 + 1]);
+    }
+    drop(s);
 }
