@@ -550,7 +550,6 @@ impl Session<'_> {
                     loop {
                         match out {
                             Some(Outgoing::Deliver(m)) => self.push(conn, m),
-                            Some(Outgoing::Wake(wake)) => drop(wake.send(true)),
                             Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
                             None => return End::stopping(),
                         }

@@ -48,10 +48,6 @@ pub enum Outgoing {
     /// Close the connection (taken over by a new one, or an operator),
     /// with the MQTT 5.0 DISCONNECT reason code and why.
     Close(u8, String),
-    /// Tell the publisher of the message before it that it may acknowledge:
-    /// its task then runs after this connection's turn, which writes that
-    /// message (see `hub_run.rs`, `pass_on`).
-    Wake(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// What operators see of a client.

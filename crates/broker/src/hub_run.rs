@@ -9,7 +9,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::Table;
 
-use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, Outgoing, REPORT_EVERY};
+use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
 use crate::link::Forward;
 use crate::wire::SubOptions;
 
@@ -356,8 +356,7 @@ impl Hub {
             .and_then(|s| s.connection.as_ref())
             .map(|c| &c.outbox);
         match outbox {
-            // A wake the outbox gives back is dropped: that wakes too.
-            Some(outbox) => drop(outbox.try_send(Outgoing::Wake(delivered))),
+            Some(outbox) => outbox.wake_publisher(delivered),
             None => drop(delivered.send(true)),
         }
     }

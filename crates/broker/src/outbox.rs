@@ -57,7 +57,7 @@ struct State {
     /// the capacity: a client that is behind is the one an operator or a
     /// group change most needs to disconnect.
     close: Option<Outgoing>,
-    /// Publishers' wakes (`Outgoing::Wake`), also apart from the messages:
+    /// Publishers' wakes ([`Outbox::wake_publisher`]), apart from the messages:
     /// a connection that is behind takes them all the same, so a slow
     /// client never holds another's acknowledgements this way.
     wakes: Vec<tokio::sync::oneshot::Sender<bool>>,
@@ -129,12 +129,6 @@ impl Outbox {
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
         }
-        if let Outgoing::Wake(wake) = out {
-            state.wakes.push(wake);
-            drop(state);
-            self.0.waker.wake();
-            return Ok(());
-        }
         if let Outgoing::Close(..) = out {
             state.close.get_or_insert(out);
             drop(state);
@@ -154,6 +148,22 @@ impl Outbox {
             self.0.waker.wake();
         }
         Ok(())
+    }
+}
+
+impl Outbox {
+    /// Has the connection tell a publisher, once it takes its turn (which
+    /// writes what it was just sent), that it may acknowledge: see
+    /// `Hub::pass_on`. Never refused for room; a connection that is gone
+    /// drops `wake`, which tells the publisher too.
+    pub fn wake_publisher(&self, wake: tokio::sync::oneshot::Sender<bool>) {
+        let mut state = self.0.lock();
+        if state.receiver_gone {
+            return;
+        }
+        state.wakes.push(wake);
+        drop(state);
+        self.0.waker.wake();
     }
 }
 
@@ -264,7 +274,6 @@ mod tests {
         out.map(|o| match o {
             Outgoing::Close(n, _) => n + 100,
             Outgoing::Deliver(m) => m.topic.parse().unwrap(),
-            Outgoing::Wake(_) => 0,
         })
     }
 
