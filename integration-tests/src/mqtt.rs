@@ -38,14 +38,32 @@ pub async fn subscribed(client: &AsyncClient, events: &mut EventLoop, filter: &s
     until(events, |p| matches!(p, Packet::SubAck(_))).await;
 }
 
-/// Publishes at QoS 1 and waits for the PUBACK (incoming publishes seen
-/// meanwhile are dropped).
-pub async fn publish(client: &AsyncClient, events: &mut EventLoop, topic: &str, payload: &str) {
+/// Publishes at QoS 1 and waits for the PUBACK; returns the topics and
+/// payloads of the publishes received meanwhile (a reply to a request may
+/// come before the request's PUBACK: MQTT does not order the two).
+pub async fn publish(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    topic: &str,
+    payload: &str,
+) -> Vec<(String, String)> {
     client
         .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
         .await
         .unwrap();
-    until(events, |p| matches!(p, Packet::PubAck(_))).await;
+    let mut early = Vec::new();
+    until(events, |p| match p {
+        Packet::Publish(m) => {
+            early.push((
+                m.topic.clone(),
+                String::from_utf8_lossy(&m.payload).into_owned(),
+            ));
+            false
+        }
+        p => matches!(p, Packet::PubAck(_)),
+    })
+    .await;
+    early
 }
 
 /// Polls `events` for `wait`, returning the topics and payloads received.

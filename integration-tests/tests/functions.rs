@@ -245,8 +245,15 @@ fn logs(core: &Core) -> String {
 
 /// The first message `ev` receives, or a failure showing `what` was
 /// awaited and the logs.
-async fn reply(core: &Core, ev: &mut rumqttc::EventLoop, what: &str) -> Vec<(String, String)> {
-    let mut got = Vec::new();
+/// The publishes `ev` receives, after those that came with the request's
+/// PUBACK (`early`), until there is one.
+async fn reply(
+    core: &Core,
+    ev: &mut rumqttc::EventLoop,
+    early: Vec<(String, String)>,
+    what: &str,
+) -> Vec<(String, String)> {
+    let mut got = early;
     let waited = tokio::time::timeout(PATIENCE, async {
         while got.is_empty() {
             got.extend(received(ev, Duration::from_millis(50)).await);
@@ -263,8 +270,8 @@ async fn echo(
     ev: &mut rumqttc::EventLoop,
     event: Value,
 ) -> Value {
-    publish(dev, ev, "in/x", &event.to_string()).await;
-    let got = reply(core, ev, &format!("no answer to {event}")).await;
+    let early = publish(dev, ev, "in/x", &event.to_string()).await;
+    let got = reply(core, ev, early, &format!("no answer to {event}")).await;
     assert_eq!(got[0].0, "echo/out");
     serde_json::from_str(&got[0].1).unwrap()
 }
@@ -518,8 +525,8 @@ async fn an_aws_greengrass_core_sdk_nodejs_function_works_alongside_python_ones(
     let port = core.broker_port("tcp").await;
     let (dev, mut ev) = connect(port, "a", false).await;
     subscribed(&dev, &mut ev, "node/out").await;
-    publish(&dev, &mut ev, "node/in", &json!({ "n": 5 }).to_string()).await;
-    let got = reply(&core, &mut ev, "no answer").await;
+    let early = publish(&dev, &mut ev, "node/in", &json!({ "n": 5 }).to_string()).await;
+    let got = reply(&core, &mut ev, early, "no answer").await;
     let out: Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(out["event"], json!({ "n": 5 }));
     assert_eq!(out["subject"], "node/in");
@@ -562,8 +569,8 @@ async fn a_greengrass_container_sees_only_its_code_and_the_system_within_its_lim
     let (dev, mut ev) = connect(port, "a", false).await;
     subscribed(&dev, &mut ev, "boxed/out").await;
     let ask = |event: Value| event.to_string();
-    publish(&dev, &mut ev, "boxed/in", &ask(json!({}))).await;
-    let got = reply(&core, &mut ev, "no answer").await;
+    let early = publish(&dev, &mut ev, "boxed/in", &ask(json!({}))).await;
+    let got = reply(&core, &mut ev, early, "no answer").await;
     let r: Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(r["uid"], 65534);
     assert_eq!(r["pid"], 1, "its own PID namespace");
@@ -615,8 +622,8 @@ async fn a_greengrass_container_sees_only_its_code_and_the_system_within_its_lim
     }
 
     // The escape matrix, run as the function.
-    publish(&dev, &mut ev, "boxed/in", &ask(json!({ "escape": true }))).await;
-    let got = reply(&core, &mut ev, "no escape report").await;
+    let early = publish(&dev, &mut ev, "boxed/in", &ask(json!({ "escape": true }))).await;
+    let got = reply(&core, &mut ev, early, "no escape report").await;
     let e: Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(e["shadow_readable"], false, "/etc/shadow: {e}");
     assert!(
@@ -635,8 +642,8 @@ async fn a_greengrass_container_sees_only_its_code_and_the_system_within_its_lim
     // invocation fails, and a new instance answers the next one.
     publish(&dev, &mut ev, "boxed/in", &ask(json!({ "alloc_mb": 256 }))).await;
     wait_function(&core, "boxed", |f| f.errors == 1).await;
-    publish(&dev, &mut ev, "boxed/in", &ask(json!({ "alloc_mb": 8 }))).await;
-    let got = reply(&core, &mut ev, "no answer after the OOM").await;
+    let early = publish(&dev, &mut ev, "boxed/in", &ask(json!({ "alloc_mb": 8 }))).await;
+    let got = reply(&core, &mut ev, early, "no answer after the OOM").await;
     assert!(got[0].1.contains("allocated"), "{got:?}");
 }
 
@@ -646,8 +653,8 @@ async fn a_native_function_written_with_the_rust_sdk_runs_in_a_container() {
     let port = core.broker_port("tcp").await;
     let (dev, mut ev) = connect(port, "a", false).await;
     subscribed(&dev, &mut ev, "native/out").await;
-    publish(&dev, &mut ev, "native/in", &json!({ "n": 7 }).to_string()).await;
-    let got = reply(&core, &mut ev, "no answer").await;
+    let early = publish(&dev, &mut ev, "native/in", &json!({ "n": 7 }).to_string()).await;
+    let got = reply(&core, &mut ev, early, "no answer").await;
     let out: Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(out["event"], json!({ "n": 7 }));
     assert_eq!(out["subject"], "native/in");

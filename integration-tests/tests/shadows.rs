@@ -97,14 +97,14 @@ async fn assert_every_update_kept(
     subscribed(dev, ev, "$aws/things/d/shadow/get/accepted").await;
     let doc = tokio::time::timeout(verdant_integration_tests::PATIENCE, async {
         loop {
-            publish(
+            let mut got = publish(
                 dev,
                 ev,
                 "$aws/things/d/shadow/get",
                 r#"{"clientToken":"final"}"#,
             )
             .await;
-            let got = received(ev, Duration::from_millis(500)).await;
+            got.extend(received(ev, Duration::from_millis(500)).await);
             if let Some((_, body)) = got.into_iter().find(|(t, _)| t.ends_with("/get/accepted")) {
                 return serde_json::from_str::<serde_json::Value>(&body).unwrap();
             }
@@ -311,11 +311,11 @@ async fn named_shadows_and_rejections_over_mqtt() {
     subscribed(&dev, &mut ev, "$aws/things/d/shadow/#").await;
     // The reply to a request, however long the machine takes.
     let mut ask = async |topic: &str, body: &str| {
-        publish(&dev, &mut ev, topic, body).await;
+        let mut early = publish(&dev, &mut ev, topic, body).await;
         tokio::time::timeout(verdant_integration_tests::PATIENCE, async {
             loop {
-                let replies: Vec<_> = received(&mut ev, Duration::from_millis(100))
-                    .await
+                early.extend(received(&mut ev, Duration::from_millis(100)).await);
+                let replies: Vec<_> = std::mem::take(&mut early)
                     .into_iter()
                     .filter(|(t, _)| t.ends_with("ccepted") || t.ends_with("ejected"))
                     .map(|(t, b)| (t, serde_json::from_str::<serde_json::Value>(&b).unwrap()))
