@@ -438,6 +438,15 @@ enum Answer {
     Delivered(oneshot::Receiver<bool>),
 }
 
+/// Sleeps until `deadline`; made only when polled, so a disabled `select!`
+/// branch costs no timer.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The oldest publish's answer, (packet id, QoS, safe to acknowledge).
 async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
     std::future::poll_fn(|cx| {
@@ -474,6 +483,12 @@ impl Session<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut deadline = Instant::now() + keep_alive;
+        // One timer for the keep-alive, re-armed when it fires early (the
+        // deadline moves with every packet): a timer made anew on every
+        // turn of the loop costs two trips into the runtime's timer wheel
+        // per message.
+        let keep_alive_timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(keep_alive_timer);
         let packet_timeout = self.shared.config.packet_timeout();
         // When the first byte of a packet not yet whole arrived.
         let mut partial_since: Option<Instant> = None;
@@ -563,7 +578,7 @@ impl Session<'_> {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(packet_deadline.unwrap_or(deadline)), if packet_deadline.is_some() => {
+                () = sleep_until_some(packet_deadline), if packet_deadline.is_some() => {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
                     ));
@@ -571,8 +586,11 @@ impl Session<'_> {
                 () = self.kill.cancelled() => {
                     return End::Closed(0x97, "took no message while its publishers waited (slow_client_timeout_secs)".into());
                 }
-                () = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
-                    return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
+                () = &mut keep_alive_timer, if !keep_alive.is_zero() => {
+                    if Instant::now() >= deadline {
+                        return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
+                    }
+                    keep_alive_timer.as_mut().reset(deadline);
                 }
             }
         }

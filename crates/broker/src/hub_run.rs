@@ -142,6 +142,13 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut since_trim: u64 = 0;
     let mut trims = 0u8;
+    // The quiet spells are measured from the last batch by two standing
+    // timers, re-armed when they fire early, rather than by timers made
+    // anew on every turn (two trips into the timer wheel per message).
+    let mut last_batch = tokio::time::Instant::now();
+    let trim_timer = tokio::time::sleep(TRIM_AFTER);
+    let report_timer = tokio::time::sleep(REPORT_EVERY);
+    tokio::pin!(trim_timer, report_timer);
     loop {
         if since_trim >= TRIM_MIN_REQUESTS {
             since_trim = 0;
@@ -152,19 +159,24 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
                 Some(r) => r,
                 None => break,
             },
-            () = tokio::time::sleep(UNPARK_EVERY), if hub.congested() => Request::Unpark,
-            () = tokio::time::sleep(TRIM_AFTER), if trims > 0 => {
-                trims -= 1;
-                let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
+            () = sleep_after(UNPARK_EVERY), if hub.congested() => Request::Unpark,
+            () = &mut trim_timer, if trims > 0 => {
+                if quiet(trim_timer.as_mut(), last_batch, TRIM_AFTER) {
+                    trims -= 1;
+                    let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
+                }
                 continue;
             }
             _ = clock.tick(), if hub.has_timers() => Request::Sweep,
             // Counts left over when traffic stops still reach the router.
-            () = tokio::time::sleep(REPORT_EVERY), if hub.unreported() => {
-                hub.report(true);
+            () = &mut report_timer, if hub.unreported() => {
+                if quiet(report_timer.as_mut(), last_batch, REPORT_EVERY) {
+                    hub.report(true);
+                }
                 continue;
             }
         };
+        last_batch = tokio::time::Instant::now();
         let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
         since_trim += 1;
         for _ in 1..BATCH {
@@ -180,30 +192,7 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
         if hub.congested() {
             hub.unpark();
         }
-        let durable = match hub.store.take() {
-            Some(mut store) if store.has_pending() => {
-                let (store, result) = tokio::task::spawn_blocking(move || {
-                    let result = store.commit();
-                    (store, result)
-                })
-                .await
-                .expect("the commit does not panic");
-                hub.store = Some(store);
-                match result {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(
-                            "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
-                        );
-                        false
-                    }
-                }
-            }
-            other => {
-                hub.store = other;
-                true
-            }
-        };
+        let durable = commit(&mut hub).await;
         for reply in replies.drain(..) {
             match reply {
                 Reply::Connect(tx, c) => {
@@ -230,6 +219,59 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
             }
         }
     }
+}
+
+/// Commits the batch's store operations, if any, on a blocking thread;
+/// false if they could not be written.
+async fn commit(hub: &mut Hub) -> bool {
+    match hub.store.take() {
+        Some(mut store) if store.has_pending() => {
+            let (store, result) = tokio::task::spawn_blocking(move || {
+                let result = store.commit();
+                (store, result)
+            })
+            .await
+            .expect("the commit does not panic");
+            hub.store = Some(store);
+            match result {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(
+                        "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
+                    );
+                    false
+                }
+            }
+        }
+        other => {
+            hub.store = other;
+            true
+        }
+    }
+}
+
+/// Whether `after` has passed since `last`; if not, `timer` is set to
+/// fire when it will have. Once it has, the timer is set `after` ahead, so
+/// a spell that goes on is seen again only after as long.
+fn quiet(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    last: tokio::time::Instant,
+    after: std::time::Duration,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    let due = last + after;
+    if now < due {
+        timer.reset(due);
+        return false;
+    }
+    timer.reset(now + after);
+    true
+}
+
+/// Sleeps for `after`; made only when polled, so a disabled `select!`
+/// branch costs no timer.
+async fn sleep_after(after: std::time::Duration) {
+    tokio::time::sleep(after).await;
 }
 
 impl Hub {

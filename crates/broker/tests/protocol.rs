@@ -250,6 +250,43 @@ async fn keep_alive_expiry_closes_and_publishes_the_will() {
     assert_eq!(&will.payload[..], b"z");
 }
 
+/// The keep-alive deadline moves with every packet: a client that pings
+/// for several keep-alive periods stays, and goes 1.5 × keep-alive after
+/// it falls silent.
+#[tokio::test]
+async fn pings_keep_a_client_past_its_first_keep_alive_deadline() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    // CONNECT: keep-alive 1 s, clean session, client id "p".
+    let body = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 1, 0, 1, b'p'];
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend_from_slice(&body);
+    let mut s = open(port).await;
+    s.write_all(&p).await.unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, CONNACK_OK);
+    // Four seconds of PINGREQs, 0.5 s apart: each one answered.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(&[0xC0, 0x00]).await.unwrap();
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut pong))
+            .await
+            .expect("a PINGRESP")
+            .expect("still connected");
+        assert_eq!(pong, [0xD0, 0x00]);
+    }
+    let quiet = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.is_empty() && closed, "{got:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        quiet.elapsed()
+    );
+}
+
 /// QoS 1 gets PUBACK, QoS 2 gets PUBREC then PUBCOMP, in order, with and
 /// without a persistent subscriber (which makes the broker wait for disk).
 #[tokio::test]
