@@ -359,3 +359,47 @@ async fn devices_no_longer_in_a_reloaded_group_are_disconnected_and_refused() {
     );
     verdant_integration_tests::mqtt::connect(port, "a", false).await;
 }
+
+/// What the broker acknowledged in routed mode survives `kill -9`: a
+/// device's messages routed to an absent device with a persistent session
+/// are acknowledged only once on disk, while a clean subscriber's copy is
+/// acknowledged as it goes out; after the restart the persistent device
+/// gets every one, in order.
+#[tokio::test]
+async fn routed_messages_for_an_absent_persistent_device_survive_kill_9() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use verdant_integration_tests::mqtt::connect;
+    use verdant_proto::supervisor::v1 as spb;
+
+    let (core, port) = start().await;
+    let (dev_b, mut b_ev) = connect(port, "b", true).await;
+    subscribed(&dev_b, &mut b_ev, "a/to-b/#").await;
+    dev_b.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(PATIENCE, b_ev.poll()).await;
+    drop(b_ev);
+    let (dev_a, mut a_ev) = connect(port, "a", false).await;
+    // A clean, connected subscriber's copy (a's echo to itself) is not
+    // written to disk, and is acknowledged as it goes out.
+    subscribed(&dev_a, &mut a_ev, "a/echo").await;
+    for i in 0..50 {
+        publish(&dev_a, &mut a_ev, &format!("a/to-b/{i}"), &i.to_string()).await;
+    }
+    client_publish_then_read_echo(&dev_a, &mut a_ev).await;
+
+    let old = core.service("broker").await.pid;
+    kill(Pid::from_raw(old.cast_signed()), Signal::SIGKILL).unwrap();
+    core.wait_until("broker back", |l| {
+        l.iter()
+            .any(|s| s.name == "broker" && s.state() == spb::ServiceState::Running && s.pid != old)
+    })
+    .await;
+    wait_linked(&core).await;
+    let port = core.broker_port("tcp").await;
+    let (_dev_b, mut b_ev) = connect(port, "b", true).await;
+    let got = receive_messages(&mut b_ev, 50).await;
+    let want: Vec<_> = (0..50)
+        .map(|i| (format!("a/to-b/{i}"), i.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}

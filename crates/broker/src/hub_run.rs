@@ -320,13 +320,20 @@ impl Hub {
             } => {
                 self.just_parked.clear();
                 self.last_delivered = None;
+                let ops = self.pending_ops();
                 match self.publish_from(&message, source.as_ref()) {
                     Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
-                    None => {
-                        if let Some(reply) = reply {
-                            replies.push(self.reply_to_publish(reply));
+                    None => match reply.map(|reply| self.reply_to_publish(reply)) {
+                        // Nothing of it waits for the commit (no queue of an
+                        // absent session, no retained message), and no one
+                        // had to park it: acknowledged as it goes out, like
+                        // local mode's last publish of a read.
+                        Some(Reply::Publish(reply)) if self.pending_ops() == ops => {
+                            self.pass_on(reply);
                         }
-                    }
+                        Some(answer) => replies.push(answer),
+                        None => {}
+                    },
                 }
                 if let Some(delivered) = delivered {
                     self.pass_on(delivered);
@@ -382,6 +389,13 @@ impl Hub {
 }
 
 impl Hub {
+    /// Store operations waiting for this batch's commit.
+    fn pending_ops(&self) -> usize {
+        self.store
+            .as_ref()
+            .map_or(0, crate::store::Store::pending_ops)
+    }
+
     /// Has the connection the message was last handed to wake its
     /// publisher once it wrote the message, so the subscriber is sent the
     /// message before the publisher its PUBACK: the order of a broker that

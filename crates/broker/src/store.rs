@@ -146,6 +146,11 @@ impl Store {
         !self.pending.is_empty()
     }
 
+    /// How many operations wait for the next commit.
+    pub fn pending_ops(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Writes everything recorded since the last commit, durably.
     pub fn commit(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
