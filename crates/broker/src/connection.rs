@@ -554,7 +554,7 @@ impl Session<'_> {
                 // client's socket full, which must not hold the publisher).
                 wakes = inbox.wakes() => {
                     for wake in wakes {
-                        let _ = wake.send(true);
+                        wake.fire();
                     }
                 }
                 // A client behind on its acknowledgements takes no more:

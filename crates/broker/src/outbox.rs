@@ -60,7 +60,7 @@ struct State {
     /// Publishers' wakes ([`Outbox::wake_publisher`]), apart from the messages:
     /// a connection that is behind takes them all the same, so a slow
     /// client never holds another's acknowledgements this way.
-    wakes: Vec<tokio::sync::oneshot::Sender<bool>>,
+    wakes: Vec<Wake>,
     /// The hub dropped its end: nothing more will come.
     sender_gone: bool,
     /// The connection dropped its end.
@@ -151,14 +151,43 @@ impl Outbox {
     }
 }
 
+/// A publisher's word that it may acknowledge (`Hub::pass_on`): `true`,
+/// sent when the connection holding it takes its turn, or when it is
+/// dropped unsent. Whatever was passed on is in the hub's hands either
+/// way (a connection that ends gives its messages back to a persistent
+/// session), and what had to be stored never takes this path, so a
+/// subscriber that goes away never fails its publishers.
+#[derive(Debug)]
+pub struct Wake(Option<tokio::sync::oneshot::Sender<bool>>);
+
+impl Wake {
+    /// Tells the publisher now.
+    pub fn fire(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
 impl Outbox {
     /// Has the connection tell a publisher, once it takes its turn (which
     /// writes what it was just sent), that it may acknowledge: see
     /// `Hub::pass_on`. Never refused for room; a connection that is gone
-    /// drops `wake`, which tells the publisher too.
+    /// tells the publisher at once (see [`Wake`]).
     pub fn wake_publisher(&self, wake: tokio::sync::oneshot::Sender<bool>) {
+        let wake = Wake(Some(wake));
         let mut state = self.0.lock();
         if state.receiver_gone {
+            drop(state);
+            wake.fire();
             return;
         }
         state.wakes.push(wake);
@@ -214,7 +243,7 @@ impl Inbox {
     }
 
     /// The publishers' wakes queued so far, once there are any. Cancel-safe.
-    pub async fn wakes(&self) -> Vec<tokio::sync::oneshot::Sender<bool>> {
+    pub async fn wakes(&self) -> Vec<Wake> {
         std::future::poll_fn(|cx| {
             let mut state = self.0.lock();
             if !state.wakes.is_empty() {
@@ -242,8 +271,11 @@ impl Drop for Inbox {
         state.chunks = VecDeque::new();
         state.len = 0;
         state.close = None;
-        // Dropped wakes wake their publishers.
-        state.wakes = Vec::new();
+        // Dropped wakes tell their publishers (see `Wake`), once the lock
+        // is let go.
+        let wakes = std::mem::take(&mut state.wakes);
+        drop(state);
+        drop(wakes);
     }
 }
 
@@ -312,6 +344,22 @@ mod tests {
             tx.try_send(close(1)),
             Err(TrySendError::Closed(_))
         ));
+    }
+
+    /// A wake left with a connection that ends, or given to one that has
+    /// ended, still lets the publisher acknowledge: `true`, not a dropped
+    /// sender (which a publisher waiting for the store reads as "not
+    /// stored" and closes on).
+    #[test]
+    fn a_wake_a_gone_connection_never_fired_says_true() {
+        let (tx, rx) = channel(2);
+        let (held, mut held_rx) = tokio::sync::oneshot::channel();
+        tx.wake_publisher(held);
+        drop(rx);
+        assert_eq!(held_rx.try_recv(), Ok(true));
+        let (late, mut late_rx) = tokio::sync::oneshot::channel();
+        tx.wake_publisher(late);
+        assert_eq!(late_rx.try_recv(), Ok(true));
     }
 
     #[test]
