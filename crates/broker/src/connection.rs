@@ -85,6 +85,13 @@ impl End {
     fn stopping() -> Self {
         End::Closed(0x8B, "broker stopping".into())
     }
+    /// The hub's kill: messages parked for the client did not move.
+    fn slow_client() -> Self {
+        End::Closed(
+            0x97,
+            "took no message while its publishers waited (slow_client_timeout_secs)".into(),
+        )
+    }
 }
 
 struct Conn<R, W> {
@@ -237,11 +244,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         }
     }
 
+    /// Writes what is queued. Cancel-safe: what was written is taken off
+    /// the buffer as it goes, so a flush begun again goes on from there.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.outbuf.is_empty() {
-            self.wr.write_all(&self.outbuf).await?;
             // A small write after a burst gives the burst's buffer back.
-            if self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER {
+            let give_back =
+                self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER;
+            self.wr.write_all_buf(&mut self.outbuf).await?;
+            if give_back {
                 self.outbuf = BytesMut::new();
             } else {
                 self.outbuf.clear();
@@ -380,6 +391,10 @@ fn take_back(outbound: Outbound, inbox: &mut Inbox) -> Vec<Message> {
     unacked
 }
 
+/// How long what is left to write (and a 5.0 DISCONNECT) may take once a
+/// connection ends.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Tells a 5.0 client why the broker closes and logs how the connection
 /// ended; true when it ended without its will.
 async fn close<R, W>(conn: &mut Conn<R, W>, end: &End, address: &str, client_id: &str) -> bool
@@ -390,7 +405,8 @@ where
     if let End::Closed(reason, _) = end {
         conn.queue(&Out::Disconnect(*reason));
     }
-    let _ = conn.flush().await;
+    // A client that reads nothing gets no more time than this.
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, conn.flush()).await;
     match end {
         End::Graceful { .. } => tracing::info!(%address, client_id, "client disconnected"),
         End::Abrupt(why) => tracing::info!(%address, client_id, "connection ended: {why}"),
@@ -493,8 +509,8 @@ impl Session<'_> {
         // When the first byte of a packet not yet whole arrived.
         let mut partial_since: Option<Instant> = None;
         loop {
-            if let Err(e) = conn.flush().await {
-                return End::Abrupt(format!("write failed: {e}"));
+            if let Some(end) = self.write_out(conn, inbox).await {
+                return end;
             }
             // Packets already buffered first.
             loop {
@@ -510,8 +526,8 @@ impl Session<'_> {
                     Err(_) => return End::Abrupt("read failed".into()),
                 }
             }
-            if let Err(e) = conn.flush().await {
-                return End::Abrupt(format!("write failed: {e}"));
+            if let Some(end) = self.write_out(conn, inbox).await {
+                return end;
             }
             // Slow senders: a started packet must be whole within the timeout.
             partial_since = if conn.inbuf.is_empty() {
@@ -584,13 +600,43 @@ impl Session<'_> {
                     ));
                 }
                 () = self.kill.cancelled() => {
-                    return End::Closed(0x97, "took no message while its publishers waited (slow_client_timeout_secs)".into());
+                    return End::slow_client();
                 }
                 () = &mut keep_alive_timer, if !keep_alive.is_zero() => {
                     if Instant::now() >= deadline {
                         return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
                     }
                     keep_alive_timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued for the client. While a client that reads
+    /// nothing keeps the write waiting, publishers' wakes still go out,
+    /// and a Close (an operator's, a group change's, the slow-client
+    /// timeout's) still ends it: such a client holds no one else and stays
+    /// within reach.
+    async fn write_out<R, W>(&mut self, conn: &mut Conn<R, W>, inbox: &Inbox) -> Option<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            tokio::select! {
+                biased;
+                written = conn.flush() => {
+                    return written.err().map(|e| End::Abrupt(format!("write failed: {e}")));
+                }
+                wakes = inbox.wakes() => {
+                    for wake in wakes {
+                        wake.fire();
+                    }
+                }
+                () = inbox.close_waiting() => {
+                    if let Some(Outgoing::Close(reason, why)) = inbox.try_recv() {
+                        return Some(End::Closed(reason, why));
+                    }
                 }
             }
         }

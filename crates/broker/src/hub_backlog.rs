@@ -99,6 +99,12 @@ impl Hub {
                     "took no message for {limit:?} while its publishers waited; disconnecting"
                 );
                 connection.kill.cancel();
+                // Seen too by a connection whose writes wait on a client
+                // that reads nothing (a Close is never refused for room).
+                let _ = connection.outbox.try_send(Outgoing::Close(
+                    0x97,
+                    "took no message while its publishers waited (slow_client_timeout_secs)".into(),
+                ));
             }
         }
     }

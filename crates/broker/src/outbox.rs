@@ -242,6 +242,23 @@ impl Inbox {
         self.0.lock().close.is_some()
     }
 
+    /// Once a `Close` waits (taken first by `recv`/`try_recv`).
+    /// Cancel-safe.
+    pub async fn close_waiting(&self) {
+        std::future::poll_fn(|cx| {
+            if self.closing() {
+                return Poll::Ready(());
+            }
+            self.0.waker.register(cx.waker());
+            if self.closing() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// The publishers' wakes queued so far, once there are any. Cancel-safe.
     pub async fn wakes(&self) -> Vec<Wake> {
         std::future::poll_fn(|cx| {

@@ -528,6 +528,100 @@ async fn a_client_disconnected_mid_stream_is_closed() {
     }
 }
 
+/// Waits until the broker no longer lists `client_id` (within `limit`).
+async fn gone(
+    api: &mut verdant_proto::broker::v1::broker_client::BrokerClient<tonic::transport::Channel>,
+    client_id: &str,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let clients = api
+            .list_clients(verdant_proto::broker::v1::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients;
+        if !clients.iter().any(|c| c.client_id == client_id) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still connected: {clients:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber that reads nothing at all: once the sockets between are
+/// full the broker's writes to it wait, and neither its publishers'
+/// acknowledgements nor an operator's disconnect wait with them.
+#[tokio::test]
+async fn a_subscriber_that_reads_nothing_holds_no_one_and_can_be_disconnected() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let mut api = b.api().await;
+    let s = subscribed(port, 0).await;
+    let mut publisher = v4_publisher(port).await;
+    // 32 MiB of QoS 0 messages of 32 KiB to "t": more than the loopback
+    // buffers between the broker and the subscriber hold.
+    let mut one = vec![0x30, 0x83, 0x80, 0x02, 0, 1, b't']; // remaining length 32771
+    one.resize(one.len() + 32 * 1024, b'x');
+    for _ in 0..1024 {
+        publisher.write_all(&one).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A QoS 1 publish to the stuck subscriber is acknowledged all the same.
+    publisher
+        .write_all(&[0x32, 6, 0, 1, b't', 0, 7, b'm'])
+        .await
+        .unwrap();
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), publisher.read_exact(&mut ack))
+        .await
+        .expect("a PUBACK while the subscriber's socket is full")
+        .unwrap();
+    assert_eq!(ack, [0x40, 2, 0, 7]);
+    // An operator's disconnect reaches it.
+    api.disconnect_client(verdant_proto::broker::v1::DisconnectClientRequest {
+        client_id: "s".into(),
+    })
+    .await
+    .unwrap();
+    gone(&mut api, "s", Duration::from_secs(10)).await;
+    drop(s);
+}
+
+/// A QoS 1 subscriber that reads nothing, with its publisher held back by
+/// what is parked for it, is ended by `slow_client_timeout_secs` even
+/// while the broker's writes to it wait.
+#[tokio::test]
+async fn a_subscriber_that_reads_nothing_is_ended_by_the_slow_client_timeout() {
+    let b = common::start(
+        &[],
+        "max_queued_messages = 8\nmax_inflight = 100\nslow_client_timeout_secs = 1",
+    )
+    .await;
+    let port = b.tcp_port.unwrap();
+    let mut api = b.api().await;
+    let s = subscribed(port, 1).await;
+    let mut publisher = v4_publisher(port).await;
+    // 150 QoS 1 messages of 200 KiB to "t" (remaining length 204805), ids
+    // 1, 2, ...: the 100 in flight alone are more than the loopback
+    // buffers hold, so the broker's writes to the subscriber wait.
+    let writer = tokio::spawn(async move {
+        for id in 1..=150u16 {
+            let mut one = vec![0x32, 0x85, 0xC0, 0x0C, 0, 1, b't'];
+            one.extend_from_slice(&id.to_be_bytes());
+            one.resize(one.len() + 200 * 1024, b'x');
+            if publisher.write_all(&one).await.is_err() {
+                break;
+            }
+        }
+        publisher
+    });
+    gone(&mut api, "s", Duration::from_secs(20)).await;
+    drop(s);
+    writer.abort();
+}
+
 /// A subscriber that takes QoS 1 messages and acknowledges none: beyond its
 /// inflight window (32) the messages wait in the broker, and its publisher
 /// is still acknowledged at once (until the broker has to park them).
