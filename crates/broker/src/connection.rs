@@ -87,10 +87,7 @@ impl End {
     }
     /// The hub's kill: messages parked for the client did not move.
     fn slow_client() -> Self {
-        End::Closed(
-            0x97,
-            "took no message while its publishers waited (slow_client_timeout_secs)".into(),
-        )
+        End::Closed(0x97, hub::SLOW_CLIENT.into())
     }
 }
 

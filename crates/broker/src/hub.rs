@@ -864,6 +864,7 @@ mod timers;
 
 #[path = "hub_backlog.rs"]
 mod backlog;
+pub(crate) use backlog::SLOW_CLIENT;
 pub use timers::NEVER;
 
 #[path = "hub_run.rs"]

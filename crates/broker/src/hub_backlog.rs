@@ -14,6 +14,10 @@ use tokio::sync::oneshot;
 
 use super::{Hub, Message, Outgoing, Reply, Session};
 
+/// Why a client is closed by `slow_client_timeout_secs`.
+pub(crate) const SLOW_CLIENT: &str =
+    "took no message while its publishers waited (slow_client_timeout_secs)";
+
 impl Hub {
     /// Whether a message waits for a subscriber's outbox.
     pub fn congested(&self) -> bool {
@@ -101,10 +105,9 @@ impl Hub {
                 connection.kill.cancel();
                 // Seen too by a connection whose writes wait on a client
                 // that reads nothing (a Close is never refused for room).
-                let _ = connection.outbox.try_send(Outgoing::Close(
-                    0x97,
-                    "took no message while its publishers waited (slow_client_timeout_secs)".into(),
-                ));
+                let _ = connection
+                    .outbox
+                    .try_send(Outgoing::Close(0x97, SLOW_CLIENT.into()));
             }
         }
     }

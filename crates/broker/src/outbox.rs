@@ -161,11 +161,9 @@ impl Outbox {
 pub struct Wake(Option<tokio::sync::oneshot::Sender<bool>>);
 
 impl Wake {
-    /// Tells the publisher now.
-    pub fn fire(mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(true);
-        }
+    /// Tells the publisher now (as dropping it does).
+    pub fn fire(self) {
+        drop(self);
     }
 }
 
