@@ -140,14 +140,8 @@ pub struct Plan {
 }
 
 pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
-    let &Plan {
-        runs,
-        quick,
-        storm_only,
-        routed,
-        ..
-    } = plan;
-    if storm_only {
+    let (runs, quick, routed) = (plan.runs, plan.quick, plan.routed);
+    if plan.storm_only {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
         return;
     }
@@ -226,6 +220,9 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
                 p(99.9)
             );
         }
+        if matches!(scenario, Scenario::Latency(..)) {
+            pooled(name, targets, &results);
+        }
     }
     println!();
     for (name, pid) in pids {
@@ -235,6 +232,35 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
     }
     if !routed && plan.only.is_none() {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
+    }
+}
+
+/// A latency scenario's rows over all runs together: a run's p99 rests
+/// on its few worst messages, the pooled one on many more.
+fn pooled(name: &str, targets: &[Target], results: &[Vec<Outcome>]) {
+    let pooled: Vec<Vec<u64>> = results
+        .iter()
+        .map(|rs| {
+            let mut all: Vec<u64> = rs.iter().flat_map(|o| o.latencies.clone()).collect();
+            all.sort_unstable();
+            all
+        })
+        .collect();
+    let first = pooled.first().map_or(0, |all| percentile(all, 99.0)) as f64;
+    for (target, all) in targets.iter().zip(&pooled) {
+        let q = |q| percentile(all, q);
+        let ratio = if first > 0.0 {
+            format!("{:.2}× p99", q(99.0) as f64 / first)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name}, all runs pooled | {} | | {ratio} | | | {} | {} | {} |",
+            target.name,
+            q(50.0),
+            q(99.0),
+            q(99.9)
+        );
     }
 }
 
