@@ -85,10 +85,6 @@ impl End {
     fn stopping() -> Self {
         End::Closed(0x8B, "broker stopping".into())
     }
-    /// The hub's kill: messages parked for the client did not move.
-    fn slow_client() -> Self {
-        End::Closed(0x97, hub::SLOW_CLIENT.into())
-    }
 }
 
 struct Conn<R, W> {
@@ -343,7 +339,6 @@ pub async fn serve<S>(
         client_id: client_id.clone(),
         origin: Arc::from(client_id.as_str()),
         expiry_at_connect: connect.session_expiry,
-        kill: connected.kill,
         source,
         outbound,
         incoming_qos2: HashSet::new(),
@@ -422,8 +417,6 @@ struct Session<'a> {
     origin: Arc<str>,
     /// The session expiry interval of CONNECT.
     expiry_at_connect: u32,
-    /// The hub's way to end a connection whose outbox is full.
-    kill: tokio_util::sync::CancellationToken,
     /// The device's thing ARN, the source of what it publishes.
     source: Option<Arc<str>>,
     outbound: Outbound,
@@ -449,6 +442,14 @@ enum Answer {
     /// The word that it is on its way to its subscribers (`Hub::pass_on`;
     /// no answer: the hub has it, which is all it needs).
     Delivered(oneshot::Receiver<bool>),
+}
+
+/// The end a Close waiting in `inbox` asks for (taken before any message).
+fn closed(inbox: &Inbox) -> End {
+    match inbox.try_recv() {
+        Some(Outgoing::Close(reason, why)) => End::Closed(reason, why),
+        _ => End::stopping(),
+    }
 }
 
 /// Sleeps until `deadline`; made only when polled, so a disabled `select!`
@@ -591,13 +592,12 @@ impl Session<'_> {
                         }
                     }
                 }
+                // Behind, it still takes a Close (slow client, operator).
+                () = inbox.close_waiting(), if self.outbound.backlogged() => return closed(inbox),
                 () = sleep_until_some(packet_deadline), if packet_deadline.is_some() => {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
                     ));
-                }
-                () = self.kill.cancelled() => {
-                    return End::slow_client();
                 }
                 () = &mut keep_alive_timer, if !keep_alive.is_zero() => {
                     if Instant::now() >= deadline {
@@ -630,11 +630,7 @@ impl Session<'_> {
                         wake.fire();
                     }
                 }
-                () = inbox.close_waiting() => {
-                    if let Some(Outgoing::Close(reason, why)) = inbox.try_recv() {
-                        return Some(End::Closed(reason, why));
-                    }
-                }
+                () = inbox.close_waiting() => return Some(closed(inbox)),
             }
         }
     }

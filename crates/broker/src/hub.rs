@@ -101,9 +101,8 @@ struct Connection {
     id: u64,
     outbox: Outbox,
     will: Option<Message>,
-    /// Ends the connection when its outbox cannot carry a Close (a
-    /// client that takes nothing).
-    kill: tokio_util::sync::CancellationToken,
+    /// The slow-client timeout sent it a Close (`hub_backlog.rs`).
+    given_up: bool,
 }
 
 struct Session {
@@ -260,8 +259,6 @@ pub struct Connected {
     pub session_present: bool,
     /// Messages queued while the client was away, to send first.
     pub queued: Vec<Message>,
-    /// Cancelled when the hub gives up on a client that takes nothing.
-    pub kill: tokio_util::sync::CancellationToken,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -480,15 +477,13 @@ impl Hub {
         session.clean = clean;
         session.thing.clone_from(&info.thing_name);
         session.last_info = info;
-        let kill = tokio_util::sync::CancellationToken::new();
         session.connection = Some(Connection {
             id,
             outbox,
             will,
-            kill: kill.clone(),
+            given_up: false,
         });
         Connected {
-            kill,
             connection_id: id,
             session_present: present,
             queued: session.take_queue(),
@@ -864,7 +859,6 @@ mod timers;
 
 #[path = "hub_backlog.rs"]
 mod backlog;
-pub(crate) use backlog::SLOW_CLIENT;
 pub use timers::NEVER;
 
 #[path = "hub_run.rs"]

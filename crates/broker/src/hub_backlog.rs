@@ -15,8 +15,7 @@ use tokio::sync::oneshot;
 use super::{Hub, Message, Outgoing, Reply, Session};
 
 /// Why a client is closed by `slow_client_timeout_secs`.
-pub(crate) const SLOW_CLIENT: &str =
-    "took no message while its publishers waited (slow_client_timeout_secs)";
+const SLOW_CLIENT: &str = "took no message while its publishers waited (slow_client_timeout_secs)";
 
 impl Hub {
     /// Whether a message waits for a subscriber's outbox.
@@ -88,23 +87,25 @@ impl Hub {
         };
         let now = std::time::Instant::now();
         for client_id in &self.parked {
-            let Some(session) = self.sessions.get(client_id) else {
+            let Some(session) = self.sessions.get_mut(client_id) else {
                 continue;
             };
             let stuck = session
                 .parked_since
                 .is_some_and(|since| now.duration_since(since) >= limit);
-            if let (true, Some(connection)) = (stuck, &session.connection)
-                && !connection.kill.is_cancelled()
+            let parked = session.parked.len();
+            if let (true, Some(connection)) = (stuck, &mut session.connection)
+                && !connection.given_up
             {
                 tracing::warn!(
                     client_id,
-                    parked = session.parked.len(),
+                    parked,
                     "took no message for {limit:?} while its publishers waited; disconnecting"
                 );
-                connection.kill.cancel();
-                // Seen too by a connection whose writes wait on a client
-                // that reads nothing (a Close is never refused for room).
+                connection.given_up = true;
+                // A Close is never refused for room, and is taken before
+                // the messages, also by a connection that is backlogged
+                // or whose writes wait on a client that reads nothing.
                 let _ = connection
                     .outbox
                     .try_send(Outgoing::Close(0x97, SLOW_CLIENT.into()));

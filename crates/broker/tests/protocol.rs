@@ -622,6 +622,40 @@ async fn a_subscriber_that_reads_nothing_is_ended_by_the_slow_client_timeout() {
     writer.abort();
 }
 
+/// A subscriber behind on its acknowledgements takes no more messages
+/// from the broker, but an operator's disconnect still reaches it, also
+/// when messages came after it fell behind.
+#[tokio::test]
+async fn a_subscriber_behind_can_be_disconnected() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let mut api = b.api().await;
+    let mut s = subscribed(port, 1).await;
+    let mut p = v4_publisher(port).await;
+    // 32 in flight and 32 behind them (the window is 32): behind.
+    let burst = |ids: std::ops::RangeInclusive<u8>| {
+        ids.flat_map(|id| [0x32, 6, 0, 1, b't', 0, id, b'm'])
+            .collect::<Vec<u8>>()
+    };
+    p.write_all(&burst(1..=64)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // More for it while it is behind: they wait in the broker.
+    p.write_all(&burst(65..=80)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.disconnect_client(verdant_proto::broker::v1::DisconnectClientRequest {
+        client_id: "s".into(),
+    })
+    .await
+    .unwrap();
+    gone(&mut api, "s", Duration::from_secs(5)).await;
+    // Its socket is closed: what it was sent, then the end.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the subscriber's socket is closed")
+        .unwrap();
+}
+
 /// A subscriber that takes QoS 1 messages and acknowledges none: beyond its
 /// inflight window (32) the messages wait in the broker, and its publisher
 /// is still acknowledged at once (until the broker has to park them).
