@@ -137,6 +137,10 @@ pub struct Plan {
     pub storm_only: bool,
     pub routed: bool,
     pub only: Option<String>,
+    /// Where to write each latency run's latencies, one per line in the
+    /// order they arrived (`<dir>/<scenario><run><target>.txt`), to see
+    /// when the slow messages came.
+    pub latencies_to: Option<std::path::PathBuf>,
 }
 
 pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
@@ -178,7 +182,7 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
                     }
                 };
                 match outcome {
-                    Ok(o) => results[t].push(o),
+                    Ok(o) => results[t].push(kept(o, plan, &scenario, &tag)),
                     Err(e) => eprintln!("{}: {e}", target.name),
                 }
             }
@@ -233,6 +237,25 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
     if !routed && plan.only.is_none() {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
     }
+}
+
+/// A run's outcome with its latencies sorted, written first in the order
+/// they came when the plan asks (`<dir>/<tag>.txt`, one per line; a file
+/// that cannot be written is reported and the run goes on).
+fn kept(mut o: Outcome, plan: &Plan, scenario: &Scenario, tag: &str) -> Outcome {
+    if let (Some(dir), Scenario::Latency(..)) = (&plan.latencies_to, scenario) {
+        let path = dir.join(format!("{tag}.txt"));
+        let text = o.latencies.iter().fold(String::new(), |mut text, l| {
+            text.push_str(&l.to_string());
+            text.push('\n');
+            text
+        });
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("{}: {e}", path.display());
+        }
+    }
+    o.latencies.sort_unstable();
+    o
 }
 
 /// A latency scenario's rows over all runs together: a run's p99 rests

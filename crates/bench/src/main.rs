@@ -79,6 +79,10 @@ enum Cmd {
         /// `probe` (lean, but the latency scenarios on blocking threads).
         #[arg(long, default_value = "lean", value_parser = ["lean", "rumqttc", "probe"])]
         client: String,
+        /// Write each latency run's latencies (µs, in the order they
+        /// arrived) to a file per run in this directory.
+        #[arg(long)]
+        latencies_to: Option<std::path::PathBuf>,
     },
     /// The cloud queue's drain to a local Mosquitto over mutual TLS: a
     /// core queues `messages` while its cloud is down, then the time from
@@ -143,6 +147,7 @@ fn main() {
             tls,
             only,
             client,
+            latencies_to,
         } => {
             for t in &mut targets {
                 t.rumqttc = client == "rumqttc";
@@ -179,6 +184,7 @@ fn main() {
                 storm_only,
                 routed,
                 only,
+                latencies_to,
             };
             runtime.block_on(compare::run(&targets, &pids, &plan));
         }

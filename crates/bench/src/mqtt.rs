@@ -85,7 +85,8 @@ pub struct Outcome {
     pub received: u64,
     pub lost: u64,
     pub duplicated: u64,
-    /// Latencies in microseconds, sorted.
+    /// Latencies in microseconds, in the order they arrived (each
+    /// subscriber's in turn); `compare` sorts them.
     pub latencies: Vec<u64>,
 }
 
@@ -206,7 +207,6 @@ async fn collect(
     }
     out.duplicated = seen.values().map(|n| u64::from(n - 1)).sum();
     out.lost = expected.saturating_sub(out.received - out.duplicated);
-    out.latencies.sort_unstable();
     (out, last)
 }
 

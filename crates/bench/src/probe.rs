@@ -165,8 +165,6 @@ fn run(t: &Target, load: Load, rate: u32, tag: &str) -> Result<Outcome, String> 
     let _ = stream.write_all(&[0xE0, 0]); // DISCONNECT
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = ack_reader.join();
-    let mut latencies = latencies;
-    latencies.sort_unstable();
     Ok(Outcome {
         rate: received as f64 / last.duration_since(begun).as_secs_f64().max(1e-6),
         expected: messages,
