@@ -24,7 +24,7 @@ use crate::config::BrokerConfig;
 use crate::hub::{self, ClientInfo, Message, Outgoing};
 use crate::identity::{Devices, Peer};
 use crate::outbound::Outbound;
-use crate::outbox::{self, Inbox};
+use crate::outbox::{self, Inbox, Taken, Wake};
 use crate::topic;
 use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
@@ -344,6 +344,7 @@ pub async fn serve<S>(
         incoming_qos2: HashSet::new(),
         unconfirmed: VecDeque::new(),
         acked: Vec::new(),
+        wakes: Vec::new(),
     };
     drop(connect);
     let connection_id = connected.connection_id;
@@ -427,6 +428,9 @@ struct Session<'a> {
     unconfirmed: Unconfirmed,
     /// Stored messages this client acknowledged, for the hub to delete.
     acked: Vec<u64>,
+    /// Publishers' wakes taken from the inbox, fired once what was taken
+    /// with them is written (`write_out`).
+    wakes: Vec<Wake>,
 }
 
 /// The client's QoS 1/2 publishes awaiting acknowledgement, in order:
@@ -442,14 +446,6 @@ enum Answer {
     /// The word that it is on its way to its subscribers (`Hub::pass_on`;
     /// no answer: the hub has it, which is all it needs).
     Delivered(oneshot::Receiver<bool>),
-}
-
-/// The end a Close waiting in `inbox` asks for (taken before any message).
-fn closed(inbox: &Inbox) -> End {
-    match inbox.try_recv() {
-        Some(Outgoing::Close(reason, why)) => End::Closed(reason, why),
-        _ => End::stopping(),
-    }
 }
 
 /// Sleeps until `deadline`; made only when polled, so a disabled `select!`
@@ -486,7 +482,24 @@ async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
 }
 
 impl Session<'_> {
+    /// The packet exchange until it ends; wakes still held then go out at
+    /// once (their publishers need not wait for the close).
     async fn run<R, W>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        inbox: &mut Inbox,
+        keep_alive: Duration,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let end = self.exchange(conn, inbox, keep_alive).await;
+        self.fire_wakes();
+        end
+    }
+
+    async fn exchange<R, W>(
         &mut self,
         conn: &mut Conn<R, W>,
         inbox: &mut Inbox,
@@ -511,10 +524,12 @@ impl Session<'_> {
                 return end;
             }
             // Packets already buffered first.
+            let mut published = false;
             loop {
                 match conn.decode() {
                     Ok(Some(packet)) => {
                         deadline = Instant::now() + keep_alive;
+                        published |= matches!(packet, In::Publish(_));
                         if let Some(end) = self.on_packet(conn, packet).await {
                             return end;
                         }
@@ -523,6 +538,13 @@ impl Session<'_> {
                     Err(ReadError::Protocol(v)) => return End::protocol(v),
                     Err(_) => return End::Abrupt("read failed".into()),
                 }
+            }
+            // A publish whose acknowledgement waits for its delivery
+            // (`Hub::pass_on`) lets the hub and its subscribers' tasks run
+            // first: this task's own turn (the select below) comes after
+            // the message is written, not in its way.
+            if published && matches!(self.unconfirmed.back(), Some((_, _, Answer::Delivered(_)))) {
+                tokio::task::yield_now().await;
             }
             if let Some(end) = self.write_out(conn, inbox).await {
                 return end;
@@ -563,37 +585,28 @@ impl Session<'_> {
                     Err(ReadError::Io(e)) => return End::Abrupt(format!("read failed: {e}")),
                     Err(ReadError::Protocol(v)) => return End::protocol(v),
                 },
-                // Woken now, a publisher's task runs once this one's turn
-                // is over: after it wrote what it just took (or found the
-                // client's socket full, which must not hold the publisher).
-                wakes = inbox.wakes() => {
-                    for wake in wakes {
-                        wake.fire();
-                    }
-                }
-                // A client behind on its acknowledgements takes no more:
-                // the hub parks what comes and slows the publishers. A
-                // Close is taken first, behind or not.
-                out = inbox.recv(), if !self.outbound.backlogged() || inbox.closing() => {
-                    let mut out = out;
-                    loop {
-                        match out {
-                            Some(Outgoing::Deliver(m)) => self.push(conn, m),
-                            Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
-                            None => return End::stopping(),
-                        }
+                // What the hub has, in one poll: a Close first, behind or
+                // not (slow client, operator); publishers' wakes, fired
+                // once what came with them is written (`write_out`); and
+                // a message unless the client is behind on its
+                // acknowledgements (the hub then parks what comes and
+                // slows the publishers).
+                taken = inbox.take(!self.outbound.backlogged(), &mut self.wakes) => match taken {
+                    Taken::Close(reason, why) => return End::Closed(reason, why),
+                    Taken::Gone => return End::stopping(),
+                    Taken::Wakes => {}
+                    Taken::Message(m) => {
+                        self.push(conn, m);
                         // Take whatever else is ready in one write.
-                        if self.outbound.backlogged() && !inbox.closing() {
-                            break;
-                        }
-                        match inbox.try_recv() {
-                            Some(next) => out = Some(next),
-                            None => break,
+                        while !self.outbound.backlogged() {
+                            match inbox.try_recv() {
+                                Some(Outgoing::Deliver(m)) => self.push(conn, m),
+                                Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
+                                None => break,
+                            }
                         }
                     }
-                }
-                // Behind, it still takes a Close (slow client, operator).
-                () = inbox.close_waiting(), if self.outbound.backlogged() => return closed(inbox),
+                },
                 () = sleep_until_some(packet_deadline), if packet_deadline.is_some() => {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
@@ -609,29 +622,46 @@ impl Session<'_> {
         }
     }
 
-    /// Writes what is queued for the client. While a client that reads
-    /// nothing keeps the write waiting, publishers' wakes still go out,
-    /// and a Close (an operator's, a group change's, the slow-client
-    /// timeout's) still ends it: such a client holds no one else and stays
-    /// within reach.
+    /// Writes what is queued for the client, then fires the publishers'
+    /// wakes taken with it: woken now, a publisher's task runs once this
+    /// one's turn is over, after the write. While a client that reads
+    /// nothing keeps the write waiting, wakes go out at once, and a Close
+    /// (an operator's, a group change's, the slow-client timeout's) still
+    /// ends it: such a client holds no one else and stays within reach.
     async fn write_out<R, W>(&mut self, conn: &mut Conn<R, W>, inbox: &Inbox) -> Option<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
+            let wakes = &mut self.wakes;
             tokio::select! {
                 biased;
                 written = conn.flush() => {
+                    self.fire_wakes();
                     return written.err().map(|e| End::Abrupt(format!("write failed: {e}")));
                 }
-                wakes = inbox.wakes() => {
-                    for wake in wakes {
-                        wake.fire();
+                // The write waits: wakes already taken go out now.
+                taken = async {
+                    if wakes.is_empty() {
+                        inbox.take(false, wakes).await
+                    } else {
+                        Taken::Wakes
                     }
-                }
-                () = inbox.close_waiting() => return Some(closed(inbox)),
+                } => match taken {
+                    Taken::Close(reason, why) => return Some(End::Closed(reason, why)),
+                    Taken::Gone => return Some(End::stopping()),
+                    Taken::Wakes => self.fire_wakes(),
+                    // Not asked for (no room); queued behind the write if so.
+                    Taken::Message(m) => self.push(conn, m),
+                },
             }
+        }
+    }
+
+    fn fire_wakes(&mut self) {
+        for wake in self.wakes.drain(..) {
+            wake.fire();
         }
     }
 

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
-use crate::hub::Outgoing;
+use crate::hub::{Message, Outgoing};
 
 /// Messages per chunk: a flow that never has more waiting uses one ring.
 const CHUNK: usize = 32;
@@ -201,25 +201,56 @@ impl Drop for Outbox {
     }
 }
 
+/// What [`Inbox::take`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The broker closes the connection: reason code and why (taken
+    /// before anything else).
+    Close(u8, String),
+    /// The hub dropped its end and everything it sent was taken.
+    Gone,
+    /// The next message (publishers' wakes may have come with it).
+    Message(Message),
+    /// Publishers' wakes only.
+    Wakes,
+}
+
 impl Inbox {
-    /// The next message; `None` once the hub dropped its end and
-    /// everything it sent was taken. Cancel-safe.
-    pub async fn recv(&self) -> Option<Outgoing> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    /// Waits for what the hub has, taking in one go a `Close` (before
+    /// anything else), every publisher's wake (appended to `wakes`) and,
+    /// when `room`, the next message. A connection behind on its
+    /// acknowledgements passes `room = false` and still takes Closes and
+    /// wakes. One lock and one waker registration a poll; cancel-safe
+    /// (what was taken is in the answer or in `wakes`).
+    pub async fn take(&self, room: bool, wakes: &mut Vec<Wake>) -> Taken {
+        std::future::poll_fn(|cx| self.poll_take(cx, room, wakes)).await
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
-        if let Some(out) = self.try_recv() {
-            return Poll::Ready(Some(out));
-        }
-        // Registered before looking again, so a message queued in between
-        // wakes this task.
-        self.0.waker.register(cx.waker());
+    fn poll_take(&self, cx: &mut Context<'_>, room: bool, wakes: &mut Vec<Wake>) -> Poll<Taken> {
         let mut state = self.0.lock();
-        match state.pop() {
-            Some(out) => Poll::Ready(Some(out)),
-            None if state.sender_gone => Poll::Ready(None),
-            None => Poll::Pending,
+        if let Some(Outgoing::Close(reason, why)) = state.close.take() {
+            return Poll::Ready(Taken::Close(reason, why));
+        }
+        let woke = !state.wakes.is_empty();
+        wakes.append(&mut state.wakes);
+        if room {
+            match state.pop() {
+                Some(Outgoing::Deliver(m)) => return Poll::Ready(Taken::Message(m)),
+                Some(Outgoing::Close(reason, why)) => {
+                    return Poll::Ready(Taken::Close(reason, why));
+                }
+                None => {}
+            }
+        }
+        if woke {
+            Poll::Ready(Taken::Wakes)
+        } else if state.sender_gone && state.len == 0 {
+            Poll::Ready(Taken::Gone)
+        } else {
+            // Registered under the lock: whatever is queued after it was
+            // let go wakes this task (senders wake once they let go).
+            self.0.waker.register(cx.waker());
+            Poll::Pending
         }
     }
 
@@ -230,50 +261,9 @@ impl Inbox {
         self.0.lock().receiver_gone = true;
     }
 
-    /// The next message if one is queued.
+    /// The next message if one is queued (a `Close` first).
     pub fn try_recv(&self) -> Option<Outgoing> {
         self.0.lock().pop()
-    }
-
-    /// Whether a `Close` waits (taken first by `recv`/`try_recv`).
-    pub fn closing(&self) -> bool {
-        self.0.lock().close.is_some()
-    }
-
-    /// Once a `Close` waits (taken first by `recv`/`try_recv`).
-    /// Cancel-safe.
-    pub async fn close_waiting(&self) {
-        std::future::poll_fn(|cx| {
-            if self.closing() {
-                return Poll::Ready(());
-            }
-            self.0.waker.register(cx.waker());
-            if self.closing() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-    }
-
-    /// The publishers' wakes queued so far, once there are any. Cancel-safe.
-    pub async fn wakes(&self) -> Vec<Wake> {
-        std::future::poll_fn(|cx| {
-            let mut state = self.0.lock();
-            if !state.wakes.is_empty() {
-                return Poll::Ready(std::mem::take(&mut state.wakes));
-            }
-            drop(state);
-            self.0.waker.register(cx.waker());
-            let mut state = self.0.lock();
-            if state.wakes.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(std::mem::take(&mut state.wakes))
-            }
-        })
-        .await
     }
 }
 
@@ -343,14 +333,15 @@ mod tests {
     #[test]
     fn a_close_is_never_refused_and_goes_first() {
         let (tx, mut rx) = channel(2);
+        let closing = |rx: &Inbox| rx.0.lock().close.is_some();
         tx.try_send(msg(1)).unwrap();
         tx.try_send(msg(2)).unwrap();
-        assert!(!rx.closing());
+        assert!(!closing(&rx));
         tx.try_send(close(0x98)).unwrap();
         tx.try_send(close(0x87)).unwrap(); // the first one stands
-        assert!(rx.closing());
+        assert!(closing(&rx));
         assert_eq!(code(rx.try_recv()), Some(100 + 0x98));
-        assert!(!rx.closing());
+        assert!(!closing(&rx));
         assert_eq!(code(rx.try_recv()), Some(1));
         assert_eq!(code(rx.try_recv()), Some(2));
         assert_eq!(code(rx.try_recv()), None);
@@ -389,8 +380,11 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(code(runtime.block_on(rx.recv())), Some(1));
-        assert!(runtime.block_on(rx.recv()).is_none());
+        let mut wakes = Vec::new();
+        let taken = runtime.block_on(rx.take(true, &mut wakes));
+        assert!(matches!(taken, Taken::Message(m) if m.topic == "1"));
+        let taken = runtime.block_on(rx.take(true, &mut wakes));
+        assert!(matches!(taken, Taken::Gone));
 
         // A connection that ends takes what was queued, and nothing more.
         let (tx, mut rx) = channel(4);
@@ -423,6 +417,40 @@ mod tests {
         assert!(held(&rx) <= 2 * KEEP_SLOTS);
     }
 
+    /// `take` hands over a Close first, then wakes with or without a
+    /// message; with no room it leaves the messages queued.
+    #[test]
+    fn take_gives_a_close_first_and_wakes_without_room() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, rx) = channel(4);
+        let mut wakes = Vec::new();
+        tx.try_send(msg(1)).unwrap();
+        let (wake, mut woken) = tokio::sync::oneshot::channel();
+        tx.wake_publisher(wake);
+        // Behind: the wake comes, the message stays.
+        assert!(matches!(
+            runtime.block_on(rx.take(false, &mut wakes)),
+            Taken::Wakes
+        ));
+        assert_eq!(wakes.len(), 1);
+        assert!(
+            woken.try_recv().is_err(),
+            "fired by the connection, not by take"
+        );
+        wakes.clear();
+        assert_eq!(woken.try_recv(), Ok(true));
+        tx.try_send(close(0x8E)).unwrap();
+        assert!(matches!(
+            runtime.block_on(rx.take(false, &mut wakes)),
+            Taken::Close(0x8E, _)
+        ));
+        let taken = runtime.block_on(rx.take(true, &mut wakes));
+        assert!(matches!(taken, Taken::Message(m) if m.topic == "1"));
+        assert!(wakes.is_empty());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wakes_a_waiting_connection_across_threads() {
         let (tx, rx) = channel(16);
@@ -437,7 +465,8 @@ mod tests {
             }
         });
         let mut got = 0u32;
-        while rx.recv().await.is_some() {
+        let mut wakes = Vec::new();
+        while let Taken::Message(_) = rx.take(true, &mut wakes).await {
             got += 1;
         }
         sender.join().unwrap();
