@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The time a message spends inside a running broker, from its system
-# calls: runs the load tool's QoS 1 latency scenario (blocking clients)
+# calls: runs the load tool's QoS 1 (or 0) latency scenario (blocking clients)
 # against one broker while `perf` records that broker's read, write and
 # epoll_wait calls, then prints, over every message, the time from the
 # `epoll_wait` return that brought its PUBLISH, and from the read that
@@ -9,12 +9,14 @@
 # Needs perf and the right to trace the broker (root, or
 # kernel.perf_event_paranoid <= 1 for one's own processes) and a release
 # build of verdant-bench.
-# Usage: scripts/broker-path.sh HOST:PORT BROKER_PID [RUNS]
+# Usage: scripts/broker-path.sh HOST:PORT BROKER_PID [RUNS] [QOS (1, or 0)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 addr=${1:?HOST:PORT of the broker}
 pid=${2:?the broker process id}
 runs=${3:-3}
+qos=${4:-1}
+case $qos in 0 | 1) ;; *) echo "QoS 0 or 1, not $qos" >&2; exit 1 ;; esac
 command -v perf >/dev/null || { echo "perf missing" >&2; exit 1; }
 data=$(mktemp)
 trap 'rm -f "$data"' EXIT
@@ -25,7 +27,7 @@ perf record -q "${events[@]}" -p "$pid" -o "$data" -- sleep 3600 2>/dev/null &
 recorder=$!
 sleep 0.5
 target/release/verdant-bench mqtt --target "broker=$addr" \
-    --only "latency at 1000 msg/s, QoS 1" --runs "$runs" --quick --client probe 2>/dev/null |
+    --only "latency at 1000 msg/s, QoS $qos" --runs "$runs" --quick --client probe 2>/dev/null |
     grep "all runs pooled" | awk -F'|' '{print "end to end: p50 " $8+0 " µs, p99 " $9+0 " µs"}'
 kill -INT "$recorder"
 wait "$recorder" 2>/dev/null || true
