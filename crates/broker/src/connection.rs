@@ -45,6 +45,8 @@ pub struct Shared {
     /// new group's table.
     pub devices: Arc<std::sync::RwLock<Devices>>,
     pub hub: mpsc::Sender<hub::Request>,
+    /// The hub's state, for the QoS 0 messages handed on in place.
+    pub hub_state: Arc<hub::Shared>,
     /// The hub's count of persistent sessions' subscriptions: while zero,
     /// QoS 1/2 publishes are acknowledged without waiting for the hub.
     pub durable_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
@@ -808,7 +810,7 @@ impl Session<'_> {
             conn.queue(&Out::PubRec(pkid));
             return None;
         }
-        let message = Message {
+        let mut message = Message {
             topic: p.topic,
             payload: p.payload,
             qos,
@@ -817,6 +819,19 @@ impl Session<'_> {
             props: p.props,
             from: Some(self.origin.clone()),
         };
+        // A plain QoS 0 message in local mode goes from this task to its
+        // subscribers' outboxes when the hub is free (`hub::Shared`).
+        if qos == QoS::AtMostOnce && !message.retain && !self.shared.routed() {
+            match self.shared.hub_state.publish_in_place(message) {
+                Ok(false) => return None,
+                Ok(true) => {
+                    let notice = hub::to_hub(&self.shared.hub, hub::Request::InPlace).await;
+                    return notice.is_err().then(End::stopping);
+                }
+                Err(m) => message = m,
+            }
+        }
+        self.shared.hub_state.publish_queued();
         // In routed mode the router may have to take the message too.
         let must_wait = qos != QoS::AtMostOnce
             && (self.shared.routed()

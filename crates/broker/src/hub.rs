@@ -249,6 +249,8 @@ pub struct Hub {
     /// The connected client the last fan-out handed a message to, whose
     /// connection passes a publisher's wake on.
     pub(super) last_delivered: Option<Arc<str>>,
+    /// Messages handed on in place since the hub's task last looked.
+    pub(super) in_place: u64,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -307,6 +309,7 @@ impl Hub {
             held: Vec::new(),
             just_parked: Vec::new(),
             last_delivered: None,
+            in_place: 0,
             congested_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
@@ -864,4 +867,4 @@ pub use timers::NEVER;
 #[path = "hub_run.rs"]
 mod driver;
 use driver::Reply;
-pub use driver::{Request, Stopped, SubscribeResult, run, to_hub};
+pub use driver::{Request, Shared, Stopped, SubscribeResult, run, to_hub};

@@ -11,6 +11,7 @@ use verdant_group::routes::Table;
 
 use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
 use crate::link::Forward;
+use crate::store::Store;
 use crate::wire::SubOptions;
 
 /// After this many requests, quiet spells of [`TRIM_AFTER`] return the
@@ -54,6 +55,9 @@ pub enum Request {
     Sweep,
     /// Time to retry parked messages (`run` itself).
     Unpark,
+    /// Messages went from publishers to subscribers in place
+    /// (`Shared::publish_in_place`): traffic for the quiet-spell clocks.
+    InPlace,
     Connect {
         info: ClientInfo,
         will: Option<Message>,
@@ -129,12 +133,75 @@ pub(super) enum Reply {
 
 /// Requests handled before one commit.
 const BATCH: usize = 1024;
+/// A connection that handed this many messages on in place tells the
+/// hub's task so (`Request::InPlace`).
+const IN_PLACE_NOTICE: u64 = 256;
+
+/// The hub's state, shared by its task and the connections: a QoS 0
+/// message that needs nothing of the task (no retained store, no router)
+/// is handed to its subscribers' outboxes by its publisher's own task,
+/// when the hub is free and no publish waits for it, so that message
+/// crosses two tasks instead of three (`Session::on_publish`).
+pub struct Shared {
+    hub: std::sync::Mutex<Hub>,
+    /// Publishes sent to the hub's task and not yet handled: while any
+    /// is, every publish takes the channel, so that none overtakes one
+    /// sent before it.
+    queued_publishes: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(hub: Hub) -> Self {
+        Shared {
+            hub: std::sync::Mutex::new(hub),
+            queued_publishes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.hub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fans `message` (QoS 0, not retained, local mode) out from the
+    /// caller's task if the hub is free and no publish is queued for it;
+    /// otherwise gives it back, to be sent to the hub. `Ok(true)`: tell
+    /// the hub's task (`Request::InPlace`) that traffic went by it, for
+    /// its quiet-spell clocks.
+    pub fn publish_in_place(&self, message: Message) -> Result<bool, Message> {
+        let Ok(mut hub) = self.hub.try_lock() else {
+            return Err(message);
+        };
+        if self
+            .queued_publishes
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            return Err(message);
+        }
+        debug_assert!(message.qos == QoS::AtMostOnce && !message.retain);
+        hub.publish(&message);
+        hub.in_place += 1;
+        Ok(hub.in_place % IN_PLACE_NOTICE == 0)
+    }
+
+    /// Counts a publish about to be sent to the hub's task.
+    pub fn publish_queued(&self) {
+        self.queued_publishes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// The hub's task: takes requests in batches, commits each batch's store
 /// operations once (on a blocking thread, only when there are any), then
 /// answers, until every sender is gone. Requests that arrive during a
 /// commit make the next batch: that is the group commit.
-pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscriptions: usize) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut requests: mpsc::Receiver<Request>,
+    max_subscriptions: usize,
+) {
     let mut replies = Vec::new();
     // Session expiry and will delays, to the second; an interval keeps its
     // beat however busy the requests keep the loop.
@@ -154,12 +221,16 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
             since_trim = 0;
             trims = TRIMS;
         }
+        let (congested, has_timers, unreported) = {
+            let hub = shared.lock();
+            (hub.congested(), hub.has_timers(), hub.unreported())
+        };
         let first = tokio::select! {
             r = requests.recv() => match r {
                 Some(r) => r,
                 None => break,
             },
-            () = sleep_after(UNPARK_EVERY), if hub.congested() => Request::Unpark,
+            () = sleep_after(UNPARK_EVERY), if congested => Request::Unpark,
             () = &mut trim_timer, if trims > 0 => {
                 if quiet(trim_timer.as_mut(), last_batch, TRIM_AFTER) {
                     trims -= 1;
@@ -167,32 +238,52 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
                 }
                 continue;
             }
-            _ = clock.tick(), if hub.has_timers() => Request::Sweep,
+            _ = clock.tick(), if has_timers => Request::Sweep,
             // Counts left over when traffic stops still reach the router.
-            () = &mut report_timer, if hub.unreported() => {
+            () = &mut report_timer, if unreported => {
                 if quiet(report_timer.as_mut(), last_batch, REPORT_EVERY) {
-                    hub.report(true);
+                    shared.lock().report(true);
                 }
                 continue;
             }
         };
         last_batch = tokio::time::Instant::now();
-        let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
-        since_trim += 1;
-        for _ in 1..BATCH {
-            match requests.try_recv() {
-                Ok(r) => sessions_changed |= hub.handle(r, max_subscriptions, &mut replies),
-                Err(_) => break,
-            }
+        let store = {
+            let mut hub = shared.lock();
+            let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
+            let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
             since_trim += 1;
-        }
-        if sessions_changed {
-            hub.count_durable_subscriptions();
-        }
-        if hub.congested() {
-            hub.unpark();
-        }
-        let durable = commit(&mut hub).await;
+            for _ in 1..BATCH {
+                match requests.try_recv() {
+                    Ok(r) => {
+                        publishes += usize::from(matches!(r, Request::Publish { .. }));
+                        sessions_changed |= hub.handle(r, max_subscriptions, &mut replies);
+                    }
+                    Err(_) => break,
+                }
+                since_trim += 1;
+            }
+            if publishes > 0 {
+                shared
+                    .queued_publishes
+                    .fetch_sub(publishes, std::sync::atomic::Ordering::AcqRel);
+            }
+            // Messages handed on in place count as requests for giving
+            // memory back after a burst.
+            since_trim += std::mem::take(&mut hub.in_place);
+            if sessions_changed {
+                hub.count_durable_subscriptions();
+            }
+            if hub.congested() {
+                hub.unpark();
+            }
+            // The store is out of the hub while it commits: nothing that runs
+            // in place meanwhile (QoS 0, not retained) needs it.
+            hub.store.take()
+        };
+        let (store, durable) = commit(store).await;
+        let mut hub = shared.lock();
+        hub.store = store;
         for reply in replies.drain(..) {
             match reply {
                 Reply::Connect(tx, c) => {
@@ -223,8 +314,8 @@ pub async fn run(mut hub: Hub, mut requests: mpsc::Receiver<Request>, max_subscr
 
 /// Commits the batch's store operations, if any, on a blocking thread;
 /// false if they could not be written.
-async fn commit(hub: &mut Hub) -> bool {
-    match hub.store.take() {
+async fn commit(store: Option<Store>) -> (Option<Store>, bool) {
+    match store {
         Some(mut store) if store.has_pending() => {
             let (store, result) = tokio::task::spawn_blocking(move || {
                 let result = store.commit();
@@ -232,21 +323,14 @@ async fn commit(hub: &mut Hub) -> bool {
             })
             .await
             .expect("the commit does not panic");
-            hub.store = Some(store);
-            match result {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(
-                        "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
-                    );
-                    false
-                }
+            if let Err(e) = &result {
+                tracing::error!(
+                    "{e}: QoS 1/2 messages and subscriptions of this batch are refused"
+                );
             }
+            (Some(store), result.is_ok())
         }
-        other => {
-            hub.store = other;
-            true
-        }
+        other => (other, true),
     }
 }
 
@@ -294,6 +378,7 @@ impl Hub {
         match request {
             Request::Sweep => self.sweep(std::time::Instant::now()),
             Request::Unpark => self.unpark(),
+            Request::InPlace => {}
             Request::Connect {
                 info,
                 will,

@@ -90,11 +90,13 @@ pub async fn run(
         config::Mode::Routed => "routed mode: the group's subscription table decides",
     };
     let max_subscriptions = config.max_subscriptions_per_client;
-    tokio::spawn(hub::run(hub, hub_rx, max_subscriptions));
+    let hub = Arc::new(hub::Shared::new(hub));
+    tokio::spawn(hub::run(hub.clone(), hub_rx, max_subscriptions));
     let shared = Arc::new(connection::Shared {
         config,
         devices,
         hub: hub_tx.clone(),
+        hub_state: hub,
         durable_subscriptions,
         congested,
         assigned: AtomicU64::new(1),
