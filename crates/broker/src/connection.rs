@@ -823,10 +823,18 @@ impl Session<'_> {
         // subscribers' outboxes when the hub is free (`hub::Shared`).
         if qos == QoS::AtMostOnce && !message.retain && !self.shared.routed() {
             match self.shared.hub_state.publish_in_place(message) {
-                Ok(false) => return None,
-                Ok(true) => {
-                    let notice = hub::to_hub(&self.shared.hub, hub::Request::InPlace).await;
-                    return notice.is_err().then(End::stopping);
+                Ok(done) => {
+                    if done.notice
+                        && hub::to_hub(&self.shared.hub, hub::Request::InPlace)
+                            .await
+                            .is_err()
+                    {
+                        return Some(End::stopping());
+                    }
+                    if done.crowded {
+                        tokio::task::yield_now().await;
+                    }
+                    return None;
                 }
                 Err(m) => message = m,
             }

@@ -95,6 +95,10 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Routed mode: messages no route of the table allowed.
     pub no_route: u64,
+    /// Not a count: a delivery since the hub's task last looked left a
+    /// client's outbox half full or more, so the task ends its batch and
+    /// lets the connections run before the next (`hub_run.rs`).
+    pub crowded: bool,
 }
 
 struct Connection {
@@ -655,8 +659,9 @@ impl Hub {
                 true
             }
             Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
-                Ok(()) => {
+                Ok(crowded) => {
                     counters.delivered += 1;
+                    counters.crowded |= crowded;
                     true
                 }
                 Err(TrySendError::Full(Outgoing::Deliver(m))) if m.qos == QoS::AtMostOnce => {
@@ -867,4 +872,4 @@ pub use timers::NEVER;
 #[path = "hub_run.rs"]
 mod driver;
 use driver::Reply;
-pub use driver::{Request, Shared, Stopped, SubscribeResult, run, to_hub};
+pub use driver::{InPlace, Request, Shared, Stopped, SubscribeResult, run, to_hub};

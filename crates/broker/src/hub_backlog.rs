@@ -140,7 +140,7 @@ impl Session {
         let mut moved = false;
         while let Some(m) = self.parked.pop_front() {
             match connection.outbox.try_send(Outgoing::Deliver(m)) {
-                Ok(()) => moved = true,
+                Ok(_) => moved = true,
                 Err(crate::outbox::TrySendError::Full(Outgoing::Deliver(m))) => {
                     self.parked.push_front(m);
                     if moved {

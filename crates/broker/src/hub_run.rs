@@ -150,6 +150,18 @@ pub struct Shared {
     queued_publishes: std::sync::atomic::AtomicUsize,
 }
 
+/// What the publisher's task should do after handing a message on in
+/// place.
+pub struct InPlace {
+    /// Tell the hub's task (`Request::InPlace`) that traffic went by it,
+    /// for its quiet-spell clocks.
+    pub notice: bool,
+    /// A subscriber's queue is half full: give way (yield) so that its
+    /// connection takes what it has before this read's next messages
+    /// overflow it, as the hub's task does after such a batch.
+    pub crowded: bool,
+}
+
 impl Shared {
     pub fn new(hub: Hub) -> Self {
         Shared {
@@ -166,10 +178,8 @@ impl Shared {
 
     /// Fans `message` (QoS 0, not retained, local mode) out from the
     /// caller's task if the hub is free and no publish is queued for it;
-    /// otherwise gives it back, to be sent to the hub. `Ok(true)`: tell
-    /// the hub's task (`Request::InPlace`) that traffic went by it, for
-    /// its quiet-spell clocks.
-    pub fn publish_in_place(&self, message: Message) -> Result<bool, Message> {
+    /// otherwise gives it back, to be sent to the hub.
+    pub fn publish_in_place(&self, message: Message) -> Result<InPlace, Message> {
         let Ok(mut hub) = self.hub.try_lock() else {
             return Err(message);
         };
@@ -183,7 +193,10 @@ impl Shared {
         debug_assert!(message.qos == QoS::AtMostOnce && !message.retain);
         hub.publish(&message);
         hub.in_place += 1;
-        Ok(hub.in_place % IN_PLACE_NOTICE == 0)
+        Ok(InPlace {
+            notice: hub.in_place % IN_PLACE_NOTICE == 0,
+            crowded: std::mem::take(&mut hub.counters.crowded),
+        })
     }
 
     /// Counts a publish about to be sent to the hub's task.
@@ -248,12 +261,15 @@ pub async fn run(
             }
         };
         last_batch = tokio::time::Instant::now();
-        let store = {
+        let (store, crowded) = {
             let mut hub = shared.lock();
             let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
             let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
             since_trim += 1;
             for _ in 1..BATCH {
+                if hub.counters.crowded {
+                    break;
+                }
                 match requests.try_recv() {
                     Ok(r) => {
                         publishes += usize::from(matches!(r, Request::Publish { .. }));
@@ -279,35 +295,19 @@ pub async fn run(
             }
             // The store is out of the hub while it commits: nothing that runs
             // in place meanwhile (QoS 0, not retained) needs it.
-            hub.store.take()
+            (hub.store.take(), std::mem::take(&mut hub.counters.crowded))
         };
         let (store, durable) = commit(store).await;
-        let mut hub = shared.lock();
-        hub.store = store;
-        for reply in replies.drain(..) {
-            match reply {
-                Reply::Connect(tx, c) => {
-                    let _ = tx.send(c);
-                }
-                // A publish that parked messages waits for them (see
-                // `hub_backlog.rs`).
-                Reply::Held(tx, clients) if durable => hub.hold(tx, clients),
-                Reply::Held(tx, _) | Reply::Publish(tx) => {
-                    let _ = tx.send(durable);
-                }
-                Reply::Forward(f) => hub.forward(f, durable),
-                Reply::Subscribe(tx, result) => {
-                    let result = if durable {
-                        result
-                    } else {
-                        Err("the session store cannot be written".into())
-                    };
-                    let _ = tx.send(result);
-                }
-                Reply::Unsubscribe(tx) => {
-                    let _ = tx.send(());
-                }
-            }
+        {
+            let mut hub = shared.lock();
+            hub.store = store;
+            hub.answer(&mut replies, durable);
+        }
+        // A batch that filled a client's queue halfway lets its connection
+        // (and any other) run before the next: a burst from one publisher
+        // would otherwise overflow the queue of a subscriber that keeps up.
+        if crowded {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -359,6 +359,36 @@ async fn sleep_after(after: std::time::Duration) {
 }
 
 impl Hub {
+    /// Sends the batch's answers once its commit is done (`durable`: it
+    /// was written).
+    fn answer(&mut self, replies: &mut Vec<Reply>, durable: bool) {
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Connect(tx, c) => {
+                    let _ = tx.send(c);
+                }
+                // A publish that parked messages waits for them (see
+                // `hub_backlog.rs`).
+                Reply::Held(tx, clients) if durable => self.hold(tx, clients),
+                Reply::Held(tx, _) | Reply::Publish(tx) => {
+                    let _ = tx.send(durable);
+                }
+                Reply::Forward(f) => self.forward(f, durable),
+                Reply::Subscribe(tx, result) => {
+                    let result = if durable {
+                        result
+                    } else {
+                        Err("the session store cannot be written".into())
+                    };
+                    let _ = tx.send(result);
+                }
+                Reply::Unsubscribe(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
     /// Applies one request; true if it may have changed sessions or
     /// subscriptions.
     fn handle(

@@ -123,8 +123,9 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues `out` unless the connection is gone or its queue is full; a
     /// `Close` is never refused for room, and is taken before anything
-    /// queued (the first one stands).
-    pub fn try_send(&self, out: Outgoing) -> Result<(), TrySendError> {
+    /// queued (the first one stands). `Ok(true)`: the queue is now half
+    /// full or more, time for whoever fills it to let the connection run.
+    pub fn try_send(&self, out: Outgoing) -> Result<bool, TrySendError> {
         let mut state = self.0.lock();
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
@@ -135,7 +136,7 @@ impl Outbox {
             // A connection that is behind may not be waiting on its
             // queue: wake it whatever the queue holds.
             self.0.waker.wake();
-            return Ok(());
+            return Ok(false);
         }
         if state.len >= self.0.capacity {
             return Err(TrySendError::Full(out));
@@ -143,11 +144,12 @@ impl Outbox {
         // The connection waits only after it found the queue empty.
         let wake = state.len == 0;
         state.push(out);
+        let crowded = state.len * 2 >= self.0.capacity;
         drop(state);
         if wake {
             self.0.waker.wake();
         }
-        Ok(())
+        Ok(crowded)
     }
 }
 
@@ -458,7 +460,7 @@ mod tests {
             let mut sent = 0u32;
             while sent < 100_000 {
                 match tx.try_send(msg(0)) {
-                    Ok(()) => sent += 1,
+                    Ok(_) => sent += 1,
                     Err(TrySendError::Full(_)) => std::thread::yield_now(),
                     Err(TrySendError::Closed(_)) => panic!("closed"),
                 }

@@ -685,9 +685,10 @@ async fn a_subscriber_behind_does_not_hold_its_publishers_acknowledgements() {
 /// sent, whichever way each goes through the broker: a plain QoS 0
 /// message is handed on by the publisher's own task when the hub is free,
 /// a retained or QoS 1 one by the hub's task, and none may overtake
-/// another. Sent one at a time (the hub idle between) and in bursts; a
-/// QoS 0 message that finds the subscriber's queue full is dropped and
-/// counted, so what is missing must be what the broker counted.
+/// another. Sent one at a time (the hub idle between) and in bursts of
+/// about a hundred: a subscriber that keeps up loses nothing either,
+/// although a burst that waited behind a retained message's commit comes
+/// to the hub all at once (the hub gives way once a queue is half full).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publishers_messages_keep_their_order_whichever_way_they_go() {
     use rumqttc::mqttbytes::v4::Packet;
@@ -757,8 +758,8 @@ async fn one_publishers_messages_keep_their_order_whichever_way_they_go() {
         .counters
         .unwrap();
     assert_eq!(
-        received.len() as u64 + counters.dropped_qos0,
-        u64::from(TOTAL),
+        received.len(),
+        usize::from(TOTAL),
         "{} received, {counters:?}",
         received.len()
     );
