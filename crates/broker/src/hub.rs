@@ -95,9 +95,9 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Routed mode: messages no route of the table allowed.
     pub no_route: u64,
-    /// Not a count: a delivery since the hub's task last looked left a
-    /// client's outbox half full or more, so the task ends its batch and
-    /// lets the connections run before the next (`hub_run.rs`).
+    /// Not a count: a delivery since the hub's task last looked filled a
+    /// client's outbox halfway, so the task ends its batch and lets the
+    /// connections run before the next (`hub_run.rs`).
     pub crowded: bool,
 }
 

@@ -123,8 +123,10 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues `out` unless the connection is gone or its queue is full; a
     /// `Close` is never refused for room, and is taken before anything
-    /// queued (the first one stands). `Ok(true)`: the queue is now half
-    /// full or more, time for whoever fills it to let the connection run.
+    /// queued (the first one stands). `Ok(true)`: this message filled the
+    /// queue halfway, time for whoever fills it to let the connection
+    /// run. Only the crossing says so: a queue that stays over half full
+    /// (a client that does not keep up) does not slow every batch.
     pub fn try_send(&self, out: Outgoing) -> Result<bool, TrySendError> {
         let mut state = self.0.lock();
         if state.receiver_gone {
@@ -143,8 +145,9 @@ impl Outbox {
         }
         // The connection waits only after it found the queue empty.
         let wake = state.len == 0;
+        let half = self.0.capacity.div_ceil(2);
+        let crowded = state.len + 1 == half;
         state.push(out);
-        let crowded = state.len * 2 >= self.0.capacity;
         drop(state);
         if wake {
             self.0.waker.wake();
@@ -417,6 +420,22 @@ mod tests {
             rx.try_recv().unwrap();
         }
         assert!(held(&rx) <= 2 * KEEP_SLOTS);
+    }
+
+    /// `try_send` says when a message fills the queue halfway: once per
+    /// crossing, not for every message while it stays over half.
+    #[test]
+    fn says_when_the_queue_fills_halfway_and_only_then() {
+        let (tx, rx) = channel(10);
+        let said: Vec<bool> = (0..10).map(|_| tx.try_send(msg(0)).unwrap()).collect();
+        assert_eq!(said.iter().filter(|&&c| c).count(), 1);
+        assert!(said[4], "the fifth of ten fills it halfway");
+        // Drained below half and filled again: said again.
+        for _ in 0..8 {
+            rx.try_recv().unwrap();
+        }
+        let again: Vec<bool> = (0..3).map(|_| tx.try_send(msg(0)).unwrap()).collect();
+        assert_eq!(again, [false, false, true]);
     }
 
     /// `take` hands over a Close first, then wakes with or without a
