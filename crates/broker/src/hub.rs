@@ -95,10 +95,6 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Routed mode: messages no route of the table allowed.
     pub no_route: u64,
-    /// Not a count: a delivery since the hub's task last looked filled a
-    /// client's outbox halfway, so the task ends its batch and lets the
-    /// connections run before the next (`hub_run.rs`).
-    pub crowded: bool,
 }
 
 struct Connection {
@@ -255,6 +251,10 @@ pub struct Hub {
     pub(super) last_delivered: Option<Arc<str>>,
     /// Messages handed on in place since the hub's task last looked.
     pub(super) in_place: u64,
+    /// A delivery since the hub's task (or an in-place publisher) last
+    /// looked filled a client's outbox halfway: time to let the
+    /// connections run before handing over more (`hub_run.rs`).
+    pub(super) crowded: bool,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -314,6 +314,7 @@ impl Hub {
             just_parked: Vec::new(),
             last_delivered: None,
             in_place: 0,
+            crowded: false,
             congested_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
@@ -515,7 +516,13 @@ impl Hub {
             // the session, so the new connection gets it.
             if !session.clean {
                 for m in unacked {
-                    Self::deliver(session, m, self.limits, &mut self.counters);
+                    Self::deliver(
+                        session,
+                        m,
+                        self.limits,
+                        &mut self.counters,
+                        &mut self.crowded,
+                    );
                 }
                 if !session.parked.is_empty() {
                     self.parked_for(client_id);
@@ -617,7 +624,13 @@ impl Hub {
             if durable && let Some(store) = &mut self.store {
                 out.stored = Some(store.next_id());
             }
-            let kept = Self::deliver(session, out.clone(), self.limits, &mut self.counters);
+            let kept = Self::deliver(
+                session,
+                out.clone(),
+                self.limits,
+                &mut self.counters,
+                &mut self.crowded,
+            );
             if !session.parked.is_empty() {
                 parked.push(client_id.clone());
             } else if kept && session.connection.is_some() {
@@ -644,12 +657,13 @@ impl Hub {
     }
 
     /// Hands `out` to the session's connection or queue; false if it was
-    /// dropped (counted).
+    /// dropped (counted). Sets `crowded` when it filled the outbox halfway.
     fn deliver(
         session: &mut Session,
         out: Message,
         limits: QueueLimits,
         counters: &mut Counters,
+        crowded: &mut bool,
     ) -> bool {
         match &session.connection {
             // Behind what is parked, in order.
@@ -659,9 +673,9 @@ impl Hub {
                 true
             }
             Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
-                Ok(crowded) => {
+                Ok(halfway) => {
                     counters.delivered += 1;
-                    counters.crowded |= crowded;
+                    *crowded |= halfway;
                     true
                 }
                 Err(TrySendError::Full(Outgoing::Deliver(m))) if m.qos == QoS::AtMostOnce => {

@@ -195,7 +195,7 @@ impl Shared {
         hub.in_place += 1;
         Ok(InPlace {
             notice: hub.in_place % IN_PLACE_NOTICE == 0,
-            crowded: std::mem::take(&mut hub.counters.crowded),
+            crowded: std::mem::take(&mut hub.crowded),
         })
     }
 
@@ -267,7 +267,7 @@ pub async fn run(
             let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
             since_trim += 1;
             for _ in 1..BATCH {
-                if hub.counters.crowded {
+                if hub.crowded {
                     break;
                 }
                 match requests.try_recv() {
@@ -295,7 +295,7 @@ pub async fn run(
             }
             // The store is out of the hub while it commits: nothing that runs
             // in place meanwhile (QoS 0, not retained) needs it.
-            (hub.store.take(), std::mem::take(&mut hub.counters.crowded))
+            (hub.store.take(), std::mem::take(&mut hub.crowded))
         };
         let (store, durable) = commit(store).await;
         {
