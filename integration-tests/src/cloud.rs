@@ -4,7 +4,6 @@
 //! test's own observer clients. Its server certificate comes from a CA of
 //! its own, which the core is told to trust.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,21 +15,47 @@ pub struct Cloud {
     pub tls_port: u16,
     pub plain_port: u16,
     child: Option<Child>,
+    /// Keep the two ports taken from prepare to drop.
+    _held: [Held; 2],
 }
 
-/// A port free now (the race until it is bound again is acceptable in tests).
+/// A loopback port kept for a server the test starts later: a socket
+/// bound with `SO_REUSEADDR` but not listening. No `bind` to port 0 and no
+/// outgoing connection can be given the port while it is held, yet a
+/// server that sets `SO_REUSEADDR` too (Mosquitto, tinyproxy) can bind and
+/// listen on it. A port only picked, then released, was taken by another
+/// socket of the tests running alongside before Mosquitto bound it.
+pub struct Held {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl Held {
+    pub fn new() -> Held {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("a free loopback port");
+        let port = socket.local_addr().expect("its address").port();
+        Held {
+            _socket: socket,
+            port,
+        }
+    }
+}
+
+impl Default for Held {
+    fn default() -> Held {
+        Held::new()
+    }
+}
+
 /// A listener on a free loopback port, and the port.
 pub async fn bound_port() -> (tokio::net::TcpListener, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, port)
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Cloud {
@@ -52,11 +77,13 @@ impl Cloud {
         std::fs::write(dir.join("cloud-ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
         std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        let held = [Held::new(), Held::new()];
         Cloud {
             dir: dir.to_path_buf(),
-            tls_port: free_port(),
-            plain_port: free_port(),
+            tls_port: held[0].port,
+            plain_port: held[1].port,
             child: None,
+            _held: held,
         }
     }
 
@@ -120,10 +147,20 @@ impl Cloud {
             .spawn()
             .expect("mosquitto (scripts/test-deps.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         for port in [self.tls_port, self.plain_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "mosquitto did not start");
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                assert!(
+                    exited.is_none() && Instant::now() < deadline,
+                    "mosquitto did not start on ports {} and {} ({exited:?}); its log:\n{}",
+                    self.tls_port,
+                    self.plain_port,
+                    self.log()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -204,12 +241,14 @@ pub struct Proxy {
     pub port: u16,
     dir: PathBuf,
     child: Child,
+    _held: Held,
 }
 
 impl Proxy {
     pub fn start(dir: &Path, user: &str, password: &str) -> Proxy {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
+        let held = Held::new();
+        let port = held.port;
         let conf = dir.join("tinyproxy.conf");
         let user_line = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
@@ -242,6 +281,7 @@ impl Proxy {
             port,
             dir: dir.to_path_buf(),
             child,
+            _held: held,
         }
     }
 

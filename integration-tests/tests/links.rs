@@ -194,10 +194,11 @@ async fn a_function_asking_all_or_error_is_refused_by_a_full_cloud_queue() {
     })
     .to_string();
     // A cloud that never answers, and the smallest queue.
+    let nobody = verdant_integration_tests::cloud::Held::new();
     let dropin = format!(
         "[router.cloud]\nendpoint = \"localhost\"\nport = {}\nca = \"config/certs/group-ca.pem\"\n\
          queue_max_bytes = 262144\n",
-        verdant_integration_tests::cloud::free_port()
+        nobody.port
     );
     let core = Core::start_with(&Options {
         dropin: Some(&dropin),
