@@ -31,7 +31,7 @@ target/release/verdant-bench mqtt --target "broker=$addr" \
     grep "all runs pooled" | awk -F'|' '{print "end to end: p50 " $8+0 " µs, p99 " $9+0 " µs"}'
 kill -INT "$recorder"
 wait "$recorder" 2>/dev/null || true
-perf script -i "$data" -F time,event,trace 2>/dev/null | python3 -c '
+perf script --ns -i "$data" -F time,event,trace 2>/dev/null | python3 -c '
 import re, sys
 
 def size(trace):
@@ -67,5 +67,5 @@ if not from_read:
     sys.exit("no message seen: is the pid the broker serving that address?")
 print(f"{len(from_read)} messages")
 for name, xs in (("wake to delivery", from_wake), ("read to delivery", from_read)):
-    print(f"{name}: p50 {pct(xs, .5):.0f} µs, p90 {pct(xs, .9):.0f} µs, p99 {pct(xs, .99):.0f} µs")
+    print(f"{name}: p50 {pct(xs, .5):.1f} µs, p90 {pct(xs, .9):.1f} µs, p99 {pct(xs, .99):.1f} µs")
 '
