@@ -775,8 +775,10 @@ impl Session<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut pending = std::collections::VecDeque::from([p]);
-        while let Some(p) = pending.pop_front() {
+        // Allocates only when one is refused.
+        let mut pending = std::collections::VecDeque::new();
+        let mut next = Some(p);
+        while let Some(p) = next.take().or_else(|| pending.pop_front()) {
             if conn.publish(&p) {
                 continue;
             }

@@ -219,7 +219,7 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Hub {
     routing: Routing,
     /// Boxed: the table grows in powers of two, its empty slots stay small.
-    sessions: HashMap<String, Box<Session>>,
+    sessions: crate::index::HashMap<String, Box<Session>>,
     /// Every session's subscriptions by filter, kept with `sessions`.
     index: Index,
     retained: BTreeMap<String, Message>,
@@ -255,6 +255,8 @@ pub struct Hub {
     /// looked filled a client's outbox halfway: time to let the
     /// connections run before handing over more (`hub_run.rs`).
     pub(super) crowded: bool,
+    /// The subscribers a fan-out found, kept for the next one's use.
+    matched: Vec<(Arc<str>, QoS)>,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -272,7 +274,7 @@ pub struct Connected {
 /// the devices `to`).
 fn pick_member(
     group: &mut crate::index::Group,
-    sessions: &HashMap<String, Box<Session>>,
+    sessions: &crate::index::HashMap<String, Box<Session>>,
     to: Option<&[String]>,
 ) -> Option<(Arc<str>, QoS)> {
     let n = group.members.len();
@@ -299,7 +301,7 @@ impl Hub {
     pub fn new(limits: QueueLimits) -> Self {
         Hub {
             routing: Routing::Local,
-            sessions: HashMap::new(),
+            sessions: crate::index::HashMap::default(),
             index: Index::default(),
             retained: BTreeMap::new(),
             next_connection: 1,
@@ -315,6 +317,7 @@ impl Hub {
             last_delivered: None,
             in_place: 0,
             crowded: false,
+            matched: Vec::new(),
             congested_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
@@ -578,16 +581,12 @@ impl Hub {
     fn fan_out(&mut self, message: &Message, to: Option<&[String]>) {
         let mut stored = Vec::new();
         let mut parked = Vec::new();
-        let mut matched: Vec<(Arc<str>, QoS)> = self
-            .index
-            .matching(&message.topic)
-            .into_iter()
-            .map(|(c, q)| (c.clone(), q))
-            .collect();
+        let mut matched = std::mem::take(&mut self.matched);
+        self.index.matching(&message.topic, &mut matched);
         for group in self.index.matching_groups(&message.topic) {
             matched.extend(pick_member(group, &self.sessions, to));
         }
-        for (client_id, granted) in matched {
+        for (client_id, granted) in matched.drain(..) {
             let Some(session) = self.sessions.get_mut(&*client_id) else {
                 continue;
             };
@@ -624,9 +623,11 @@ impl Hub {
             if durable && let Some(store) = &mut self.store {
                 out.stored = Some(store.next_id());
             }
+            // The store's copy only for a message it keeps.
+            let for_store = out.stored.is_some().then(|| out.clone());
             let kept = Self::deliver(
                 session,
-                out.clone(),
+                out,
                 self.limits,
                 &mut self.counters,
                 &mut self.crowded,
@@ -636,10 +637,14 @@ impl Hub {
             } else if kept && session.connection.is_some() {
                 self.last_delivered = Some(client_id.clone());
             }
-            if kept && let Some(id) = out.stored {
+            if kept
+                && let Some(out) = for_store
+                && let Some(id) = out.stored
+            {
                 stored.push(Op::Enqueue(id, client_id.to_string(), out));
             }
         }
+        self.matched = matched;
         for client_id in parked {
             self.parked_for(&client_id);
             self.just_parked.push(client_id.to_string());

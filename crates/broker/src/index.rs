@@ -2,10 +2,14 @@
 //! finds its subscribers in time proportional to its topic's depth and the
 //! subscriptions it matches, not to the number of sessions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rumqttc::QoS;
+
+/// The trie's maps hash a level or a client id on every publish: with
+/// foldhash (seeded per process, as hashbrown's own default) rather than
+/// `SipHash`. Only authenticated devices choose these keys.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -68,21 +72,20 @@ impl Node {
         self.is_empty()
     }
 
-    fn collect<'a>(
-        &'a self,
+    /// Appends the subscribers of every filter matching the rest of the
+    /// topic (`levels`) to `out`, counting in `maps` the sets it took them
+    /// from: one set holds a client at most once, several may repeat it.
+    fn collect(
+        &self,
         mut levels: std::str::Split<'_, char>,
         dollar: bool,
-        out: &mut HashMap<&'a Arc<str>, QoS>,
+        out: &mut Vec<(Arc<str>, QoS)>,
+        maps: &mut usize,
     ) {
-        let mut add = |m: &'a HashMap<Arc<str>, QoS>| {
-            for (c, q) in m {
-                out.entry(c)
-                    .and_modify(|have| {
-                        if (*q as u8) > (*have as u8) {
-                            *have = *q;
-                        }
-                    })
-                    .or_insert(*q);
+        let mut add = |m: &HashMap<Arc<str>, QoS>| {
+            if !m.is_empty() {
+                *maps += 1;
+                out.extend(m.iter().map(|(c, q)| (c.clone(), *q)));
             }
         };
         // `#` also matches the parent level ("a/#" matches "a").
@@ -94,10 +97,10 @@ impl Node {
             return;
         };
         if let Some(child) = self.children.get(level) {
-            child.collect(levels.clone(), false, out);
+            child.collect(levels.clone(), false, out, maps);
         }
         if !dollar && let Some(plus) = &self.plus {
-            plus.collect(levels, false, out);
+            plus.collect(levels, false, out, maps);
         }
     }
 }
@@ -156,30 +159,46 @@ impl Index {
     }
 
     /// The shared subscriptions whose filter matches `topic`: each sends
-    /// the message to one of its members.
+    /// the message to one of its members. A group's filter sits in one
+    /// place of the trie, so it matches once.
     pub fn matching_groups(&mut self, topic: &str) -> Vec<&mut Group> {
         if self.groups.is_empty() {
             return Vec::new();
         }
-        let mut keys = HashMap::new();
+        let mut keys = Vec::new();
         self.shared_root
-            .collect(topic.split('/'), topic.starts_with('$'), &mut keys);
-        let keys: Vec<Arc<str>> = keys.into_keys().cloned().collect();
+            .collect(topic.split('/'), topic.starts_with('$'), &mut keys, &mut 0);
         self.groups
             .iter_mut()
-            .filter(|(k, _)| keys.contains(k))
+            .filter(|(k, _)| keys.iter().any(|(key, _)| key == *k))
             .map(|(_, g)| g)
             .collect()
     }
 
-    /// The clients subscribed to `topic`, each once, at the highest QoS of
-    /// its matching filters. A filter starting with a wildcard does not
-    /// match a topic starting with `$` (MQTT-4.7.2-1).
-    pub fn matching(&self, topic: &str) -> HashMap<&Arc<str>, QoS> {
-        let mut out = HashMap::new();
+    /// Appends the clients subscribed to `topic` to `out`, each once, at
+    /// the highest QoS of its matching filters. A filter starting with a
+    /// wildcard does not match a topic starting with `$` (MQTT-4.7.2-1).
+    /// Without overlapping filters (the usual case) this allocates nothing
+    /// once `out` has grown.
+    pub fn matching(&self, topic: &str, out: &mut Vec<(Arc<str>, QoS)>) {
+        let start = out.len();
+        let mut maps = 0;
         self.root
-            .collect(topic.split('/'), topic.starts_with('$'), &mut out);
-        out
+            .collect(topic.split('/'), topic.starts_with('$'), out, &mut maps);
+        if maps > 1 {
+            // The same client through several filters: once, at the
+            // highest QoS. Its id may be in several allocations.
+            out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut merged = out.split_off(start);
+            merged.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same && (later.1 as u8) > (kept.1 as u8) {
+                    kept.1 = later.1;
+                }
+                same
+            });
+            out.append(&mut merged);
+        }
     }
 
     /// No subscription at all (every node pruned).
@@ -222,30 +241,34 @@ mod tests {
             topic in topic(),
         ) {
             let mut index = Index::default();
-            let mut plain: HashMap<(u8, String), QoS> = HashMap::new();
+            let mut plain: HashMap<(u8, String), QoS> = HashMap::default();
             let clients: Vec<Arc<str>> = (0..4).map(|i| Arc::from(i.to_string())).collect();
             for (add, c, f, q) in ops {
                 let qos = match q { 0 => QoS::AtMostOnce, 1 => QoS::AtLeastOnce, _ => QoS::ExactlyOnce };
                 if add {
-                    index.insert(&f, &clients[c as usize], qos);
+                    // A new allocation of the id each time, as the hub's.
+                    index.insert(&f, &Arc::from(&*clients[c as usize]), qos);
                     plain.insert((c, f), qos);
                 } else {
                     index.remove(&f, &clients[c as usize]);
                     plain.remove(&(c, f));
                 }
             }
-            let mut want: HashMap<String, u8> = HashMap::new();
+            let mut want: HashMap<String, u8> = HashMap::default();
             for ((c, f), q) in &plain {
                 if crate::topic::matches(f, &topic) {
                     let e = want.entry(c.to_string()).or_insert(0);
                     *e = (*e).max(*q as u8);
                 }
             }
-            let got: HashMap<String, u8> = index
-                .matching(&topic)
-                .into_iter()
-                .map(|(c, q)| (c.to_string(), q as u8))
+            let mut matched = vec![(Arc::from("already there"), QoS::AtMostOnce)];
+            index.matching(&topic, &mut matched);
+            let got: HashMap<String, u8> = matched[1..]
+                .iter()
+                .map(|(c, q)| (c.to_string(), *q as u8))
                 .collect();
+            prop_assert_eq!(got.len(), matched.len() - 1, "each client once: {:?}", matched);
+            prop_assert_eq!(&*matched[0].0, "already there");
             prop_assert_eq!(got, want);
             if plain.is_empty() {
                 prop_assert!(index.is_empty(), "removed subscriptions leave no nodes");
