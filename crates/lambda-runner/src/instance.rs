@@ -67,7 +67,10 @@ impl Supervisor {
         let mut kills: HashMap<(FunctionId, InstanceId), oneshot::Sender<()>> = HashMap::new();
         let (ended_tx, mut ended) = mpsc::unbounded_channel();
         let mut backoff: HashMap<FunctionId, Duration> = HashMap::new();
+        // Only while instances run: an idle core is not woken ten times a
+        // second for nothing.
         let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -111,7 +114,7 @@ impl Supervisor {
                         tracing::debug!(function = %arn, "instance ended: {why}");
                     }
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if !kills.is_empty() => {
                     let overdue = self.runner.lock().expect("runner lock").overdue(Instant::now());
                     for key in overdue {
                         if let Some(kill) = kills.remove(&key) {
