@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -246,7 +246,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             // A small write after a burst gives the burst's buffer back.
             let give_back =
                 self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER;
-            self.wr.write_all_buf(&mut self.outbuf).await?;
+            // `write` (send(2)) rather than `write_all_buf`'s vectored
+            // write: one buffer either way, and `writev` took about 0.4 µs
+            // longer per delivery (docs/benchmarks.md).
+            while !self.outbuf.is_empty() {
+                let n = self.wr.write(&self.outbuf).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                self.outbuf.advance(n);
+            }
             if give_back {
                 self.outbuf = BytesMut::new();
             } else {
