@@ -166,7 +166,11 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
         }
         let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); targets.len()];
         for r in 0..runs {
-            for (t, target) in targets.iter().enumerate() {
+            // Each run starts with the next target: no broker always runs
+            // right after the same other one.
+            for k in 0..targets.len() {
+                let t = (k + r) % targets.len();
+                let target = &targets[t];
                 let tag = if routed {
                     ROUTED_TAG.to_string()
                 } else {
