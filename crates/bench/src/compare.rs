@@ -13,6 +13,13 @@ enum Scenario {
     Overload(&'static str, usize, QoS, usize, u32, u64),
 }
 
+/// A latency run's length. Without `--quick` each of `--runs` is five
+/// such runs, the brokers taking turns: on a shared machine a noisy
+/// spell of a few seconds then falls on every broker alike, not on one
+/// broker's five-second run.
+const LATENCY_SECS: u64 = 1;
+const LATENCY_SLICES: usize = 5;
+
 fn scenarios(quick: bool) -> Vec<Scenario> {
     let n = |full: usize| if quick { full / 10 } else { full };
     let load = |publishers, subscribers, qos, size, messages| Load {
@@ -48,14 +55,14 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             QoS::AtMostOnce,
             64,
             1000,
-            if quick { 1 } else { 5 },
+            LATENCY_SECS,
         ),
         Scenario::Latency(
             "latency at 1000 msg/s, QoS 1, 64 B",
             QoS::AtLeastOnce,
             64,
             1000,
-            if quick { 1 } else { 5 },
+            LATENCY_SECS,
         ),
         // Offered faster than either broker delivers QoS 1 fan-in (about
         // 60,000 and 140,000 msg/s here): what arrives, and that all does.
@@ -143,6 +150,19 @@ pub struct Plan {
     pub latencies_to: Option<std::path::PathBuf>,
 }
 
+/// One run of `scenario` against `target`.
+async fn one_run(scenario: &Scenario, target: &Target, tag: &str) -> Result<Outcome, String> {
+    match scenario {
+        Scenario::Throughput(_, load) => mqtt::throughput(target, *load, tag).await,
+        Scenario::Latency(_, qos, size, rate, secs) => {
+            mqtt::latency(target, *qos, *size, *rate, *secs, tag).await
+        }
+        Scenario::Overload(_, publishers, qos, size, rate, secs) => {
+            mqtt::paced(target, *publishers, *qos, *size, *rate, *secs, tag).await
+        }
+    }
+}
+
 pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
     let (runs, quick, routed) = (plan.runs, plan.quick, plan.routed);
     if plan.storm_only {
@@ -165,7 +185,11 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
             continue;
         }
         let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); targets.len()];
-        for r in 0..runs {
+        let rounds = match scenario {
+            Scenario::Latency(..) if !quick => runs * LATENCY_SLICES,
+            _ => runs,
+        };
+        for r in 0..rounds {
             // Each run starts with the next target: no broker always runs
             // right after the same other one.
             for k in 0..targets.len() {
@@ -176,16 +200,7 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
                 } else {
                     format!("bench{i}r{r}{}", target.name)
                 };
-                let outcome = match &scenario {
-                    Scenario::Throughput(_, load) => mqtt::throughput(target, *load, &tag).await,
-                    Scenario::Latency(_, qos, size, rate, secs) => {
-                        mqtt::latency(target, *qos, *size, *rate, *secs, &tag).await
-                    }
-                    Scenario::Overload(_, publishers, qos, size, rate, secs) => {
-                        mqtt::paced(target, *publishers, *qos, *size, *rate, *secs, &tag).await
-                    }
-                };
-                match outcome {
+                match one_run(&scenario, target, &tag).await {
                     Ok(o) => results[t].push(kept(o, plan, &scenario, &tag)),
                     Err(e) => eprintln!("{}: {e}", target.name),
                 }
