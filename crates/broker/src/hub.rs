@@ -212,6 +212,10 @@ enum Routing {
     },
 }
 
+/// The most subscribers a publish's scratch list keeps room for between
+/// publishes (24 bytes each).
+const MATCHED_KEPT: usize = 1024;
+
 /// How often routed mode reports its counts to the router.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -644,7 +648,10 @@ impl Hub {
                 stored.push(Op::Enqueue(id, client_id.to_string(), out));
             }
         }
-        self.matched = matched;
+        // Kept for the next publish unless a large fan-out grew it.
+        if matched.capacity() <= MATCHED_KEPT {
+            self.matched = matched;
+        }
         for client_id in parked {
             self.parked_for(&client_id);
             self.just_parked.push(client_id.to_string());
