@@ -77,6 +77,11 @@ pub struct Options<'a> {
     /// Called with the root before init starts (e.g. to put functions'
     /// code under `functions/`).
     pub prepare: Option<&'a dyn Fn(&Path)>,
+    /// A disk of this size (tmpfs `size=`, e.g. "4m") for the broker's
+    /// `data/broker`, mounted in a mount namespace of init's own (`unshare
+    /// --mount`, so root): a disk the test can fill. The test reaches it
+    /// through [`Core::in_namespace`].
+    pub broker_disk: Option<&'a str>,
 }
 
 impl Core {
@@ -128,7 +133,10 @@ impl Core {
             &dir.path().join("run"),
             &opts.env,
             dir.path(),
-            opts.pid1,
+            Wrap {
+                pid1: opts.pid1,
+                broker_disk: opts.broker_disk,
+            },
         );
         Core {
             dir,
@@ -145,10 +153,17 @@ impl Core {
             &self.runtime_dir(),
             &[],
             self.dir.path(),
-            false,
+            Wrap::default(),
         );
         self.init = init;
         self.stderr = stderr;
+    }
+
+    /// `path` as init's processes see it: inside its mount namespace
+    /// (`Options::broker_disk`), through `/proc/<init>/root`.
+    pub fn in_namespace(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").expect("an absolute path");
+        PathBuf::from(format!("/proc/{}/root", self.init.id())).join(relative)
     }
 
     pub fn stderr_text(&self) -> String {
@@ -234,6 +249,22 @@ impl Core {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Kills `service` with SIGKILL and waits until init runs it again.
+    pub async fn kill_9(&self, service: &str) {
+        let old = self.service(service).await.pid;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old.cast_signed()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        self.wait_until(&format!("{service} back"), |l| {
+            l.iter().any(|s| {
+                s.name == service && s.state() == pb::ServiceState::Running && s.pid != old
+            })
+        })
+        .await;
     }
 
     /// The port of the broker's listener `name` ("tls" or "tcp").
@@ -348,23 +379,47 @@ fn write_default_config(root: &Path) {
     std::fs::write(root.join("config/verdant.toml"), out.stdout).unwrap();
 }
 
+/// What init is started within.
+#[derive(Default, Clone, Copy)]
+struct Wrap<'a> {
+    pid1: bool,
+    broker_disk: Option<&'a str>,
+}
+
 fn spawn_init(
     root: &Path,
     runtime_dir: &Path,
     env: &[(&str, String)],
     dir: &Path,
-    pid1: bool,
+    wrap: Wrap<'_>,
 ) -> (Child, PathBuf) {
     let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
     let stderr = dir.join(format!("init-{n}.stderr"));
-    let mut command = if pid1 {
-        let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(bin("verdant"))
-            .arg("init");
-        c
-    } else {
-        init_command()
+    let mut command = match wrap {
+        Wrap { pid1: true, .. } => {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+                .arg(bin("verdant"))
+                .arg("init");
+            c
+        }
+        Wrap {
+            broker_disk: Some(size),
+            ..
+        } => {
+            // The shell mounts and becomes init (no fork): the child's pid
+            // is init's, inside the namespace.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mkdir -p "$1" && mount -t tmpfs -o size="$2" verdant-test "$1" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(root.join("data/broker"))
+                .arg(size)
+                .arg(bin("verdant"))
+                .arg("init");
+            c
+        }
+        _ => init_command(),
     };
     let child = command
         .arg("--root")

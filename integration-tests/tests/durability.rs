@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use verdant_integration_tests::{Core, Options, PATIENCE};
-use verdant_proto::supervisor::v1 as pb;
 
 const TCP: &str =
     "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
@@ -89,13 +86,7 @@ async fn persistent_sessions_and_retained_messages_survive_kill_9_of_the_broker(
     drop(pev);
 
     // kill -9 the broker; init restarts it.
-    let old = core.service("broker").await.pid;
-    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
-    core.wait_until("broker back", |l| {
-        l.iter()
-            .any(|s| s.name == "broker" && s.state() == pb::ServiceState::Running && s.pid != old)
-    })
-    .await;
+    core.kill_9("broker").await;
     let port = core.broker_port("tcp").await;
 
     // Every acknowledged message arrives, in order, once the session returns.
