@@ -77,11 +77,11 @@ pub struct Options<'a> {
     /// Called with the root before init starts (e.g. to put functions'
     /// code under `functions/`).
     pub prepare: Option<&'a dyn Fn(&Path)>,
-    /// A disk of this size (tmpfs `size=`, e.g. "4m") for the broker's
-    /// `data/broker`, mounted in a mount namespace of init's own (`unshare
-    /// --mount`, so root): a disk the test can fill. The test reaches it
-    /// through [`Core::in_namespace`].
-    pub broker_disk: Option<&'a str>,
+    /// `(service, size)`: a disk of `size` (tmpfs `size=`, e.g. "4m") for
+    /// `data/<service>`, mounted in a mount namespace of init's own
+    /// (`unshare --mount`, so root): a disk the test can fill. The test
+    /// reaches it through [`Core::in_namespace`].
+    pub disk: Option<(&'a str, &'a str)>,
 }
 
 impl Core {
@@ -135,7 +135,7 @@ impl Core {
             dir.path(),
             Wrap {
                 pid1: opts.pid1,
-                broker_disk: opts.broker_disk,
+                disk: opts.disk,
             },
         );
         Core {
@@ -160,10 +160,59 @@ impl Core {
     }
 
     /// `path` as init's processes see it: inside its mount namespace
-    /// (`Options::broker_disk`), through `/proc/<init>/root`.
+    /// (`Options::disk`), through `/proc/<init>/root`.
     pub fn in_namespace(&self, path: &Path) -> PathBuf {
         let relative = path.strip_prefix("/").expect("an absolute path");
         PathBuf::from(format!("/proc/{}/root", self.init.id())).join(relative)
+    }
+
+    /// Fills the disk of `data/<service>` (`Options::disk`) with a file
+    /// until it refuses more; returns the file, whose removal gives the
+    /// room back.
+    pub fn fill_disk(&self, service: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.in_namespace(&self.root().join("data").join(service).join("filler"));
+        let mut file = std::fs::File::create(&path).expect("the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) => {
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(nix::errno::Errno::ENOSPC as i32),
+                        "{e}"
+                    );
+                    break;
+                }
+            }
+        }
+        assert!(
+            written > 0,
+            "the disk of {service} was full before the test filled it"
+        );
+        path
+    }
+
+    /// Waits (within [`PATIENCE`]) until `logs/<service>.log` holds every
+    /// one of `texts`.
+    pub async fn wait_for_log(&self, service: &str, texts: &[&str]) {
+        let log = self.root().join(format!("logs/{service}.log"));
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if texts.iter().all(|t| text.contains(t)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{texts:?} not in {}:\n{text}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn stderr_text(&self) -> String {
@@ -383,7 +432,7 @@ fn write_default_config(root: &Path) {
 #[derive(Default, Clone, Copy)]
 struct Wrap<'a> {
     pid1: bool,
-    broker_disk: Option<&'a str>,
+    disk: Option<(&'a str, &'a str)>,
 }
 
 fn spawn_init(
@@ -404,7 +453,7 @@ fn spawn_init(
             c
         }
         Wrap {
-            broker_disk: Some(size),
+            disk: Some((service, size)),
             ..
         } => {
             // The shell mounts and becomes init (no fork): the child's pid
@@ -413,7 +462,7 @@ fn spawn_init(
             c.args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(r#"mkdir -p "$1" && mount -t tmpfs -o size="$2" verdant-test "$1" && shift 2 && exec "$@""#)
                 .arg("sh")
-                .arg(root.join("data/broker"))
+                .arg(root.join("data").join(service))
                 .arg(size)
                 .arg(bin("verdant"))
                 .arg("init");

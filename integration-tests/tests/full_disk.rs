@@ -4,7 +4,6 @@
 //! why, and once there is room again every acknowledged message reaches
 //! the session, from memory and after a `kill -9` from the disk.
 
-use std::io::Write;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeReasonCode};
@@ -24,28 +23,6 @@ fn message(n: usize) -> String {
 /// The numbers of messages received, in the order they arrived.
 fn numbers(got: &[String]) -> Vec<usize> {
     got.iter().map(|m| m.trim_end().parse().unwrap()).collect()
-}
-
-/// Fills the file system of `path` with `path` until it refuses.
-fn fill(path: &std::path::Path) -> u64 {
-    let mut file = std::fs::File::create(path).expect("the filler");
-    let chunk = vec![0u8; 64 * 1024];
-    let mut written = 0u64;
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) => {
-                assert_eq!(
-                    e.raw_os_error(),
-                    Some(nix::errno::Errno::ENOSPC as i32),
-                    "{e}"
-                );
-                break;
-            }
-        }
-    }
-    written
 }
 
 /// Polls until the broker closes the connection; panics on a PUBACK.
@@ -73,7 +50,7 @@ async fn send(client: &AsyncClient, events: &mut EventLoop, n: usize) {
 async fn a_full_disk_refuses_qos1_messages_and_loses_none_it_acknowledged() {
     let core = Core::start_with(&Options {
         dropin: Some(TCP),
-        broker_disk: Some("4m"),
+        disk: Some(("broker", "4m")),
         ..Options::default()
     });
     core.wait_all_running().await;
@@ -92,26 +69,14 @@ async fn a_full_disk_refuses_qos1_messages_and_loses_none_it_acknowledged() {
     }
 
     // The disk fills up: message 3 is refused, not acknowledged.
-    let filler = core.in_namespace(&core.root().join("data/broker/filler"));
-    assert!(fill(&filler) > 0, "the test disk had room left");
+    let filler = core.fill_disk("broker");
     publisher
         .publish("jobs/new", QoS::AtLeastOnce, false, message(3))
         .await
         .unwrap();
     closed_without_puback(&mut pev).await;
-    let log = core.root().join("logs/broker.log");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("disk is full") && text.contains("not acknowledged") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line for the full disk:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    core.wait_for_log("broker", &["disk is full", "not acknowledged"])
+        .await;
 
     // Nor is a persistent session's subscription taken while it cannot
     // be stored.

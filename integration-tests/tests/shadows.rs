@@ -432,3 +432,72 @@ async fn killed_at_its_fsyncs_the_shadow_service_loses_no_acknowledged_update() 
 
     assert_every_update_kept(&core, &dev, &mut ev, n).await;
 }
+
+/// A request through the shadow service's `Call` (what a function's SDK
+/// call becomes): whether it was rejected, and the reply's body.
+async fn call(core: &Core, topic: &str, payload: &str) -> (bool, serde_json::Value) {
+    use verdant_proto::shadow::v1 as pb;
+    use verdant_proto::shadow::v1::shadow_client::ShadowClient;
+    let channel = verdant_common::uds::connect(&core.socket("shadow"))
+        .await
+        .unwrap();
+    let reply = ShadowClient::new(channel)
+        .call(pb::CallRequest {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let body = serde_json::from_slice(&reply.payload).unwrap();
+    (reply.rejected, body)
+}
+
+/// A full disk under the shadow store (a small tmpfs in init's own mount
+/// namespace, filled by the test): an update is rejected with 500 and
+/// undone, the last stored state stays, and once there is room again
+/// updates are stored, through a `kill -9` of the service.
+#[tokio::test]
+async fn a_full_disk_rejects_updates_with_500_and_keeps_the_stored_shadow() {
+    const UPDATE: &str = "$aws/things/d/shadow/update";
+    const GET: &str = "$aws/things/d/shadow/get";
+    let group = device_group();
+    let core = Core::start_with(&verdant_integration_tests::Options {
+        dropin: Some(DEVICE_GROUP_DROPIN),
+        group: Some(&group),
+        disk: Some(("shadow", "4m")),
+        ..verdant_integration_tests::Options::default()
+    });
+    core.wait_all_running().await;
+    let (rejected, body) = call(&core, UPDATE, r#"{"state":{"reported":{"k":1}}}"#).await;
+    assert!(!rejected && body["version"] == 1, "{body}");
+
+    let filler = core.fill_disk("shadow");
+    let (rejected, body) = call(
+        &core,
+        UPDATE,
+        r#"{"state":{"reported":{"k":2}},"clientToken":"full"}"#,
+    )
+    .await;
+    assert!(rejected, "{body}");
+    assert_eq!(body["code"], 500, "{body}");
+    assert_eq!(body["clientToken"], "full", "{body}");
+    core.wait_for_log("shadow", &["disk is full", "refused (500)"])
+        .await;
+    let (rejected, body) = call(&core, GET, "").await;
+    assert!(!rejected, "{body}");
+    assert_eq!(
+        body["state"]["reported"]["k"], 1,
+        "the refused update undone: {body}"
+    );
+    assert_eq!(body["version"], 1, "{body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (rejected, body) = call(&core, UPDATE, r#"{"state":{"reported":{"k":3}}}"#).await;
+    assert!(!rejected && body["version"] == 2, "{body}");
+    core.kill_9("shadow").await;
+    let (rejected, body) = call(&core, GET, "").await;
+    assert!(!rejected, "{body}");
+    assert_eq!(body["state"]["reported"]["k"], 3, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+}
