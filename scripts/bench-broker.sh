@@ -5,8 +5,10 @@
 # With --routed the core runs in routed mode (its default) with the group of
 # `verdant-bench group`: every message is delivered by the subscription
 # table, against Mosquitto delivering it directly.
-# With --tls (local mode) the load reaches Verdant over its mutual-TLS
-# listener, every client presenting the sample device's certificate.
+# With --tls (local mode) the load reaches both brokers over mutual TLS,
+# every client presenting the sample device's certificate: Verdant's TLS
+# listener, and Mosquitto listening with TLS on the core's certificate and
+# group CA (TLS 1.3 both, which the client prefers).
 # Usage: scripts/bench-broker.sh [--routed | --tls] [--runs N] [--quick] [--storm-only]
 set -euo pipefail
 mode=local
@@ -36,19 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Mosquitto tuned as a latency-minded user would (Nagle off, like Verdant),
-# with queues large enough not to drop by policy.
-cat > "$tmp/mosquitto.conf" <<CONF
-listener $MOSQ_PORT 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-max_queued_messages 100000
-log_dest none
-CONF
-mosquitto -c "$tmp/mosquitto.conf" &
-mosq=$!
-
 mkdir -p "$tmp/core/config/config.d"
 target/release/verdant init --print-default-config > "$tmp/core/config/verdant.toml"
 cat > "$tmp/core/config/config.d/50-bench.toml" <<CONF
@@ -72,20 +61,47 @@ fi
 VERDANT_LOG=warn target/release/verdant init --root "$tmp/core" >/dev/null 2>&1 &
 core=$!
 
-for port in "$MOSQ_PORT" "$VERDANT_PORT" "$VERDANT_TLS_PORT"; do
+wait_port() {
     for _ in $(seq 100); do
-        (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+        (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return
         sleep 0.1
     done
-done
+}
+wait_port "$VERDANT_PORT"
+wait_port "$VERDANT_TLS_PORT"
+# Mosquitto tuned as a latency-minded user would (Nagle off, like Verdant),
+# with queues large enough not to drop by policy; with --tls on the
+# certificates the core made on its first start.
+cat > "$tmp/mosquitto.conf" <<CONF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_queued_messages 100000
+log_dest none
+CONF
+certs="$tmp/core/config/certs"
+if [ "$tls" = yes ]; then
+    cat >> "$tmp/mosquitto.conf" <<CONF
+cafile $certs/group-ca.pem
+certfile $certs/core.pem
+keyfile $certs/core.key
+require_certificate true
+# Started as root, Mosquitto would read the key as its own user, which
+# cannot enter this script's private temp directory.
+user $(id -un)
+CONF
+fi
+mosquitto -c "$tmp/mosquitto.conf" &
+mosq=$!
+wait_port "$MOSQ_PORT"
 # This core's broker (not another core's on the machine).
 broker=$(target/release/verdantctl --root "$tmp/core" status --output json |
     python3 -c 'import json, sys; print(next(s["pid"] for s in json.load(sys.stdin) if s["name"] == "broker"))')
 verdant=(--target "verdant=127.0.0.1:$VERDANT_PORT")
 if [ "$tls" = yes ]; then
-    certs="$tmp/core/config/certs"
-    verdant=(--target "verdant=127.0.0.1:$VERDANT_TLS_PORT"
-        --tls "verdant=$certs/group-ca.pem,$certs/devices/sample-device.pem,$certs/devices/sample-device.key")
+    device="$certs/group-ca.pem,$certs/devices/sample-device.pem,$certs/devices/sample-device.key"
+    verdant=(--target "verdant=127.0.0.1:$VERDANT_TLS_PORT" --tls "verdant=$device" --tls "mosquitto=$device")
 fi
 target/release/verdant-bench mqtt --target "mosquitto=127.0.0.1:$MOSQ_PORT" "${verdant[@]}" \
     --pid "mosquitto=$mosq" --pid "verdant=$broker" "$@"
