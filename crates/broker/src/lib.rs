@@ -115,7 +115,7 @@ pub async fn run(
         service: SERVICE.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         note: format!(
-            "{mode}; MQTT 3.1.1 on {}",
+            "{mode}; MQTT 3.1.1 and 5.0 on {}",
             bound
                 .iter()
                 .map(|(n, a)| format!("{n} {a}"))
