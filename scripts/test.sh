@@ -12,5 +12,5 @@ scripts/check.sh
 # does not build.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
-# The broker's fuzz targets, a bounded run each (nightly, cargo-fuzz).
+# The broker's fuzz targets, a bounded run each (cargo-fuzz).
 scripts/fuzz.sh 20
