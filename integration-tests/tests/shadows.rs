@@ -251,53 +251,25 @@ async fn operators_reach_shadows_with_verdantctl_and_devices_see_the_changes() {
 
 #[tokio::test]
 async fn a_functions_shadow_call_gets_the_reply_body_as_json() {
-    use verdant_proto::shadow::v1 as pb;
-    use verdant_proto::shadow::v1::shadow_client::ShadowClient;
-
     let core = start_device_core().await;
-    let channel = verdant_common::uds::connect(&core.socket("shadow"))
-        .await
-        .unwrap();
-    let mut api = ShadowClient::new(channel);
-    let update = pb::CallRequest {
-        topic: "$aws/things/d/shadow/update".into(),
-        payload: br#"{"state":{"desired":{"on":true}}}"#.to_vec(),
-    };
-    assert!(!api.call(update).await.unwrap().into_inner().rejected);
+    let (rejected, _) = call(
+        &core,
+        "$aws/things/d/shadow/update",
+        r#"{"state":{"desired":{"on":true}}}"#,
+    )
+    .await;
+    assert!(!rejected);
     // A function's call (as the lambda-runner will make it): the body is
     // what /accepted or /rejected would carry, valid JSON even for delete.
-    let channel = verdant_common::uds::connect(&core.socket("shadow"))
-        .await
-        .unwrap();
-    let mut api = ShadowClient::new(channel);
-    let call = |topic: &str| pb::CallRequest {
-        topic: topic.into(),
-        payload: Vec::new(),
-    };
-    let got = api
-        .call(call("$aws/things/d/shadow/get"))
-        .await
-        .unwrap()
-        .into_inner();
-    let body: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    let (rejected, body) = call(&core, "$aws/things/d/shadow/get", "").await;
     assert!(
-        !got.rejected && body["state"]["desired"]["on"] == true,
+        !rejected && body["state"]["desired"]["on"] == true,
         "{body}"
     );
-    let deleted = api
-        .call(call("$aws/things/d/shadow/delete"))
-        .await
-        .unwrap()
-        .into_inner();
-    let body: serde_json::Value = serde_json::from_slice(&deleted.payload).unwrap();
-    assert!(!deleted.rejected && body["version"] == 1, "{body}");
-    let again = api
-        .call(call("$aws/things/d/shadow/delete"))
-        .await
-        .unwrap()
-        .into_inner();
-    let body: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
-    assert!(again.rejected && body["code"] == 404, "{body}");
+    let (rejected, body) = call(&core, "$aws/things/d/shadow/delete", "").await;
+    assert!(!rejected && body["version"] == 1, "{body}");
+    let (rejected, body) = call(&core, "$aws/things/d/shadow/delete", "").await;
+    assert!(rejected && body["code"] == 404, "{body}");
 }
 
 #[tokio::test]
