@@ -48,6 +48,14 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_client: usize,
     /// QoS 1/2 messages sent to a client and not yet acknowledged.
     pub max_inflight: u16,
+    /// The Receive Maximum announced to 5.0 clients: QoS 1/2 publishes a
+    /// client may have unacknowledged; past it the broker disconnects it
+    /// with 0x93. 3.1.1 has no such limit.
+    pub receive_maximum: u16,
+    /// The longest keep-alive a 5.0 client may use, in seconds: one asking
+    /// for more (or for none, 0) is told this one in CONNACK (Server Keep
+    /// Alive) and held to it. 0: each client's own.
+    pub max_keep_alive_secs: u16,
     /// Topic aliases towards 5.0 clients whose CONNECT takes them (up to
     /// 64 each). `false`: full topic names always, as Mosquitto sends.
     pub send_topic_aliases: bool,
@@ -84,6 +92,8 @@ impl Default for BrokerConfig {
             max_topic_levels: 32,
             max_subscriptions_per_client: 256,
             max_inflight: 32,
+            receive_maximum: 100,
+            max_keep_alive_secs: 0,
             send_topic_aliases: true,
             max_queued_messages: 1000,
             max_queued_bytes: 8 * 1024 * 1024,
@@ -233,6 +243,9 @@ impl BrokerConfig {
         }
         if self.max_inflight == 0 {
             return Err(("broker.max_inflight".into(), "must be at least 1".into()));
+        }
+        if self.receive_maximum == 0 {
+            return Err(("broker.receive_maximum".into(), "must be at least 1".into()));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4;
@@ -132,10 +133,42 @@ impl Hello {
     }
 }
 
+/// The keep-alive the broker holds a 5.0 client to instead of the one it
+/// asked for (`max_keep_alive_secs`; MQTT-3.2.2-21): when it asked for
+/// more, or for none.
+fn server_keep_alive(asked: u16, max: u16) -> Option<u16> {
+    (max > 0 && (asked == 0 || asked > max)).then_some(max)
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
+    /// CONNACK for an admitted client; how long it may then stay silent:
+    /// 1.5 × its keep-alive, or for a 5.0 client the broker's cap when it
+    /// asked for more (3.1.1 has no way to tell a client: it keeps its own).
+    pub(super) fn accept(
+        &mut self,
+        shared: &Shared,
+        connect: &Hello,
+        assigned: Option<String>,
+        session_present: bool,
+    ) -> Duration {
+        let mut keep_alive = connect.keep_alive;
+        if self.version() == Version::V311 {
+            self.connack(None, session_present, None);
+        } else {
+            let capped = server_keep_alive(keep_alive, shared.config.max_keep_alive_secs);
+            let props = connack_properties(shared, assigned, capped);
+            self.connack(None, session_present, Some(props));
+            keep_alive = capped.unwrap_or(keep_alive);
+        }
+        Duration::from_secs(u64::from(keep_alive)) * 3 / 2
+    }
+}
+
 /// What a 5.0 client learns of this server in CONNACK.
-pub(super) fn connack_properties(
+fn connack_properties(
     shared: &Shared,
     assigned: Option<String>,
+    server_keep_alive: Option<u16>,
 ) -> v5::ConnAckProperties {
     v5::ConnAckProperties {
         // In routed mode the table decides who hears what: nothing is retained.
@@ -146,12 +179,12 @@ pub(super) fn connack_properties(
         subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(1),
         session_expiry_interval: None,
-        receive_max: None,
+        receive_max: Some(shared.config.receive_maximum),
         max_qos: None,
         reason_string: None,
         user_properties: Vec::new(),
         wildcard_subscription_available: None,
-        server_keep_alive: None,
+        server_keep_alive,
         response_information: None,
         server_reference: None,
         authentication_method: None,

@@ -30,7 +30,7 @@ use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
 #[path = "connect.rs"]
 mod connect;
-use connect::{Admitted, Hello, admit, connack_properties, read_connect};
+use connect::{Admitted, Hello, admit, read_connect};
 
 /// What a connection's buffers start with: most devices send small packets
 /// now and then, and a thousand idle connections should cost little.
@@ -336,15 +336,12 @@ pub async fn serve<S>(
         persistent = connect.persistent,
         "client connected"
     );
-    let props = (conn.version() == Version::V5)
-        .then(|| connack_properties(&shared, assigned.then(|| client_id.clone())));
-    conn.connack(None, connected.session_present, props);
+    let assigned = assigned.then(|| client_id.clone());
+    let silence = conn.accept(&shared, &connect, assigned, connected.session_present);
     // A 5.0 client's Receive Maximum narrows the window (MQTT-3.3.4-7).
-    let window = shared.config.max_inflight.min(connect.receive_maximum);
+    let outbound = Outbound::new(shared.config.max_inflight.min(connect.receive_maximum));
     conn.take_client_limits(&connect, &shared.config);
-    let outbound = Outbound::new(window);
-
-    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
+    let v5 = conn.version() == Version::V5;
     let mut session = Session {
         shared: &shared,
         client_id: client_id.clone(),
@@ -352,6 +349,7 @@ pub async fn serve<S>(
         expiry_at_connect: connect.session_expiry,
         source,
         outbound,
+        receive_maximum: v5.then_some(usize::from(shared.config.receive_maximum)),
         incoming_qos2: HashSet::new(),
         unconfirmed: VecDeque::new(),
         acked: Vec::new(),
@@ -362,7 +360,7 @@ pub async fn serve<S>(
     for m in connected.queued {
         session.push(&mut conn, m);
     }
-    let end = session.run(&mut conn, &mut inbox, keep_alive).await;
+    let end = session.run(&mut conn, &mut inbox, silence).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
     let unacked = take_back(session.outbound, &mut inbox);
     let _ = hub::to_hub(
@@ -432,6 +430,9 @@ struct Session<'a> {
     /// The device's thing ARN, the source of what it publishes.
     source: Option<Arc<str>>,
     outbound: Outbound,
+    /// The Receive Maximum a 5.0 client was given: its QoS 1/2 publishes
+    /// not yet acknowledged (PUBACK, or PUBCOMP after its PUBREL) at most.
+    receive_maximum: Option<usize>,
     /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL.
     incoming_qos2: HashSet<u16>,
     /// QoS 1/2 publishes handed to the hub, acknowledged to the client in
@@ -806,6 +807,21 @@ impl Session<'_> {
         }
     }
 
+    /// Whether a 5.0 client's QoS 1/2 publish just in (a QoS 2 one already
+    /// counted among the ids awaiting PUBREL) is one more than its Receive
+    /// Maximum allows unacknowledged (MQTT 5.0 §4.9).
+    fn over_receive_maximum(&self, qos: QoS) -> bool {
+        let Some(max) = self.receive_maximum else {
+            return false;
+        };
+        let unacked_qos1 = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, q, _)| *q == QoS::AtLeastOnce)
+            .count();
+        unacked_qos1 + usize::from(qos == QoS::AtLeastOnce) + self.incoming_qos2.len() > max
+    }
+
     async fn on_publish<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish) -> Option<End>
     where
         R: AsyncRead + Unpin,
@@ -820,6 +836,15 @@ impl Session<'_> {
             // A resent QoS 2 message already handed over: only PUBREC again.
             conn.queue(&Out::PubRec(pkid));
             return None;
+        }
+        if qos != QoS::AtMostOnce && self.over_receive_maximum(qos) {
+            return Some(End::Closed(
+                0x93,
+                format!(
+                    "more than the Receive Maximum of {} QoS 1/2 publishes unacknowledged",
+                    self.receive_maximum.unwrap_or_default()
+                ),
+            ));
         }
         let mut message = Message {
             topic: p.topic,

@@ -371,22 +371,7 @@ async fn next_v5(
     s: &mut TcpStream,
     buf: &mut bytes::BytesMut,
 ) -> rumqttc::v5::mqttbytes::v5::Packet {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    loop {
-        match Packet::read(buf, None) {
-            Ok(p) => return p,
-            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
-                let mut chunk = [0u8; 1024];
-                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                    .await
-                    .expect("a packet in time")
-                    .unwrap();
-                assert!(n > 0, "closed");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    common::raw::read_v5(s, buf).await.expect("closed")
 }
 
 /// A 5.0 client subscribed to `t/#` at QoS 0, whose CONNECT has Topic
@@ -528,28 +513,6 @@ async fn a_client_disconnected_mid_stream_is_closed() {
     }
 }
 
-/// Waits until the broker no longer lists `client_id` (within `limit`).
-async fn gone(
-    api: &mut verdant_proto::broker::v1::broker_client::BrokerClient<tonic::transport::Channel>,
-    client_id: &str,
-    limit: Duration,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let clients = api
-            .list_clients(verdant_proto::broker::v1::ListClientsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .clients;
-        if !clients.iter().any(|c| c.client_id == client_id) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still connected: {clients:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A subscriber that reads nothing at all: once the sockets between are
 /// full the broker's writes to it wait, and neither its publishers'
 /// acknowledgements nor an operator's disconnect wait with them.
@@ -585,7 +548,7 @@ async fn a_subscriber_that_reads_nothing_holds_no_one_and_can_be_disconnected() 
     })
     .await
     .unwrap();
-    gone(&mut api, "s", Duration::from_secs(10)).await;
+    common::gone(&mut api, "s", Duration::from_secs(10)).await;
     drop(s);
 }
 
@@ -617,7 +580,7 @@ async fn a_subscriber_that_reads_nothing_is_ended_by_the_slow_client_timeout() {
         }
         publisher
     });
-    gone(&mut api, "s", Duration::from_secs(20)).await;
+    common::gone(&mut api, "s", Duration::from_secs(20)).await;
     drop(s);
     writer.abort();
 }
@@ -647,7 +610,7 @@ async fn a_subscriber_behind_can_be_disconnected() {
     })
     .await
     .unwrap();
-    gone(&mut api, "s", Duration::from_secs(5)).await;
+    common::gone(&mut api, "s", Duration::from_secs(5)).await;
     // Its socket is closed: what it was sent, then the end.
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,5 +256,34 @@ impl Client {
         if let Ok(Some(p)) = tokio::time::timeout(d, self.received.recv()).await {
             panic!("unexpected message {p:?}");
         }
+    }
+}
+
+/// Waits until the broker no longer lists `client_id` as connected
+/// (within `limit`).
+pub async fn gone(
+    api: &mut BrokerClient<tonic::transport::Channel>,
+    client_id: &str,
+    limit: Duration,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let clients = api
+            .list_clients(pb::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients;
+        if !clients
+            .iter()
+            .any(|c| c.client_id == client_id && c.connected)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still connected: {clients:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
