@@ -42,6 +42,19 @@ async fn poll_until(events: &mut EventLoop, mut pred: impl FnMut(&Packet) -> boo
     .expect("in time");
 }
 
+/// The next PUBLISH `events` brings.
+async fn next_publish(events: &mut EventLoop) -> rumqttc::Publish {
+    let mut got = None;
+    poll_until(events, |p| {
+        if let Packet::Publish(m) = p {
+            got = Some(m.clone());
+        }
+        got.is_some()
+    })
+    .await;
+    got.expect("polled until one came")
+}
+
 #[tokio::test]
 async fn persistent_sessions_and_retained_messages_survive_kill_9_of_the_broker() {
     let core = Core::start_with(&Options {
@@ -125,4 +138,63 @@ async fn persistent_sessions_and_retained_messages_survive_kill_9_of_the_broker(
     .await;
     let log = std::fs::read_to_string(core.root().join("logs/broker.log")).unwrap();
     assert!(log.contains("persistent sessions restored"), "{log}");
+}
+
+/// A QoS 1 message handed to a persistent session's connection and not
+/// acknowledged when the broker is killed is sent again with DUP set; one
+/// queued for a session whose client was away goes for the first time,
+/// without.
+#[tokio::test]
+async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    let holder = |port| {
+        let mut o = options(port, "holder", false);
+        o.set_manual_acks(true);
+        o
+    };
+
+    // "away" subscribes and leaves; "holder" subscribes and stays.
+    let (away, mut aev, _) = connect(options(port, "away", false)).await;
+    away.subscribe("dup/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut aev, |p| matches!(p, Packet::SubAck(_))).await;
+    away.disconnect().await.unwrap();
+    let _ = aev.poll().await;
+    drop(aev);
+    let (held, mut hev, _) = connect(holder(port)).await;
+    held.subscribe("dup/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut hev, |p| matches!(p, Packet::SubAck(_))).await;
+
+    let (publisher, mut pev, _) = connect(options(port, "boss", true)).await;
+    publisher
+        .publish("dup/1", QoS::AtLeastOnce, false, "once")
+        .await
+        .unwrap();
+    poll_until(&mut pev, |p| matches!(p, Packet::PubAck(_))).await;
+    // Received, and not acknowledged.
+    let first = next_publish(&mut hev).await;
+    assert!(!first.dup, "a first send has no DUP");
+
+    core.kill_9("broker").await;
+    let port = core.broker_port("tcp").await;
+    drop(hev);
+
+    let (_held, mut hev, present) = connect(holder(port)).await;
+    assert!(present, "the session survived");
+    let again = next_publish(&mut hev).await;
+    assert_eq!(
+        (again.topic.as_str(), &again.payload[..]),
+        ("dup/1", &b"once"[..])
+    );
+    assert!(again.dup, "sent again after the restart: DUP set");
+
+    let (_away, mut aev, present) = connect(options(port, "away", false)).await;
+    assert!(present);
+    let queued = next_publish(&mut aev).await;
+    assert_eq!(queued.topic, "dup/1");
+    assert!(!queued.dup, "never sent before: no DUP");
 }

@@ -41,6 +41,7 @@ fn message(topic: &str, qos: QoS) -> Message {
         stored: None,
         props: None,
         from: None,
+        dup: false,
     }
 }
 

@@ -269,6 +269,7 @@ where
                 stored: None,
                 props: w.props.clone(),
                 from: None,
+                dup: false,
             })
         }
         None => None,

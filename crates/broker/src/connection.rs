@@ -854,6 +854,7 @@ impl Session<'_> {
             stored: None,
             props: p.props,
             from: Some(self.origin.clone()),
+            dup: false,
         };
         // A plain QoS 0 message in local mode goes from this task to its
         // subscribers' outboxes when the hub is free (`hub::Shared`).

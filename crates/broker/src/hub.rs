@@ -38,6 +38,10 @@ pub struct Message {
     /// The client id of the local client that published it, for 5.0's
     /// "no local" subscription option.
     pub from: Option<Arc<str>>,
+    /// It may have been sent to this subscriber before (in flight when its
+    /// connection ended, or handed to a connection before a restart): sent
+    /// again with DUP set (MQTT-3.3.1-1).
+    pub dup: bool,
 }
 
 /// What the hub tells a connection.
@@ -498,10 +502,15 @@ impl Hub {
             will,
             given_up: false,
         });
+        let queued = session.take_queue();
+        if !clean && !queued.is_empty() {
+            // Now handed to a connection: after a crash, sent again as such.
+            self.record(Op::Sent(client_id));
+        }
         Connected {
             connection_id: id,
             session_present: present,
-            queued: session.take_queue(),
+            queued,
         }
     }
 
@@ -622,6 +631,7 @@ impl Hub {
                 stored: None,
                 props,
                 from: None,
+                dup: false,
             };
             let durable = !session.clean && out.qos != QoS::AtMostOnce;
             if durable && let Some(store) = &mut self.store {
@@ -642,9 +652,11 @@ impl Hub {
                 self.last_delivered = Some(client_id.clone());
             }
             if kept
-                && let Some(out) = for_store
+                && let Some(mut out) = for_store
                 && let Some(id) = out.stored
             {
+                // Handed to a connection: after a crash, sent again as such.
+                out.dup = session.connection.is_some();
                 stored.push(Op::Enqueue(id, client_id.to_string(), out));
             }
         }

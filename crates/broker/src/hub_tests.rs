@@ -94,6 +94,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
         stored: None,
         props: None,
         from: None,
+        dup: false,
     }
 }
 

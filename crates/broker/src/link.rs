@@ -417,6 +417,7 @@ async fn on_down(
                         stored: None,
                         props: None,
                         from: None,
+                        dup: false,
                     },
                     reply,
                 };

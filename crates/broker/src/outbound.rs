@@ -165,11 +165,12 @@ impl Outbound {
         self.inflight.len()
     }
 
-    /// Everything not yet acknowledged, oldest first, for the session to keep.
+    /// Everything not yet acknowledged, oldest first, for the session to
+    /// keep; what was sent is marked to go again as a duplicate.
     pub fn into_unacked(self) -> Vec<Message> {
         self.inflight
             .into_values()
-            .map(|(m, _)| m)
+            .map(|(m, _)| Message { dup: true, ..m })
             .chain(self.waiting)
             .collect()
     }
@@ -181,7 +182,8 @@ fn to_publish(m: &Message, pkid: u16) -> Publish {
         payload: m.payload.clone(),
         qos: m.qos,
         retain: m.retain,
-        dup: false,
+        // Never on QoS 0 (MQTT-3.3.1-2).
+        dup: m.dup && m.qos != QoS::AtMostOnce,
         pkid,
         props: m.props.clone(),
     }
@@ -201,6 +203,7 @@ mod tests {
             stored: Some(u64::from(n)),
             props: None,
             from: None,
+            dup: false,
         }
     }
 
@@ -226,6 +229,31 @@ mod tests {
         assert_eq!(done.next[0].payload, Bytes::from(vec![4]));
         let left: Vec<_> = o.into_unacked().iter().map(|m| m.payload[0]).collect();
         assert_eq!(left, vec![3, 4]);
+    }
+
+    #[test]
+    fn what_was_sent_goes_again_as_a_duplicate() {
+        let mut o = Outbound::new(1);
+        assert!(!o.push(m(QoS::AtLeastOnce, 1)).unwrap().dup);
+        assert!(o.push(m(QoS::ExactlyOnce, 2)).is_none());
+        let unacked = o.into_unacked();
+        let dup: Vec<_> = unacked.iter().map(|m| (m.payload[0], m.dup)).collect();
+        assert_eq!(dup, vec![(1, true), (2, false)], "only the one sent");
+        // On the next connection: DUP on the resent one only.
+        let mut o = Outbound::new(2);
+        let sent: Vec<_> = unacked.into_iter().filter_map(|m| o.push(m)).collect();
+        assert_eq!(
+            sent.iter().map(|p| p.dup).collect::<Vec<_>>(),
+            vec![true, false]
+        );
+        assert!(
+            !o.push(Message {
+                dup: true,
+                ..m(QoS::AtMostOnce, 3)
+            })
+            .unwrap()
+            .dup
+        );
     }
 
     #[test]

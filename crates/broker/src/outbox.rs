@@ -308,6 +308,7 @@ mod tests {
             stored: None,
             props: None,
             from: None,
+            dup: false,
         })
     }
 

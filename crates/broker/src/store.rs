@@ -34,6 +34,9 @@ pub enum Op {
     Subscribe(String, String, QoS, SubOptions),
     Unsubscribe(String, String),
     Enqueue(u64, String, Message),
+    /// The session's queued messages went to its connection: any of them
+    /// read after a restart is sent with DUP set.
+    Sent(String),
     Ack(u64),
     Retain(Message),
     Unretain(String),
@@ -105,6 +108,7 @@ impl Store {
         )
         .and_then(|()| add_column(&conn, "queue", "props", "BLOB"))
         .and_then(|()| add_column(&conn, "retained", "props", "BLOB"))
+        .and_then(|()| add_column(&conn, "queue", "dup", "INTEGER NOT NULL DEFAULT 0"))
         .and_then(|()| {
             add_column(
                 &conn,
@@ -184,9 +188,10 @@ impl Store {
                     params![c, f],
                 ),
                 Op::Enqueue(id, c, m) => tx.execute(
-                    "INSERT INTO queue (id, client_id, topic, payload, qos, retain, props) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![id as i64, c, m.topic, &m.payload[..], m.qos as i64, i64::from(m.retain), props_bytes(&m)],
+                    "INSERT INTO queue (id, client_id, topic, payload, qos, retain, props, dup) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![id as i64, c, m.topic, &m.payload[..], m.qos as i64, i64::from(m.retain), props_bytes(&m), i64::from(m.dup)],
                 ),
+                Op::Sent(c) => tx.execute("UPDATE queue SET dup = 1 WHERE client_id = ?1 AND dup = 0", params![c]),
                 Op::Ack(id) => tx.execute("DELETE FROM queue WHERE id = ?1", params![id as i64]),
                 Op::Retain(m) => tx.execute(
                     "INSERT OR REPLACE INTO retained (topic, payload, qos, props) VALUES (?1, ?2, ?3, ?4)",
@@ -257,7 +262,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         }
     }
     let mut queue = conn.prepare(
-        "SELECT id, client_id, topic, payload, qos, retain, props FROM queue ORDER BY id",
+        "SELECT id, client_id, topic, payload, qos, retain, props, dup FROM queue ORDER BY id",
     )?;
     let rows = queue.query_map([], |r| {
         Ok((
@@ -271,6 +276,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                 stored: None,
                 props: props_of(r.get(6)?),
                 from: None,
+                dup: r.get::<_, i64>(7)? != 0,
             },
         ))
     })?;
@@ -291,6 +297,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             stored: None,
             props: props_of(r.get(3)?),
             from: None,
+            dup: false,
         })
     })?;
     for m in rows {
@@ -312,6 +319,7 @@ mod tests {
             stored: None,
             props: None,
             from: None,
+            dup: false,
         }
     }
 
@@ -343,6 +351,41 @@ mod tests {
         assert_eq!(old.queue.len(), 1);
         assert!(old.queue[0].props.is_none());
         assert_eq!(loaded.retained.len(), 1);
+    }
+
+    #[test]
+    fn what_was_handed_to_a_connection_comes_back_as_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let (mut s, _) = Store::open(&path).unwrap();
+            for c in ["on", "away"] {
+                s.record(Op::PutSession(c.into(), u32::MAX));
+            }
+            // Delivered to a connected client, then queued while away.
+            let handed = Message {
+                dup: true,
+                ..m("t", 1)
+            };
+            let mut enqueue = |c: &str, m: Message| {
+                let id = s.next_id();
+                s.record(Op::Enqueue(id, c.into(), m));
+            };
+            enqueue("on", handed);
+            enqueue("on", m("t", 2));
+            // Queued while away, then taken by its connection.
+            enqueue("away", m("t", 3));
+            s.record(Op::Sent("away".into()));
+            s.commit().unwrap();
+        }
+        let (_s, loaded) = Store::open(&path).unwrap();
+        let dup: Vec<(u8, bool)> = loaded
+            .sessions
+            .iter()
+            .flat_map(|s| s.queue.iter().map(|m| (m.payload[0], m.dup)))
+            .collect();
+        // Sessions in client id order: "away", then "on".
+        assert_eq!(dup, vec![(3, true), (1, true), (2, false)]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! MQTT 5.0 flow control both ways (Receive Maximum) and the Server Keep
-//! Alive, with a bare client that acknowledges only what the test tells
-//! it to.
+//! MQTT 5.0 flow control both ways (Receive Maximum), the Server Keep
+//! Alive, and the DUP flag on messages sent again, with a bare client
+//! that acknowledges only what the test tells it to.
 
 mod common;
 
@@ -200,4 +200,44 @@ async fn server_keep_alive_is_announced_when_the_broker_caps_it() {
     let plain = common::start(&[], "").await;
     let (_c, ack) = Raw::connect(plain.tcp_port.unwrap(), "ka", true, 0, props(None, None)).await;
     assert_eq!(ack.properties.unwrap().server_keep_alive, None);
+}
+
+/// A persistent session's unacknowledged message goes again on the next
+/// connection with DUP set; one that was never sent goes without.
+#[tokio::test]
+async fn a_message_sent_again_after_a_reconnect_carries_dup() {
+    let b = common::start(&[], "").await;
+    let port = b.tcp_port.unwrap();
+    let keep = props(None, Some(600));
+    let (mut sub, _) = Raw::connect(port, "again", true, 60, keep.clone()).await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    let publisher = common::connect(b.tcp_options("pub")).await.unwrap();
+    publisher
+        .mqtt
+        .publish("t", rumqttc::QoS::AtLeastOnce, false, "first")
+        .await
+        .unwrap();
+    let first = sub.next_publish().await;
+    assert!(!first.dup, "a first send");
+    drop(sub); // unacknowledged
+    common::gone(&mut b.api().await, "again", Duration::from_secs(10)).await;
+    publisher
+        .mqtt
+        .publish("t", rumqttc::QoS::AtLeastOnce, false, "second")
+        .await
+        .unwrap();
+
+    let (mut sub, ack) = Raw::connect(port, "again", false, 60, keep).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = sub.next_publish().await;
+        got.push((String::from_utf8(p.payload.to_vec()).unwrap(), p.dup));
+        sub.puback(p.pkid).await;
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("first".to_string(), true), ("second".to_string(), false)]
+    );
 }
