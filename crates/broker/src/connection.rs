@@ -581,7 +581,8 @@ impl Session<'_> {
                 (pkid, qos, safe) = next_confirmed(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
                     if !safe {
                         return End::Closed(0x80, format!(
-                            "the broker could not store QoS {} message {pkid}; not acknowledged",
+                            "QoS {} message {pkid} was not stored (the broker's store failed, or \
+                             the router refused it: see the broker's and router's logs); not acknowledged",
                             qos as u8
                         ));
                     }
