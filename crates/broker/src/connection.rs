@@ -248,7 +248,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER;
             // `write` (send(2)) rather than `write_all_buf`'s vectored
             // write: one buffer either way, and `writev` took about 0.4 µs
-            // longer per delivery (docs/benchmarks.md).
+            // longer per delivery in a system-call trace.
             while !self.outbuf.is_empty() {
                 let n = self.wr.write(&self.outbuf).await?;
                 if n == 0 {
