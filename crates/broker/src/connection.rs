@@ -330,7 +330,7 @@ pub async fn serve<S>(
         return;
     };
     tracing::info!(
-        %address, client_id, listener,
+        %address, client_id = %verdant_common::telemetry::bounded(&client_id), listener,
         version = conn.version().level(),
         clean_start = connect.clean_start,
         persistent = connect.persistent,
@@ -412,10 +412,18 @@ where
     // A client that reads nothing gets no more time than this.
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, conn.flush()).await;
     match end {
-        End::Graceful { .. } => tracing::info!(%address, client_id, "client disconnected"),
-        End::Abrupt(why) => tracing::info!(%address, client_id, "connection ended: {why}"),
+        End::Graceful { .. } => {
+            tracing::info!(%address, client_id = %verdant_common::telemetry::bounded(client_id), "client disconnected");
+        }
+        End::Abrupt(why) => {
+            tracing::info!(%address, client_id = %verdant_common::telemetry::bounded(client_id), "connection ended: {why}");
+        }
         End::Closed(reason, why) => {
-            tracing::info!(%address, client_id, "connection closed ({reason:#04x}): {why}");
+            tracing::info!(
+                %address,
+                client_id = %verdant_common::telemetry::bounded(client_id),
+                "connection closed ({reason:#04x}): {why}"
+            );
         }
     }
     matches!(end, End::Graceful { will: false, .. })
@@ -692,19 +700,19 @@ impl Session<'_> {
             In::PubAck(pkid) => match self.outbound.puback(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBACK for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBACK for unknown id {}", e.0);
                 }
             },
             In::PubRec(pkid) => match self.outbound.pubrec(pkid) {
                 Ok(rel) => conn.queue(&Out::PubRel(rel)),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBREC for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBREC for unknown id {}", e.0);
                 }
             },
             In::PubComp(pkid) => match self.outbound.pubcomp(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBCOMP for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBCOMP for unknown id {}", e.0);
                 }
             },
             In::Subscribe { pkid, filters } => return self.on_subscribe(conn, pkid, filters).await,
@@ -814,7 +822,13 @@ impl Session<'_> {
     {
         let limits = self.shared.config.topic_limits();
         if let Err(e) = topic::validate_name(&p.topic, limits) {
-            return Some(End::Closed(0x90, format!("PUBLISH to `{}`: {e}", p.topic)));
+            return Some(End::Closed(
+                0x90,
+                format!(
+                    "PUBLISH to `{}`: {e}",
+                    verdant_common::telemetry::bounded(&p.topic)
+                ),
+            ));
         }
         let (pkid, qos) = (p.pkid, p.qos);
         if qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid) {
@@ -962,7 +976,7 @@ impl Session<'_> {
                 }
             }
             Ok(Err(why)) => {
-                tracing::info!(client_id = self.client_id, "subscriptions refused: {why}");
+                tracing::info!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "subscriptions refused: {why}");
                 let codes = vec![Err(Refusal::Quota); codes.len()];
                 conn.queue(&Out::SubAck { pkid, codes });
             }

@@ -423,7 +423,11 @@ impl Switch {
         self.scratch = matched;
         if !any {
             *self.no_route.entry(m.source.clone()).or_default() += 1;
-            tracing::debug!(source = %m.source, topic = %m.topic, "no route: message discarded");
+            tracing::debug!(
+                source = %m.source,
+                topic = %verdant_common::telemetry::bounded(&m.topic),
+                "no route: message discarded"
+            );
             return None;
         }
         Some(by_endpoint)
