@@ -140,6 +140,78 @@ async fn persistent_sessions_and_retained_messages_survive_kill_9_of_the_broker(
     assert!(log.contains("persistent sessions restored"), "{log}");
 }
 
+#[tokio::test]
+async fn wills_of_clients_connected_at_kill_9_are_published_after_the_restart() {
+    let core = Core::start_with(&Options {
+        dropin: Some(TCP),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+
+    // A persistent session waits for wills while it is away.
+    let (watcher, mut wev, _) = connect(options(port, "watcher", false)).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut wev, |p| matches!(p, Packet::SubAck(_))).await;
+    watcher.disconnect().await.unwrap();
+    let _ = wev.poll().await;
+    drop(wev);
+
+    // A clean-session client with a plain will and a persistent-session
+    // client with a retained one, both connected when the broker dies.
+    let mut held = Vec::new();
+    for (id, clean, retain) in [("fleeting", true, false), ("steady", false, true)] {
+        let mut o = options(port, id, clean);
+        o.set_last_will(rumqttc::LastWill::new(
+            format!("will/{id}"),
+            format!("{id} is gone"),
+            QoS::AtLeastOnce,
+            retain,
+        ));
+        // Not polled from here on: the connection stays open, unread,
+        // until the broker is killed.
+        held.push(connect(o).await);
+    }
+    core.kill_9("broker").await;
+    let port = core.broker_port("tcp").await;
+
+    let (_watcher, mut wev, present) = connect(options(port, "watcher", false)).await;
+    assert!(present);
+    let mut wills = Vec::new();
+    poll_until(&mut wev, |p| {
+        if let Packet::Publish(m) = p {
+            wills.push((
+                m.topic.clone(),
+                String::from_utf8_lossy(&m.payload).to_string(),
+            ));
+        }
+        wills.len() == 2
+    })
+    .await;
+    wills.sort();
+    assert_eq!(
+        wills,
+        vec![
+            ("will/fleeting".to_string(), "fleeting is gone".to_string()),
+            ("will/steady".to_string(), "steady is gone".to_string()),
+        ]
+    );
+    // The retained will is there for later subscribers.
+    let (late, mut lev, _) = connect(options(port, "late", true)).await;
+    late.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(
+        &mut lev,
+        |p| matches!(p, Packet::Publish(m) if m.retain && m.topic == "will/steady"),
+    )
+    .await;
+    core.wait_for_log(
+        "broker",
+        &["wills of clients connected when the broker stopped"],
+    )
+    .await;
+    drop(held);
+}
+
 /// A QoS 1 message handed to a persistent session's connection and not
 /// acknowledged when the broker is killed is sent again with DUP set; one
 /// queued for a session whose client was away goes for the first time,

@@ -258,7 +258,12 @@ where
     let will = match &connect.will {
         Some(w) => {
             if let Err(e) = topic::validate_name(&w.topic, limits) {
-                tracing::info!(%address, client_id, "will topic `{}`: {e}; closing", w.topic);
+                tracing::info!(
+                    %address,
+                    client_id = %verdant_common::telemetry::bounded(&client_id),
+                    "will topic `{}`: {e}; closing",
+                    verdant_common::telemetry::bounded(&w.topic)
+                );
                 return None;
             }
             Some(Message {
@@ -383,7 +388,7 @@ where
         return None;
     }
     if let Some((code, why)) = &hello.refusal {
-        tracing::info!(%address, client_id = hello.client_id, "refused: {why}");
+        tracing::info!(%address, client_id = %verdant_common::telemetry::bounded(&hello.client_id), "refused: {why}");
         conn.connack(Some(*code), false, None);
         let _ = conn.flush().await;
         return None;

@@ -248,7 +248,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 self.outbuf.len() < INITIAL_BUFFER && self.outbuf.capacity() > 4 * INITIAL_BUFFER;
             // `write` (send(2)) rather than `write_all_buf`'s vectored
             // write: one buffer either way, and `writev` took about 0.4 µs
-            // longer per delivery (docs/benchmarks.md).
+            // longer per delivery in a system-call trace.
             while !self.outbuf.is_empty() {
                 let n = self.wr.write(&self.outbuf).await?;
                 if n == 0 {
@@ -330,7 +330,7 @@ pub async fn serve<S>(
         return;
     };
     tracing::info!(
-        %address, client_id, listener,
+        %address, client_id = %verdant_common::telemetry::bounded(&client_id), listener,
         version = conn.version().level(),
         clean_start = connect.clean_start,
         persistent = connect.persistent,
@@ -410,10 +410,18 @@ where
     // A client that reads nothing gets no more time than this.
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, conn.flush()).await;
     match end {
-        End::Graceful { .. } => tracing::info!(%address, client_id, "client disconnected"),
-        End::Abrupt(why) => tracing::info!(%address, client_id, "connection ended: {why}"),
+        End::Graceful { .. } => {
+            tracing::info!(%address, client_id = %verdant_common::telemetry::bounded(client_id), "client disconnected");
+        }
+        End::Abrupt(why) => {
+            tracing::info!(%address, client_id = %verdant_common::telemetry::bounded(client_id), "connection ended: {why}");
+        }
         End::Closed(reason, why) => {
-            tracing::info!(%address, client_id, "connection closed ({reason:#04x}): {why}");
+            tracing::info!(
+                %address,
+                client_id = %verdant_common::telemetry::bounded(client_id),
+                "connection closed ({reason:#04x}): {why}"
+            );
         }
     }
     matches!(end, End::Graceful { will: false, .. })
@@ -582,7 +590,8 @@ impl Session<'_> {
                 (pkid, qos, safe) = next_confirmed(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
                     if !safe {
                         return End::Closed(0x80, format!(
-                            "the broker could not store QoS {} message {pkid}; not acknowledged",
+                            "QoS {} message {pkid} was not stored (the broker's store failed, or \
+                             the router refused it: see the broker's and router's logs); not acknowledged",
                             qos as u8
                         ));
                     }
@@ -692,19 +701,19 @@ impl Session<'_> {
             In::PubAck(pkid) => match self.outbound.puback(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBACK for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBACK for unknown id {}", e.0);
                 }
             },
             In::PubRec(pkid) => match self.outbound.pubrec(pkid) {
                 Ok(rel) => conn.queue(&Out::PubRel(rel)),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBREC for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBREC for unknown id {}", e.0);
                 }
             },
             In::PubComp(pkid) => match self.outbound.pubcomp(pkid) {
                 Ok(done) => self.done(conn, done),
                 Err(e) => {
-                    tracing::debug!(client_id = self.client_id, "PUBCOMP for unknown id {}", e.0);
+                    tracing::debug!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "PUBCOMP for unknown id {}", e.0);
                 }
             },
             In::Subscribe { pkid, filters } => return self.on_subscribe(conn, pkid, filters).await,
@@ -807,19 +816,23 @@ impl Session<'_> {
         }
     }
 
-    /// Whether a 5.0 client's QoS 1/2 publish just in (a QoS 2 one already
-    /// counted among the ids awaiting PUBREL) is one more than its Receive
-    /// Maximum allows unacknowledged (MQTT 5.0 §4.9).
-    fn over_receive_maximum(&self, qos: QoS) -> bool {
-        let Some(max) = self.receive_maximum else {
-            return false;
-        };
+    /// DISCONNECT 0x93 if a 5.0 client's QoS 1/2 publish just in (a QoS 2
+    /// one already counted among the ids awaiting PUBREL) is one more than
+    /// its Receive Maximum allows unacknowledged (MQTT 5.0 §4.9).
+    fn past_receive_maximum(&self, qos: QoS) -> Option<End> {
+        let max = self.receive_maximum.filter(|_| qos != QoS::AtMostOnce)?;
         let unacked_qos1 = self
             .unconfirmed
             .iter()
             .filter(|(_, q, _)| *q == QoS::AtLeastOnce)
             .count();
-        unacked_qos1 + usize::from(qos == QoS::AtLeastOnce) + self.incoming_qos2.len() > max
+        let unacked =
+            unacked_qos1 + usize::from(qos == QoS::AtLeastOnce) + self.incoming_qos2.len();
+        (unacked > max).then(|| {
+            let why =
+                format!("more than the Receive Maximum of {max} QoS 1/2 publishes unacknowledged");
+            End::Closed(0x93, why)
+        })
     }
 
     async fn on_publish<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish) -> Option<End>
@@ -829,7 +842,13 @@ impl Session<'_> {
     {
         let limits = self.shared.config.topic_limits();
         if let Err(e) = topic::validate_name(&p.topic, limits) {
-            return Some(End::Closed(0x90, format!("PUBLISH to `{}`: {e}", p.topic)));
+            return Some(End::Closed(
+                0x90,
+                format!(
+                    "PUBLISH to `{}`: {e}",
+                    verdant_common::telemetry::bounded(&p.topic)
+                ),
+            ));
         }
         let (pkid, qos) = (p.pkid, p.qos);
         if qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid) {
@@ -837,14 +856,8 @@ impl Session<'_> {
             conn.queue(&Out::PubRec(pkid));
             return None;
         }
-        if qos != QoS::AtMostOnce && self.over_receive_maximum(qos) {
-            return Some(End::Closed(
-                0x93,
-                format!(
-                    "more than the Receive Maximum of {} QoS 1/2 publishes unacknowledged",
-                    self.receive_maximum.unwrap_or_default()
-                ),
-            ));
+        if let Some(end) = self.past_receive_maximum(qos) {
+            return Some(end);
         }
         let mut message = Message {
             topic: p.topic,
@@ -987,7 +1000,7 @@ impl Session<'_> {
                 }
             }
             Ok(Err(why)) => {
-                tracing::info!(client_id = self.client_id, "subscriptions refused: {why}");
+                tracing::info!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "subscriptions refused: {why}");
                 let codes = vec![Err(Refusal::Quota); codes.len()];
                 conn.queue(&Out::SubAck { pkid, codes });
             }

@@ -13,7 +13,7 @@ pub struct Api {
     pub hub: mpsc::Sender<hub::Request>,
     pub listeners: Vec<(&'static str, SocketAddr)>,
     /// Messages the router link's full backlog dropped or refused.
-    pub router_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub router_counters: std::sync::Arc<crate::link::LinkCounters>,
 }
 
 fn stopping<T>(_: T) -> Status {
@@ -79,7 +79,12 @@ impl Broker for Api {
                 dropped_queue_full: counters.dropped_queue_full,
                 no_route: counters.no_route,
                 dropped_router_backlog: self
-                    .router_dropped
+                    .router_counters
+                    .backlog_full
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                refused_by_router: self
+                    .router_counters
+                    .refused
                     .load(std::sync::atomic::Ordering::Relaxed),
             }),
         }))

@@ -247,6 +247,11 @@ pub struct Hub {
     expiring: HashMap<String, std::time::Instant>,
     /// Wills waiting for their delay, by client id.
     wills: HashMap<String, timers::DelayedWill>,
+    /// Clients whose will the store holds (`hub_timers.rs`), so that a
+    /// connection without one drops only a row that exists.
+    stored_wills: std::collections::HashSet<String>,
+    /// Wills the store held at start, published once routing is set up.
+    restored_wills: Vec<crate::store::StoredWill>,
     /// Clients with parked messages, and the acknowledgements held while
     /// any are (`hub_backlog.rs`); connections read the flag.
     parked: std::collections::HashSet<String>,
@@ -319,6 +324,8 @@ impl Hub {
             counters: Counters::default(),
             expiring: HashMap::new(),
             wills: HashMap::new(),
+            stored_wills: std::collections::HashSet::new(),
+            restored_wills: Vec::new(),
             parked: std::collections::HashSet::new(),
             held: Vec::new(),
             just_parked: Vec::new(),
@@ -408,6 +415,8 @@ impl Hub {
         for m in loaded.retained {
             hub.retained.insert(m.topic.clone(), m);
         }
+        hub.stored_wills = loaded.wills.iter().map(|w| w.client_id.clone()).collect();
+        hub.restored_wills = loaded.wills;
         hub.store = Some(store);
         hub.count_durable_subscriptions();
         hub
@@ -441,6 +450,7 @@ impl Hub {
             ));
         }
         self.reconnected(&client_id, info.clean_start);
+        self.keep_will(&info, will.as_ref());
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
         // The store holds exactly the sessions that outlive their connection.
@@ -553,6 +563,7 @@ impl Hub {
         };
         let now = std::time::Instant::now();
         let source = session.last_info.thing_arn.clone();
+        let will_delay = session.last_info.will_delay;
         if session.clean {
             for f in session.subscriptions.keys() {
                 self.index.remove(f, client_id);
@@ -565,8 +576,10 @@ impl Hub {
             let expiry = session.last_info.session_expiry;
             self.arm_expiry(client_id, expiry, now);
         }
-        if !graceful && let Some(will) = connection.will {
-            self.will(client_id, will, source, now);
+        match connection.will {
+            Some(will) if !graceful => self.will(client_id, will, source, will_delay, now),
+            Some(_) => self.will_done(client_id),
+            None => {}
         }
     }
 

@@ -129,7 +129,7 @@ impl Hub {
         self.counters.published += 1;
         let Some(source) = source else {
             self.counters.no_route += 1;
-            tracing::debug!(topic = %message.topic, "message from a client that is no device: discarded");
+            tracing::debug!(topic = %verdant_common::telemetry::bounded(&message.topic), "message from a client that is no device: discarded");
             return None;
         };
         let message = Message {
@@ -181,7 +181,7 @@ impl Hub {
         if scratch.is_empty() {
             self.counters.no_route += 1;
             *no_route.entry(source.clone()).or_default() += 1;
-            tracing::debug!(source = %source, topic = %message.topic, "no route: message discarded");
+            tracing::debug!(source = %source, topic = %verdant_common::telemetry::bounded(&message.topic), "no route: message discarded");
         }
         if !things.is_empty() {
             self.fan_out(&message, Some(&things));

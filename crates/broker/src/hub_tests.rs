@@ -420,3 +420,58 @@ fn queued_bytes_are_limited_per_session() {
     let back = hub.connect(info("p", false), None, tx);
     assert_eq!(back.queued.len(), 1);
 }
+
+#[test]
+fn wills_of_clients_connected_at_a_crash_are_published_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let will = |t: &str, retain| msg(t, QoS::AtLeastOnce, retain, "gone");
+    {
+        let (store, loaded) = Store::open(&path).unwrap();
+        let mut hub = Hub::with_store(limits(10), store, loaded);
+        let (tx, _rx) = outbox::channel(10);
+        hub.connect(info("watcher", false), None, tx);
+        hub.subscribe("watcher", &[("will/#".into(), QoS::AtLeastOnce)]);
+        let mut outboxes = Vec::new();
+        for (id, clean, retain) in [("c", true, false), ("p", false, true)] {
+            let (tx, rx) = outbox::channel(10);
+            outboxes.push(rx);
+            hub.connect(
+                info(id, clean),
+                Some(will(&format!("will/{id}"), retain)),
+                tx,
+            );
+        }
+        // A 5.0 client with a will delay, and one that leaves cleanly.
+        let (tx, _rx) = outbox::channel(10);
+        hub.connect(info5("late", 60, 5), Some(will("will/late", false)), tx);
+        let (tx, _rx) = outbox::channel(10);
+        let polite = hub.connect(info("polite", true), Some(will("will/polite", false)), tx);
+        hub.disconnect("polite", polite.connection_id, true, Vec::new());
+        hub.store.as_mut().unwrap().commit().unwrap();
+        // The broker dies here: no disconnect reaches the hub.
+    }
+    let (store, loaded) = Store::open(&path).unwrap();
+    assert_eq!(
+        loaded.wills.len(),
+        3,
+        "the polite client's will was discarded"
+    );
+    let mut hub = Hub::with_store(limits(10), store, loaded);
+    assert_eq!(hub.publish_restored_wills(), 3);
+    let (tx, mut watcher) = outbox::channel(10);
+    let back = hub.connect(info("watcher", false), None, tx);
+    let topics: Vec<String> = back.queued.iter().map(|m| m.topic.clone()).collect();
+    assert_eq!(topics, vec!["will/c", "will/p"], "published at start");
+    assert!(
+        hub.retained.contains_key("will/p"),
+        "a retained will is retained"
+    );
+    // The 5.0 client's session came back: its will waits for its delay.
+    hub.sweep(std::time::Instant::now() + std::time::Duration::from_secs(6));
+    assert_eq!(drain(&mut watcher)[0].topic, "will/late");
+    hub.store.as_mut().unwrap().commit().unwrap();
+    drop(hub);
+    let (_, loaded) = Store::open(&path).unwrap();
+    assert!(loaded.wills.is_empty(), "published wills are forgotten");
+}

@@ -2,12 +2,17 @@
 //! client left (session expiry interval), and wills published some time
 //! after it (will delay interval) unless it comes back first. A 3.1.1
 //! persistent session never expires, and its will has no delay.
+//!
+//! A connected client's will is kept in the store until it is published
+//! or discarded: a broker killed while the client was connected (its
+//! connection closed without DISCONNECT) publishes it once it is back,
+//! after its delay when its persistent session came back too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Hub, Message};
-use crate::store::Op;
+use super::{ClientInfo, Hub, Message};
+use crate::store::{Op, StoredWill};
 
 /// A session expiry interval meaning "never" (MQTT 3.3.2.11).
 pub const NEVER: u32 = u32::MAX;
@@ -35,20 +40,70 @@ impl Hub {
         }
     }
 
-    /// A client vanished with a will: published now, or after its delay
-    /// (but no later than its session's end).
+    /// A client connects: its will (if any) is stored until published or
+    /// discarded; a stored one of an earlier connection without a will
+    /// goes.
+    pub(super) fn keep_will(&mut self, info: &ClientInfo, will: Option<&Message>) {
+        if self.store.is_none() {
+            return;
+        }
+        match will {
+            Some(message) => {
+                self.stored_wills.insert(info.client_id.clone());
+                self.record(Op::PutWill(StoredWill {
+                    client_id: info.client_id.clone(),
+                    message: message.clone(),
+                    delay: info.will_delay,
+                    expiry: info.session_expiry,
+                    source: info.thing_arn.clone(),
+                }));
+            }
+            None => self.will_done(&info.client_id),
+        }
+    }
+
+    /// A client's will was published or discarded: the store forgets it.
+    pub(super) fn will_done(&mut self, client_id: &str) {
+        if self.stored_wills.remove(client_id) {
+            self.record(Op::DropWill(client_id.to_string()));
+        }
+    }
+
+    /// Publishes the wills of the clients that were connected when the
+    /// broker last stopped (or whose will waited for its delay), as if
+    /// they had vanished now; a will whose persistent session came back
+    /// waits for its delay. Called once routing is set up; returns how
+    /// many there were.
+    pub fn publish_restored_wills(&mut self) -> usize {
+        let restored = std::mem::take(&mut self.restored_wills);
+        let now = Instant::now();
+        let n = restored.len();
+        for w in restored {
+            self.will(&w.client_id, w.message, w.source, w.delay, now);
+        }
+        if let Some(store) = &mut self.store
+            && let Err(e) = store.commit()
+        {
+            tracing::error!("{e}: the restored wills are published again at the next start");
+        }
+        n
+    }
+
+    /// A client vanished with a will: published now, or after its
+    /// `delay` (but no later than its session's end).
     pub(super) fn will(
         &mut self,
         client_id: &str,
         will: Message,
         source: Option<Arc<str>>,
+        delay: u32,
         now: Instant,
     ) {
         let info = self.sessions.get(client_id).map(|s| &s.last_info);
-        let delay = info.map_or(0, |i| i.will_delay);
-        let session_gone = !self.sessions.contains_key(client_id);
+        let session_gone = info.is_none();
         if delay == 0 || session_gone {
             self.publish_will(&will, source.as_ref());
+            self.will_done(client_id);
             return;
         }
         let expiry = info.map_or(NEVER, |i| i.session_expiry);
@@ -68,10 +123,11 @@ impl Hub {
     /// which ends the old session and so sends it now.
     pub(super) fn reconnected(&mut self, client_id: &str, clean_start: bool) {
         self.expiring.remove(client_id);
-        if let Some(w) = self.wills.remove(client_id)
-            && clean_start
-        {
-            self.publish_will(&w.message, w.source.as_ref());
+        if let Some(w) = self.wills.remove(client_id) {
+            if clean_start {
+                self.publish_will(&w.message, w.source.as_ref());
+            }
+            self.will_done(client_id);
         }
     }
 
@@ -112,6 +168,7 @@ impl Hub {
         for client_id in due {
             if let Some(w) = self.wills.remove(&client_id) {
                 self.publish_will(&w.message, w.source.as_ref());
+                self.will_done(&client_id);
             }
         }
         let expired: Vec<String> = self
@@ -124,6 +181,7 @@ impl Hub {
             self.expiring.remove(&client_id);
             if let Some(w) = self.wills.remove(&client_id) {
                 self.publish_will(&w.message, w.source.as_ref());
+                self.will_done(&client_id);
             }
             let Some(session) = self.sessions.get(&client_id) else {
                 continue;

@@ -112,7 +112,8 @@ impl Devices {
                     Some(d) => Ok(Some(d.clone())),
                     None => Err(Refusal(format!(
                         "routed mode: on the plain listener the client id must be the thing \
-                         name of a device of the group, and `{client_id}` is none"
+                         name of a device of the group, and `{}` is none",
+                        verdant_common::telemetry::bounded(client_id)
                     ))),
                 };
             }
@@ -130,7 +131,8 @@ impl Devices {
         };
         if require_client_id_match && client_id != thing.thing_name {
             return Err(Refusal(format!(
-                "client id `{client_id}` is not the device's thing name `{}`",
+                "client id `{}` is not the device's thing name `{}`",
+                verdant_common::telemetry::bounded(client_id),
                 thing.thing_name
             )));
         }
@@ -193,6 +195,23 @@ impl Tls {
             certificate_id,
             chain_error,
         })
+    }
+}
+
+/// A failed TLS handshake as the log tells it: with how to issue a
+/// version 3 certificate when the client's is X.509 version 1 (what
+/// `openssl x509 -req` makes without extensions), which the handshake's
+/// signature check cannot read.
+pub fn handshake_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("UnsupportedCertVersion") {
+        format!(
+            "{text}: the client certificate is X.509 version 1; issue a version 3 certificate, \
+             e.g. `openssl x509 -req` with `-extfile` giving `basicConstraints=CA:FALSE` and \
+             `extendedKeyUsage=clientAuth` (docs/broker.md, \"Device certificates\")"
+        )
+    } else {
+        text
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn run(
     let durable_subscriptions = hub.durable_subscriptions();
     let congested = hub.congestion();
     let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
-    let router_dropped = Arc::new(AtomicU64::new(0));
+    let router_counters = Arc::new(link::LinkCounters::default());
     if config.mode == config::Mode::Routed {
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         hub.routed(link_tx);
@@ -81,9 +81,16 @@ pub async fn run(
             hub_tx.clone(),
             link_rx,
             config.router_backlog,
-            router_dropped.clone(),
+            router_counters.clone(),
             shutdown.clone(),
         ));
+    }
+    let wills = hub.publish_restored_wills();
+    if wills > 0 {
+        tracing::info!(
+            wills,
+            "wills of clients connected when the broker stopped: published, or waiting for their delay"
+        );
     }
     let mode = match config.mode {
         config::Mode::Local => "local mode: devices publish and subscribe among themselves",
@@ -128,7 +135,7 @@ pub async fn run(
     .add_service(BrokerServer::new(grpc::Api {
         hub: hub_tx,
         listeners: bound,
-        router_dropped,
+        router_counters,
     }));
     server.readiness().serving().await;
     let result = server.serve(listener, shutdown.clone()).await;

@@ -6,10 +6,14 @@
 //! batches, no more than the router's credit allows. A QoS 1 message stays
 //! here until the router acknowledges it, and is sent again on a new link
 //! if the old one broke first, so its publisher is acknowledged only once
-//! the router has it. At most `backlog` messages wait: past that, QoS 0
-//! messages are dropped (counted) and QoS 1 messages refused (their
-//! publisher gets no acknowledgement and its connection is closed, so it
-//! sends them again). Device-to-device traffic does not come here.
+//! the router has it. At most `backlog` messages wait: past that, messages
+//! lose their copy for the router's targets (counted, logged now and then)
+//! and their publisher is acknowledged all the same, as the router does
+//! when a target refuses its copy: a target that cannot take a message
+//! does not hold a device's connection hostage (docs/routing.md). Only
+//! the router's refusal (the cloud queue's `refuse-new` policy, or its
+//! disk failing) leaves the publisher unacknowledged.
+//! Device-to-device traffic does not come here.
 //!
 //! Down: the table (handed to the hub), and messages for devices, which
 //! are acknowledged once the hub has committed them to the sessions.
@@ -106,8 +110,8 @@ struct State {
     /// Ids to send, in order.
     unsent: VecDeque<u64>,
     backlog: usize,
-    /// Messages dropped or refused because the backlog was full.
-    dropped: Arc<AtomicU64>,
+    /// What did not reach the router's targets.
+    counters: Arc<LinkCounters>,
     pending_counts: Vec<pb::Delivered>,
     traces: Vec<pb::TraceEvent>,
 }
@@ -141,16 +145,17 @@ impl State {
             }
             ToLink::Forward(f) => {
                 if self.entries.len() >= self.backlog {
-                    let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    let n = self.counters.backlog_full.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
                         tracing::warn!(
                             backlog = self.backlog,
                             dropped = n,
-                            "router link backlog full: QoS 0 messages dropped, QoS 1 refused"
+                            "router link backlog full: messages for functions, shadows and the \
+                             cloud are dropped (their devices are acknowledged)"
                         );
                     }
                     if let Some(reply) = f.reply {
-                        let _ = reply.send(false);
+                        let _ = reply.send(true);
                     }
                     return;
                 }
@@ -197,16 +202,30 @@ impl State {
         out
     }
 
+    /// The router has these (`ok`) or refused them (counted): their
+    /// publishers are told which.
     fn acked(&mut self, ids: &[u64], ok: bool) {
         for id in ids {
-            if let Some(Entry {
-                reply: Some(reply), ..
-            }) = self.entries.remove(id)
-            {
+            let Some(entry) = self.entries.remove(id) else {
+                continue;
+            };
+            if !ok {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(reply) = entry.reply {
                 let _ = reply.send(ok);
             }
         }
     }
+}
+
+/// Messages that did not reach the router's targets, for `ListClients`.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Dropped because the backlog for the router was full.
+    pub backlog_full: AtomicU64,
+    /// Refused by the router.
+    pub refused: AtomicU64,
 }
 
 /// The deployed group's file, and the devices read from it, replaced
@@ -241,7 +260,7 @@ pub async fn run(
     hub: mpsc::Sender<hub::Request>,
     mut from_hub: mpsc::UnboundedReceiver<ToLink>,
     backlog: usize,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<LinkCounters>,
     shutdown: CancellationToken,
 ) {
     let mut state = State {
@@ -249,7 +268,7 @@ pub async fn run(
         entries: BTreeMap::new(),
         unsent: VecDeque::new(),
         backlog,
-        dropped,
+        counters,
         pending_counts: Vec::new(),
         traces: Vec::new(),
     };

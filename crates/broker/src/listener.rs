@@ -111,7 +111,11 @@ async fn handshake(
     let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(%address, "TLS handshake failed: {e}");
+            tracing::info!(
+                %address,
+                "TLS handshake failed: {}",
+                crate::identity::handshake_error(&e)
+            );
             return None;
         }
         Err(_) => {

@@ -6,7 +6,10 @@
 //! The hub records operations as it works ([`Store::record`]) and commits
 //! them in one transaction per batch of requests ([`Store::commit`]); a
 //! publisher's PUBACK, a SUBACK or a CONNACK waits for that commit. A
-//! message stays in `queue` until its subscriber acknowledges it.
+//! message stays in `queue` until its subscriber acknowledges it. A
+//! connected client's will stays in `wills` until it is published or
+//! discarded, so that a broker killed while the client was connected
+//! still publishes it once it is back.
 
 use std::path::Path;
 
@@ -40,6 +43,23 @@ pub enum Op {
     Ack(u64),
     Retain(Message),
     Unretain(String),
+    /// A client connected with a will (its row replaces any older one).
+    PutWill(StoredWill),
+    /// A client's will was published or discarded.
+    DropWill(String),
+}
+
+/// A will as the store keeps it: enough to publish it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    pub client_id: String,
+    pub message: Message,
+    /// Its will delay interval in seconds (5.0; 0 for 3.1.1).
+    pub delay: u32,
+    /// Its client's session expiry interval in seconds.
+    pub expiry: u32,
+    /// The device's thing ARN, the source routed mode needs.
+    pub source: Option<std::sync::Arc<str>>,
 }
 
 /// A persistent session as found at start.
@@ -57,6 +77,9 @@ pub struct LoadedSession {
 pub struct Loaded {
     pub sessions: Vec<LoadedSession>,
     pub retained: Vec<Message>,
+    /// Wills of clients that were connected, or whose will waited for its
+    /// delay, when the broker stopped without publishing them.
+    pub wills: Vec<StoredWill>,
 }
 
 pub struct Store {
@@ -95,7 +118,11 @@ impl Store {
                  payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS queue_client ON queue (client_id, id);
              CREATE TABLE IF NOT EXISTS retained (
-                 topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);",
+                 topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS wills (
+                 client_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                 qos INTEGER NOT NULL, retain INTEGER NOT NULL, props BLOB,
+                 delay INTEGER NOT NULL, expiry INTEGER NOT NULL, source TEXT);",
         )
         .map_err(err)?;
         // Stores from before MQTT 5.0: sessions never expire, messages
@@ -198,6 +225,21 @@ impl Store {
                     params![m.topic, &m.payload[..], m.qos as i64, props_bytes(&m)],
                 ),
                 Op::Unretain(t) => tx.execute("DELETE FROM retained WHERE topic = ?1", params![t]),
+                Op::PutWill(w) => tx.execute(
+                    "INSERT OR REPLACE INTO wills (client_id, topic, payload, qos, retain, props, delay, expiry, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        w.client_id,
+                        w.message.topic,
+                        &w.message.payload[..],
+                        w.message.qos as i64,
+                        i64::from(w.message.retain),
+                        props_bytes(&w.message),
+                        i64::from(w.delay),
+                        i64::from(w.expiry),
+                        w.source.as_deref()
+                    ],
+                ),
+                Op::DropWill(c) => tx.execute("DELETE FROM wills WHERE client_id = ?1", params![c]),
             };
             r.map_err(err)?;
         }
@@ -302,6 +344,30 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     })?;
     for m in rows {
         loaded.retained.push(m?);
+    }
+    let mut wills = conn.prepare(
+        "SELECT client_id, topic, payload, qos, retain, props, delay, expiry, source FROM wills ORDER BY client_id",
+    )?;
+    let rows = wills.query_map([], |r| {
+        Ok(StoredWill {
+            client_id: r.get(0)?,
+            message: Message {
+                topic: r.get(1)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                qos: qos(r.get(3)?),
+                retain: r.get::<_, i64>(4)? != 0,
+                stored: None,
+                props: props_of(r.get(5)?),
+                from: None,
+                dup: false,
+            },
+            delay: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+            expiry: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(u32::MAX),
+            source: r.get::<_, Option<String>>(8)?.map(std::sync::Arc::from),
+        })
+    })?;
+    for w in rows {
+        loaded.wills.push(w?);
     }
     Ok(loaded)
 }
@@ -454,5 +520,31 @@ mod tests {
         assert_eq!(a.queue[1].stored, Some(3));
         assert_eq!(loaded.retained.len(), 1);
         assert_eq!(s.next_id(), 4);
+    }
+
+    #[test]
+    fn keeps_wills_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let will = |client: &str, delay| StoredWill {
+            client_id: client.into(),
+            message: Message {
+                retain: true,
+                ..m("gone", 1)
+            },
+            delay,
+            expiry: 30,
+            source: Some("arn:thing".into()),
+        };
+        {
+            let (mut s, _) = Store::open(&path).unwrap();
+            s.record(Op::PutWill(will("a", 5)));
+            s.record(Op::PutWill(will("b", 0)));
+            s.record(Op::PutWill(will("a", 9)));
+            s.record(Op::DropWill("b".into()));
+            s.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.wills, vec![will("a", 9)]);
     }
 }

@@ -514,7 +514,10 @@ pub fn encode_aliased(p: &Publish, alias: u16, first: bool, buf: &mut BytesMut) 
         publish.topic = Bytes::new();
     }
     if let Err(e) = v5::Packet::Publish(publish).write(buf, None) {
-        tracing::warn!("cannot encode a publish on {}: {e}", p.topic);
+        tracing::warn!(
+            "cannot encode a publish on {}: {e}",
+            verdant_common::telemetry::bounded(&p.topic)
+        );
     }
 }
 

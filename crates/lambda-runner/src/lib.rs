@@ -148,7 +148,10 @@ fn serve_functions(
     });
     let router_socket = ctx.layout.socket("router");
     let link_shutdown = shutdown.clone();
-    let mut functions = link::Functions { runner };
+    let mut functions = link::Functions {
+        runner,
+        refusals: verdant_common::telemetry::Throttle::new(link::REFUSALS_LOGGED_EVERY),
+    };
     tokio::spawn(async move {
         let link = verdant_common::link::Link {
             socket: &router_socket,

@@ -1,7 +1,9 @@
 //! The lambda-runner's router link (endpoint `lambda-runner`): messages
 //! whose targets are functions come down and become work items (a QoS 1
-//! message is acknowledged once every target queued it, refused if a queue
-//! was full); what functions publish goes up (`ipc`).
+//! message is acknowledged once every target queued it, refused if a
+//! target could not take it: the router then counts and logs the loss and
+//! acknowledges the publisher all the same); what functions publish goes
+//! up (`ipc`).
 
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +15,13 @@ use crate::work::Runner;
 
 pub struct Functions {
     pub runner: Arc<Mutex<Runner>>,
+    /// One log line per function per interval for messages it could not
+    /// take (a function that cannot run refuses every one).
+    pub refusals: verdant_common::telemetry::Throttle,
 }
+
+/// How often a function's refusals are logged at most.
+pub const REFUSALS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The client context a routed message's work item carries: the topic as
 /// `custom.subject` (what functions read as `context.client_context.custom`).
@@ -38,7 +46,14 @@ impl Handler for Functions {
                 for target in &m.targets {
                     if let Err(e) = runner.submit(target, m.payload.clone(), context.clone(), false)
                     {
-                        tracing::warn!(topic = %m.topic, "not delivered: {e}");
+                        if let Some(n) = self.refusals.hit(target, std::time::Instant::now()) {
+                            tracing::warn!(
+                                topic = %verdant_common::telemetry::bounded(&m.topic),
+                                messages = n,
+                                "not delivered: {e} (logged at most every {} s per function)",
+                                REFUSALS_LOGGED_EVERY.as_secs()
+                            );
+                        }
                         taken = false;
                     }
                 }

@@ -295,6 +295,16 @@ impl Router for Api {
                     messages,
                 })
                 .collect(),
+            undelivered: view
+                .undelivered
+                .into_iter()
+                .map(|u| pb::Undelivered {
+                    endpoint: u.endpoint.into(),
+                    targets: u.targets,
+                    reason: u.reason.into(),
+                    messages: u.messages,
+                })
+                .collect(),
         }))
     }
 }

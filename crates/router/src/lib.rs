@@ -8,6 +8,7 @@ mod grpc;
 pub mod layout;
 pub mod queue;
 pub mod switch;
+pub mod undelivered;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -10,6 +10,8 @@
 //! again when their endpoint links again, so a daemon restarting loses
 //! nothing; the router restarting loses nothing either, because the
 //! sender still holds what it was not acknowledged and sends it again.
+//! A target that cannot take its copy loses it, counted and logged
+//! (`undelivered.rs`), and does not hold the publisher's acknowledgement.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::{Kind, RouteIndex, ShadowSide, Table, shadow_topic};
+
+use crate::undelivered::{Reason, Undelivered, UndeliveredView};
 
 /// The daemons (and the in-process cloud bridge) messages go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -177,6 +181,8 @@ pub struct RoutesView {
     pub links: Vec<&'static str>,
     /// Messages dropped because an endpoint's queue was full.
     pub overflow: Vec<(&'static str, u64)>,
+    /// Copies targets could not take, per endpoint, targets and reason.
+    pub undelivered: Vec<UndeliveredView>,
 }
 
 struct Link {
@@ -202,6 +208,8 @@ struct Pending {
     origin: LinkId,
     origin_id: u64,
     remaining: usize,
+    /// Its publisher wants a refusal rather than a partial delivery.
+    all_or_error: bool,
 }
 
 /// The routing state.
@@ -226,6 +234,8 @@ pub struct Switch {
     tracing: bool,
     /// Whether the cloud connection is up (the shadow service is told).
     cloud_up: bool,
+    /// Copies targets could not take.
+    undelivered: Undelivered,
 }
 
 impl Switch {
@@ -248,6 +258,7 @@ impl Switch {
             trace,
             tracing: false,
             cloud_up: false,
+            undelivered: Undelivered::default(),
         }
     }
 
@@ -412,7 +423,11 @@ impl Switch {
         self.scratch = matched;
         if !any {
             *self.no_route.entry(m.source.clone()).or_default() += 1;
-            tracing::debug!(source = %m.source, topic = %m.topic, "no route: message discarded");
+            tracing::debug!(
+                source = %m.source,
+                topic = %verdant_common::telemetry::bounded(&m.topic),
+                "no route: message discarded"
+            );
             return None;
         }
         Some(by_endpoint)
@@ -439,12 +454,20 @@ impl Switch {
                 table_version,
                 ..m.clone()
             };
-            if self.hold(endpoint, copy) {
-                remaining += usize::from(m.qos > 0);
-            } else {
-                refused = true;
-                if m.qos > 0 {
-                    break;
+            match self.hold(endpoint, copy) {
+                None => remaining += usize::from(m.qos > 0),
+                Some(copy) => {
+                    refused = true;
+                    if m.qos > 0 && m.all_or_error {
+                        break;
+                    }
+                    self.undelivered.count(
+                        endpoint.name(),
+                        &copy.targets,
+                        Reason::QueueFull,
+                        &m.topic,
+                        std::time::Instant::now(),
+                    );
                 }
             }
         }
@@ -463,8 +486,8 @@ impl Switch {
                 "router",
             )));
         }
-        if refused && m.qos > 0 {
-            // The publisher is not acknowledged.
+        if refused && m.qos > 0 && m.all_or_error {
+            // The publisher is refused: it asked for all or an error.
             self.acks.push((from, m.id, true));
             return;
         }
@@ -478,27 +501,23 @@ impl Switch {
                         origin: from,
                         origin_id: m.id,
                         remaining,
+                        all_or_error: m.all_or_error,
                     },
                 );
             }
         }
     }
 
-    /// Queues a copy for `endpoint`; false if its queue is full (counted).
-    fn hold(&mut self, endpoint: Endpoint, m: Message) -> bool {
+    /// Queues a copy for `endpoint`; gives it back if its queue is full
+    /// (counted).
+    fn hold(&mut self, endpoint: Endpoint, m: Message) -> Option<Message> {
         let q = self.queues.get_mut(&endpoint).expect("every endpoint");
         if q.held.len() + q.unacked.len() >= self.held_limit {
             q.overflow += 1;
-            tracing::warn!(
-                endpoint = endpoint.name(),
-                topic = %m.topic,
-                qos = m.qos,
-                "endpoint queue full: message not taken"
-            );
-            return false;
+            return Some(m);
         }
         q.held.push_back(m);
-        true
+        None
     }
 
     fn flush_all(&mut self) {
@@ -532,13 +551,24 @@ impl Switch {
     fn acked(&mut self, link: LinkId, ids: &[u64], refused: bool) {
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
         for id in ids {
-            if q.unacked.remove(id).is_none() {
+            let Some(copy) = q.unacked.remove(id) else {
                 continue;
+            };
+            if refused {
+                self.undelivered.count(
+                    link.endpoint.name(),
+                    &copy.targets,
+                    Reason::Refused,
+                    &copy.topic,
+                    std::time::Instant::now(),
+                );
             }
             let Some(p) = self.pending.get_mut(id) else {
                 continue;
             };
-            if refused {
+            // The cloud queue refuses only by the operator's choice
+            // (refuse-new) or when it cannot store: the publisher keeps it.
+            if refused && (p.all_or_error || link.endpoint == Endpoint::Cloud) {
                 let p = self.pending.remove(id).expect("present");
                 self.acks.push((p.origin, p.origin_id, true));
                 continue;
@@ -627,6 +657,7 @@ impl Switch {
                 .iter()
                 .map(|e| (e.name(), self.queues[e].overflow))
                 .collect(),
+            undelivered: self.undelivered.view(),
         }
     }
 }

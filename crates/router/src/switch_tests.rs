@@ -131,7 +131,7 @@ fn no_route_is_counted_and_acknowledged() {
 }
 
 #[test]
-fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
+fn held_while_unlinked_resent_after_relink_and_full_queue_drops_or_refuses() {
     let mut s = switch(2);
     let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
     let (shadow, _srx) = link(&mut s, Endpoint::Shadow, 1);
@@ -140,9 +140,25 @@ fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
     // The shadow daemon dies before acknowledging.
     s.handle(Event::Unlinked(shadow));
     s.handle(Event::Up(broker, vec![msg(2, DEV_A, topic, 1)]));
+    // Over the held limit of 2: the shadow's copy is lost and counted, and
+    // the device is acknowledged; one asking for all-or-error is refused.
     s.handle(Event::Up(broker, vec![msg(3, DEV_A, topic, 1)]));
-    let (_, refused) = acks(&drain(&mut brx));
-    assert_eq!(refused, vec![3], "third is over the held limit of 2");
+    let strict = Message {
+        all_or_error: true,
+        ..msg(4, DEV_A, topic, 1)
+    };
+    s.handle(Event::Up(broker, vec![strict]));
+    assert_eq!(acks(&drain(&mut brx)), (vec![3], vec![4]));
+    let undelivered = s.view().undelivered;
+    assert_eq!(undelivered.len(), 1);
+    assert_eq!(
+        (
+            undelivered[0].endpoint,
+            undelivered[0].reason,
+            undelivered[0].messages
+        ),
+        ("shadow", "queue full", 1)
+    );
     let (shadow2, mut srx) = link(&mut s, Endpoint::Shadow, 2);
     let got = messages(&drain(&mut srx));
     let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
@@ -153,6 +169,40 @@ fn held_while_unlinked_resent_after_relink_and_full_queue_refuses() {
         refused: vec![],
     });
     assert_eq!(acks(&drain(&mut brx)), (vec![1, 2], vec![]));
+}
+
+#[test]
+fn a_target_refusing_its_copy_does_not_hold_the_publisher() {
+    let mut s = switch(10);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    let (shadow, mut srx) = link(&mut s, Endpoint::Shadow, 1);
+    let topic = "$aws/things/a/shadow/update";
+    s.handle(Event::Up(broker, vec![msg(1, DEV_A, topic, 1)]));
+    let strict = Message {
+        all_or_error: true,
+        ..msg(2, DEV_A, topic, 1)
+    };
+    s.handle(Event::Up(broker, vec![strict]));
+    let ids: Vec<u64> = messages(&drain(&mut srx)).iter().map(|m| m.id).collect();
+    s.handle(Event::Acks {
+        link: shadow,
+        ids: vec![],
+        refused: ids,
+    });
+    assert_eq!(
+        acks(&drain(&mut brx)),
+        (vec![1], vec![2]),
+        "acknowledged unless it asked for all or an error"
+    );
+    let undelivered = s.view().undelivered;
+    assert_eq!(
+        (
+            undelivered[0].endpoint,
+            undelivered[0].reason,
+            undelivered[0].messages
+        ),
+        ("shadow", "refused", 2)
+    );
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! statistics) and `log` (SQLite's FTS5 ranking, unused by us), from the
 //! pure-Rust `libm`. Defined here, they leave the executable with no need
 //! for the C math library, which every process of a core would otherwise
-//! map and search at start (docs/benchmarks.md, "Memory, the fifth
-//! session"). Should a dependency call another C math function, the
+//! map and search at start (measured as part of the whole core's memory,
+//! docs/benchmarks.md). Should a dependency call another C math function, the
 //! linker takes the C library again: nothing breaks, the saving goes.
 
 #[unsafe(no_mangle)]

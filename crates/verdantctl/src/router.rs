@@ -25,6 +25,16 @@ struct RoutesView<'a> {
     /// Messages no route allowed, by source.
     no_route: Vec<(&'a str, u64)>,
     links: &'a [String],
+    /// Copies targets could not take.
+    undelivered: Vec<UndeliveredView<'a>>,
+}
+
+#[derive(Serialize)]
+struct UndeliveredView<'a> {
+    endpoint: &'a str,
+    targets: &'a str,
+    reason: &'a str,
+    messages: u64,
 }
 
 /// A thing ARN shown as `thing/<name>`, which is what tells devices apart.
@@ -62,6 +72,16 @@ pub async fn routes(dir: &Path, json: bool) -> Result<(), String> {
             .map(|d| (d.source.as_str(), d.messages))
             .collect(),
         links: &resp.links,
+        undelivered: resp
+            .undelivered
+            .iter()
+            .map(|u| UndeliveredView {
+                endpoint: &u.endpoint,
+                targets: &u.targets,
+                reason: &u.reason,
+                messages: u.messages,
+            })
+            .collect(),
     };
     if json {
         output::json(&view);
@@ -88,6 +108,15 @@ pub async fn routes(dir: &Path, json: bool) -> Result<(), String> {
     println!("\nlinked: {}", view.links.join(", "));
     for (source, n) in &view.no_route {
         println!("no route: {n} from {}", short(source));
+    }
+    for u in &view.undelivered {
+        println!(
+            "not delivered ({}): {} for {} on {}",
+            u.reason,
+            u.messages,
+            short(u.targets),
+            u.endpoint
+        );
     }
     Ok(())
 }
