@@ -9,6 +9,8 @@
 # every client presenting the sample device's certificate: Verdant's TLS
 # listener, and Mosquitto listening with TLS on the core's certificate and
 # group CA (TLS 1.3 both, which the client prefers).
+# BROKER_CONFIG adds lines to the core's [broker] section, e.g.
+# BROKER_CONFIG='qos0_when_full = "hold-publishers"'.
 # Usage: scripts/bench-broker.sh [--routed | --tls] [--runs N] [--quick] [--storm-only]
 set -euo pipefail
 mode=local
@@ -47,6 +49,7 @@ mode = "$mode"
 max_queued_messages = 100000
 # Over TLS every load client presents the one sample device.
 require_client_id_match = $([ "$tls" = yes ] && echo false || echo true)
+${BROKER_CONFIG:-}
 [broker.tls]
 bind = "127.0.0.1:$VERDANT_TLS_PORT"
 [broker.tcp]

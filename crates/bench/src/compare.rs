@@ -74,6 +74,16 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             if quick { 5_000 } else { 50_000 },
             2,
         ),
+        // QoS 0 offered flat out by eight publishers to one subscriber:
+        // what arrives and what is lost, by the broker's QoS 0 policy.
+        Scenario::Overload(
+            "open-loop overload 8→1 at 8 × 50,000 msg/s offered, QoS 0, 64 B",
+            8,
+            QoS::AtMostOnce,
+            64,
+            if quick { 5_000 } else { 50_000 },
+            2,
+        ),
     ]
 }
 

@@ -53,6 +53,7 @@ fn hub(fan: usize) -> (Hub, Vec<Inbox>) {
         messages: 1000,
         bytes: 1 << 20,
         stuck_after: None,
+        hold_qos0: false,
     });
     let mut inboxes = Vec::new();
     for i in 0..DEVICES {

@@ -22,6 +22,20 @@ pub enum Mode {
     Routed,
 }
 
+/// What a QoS 0 message does when a connected subscriber's queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Qos0WhenFull {
+    /// Dropped for that subscriber, counted (`dropped_qos0`); publishers
+    /// and the other subscribers go on at full speed.
+    #[default]
+    Drop,
+    /// Waits for that subscriber, and its publisher is read no further
+    /// until it is taken: publishers slow to what the slowest subscriber
+    /// of their messages takes, as with Mosquitto.
+    HoldPublishers,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -31,9 +45,12 @@ pub struct BrokerConfig {
     /// (the smallest footprint); N, that many.
     pub worker_threads: usize,
     /// Routed mode: messages waiting for the router (while it is away, or
-    /// has not acknowledged them) at most; past it QoS 0 messages are
-    /// dropped and QoS 1/2 refused, both counted.
+    /// has not acknowledged them) at most; past it their copies for the
+    /// router's targets are dropped (counted) and devices acknowledged.
     pub router_backlog: usize,
+    /// QoS 0 for a subscriber that does not keep up: `drop` or
+    /// `hold-publishers` (see [`Qos0WhenFull`]).
+    pub qos0_when_full: Qos0WhenFull,
     /// Greengrass's rule: the MQTT client id must equal the device's thing name.
     pub require_client_id_match: bool,
     /// Largest packet accepted, checked before its body is read.
@@ -84,6 +101,7 @@ impl Default for BrokerConfig {
             mode: Mode::Routed,
             worker_threads: 0,
             router_backlog: 10_000,
+            qos0_when_full: Qos0WhenFull::Drop,
             require_client_id_match: true,
             max_packet_size: 256 * 1024,
             connect_timeout_secs: 10,
@@ -195,6 +213,7 @@ impl BrokerConfig {
             bytes: self.max_queued_bytes,
             stuck_after: (self.slow_client_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.slow_client_timeout_secs)),
+            hold_qos0: self.qos0_when_full == Qos0WhenFull::HoldPublishers,
         }
     }
 

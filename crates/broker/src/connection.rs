@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, Qos0WhenFull};
 use crate::hub::{self, ClientInfo, Message, Outgoing};
 use crate::identity::{Devices, Peer};
 use crate::outbound::Outbound;
@@ -339,22 +339,18 @@ pub async fn serve<S>(
     let assigned = assigned.then(|| client_id.clone());
     let silence = conn.accept(&shared, &connect, assigned, connected.session_present);
     // A 5.0 client's Receive Maximum narrows the window (MQTT-3.3.4-7).
-    let outbound = Outbound::new(shared.config.max_inflight.min(connect.receive_maximum));
+    let window = shared.config.max_inflight.min(connect.receive_maximum);
     conn.take_client_limits(&connect, &shared.config);
-    let v5 = conn.version() == Version::V5;
-    let mut session = Session {
-        shared: &shared,
-        client_id: client_id.clone(),
-        origin: Arc::from(client_id.as_str()),
-        expiry_at_connect: connect.session_expiry,
+    let receive_maximum =
+        (conn.version() == Version::V5).then_some(usize::from(shared.config.receive_maximum));
+    let mut session = Session::new(
+        &shared,
+        &client_id,
+        connect.session_expiry,
         source,
-        outbound,
-        receive_maximum: v5.then_some(usize::from(shared.config.receive_maximum)),
-        incoming_qos2: HashSet::new(),
-        unconfirmed: VecDeque::new(),
-        acked: Vec::new(),
-        wakes: Vec::new(),
-    };
+        window,
+        receive_maximum,
+    );
     drop(connect);
     let connection_id = connected.connection_id;
     for m in connected.queued {
@@ -445,7 +441,12 @@ struct Session<'a> {
     incoming_qos2: HashSet<u16>,
     /// QoS 1/2 publishes handed to the hub, acknowledged to the client in
     /// order once the hub says they are safe (stored where they must be).
+    /// Also the QoS 0 ones a congested hub holds (`holding`).
     unconfirmed: Unconfirmed,
+    /// QoS 0 publishes in `unconfirmed` (`qos0_when_full =
+    /// "hold-publishers"`): while any waits, nothing more is read from
+    /// this client, which is what slows it down.
+    holding: usize,
     /// Stored messages this client acknowledged, for the hub to delete.
     acked: Vec<u64>,
     /// Publishers' wakes taken from the inbox, fired once what was taken
@@ -501,7 +502,31 @@ async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
     .await
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(
+        shared: &'a Shared,
+        client_id: &str,
+        expiry_at_connect: u32,
+        source: Option<Arc<str>>,
+        window: u16,
+        receive_maximum: Option<usize>,
+    ) -> Self {
+        Session {
+            shared,
+            client_id: client_id.to_string(),
+            origin: Arc::from(client_id),
+            expiry_at_connect,
+            source,
+            outbound: Outbound::new(window),
+            receive_maximum,
+            incoming_qos2: HashSet::new(),
+            unconfirmed: VecDeque::new(),
+            holding: 0,
+            acked: Vec::new(),
+            wakes: Vec::new(),
+        }
+    }
+
     /// The packet exchange until it ends; wakes still held then go out at
     /// once (their publishers need not wait for the close).
     async fn run<R, W>(
@@ -545,7 +570,7 @@ impl Session<'_> {
             }
             // Packets already buffered first.
             let mut published = false;
-            loop {
+            while self.holding == 0 {
                 match conn.decode() {
                     Ok(Some(packet)) => {
                         deadline = Instant::now() + keep_alive;
@@ -588,19 +613,11 @@ impl Session<'_> {
             }
             tokio::select! {
                 (pkid, qos, safe) = next_confirmed(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
-                    if !safe {
-                        return End::Closed(0x80, format!(
-                            "QoS {} message {pkid} was not stored (the broker's store failed, or \
-                             the router refused it: see the broker's and router's logs); not acknowledged",
-                            qos as u8
-                        ));
-                    }
-                    match qos {
-                        QoS::AtLeastOnce => conn.queue(&Out::PubAck(pkid)),
-                        _ => conn.queue(&Out::PubRec(pkid)),
+                    if let Some(end) = self.confirmed(conn, pkid, qos, safe) {
+                        return end;
                     }
                 }
-                read = conn.fill() => match read {
+                read = conn.fill(), if self.holding == 0 => match read {
                     Ok(()) => {}
                     Err(ReadError::Closed) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(ReadError::Io(e)) => return End::Abrupt(format!("read failed: {e}")),
@@ -634,6 +651,10 @@ impl Session<'_> {
                     ));
                 }
                 () = &mut keep_alive_timer, if !keep_alive.is_zero() => {
+                    // Not read while held back: its keep-alive is ours to keep.
+                    if self.holding > 0 {
+                        deadline = Instant::now() + keep_alive;
+                    }
                     if Instant::now() >= deadline {
                         return End::Closed(0x8D, format!("no packet within {keep_alive:?} (1.5 × keep-alive)"));
                     }
@@ -641,6 +662,40 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// The hub answered a publish: acknowledge it, or end the connection
+    /// if it could not be stored; a held QoS 0 one lets reading resume.
+    fn confirmed<R, W>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        pkid: u16,
+        qos: QoS,
+        safe: bool,
+    ) -> Option<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if qos == QoS::AtMostOnce {
+            self.holding -= 1;
+            return None;
+        }
+        if !safe {
+            return Some(End::Closed(
+                0x80,
+                format!(
+                    "QoS {} message {pkid} was not stored (the broker's store failed, or \
+                     the router refused it: see the broker's and router's logs); not acknowledged",
+                    qos as u8
+                ),
+            ));
+        }
+        match qos {
+            QoS::AtLeastOnce => conn.queue(&Out::PubAck(pkid)),
+            _ => conn.queue(&Out::PubRec(pkid)),
+        }
+        None
     }
 
     /// Writes what is queued for the client, then fires the publishers'
@@ -869,9 +924,10 @@ impl Session<'_> {
             from: Some(self.origin.clone()),
             dup: false,
         };
+        let hold = qos == QoS::AtMostOnce && self.holds_qos0();
         // A plain QoS 0 message in local mode goes from this task to its
         // subscribers' outboxes when the hub is free (`hub::Shared`).
-        if qos == QoS::AtMostOnce && !message.retain && !self.shared.routed() {
+        if qos == QoS::AtMostOnce && !hold && !message.retain && !self.shared.routed() {
             match self.shared.hub_state.publish_in_place(message) {
                 Ok(done) => {
                     if done.notice
@@ -891,17 +947,18 @@ impl Session<'_> {
         }
         self.shared.hub_state.publish_queued();
         // In routed mode the router may have to take the message too.
-        let must_wait = qos != QoS::AtMostOnce
-            && (self.shared.routed()
-                || self
-                    .shared
-                    .congested
-                    .load(std::sync::atomic::Ordering::Acquire)
-                || self
-                    .shared
-                    .durable_subscriptions
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    > 0);
+        let must_wait = hold
+            || (qos != QoS::AtMostOnce
+                && (self.shared.routed()
+                    || self
+                        .shared
+                        .congested
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    || self
+                        .shared
+                        .durable_subscriptions
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        > 0));
         let (reply, delivered, answer) = if must_wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), None, Some(Answer::Stored(rx)))
@@ -928,7 +985,10 @@ impl Session<'_> {
             return Some(End::stopping());
         }
         match answer {
-            Some(answer) => self.unconfirmed.push_back((pkid, qos, answer)),
+            Some(answer) => {
+                self.holding += usize::from(qos == QoS::AtMostOnce);
+                self.unconfirmed.push_back((pkid, qos, answer));
+            }
             // Acknowledgements go out in the order the publishes came in.
             None if qos != QoS::AtMostOnce && !self.unconfirmed.is_empty() => {
                 self.unconfirmed.push_back((pkid, qos, Answer::Now));
@@ -940,6 +1000,17 @@ impl Session<'_> {
             },
         }
         None
+    }
+
+    /// Whether a QoS 0 publish waits for the hub's answer before this
+    /// client is read further: under `hold-publishers`, while the hub has
+    /// messages parked for subscribers that do not keep up.
+    fn holds_qos0(&self) -> bool {
+        self.shared.config.qos0_when_full == Qos0WhenFull::HoldPublishers
+            && self
+                .shared
+                .congested
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn on_subscribe<R, W>(

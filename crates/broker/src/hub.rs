@@ -137,6 +137,9 @@ pub struct QueueLimits {
     /// How long a connected client may take none of its parked messages
     /// before it is disconnected (`slow_client_timeout_secs`).
     pub stuck_after: Option<std::time::Duration>,
+    /// QoS 0 messages a full outbox cannot take are parked like QoS 1/2
+    /// ones instead of dropped (`qos0_when_full = "hold-publishers"`).
+    pub hold_qos0: bool,
 }
 
 fn size(m: &Message) -> usize {
@@ -704,7 +707,10 @@ impl Hub {
     ) -> bool {
         match &session.connection {
             // Behind what is parked, in order.
-            Some(_) if !session.parked.is_empty() && out.qos != QoS::AtMostOnce => {
+            Some(_)
+                if !session.parked.is_empty()
+                    && (out.qos != QoS::AtMostOnce || limits.hold_qos0) =>
+            {
                 session.park(out);
                 counters.delivered += 1;
                 true
@@ -715,7 +721,9 @@ impl Hub {
                     *crowded |= halfway;
                     true
                 }
-                Err(TrySendError::Full(Outgoing::Deliver(m))) if m.qos == QoS::AtMostOnce => {
+                Err(TrySendError::Full(Outgoing::Deliver(m)))
+                    if m.qos == QoS::AtMostOnce && !limits.hold_qos0 =>
+                {
                     counters.dropped_qos0 += 1;
                     false
                 }

@@ -389,6 +389,47 @@ impl Hub {
         }
     }
 
+    /// A client's message: fanned out, forwarded, and its publisher
+    /// answered now, once it is on its way, or after the commit.
+    fn handle_publish(
+        &mut self,
+        message: &Message,
+        source: Option<&Arc<str>>,
+        reply: Option<oneshot::Sender<bool>>,
+        delivered: Option<oneshot::Sender<bool>>,
+        replies: &mut Vec<Reply>,
+    ) {
+        self.just_parked.clear();
+        self.last_delivered = None;
+        let ops = self.pending_ops();
+        let forward = self.publish_from(message, source);
+        // A QoS 0 publisher held back (`hold-publishers`) reads nothing
+        // meanwhile, not even its own acknowledgements: what it parked for
+        // itself must not hold it.
+        if message.qos == QoS::AtMostOnce
+            && let Some(from) = &message.from
+        {
+            self.just_parked.retain(|c| c.as_str() != &**from);
+        }
+        match forward {
+            Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
+            None => match reply.map(|reply| self.reply_to_publish(reply)) {
+                // Nothing of it waits for the commit (no queue of an absent
+                // session, no retained message), and no one had to park
+                // it: acknowledged as it goes out, like local mode's last
+                // publish of a read.
+                Some(Reply::Publish(reply)) if self.pending_ops() == ops => {
+                    self.pass_on(reply);
+                }
+                Some(answer) => replies.push(answer),
+                None => {}
+            },
+        }
+        if let Some(delivered) = delivered {
+            self.pass_on(delivered);
+        }
+    }
+
     /// Applies one request; true if it may have changed sessions or
     /// subscriptions.
     fn handle(
@@ -432,28 +473,7 @@ impl Hub {
                 source,
                 reply,
                 delivered,
-            } => {
-                self.just_parked.clear();
-                self.last_delivered = None;
-                let ops = self.pending_ops();
-                match self.publish_from(&message, source.as_ref()) {
-                    Some(forward) => replies.push(Reply::Forward(Forward { reply, ..forward })),
-                    None => match reply.map(|reply| self.reply_to_publish(reply)) {
-                        // Nothing of it waits for the commit (no queue of an
-                        // absent session, no retained message), and no one
-                        // had to park it: acknowledged as it goes out, like
-                        // local mode's last publish of a read.
-                        Some(Reply::Publish(reply)) if self.pending_ops() == ops => {
-                            self.pass_on(reply);
-                        }
-                        Some(answer) => replies.push(answer),
-                        None => {}
-                    },
-                }
-                if let Some(delivered) = delivered {
-                    self.pass_on(delivered);
-                }
-            }
+            } => self.handle_publish(&message, source.as_ref(), reply, delivered, replies),
             Request::Deliver {
                 things,
                 message,

@@ -7,6 +7,7 @@ fn limits(messages: usize) -> QueueLimits {
         messages,
         bytes: 1 << 20,
         stuck_after: None,
+        hold_qos0: false,
     }
 }
 
@@ -408,6 +409,7 @@ fn queued_bytes_are_limited_per_session() {
         messages: 100,
         bytes: 10,
         stuck_after: None,
+        hold_qos0: false,
     });
     let (tx, _rx) = outbox::channel(10);
     let c = hub.connect(info("p", false), None, tx);

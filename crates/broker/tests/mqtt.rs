@@ -377,3 +377,74 @@ fn counted_publisher(
     });
     acked
 }
+
+/// A QoS 0 subscriber that stops reading while a publisher sends flat out,
+/// then reads again: how many of `N` it gets, and the broker's count of
+/// QoS 0 messages dropped, under the `qos0_when_full` policy `policy`.
+async fn qos0_for_a_subscriber_that_falls_behind(policy: &str) -> (usize, u64) {
+    const N: usize = 3_000;
+    let b = common::start(
+        &[],
+        &format!("max_queued_messages = 16\nqos0_when_full = \"{policy}\""),
+    )
+    .await;
+    let (sub, mut sub_events) = rumqttc::AsyncClient::new(b.tcp_options("slow"), 10);
+    sub.subscribe("flood", QoS::AtMostOnce).await.unwrap();
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
+            sub_events.poll().await.unwrap()
+        {
+            break;
+        }
+    }
+    // The publisher sends 12 MB; the subscriber reads nothing meanwhile, so
+    // its socket fills and then its queue in the broker.
+    let publisher = common::connect(b.tcp_options("flat-out")).await.unwrap();
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            let mut body = vec![0u8; 4096];
+            body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            publisher
+                .mqtt
+                .publish("flood", QoS::AtMostOnce, false, body)
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Reading again: everything the broker kept arrives.
+    let mut got = 0;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(3), sub_events.poll()).await
+    {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) = event {
+            got += 1;
+            if got == N {
+                break;
+            }
+        }
+    }
+    let _publisher = sending.await.unwrap();
+    let counters = b
+        .api()
+        .await
+        .list_clients(verdant_proto::broker::v1::ListClientsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counters
+        .unwrap();
+    (got, counters.dropped_qos0)
+}
+
+/// `qos0_when_full`: by default a subscriber that does not keep up loses
+/// QoS 0 messages (counted); with `hold-publishers` its publisher is read
+/// no faster than it takes them, and nothing is lost.
+#[tokio::test]
+async fn qos0_for_a_full_subscriber_is_dropped_or_holds_its_publisher() {
+    let (got, dropped) = qos0_for_a_subscriber_that_falls_behind("drop").await;
+    assert!(dropped > 0, "dropped {dropped}, got {got}");
+    assert_eq!(got as u64 + dropped, 3_000);
+    let (got, dropped) = qos0_for_a_subscriber_that_falls_behind("hold-publishers").await;
+    assert_eq!((got, dropped), (3_000, 0));
+}
