@@ -65,11 +65,14 @@ fn token_after(payload: &[u8], key: &[u8], after: usize) -> Option<String> {
 fn string_end(payload: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     loop {
-        match payload.get(i)? {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            _ => i += 1,
+        i += payload
+            .get(i..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
+        if payload[i] == b'"' {
+            return Some(i);
         }
+        i += 2;
     }
 }
 
