@@ -279,6 +279,14 @@ pub struct Connected {
     pub session_present: bool,
     /// Messages queued while the client was away, to send first.
     pub queued: Vec<Message>,
+    /// The CONNACK waits for the batch's commit: this connection ended a
+    /// persistent session, whose end must be on disk before the client is
+    /// told it has none, or brought a will, which must survive a crash
+    /// from the moment the client is told it is connected. Otherwise it
+    /// goes at once: a session kept is durable before anything that
+    /// depends on it is acknowledged (a SUBACK, a PUBACK), because commits
+    /// go in order.
+    pub wait_for_commit: bool,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -450,10 +458,12 @@ impl Hub {
         }
         self.reconnected(&client_id, info.clean_start);
         self.keep_will(&info, will.as_ref());
+        let has_will = will.is_some();
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
         // The store holds exactly the sessions that outlive their connection.
-        if old_persistent == Some(true) && (!present || clean) {
+        let ended_persistent = old_persistent == Some(true) && (!present || clean);
+        if ended_persistent {
             self.record(Op::DropSession(client_id.clone()));
         }
         let resumed_persistent = present && old_persistent == Some(true);
@@ -515,6 +525,7 @@ impl Hub {
             connection_id: id,
             session_present: present,
             queued: session.take_queue(),
+            wait_for_commit: ended_persistent || has_will,
         }
     }
 
