@@ -413,6 +413,12 @@ async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
         &format!("GET {path}/work HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
     );
     assert!(status.contains("401"), "{status}");
+    // Not on 8000 (a free port here): the operator was warned at start.
+    core.wait_for_log(
+        "lambda-runner",
+        &[&format!("port {port}, not 8000"), "older than 1.6"],
+    )
+    .await;
 
     // A real token, stolen from the echo instance's environment (we are
     // root), is refused from a socket of another user than the instance's.
