@@ -60,12 +60,41 @@ pub fn device_rule(path: &std::path::Path, writable: bool) -> io::Result<String>
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     pub dirs: Vec<PathBuf>,
+    /// The directory with the memory controller's files.
+    memory: PathBuf,
+    /// In the unified hierarchy (v2), else v1.
+    unified: bool,
+}
+
+/// The number after `key` on its line of a `key value` file
+/// (`memory.events`, `memory.oom_control`, `cgroup.events`).
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 impl Cgroup {
     /// The `cgroup.procs` files a process writes its pid to, to join.
     pub fn procs(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// How many processes the kernel killed in it for going past its
+    /// memory limit: `oom_kill` of `memory.events` (v2) or of
+    /// `memory.oom_control` (v1, kernels since 4.13); 0 where the kernel
+    /// does not say.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.unified {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.memory.join(file))
+            .ok()
+            .and_then(|text| field(&text, "oom_kill"))
+            .unwrap_or(0)
     }
 
     /// Removes the cgroup (once its processes are gone).
@@ -187,7 +216,7 @@ impl Hierarchy {
                     write(&memsw, &limits.memory_bytes.to_string())?;
                 }
                 write(&p.join("pids.max"), &limits.pids.to_string())?;
-                let mut dirs = vec![m, p];
+                let mut dirs = vec![m.clone(), p];
                 if let Some(devices) = devices {
                     let d = devices.join(name);
                     std::fs::create_dir_all(&d)?;
@@ -201,7 +230,11 @@ impl Hierarchy {
                     }
                     dirs.push(d);
                 }
-                Ok(Cgroup { dirs })
+                Ok(Cgroup {
+                    dirs,
+                    memory: m,
+                    unified: false,
+                })
             }
             Hierarchy::V2 { dir } => {
                 std::fs::create_dir_all(dir)?;
@@ -219,7 +252,11 @@ impl Hierarchy {
                     write(&swap, "0")?;
                 }
                 write(&c.join("pids.max"), &limits.pids.to_string())?;
-                Ok(Cgroup { dirs: vec![c] })
+                Ok(Cgroup {
+                    dirs: vec![c.clone()],
+                    memory: c,
+                    unified: true,
+                })
             }
         }
     }
@@ -309,5 +346,33 @@ mod tests {
         assert!(live.exists() && !dead.exists());
         // Neither: no hierarchy.
         assert_eq!(Hierarchy::detect(fs.path(), "0::/elsewhere\n", "x"), None);
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_version() {
+        let fs = tempfile::tempdir().unwrap();
+        let v1 = Cgroup {
+            dirs: vec![fs.path().to_path_buf()],
+            memory: fs.path().to_path_buf(),
+            unified: false,
+        };
+        assert_eq!(v1.oom_kills(), 0, "no file: nothing known");
+        std::fs::write(
+            fs.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(v1.oom_kills(), 2);
+        std::fs::write(
+            fs.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let v2 = Cgroup {
+            unified: true,
+            ..v1
+        };
+        assert_eq!(v2.oom_kills(), 1);
+        assert_eq!(field("oom_kill_disable 1\n", "oom_kill"), None);
     }
 }
