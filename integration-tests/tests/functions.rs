@@ -580,6 +580,23 @@ fn cgroup_bases() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The cgroups of instances of the lambda-runner `pid`
+/// (`<function>-<pid>-<instance>`), in every hierarchy.
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    cgroup_bases()
+        .into_iter()
+        .filter_map(|(_, base)| std::fs::read_dir(base).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.rsplit('-').nth(1))
+                    == Some(pid.to_string().as_str())
+        })
+        .collect()
+}
+
 /// The memory limit of the first cgroup of `function`'s instances (v1).
 fn memory_limit(function: &str) -> Option<String> {
     let (_, base) = cgroup_bases().into_iter().find(|(c, _)| c == "memory")?;
@@ -646,6 +663,45 @@ async fn a_function_killed_at_its_memory_limit_is_told_so_logged_and_counted() {
         String::from_utf8_lossy(&r.payload)
     );
     wait_function(&core, "hog", |f| f.out_of_memory == 1 && f.invocations == 2).await;
+}
+
+#[tokio::test]
+async fn no_cgroup_outlives_its_instance() {
+    // Instances stop as soon as they are idle: every round below starts
+    // and stops instances.
+    let core = start_with(&format!("{TCP}{INSECURE}idle_secs = 0\n")).await;
+    let runner = core.service("lambda-runner").await.pid;
+    let hog = function_arn("hog");
+    for _ in 0..10 {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (socket, hog) = (core.socket("lambda-runner"), hog.clone());
+            calls.spawn(async move { invoke(&socket, &hog, "{}").await });
+        }
+        while let Some(r) = calls.join_next().await {
+            let r = r.unwrap();
+            assert_eq!(
+                r.function_error,
+                "",
+                "{}",
+                String::from_utf8_lossy(&r.payload)
+            );
+        }
+        wait_function(&core, "hog", |f| f.instances == 0).await;
+    }
+    wait_function(&core, "hog", |f| f.invocations == 100 && f.errors == 0).await;
+    let settled = tokio::time::timeout(PATIENCE, async {
+        while !cgroups_of(runner).is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "left: {:?}\n{}",
+        cgroups_of(runner),
+        core.stderr_text()
+    );
 }
 
 #[tokio::test]

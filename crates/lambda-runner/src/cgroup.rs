@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the lambda-runner makes its cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,13 @@ pub struct Cgroup {
     unified: bool,
 }
 
+/// How long a cgroup's removal waits for its last processes to be gone
+/// (a killed instance's processes take a moment to exit) ...
+const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
+/// ... looking again after this, doubling up to `REMOVE_MAX_WAIT`.
+const REMOVE_FIRST_WAIT: Duration = Duration::from_millis(10);
+const REMOVE_MAX_WAIT: Duration = Duration::from_secs(1);
+
 /// The number after `key` on its line of a `key value` file
 /// (`memory.events`, `memory.oom_control`, `cgroup.events`).
 fn field(text: &str, key: &str) -> Option<u64> {
@@ -73,6 +81,15 @@ fn field(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Whether a failed removal means the cgroup is still in use (processes
+/// in it, or being torn down), so that trying again later may work.
+fn busy(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBUSY | libc::ENOTEMPTY | libc::EAGAIN)
+    )
 }
 
 impl Cgroup {
@@ -97,14 +114,55 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Removes the cgroup (once its processes are gone).
-    pub fn remove(&self) {
-        for d in &self.dirs {
-            if let Err(e) = std::fs::remove_dir(d)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(cgroup = %d.display(), "cannot remove: {e}");
+    /// v2: processes are still in it (`populated 1` in `cgroup.events`).
+    /// v1 says nothing as cheaply: false, and removal just tries.
+    fn populated(&self) -> bool {
+        self.unified
+            && std::fs::read_to_string(self.memory.join("cgroup.events"))
+                .ok()
+                .and_then(|text| field(&text, "populated"))
+                .is_some_and(|n| n > 0)
+    }
+
+    /// Removes the cgroup once its processes are gone: tried at once, then
+    /// again with a growing wait (v2: once `cgroup.events` says it is no
+    /// longer populated) for up to `REMOVE_PATIENCE`, then given up with a
+    /// warning (the next start of the lambda-runner sweeps it).
+    pub async fn remove(&self) {
+        let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+        let mut wait = REMOVE_FIRST_WAIT;
+        let mut left: Vec<&PathBuf> = self.dirs.iter().collect();
+        loop {
+            let mut last = None;
+            if !self.populated() {
+                left.retain(|d| match std::fs::remove_dir(d) {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) if busy(&e) => {
+                        last = Some(e);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(cgroup = %d.display(), "cannot remove: {e}");
+                        false
+                    }
+                });
             }
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for d in left {
+                    tracing::warn!(
+                        cgroup = %d.display(),
+                        "still in use {REMOVE_PATIENCE:?} after its instance ended; left for the next start to remove{}",
+                        last.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REMOVE_MAX_WAIT);
         }
     }
 }
@@ -374,5 +432,31 @@ mod tests {
         };
         assert_eq!(v2.oom_kills(), 1);
         assert_eq!(field("oom_kill_disable 1\n", "oom_kill"), None);
+    }
+
+    #[tokio::test]
+    async fn removal_waits_until_the_cgroup_is_no_longer_in_use() {
+        let fs = tempfile::tempdir().unwrap();
+        let dir = fs.path().join("fn-3");
+        std::fs::create_dir(&dir).unwrap();
+        // A file in it stands for the processes still leaving (the
+        // removal meets ENOTEMPTY as it would EBUSY).
+        std::fs::write(dir.join("x"), "").unwrap();
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let cg = Cgroup {
+            dirs: vec![dir.clone()],
+            memory: dir.clone(),
+            unified: true,
+        };
+        let emptied = dir.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(emptied.join("x")).unwrap();
+            std::fs::write(emptied.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(emptied.join("cgroup.events")).unwrap();
+        });
+        cg.remove().await;
+        assert!(!dir.exists());
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use verdant_common::logs::ServiceLog;
-use verdant_common::shutdown::CancellationToken;
+use verdant_common::shutdown::{CancellationToken, TaskTracker};
 
 use crate::cgroup::{Cgroup, Hierarchy, Limits};
 use crate::function::{Runtime, Spec};
@@ -50,6 +50,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_mins(1);
 /// A pinned instance that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_mins(1);
+/// At shutdown, how long killed instances get to be reaped and their
+/// cgroups removed (what is left is swept at the next start).
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct Supervisor {
     pub runner: Arc<Mutex<Runner>>,
@@ -67,6 +70,8 @@ impl Supervisor {
         let mut kills: HashMap<(FunctionId, InstanceId), oneshot::Sender<()>> = HashMap::new();
         let (ended_tx, mut ends) = mpsc::unbounded_channel();
         let mut backoff: HashMap<FunctionId, Duration> = HashMap::new();
+        // Instances, and after them the removal of their cgroups.
+        let tasks = TaskTracker::new();
         // Only while instances run: an idle core is not woken ten times a
         // second for nothing.
         let mut tick = tokio::time::interval(TICK);
@@ -82,15 +87,18 @@ impl Supervisor {
                     let env = self.env.clone();
                     let ended_tx = ended_tx.clone();
                     let runner = self.runner.clone();
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         tokio::time::sleep(delay).await;
                         let started = Instant::now();
                         let on_start = |pid| runner.lock().expect("runner lock").started(f, i, pid);
                         let (ended, cg) = supervise(&spec, &env, i, &token, on_start, kill).await;
-                        if let Some(cg) = cg {
-                            cg.remove();
-                        }
                         let _ = ended_tx.send((f, i, ended, started.elapsed()));
+                        // Off the hot path: the runner already knows the
+                        // instance is gone; its cgroup goes once its last
+                        // processes have.
+                        if let Some(cg) = cg {
+                            cg.remove().await;
+                        }
                     });
                 }
                 Some((f, i, ended, lived)) = ends.recv() => {
@@ -118,20 +126,12 @@ impl Supervisor {
                 }
             }
         }
-        // Stop every instance, and give each a moment to be reaped and its
-        // cgroup removed.
-        let n = kills.len();
+        // Stop every instance, and give them a moment to be reaped and
+        // their cgroups removed.
         for (_, kill) in kills.drain() {
             let _ = kill.send(());
         }
-        for _ in 0..n {
-            if tokio::time::timeout(Duration::from_secs(2), ends.recv())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
+        verdant_common::shutdown::drain(&tasks, STOP_PATIENCE).await;
     }
 }
 
