@@ -459,4 +459,66 @@ mod tests {
         cg.remove().await;
         assert!(!dir.exists());
     }
+
+    /// The cgroups a test may make beside its own, on this machine (root
+    /// only): v2 (the unified hierarchy, alone or beside v1) and v1 pids.
+    fn real_parents() -> Vec<(PathBuf, bool)> {
+        if !nix::unistd::geteuid().is_root() {
+            return Vec::new();
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut found = Vec::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let path = path.trim_start_matches('/');
+            let root = match controllers {
+                "" => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                    .iter()
+                    .map(Path::new)
+                    .find(|r| r.join("cgroup.controllers").is_file()),
+                "pids" => Some(Path::new("/sys/fs/cgroup/pids")),
+                _ => None,
+            };
+            if let Some(root) = root {
+                found.push((root.join(path), controllers.is_empty()));
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_real_cgroup_is_removed_once_its_last_process_is_gone() {
+        for (parent, unified) in real_parents() {
+            let dir = parent.join(format!("verdant-test-{}", std::process::id()));
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            let mut sleeper = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+            let cg = Cgroup {
+                dirs: vec![dir.clone()],
+                memory: dir.clone(),
+                unified,
+            };
+            let removal = tokio::spawn(async move { cg.remove().await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                dir.exists(),
+                "{} removed with a process in it",
+                dir.display()
+            );
+            sleeper.kill().unwrap();
+            sleeper.wait().unwrap();
+            removal.await.unwrap();
+            assert!(!dir.exists(), "{} left", dir.display());
+        }
+    }
 }
