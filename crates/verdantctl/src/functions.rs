@@ -22,6 +22,7 @@ struct FunctionView<'a> {
     errors: u64,
     timeouts: u64,
     overflow: u64,
+    out_of_memory: u64,
     uid: u32,
     gid: u32,
     pids: &'a [u32],
@@ -143,6 +144,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             errors: f.errors,
             timeouts: f.timeouts,
             overflow: f.overflow,
+            out_of_memory: f.out_of_memory,
             uid: f.uid,
             gid: f.gid,
             pids: &f.pids,
@@ -172,6 +174,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
                 f.invocations.to_string(),
                 f.errors.to_string(),
                 f.timeouts.to_string(),
+                f.out_of_memory.to_string(),
                 format!("{}:{}", f.uid, f.gid),
                 if f.state == "ready" {
                     "ready"
@@ -194,6 +197,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             "INVOCATIONS",
             "ERRORS",
             "TIMEOUTS",
+            "OOM KILLS",
             "RUN AS",
             "STATE",
         ],
