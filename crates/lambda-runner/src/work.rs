@@ -265,7 +265,9 @@ impl Runner {
         let function = &mut self.functions[f.0];
         if function.queue.len() >= self.max_work_items {
             function.counters.overflow += 1;
-            tracing::warn!(function = %arn, queued = function.queue.len(), "work queue full: work item refused");
+            // Counted; the caller logs it (a routed message's refusal at
+            // most every 10 s per function, `link.rs`) or is told.
+            tracing::debug!(function = %arn, queued = function.queue.len(), "work queue full: work item refused");
             return Err(Refused::Full(arn.to_string()));
         }
         let id = self.invocation_id();
