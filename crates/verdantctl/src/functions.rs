@@ -43,6 +43,7 @@ pub enum FunctionsCmd {
     Invoke {
         /// The function's qualified ARN.
         function: String,
+        /// The payload the function gets (JSON or any text; default: empty).
         #[arg(default_value = "")]
         payload: String,
         /// Do not wait for the result.
