@@ -53,6 +53,9 @@ pub enum FunctionsCmd {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Add a function to the deployed group (its code: in the directory
+    /// this prints); prints its ARN for routes.
+    Add(crate::group::NewFunction),
     /// What a function wrote to stdout and stderr.
     Logs {
         /// Its qualified ARN or its name.
@@ -69,6 +72,7 @@ pub enum FunctionsCmd {
 pub async fn run(dir: &Path, cmd: Option<FunctionsCmd>, json: bool) -> Result<(), String> {
     match cmd.unwrap_or(FunctionsCmd::List) {
         FunctionsCmd::List => list(dir, json).await,
+        FunctionsCmd::Add(_) => unreachable!("handled before dialling"),
         FunctionsCmd::Invoke {
             function,
             payload,

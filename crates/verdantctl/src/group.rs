@@ -36,8 +36,8 @@ pub enum RoutesCmd {
     /// Add a route to the deployed group's subscription table: messages
     /// from SOURCE on topics matching SUBJECT go to TARGET.
     Add {
-        /// A thing name of the group, `cloud`, `GGShadowService`, or a
-        /// thing's, function's or connector's ARN.
+        /// A thing name or function Id of the group, `cloud`,
+        /// `GGShadowService`, or a thing's, function's or connector's ARN.
         source: String,
         /// An MQTT topic filter (`+` and `#` allowed).
         subject: String,
@@ -47,6 +47,33 @@ pub enum RoutesCmd {
         #[arg(long)]
         id: Option<String>,
     },
+}
+
+/// A function to add to the deployed group (`functions add`).
+#[derive(Debug, clap::Args)]
+pub struct NewFunction {
+    /// The function's name; its code goes in `<root>/functions/<NAME>/<VERSION>/`.
+    pub name: String,
+    /// The handler: `<module>.<function>` (`hello.handler` is `hello.py`'s
+    /// or `hello.js`'s `handler`), a Java class, or an executable's file name.
+    #[arg(long)]
+    pub executable: String,
+    /// The version its ARN is qualified with.
+    #[arg(long, default_value = "1")]
+    pub version: String,
+    /// One long-lived instance started with the core (default: on demand).
+    #[arg(long)]
+    pub pinned: bool,
+    /// Run it as a plain process (`NoContainer`) rather than in a
+    /// `GreengrassContainer`, which needs a core running as root.
+    #[arg(long)]
+    pub no_container: bool,
+    /// Seconds an invocation may take.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u32,
+    /// Its memory limit in KiB (a container's; Greengrass's `MemorySize`).
+    #[arg(long, default_value_t = 16384)]
+    pub memory: u32,
 }
 
 #[derive(Serialize)]
@@ -78,6 +105,9 @@ pub fn offline(root: &Path, command: &crate::Cmd, json: bool) -> Option<Result<(
                     id,
                 }),
         } => Some(add_route(root, source, subject, target, id.clone())),
+        crate::Cmd::Functions {
+            command: Some(crate::functions::FunctionsCmd::Add(new)),
+        } => Some(add_function(root, new)),
         _ => None,
     }
 }
@@ -171,17 +201,70 @@ fn add_route(
     Ok(())
 }
 
+/// Adds a function to the deployed group, in the core's region and account,
+/// and makes its code directory.
+fn add_function(root: &Path, new: &NewFunction) -> Result<(), String> {
+    use verdant_group::{Execution, Function, FunctionConfiguration, FunctionEnvironment};
+    let layout = layout(root)?;
+    let file = layout.current_group();
+    let mut group = Group::load(&file).map_err(|e| e.to_string())?;
+    // arn:<partition>:iot:<region>:<account>:thing/<name>
+    let parts: Vec<&str> = group.core().thing_arn.split(':').collect();
+    let (partition, region, account) = (parts[1], parts[3], parts[4]);
+    let arn = format!(
+        "arn:{partition}:lambda:{region}:{account}:function:{}:{}",
+        new.name, new.version
+    );
+    let functions = &mut group.function_definition_version.functions;
+    if functions
+        .iter()
+        .any(|f| f.id == new.name || f.function_arn == arn)
+    {
+        return Err(format!("the group has a function `{}` already", new.name));
+    }
+    functions.push(Function {
+        id: new.name.clone(),
+        function_arn: arn.clone(),
+        function_configuration: FunctionConfiguration {
+            pinned: new.pinned,
+            timeout: Some(new.timeout),
+            memory_size: Some(new.memory),
+            executable: Some(new.executable.clone()),
+            environment: new.no_container.then(|| FunctionEnvironment {
+                execution: Some(Execution {
+                    isolation_mode: Some(verdant_group::IsolationMode::NoContainer),
+                    run_as: None,
+                }),
+                ..FunctionEnvironment::default()
+            }),
+            ..FunctionConfiguration::default()
+        },
+    });
+    save(&file, &group)?;
+    let code = layout.functions_dir().join(&new.name).join(&new.version);
+    std::fs::create_dir_all(&code).map_err(|e| format!("cannot create {}: {e}", code.display()))?;
+    println!("added function {arn}");
+    println!("its code goes in {}", code.display());
+    println!("`verdantctl restart lambda-runner` starts it on a running core.");
+    Ok(())
+}
+
 /// A subscription's Source or Target: `cloud`, `GGShadowService`, an ARN,
-/// or the name of a thing of the group (given as its ARN).
+/// or the name of a thing or the Id of a function of the group (given as
+/// its ARN).
 fn endpoint(group: &Group, name: &str) -> Result<String, String> {
     if let Some(thing) = group.thing(name) {
         return Ok(thing.thing_arn.clone());
+    }
+    let functions = &group.function_definition_version.functions;
+    if let Some(function) = functions.iter().find(|f| f.id == name) {
+        return Ok(function.function_arn.clone());
     }
     Endpoint::resolve(group, name).map_err(|why| {
         if name.contains(':') {
             why
         } else {
-            format!("no thing named `{name}` in the group ({why})")
+            format!("no thing or function named `{name}` in the group ({why})")
         }
     })?;
     Ok(name.to_string())
