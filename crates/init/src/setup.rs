@@ -264,7 +264,7 @@ fn print_welcome(layout: &Layout, certs: &CertPaths, group: &Group) {
          \x20 core cert:     {core_cert} (key beside it, 0600)\n\
          \x20 sample device: {dev_cert} (key beside it, 0600)\n\
          \x20 group:         {group_file} (group `{gid}`)\n\
-         Connect the sample device (the broker runs in local mode; see docs/broker.md):\n\
+         Connect the sample device (docs/getting-started.md; `verdantctl device add` makes more):\n\
          \x20 mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert {dev_cert} --key {dev_key} -i {d} -t '{d}/local/#'\n\
          Inspect the core:  verdantctl --root {root} status",
         root = layout.root().display(),
