@@ -33,9 +33,22 @@ need "python3 -c 'import ensurepip, venv'" python3-venv
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
         # The tests start their own mosquitto and tinyproxy: the system
-        # services the packages enable are not wanted.
+        # services the packages bring are not wanted. A policy-rc.d that
+        # says no keeps them from starting during the install (unless the
+        # machine has a policy of its own), and they are disabled after.
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            policy=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            trap 'rm -f "$policy"' EXIT
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+        if [ -n "$policy" ]; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
         if command -v systemctl >/dev/null; then
             for service in mosquitto tinyproxy; do
                 case " ${missing[*]} " in
