@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
-use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_integration_tests::{Core, Options, PATIENCE, bundle_greengrasssdk, copy_dir};
 use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 
@@ -88,40 +88,15 @@ fn group() -> String {
     .to_string()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Puts the functions' code under `functions/<name>/1/`, each bundled with
 /// greengrasssdk as users bundle it, readable by the functions' user.
 fn install_functions(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
-    let sdk = std::process::Command::new(verdant_integration_tests::python())
-        .args([
-            "-c",
-            "import greengrasssdk, os; print(os.path.dirname(greengrasssdk.__file__))",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        sdk.status.success(),
-        "greengrasssdk (scripts/test-deps.sh installs it)"
-    );
-    let sdk = String::from_utf8(sdk.stdout).unwrap();
     for name in ["echo", "boxed"] {
         let dir = root.join("functions").join(name).join("1");
         copy_dir(&here.join(name), &dir);
-        copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
+        bundle_greengrasssdk(&dir);
     }
     copy_dir(&here.join("hog"), &root.join("functions/hog/1"));
     // The adder comes as a zip, as Greengrass deployments bring functions.

@@ -44,6 +44,7 @@ pub enum FunctionsCmd {
     Invoke {
         /// The function's qualified ARN.
         function: String,
+        /// The payload the function gets (JSON or any text; default: empty).
         #[arg(default_value = "")]
         payload: String,
         /// Do not wait for the result.
@@ -53,6 +54,9 @@ pub enum FunctionsCmd {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Add a function to the deployed group (its code: in the directory
+    /// this prints); prints its ARN for routes.
+    Add(crate::group::NewFunction),
     /// What a function wrote to stdout and stderr.
     Logs {
         /// Its qualified ARN or its name.
@@ -69,6 +73,7 @@ pub enum FunctionsCmd {
 pub async fn run(dir: &Path, cmd: Option<FunctionsCmd>, json: bool) -> Result<(), String> {
     match cmd.unwrap_or(FunctionsCmd::List) {
         FunctionsCmd::List => list(dir, json).await,
+        FunctionsCmd::Add(_) => unreachable!("handled before dialling"),
         FunctionsCmd::Invoke {
             function,
             payload,
