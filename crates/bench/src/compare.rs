@@ -147,6 +147,37 @@ async fn storm(targets: &[Target], pids: &[(String, u32)], runs: usize, clients:
     }
 }
 
+/// Persistent sessions reconnecting at once under a QoS 1 load, per
+/// target, `runs` times: the CONNACK times of every run pooled.
+async fn reconnect_storm(targets: &[Target], runs: usize, clients: usize) {
+    println!(
+        "\n| {clients} persistent sessions reconnecting under QoS 1 load | CONNACK p50 ms | p99 ms | max ms | not connected |"
+    );
+    println!("|---|---|---|---|---|");
+    for target in targets {
+        let mut all = Vec::new();
+        let mut failed = 0;
+        for r in 0..runs {
+            match crate::reconnect::storm(target, clients, &format!("re{r}{}", target.name)).await {
+                Ok((times, f)) => {
+                    all.extend(times);
+                    failed += f;
+                }
+                Err(e) => eprintln!("{}: {e}", target.name),
+            }
+        }
+        all.sort_unstable();
+        let ms = |p| percentile(&all, p) as f64 / 1000.0;
+        println!(
+            "| | {} | {:.1} | {:.1} | {:.1} | {failed} |",
+            target.name,
+            ms(50.0),
+            ms(99.0),
+            ms(100.0)
+        );
+    }
+}
+
 /// What to run: see `verdant-bench mqtt --help`.
 pub struct Plan {
     pub runs: usize,
@@ -177,6 +208,7 @@ pub async fn run(targets: &[Target], pids: &[(String, u32)], plan: &Plan) {
     let (runs, quick, routed) = (plan.runs, plan.quick, plan.routed);
     if plan.storm_only {
         storm(targets, pids, runs, if quick { 100 } else { 1000 }).await;
+        reconnect_storm(targets, runs, if quick { 100 } else { 1000 }).await;
         return;
     }
     println!(

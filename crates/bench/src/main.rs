@@ -8,6 +8,7 @@ mod function;
 mod lean;
 mod mqtt;
 mod probe;
+mod reconnect;
 mod shadow;
 mod spawn;
 

@@ -101,7 +101,7 @@ pub(crate) fn payload(publisher: u32, seq: u64, base: Instant, size: usize) -> B
     b.freeze()
 }
 
-fn options(t: &Target, id: &str) -> MqttOptions {
+pub(crate) fn options(t: &Target, id: &str) -> MqttOptions {
     let mut o = MqttOptions::new(id, t.host.clone(), t.port);
     o.set_keep_alive(Duration::from_mins(1));
     o.set_inflight(100);
@@ -125,7 +125,7 @@ fn client(t: &Target, id: &str) -> (AsyncClient, EventLoop) {
 }
 
 /// Polls until CONNACK; `Err` names the problem.
-async fn connected(events: &mut EventLoop) -> Result<(), String> {
+pub(crate) async fn connected(events: &mut EventLoop) -> Result<(), String> {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),

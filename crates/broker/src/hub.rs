@@ -283,6 +283,15 @@ pub struct Connected {
     pub session_present: bool,
     /// Messages queued while the client was away, to send first.
     pub queued: Vec<Message>,
+    /// The CONNACK waits for the batch's commit: this connection ended a
+    /// persistent session, whose end must be on disk before the client is
+    /// told it has none, or brought a will, which must survive a crash
+    /// from the moment the client is told it is connected, or takes queued
+    /// messages, which must be marked sent before they go. Otherwise it
+    /// goes at once: a session kept is durable before anything that
+    /// depends on it is acknowledged (a SUBACK, a PUBACK), because commits
+    /// go in order.
+    pub wait_for_commit: bool,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -454,10 +463,12 @@ impl Hub {
         }
         self.reconnected(&client_id, info.clean_start);
         self.keep_will(&info, will.as_ref());
+        let has_will = will.is_some();
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
         // The store holds exactly the sessions that outlive their connection.
-        if old_persistent == Some(true) && (!present || clean) {
+        let ended_persistent = old_persistent == Some(true) && (!present || clean);
+        if ended_persistent {
             self.record(Op::DropSession(client_id.clone()));
         }
         let resumed_persistent = present && old_persistent == Some(true);
@@ -516,14 +527,17 @@ impl Hub {
             given_up: false,
         });
         let queued = session.take_queue();
-        if !clean && !queued.is_empty() {
-            // Now handed to a connection: after a crash, sent again as such.
+        // Handed to a connection: after a crash, sent again as such (on
+        // disk before the first of them goes).
+        let handed = !clean && !queued.is_empty();
+        if handed {
             self.record(Op::Sent(client_id));
         }
         Connected {
             connection_id: id,
             session_present: present,
             queued,
+            wait_for_commit: ended_persistent || has_will || handed,
         }
     }
 

@@ -455,7 +455,16 @@ impl Hub {
                 will,
                 outbox,
                 reply,
-            } => replies.push(Reply::Connect(reply, self.connect(info, will, outbox))),
+            } => {
+                let connected = self.connect(info, will, outbox);
+                if connected.wait_for_commit {
+                    replies.push(Reply::Connect(reply, connected));
+                } else {
+                    // Not behind the disk: a busy store must not keep a
+                    // reconnecting site waiting for its CONNACKs.
+                    let _ = reply.send(connected);
+                }
+            }
             Request::Disconnect {
                 client_id,
                 connection_id,

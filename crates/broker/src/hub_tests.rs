@@ -477,3 +477,25 @@ fn wills_of_clients_connected_at_a_crash_are_published_after_the_restart() {
     let (_, loaded) = Store::open(&path).unwrap();
     assert!(loaded.wills.is_empty(), "published wills are forgotten");
 }
+
+#[test]
+fn a_connack_waits_for_the_disk_only_to_end_a_session_or_keep_a_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, loaded) = Store::open(&dir.path().join("s.db")).unwrap();
+    let mut hub = Hub::with_store(limits(10), store, loaded);
+    let connect = |hub: &mut Hub, info: ClientInfo, will: Option<Message>| {
+        let (tx, _rx) = outbox::channel(10);
+        hub.connect(info, will, tx).wait_for_commit
+    };
+    assert!(
+        !connect(&mut hub, info("p", false), None),
+        "a new persistent session"
+    );
+    assert!(!connect(&mut hub, info("p", false), None), "resumed");
+    let will = msg("gone", QoS::AtMostOnce, false, "x");
+    assert!(connect(&mut hub, info("w", true), Some(will)), "a will");
+    assert!(
+        connect(&mut hub, info("p", true), None),
+        "a persistent session ended"
+    );
+}

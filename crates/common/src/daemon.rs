@@ -144,16 +144,17 @@ where
     result.into()
 }
 
-/// The whole of a daemon whose function has not been built yet: it serves
-/// health (SERVING), reflection and daemon info saying so, and nothing else.
+/// The whole of a daemon that has no API of its own: it serves health
+/// (SERVING), reflection and daemon info saying so and what that means on
+/// the core today (`what`), and nothing else.
 pub async fn placeholder(
     service: &str,
     version: &str,
-    issue: &str,
+    what: &str,
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let note = format!("no function yet: only health and reflection ({issue})");
+    let note = format!("health and reflection only: {what}");
     tracing::warn!(service, "{note}");
     let server = Server::new(Info {
         service: service.to_string(),
@@ -166,12 +167,12 @@ pub async fn placeholder(
     server.serve(listener, shutdown).await
 }
 
-/// The whole library of a daemon whose function has not been built yet:
-/// its `SERVICE` name, its `THREADS`, and a `run` that is [`placeholder`].
-/// A daemon's crate replaces this with its own items when its issue lands.
+/// The whole library of a daemon that has no API of its own: its
+/// `SERVICE` name, its `THREADS`, and a `run` that is [`placeholder`],
+/// whose note says what that means on the core (`$what`).
 #[macro_export]
 macro_rules! placeholder_daemon {
-    ($service:literal, $threads:ident, $issue:literal) => {
+    ($service:literal, $threads:ident, $what:literal) => {
         pub const SERVICE: &str = $service;
         /// The runtime this daemon wants.
         pub const THREADS: $crate::daemon::Threads = $crate::daemon::Threads::$threads;
@@ -185,7 +186,7 @@ macro_rules! placeholder_daemon {
             $crate::daemon::placeholder(
                 SERVICE,
                 env!("CARGO_PKG_VERSION"),
-                $issue,
+                $what,
                 listener,
                 shutdown,
             )

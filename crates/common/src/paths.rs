@@ -1,4 +1,4 @@
-//! The directory layout of a core (DESIGN.md "Files on a core").
+//! The directory layout of a core (docs/architecture.md, "Files on a core").
 //!
 //! ```text
 //! <root>/config/verdant.toml        core configuration

@@ -5,7 +5,13 @@
 //! default level (default `info`), e.g. `VERDANT_LOG=debug,h2=warn`. `VERDANT_LOG_FORMAT=json` switches to one
 //! JSON object per line.
 
-use std::io::IsTerminal;
+use std::cell::Cell;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::logs::ServiceLog;
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -28,7 +34,7 @@ pub fn init() {
     };
     let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(Stderr)
         .with_target(false)
         // Its own report of a failed write is an `eprintln!`, which panics
         // when stderr is a broken pipe (init gone): never let logging kill a task.
@@ -118,6 +124,71 @@ impl Throttle {
     }
 }
 
+/// A log file every line also goes to from [`tee`] on: verdant-init's own
+/// `logs/init.log`, which `verdantctl logs init` reads.
+static TEE: OnceLock<ServiceLog> = OnceLock::new();
+
+thread_local! {
+    /// Set while a line is written to the tee, whose own warning about a
+    /// failed write must not come back into it.
+    static IN_TEE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From now on, write every log line of this process to `log` too
+/// (without colours). The first call wins.
+pub fn tee(log: ServiceLog) {
+    let _ = TEE.set(log);
+}
+
+/// stderr, and the [`tee`]'d file once there is one.
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        Stderr
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter writes one whole event per call.
+        if let Some(log) = TEE.get()
+            && !IN_TEE.replace(true)
+        {
+            log.write(&strip_ansi(buf));
+            IN_TEE.set(false);
+        }
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `text` without the SGR sequences (`ESC [ ... m`) of a coloured terminal.
+fn strip_ansi(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.iter().position(|&b| b == 0x1b) {
+        out.extend_from_slice(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.strip_prefix(b"[") {
+            Some(seq) => {
+                let end = seq
+                    .iter()
+                    .position(|&b| b == b'm')
+                    .map_or(seq.len(), |e| e + 1);
+                rest = &seq[end..];
+            }
+            None => rest = after,
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +211,14 @@ mod tests {
         let quoted = bounded(&long).to_string();
         assert!(quoted.ends_with("… (80000 bytes)"), "{quoted}");
         assert!(quoted.len() < QUOTED + 20);
+    }
+
+    #[test]
+    fn strips_colours_only() {
+        assert_eq!(
+            strip_ansi(b"\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m core up\n"),
+            b"2026  INFO core up\n"
+        );
+        assert_eq!(strip_ansi(b"plain [x] line\n"), b"plain [x] line\n");
     }
 }

@@ -1,5 +1,9 @@
-//! verdant-discovery: see DESIGN.md for what it will own. Until its issue
-//! (not yet scheduled) lands it serves only health, reflection and daemon info, and
-//! says so in its log and in `verdantctl status`.
+//! verdant-discovery: serves health, reflection and daemon info only.
+//! There is no discovery API: devices connect to the core's address and
+//! port as configured; it says so in its log and in `verdantctl status`.
 
-verdant_common::placeholder_daemon!("discovery", One, "not yet scheduled");
+verdant_common::placeholder_daemon!(
+    "discovery",
+    One,
+    "no discovery API: devices connect to the core's address directly"
+);

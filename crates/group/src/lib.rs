@@ -175,4 +175,19 @@ impl Thing {
             .rsplit_once("cert/")
             .map_or("", |(_, n)| n)
     }
+
+    /// The thing `name` with the certificate `certificate_id`, in the same
+    /// partition, region and account as this one (a device of a core).
+    pub fn sibling(&self, name: &str, certificate_id: &str) -> Thing {
+        let prefix = self
+            .thing_arn
+            .rsplit_once("thing/")
+            .map_or(self.thing_arn.as_str(), |(p, _)| p);
+        Thing {
+            id: name.to_string(),
+            thing_arn: format!("{prefix}thing/{name}"),
+            certificate_arn: format!("{prefix}cert/{certificate_id}"),
+            sync_shadow: false,
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The subscription table compiled for matching: which targets a message
-//! from a source on a topic reaches (`COMPAT.md` §4). The router owns the
+//! from a source on a topic reaches (docs/routing.md). The router owns the
 //! table; the broker keeps a copy the router hands it, so both match with
 //! this one implementation.
 //!

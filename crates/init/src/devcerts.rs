@@ -1,7 +1,8 @@
 //! Development certificates, written on a core's first start so a whole
 //! core runs without any outside PKI: a group CA, the core's server
 //! certificate (SANs: `localhost`, `127.0.0.1`, `::1`, the host name) and one
-//! sample device. Keys are 0600, certificates 0644. Production cores bring
+//! sample device; more devices later with [`issue_device`] (`verdantctl
+//! device add`). Keys are 0600, certificates 0644. Production cores bring
 //! their own certificates under the same names.
 
 use std::io::Write;
@@ -9,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -52,6 +53,10 @@ pub enum CertError {
     Read { path: PathBuf, reason: String },
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{} exists already: remove it (and its key) to issue a new one", path.display())]
+    Exists { path: PathBuf },
+    #[error("`{name}` cannot be a thing name: use 1 to 128 of a-z, A-Z, 0-9, `_`, `-` and `:`")]
+    BadName { name: String },
 }
 
 /// Writes the group CA, the core's and one device's certificates unless
@@ -95,23 +100,69 @@ pub fn ensure(paths: &CertPaths, core: &str, device: &str) -> Result<bool, CertE
     let server_key = KeyPair::generate()?;
     let server_cert = server.signed_by(&server_key, &issuer)?;
 
-    let mut client = leaf(device, now)?;
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate()?;
-    let client_cert = client.signed_by(&client_key, &issuer)?;
+    let (client_cert, client_key) = sign_device(device, now, &issuer)?;
 
     write(&paths.ca_key(), &issuer.key().serialize_pem(), 0o600)?;
     write(&paths.core_cert(), &server_cert.pem(), 0o644)?;
     write(&paths.core_key(), &server_key.serialize_pem(), 0o600)?;
-    write(&paths.device_cert(device), &client_cert.pem(), 0o644)?;
-    write(
-        &paths.device_key(device),
-        &client_key.serialize_pem(),
-        0o600,
-    )?;
+    write_device(paths, device, &client_cert, &client_key)?;
     // The CA certificate last: its presence means the set is complete.
     write(&paths.ca_cert(), &ca_cert.pem(), 0o644)?;
     Ok(true)
+}
+
+/// Issues a certificate for the device `thing` (X.509 v3, ECDSA P-256,
+/// client authentication, 825 days), signed by the group CA in `paths`, and
+/// writes it with its key as `devices/<thing>.pem` and `.key`. Refuses to
+/// overwrite either. Returns the certificate id a group's `CertificateArn`
+/// ends in.
+pub fn issue_device(paths: &CertPaths, thing: &str) -> Result<String, CertError> {
+    let valid = (1..=128).contains(&thing.len())
+        && thing
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b));
+    if !valid {
+        return Err(CertError::BadName { name: thing.into() });
+    }
+    for path in [paths.device_cert(thing), paths.device_key(thing)] {
+        if path.exists() {
+            return Err(CertError::Exists { path });
+        }
+    }
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|e| CertError::Read {
+            reason: e.to_string(),
+            path,
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read(paths.ca_key())?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(paths.ca_cert())?, ca_key)?;
+    let (cert, key) = sign_device(thing, OffsetDateTime::now_utc(), &issuer)?;
+    write_device(paths, thing, &cert, &key)?;
+    Ok(verdant_group::certificate_id(cert.der()))
+}
+
+/// A device's certificate, for client authentication, and its new key.
+fn sign_device(
+    thing: &str,
+    now: OffsetDateTime,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    let mut params = leaf(thing, now)?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
+fn write_device(
+    paths: &CertPaths,
+    thing: &str,
+    cert: &Certificate,
+    key: &KeyPair,
+) -> Result<(), CertError> {
+    write(&paths.device_key(thing), &key.serialize_pem(), 0o600)?;
+    write(&paths.device_cert(thing), &cert.pem(), 0o644)
 }
 
 fn name(cn: &str) -> DistinguishedName {
@@ -187,5 +238,38 @@ mod tests {
         let id = certificate_id(&paths.device_cert("dev")).unwrap();
         assert_eq!(id.len(), 64);
         assert_ne!(id, certificate_id(&paths.core_cert()).unwrap());
+    }
+
+    #[test]
+    fn issues_more_devices_from_the_ca_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths {
+            dir: dir.path().join("certs"),
+        };
+        ensure(&paths, "core", "dev").unwrap();
+        let id = issue_device(&paths, "sensor-1").unwrap();
+        assert_eq!(id, certificate_id(&paths.device_cert("sensor-1")).unwrap());
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(paths.device_key("sensor-1")), 0o600);
+
+        // Signed by the group CA: its issuer is the CA's subject, and the
+        // signature checks against the CA's public key.
+        let der = |p: PathBuf| pem::parse(std::fs::read(p).unwrap()).unwrap();
+        let (ca, leaf) = (der(paths.ca_cert()), der(paths.device_cert("sensor-1")));
+        let (_, ca) = x509_parser::parse_x509_certificate(ca.contents()).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+        assert_eq!(leaf.version(), x509_parser::x509::X509Version::V3);
+        assert_eq!(leaf.issuer(), ca.subject());
+        assert!(leaf.subject().to_string().contains("CN=sensor-1"));
+        leaf.verify_signature(Some(ca.public_key())).unwrap();
+
+        assert!(matches!(
+            issue_device(&paths, "sensor-1"),
+            Err(CertError::Exists { .. })
+        ));
+        assert!(matches!(
+            issue_device(&paths, "a/b"),
+            Err(CertError::BadName { .. })
+        ));
     }
 }

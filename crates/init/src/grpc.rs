@@ -9,6 +9,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use verdant_common::logs::ServiceLog;
+use verdant_common::paths::INIT_SERVICE;
 use verdant_common::uds::require_owner;
 use verdant_proto::supervisor::v1 as pb;
 use verdant_proto::supervisor::v1::supervisor_server::Supervisor as SupervisorApi;
@@ -20,6 +22,8 @@ pub struct Api {
     pub supervisor: Supervisor,
     /// Cancelled by the Shutdown call; init then stops everything and exits.
     pub shutdown: CancellationToken,
+    /// Init's own log, read by `ReadLogs` for the name `init`.
+    pub init_log: ServiceLog,
 }
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -126,7 +130,11 @@ impl SupervisorApi for Api {
         request: Request<pb::ReadLogsRequest>,
     ) -> Result<Response<Self::ReadLogsStream>, Status> {
         let req = request.into_inner();
-        let log = self.handle(&req.name)?.log.clone();
+        let log = if req.name == INIT_SERVICE {
+            self.init_log.clone()
+        } else {
+            self.handle(&req.name)?.log.clone()
+        };
         // Subscribe before reading the tail so no line falls in between.
         let follow = req.follow.then(|| log.follow());
         let tail = log

@@ -41,6 +41,16 @@ pub async fn run(
 ) -> Result<(), InitError> {
     let begun = Instant::now();
     let prepared = setup::prepare(root, runtime_dir, &programs)?;
+    // Init's own lines go to `logs/init.log` too, for `verdantctl logs init`.
+    let init_log = verdant_common::logs::ServiceLog::new(
+        prepared
+            .layout
+            .logs_dir()
+            .join(format!("{}.log", verdant_common::paths::INIT_SERVICE)),
+        prepared.config.init.log_max_bytes,
+        prepared.config.init.log_keep,
+    );
+    verdant_common::telemetry::tee(init_log.clone());
     // Bind before starting anything: an unusable socket dir stops us here.
     let init_socket = prepared.layout.socket(verdant_common::paths::INIT_SERVICE);
     let listener = uds::bind(&init_socket).map_err(|e| InitError::RuntimeDir {
@@ -90,6 +100,7 @@ pub async fn run(
     .add_service(SupervisorServer::new(grpc::Api {
         supervisor: supervisor.clone(),
         shutdown: shutdown.clone(),
+        init_log,
     }));
     server.readiness().serving().await;
     let serving = tokio::spawn(server.serve(listener, server_stop.clone()));

@@ -188,23 +188,25 @@ fn write_new(path: &Path, text: &str) -> Result<(), InitError> {
     })
 }
 
+/// The thing `name` with the certificate `certificate_id` in the account
+/// and region of a development core's sample group.
+pub fn local_thing(name: &str, certificate_id: &str) -> Thing {
+    Thing {
+        id: name.to_string(),
+        thing_arn: format!("arn:aws:iot:{REGION}:{ACCOUNT}:thing/{name}"),
+        certificate_arn: format!("arn:aws:iot:{REGION}:{ACCOUNT}:cert/{certificate_id}"),
+        sync_shadow: false,
+    }
+}
+
 /// `deployments/initial/group.json` and `deployments/current -> initial`.
 fn write_sample_group(layout: &Layout, certs: &CertPaths, core: &str) -> Result<(), InitError> {
-    let thing = |name: &str, cert: &Path| -> Result<Thing, InitError> {
-        Ok(Thing {
-            id: name.to_string(),
-            thing_arn: format!("arn:aws:iot:{REGION}:{ACCOUNT}:thing/{name}"),
-            certificate_arn: format!(
-                "arn:aws:iot:{REGION}:{ACCOUNT}:cert/{}",
-                devcerts::certificate_id(cert)?
-            ),
-            sync_shadow: false,
-        })
-    };
-    let group = Group::sample(
-        &thing(core, &certs.core_cert())?,
-        &thing(SAMPLE_DEVICE, &certs.device_cert(SAMPLE_DEVICE))?,
+    let core = local_thing(core, &devcerts::certificate_id(&certs.core_cert())?);
+    let device = core.sibling(
+        SAMPLE_DEVICE,
+        &devcerts::certificate_id(&certs.device_cert(SAMPLE_DEVICE))?,
     );
+    let group = Group::sample(&core, &device);
     let dir = layout.deployments_dir().join("initial");
     mkdir(&dir, 0o750)?;
     let json = serde_json::to_string_pretty(&group).expect("a group serializes");
@@ -262,7 +264,7 @@ fn print_welcome(layout: &Layout, certs: &CertPaths, group: &Group) {
          \x20 core cert:     {core_cert} (key beside it, 0600)\n\
          \x20 sample device: {dev_cert} (key beside it, 0600)\n\
          \x20 group:         {group_file} (group `{gid}`)\n\
-         Connect the sample device (the group's table routes `{d}/local/#` back to it; see docs/broker.md):\n\
+         Connect the sample device (docs/getting-started.md; `verdantctl device add` makes more):\n\
          \x20 mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert {dev_cert} --key {dev_key} -i {d} -t '{d}/local/#'\n\
          Inspect the core:  verdantctl --root {root} status",
         root = layout.root().display(),

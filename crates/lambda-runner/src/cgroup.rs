@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the lambda-runner makes its cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,35 @@ pub fn device_rule(path: &std::path::Path, writable: bool) -> io::Result<String>
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     pub dirs: Vec<PathBuf>,
+    /// The directory with the memory controller's files.
+    memory: PathBuf,
+    /// In the unified hierarchy (v2), else v1.
+    unified: bool,
+}
+
+/// How long a cgroup's removal waits for its last processes to be gone
+/// (a killed instance's processes take a moment to exit) ...
+const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
+/// ... looking again after this, doubling up to `REMOVE_MAX_WAIT`.
+const REMOVE_FIRST_WAIT: Duration = Duration::from_millis(10);
+const REMOVE_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// The number after `key` on its line of a `key value` file
+/// (`memory.events`, `memory.oom_control`, `cgroup.events`).
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Whether a failed removal means the cgroup is still in use (processes
+/// in it, or being torn down), so that trying again later may work.
+fn busy(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBUSY | libc::ENOTEMPTY | libc::EAGAIN)
+    )
 }
 
 impl Cgroup {
@@ -68,14 +98,71 @@ impl Cgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    /// Removes the cgroup (once its processes are gone).
-    pub fn remove(&self) {
-        for d in &self.dirs {
-            if let Err(e) = std::fs::remove_dir(d)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(cgroup = %d.display(), "cannot remove: {e}");
+    /// How many processes the kernel killed in it for going past its
+    /// memory limit: `oom_kill` of `memory.events` (v2) or of
+    /// `memory.oom_control` (v1, kernels since 4.13); 0 where the kernel
+    /// does not say.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.unified {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.memory.join(file))
+            .ok()
+            .and_then(|text| field(&text, "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// v2: processes are still in it (`populated 1` in `cgroup.events`).
+    /// v1 says nothing as cheaply: false, and removal just tries.
+    fn populated(&self) -> bool {
+        self.unified
+            && std::fs::read_to_string(self.memory.join("cgroup.events"))
+                .ok()
+                .and_then(|text| field(&text, "populated"))
+                .is_some_and(|n| n > 0)
+    }
+
+    /// Removes the cgroup once its processes are gone: tried at once, then
+    /// again with a growing wait (v2: once `cgroup.events` says it is no
+    /// longer populated) for up to `REMOVE_PATIENCE`, then given up with a
+    /// warning (the next start of the lambda-runner sweeps it).
+    pub async fn remove(&self) {
+        let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+        let mut wait = REMOVE_FIRST_WAIT;
+        let mut left: Vec<&PathBuf> = self.dirs.iter().collect();
+        loop {
+            let mut last = None;
+            if !self.populated() {
+                left.retain(|d| match std::fs::remove_dir(d) {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) if busy(&e) => {
+                        last = Some(e);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(cgroup = %d.display(), "cannot remove: {e}");
+                        false
+                    }
+                });
             }
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for d in left {
+                    tracing::warn!(
+                        cgroup = %d.display(),
+                        "still in use {REMOVE_PATIENCE:?} after its instance ended; left for the next start to remove{}",
+                        last.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REMOVE_MAX_WAIT);
         }
     }
 }
@@ -187,7 +274,7 @@ impl Hierarchy {
                     write(&memsw, &limits.memory_bytes.to_string())?;
                 }
                 write(&p.join("pids.max"), &limits.pids.to_string())?;
-                let mut dirs = vec![m, p];
+                let mut dirs = vec![m.clone(), p];
                 if let Some(devices) = devices {
                     let d = devices.join(name);
                     std::fs::create_dir_all(&d)?;
@@ -201,7 +288,11 @@ impl Hierarchy {
                     }
                     dirs.push(d);
                 }
-                Ok(Cgroup { dirs })
+                Ok(Cgroup {
+                    dirs,
+                    memory: m,
+                    unified: false,
+                })
             }
             Hierarchy::V2 { dir } => {
                 std::fs::create_dir_all(dir)?;
@@ -219,7 +310,11 @@ impl Hierarchy {
                     write(&swap, "0")?;
                 }
                 write(&c.join("pids.max"), &limits.pids.to_string())?;
-                Ok(Cgroup { dirs: vec![c] })
+                Ok(Cgroup {
+                    dirs: vec![c.clone()],
+                    memory: c,
+                    unified: true,
+                })
             }
         }
     }
@@ -309,5 +404,121 @@ mod tests {
         assert!(live.exists() && !dead.exists());
         // Neither: no hierarchy.
         assert_eq!(Hierarchy::detect(fs.path(), "0::/elsewhere\n", "x"), None);
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_version() {
+        let fs = tempfile::tempdir().unwrap();
+        let v1 = Cgroup {
+            dirs: vec![fs.path().to_path_buf()],
+            memory: fs.path().to_path_buf(),
+            unified: false,
+        };
+        assert_eq!(v1.oom_kills(), 0, "no file: nothing known");
+        std::fs::write(
+            fs.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(v1.oom_kills(), 2);
+        std::fs::write(
+            fs.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let v2 = Cgroup {
+            unified: true,
+            ..v1
+        };
+        assert_eq!(v2.oom_kills(), 1);
+        assert_eq!(field("oom_kill_disable 1\n", "oom_kill"), None);
+    }
+
+    #[tokio::test]
+    async fn removal_waits_until_the_cgroup_is_no_longer_in_use() {
+        let fs = tempfile::tempdir().unwrap();
+        let dir = fs.path().join("fn-3");
+        std::fs::create_dir(&dir).unwrap();
+        // A file in it stands for the processes still leaving (the
+        // removal meets ENOTEMPTY as it would EBUSY).
+        std::fs::write(dir.join("x"), "").unwrap();
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let cg = Cgroup {
+            dirs: vec![dir.clone()],
+            memory: dir.clone(),
+            unified: true,
+        };
+        let emptied = dir.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(emptied.join("x")).unwrap();
+            std::fs::write(emptied.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_file(emptied.join("cgroup.events")).unwrap();
+        });
+        cg.remove().await;
+        assert!(!dir.exists());
+    }
+
+    /// The cgroups a test may make beside its own, on this machine (root
+    /// only): v2 (the unified hierarchy, alone or beside v1) and v1 pids.
+    fn real_parents() -> Vec<(PathBuf, bool)> {
+        if !nix::unistd::geteuid().is_root() {
+            return Vec::new();
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut found = Vec::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let path = path.trim_start_matches('/');
+            let root = match controllers {
+                "" => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                    .iter()
+                    .map(Path::new)
+                    .find(|r| r.join("cgroup.controllers").is_file()),
+                "pids" => Some(Path::new("/sys/fs/cgroup/pids")),
+                _ => None,
+            };
+            if let Some(root) = root {
+                found.push((root.join(path), controllers.is_empty()));
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_real_cgroup_is_removed_once_its_last_process_is_gone() {
+        for (parent, unified) in real_parents() {
+            let dir = parent.join(format!("verdant-test-{}", std::process::id()));
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            let mut sleeper = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+            let cg = Cgroup {
+                dirs: vec![dir.clone()],
+                memory: dir.clone(),
+                unified,
+            };
+            let removal = tokio::spawn(async move { cg.remove().await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                dir.exists(),
+                "{} removed with a process in it",
+                dir.display()
+            );
+            sleeper.kill().unwrap();
+            sleeper.wait().unwrap();
+            removal.await.unwrap();
+            assert!(!dir.exists(), "{} left", dir.display());
+        }
     }
 }

@@ -70,6 +70,23 @@ impl Default for LambdaConfig {
     }
 }
 
+/// The IPC port functions built on Greengrass Core SDKs older than 1.6
+/// use, whatever `GG_DAEMON_PORT` says (greengrasssdk 1.5.0, which AWS's
+/// sample functions pin, is one).
+pub const LEGACY_SDK_PORT: u16 = 8000;
+
+/// The warning an operator gets when the IPC endpoint listens on `port`
+/// (the bound one: 0 in the config picks another): none on 8000.
+pub fn legacy_sdk_warning(port: u16) -> Option<String> {
+    (port != LEGACY_SDK_PORT).then(|| {
+        format!(
+            "the function IPC endpoint is on port {port}, not {LEGACY_SDK_PORT}: functions \
+             built on Greengrass Core SDKs older than 1.6 (such as greengrasssdk 1.5.0) \
+             ignore GG_DAEMON_PORT and will not reach it"
+        )
+    })
+}
+
 impl LambdaConfig {
     /// Problems that stop the lambda-runner from starting, as (key, reason).
     pub fn check(&self) -> Result<(), (String, String)> {
@@ -92,5 +109,19 @@ impl LambdaConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_port_other_than_8000_warns_of_old_sdks() {
+        assert_eq!(LambdaConfig::default().ipc_port, LEGACY_SDK_PORT);
+        assert_eq!(legacy_sdk_warning(8000), None);
+        let warning = legacy_sdk_warning(8001).expect("a warning");
+        assert!(warning.contains("port 8001, not 8000"), "{warning}");
+        assert!(warning.contains("older than 1.6"), "{warning}");
     }
 }

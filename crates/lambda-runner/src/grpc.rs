@@ -76,6 +76,7 @@ impl Lambda for Api {
                 errors: v.counters.errors,
                 timeouts: v.counters.timeouts,
                 overflow: v.counters.overflow,
+                out_of_memory: v.counters.out_of_memory,
                 uid: v.spec.uid,
                 gid: v.spec.gid,
                 memory_bytes: v.pids.iter().map(|p| resident(*p)).sum(),

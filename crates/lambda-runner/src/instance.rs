@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use verdant_common::logs::ServiceLog;
-use verdant_common::shutdown::CancellationToken;
+use verdant_common::shutdown::{CancellationToken, TaskTracker};
 
 use crate::cgroup::{Cgroup, Hierarchy, Limits};
 use crate::function::{Runtime, Spec};
 use crate::sandbox::{self, Plan};
-use crate::work::{FunctionId, InstanceId, Runner, Start};
+use crate::work::{Ended, FunctionId, InstanceId, Runner, Start};
 
 /// What every instance is told about the core.
 #[derive(Debug, Clone)]
@@ -50,6 +50,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_mins(1);
 /// A pinned instance that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_mins(1);
+/// At shutdown, how long killed instances get to be reaped and their
+/// cgroups removed (what is left is swept at the next start).
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct Supervisor {
     pub runner: Arc<Mutex<Runner>>,
@@ -65,8 +68,10 @@ impl Supervisor {
         shutdown: CancellationToken,
     ) {
         let mut kills: HashMap<(FunctionId, InstanceId), oneshot::Sender<()>> = HashMap::new();
-        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let (ended_tx, mut ends) = mpsc::unbounded_channel();
         let mut backoff: HashMap<FunctionId, Duration> = HashMap::new();
+        // Instances, and after them the removal of their cgroups.
+        let tasks = TaskTracker::new();
         // Only while instances run: an idle core is not woken ten times a
         // second for nothing.
         let mut tick = tokio::time::interval(TICK);
@@ -80,38 +85,35 @@ impl Supervisor {
                     let (kill_tx, kill) = oneshot::channel();
                     kills.insert((f, i), kill_tx);
                     let env = self.env.clone();
-                    let ended = ended_tx.clone();
+                    let ended_tx = ended_tx.clone();
                     let runner = self.runner.clone();
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         tokio::time::sleep(delay).await;
                         let started = Instant::now();
-                        let why = match cgroup(&spec, &env, i) {
-                            Ok(cg) => {
-                                let started = |pid| runner.lock().expect("runner lock").started(f, i, pid);
-                                let why = run_instance(&spec, &env, &token, cg.as_ref(), started, kill).await;
-                                if let Some(cg) = cg {
-                                    cg.remove();
-                                }
-                                why
-                            }
-                            Err(e) => {
-                                tracing::error!(function = %spec.arn, "cannot make its cgroup: {e}");
-                                format!("cannot make its cgroup: {e}")
-                            }
-                        };
-                        let _ = ended.send((f, i, why, started.elapsed()));
+                        let on_start = |pid| runner.lock().expect("runner lock").started(f, i, pid);
+                        let (ended, cg) = supervise(&spec, &env, i, &token, on_start, kill).await;
+                        let _ = ended_tx.send((f, i, ended, started.elapsed()));
+                        // Off the hot path: the runner already knows the
+                        // instance is gone; its cgroup goes once its last
+                        // processes have.
+                        if let Some(cg) = cg {
+                            cg.remove().await;
+                        }
                     });
                 }
-                Some((f, i, why, lived)) = ended.recv() => {
+                Some((f, i, ended, lived)) = ends.recv() => {
                     kills.remove(&(f, i));
                     let mut runner = self.runner.lock().expect("runner lock");
                     let arn = runner.spec(f).arn.clone();
-                    if runner.exited(f, i, &why) {
+                    if matches!(ended, Ended::OutOfMemory { .. }) {
+                        tracing::error!(function = %arn, "{ended}");
+                    }
+                    if runner.exited(f, i, &ended) {
                         let b = backoff.entry(f).or_insert(FIRST_BACKOFF);
                         *b = if lived > HEALTHY_AFTER { FIRST_BACKOFF } else { (*b * 2).min(MAX_BACKOFF) };
-                        tracing::warn!(function = %arn, restart_in = ?*b, "pinned function instance ended: {why}");
+                        tracing::warn!(function = %arn, restart_in = ?*b, "pinned function instance ended: {ended}");
                     } else {
-                        tracing::debug!(function = %arn, "instance ended: {why}");
+                        tracing::debug!(function = %arn, "instance ended: {ended}");
                     }
                 }
                 _ = tick.tick(), if !kills.is_empty() => {
@@ -124,21 +126,43 @@ impl Supervisor {
                 }
             }
         }
-        // Stop every instance, and give each a moment to be reaped and its
-        // cgroup removed.
-        let n = kills.len();
+        // Stop every instance, and give them a moment to be reaped and
+        // their cgroups removed.
         for (_, kill) in kills.drain() {
             let _ = kill.send(());
         }
-        for _ in 0..n {
-            if tokio::time::timeout(Duration::from_secs(2), ended.recv())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
+        verdant_common::shutdown::drain(&tasks, STOP_PATIENCE).await;
     }
+}
+
+/// Runs one instance, in its cgroup if it is a container one: why it
+/// ended, and its cgroup (to remove).
+async fn supervise(
+    spec: &Spec,
+    env: &Environment,
+    i: InstanceId,
+    token: &str,
+    started: impl FnOnce(u32),
+    kill: oneshot::Receiver<()>,
+) -> (Ended, Option<Cgroup>) {
+    let cg = match cgroup(spec, env, i) {
+        Ok(cg) => cg,
+        Err(e) => {
+            tracing::error!(function = %spec.arn, "cannot make its cgroup: {e}");
+            return (Ended::Exited(format!("cannot make its cgroup: {e}")), None);
+        }
+    };
+    let ended = run_instance(spec, env, token, cg.as_ref(), started, kill).await;
+    // Its memory limit killed it (or one of its processes, which it did
+    // not outlive): say so rather than leave a bare SIGKILL status.
+    let ended = match (ended, &cg) {
+        (Ended::Exited(_), Some(cg)) if cg.oom_kills() > 0 => Ended::OutOfMemory {
+            arn: spec.arn.clone(),
+            memory_kb: spec.memory_kb,
+        },
+        (ended, _) => ended,
+    };
+    (ended, cg)
 }
 
 /// A container instance's cgroup, with its function's `MemorySize` and the
@@ -285,7 +309,7 @@ async fn run_instance(
     cgroup: Option<&Cgroup>,
     started: impl FnOnce(u32),
     kill: oneshot::Receiver<()>,
-) -> String {
+) -> Ended {
     let runtimes = if spec.container {
         PathBuf::from("/runtime")
     } else {
@@ -297,7 +321,7 @@ async fn run_instance(
         modules,
     }) = command(spec, env, &runtimes)
     else {
-        return "the function cannot run".into();
+        return Ended::Exited("the function cannot run".into());
     };
     let mut cmd = if spec.container {
         let mut command_line = vec![resolve(&program).display().to_string()];
@@ -314,10 +338,10 @@ async fn run_instance(
     // stdout and stderr on one pipe into the function's rotating log.
     let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return format!("cannot make its output pipe: {e}"),
+        Err(e) => return Ended::Exited(format!("cannot make its output pipe: {e}")),
     };
     let Ok(write2) = write.try_clone() else {
-        return "cannot make its output pipe".into();
+        return Ended::Exited("cannot make its output pipe".into());
     };
     if let Some(log) = env.logs.get(&spec.name) {
         log.pump(read);
@@ -351,7 +375,7 @@ async fn run_instance(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(function = %spec.arn, "cannot start: {e}");
-            return format!("cannot start: {e}");
+            return Ended::Exited(format!("cannot start: {e}"));
         }
     };
     let pid = child.id();
@@ -367,8 +391,8 @@ async fn run_instance(
     );
     tokio::select! {
         status = child.wait() => match status {
-            Ok(s) => format!("its process exited ({s})"),
-            Err(e) => format!("its process was lost: {e}"),
+            Ok(s) => Ended::Exited(format!("its process exited ({s})")),
+            Err(e) => Ended::Exited(format!("its process was lost: {e}")),
         },
         _ = kill => {
             if let Some(pid) = pid {
@@ -379,7 +403,7 @@ async fn run_instance(
                 );
             }
             let _ = child.wait().await;
-            "stopped".into()
+            Ended::Stopped
         }
     }
 }

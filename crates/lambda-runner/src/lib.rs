@@ -224,6 +224,20 @@ fn directories(ctx: &Context) -> Result<(std::path::PathBuf, std::path::PathBuf)
     Ok((runtimes, sandbox_dir))
 }
 
+/// The function IPC endpoint's listener on 127.0.0.1:`port` and the port
+/// it got (`0` picks one); a warning if functions on old SDKs cannot reach it.
+async fn bind_ipc(port: u16) -> Result<(tokio::net::TcpListener, u16), LambdaError> {
+    let bind = |source| LambdaError::Bind { port, source };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?.port();
+    if let Some(warning) = config::legacy_sdk_warning(bound) {
+        tracing::warn!("{warning}");
+    }
+    Ok((listener, bound))
+}
+
 /// Runs the group's functions until `shutdown` is cancelled.
 pub async fn run(
     ctx: Context,
@@ -239,19 +253,7 @@ pub async fn run(
     let (specs, cgroups) = functions(&ctx, &config, &group);
     let (runtimes, sandbox_dir) = directories(&ctx)?;
 
-    let ipc_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.ipc_port))
-        .await
-        .map_err(|source| LambdaError::Bind {
-            port: config.ipc_port,
-            source,
-        })?;
-    let ipc_port = ipc_listener
-        .local_addr()
-        .map_err(|source| LambdaError::Bind {
-            port: config.ipc_port,
-            source,
-        })?
-        .port();
+    let (ipc_listener, ipc_port) = bind_ipc(config.ipc_port).await?;
     tracing::info!(
         functions = specs.len(),
         ipc_port,

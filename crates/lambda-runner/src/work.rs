@@ -78,6 +78,24 @@ pub struct Counters {
     pub errors: u64,
     pub timeouts: u64,
     pub overflow: u64,
+    /// Instances the kernel killed at their cgroup's memory limit.
+    pub out_of_memory: u64,
+}
+
+/// Why an instance's process ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// The supervisor stopped it (its invocation timed out, it was idle,
+    /// the core is stopping).
+    #[error("stopped")]
+    Stopped,
+    /// The kernel killed it for going past its `MemorySize` (its cgroup
+    /// counted an OOM kill).
+    #[error("function {arn} exceeded its MemorySize of {memory_kb} KiB and was killed")]
+    OutOfMemory { arn: String, memory_kb: u32 },
+    /// It exited by itself, or could not start: how.
+    #[error("{0}")]
+    Exited(String),
 }
 
 #[derive(Debug)]
@@ -247,7 +265,9 @@ impl Runner {
         let function = &mut self.functions[f.0];
         if function.queue.len() >= self.max_work_items {
             function.counters.overflow += 1;
-            tracing::warn!(function = %arn, queued = function.queue.len(), "work queue full: work item refused");
+            // Counted; the caller logs it (a routed message's refusal at
+            // most every 10 s per function, `link.rs`) or is told.
+            tracing::debug!(function = %arn, queued = function.queue.len(), "work queue full: work item refused");
             return Err(Refused::Full(arn.to_string()));
         }
         let id = self.invocation_id();
@@ -402,14 +422,18 @@ impl Runner {
     }
 
     /// An instance's process ended (or could not start): what it ran fails
-    /// as `Unhandled`; a pinned function gets a new instance (the
+    /// as `Unhandled` with why (an OOM kill counted); a pinned function gets a new instance (the
     /// supervisor delays its start). True if one was asked for.
-    pub fn exited(&mut self, f: FunctionId, i: InstanceId, why: &str) -> bool {
+    pub fn exited(&mut self, f: FunctionId, i: InstanceId, ended: &Ended) -> bool {
         let function = &mut self.functions[f.0];
         let Some(instance) = function.instances.remove(&i) else {
             return false;
         };
         self.tokens.remove(&instance.token);
+        if matches!(ended, Ended::OutOfMemory { .. }) {
+            function.counters.out_of_memory += 1;
+        }
+        let why = &ended.to_string();
         if let Some((id, _, _)) = instance.busy {
             function.counters.errors += 1;
             function.last_error = Some(shorten(why));

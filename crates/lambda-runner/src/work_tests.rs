@@ -105,7 +105,7 @@ fn a_timeout_fails_the_invocation_and_a_pinned_function_gets_a_new_instance() {
     assert!(
         String::from_utf8_lossy(&outcome.payload).contains("Task timed out after 3.00 seconds")
     );
-    assert!(r.exited(f, i, "killed"));
+    assert!(r.exited(f, i, &Ended::Exited("killed".into())));
     let (_, again, _) = starts.try_recv().expect("a new instance");
     assert_ne!(again, i);
     let c = r.views()[0].counters;
@@ -122,8 +122,8 @@ fn an_instance_that_dies_fails_its_invocation_and_an_orphaned_queue() {
     };
     let queued = r.submit("a", Bytes::new(), String::new(), true).unwrap();
     let (_, second, _) = starts.try_recv().unwrap();
-    assert!(!r.exited(f, second, "could not start"));
-    assert!(!r.exited(f, i, "exited with status 1"));
+    assert!(!r.exited(f, second, &Ended::Exited("could not start".into())));
+    assert!(!r.exited(f, i, &Ended::Exited("exited with status 1".into())));
     for id in [first, queued] {
         let Some(Pending::Ready(o)) = r.result(&id) else {
             panic!()
@@ -161,7 +161,37 @@ fn on_demand_instances_idle_too_long_are_stopped_but_pinned_ones_stay() {
     assert!(r.overdue(Instant::now()).is_empty(), "not idle long yet");
     let later = Instant::now() + Duration::from_secs(61);
     assert_eq!(r.overdue(later), [(f, i)], "only the on-demand one");
-    assert!(!r.exited(f, i, "stopped"), "no replacement while idle");
+    assert!(
+        !r.exited(f, i, &Ended::Stopped),
+        "no replacement while idle"
+    );
     assert_eq!(r.views()[0].instances, 0);
     assert_eq!(r.views()[1].instances, 1);
+}
+
+#[test]
+fn an_instance_killed_at_its_memory_limit_fails_its_invocation_saying_so_and_is_counted() {
+    let (mut runner, mut starts) = runner(vec![spec("a", false)]);
+    let id = runner
+        .submit("a", Bytes::new(), String::new(), true)
+        .unwrap();
+    let (function, instance, _) = starts.try_recv().unwrap();
+    let Some(Pending::Ready(_)) = runner.take_work(function, instance) else {
+        panic!()
+    };
+    let oom = Ended::OutOfMemory {
+        arn: "a".into(),
+        memory_kb: 16_384,
+    };
+    assert!(!runner.exited(function, instance, &oom));
+    let Some(Pending::Ready(outcome)) = runner.result(&id) else {
+        panic!()
+    };
+    assert_eq!(outcome.error, "Unhandled");
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.payload),
+        r#"{"errorMessage":"function a exceeded its MemorySize of 16384 KiB and was killed"}"#
+    );
+    let counters = runner.views()[0].counters;
+    assert_eq!((counters.out_of_memory, counters.errors), (1, 1));
 }

@@ -1,5 +1,5 @@
-//! verdant-secrets: see DESIGN.md for what it will own. Until its issue
-//! (not yet scheduled) lands it serves only health, reflection and daemon info, and
-//! says so in its log and in `verdantctl status`.
+//! verdant-secrets: serves health, reflection and daemon info only. No
+//! secrets are kept on the core, and functions cannot read any; it says so
+//! in its log and in `verdantctl status`.
 
-verdant_common::placeholder_daemon!("secrets", One, "not yet scheduled");
+verdant_common::placeholder_daemon!("secrets", One, "no secrets are kept on this core");

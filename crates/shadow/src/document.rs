@@ -48,13 +48,13 @@ pub struct Request {
     pub client_token: Option<String>,
 }
 
-/// Parses a request payload (get and delete may be empty).
+/// Parses a request payload (get and delete may be empty). A refusal
+/// comes with the client token to echo, recovered from the payload
+/// however far it could be read ([`crate::token::recover`]).
 pub fn parse(payload: &[u8], limits: Limits) -> Result<Request, (Rejection, Option<String>)> {
+    let refuse = |r: Rejection| Err((r, crate::token::recover(payload)));
     if payload.len() > limits.max_document_bytes {
-        return Err((
-            reject(413, "The payload exceeds the maximum size allowed"),
-            None,
-        ));
+        return refuse(reject(413, "The payload exceeds the maximum size allowed"));
     }
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Request {
@@ -63,12 +63,14 @@ pub fn parse(payload: &[u8], limits: Limits) -> Result<Request, (Rejection, Opti
         });
     }
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(payload) else {
-        return Err((reject(400, "Invalid JSON"), None));
+        return refuse(reject(400, "Invalid JSON"));
     };
     let client_token = match body.get("clientToken") {
         None => None,
         Some(Value::String(t)) if t.len() <= 64 => Some(t.clone()),
-        Some(_) => return Err((reject(400, "Invalid clientToken"), None)),
+        // Echoed all the same when it is a string, so the caller can
+        // match the rejection to its request.
+        Some(_) => return refuse(reject(400, "Invalid clientToken")),
     };
     Ok(Request { body, client_token })
 }

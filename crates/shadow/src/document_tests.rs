@@ -118,13 +118,30 @@ fn rejections_with_aws_codes_and_messages() {
         "Invalid version"
     );
 
-    let (r, _) = parse(b"{not json", LIMITS).unwrap_err();
-    assert_eq!((r.code, r.message.as_str()), (400, "Invalid JSON"));
-    let (r, _) = parse(&vec![b' '; 9000], LIMITS).unwrap_err();
-    assert_eq!(r.code, 413);
-    let long = json!({"clientToken": "x".repeat(65)}).to_string();
-    let (r, _) = parse(long.as_bytes(), LIMITS).unwrap_err();
-    assert_eq!(r.message, "Invalid clientToken");
+    let (r, token) = parse(b"{not json", LIMITS).unwrap_err();
+    assert_eq!(
+        (r.code, r.message.as_str(), token),
+        (400, "Invalid JSON", None)
+    );
+    let (r, token) = parse(br#"{"clientToken": "t", "state": }"#, LIMITS).unwrap_err();
+    assert_eq!((r.code, token.as_deref()), (400, Some("t")));
+    let (r, token) = parse(&vec![b' '; 9000], LIMITS).unwrap_err();
+    assert_eq!((r.code, token), (413, None));
+    let big = json!({"state": {"reported": {"x": "y".repeat(9000)}}, "clientToken": "big"});
+    let (r, token) = parse(big.to_string().as_bytes(), LIMITS).unwrap_err();
+    assert_eq!((r.code, token.as_deref()), (413, Some("big")));
+    let long = "x".repeat(65);
+    let (r, token) = parse(
+        json!({ "clientToken": long }).to_string().as_bytes(),
+        LIMITS,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (r.message.as_str(), token),
+        ("Invalid clientToken", Some(long))
+    );
+    let (_, token) = parse(br#"{"clientToken": 5}"#, LIMITS).unwrap_err();
+    assert_eq!(token, None);
     let body = rejected(&reject(404, "gone"), Some(&"tok".to_string()), 5);
     assert_eq!(
         body,

@@ -9,6 +9,7 @@ mod link;
 pub mod service;
 pub mod store;
 pub mod sync;
+pub mod token;
 
 use tokio::net::UnixListener;
 use verdant_common::daemon::Context;

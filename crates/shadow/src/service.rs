@@ -220,7 +220,7 @@ impl Shadows {
                     let n = per_thing.entry(target.thing.clone()).or_default();
                     *n += usize::from(*from_device);
                     if *n > self.limits.max_in_flight_per_thing {
-                        too_many(&target, payload, self.limits)
+                        too_many(&target, payload)
                     } else {
                         self.answer(&target, payload, &mut ops, &mut undo)
                     }
@@ -328,10 +328,8 @@ impl Shadows {
 }
 
 /// 429 for a request past the in-flight limit of its thing.
-fn too_many(target: &Target, payload: &[u8], limits: Limits) -> Answer {
-    let token = document::parse(payload, limits)
-        .ok()
-        .and_then(|r| r.client_token);
+fn too_many(target: &Target, payload: &[u8]) -> Answer {
+    let token = crate::token::recover(payload);
     let r = document::reject(429, "Too many requests");
     Answer {
         replies: vec![(
@@ -460,6 +458,104 @@ mod tests {
         assert!(parse_topic("$aws/things/dev-1/shadow/update/accepted").is_none());
         assert!(parse_topic("$aws/things//shadow/get").is_none());
         assert!(parse_topic("other/topic").is_none());
+    }
+
+    /// Each request of `requests` (op, payload, code) on `prefix`, alone in
+    /// its batch, is rejected with `code` and the token `T`.
+    async fn rejected_with_token(s: &mut Shadows, prefix: &str, requests: &[(&str, String, u16)]) {
+        for (op, payload, code) in requests {
+            let replies = s
+                .batch(vec![(
+                    format!("{prefix}/{op}"),
+                    Bytes::from(payload.clone()),
+                    true,
+                )])
+                .await;
+            let shown = &payload[..payload.len().min(80)];
+            let [(topic, reply)] = &replies[0][..] else {
+                panic!("one reply to {shown}: {replies:?}");
+            };
+            let reply: Value = serde_json::from_slice(reply).unwrap();
+            assert_eq!(topic, &format!("{prefix}/{op}/rejected"), "{shown}");
+            assert_eq!(reply["code"], *code, "{shown}: {reply}");
+            assert_eq!(reply["clientToken"], "T", "{shown}: {reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_rejection_echoes_the_client_token_even_of_unreadable_requests() {
+        let mut s = Shadows {
+            docs: HashMap::new(),
+            store: None,
+            limits: Limits {
+                max_document_bytes: 1024,
+                max_in_flight_per_thing: 2,
+            },
+            changes: tokio::sync::broadcast::channel(16).0,
+            sync: Sync::default(),
+        };
+        let big = "y".repeat(2000);
+        let requests = [
+            ("get", r#"{"clientToken":"T"}"#.to_string(), 404),
+            ("delete", r#"{"clientToken":"T"}"#.to_string(), 404),
+            ("update", r#"{"clientToken":"T"}"#.to_string(), 400),
+            ("update", r#"{"state":1,"clientToken":"T"}"#.to_string(), 400),
+            ("update", r#"{"state":{"other":{}},"clientToken":"T"}"#.to_string(), 400),
+            ("update", r#"{"state":{"desired":{"1":{"2":{"3":{"4":{"5":{"6":{"7":1}}}}}}}},"clientToken":"T"}"#.to_string(), 400),
+            ("update", r#"{"state":{},"version":"1","clientToken":"T"}"#.to_string(), 400),
+            ("update", r#"{"state":{"desired":{"a":1}},"version":4,"clientToken":"T"}"#.to_string(), 409),
+            // Too large, valid JSON or not.
+            ("update", format!(r#"{{"state":{{"reported":{{"x":"{big}"}}}},"clientToken":"T"}}"#), 413),
+            ("update", format!(r#"{{"clientToken":"T","state":{{"reported":{{"x":{big}}}}}}}"#), 413),
+            ("get", format!(r#"{{"clientToken":"T","pad":"{big}"}}"#), 413),
+            // Not JSON, with a readable token.
+            ("update", r#"{"state":{oops},"clientToken":"T"}"#.to_string(), 400),
+            ("delete", r#"{"clientToken":"T"}}"#.to_string(), 400),
+        ];
+        for prefix in ["$aws/things/d/shadow", "$aws/things/d/shadow/name/n"] {
+            rejected_with_token(&mut s, prefix, &requests).await;
+        }
+        // A token too long to be valid is echoed with its rejection.
+        let long = "L".repeat(65);
+        let replies = s
+            .batch(vec![(
+                "$aws/things/d/shadow/get".into(),
+                Bytes::from(format!(r#"{{"clientToken":"{long}"}}"#)),
+                true,
+            )])
+            .await;
+        let reply: Value = serde_json::from_slice(&replies[0][0].1).unwrap();
+        assert_eq!(
+            (reply["code"].as_u64(), reply["clientToken"].as_str()),
+            (Some(400), Some(long.as_str()))
+        );
+        // Past the in-flight limit (429), too large or not.
+        let replies = s
+            .batch(vec![
+                ("$aws/things/d/shadow/get".into(), Bytes::new(), true),
+                ("$aws/things/d/shadow/get".into(), Bytes::new(), true),
+                (
+                    "$aws/things/d/shadow/name/n/get".into(),
+                    Bytes::from(r#"{"clientToken":"T"}"#),
+                    true,
+                ),
+                (
+                    "$aws/things/d/shadow/update".into(),
+                    Bytes::from(format!(r#"{{"clientToken":"T","x":"{big}"}}"#)),
+                    true,
+                ),
+            ])
+            .await;
+        let past: Vec<&Reply> = replies[2..].iter().flatten().collect();
+        assert_eq!(past.len(), 2, "{replies:?}");
+        for (topic, reply) in past {
+            let reply: Value = serde_json::from_slice(reply).unwrap();
+            assert!(topic.ends_with("/rejected"), "{topic}");
+            assert_eq!(
+                (reply["code"].as_u64(), reply["clientToken"].as_str()),
+                (Some(429), Some("T"))
+            );
+        }
     }
 
     #[tokio::test]

@@ -56,24 +56,41 @@ fn main() -> ExitCode {
                 println!("verdant {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
+            Some(flag) if flag == "--help" || flag == "-h" || flag == "help" => {
+                print!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
             other => {
-                if let Some(name) = other.filter(|n| n != "--help" && n != "-h") {
+                if let Some(name) = other {
                     eprintln!("verdant: unknown program `{name}`");
                 }
-                eprintln!("usage: verdant <program> [args...]   (or run it as verdant-<program>)");
-                eprintln!(
-                    "programs: {}",
-                    PROGRAMS
-                        .iter()
-                        .map(|p| p.trim_start_matches("verdant-"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                eprint!("{}", usage());
                 return ExitCode::from(2);
             }
         }
     };
     run(&program, args)
+}
+
+/// What `verdant --help` prints.
+fn usage() -> String {
+    let programs = PROGRAMS
+        .iter()
+        .filter(|p| **p != "verdant-lambda-sandbox")
+        .map(|p| p.trim_start_matches("verdant-"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "verdant: one executable for a whole Verdant core\n\n\
+         Usage: verdant <PROGRAM> [ARGS...]   (or run it as verdant-<PROGRAM>)\n\n\
+         Arguments:\n\
+         \x20 <PROGRAM>  what to run: {programs}\n\
+         \x20 [ARGS...]  the program's own arguments (`verdant <PROGRAM> --help` lists them)\n\n\
+         Options:\n\
+         \x20 -h, --help     Print help\n\
+         \x20 -V, --version  Print version\n\n\
+         `verdant init --root DIR` starts a core: the supervisor, which starts every daemon.\n"
+    )
 }
 
 /// Runs a program of this binary in this process; also how the zygote of

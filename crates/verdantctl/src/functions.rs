@@ -22,6 +22,7 @@ struct FunctionView<'a> {
     errors: u64,
     timeouts: u64,
     overflow: u64,
+    out_of_memory: u64,
     uid: u32,
     gid: u32,
     pids: &'a [u32],
@@ -43,6 +44,7 @@ pub enum FunctionsCmd {
     Invoke {
         /// The function's qualified ARN.
         function: String,
+        /// The payload the function gets (JSON or any text; default: empty).
         #[arg(default_value = "")]
         payload: String,
         /// Do not wait for the result.
@@ -52,6 +54,9 @@ pub enum FunctionsCmd {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Add a function to the deployed group (its code: in the directory
+    /// this prints); prints its ARN for routes.
+    Add(crate::group::NewFunction),
     /// What a function wrote to stdout and stderr.
     Logs {
         /// Its qualified ARN or its name.
@@ -68,6 +73,7 @@ pub enum FunctionsCmd {
 pub async fn run(dir: &Path, cmd: Option<FunctionsCmd>, json: bool) -> Result<(), String> {
     match cmd.unwrap_or(FunctionsCmd::List) {
         FunctionsCmd::List => list(dir, json).await,
+        FunctionsCmd::Add(_) => unreachable!("handled before dialling"),
         FunctionsCmd::Invoke {
             function,
             payload,
@@ -143,6 +149,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             errors: f.errors,
             timeouts: f.timeouts,
             overflow: f.overflow,
+            out_of_memory: f.out_of_memory,
             uid: f.uid,
             gid: f.gid,
             pids: &f.pids,
@@ -172,6 +179,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
                 f.invocations.to_string(),
                 f.errors.to_string(),
                 f.timeouts.to_string(),
+                f.out_of_memory.to_string(),
                 format!("{}:{}", f.uid, f.gid),
                 if f.state == "ready" {
                     "ready"
@@ -194,6 +202,7 @@ async fn list(dir: &Path, json: bool) -> Result<(), String> {
             "INVOCATIONS",
             "ERRORS",
             "TIMEOUTS",
+            "OOM KILLS",
             "RUN AS",
             "STATE",
         ],

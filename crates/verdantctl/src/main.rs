@@ -2,6 +2,7 @@
 
 mod broker;
 mod functions;
+mod group;
 mod output;
 mod router;
 mod shadow;
@@ -41,17 +42,31 @@ enum Format {
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {
+pub enum Cmd {
     /// Every service (or one): state, health, pid, uptime, restarts.
-    Status { service: Option<String> },
+    Status {
+        /// Only this service (default: every service).
+        service: Option<String>,
+    },
     /// Start a stopped or failed service.
-    Start { service: String },
+    Start {
+        /// The service, as `status` names it (e.g. `broker`).
+        service: String,
+    },
     /// Stop a service; it stays stopped until started.
-    Stop { service: String },
+    Stop {
+        /// The service, as `status` names it (e.g. `broker`).
+        service: String,
+    },
     /// Stop and start a service; clears a failed state.
-    Restart { service: String },
+    Restart {
+        /// The service, as `status` names it (e.g. `broker`).
+        service: String,
+    },
     /// A service's captured output (or, with --function, a function's).
     Logs {
+        /// The service, as `status` names it, or `init` for the
+        /// supervisor's own log.
         #[arg(required_unless_present = "function")]
         service: Option<String>,
         /// A function's log instead: its name or qualified ARN.
@@ -69,9 +84,22 @@ enum Cmd {
     /// The broker's clients: connected devices and persistent sessions.
     Clients,
     /// Close a client's connection (a persistent session stays).
-    Disconnect { client_id: String },
-    /// The subscription table with messages per route, and what no route allowed.
-    Routes,
+    Disconnect {
+        /// The client's MQTT client id (a device's thing name).
+        client_id: String,
+    },
+    /// The subscription table with messages per route, and what no route
+    /// allowed (or add a route to the deployed group).
+    Routes {
+        #[command(subcommand)]
+        command: Option<group::RoutesCmd>,
+    },
+    /// Devices: add one to the deployed group with a new certificate.
+    #[command(subcommand)]
+    Device(group::DeviceCmd),
+    /// Have the running core read the deployed group again: the router's
+    /// subscription table and the broker's devices.
+    Reload,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
     /// The group's functions: instances, queues and counters (and invoke
@@ -94,7 +122,10 @@ enum Cmd {
         topic: Option<String>,
     },
     /// Print a shell completion script.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +138,15 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
         );
         return ExitCode::SUCCESS;
+    }
+    if let Some(result) = group::offline(&args.root, &args.command, args.output == Format::Json) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("verdantctl: {message}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,7 +210,8 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
     Ok(match command {
         Cmd::Clients => broker::clients(dir, json).await,
         Cmd::Disconnect { client_id } => broker::disconnect(dir, client_id).await,
-        Cmd::Routes => router::routes(dir, json).await,
+        Cmd::Routes { command: None } => router::routes(dir, json).await,
+        Cmd::Reload => group::reload(dir).await,
         Cmd::Functions { command } => functions::run(dir, command, json).await,
         Cmd::Cloud => router::cloud(dir, json).await,
         Cmd::Shadow(cmd) => shadow::run(dir, cmd, json).await,
@@ -274,7 +315,9 @@ async fn run(args: Args) -> Result<(), String> {
         Cmd::Completions { .. }
         | Cmd::Clients
         | Cmd::Disconnect { .. }
-        | Cmd::Routes
+        | Cmd::Routes { .. }
+        | Cmd::Device(_)
+        | Cmd::Reload
         | Cmd::Functions { .. }
         | Cmd::Cloud
         | Cmd::Trace { .. }

@@ -12,6 +12,7 @@ use crate::{dial, status_error};
 pub enum ShadowCmd {
     /// A shadow's document (state, delta, metadata, version).
     Get {
+        /// The thing whose shadow it is.
         thing: String,
         /// A named shadow (default: the classic shadow).
         #[arg(long)]
@@ -19,25 +20,38 @@ pub enum ShadowCmd {
     },
     /// Update a shadow with a request document, e.g. '{"state":{"desired":{"on":true}}}'.
     Update {
+        /// The thing whose shadow it is.
         thing: String,
+        /// The update request: a JSON document with `state.desired` and/or `state.reported`.
         document: String,
+        /// A named shadow (default: the classic shadow).
         #[arg(long)]
         name: Option<String>,
     },
     /// Delete a shadow.
     Delete {
+        /// The thing whose shadow it is.
         thing: String,
+        /// A named shadow (default: the classic shadow).
         #[arg(long)]
         name: Option<String>,
     },
     /// The named shadows of a thing.
-    List { thing: String },
+    List {
+        /// The thing whose named shadows to list.
+        thing: String,
+    },
     /// Every durable change from now on, one JSON line each (of one
     /// thing's shadows, or all).
-    Watch { thing: Option<String> },
+    Watch {
+        /// Only this thing's shadows (default: every thing's).
+        thing: Option<String>,
+    },
     /// Where a shadow's sync with the cloud stands (things marked `SyncShadow`).
     Sync {
+        /// The thing whose shadow it is.
         thing: String,
+        /// A named shadow (default: the classic shadow).
         #[arg(long)]
         name: Option<String>,
     },
