@@ -55,6 +55,10 @@ pub struct Shared {
     pub congested: Arc<std::sync::atomic::AtomicBool>,
     /// For client ids the broker assigns (empty id, clean session).
     pub assigned: AtomicU64,
+    /// Connections that ended, and a wake for the task that gives their
+    /// memory back (`listener::give_memory_back`).
+    pub ended: AtomicU64,
+    pub ended_notify: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -107,7 +107,10 @@ pub async fn run(
         durable_subscriptions,
         congested,
         assigned: AtomicU64::new(1),
+        ended: AtomicU64::new(0),
+        ended_notify: tokio::sync::Notify::new(),
     });
+    tokio::spawn(listener::give_memory_back(shared.clone(), shutdown.clone()));
     let tracker = TaskTracker::new();
     for listening in sockets {
         tokio::spawn(listener::accept(

@@ -2,6 +2,7 @@
 //! MQTT over WebSocket on either.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -44,6 +45,7 @@ pub async fn accept(
         };
         let _ = socket.set_nodelay(true);
         let shared = shared.clone();
+        let ending = Ending(shared.clone());
         let address = addr.to_string();
         let stop = shutdown.clone();
         // One task per connection, holding only what its kind of
@@ -53,6 +55,7 @@ pub async fn accept(
             (None, None) => {
                 tracker.spawn(until(
                     stop,
+                    ending,
                     connection::serve(socket, Peer::Plain, address, name, shared),
                 ));
             }
@@ -60,12 +63,13 @@ pub async fn accept(
                 let path = path.clone();
                 tracker.spawn(until(
                     stop,
+                    ending,
                     over_websocket(socket, Peer::Plain, address, name, path, shared),
                 ));
             }
             (Some((acceptor, tls)), websocket) => {
                 let (acceptor, tls, websocket) = (acceptor.clone(), tls.clone(), websocket.clone());
-                tracker.spawn(until(stop, async move {
+                tracker.spawn(until(stop, ending, async move {
                     let handshake = Box::pin(handshake(socket, acceptor, tls, &address, &shared));
                     let Some((stream, peer)) = handshake.await else {
                         return;
@@ -87,6 +91,7 @@ pub async fn accept(
 /// pinned copy it polls), doubling every connection's task.
 fn until(
     stop: CancellationToken,
+    ending: Ending,
     work: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     let work = Box::pin(work);
@@ -95,8 +100,54 @@ fn until(
             () = work => {}
             () = stop.cancelled() => {}
         }
+        drop(ending);
     }
 }
+
+/// Counts a connection's end when dropped, whatever ended it.
+struct Ending(Arc<Shared>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+        self.0.ended_notify.notify_one();
+    }
+}
+
+/// Connections that end in numbers (a mass disconnect, a flood of
+/// half-open connections closed) leave their memory with the C
+/// allocator, which keeps it: once [`ENDED_BEFORE_TRIM`] have ended and
+/// none for [`QUIET`], it is given back to the system. Sleeps while no
+/// connection ends.
+pub async fn give_memory_back(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut trimmed_at = 0;
+    loop {
+        tokio::select! {
+            () = shared.ended_notify.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        loop {
+            let seen = shared.ended.load(Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(QUIET) => {}
+                () = shutdown.cancelled() => return,
+            }
+            if shared.ended.load(Ordering::Relaxed) == seen {
+                break;
+            }
+        }
+        let ended = shared.ended.load(Ordering::Relaxed);
+        if ended - trimmed_at >= ENDED_BEFORE_TRIM {
+            trimmed_at = ended;
+            let _ = tokio::task::spawn_blocking(verdant_common::memory::release_free).await;
+        }
+    }
+}
+
+/// How many connections must have ended before their memory is given back.
+const ENDED_BEFORE_TRIM: u64 = 64;
+/// How long no connection must end before it is.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The TLS handshake and the client certificate's check; `None` (logged)
 /// refuses the connection.

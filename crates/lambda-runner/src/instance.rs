@@ -408,7 +408,7 @@ async fn run_instance(
     }
 }
 
-/// The environment of a function process (`COMPAT.md` §1.1), then the
+/// The environment of a function process (docs/functions.md, "What the function gets"), then the
 /// group's `Environment.Variables`.
 fn variables(spec: &Spec, env: &Environment, token: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = [

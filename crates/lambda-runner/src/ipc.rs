@@ -1,5 +1,5 @@
 //! The function IPC endpoint: HTTP on loopback at `ggDaemonPort`, as
-//! Greengrass v1's (`COMPAT.md` §1.2). The caller is the instance its
+//! Greengrass v1's (docs/functions.md, "What it can do"). The caller is the instance its
 //! `Authorization` token was given to; it can publish (as its own ARN, so
 //! the subscription table decides where that goes), call the shadow
 //! service, invoke functions, take its own work and give its results.
@@ -183,7 +183,7 @@ async fn post_work(
         SECRETS_ARN => {
             let body = serde_json::json!({
                 "Status": 503,
-                "Message": "secrets are not available on this core yet (the secrets service arrives with its issue)",
+                "Message": "secrets are not available on this core: no secrets are deployed to it",
             });
             let id = ipc.lock().done(Outcome {
                 payload: Bytes::from(body.to_string()),

@@ -1,4 +1,4 @@
-//! AWS IoT device shadow semantics (`COMPAT.md` §3), with no I/O: a
+//! AWS IoT device shadow semantics (docs/shadows.md, "Semantics"), with no I/O: a
 //! request's payload and the current document in, the new document and the
 //! reply bodies out. Every reply echoes the request's `clientToken`.
 
