@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigSource;
 use crate::exit::Exit;
-use crate::grpc::{Info, Server};
+use crate::grpc::Server;
 use crate::paths::{DEFAULT_ROOT, Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
 
 /// Errors a daemon's `run` returns say what they mean for its supervisor.
@@ -154,17 +154,10 @@ pub async fn placeholder(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let note = format!("health and reflection only: {what}");
-    tracing::warn!(service, "{note}");
-    let server = Server::new(Info {
-        service: service.to_string(),
-        version: version.to_string(),
-        note,
-        functional: false,
-    })
-    .await;
-    server.readiness().serving().await;
-    server.serve(listener, shutdown).await
+    Server::health_only(service, version, what)
+        .await
+        .serve_ready(listener, shutdown)
+        .await
 }
 
 /// The whole library of a daemon that has no API of its own: its
