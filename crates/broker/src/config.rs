@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use verdant_common::config::{Invalid, Section};
 
 use crate::topic::TopicLimits;
 
@@ -224,12 +225,16 @@ impl BrokerConfig {
     pub fn packet_timeout(&self) -> Duration {
         Duration::from_secs(self.packet_timeout_secs)
     }
+}
 
-    /// Problems that stop the broker from starting, as (key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
+impl Section for BrokerConfig {
+    const NAME: &'static str = "broker";
+
+    /// Problems that stop the broker from starting.
+    fn check(&self) -> Result<(), Invalid> {
         if self.tcp.enabled && !self.tcp.bind.ip().is_loopback() && !self.tcp.allow_non_loopback {
-            return Err((
-                "broker.tcp.bind".into(),
+            return Err(Invalid::new(
+                "broker.tcp.bind",
                 format!(
                     "{} is not a loopback address; the plain listener has no authentication \
                      (set broker.tcp.allow_non_loopback = true to force it)",
@@ -239,8 +244,8 @@ impl BrokerConfig {
         }
         let ws = &self.websocket;
         if ws.enabled && !ws.tls && !ws.bind.ip().is_loopback() && !ws.allow_non_loopback {
-            return Err((
-                "broker.websocket.bind".into(),
+            return Err(Invalid::new(
+                "broker.websocket.bind",
                 format!(
                     "{} is not a loopback address; WebSocket without TLS has no authentication \
                      (set broker.websocket.tls = true, or allow_non_loopback = true to force it)",
@@ -249,22 +254,22 @@ impl BrokerConfig {
             ));
         }
         if !ws.path.starts_with('/') {
-            return Err(("broker.websocket.path".into(), "must start with `/`".into()));
+            return Err(Invalid::new("broker.websocket.path", "must start with `/`"));
         }
         if !self.tls.enabled && !self.tcp.enabled && !ws.enabled {
-            return Err(("broker".into(), "no listener is enabled".into()));
+            return Err(Invalid::new("broker", "no listener is enabled"));
         }
         if self.max_packet_size < 64 || self.max_packet_size > 268_435_455 {
-            return Err((
-                "broker.max_packet_size".into(),
-                "must be between 64 and 268435455 bytes".into(),
+            return Err(Invalid::new(
+                "broker.max_packet_size",
+                "must be between 64 and 268435455 bytes",
             ));
         }
         if self.max_inflight == 0 {
-            return Err(("broker.max_inflight".into(), "must be at least 1".into()));
+            return Err(Invalid::new("broker.max_inflight", "must be at least 1"));
         }
         if self.receive_maximum == 0 {
-            return Err(("broker.receive_maximum".into(), "must be at least 1".into()));
+            return Err(Invalid::new("broker.receive_maximum", "must be at least 1"));
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use verdant_common::config::ConfigError;
+use verdant_common::config::{ConfigError, Invalid};
 use verdant_common::daemon::DaemonError;
 use verdant_common::exit::Exit;
 use verdant_group::GroupError;
@@ -13,8 +13,8 @@ use crate::identity::TlsSetupError;
 pub enum BrokerError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
     #[error("deployed group: {0}")]
     Group(#[from] GroupError),
     #[error("broker.tls: {0}")]
@@ -24,11 +24,8 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot use {}: {source}", path.display())]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    DataDir(#[from] verdant_common::paths::DataDirError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("gRPC server: {0}")]
@@ -39,12 +36,12 @@ impl DaemonError for BrokerError {
     fn exit(&self) -> Exit {
         match self {
             BrokerError::Config(_)
-            | BrokerError::Invalid { .. }
+            | BrokerError::Invalid(_)
             | BrokerError::Group(_)
             | BrokerError::Tls(_) => Exit::Config,
             // A port still held by a previous process frees up: try again.
             BrokerError::Bind { .. } => Exit::TempFail,
-            BrokerError::DataDir { .. } | BrokerError::Store(_) | BrokerError::Transport(_) => {
+            BrokerError::DataDir(_) | BrokerError::Store(_) | BrokerError::Transport(_) => {
                 Exit::Failure
             }
         }

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicU64;
 
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use verdant_common::config::Section;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::{CancellationToken, TaskTracker};
@@ -40,10 +41,12 @@ pub const THREADS: verdant_common::daemon::Threads =
 /// `[broker] worker_threads`; a section that does not parse is reported by
 /// `run`, on the default runtime.
 fn worker_threads(config: &verdant_common::config::ConfigSource) -> usize {
-    config.section::<BrokerConfig>("broker").map_or_else(
-        |_| BrokerConfig::default().worker_threads,
-        |c| c.worker_threads,
-    )
+    config
+        .section::<BrokerConfig>(BrokerConfig::NAME)
+        .map_or_else(
+            |_| BrokerConfig::default().worker_threads,
+            |c| c.worker_threads,
+        )
 }
 
 /// Requests waiting for the hub task.
@@ -56,10 +59,7 @@ pub async fn run(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
-    let config: BrokerConfig = ctx.config.section("broker")?;
-    config
-        .check()
-        .map_err(|(key, reason)| BrokerError::Invalid { key, reason })?;
+    let config = BrokerConfig::load::<BrokerError>(&ctx.config)?;
     let group = Group::load(&ctx.layout.current_group())?;
     let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(&group)));
     let (sockets, bound) = listen(&ctx, &config)?;
@@ -121,28 +121,24 @@ pub async fn run(
         ));
     }
 
-    let server = Server::new(Info {
-        service: SERVICE.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        note: format!(
-            "{mode}; MQTT 3.1.1 and 5.0 on {}",
-            bound
-                .iter()
-                .map(|(n, a)| format!("{n} {a}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        functional: true,
-    })
-    .await
-    .add_service(BrokerServer::new(grpc::Api {
+    let note = format!(
+        "{mode}; MQTT 3.1.1 and 5.0 on {}",
+        bound
+            .iter()
+            .map(|(n, a)| format!("{n} {a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let api = grpc::Api {
         hub: hub_tx,
         listeners: bound,
         router_counters,
-    }));
-    server.readiness().serving().await;
-    let result = server.serve(listener, shutdown.clone()).await;
-    shutdown.cancel();
+    };
+    let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+        .await
+        .add_service(BrokerServer::new(api))
+        .serve_ready(listener, shutdown.clone())
+        .await;
     verdant_common::shutdown::drain(&tracker, std::time::Duration::from_secs(2)).await;
     result.map_err(BrokerError::from)
 }
@@ -173,11 +169,7 @@ fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerErro
     if !config.persistence {
         return Ok(hub::Hub::new(config.queue_limits()));
     }
-    let dir = ctx.layout.data_dir(SERVICE);
-    std::fs::create_dir_all(&dir).map_err(|source| BrokerError::DataDir {
-        path: dir.clone(),
-        source,
-    })?;
+    let dir = ctx.layout.create_data_dir(SERVICE)?;
     let (store, loaded) = store::Store::open(&dir.join("sessions.db"))?;
     tracing::info!(
         sessions = loaded.sessions.len(),

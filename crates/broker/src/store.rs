@@ -104,11 +104,9 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = verdant_common::sqlite::open(path).map_err(err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS sessions (
+            "CREATE TABLE IF NOT EXISTS sessions (
                  client_id TEXT PRIMARY KEY, expiry INTEGER NOT NULL DEFAULT 4294967295);
              CREATE TABLE IF NOT EXISTS subscriptions (
                  client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,

@@ -55,6 +55,49 @@ pub enum ConfigError {
     },
 }
 
+/// A value of a daemon's section that parses but cannot work: the key it
+/// is at (`broker.max_inflight`) and why. Like [`ConfigError`], always the
+/// operator's to fix, so daemons exit with [`crate::exit::CONFIG`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A daemon's section of the core config (`[broker]`, ...): its type, the
+/// name it is found under, and the checks serde cannot make.
+pub trait Section: DeserializeOwned + Default {
+    /// The top-level key: the daemon's service name.
+    const NAME: &'static str;
+
+    /// Problems that stop the daemon from starting.
+    fn check(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// The section from `source`, merged and checked; the daemon's error
+    /// `E` says which of the two went wrong.
+    fn load<E: From<ConfigError> + From<Invalid>>(source: &ConfigSource) -> Result<Self, E> {
+        let section: Self = source.section(Self::NAME)?;
+        section.check()?;
+        Ok(section)
+    }
+}
+
+impl Section for CoreSection {
+    const NAME: &'static str = "core";
+}
+
 /// The parsed files of one core's configuration, in the order they apply.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -284,6 +327,37 @@ mod tests {
         let err = ConfigSource::load(&p).unwrap_err().to_string();
         assert!(err.contains("not valid TOML"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    impl Section for Init {
+        const NAME: &'static str = "init";
+        fn check(&self) -> Result<(), Invalid> {
+            if self.grace_ms == 0 {
+                return Err(Invalid::new("init.grace_ms", "must be at least 1"));
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum LoadError {
+        #[error("{0}")]
+        Config(#[from] ConfigError),
+        #[error("{0}")]
+        Invalid(#[from] Invalid),
+    }
+
+    #[test]
+    fn a_section_is_parsed_then_checked() {
+        let src = ConfigSource::from_str("c.toml", "[init]\ngrace_ms = 2\n").unwrap();
+        assert_eq!(Init::load::<LoadError>(&src).unwrap().grace_ms, 2);
+        let src = ConfigSource::from_str("c.toml", "[init]\ngrace_ms = 0\n").unwrap();
+        let err = Init::load::<LoadError>(&src).unwrap_err();
+        assert!(matches!(err, LoadError::Invalid(_)), "{err:?}");
+        assert_eq!(err.to_string(), "init.grace_ms: must be at least 1");
+        let src = ConfigSource::from_str("c.toml", "[init]\nbogus = 0\n").unwrap();
+        let err = Init::load::<LoadError>(&src).unwrap_err();
+        assert!(matches!(err, LoadError::Config(_)), "{err:?}");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigSource;
 use crate::exit::Exit;
-use crate::grpc::{Info, Server};
 use crate::paths::{DEFAULT_ROOT, Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
 
 /// Errors a daemon's `run` returns say what they mean for its supervisor.
@@ -142,55 +141,4 @@ where
         }
     }));
     result.into()
-}
-
-/// The whole of a daemon that has no API of its own: it serves health
-/// (SERVING), reflection and daemon info saying so and what that means on
-/// the core today (`what`), and nothing else.
-pub async fn placeholder(
-    service: &str,
-    version: &str,
-    what: &str,
-    listener: UnixListener,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let note = format!("health and reflection only: {what}");
-    tracing::warn!(service, "{note}");
-    let server = Server::new(Info {
-        service: service.to_string(),
-        version: version.to_string(),
-        note,
-        functional: false,
-    })
-    .await;
-    server.readiness().serving().await;
-    server.serve(listener, shutdown).await
-}
-
-/// The whole library of a daemon that has no API of its own: its
-/// `SERVICE` name, its `THREADS`, and a `run` that is [`placeholder`],
-/// whose note says what that means on the core (`$what`).
-#[macro_export]
-macro_rules! placeholder_daemon {
-    ($service:literal, $threads:ident, $what:literal) => {
-        pub const SERVICE: &str = $service;
-        /// The runtime this daemon wants.
-        pub const THREADS: $crate::daemon::Threads = $crate::daemon::Threads::$threads;
-
-        /// Serves on `listener` until `shutdown` is cancelled.
-        pub async fn run(
-            _ctx: $crate::daemon::Context,
-            listener: ::tokio::net::UnixListener,
-            shutdown: $crate::shutdown::CancellationToken,
-        ) -> Result<(), ::tonic::transport::Error> {
-            $crate::daemon::placeholder(
-                SERVICE,
-                env!("CARGO_PKG_VERSION"),
-                $what,
-                listener,
-                shutdown,
-            )
-            .await
-        }
-    };
 }

@@ -31,6 +31,18 @@ pub struct Info {
     pub functional: bool,
 }
 
+impl Info {
+    /// What a daemon that does its work says: `note` in plain words.
+    pub fn functional(service: &str, version: &str, note: impl Into<String>) -> Self {
+        Info {
+            service: service.to_string(),
+            version: version.to_string(),
+            note: note.into(),
+            functional: true,
+        }
+    }
+}
+
 /// The overall health of one daemon, as `verdant-init` and grpcurl see it.
 #[derive(Debug, Clone)]
 pub struct Readiness(HealthReporter);
@@ -73,6 +85,21 @@ impl Server {
         server
     }
 
+    /// The server of a daemon that has no API of its own yet: health,
+    /// reflection and daemon info saying so and what that means on the
+    /// core today (`what`), said in its log too.
+    pub async fn health_only(service: &str, version: &str, what: &str) -> Self {
+        let note = format!("health and reflection only: {what}");
+        tracing::warn!(service, "{note}");
+        Server::new(Info {
+            service: service.to_string(),
+            version: version.to_string(),
+            note,
+            functional: false,
+        })
+        .await
+    }
+
     /// Adds one of the daemon's own services.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
@@ -95,6 +122,21 @@ impl Server {
     /// The handle that turns health to SERVING.
     pub fn readiness(&self) -> Readiness {
         Readiness(self.health.clone())
+    }
+
+    /// The whole of a daemon's serving, once its services are added: health
+    /// turns SERVING, calls are served until `shutdown` is cancelled, and
+    /// `shutdown` is cancelled whatever ended the server, so the daemon's
+    /// other tasks stop with it.
+    pub async fn serve_ready(
+        self,
+        listener: UnixListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        self.readiness().serving().await;
+        let result = self.serve(listener, shutdown.clone()).await;
+        shutdown.cancel();
+        result
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight calls finish.

@@ -5,7 +5,8 @@
 //! with health, reflection and peer credentials ([`uds`], [`grpc`]), and
 //! certificates from PEM files ([`pem`]), and an endpoint daemon's link
 //! with the router ([`link`]), and a child process's output captured into
-//! a rotating log ([`logs`]).
+//! a rotating log ([`logs`]), and the daemons' SQLite databases opened
+//! the same way (`sqlite`, with the `sqlite` feature).
 //! [`daemon`] strings these together into a daemon's `main`.
 
 pub mod config;
@@ -18,5 +19,7 @@ pub mod memory;
 pub mod paths;
 pub mod pem;
 pub mod shutdown;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod telemetry;
 pub mod uds;

@@ -25,6 +25,14 @@ pub const DEFAULT_ROOT: &str = "./var";
 /// The supervisor's name; its socket is `<runtime>/init.sock`.
 pub const INIT_SERVICE: &str = "init";
 
+/// A daemon's data directory could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use {}: {source}", path.display())]
+pub struct DataDirError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
 /// Where every file of one core lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -74,6 +82,14 @@ impl Layout {
     pub fn data_dir(&self, service: &str) -> PathBuf {
         self.root.join("data").join(service)
     }
+    /// [`Layout::data_dir`] of `service`, created with its parents.
+    pub fn create_data_dir(&self, service: &str) -> Result<PathBuf, DataDirError> {
+        let path = self.data_dir(service);
+        match std::fs::create_dir_all(&path) {
+            Ok(()) => Ok(path),
+            Err(source) => Err(DataDirError { path, source }),
+        }
+    }
     pub fn functions_dir(&self) -> PathBuf {
         self.root.join("functions")
     }
@@ -83,5 +99,28 @@ impl Layout {
     /// The gRPC socket of `service` (`init` for the supervisor).
     pub fn socket(&self, service: &str) -> PathBuf {
         self.runtime_dir.join(format!("{service}.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_is_created_or_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), None).unwrap();
+        let made = layout.create_data_dir("shadow").unwrap();
+        assert_eq!(made, dir.path().join("data/shadow"));
+        assert!(made.is_dir());
+        // A file where the directory should be.
+        std::fs::write(dir.path().join("data/router"), "").unwrap();
+        let err = layout.create_data_dir("router").unwrap_err();
+        assert_eq!(err.path, dir.path().join("data/router"));
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot use {}: ", err.path.display())),
+            "{err}"
+        );
     }
 }

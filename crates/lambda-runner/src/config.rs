@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use verdant_common::config::{Invalid, Section};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,25 +88,27 @@ pub fn legacy_sdk_warning(port: u16) -> Option<String> {
     })
 }
 
-impl LambdaConfig {
-    /// Problems that stop the lambda-runner from starting, as (key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
+impl Section for LambdaConfig {
+    const NAME: &'static str = "lambda-runner";
+
+    /// Problems that stop the lambda-runner from starting.
+    fn check(&self) -> Result<(), Invalid> {
         if self.max_instances_per_function == 0 {
-            return Err((
-                "lambda-runner.max_instances_per_function".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "lambda-runner.max_instances_per_function",
+                "must be at least 1",
             ));
         }
         if self.max_work_items == 0 {
-            return Err((
-                "lambda-runner.max_work_items".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "lambda-runner.max_work_items",
+                "must be at least 1",
             ));
         }
         if self.default_user.is_empty() {
-            return Err((
-                "lambda-runner.default_user".into(),
-                "must not be empty".into(),
+            return Err(Invalid::new(
+                "lambda-runner.default_user",
+                "must not be empty",
             ));
         }
         Ok(())

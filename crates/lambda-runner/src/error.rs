@@ -1,6 +1,6 @@
 //! Why the lambda-runner cannot run, and what that means for init.
 
-use verdant_common::config::ConfigError;
+use verdant_common::config::{ConfigError, Invalid};
 use verdant_common::daemon::DaemonError;
 use verdant_common::exit::Exit;
 
@@ -8,8 +8,8 @@ use verdant_common::exit::Exit;
 pub enum LambdaError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
     #[error("{0}")]
     Group(#[from] verdant_group::GroupError),
     #[error("cannot use {}: {source}", path.display())]
@@ -26,7 +26,7 @@ pub enum LambdaError {
 impl DaemonError for LambdaError {
     fn exit(&self) -> Exit {
         match self {
-            LambdaError::Config(_) | LambdaError::Invalid { .. } | LambdaError::Group(_) => {
+            LambdaError::Config(_) | LambdaError::Invalid(_) | LambdaError::Group(_) => {
                 Exit::Config
             }
             LambdaError::Io { .. } | LambdaError::Bind { .. } | LambdaError::Transport(_) => {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
+use verdant_common::config::Section;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::CancellationToken;
@@ -244,11 +245,8 @@ pub async fn run(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), LambdaError> {
-    let config: LambdaConfig = ctx.config.section("lambda-runner")?;
-    config
-        .check()
-        .map_err(|(key, reason)| LambdaError::Invalid { key, reason })?;
-    let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
+    let config = LambdaConfig::load::<LambdaError>(&ctx.config)?;
+    let core = verdant_common::config::CoreSection::load::<LambdaError>(&ctx.config)?;
     let group = Group::load(&ctx.layout.current_group())?;
     let (specs, cgroups) = functions(&ctx, &config, &group);
     let (runtimes, sandbox_dir) = directories(&ctx)?;
@@ -315,23 +313,19 @@ pub async fn run(
     serve_functions(&ctx, ipc_listener, runner.clone(), &shutdown);
     runner.lock().expect("runner lock").start_pinned();
 
-    let server = Server::new(Info {
-        service: SERVICE.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        note: format!(
-            "Python, Node.js, Java and native functions with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
-        ),
-        functional: true,
-    })
-    .await
-    .add_service(LambdaServer::new(grpc::Api {
+    let note = format!(
+        "Python, Node.js, Java and native functions with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
+    );
+    let api = grpc::Api {
         runner,
         ipc_port,
         logs,
-    }));
-    server.readiness().serving().await;
-    let result = server.serve(listener, shutdown.clone()).await;
-    shutdown.cancel();
+    };
+    let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+        .await
+        .add_service(LambdaServer::new(api))
+        .serve_ready(listener, shutdown)
+        .await;
     // Instances stopped and their cgroups removed.
     let _ = supervised.await;
     result.map_err(LambdaError::from)

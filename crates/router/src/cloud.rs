@@ -568,12 +568,8 @@ pub fn proxy(
     if config.proxy.is_empty() {
         return Ok(None);
     }
-    let url = crate::config::ProxyUrl::parse(&config.proxy).map_err(|reason| {
-        crate::RouterError::Invalid {
-            key: "router.cloud.proxy".into(),
-            reason,
-        }
-    })?;
+    let url = crate::config::ProxyUrl::parse(&config.proxy)
+        .map_err(|reason| verdant_common::config::Invalid::new("router.cloud.proxy", reason))?;
     let ty = if url.tls {
         let ca = config.proxy_ca.as_ref().unwrap_or(&config.ca);
         let roots = verdant_common::pem::roots(&layout.resolve(ca))?;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use verdant_common::config::{Invalid, Section};
 
 pub use crate::queue::FullPolicy;
 
@@ -29,17 +30,19 @@ impl Default for RouterConfig {
     }
 }
 
-impl RouterConfig {
-    /// Problems that stop the router from starting, as (key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
+impl Section for RouterConfig {
+    const NAME: &'static str = "router";
+
+    /// Problems that stop the router from starting.
+    fn check(&self) -> Result<(), Invalid> {
         if self.max_held_per_endpoint == 0 {
-            return Err((
-                "router.max_held_per_endpoint".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "router.max_held_per_endpoint",
+                "must be at least 1",
             ));
         }
         if self.link_credit == 0 {
-            return Err(("router.link_credit".into(), "must be at least 1".into()));
+            return Err(Invalid::new("router.link_credit", "must be at least 1"));
         }
         self.cloud.check()
     }
@@ -193,32 +196,32 @@ impl CloudConfig {
         self.alpn.unwrap_or(self.port == 443)
     }
 
-    fn check(&self) -> Result<(), (String, String)> {
+    fn check(&self) -> Result<(), Invalid> {
         if !self.proxy.is_empty()
             && let Err(why) = ProxyUrl::parse(&self.proxy)
         {
             // The URL may hold a password: it is not repeated here.
-            return Err(("router.cloud.proxy".into(), why));
+            return Err(Invalid::new("router.cloud.proxy", why));
         }
         if self.queue_max_bytes < 262_144 {
-            return Err((
-                "router.cloud.queue_max_bytes".into(),
-                "must be at least 262144 bytes".into(),
+            return Err(Invalid::new(
+                "router.cloud.queue_max_bytes",
+                "must be at least 262144 bytes",
             ));
         }
         if self.max_subscriptions_per_connection == 0 {
-            return Err((
-                "router.cloud.max_subscriptions_per_connection".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "router.cloud.max_subscriptions_per_connection",
+                "must be at least 1",
             ));
         }
         if self.window == 0 {
-            return Err(("router.cloud.window".into(), "must be at least 1".into()));
+            return Err(Invalid::new("router.cloud.window", "must be at least 1"));
         }
         if self.keep_alive_secs < 5 {
-            return Err((
-                "router.cloud.keep_alive_secs".into(),
-                "must be at least 5 seconds".into(),
+            return Err(Invalid::new(
+                "router.cloud.keep_alive_secs",
+                "must be at least 5 seconds",
             ));
         }
         Ok(())

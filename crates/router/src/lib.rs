@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use verdant_common::config::Section;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::CancellationToken;
@@ -41,10 +42,7 @@ pub async fn run(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
-    let config: RouterConfig = ctx.config.section("router")?;
-    config
-        .check()
-        .map_err(|(key, reason)| RouterError::Invalid { key, reason })?;
+    let config = RouterConfig::load::<RouterError>(&ctx.config)?;
     let group = Group::load(&ctx.layout.current_group())?;
     let table = Table::from_group(table_version(), &group);
     tracing::info!(
@@ -68,25 +66,21 @@ pub async fn run(
     ));
     tokio::spawn(bridge.run(shutdown.clone()));
 
-    let server = Server::new(Info {
-        service: SERVICE.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        note: format!("routing by the table of group {}; {cloud_note}", group.id),
-        functional: true,
-    })
-    .await
-    .add_service(RouterServer::new(grpc::Api {
+    let note = format!("routing by the table of group {}; {cloud_note}", group.id);
+    let api = grpc::Api {
         switch: tx,
         cloud: cloud_status,
         trace,
         group_file: ctx.layout.current_group(),
         credit: config.link_credit,
         generation: AtomicU64::new(1),
-    }));
-    server.readiness().serving().await;
-    let result = server.serve(listener, shutdown.clone()).await;
-    shutdown.cancel();
-    result.map_err(RouterError::from)
+    };
+    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+        .await
+        .add_service(RouterServer::new(api))
+        .serve_ready(listener, shutdown)
+        .await
+        .map_err(RouterError::from)
 }
 
 /// A version no earlier table of this core had, even across restarts.
@@ -105,14 +99,7 @@ fn bridge(
 ) -> Result<cloud::Bridge, RouterError> {
     let c = &config.cloud;
     let path = match c.queue_storage {
-        config::Storage::Disk => {
-            let dir = ctx.layout.data_dir(SERVICE);
-            std::fs::create_dir_all(&dir).map_err(|source| RouterError::DataDir {
-                path: dir.clone(),
-                source,
-            })?;
-            Some(dir.join("cloud-queue.db"))
-        }
+        config::Storage::Disk => Some(ctx.layout.create_data_dir(SERVICE)?.join("cloud-queue.db")),
         config::Storage::Memory => None,
     };
     let queue = queue::CloudQueue::open(path.as_deref(), c.queue_max_bytes, c.queue_full_policy)?;
@@ -132,8 +119,7 @@ fn bridge(
         )
     };
     let client_id = if c.client_id.is_empty() {
-        let core: verdant_common::config::CoreSection = ctx.config.section("core")?;
-        core.thing_name
+        verdant_common::config::CoreSection::load::<RouterError>(&ctx.config)?.thing_name
     } else {
         c.client_id.clone()
     };

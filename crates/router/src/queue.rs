@@ -90,10 +90,9 @@ impl CloudQueue {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = verdant_common::sqlite::open(path).map_err(err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS queue (
+            "CREATE TABLE IF NOT EXISTS queue (
                  id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);",
         )
         .map_err(err)?;

@@ -1,6 +1,7 @@
 //! `[shadow]` in the core config.
 
 use serde::Deserialize;
+use verdant_common::config::{Invalid, Section};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,19 +24,21 @@ impl Default for ShadowConfig {
     }
 }
 
-impl ShadowConfig {
-    /// Problems that stop the shadow service from starting, as (key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
+impl Section for ShadowConfig {
+    const NAME: &'static str = "shadow";
+
+    /// Problems that stop the shadow service from starting.
+    fn check(&self) -> Result<(), Invalid> {
         if !(256..=65_536).contains(&self.max_document_bytes) {
-            return Err((
-                "shadow.max_document_bytes".into(),
-                "must be between 256 and 65536".into(),
+            return Err(Invalid::new(
+                "shadow.max_document_bytes",
+                "must be between 256 and 65536",
             ));
         }
         if self.max_in_flight_per_thing == 0 {
-            return Err((
-                "shadow.max_in_flight_per_thing".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "shadow.max_in_flight_per_thing",
+                "must be at least 1",
             ));
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Why the shadow service cannot run, and what that means for init.
 
-use verdant_common::config::ConfigError;
+use verdant_common::config::{ConfigError, Invalid};
 use verdant_common::daemon::DaemonError;
 use verdant_common::exit::Exit;
 
@@ -8,13 +8,10 @@ use verdant_common::exit::Exit;
 pub enum ShadowError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
-    #[error("cannot use {}: {source}", path.display())]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    DataDir(#[from] verdant_common::paths::DataDirError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("gRPC server: {0}")]
@@ -24,8 +21,8 @@ pub enum ShadowError {
 impl DaemonError for ShadowError {
     fn exit(&self) -> Exit {
         match self {
-            ShadowError::Config(_) | ShadowError::Invalid { .. } => Exit::Config,
-            ShadowError::DataDir { .. } | ShadowError::Store(_) | ShadowError::Transport(_) => {
+            ShadowError::Config(_) | ShadowError::Invalid(_) => Exit::Config,
+            ShadowError::DataDir(_) | ShadowError::Store(_) | ShadowError::Transport(_) => {
                 Exit::Failure
             }
         }

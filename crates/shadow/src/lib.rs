@@ -12,6 +12,7 @@ pub mod sync;
 pub mod token;
 
 use tokio::net::UnixListener;
+use verdant_common::config::Section;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::CancellationToken;
@@ -25,21 +26,17 @@ pub const SERVICE: &str = "shadow";
 /// The runtime this daemon wants.
 pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
 
+/// What the shadow service says of itself.
+const NOTE: &str = "classic and named shadows over MQTT through the router and gRPC, synced with the cloud for SyncShadow things";
+
 /// Serves shadows until `shutdown` is cancelled.
 pub async fn run(
     ctx: Context,
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), ShadowError> {
-    let config: ShadowConfig = ctx.config.section("shadow")?;
-    config
-        .check()
-        .map_err(|(key, reason)| ShadowError::Invalid { key, reason })?;
-    let dir = ctx.layout.data_dir(SERVICE);
-    std::fs::create_dir_all(&dir).map_err(|source| ShadowError::DataDir {
-        path: dir.clone(),
-        source,
-    })?;
+    let config = ShadowConfig::load::<ShadowError>(&ctx.config)?;
+    let dir = ctx.layout.create_data_dir(SERVICE)?;
     let (store, docs) = store::Store::open(&dir.join("shadows.db"))?;
     // Watchers that fall this far behind skip changes.
     let (changes, _) = tokio::sync::broadcast::channel(1024);
@@ -67,21 +64,15 @@ pub async fn run(
     let link_commands = commands.clone();
     tokio::spawn(async move { link::run(&socket, link_commands, published, link_shutdown).await });
 
-    let server = Server::new(Info {
-        service: SERVICE.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        note: "classic and named shadows over MQTT through the router and gRPC, synced with the cloud for SyncShadow things"
-            .into(),
-        functional: true,
-    })
-    .await
-    .add_service(ShadowServer::new(grpc::Api {
+    let api = grpc::Api {
         commands,
         publish,
         changes,
-    }));
-    server.readiness().serving().await;
-    let result = server.serve(listener, shutdown.clone()).await;
-    shutdown.cancel();
-    result.map_err(ShadowError::from)
+    };
+    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), NOTE))
+        .await
+        .add_service(ShadowServer::new(api))
+        .serve_ready(listener, shutdown)
+        .await
+        .map_err(ShadowError::from)
 }

@@ -39,10 +39,9 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = verdant_common::sqlite::open(path).map_err(err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS shadows (
+            "CREATE TABLE IF NOT EXISTS shadows (
                  thing TEXT NOT NULL, name TEXT NOT NULL, document TEXT NOT NULL,
                  PRIMARY KEY (thing, name));
              CREATE TABLE IF NOT EXISTS sync (

@@ -130,3 +130,65 @@ fn run(program: &str, args: Vec<OsString>) -> ExitCode {
         _ => unreachable!("PROGRAMS lists every arm"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use tokio::net::UnixListener;
+    use verdant_common::config::ConfigSource;
+    use verdant_common::daemon::{Context, DaemonError};
+    use verdant_common::exit::Exit;
+    use verdant_common::paths::Layout;
+    use verdant_common::shutdown::CancellationToken;
+
+    /// `run` of `service` with `config` as the core file, on a socket in a
+    /// temp root.
+    async fn run_with<F, Fut, E>(
+        service: &str,
+        run: F,
+        config: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), E>
+    where
+        F: FnOnce(Context, UnixListener, CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context {
+            layout: Layout::new(dir.path(), None).unwrap(),
+            config: ConfigSource::from_str("verdant.toml", config).unwrap(),
+        };
+        let listener = UnixListener::bind(dir.path().join(format!("{service}.sock"))).unwrap();
+        run(ctx, listener, shutdown).await
+    }
+
+    /// A daemon with no API of its own yet serves until shutdown, and an
+    /// unknown key of its section is a configuration error (exit 78).
+    async fn health_only<F, Fut, E>(service: &str, run: F)
+    where
+        F: Fn(Context, UnixListener, CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: DaemonError,
+    {
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        if let Err(e) = run_with(service, &run, "", stopped).await {
+            panic!("{service}: {e}");
+        }
+        let config = format!("[{service}]\nbogus = 1\n");
+        let err = run_with(service, &run, &config, CancellationToken::new())
+            .await
+            .expect_err("an unknown key is refused");
+        assert_eq!(err.exit(), Exit::Config, "{service}: {err}");
+        let expect = format!("{service}.bogus: unknown field `bogus`");
+        assert!(err.to_string().contains(&expect), "{service}: {err}");
+    }
+
+    #[tokio::test]
+    async fn secrets_discovery_and_ota_agent_check_their_sections() {
+        health_only(verdant_secrets::SERVICE, verdant_secrets::run).await;
+        health_only(verdant_discovery::SERVICE, verdant_discovery::run).await;
+        health_only(verdant_ota_agent::SERVICE, verdant_ota_agent::run).await;
+    }
+}

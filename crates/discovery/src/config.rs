@@ -1,0 +1,14 @@
+//! `[discovery]` in the core config: no keys yet. It is read and checked at
+//! start all the same, so a key set there by mistake is refused rather
+//! than ignored.
+
+use serde::Deserialize;
+use verdant_common::config::Section;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {}
+
+impl Section for DiscoveryConfig {
+    const NAME: &'static str = "discovery";
+}
