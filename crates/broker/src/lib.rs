@@ -37,6 +37,28 @@ pub const SERVICE: &str = "broker";
 /// The runtime this daemon wants: `[broker] worker_threads`.
 pub const THREADS: verdant_common::daemon::Threads =
     verdant_common::daemon::Threads::Configured(worker_threads);
+/// The capabilities this daemon keeps: `NET_BIND_SERVICE` when one of its
+/// listeners binds a port below 1024, otherwise none.
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Configured(capabilities);
+
+fn capabilities(
+    config: &verdant_common::config::ConfigSource,
+) -> Vec<verdant_common::privileges::Capability> {
+    let c = config.section::<BrokerConfig>("broker").unwrap_or_default();
+    let low = [
+        (c.tls.enabled, c.tls.bind),
+        (c.tcp.enabled, c.tcp.bind),
+        (c.websocket.enabled, c.websocket.bind),
+    ]
+    .iter()
+    .any(|(on, addr)| *on && addr.port() != 0 && addr.port() < 1024);
+    if low {
+        vec![verdant_common::privileges::Capability::CAP_NET_BIND_SERVICE]
+    } else {
+        Vec::new()
+    }
+}
 
 /// `[broker] worker_threads`; a section that does not parse is reported by
 /// `run`, on the default runtime.

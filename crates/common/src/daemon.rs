@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ConfigSource;
 use crate::exit::Exit;
 use crate::paths::{DEFAULT_ROOT, Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
+use crate::privileges::Capabilities;
 
 /// Errors a daemon's `run` returns say what they mean for its supervisor.
 pub trait DaemonError: std::error::Error {
@@ -65,6 +66,7 @@ pub fn main<F, Fut, E>(
     args: Vec<OsString>,
     service: &'static str,
     threads: Threads,
+    capabilities: Capabilities,
     run: F,
 ) -> ExitCode
 where
@@ -88,6 +90,16 @@ where
             return Exit::Config.into();
         }
     };
+    // Before the runtime makes threads (they inherit this thread's sets)
+    // and before anything from outside is read.
+    match crate::privileges::keep_only(&capabilities.needed(&config)) {
+        Ok(kept) if kept.is_empty() => tracing::debug!("no capabilities kept"),
+        Ok(kept) => tracing::info!(capabilities = %kept.join(","), "capabilities kept"),
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Failure.into();
+        }
+    }
     let socket = args.socket.unwrap_or_else(|| layout.socket(service));
     let workers = match threads {
         Threads::One => 1,

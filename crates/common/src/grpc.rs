@@ -268,6 +268,7 @@ impl Daemon for InfoService {
             pid: std::process::id(),
             note: self.0.note.clone(),
             functional: self.0.functional,
+            capabilities: crate::privileges::effective(),
         }))
     }
 }

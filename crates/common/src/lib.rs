@@ -18,6 +18,7 @@ pub mod logs;
 pub mod memory;
 pub mod paths;
 pub mod pem;
+pub mod privileges;
 pub mod shutdown;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -19,6 +19,9 @@ pub use crate::error::DiscoveryError;
 pub const SERVICE: &str = "discovery";
 /// The runtime this daemon wants.
 pub const THREADS: Threads = Threads::One;
+/// The capabilities this daemon keeps: none (its socket under the root needs none).
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[]);
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

@@ -34,6 +34,23 @@ use crate::function::Runtime;
 pub const SERVICE: &str = "lambda-runner";
 /// The runtime this daemon wants.
 pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
+/// The capabilities this daemon keeps, for its function instances: to
+/// make their namespaces, mounts and cgroups (`SYS_ADMIN`), to run them as
+/// their users (`SETUID`, `SETGID`) with every capability dropped from
+/// the sandbox's bounding set (`SETPCAP`), to signal and clean up after
+/// them whatever their user (`KILL`, `DAC_OVERRIDE`, `FOWNER`). Its
+/// bounding set is this list, so a function allowed to run as root has
+/// no more.
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[
+        verdant_common::privileges::Capability::CAP_SYS_ADMIN,
+        verdant_common::privileges::Capability::CAP_SETUID,
+        verdant_common::privileges::Capability::CAP_SETGID,
+        verdant_common::privileges::Capability::CAP_SETPCAP,
+        verdant_common::privileges::Capability::CAP_KILL,
+        verdant_common::privileges::Capability::CAP_DAC_OVERRIDE,
+        verdant_common::privileges::Capability::CAP_FOWNER,
+    ]);
 
 /// Verdant's runtime loops and the core modules the Greengrass SDKs
 /// require (Python: greengrasssdk; Node.js: aws-greengrass-core-sdk),

@@ -267,16 +267,7 @@ fn grant(plan: &Plan, at: &impl Fn(&Path) -> PathBuf) -> Result<(), String> {
 
 fn drop_privileges(plan: &Plan) -> Result<(), String> {
     // Every capability out of the bounding set, so none can come back.
-    for cap in 0..=63 {
-        // SAFETY: prctl with integer arguments only.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-        if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(format!(
-                "drop capability {cap}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
+    verdant_common::privileges::clear_bounding().map_err(|e| e.to_string())?;
     let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setgid(Gid::from_raw(plan.gid)).map_err(|e| format!("setgid: {e}"))?;

@@ -19,6 +19,9 @@ pub use crate::error::OtaAgentError;
 pub const SERVICE: &str = "ota-agent";
 /// The runtime this daemon wants.
 pub const THREADS: Threads = Threads::One;
+/// The capabilities this daemon keeps: none (it asks init over gRPC for what needs privilege).
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[]);
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

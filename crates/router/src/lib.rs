@@ -29,6 +29,9 @@ pub use crate::error::RouterError;
 pub const SERVICE: &str = "router";
 /// The runtime this daemon wants.
 pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::PerCore;
+/// The capabilities this daemon keeps: none (Unix sockets, files under the root and outgoing connections need none).
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[]);
 
 /// Events waiting for the switch.
 const SWITCH_QUEUE: usize = 1024;

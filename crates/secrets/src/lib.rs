@@ -19,6 +19,9 @@ pub use crate::error::SecretsError;
 pub const SERVICE: &str = "secrets";
 /// The runtime this daemon wants.
 pub const THREADS: Threads = Threads::One;
+/// The capabilities this daemon keeps: none (its socket and files under the root need none).
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[]);
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

@@ -25,6 +25,9 @@ pub use crate::error::ShadowError;
 pub const SERVICE: &str = "shadow";
 /// The runtime this daemon wants.
 pub const THREADS: verdant_common::daemon::Threads = verdant_common::daemon::Threads::One;
+/// The capabilities this daemon keeps: none (its socket and database under the root need none).
+pub const CAPABILITIES: verdant_common::privileges::Capabilities =
+    verdant_common::privileges::Capabilities::Fixed(&[]);
 
 /// What the shadow service says of itself.
 const NOTE: &str = "classic and named shadows over MQTT through the router and gRPC, synced with the cloud for SyncShadow things";

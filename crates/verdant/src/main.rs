@@ -32,7 +32,13 @@ const PROGRAMS: &[&str] = &[
 /// Runs the daemon whose library is `$krate`.
 macro_rules! daemon {
     ($args:expr, $krate:ident) => {
-        daemon::main($args, $krate::SERVICE, $krate::THREADS, $krate::run)
+        daemon::main(
+            $args,
+            $krate::SERVICE,
+            $krate::THREADS,
+            $krate::CAPABILITIES,
+            $krate::run,
+        )
     };
 }
 
