@@ -13,8 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Conn, Shared};
 use crate::codec;
-use crate::hub::{self, Message};
+use crate::hub;
 use crate::identity::{Device, Peer};
+use crate::message::Message;
 use crate::topic;
 use crate::wire::{self, Props, Version};
 

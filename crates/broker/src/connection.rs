@@ -21,10 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{BrokerConfig, Qos0WhenFull};
-use crate::hub::{self, ClientInfo, Message, Outgoing};
+use crate::hub;
 use crate::identity::{Devices, Peer};
+use crate::message::{ClientInfo, Message, Outgoing};
 use crate::outbound::Outbound;
 use crate::outbox::{self, Inbox, Taken, Wake};
+use crate::request::{self, Request};
 use crate::topic;
 use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
@@ -44,7 +46,7 @@ pub struct Shared {
     /// The deployed group's devices; replaced when the router swaps in a
     /// new group's table.
     pub devices: Arc<std::sync::RwLock<Devices>>,
-    pub hub: mpsc::Sender<hub::Request>,
+    pub hub: mpsc::Sender<Request>,
     /// The hub's state, for the QoS 0 messages handed on in place.
     pub hub_state: Arc<hub::Shared>,
     /// The hub's count of persistent sessions' subscriptions: while zero,
@@ -316,9 +318,9 @@ pub async fn serve<S>(
         will_delay: connect.will_delay,
         connected_at: SystemTime::now(),
     };
-    if hub::to_hub(
+    if request::to_hub(
         &shared.hub,
-        hub::Request::Connect {
+        Request::Connect {
             info,
             will,
             outbox,
@@ -363,9 +365,9 @@ pub async fn serve<S>(
     let end = session.run(&mut conn, &mut inbox, silence).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
     let unacked = take_back(session.outbound, &mut inbox);
-    let _ = hub::to_hub(
+    let _ = request::to_hub(
         &shared.hub,
-        hub::Request::Disconnect {
+        Request::Disconnect {
             client_id,
             connection_id,
             graceful,
@@ -608,7 +610,7 @@ impl<'a> Session<'a> {
             self.acked.append(&mut self.outbound.expired);
             if !self.acked.is_empty() {
                 let ids = std::mem::take(&mut self.acked);
-                if hub::to_hub(&self.shared.hub, hub::Request::Acked(ids))
+                if request::to_hub(&self.shared.hub, Request::Acked(ids))
                     .await
                     .is_err()
                 {
@@ -784,12 +786,12 @@ impl<'a> Session<'a> {
                 }
                 let count = filters.len();
                 let (tx, rx) = oneshot::channel();
-                let request = hub::Request::Unsubscribe {
+                let request = Request::Unsubscribe {
                     client_id: self.client_id.clone(),
                     filters,
                     reply: tx,
                 };
-                if hub::to_hub(&self.shared.hub, request).await.is_err() || rx.await.is_err() {
+                if request::to_hub(&self.shared.hub, request).await.is_err() || rx.await.is_err() {
                     return Some(End::stopping());
                 }
                 conn.queue(&Out::UnsubAck { pkid, count });
@@ -935,7 +937,7 @@ impl<'a> Session<'a> {
             match self.shared.hub_state.publish_in_place(message) {
                 Ok(done) => {
                     if done.notice
-                        && hub::to_hub(&self.shared.hub, hub::Request::InPlace)
+                        && request::to_hub(&self.shared.hub, Request::InPlace)
                             .await
                             .is_err()
                     {
@@ -974,9 +976,9 @@ impl<'a> Session<'a> {
         } else {
             (None, None, None)
         };
-        if hub::to_hub(
+        if request::to_hub(
             &self.shared.hub,
-            hub::Request::Publish {
+            Request::Publish {
                 message,
                 source: self.source.clone(),
                 reply,
@@ -1059,12 +1061,12 @@ impl<'a> Session<'a> {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let request = hub::Request::Subscribe {
+        let request = Request::Subscribe {
             client_id: self.client_id.clone(),
             filters: accepted,
             reply: tx,
         };
-        if hub::to_hub(&self.shared.hub, request).await.is_err() {
+        if request::to_hub(&self.shared.hub, request).await.is_err() {
             return Some(End::stopping());
         }
         match rx.await {

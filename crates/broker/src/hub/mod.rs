@@ -10,102 +10,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use verdant_group::routes::{RouteIndex, Table};
 
 use crate::index::Index;
-use crate::link::ToLink;
+use crate::message::{ClientInfo, ClientSummary, Connected, Counters, Message, Outgoing};
 use crate::outbox::{Outbox, TrySendError};
+use crate::request::ToLink;
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 use crate::wire::SubOptions;
-
-/// An application message as the hub routes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// Its row in the store, for a QoS 1/2 message queued for a persistent
-    /// session: deleted when the subscriber acknowledges it.
-    pub stored: Option<u64>,
-    /// MQTT 5.0 properties from its publisher, for 5.0 subscribers.
-    pub props: Option<Arc<crate::wire::Props>>,
-    /// The client id of the local client that published it, for 5.0's
-    /// "no local" subscription option.
-    pub from: Option<Arc<str>>,
-    /// It may have been sent to this subscriber before (in flight when its
-    /// connection ended, or handed to a connection before a restart): sent
-    /// again with DUP set (MQTT-3.3.1-1).
-    pub dup: bool,
-}
-
-/// What the hub tells a connection.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Send this to the client (QoS already the granted one).
-    Deliver(Message),
-    /// Close the connection (taken over by a new one, or an operator),
-    /// with the MQTT 5.0 DISCONNECT reason code and why.
-    Close(u8, String),
-}
-
-/// What operators see of a client.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub client_id: String,
-    pub thing_name: Option<String>,
-    /// The device's thing ARN: the source of its messages in routed mode.
-    pub thing_arn: Option<Arc<str>>,
-    pub certificate_subject: Option<String>,
-    pub peer_address: String,
-    pub listener: &'static str,
-    pub protocol_version: u8,
-    /// The session ends with the connection (3.1.1 clean session; 5.0
-    /// session expiry interval 0).
-    pub clean_session: bool,
-    /// The connection starts a new session (3.1.1 clean session; 5.0
-    /// clean start).
-    pub clean_start: bool,
-    /// Seconds a persistent session outlives its connection ([`NEVER`]
-    /// for 3.1.1's persistent sessions).
-    pub session_expiry: u32,
-    /// Seconds the will waits after the client vanished (5.0).
-    pub will_delay: u32,
-    pub connected_at: SystemTime,
-}
-
-/// A client's summary for the gRPC API.
-#[derive(Debug, Clone)]
-pub struct ClientSummary {
-    pub info: ClientInfo,
-    pub connected: bool,
-    pub subscriptions: Vec<(String, QoS)>,
-    pub queued: usize,
-}
-
-/// Counts operators and benchmarks read.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub published: u64,
-    pub delivered: u64,
-    /// QoS 0 deliveries dropped because a client's outbox was full.
-    pub dropped_qos0: u64,
-    /// QoS 1/2 deliveries refused because a session's queue was full.
-    pub dropped_queue_full: u64,
-    /// Routed mode: messages no route of the table allowed.
-    pub no_route: u64,
-}
 
 struct Connection {
     id: u64,
     outbox: Outbox,
     will: Option<Message>,
-    /// The slow-client timeout sent it a Close (`hub_backlog.rs`).
+    /// The slow-client timeout sent it a Close (`hub/backlog.rs`).
     given_up: bool,
 }
 
@@ -124,7 +46,7 @@ struct Session {
     /// The connected client's, or the last one's while it is away.
     last_info: ClientInfo,
     /// QoS 1/2 messages for the connected client that its full outbox
-    /// could not take yet (see `hub_backlog.rs`), and when they last moved.
+    /// could not take yet (see `hub/backlog.rs`), and when they last moved.
     parked: VecDeque<Message>,
     parked_since: Option<std::time::Instant>,
 }
@@ -250,13 +172,13 @@ pub struct Hub {
     expiring: HashMap<String, std::time::Instant>,
     /// Wills waiting for their delay, by client id.
     wills: HashMap<String, timers::DelayedWill>,
-    /// Clients whose will the store holds (`hub_timers.rs`), so that a
+    /// Clients whose will the store holds (`hub/timers.rs`), so that a
     /// connection without one drops only a row that exists.
     stored_wills: std::collections::HashSet<String>,
     /// Wills the store held at start, published once routing is set up.
     restored_wills: Vec<crate::store::StoredWill>,
     /// Clients with parked messages, and the acknowledgements held while
-    /// any are (`hub_backlog.rs`); connections read the flag.
+    /// any are (`hub/backlog.rs`); connections read the flag.
     parked: std::collections::HashSet<String>,
     /// Acknowledgements waiting for these clients' parked messages.
     held: Vec<(oneshot::Sender<bool>, Vec<String>)>,
@@ -269,29 +191,11 @@ pub struct Hub {
     pub(super) in_place: u64,
     /// A delivery since the hub's task (or an in-place publisher) last
     /// looked filled a client's outbox halfway: time to let the
-    /// connections run before handing over more (`hub_run.rs`).
+    /// connections run before handing over more (`hub/run.rs`).
     pub(super) crowded: bool,
     /// The subscribers a fan-out found, kept for the next one's use.
     matched: Vec<(Arc<str>, QoS)>,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A new connection's session, as CONNACK and the connection need it.
-#[derive(Debug)]
-pub struct Connected {
-    pub connection_id: u64,
-    pub session_present: bool,
-    /// Messages queued while the client was away, to send first.
-    pub queued: Vec<Message>,
-    /// The CONNACK waits for the batch's commit: this connection ended a
-    /// persistent session, whose end must be on disk before the client is
-    /// told it has none, or brought a will, which must survive a crash
-    /// from the moment the client is told it is connected, or takes queued
-    /// messages, which must be marked sent before they go. Otherwise it
-    /// goes at once: a session kept is durable before anything that
-    /// depends on it is acknowledged (a SUBACK, a PUBACK), because commits
-    /// go in order.
-    pub wait_for_commit: bool,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -928,21 +832,13 @@ impl Hub {
     }
 }
 
-#[cfg(test)]
-#[path = "hub_tests.rs"]
-mod tests;
-
-#[path = "hub_routed.rs"]
+mod backlog;
 mod routed;
-
-#[path = "hub_timers.rs"]
+mod run;
+#[cfg(test)]
+mod tests;
 mod timers;
 
-#[path = "hub_backlog.rs"]
-mod backlog;
+use run::Reply;
+pub use run::{InPlace, Shared, run};
 pub use timers::NEVER;
-
-#[path = "hub_run.rs"]
-mod driver;
-use driver::Reply;
-pub use driver::{InPlace, Request, Shared, Stopped, SubscribeResult, run, to_hub};

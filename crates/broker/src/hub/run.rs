@@ -1,18 +1,17 @@
 //! The hub's task: the requests connections and the link send, taken in
 //! batches, the store committed once per batch, then the answers (see
-//! `hub.rs`); and the clocks it keeps (wills, expiries, parked messages,
+//! `hub/mod.rs`); and the clocks it keeps (wills, expiries, parked messages,
 //! giving memory back).
 
 use std::sync::Arc;
 
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
-use verdant_group::routes::Table;
 
-use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
-use crate::link::Forward;
+use super::{Hub, REPORT_EVERY};
+use crate::message::{Connected, Message};
+use crate::request::{Forward, Request, SubscribeResult};
 use crate::store::Store;
-use crate::wire::SubOptions;
 
 /// After this many requests, quiet spells of [`TRIM_AFTER`] return the
 /// allocator's free memory (the backlog of a burst) to the system, a few
@@ -23,107 +22,12 @@ const TRIMS: u8 = 3;
 /// How often parked messages are offered to their outboxes again.
 const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// The hub has stopped: the broker is shutting down.
-#[derive(Debug)]
-pub struct Stopped;
-
-/// Sent at once, or waiting (boxed) for room in the hub's channel.
-pub type ToHub<'a> = futures::future::Either<
-    futures::future::Ready<Result<(), Stopped>>,
-    futures::future::BoxFuture<'a, Result<(), Stopped>>,
->;
-
-/// Hands `request` to the hub. A connection's task keeps room for this
-/// future as long as the connection lives, so it is small: the common case
-/// is a `try_send`, and only a full channel waits, in a boxed future.
-pub fn to_hub(hub: &mpsc::Sender<Request>, request: Request) -> ToHub<'_> {
-    use futures::future::{Either, FutureExt};
-    match hub.try_send(request) {
-        Ok(()) => Either::Left(futures::future::ready(Ok(()))),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Either::Left(futures::future::ready(Err(Stopped)))
-        }
-        Err(mpsc::error::TrySendError::Full(request)) => {
-            Either::Right(async move { hub.send(request).await.map_err(|_| Stopped) }.boxed())
-        }
-    }
-}
-
-/// Requests to the hub.
-pub enum Request {
-    /// A second passed while sessions expire or wills wait (`run` itself).
-    Sweep,
-    /// Time to retry parked messages (`run` itself).
-    Unpark,
-    /// Messages went from publishers to subscribers in place
-    /// (`Shared::publish_in_place`): traffic for the quiet-spell clocks.
-    InPlace,
-    Connect {
-        info: ClientInfo,
-        will: Option<Message>,
-        outbox: crate::outbox::Outbox,
-        reply: oneshot::Sender<Connected>,
-    },
-    Disconnect {
-        client_id: String,
-        connection_id: u64,
-        graceful: bool,
-        unacked: Vec<Message>,
-        /// A 5.0 DISCONNECT's new session expiry interval.
-        session_expiry: Option<u32>,
-    },
-    /// A message from a client (`source`: its device's thing ARN); for
-    /// QoS 1/2 the reply says whether it is safe to acknowledge (stored
-    /// wherever it must be, the router's side included).
-    Publish {
-        message: Message,
-        source: Option<Arc<str>>,
-        reply: Option<oneshot::Sender<bool>>,
-        /// The publisher may acknowledge once the message is on its way
-        /// (`true`, or the sender dropped); see [`Hub::pass_on`].
-        delivered: Option<oneshot::Sender<bool>>,
-    },
-    /// A message the router routed to the devices `things`; the reply
-    /// says the sessions have it.
-    Deliver {
-        things: Vec<String>,
-        message: Message,
-        reply: Option<oneshot::Sender<bool>>,
-    },
-    /// The router's table.
-    Table(Arc<Table>),
-    /// The router says whether someone traces.
-    Tracing(bool),
-    /// The group changed: close the connections of devices not in it.
-    Members(std::collections::HashSet<String>),
-    /// Stored messages the subscriber acknowledged.
-    Acked(Vec<u64>),
-    Subscribe {
-        client_id: String,
-        filters: Vec<(String, QoS, SubOptions)>,
-        reply: oneshot::Sender<SubscribeResult>,
-    },
-    Unsubscribe {
-        client_id: String,
-        filters: Vec<String>,
-        reply: oneshot::Sender<()>,
-    },
-    Clients(oneshot::Sender<(Vec<ClientSummary>, Counters)>),
-    Kick {
-        client_id: String,
-        reply: oneshot::Sender<bool>,
-    },
-}
-
-/// The retained messages to send, or why the subscription was refused.
-pub type SubscribeResult = Result<Vec<Message>, String>;
-
 /// An answer held back until its batch is committed.
 pub(super) enum Reply {
     Connect(oneshot::Sender<Connected>, Connected),
     Publish(oneshot::Sender<bool>),
     /// A publish that parked messages for these clients: acknowledged
-    /// once they took them (`hub_backlog.rs`).
+    /// once they took them (`hub/backlog.rs`).
     Held(oneshot::Sender<bool>, Vec<String>),
     /// To the router, which acknowledges a QoS 1 message itself.
     Forward(Forward),
@@ -368,7 +272,7 @@ impl Hub {
                     let _ = tx.send(c);
                 }
                 // A publish that parked messages waits for them (see
-                // `hub_backlog.rs`).
+                // `hub/backlog.rs`).
                 Reply::Held(tx, clients) if durable => self.hold(tx, clients),
                 Reply::Held(tx, _) | Reply::Publish(tx) => {
                     let _ = tx.send(durable);
