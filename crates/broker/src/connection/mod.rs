@@ -30,7 +30,6 @@ use crate::request::{self, Request};
 use crate::topic;
 use crate::wire::{self, Decoder, In, Out, Refusal, Version, Violation};
 
-#[path = "connect.rs"]
 mod connect;
 use connect::{Admitted, Hello, admit, read_connect};
 
