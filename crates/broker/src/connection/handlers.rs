@@ -2,6 +2,8 @@
 //! the hub, or to subscribers in place), its acknowledgements, SUBSCRIBE,
 //! UNSUBSCRIBE, PINGREQ and DISCONNECT.
 
+use std::ops::ControlFlow;
+
 use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -10,10 +12,20 @@ use super::End;
 use super::conn::Conn;
 use super::session::{Answer, Session};
 use crate::config::Qos0WhenFull;
+use crate::hub::InPlace;
 use crate::message::Message;
 use crate::request::{self, Request};
 use crate::topic;
 use crate::wire::{self, In, Out, Refusal, Violation};
+
+/// For a publish handed to the hub: the sender of its "stored" answer,
+/// the sender of its "on its way" answer, and what its acknowledgement
+/// waits for.
+type PublishAnswer = (
+    Option<oneshot::Sender<bool>>,
+    Option<oneshot::Sender<bool>>,
+    Option<Answer>,
+);
 
 impl Session<'_> {
     /// Handles one packet from the client; `Some` ends the connection.
@@ -111,30 +123,17 @@ impl Session<'_> {
         })
     }
 
+    /// A PUBLISH from the client: checked, handed to its subscribers in
+    /// place or to the hub, and acknowledged now or once the hub answers.
     async fn on_publish<R, W>(&mut self, conn: &mut Conn<R, W>, p: wire::Publish) -> Option<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let limits = self.shared.config.topic_limits();
-        if let Err(e) = topic::validate_name(&p.topic, limits) {
-            return Some(End::Closed(
-                0x90,
-                format!(
-                    "PUBLISH to `{}`: {e}",
-                    verdant_common::telemetry::bounded(&p.topic)
-                ),
-            ));
+        if let ControlFlow::Break(end) = self.check_publish(conn, &p) {
+            return end;
         }
         let (pkid, qos) = (p.pkid, p.qos);
-        if qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid) {
-            // A resent QoS 2 message already handed over: only PUBREC again.
-            conn.queue(&Out::PubRec(pkid));
-            return None;
-        }
-        if let Some(end) = self.past_receive_maximum(qos) {
-            return Some(end);
-        }
         let mut message = Message {
             topic: p.topic,
             payload: p.payload,
@@ -150,47 +149,12 @@ impl Session<'_> {
         // subscribers' outboxes when the hub is free (`hub::Shared`).
         if qos == QoS::AtMostOnce && !hold && !message.retain && !self.shared.routed() {
             match self.shared.hub_state.publish_in_place(message) {
-                Ok(done) => {
-                    if done.notice
-                        && request::to_hub(&self.shared.hub, Request::InPlace)
-                            .await
-                            .is_err()
-                    {
-                        return Some(End::stopping());
-                    }
-                    if done.crowded {
-                        tokio::task::yield_now().await;
-                    }
-                    return None;
-                }
+                Ok(done) => return self.handed_on_in_place(done).await,
                 Err(m) => message = m,
             }
         }
         self.shared.hub_state.publish_queued();
-        // In routed mode the router may have to take the message too.
-        let must_wait = hold
-            || (qos != QoS::AtMostOnce
-                && (self.shared.routed()
-                    || self
-                        .shared
-                        .congested
-                        .load(std::sync::atomic::Ordering::Acquire)
-                    || self
-                        .shared
-                        .durable_subscriptions
-                        .load(std::sync::atomic::Ordering::Acquire)
-                        > 0));
-        let (reply, delivered, answer) = if must_wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), None, Some(Answer::Stored(rx)))
-        } else if qos != QoS::AtMostOnce && conn.inbuf.is_empty() {
-            // The last publish read so far: acknowledged (with those before
-            // it) once the hub has handed it on; see `Hub::pass_on`.
-            let (tx, rx) = oneshot::channel();
-            (None, Some(tx), Some(Answer::Delivered(rx)))
-        } else {
-            (None, None, None)
-        };
+        let (reply, delivered, answer) = self.answer_for(conn, qos, hold);
         if request::to_hub(
             &self.shared.hub,
             Request::Publish {
@@ -205,6 +169,105 @@ impl Session<'_> {
         {
             return Some(End::stopping());
         }
+        self.acknowledge(conn, pkid, qos, answer);
+        None
+    }
+
+    /// What a PUBLISH is checked for before it goes anywhere: its topic
+    /// name, a QoS 2 one resent (only PUBREC again) and the Receive
+    /// Maximum. `Break` if it goes no further (with the end, if any).
+    fn check_publish<R, W>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        p: &wire::Publish,
+    ) -> ControlFlow<Option<End>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limits = self.shared.config.topic_limits();
+        if let Err(e) = topic::validate_name(&p.topic, limits) {
+            return ControlFlow::Break(Some(End::Closed(
+                0x90,
+                format!(
+                    "PUBLISH to `{}`: {e}",
+                    verdant_common::telemetry::bounded(&p.topic)
+                ),
+            )));
+        }
+        if p.qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(p.pkid) {
+            // A resent QoS 2 message already handed over: only PUBREC again.
+            conn.queue(&Out::PubRec(p.pkid));
+            return ControlFlow::Break(None);
+        }
+        match self.past_receive_maximum(p.qos) {
+            Some(end) => ControlFlow::Break(Some(end)),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// After a QoS 0 message went to its subscribers from this task: tell
+    /// the hub's task now and then, and give way to a crowded subscriber.
+    async fn handed_on_in_place(&mut self, done: InPlace) -> Option<End> {
+        if done.notice
+            && request::to_hub(&self.shared.hub, Request::InPlace)
+                .await
+                .is_err()
+        {
+            return Some(End::stopping());
+        }
+        if done.crowded {
+            tokio::task::yield_now().await;
+        }
+        None
+    }
+
+    /// What a publish handed to the hub waits for before it is
+    /// acknowledged: the hub's word that it is stored (`reply`), its
+    /// delivery (`delivered`, see `Hub::pass_on`), or nothing.
+    fn answer_for<R, W>(&self, conn: &Conn<R, W>, qos: QoS, hold: bool) -> PublishAnswer
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // In routed mode the router may have to take the message too.
+        let must_wait = hold
+            || (qos != QoS::AtMostOnce
+                && (self.shared.routed()
+                    || self
+                        .shared
+                        .congested
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    || self
+                        .shared
+                        .durable_subscriptions
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        > 0));
+        if must_wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), None, Some(Answer::Stored(rx)))
+        } else if qos != QoS::AtMostOnce && conn.inbuf.is_empty() {
+            // The last publish read so far: acknowledged (with those before
+            // it) once the hub has handed it on; see `Hub::pass_on`.
+            let (tx, rx) = oneshot::channel();
+            (None, Some(tx), Some(Answer::Delivered(rx)))
+        } else {
+            (None, None, None)
+        }
+    }
+
+    /// Acknowledges a publish handed to the hub now, or notes what its
+    /// acknowledgement waits for (a held QoS 0 one: reading waits too).
+    fn acknowledge<R, W>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        pkid: u16,
+        qos: QoS,
+        answer: Option<Answer>,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         match answer {
             Some(answer) => {
                 self.holding += usize::from(qos == QoS::AtMostOnce);
@@ -220,7 +283,6 @@ impl Session<'_> {
                 QoS::ExactlyOnce => conn.queue(&Out::PubRec(pkid)),
             },
         }
-        None
     }
 
     /// Whether a QoS 0 publish waits for the hub's answer before this

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::BrokerConfig;
 use crate::hub;
-use crate::identity::{Devices, Peer};
-use crate::message::{ClientInfo, Message, Outgoing};
+use crate::identity::{Device, Devices, Peer};
+use crate::message::{ClientInfo, Connected, Message, Outgoing};
 use crate::outbound::Outbound;
 use crate::outbox::{self, Inbox};
 use crate::request::{self, Request};
@@ -26,7 +26,7 @@ mod handlers;
 mod session;
 
 use conn::{Conn, ReadError};
-use connect::{Admitted, admit, read_connect};
+use connect::{Admitted, Hello, admit, read_connect};
 use session::Session;
 
 /// What every connection shares.
@@ -114,37 +114,17 @@ pub async fn serve<S>(
         will,
     } = admitted;
     let (outbox, mut inbox) = outbox::channel(shared.config.max_queued_messages);
-    let (tx, rx) = oneshot::channel();
     let source = thing.as_ref().map(|d| d.thing_arn.clone());
-    let info = ClientInfo {
-        client_id: client_id.clone(),
-        thing_name: thing.as_ref().map(|d| d.thing_name.clone()),
-        thing_arn: thing.as_ref().map(|d| d.thing_arn.clone()),
-        certificate_subject: subject,
-        peer_address: address.clone(),
+    let info = client_info(
+        &connect,
+        conn.version(),
+        client_id.clone(),
+        thing.as_ref(),
+        subject,
+        address.clone(),
         listener,
-        protocol_version: conn.version().level(),
-        clean_session: !connect.persistent,
-        clean_start: connect.clean_start,
-        session_expiry: connect.session_expiry,
-        will_delay: connect.will_delay,
-        connected_at: SystemTime::now(),
-    };
-    if request::to_hub(
-        &shared.hub,
-        Request::Connect {
-            info,
-            will,
-            outbox,
-            reply: tx,
-        },
-    )
-    .await
-    .is_err()
-    {
-        return;
-    }
-    let Ok(connected) = rx.await else {
+    );
+    let Some(connected) = join_hub(&shared, info, will, outbox).await else {
         return;
     };
     tracing::info!(
@@ -191,6 +171,53 @@ pub async fn serve<S>(
         },
     )
     .await;
+}
+
+/// What the hub and operators know of an admitted client.
+fn client_info(
+    connect: &Hello,
+    version: Version,
+    client_id: String,
+    thing: Option<&Device>,
+    certificate_subject: Option<String>,
+    peer_address: String,
+    listener: &'static str,
+) -> ClientInfo {
+    ClientInfo {
+        client_id,
+        thing_name: thing.map(|d| d.thing_name.clone()),
+        thing_arn: thing.map(|d| d.thing_arn.clone()),
+        certificate_subject,
+        peer_address,
+        listener,
+        protocol_version: version.level(),
+        clean_session: !connect.persistent,
+        clean_start: connect.clean_start,
+        session_expiry: connect.session_expiry,
+        will_delay: connect.will_delay,
+        connected_at: SystemTime::now(),
+    }
+}
+
+/// Hands the hub the new connection and its will; the session it gets
+/// (`None`: the broker is stopping).
+async fn join_hub(
+    shared: &Shared,
+    info: ClientInfo,
+    will: Option<Message>,
+    outbox: outbox::Outbox,
+) -> Option<Connected> {
+    let (tx, rx) = oneshot::channel();
+    let request = Request::Connect {
+        info,
+        will,
+        outbox,
+        reply: tx,
+    };
+    if request::to_hub(&shared.hub, request).await.is_err() {
+        return None;
+    }
+    rx.await.ok()
 }
 
 /// What was sent and not acknowledged, what waited behind the window,

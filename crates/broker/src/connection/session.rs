@@ -168,27 +168,8 @@ impl<'a> Session<'a> {
                 return end;
             }
             // Packets already buffered first.
-            let mut published = false;
-            while self.holding == 0 {
-                match conn.decode() {
-                    Ok(Some(packet)) => {
-                        deadline = Instant::now() + keep_alive;
-                        published |= matches!(packet, In::Publish(_));
-                        if let Some(end) = self.on_packet(conn, packet).await {
-                            return end;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(ReadError::Protocol(v)) => return End::protocol(v),
-                    Err(_) => return End::Abrupt("read failed".into()),
-                }
-            }
-            // A publish whose acknowledgement waits for its delivery
-            // (`Hub::pass_on`) lets the hub and its subscribers' tasks run
-            // first: this task's own turn (the select below) comes after
-            // the message is written, not in its way.
-            if published && matches!(self.unconfirmed.back(), Some((_, _, Answer::Delivered(_)))) {
-                tokio::task::yield_now().await;
+            if let Some(end) = self.handle_buffered(conn, &mut deadline, keep_alive).await {
+                return end;
             }
             if let Some(end) = self.write_out(conn, inbox).await {
                 return end;
@@ -200,15 +181,8 @@ impl<'a> Session<'a> {
                 partial_since.or_else(|| Some(Instant::now()))
             };
             let packet_deadline = partial_since.map(|t| t + packet_timeout);
-            self.acked.append(&mut self.outbound.expired);
-            if !self.acked.is_empty() {
-                let ids = std::mem::take(&mut self.acked);
-                if request::to_hub(&self.shared.hub, Request::Acked(ids))
-                    .await
-                    .is_err()
-                {
-                    return End::stopping();
-                }
+            if let Some(end) = self.report_acked().await {
+                return end;
             }
             tokio::select! {
                 (pkid, qos, safe) = next_confirmed(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
@@ -228,22 +202,11 @@ impl<'a> Session<'a> {
                 // a message unless the client is behind on its
                 // acknowledgements (the hub then parks what comes and
                 // slows the publishers).
-                taken = inbox.take(!self.outbound.backlogged(), &mut self.wakes) => match taken {
-                    Taken::Close(reason, why) => return End::Closed(reason, why),
-                    Taken::Gone => return End::stopping(),
-                    Taken::Wakes => {}
-                    Taken::Message(m) => {
-                        self.push(conn, m);
-                        // Take whatever else is ready in one write.
-                        while !self.outbound.backlogged() {
-                            match inbox.try_recv() {
-                                Some(Outgoing::Deliver(m)) => self.push(conn, m),
-                                Some(Outgoing::Close(reason, why)) => return End::Closed(reason, why),
-                                None => break,
-                            }
-                        }
+                taken = inbox.take(!self.outbound.backlogged(), &mut self.wakes) => {
+                    if let Some(end) = self.on_taken(conn, inbox, taken) {
+                        return end;
                     }
-                },
+                }
                 () = sleep_until_some(packet_deadline), if packet_deadline.is_some() => {
                     return End::Closed(0x80, format!(
                         "a packet was not complete {packet_timeout:?} after its first byte (slow sender)"
@@ -261,6 +224,85 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Handles the packets already whole in the buffer (none while a QoS
+    /// 0 publish is held), each moving the keep-alive `deadline` on.
+    async fn handle_buffered<R, W>(
+        &mut self,
+        conn: &mut Conn<R, W>,
+        deadline: &mut Instant,
+        keep_alive: Duration,
+    ) -> Option<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut published = false;
+        while self.holding == 0 {
+            match conn.decode() {
+                Ok(Some(packet)) => {
+                    *deadline = Instant::now() + keep_alive;
+                    published |= matches!(packet, In::Publish(_));
+                    if let Some(end) = self.on_packet(conn, packet).await {
+                        return Some(end);
+                    }
+                }
+                Ok(None) => break,
+                Err(ReadError::Protocol(v)) => return Some(End::protocol(v)),
+                Err(_) => return Some(End::Abrupt("read failed".into())),
+            }
+        }
+        // A publish whose acknowledgement waits for its delivery
+        // (`Hub::pass_on`) lets the hub and its subscribers' tasks run
+        // first: this task's own turn (the select in `exchange`) comes
+        // after the message is written, not in its way.
+        if published && matches!(self.unconfirmed.back(), Some((_, _, Answer::Delivered(_)))) {
+            tokio::task::yield_now().await;
+        }
+        None
+    }
+
+    /// Tells the hub which stored messages the client acknowledged (or
+    /// that expired in the outbound window), for it to delete.
+    async fn report_acked(&mut self) -> Option<End> {
+        self.acked.append(&mut self.outbound.expired);
+        if self.acked.is_empty() {
+            return None;
+        }
+        let ids = std::mem::take(&mut self.acked);
+        request::to_hub(&self.shared.hub, Request::Acked(ids))
+            .await
+            .is_err()
+            .then(End::stopping)
+    }
+
+    /// What the hub had in one poll (see `Inbox::take`): a Close ends the
+    /// connection; a message goes out with whatever else is ready, in one
+    /// write, as long as the client keeps up with its acknowledgements.
+    fn on_taken<R, W>(&mut self, conn: &mut Conn<R, W>, inbox: &Inbox, taken: Taken) -> Option<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        match taken {
+            Taken::Close(reason, why) => return Some(End::Closed(reason, why)),
+            Taken::Gone => return Some(End::stopping()),
+            Taken::Wakes => {}
+            Taken::Message(m) => {
+                self.push(conn, m);
+                while !self.outbound.backlogged() {
+                    match inbox.try_recv() {
+                        Some(Outgoing::Deliver(m)) => self.push(conn, m),
+                        Some(Outgoing::Close(reason, why)) => {
+                            return Some(End::Closed(reason, why));
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The hub answered a publish: acknowledge it, or end the connection
