@@ -181,12 +181,12 @@ pub struct LinkCounters {
 
 /// The deployed group's file, and the devices read from it, replaced
 /// when the router sends a new table (a new deployment).
-pub struct Group {
+pub struct GroupFile {
     pub file: PathBuf,
     pub devices: Arc<std::sync::RwLock<crate::identity::Devices>>,
 }
 
-impl Group {
+impl GroupFile {
     /// Reads the group again; the devices no longer in it, if it changed.
     fn reload(&self) -> Option<std::collections::HashSet<String>> {
         match verdant_group::Group::load(&self.file) {
@@ -207,7 +207,7 @@ impl Group {
 /// Keeps the link up until `shutdown`.
 pub async fn run(
     socket: PathBuf,
-    group: Group,
+    group: GroupFile,
     hub: mpsc::Sender<Request>,
     mut from_hub: mpsc::UnboundedReceiver<ToLink>,
     backlog: usize,
@@ -257,7 +257,7 @@ type Committing = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (u64, boo
 /// One link's life; returns why it ended.
 async fn linked(
     socket: &std::path::Path,
-    group: &Group,
+    group: &GroupFile,
     hub: &mpsc::Sender<Request>,
     from_hub: &mut mpsc::UnboundedReceiver<ToLink>,
     state: &mut State,

@@ -48,7 +48,7 @@ pub enum Request {
     /// Time to retry parked messages (`run` itself).
     Unpark,
     /// Messages went from publishers to subscribers in place
-    /// (`Shared::publish_in_place`): traffic for the quiet-spell clocks.
+    /// (`SharedHub::publish_in_place`): traffic for the quiet-spell clocks.
     InPlace,
     Connect {
         info: ClientInfo,

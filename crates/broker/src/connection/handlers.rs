@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::End;
 use super::conn::Conn;
-use super::session::{Answer, Session};
+use super::exchange::{Answer, Exchange};
 use crate::config::Qos0WhenFull;
 use crate::hub::InPlace;
 use crate::message::Message;
@@ -27,7 +27,7 @@ type PublishAnswer = (
     Option<Answer>,
 );
 
-impl Session<'_> {
+impl Exchange<'_> {
     /// Handles one packet from the client; `Some` ends the connection.
     pub(super) async fn on_packet<R, W>(&mut self, conn: &mut Conn<R, W>, packet: In) -> Option<End>
     where
@@ -146,7 +146,7 @@ impl Session<'_> {
         };
         let hold = qos == QoS::AtMostOnce && self.holds_qos0();
         // A plain QoS 0 message in local mode goes from this task to its
-        // subscribers' outboxes when the hub is free (`hub::Shared`).
+        // subscribers' outboxes when the hub is free (`hub::SharedHub`).
         if qos == QoS::AtMostOnce && !hold && !message.retain && !self.shared.routed() {
             match self.shared.hub_state.publish_in_place(message) {
                 Ok(done) => return self.handed_on_in_place(done).await,

@@ -22,22 +22,22 @@ use crate::wire::{Out, Version, Violation};
 
 mod conn;
 mod connect;
+mod exchange;
 mod handlers;
-mod session;
 
 use conn::{Conn, ReadError};
 use connect::{Admitted, Hello, admit, read_connect};
-use session::Session;
+use exchange::Exchange;
 
 /// What every connection shares.
-pub struct Shared {
+pub struct Common {
     pub config: BrokerConfig,
     /// The deployed group's devices; replaced when the router swaps in a
     /// new group's table.
     pub devices: Arc<std::sync::RwLock<Devices>>,
     pub hub: mpsc::Sender<Request>,
     /// The hub's state, for the QoS 0 messages handed on in place.
-    pub hub_state: Arc<hub::Shared>,
+    pub hub_state: Arc<hub::SharedHub>,
     /// The hub's count of persistent sessions' subscriptions: while zero,
     /// QoS 1/2 publishes are acknowledged without waiting for the hub.
     pub durable_subscriptions: Arc<std::sync::atomic::AtomicUsize>,
@@ -52,7 +52,7 @@ pub struct Shared {
     pub ended_notify: tokio::sync::Notify,
 }
 
-impl Shared {
+impl Common {
     pub fn routed(&self) -> bool {
         self.config.mode == crate::config::Mode::Routed
     }
@@ -90,7 +90,7 @@ pub async fn serve<S>(
     peer: Peer,
     address: String,
     listener: &'static str,
-    shared: Arc<Shared>,
+    shared: Arc<Common>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -141,7 +141,7 @@ pub async fn serve<S>(
     conn.take_client_limits(&connect, &shared.config);
     let receive_maximum =
         (conn.version() == Version::V5).then_some(usize::from(shared.config.receive_maximum));
-    let mut session = Session::new(
+    let mut exchange = Exchange::new(
         &shared,
         &client_id,
         connect.session_expiry,
@@ -152,11 +152,11 @@ pub async fn serve<S>(
     drop(connect);
     let connection_id = connected.connection_id;
     for m in connected.queued {
-        session.push(&mut conn, m);
+        exchange.push(&mut conn, m);
     }
-    let end = session.run(&mut conn, &mut inbox, silence).await;
+    let end = exchange.run(&mut conn, &mut inbox, silence).await;
     let graceful = close(&mut conn, &end, &address, &client_id).await;
-    let unacked = take_back(session.outbound, &mut inbox);
+    let unacked = take_back(exchange.outbound, &mut inbox);
     let _ = request::to_hub(
         &shared.hub,
         Request::Disconnect {
@@ -202,7 +202,7 @@ fn client_info(
 /// Hands the hub the new connection and its will; the session it gets
 /// (`None`: the broker is stopping).
 async fn join_hub(
-    shared: &Shared,
+    shared: &Common,
     info: ClientInfo,
     will: Option<Message>,
     outbox: outbox::Outbox,

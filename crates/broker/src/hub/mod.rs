@@ -31,7 +31,7 @@ struct Connection {
     given_up: bool,
 }
 
-struct Session {
+struct SessionState {
     clean: bool,
     /// The device's thing name: who routed messages for that thing reach.
     thing: Option<String>,
@@ -68,7 +68,7 @@ fn size(m: &Message) -> usize {
     m.topic.len() + m.payload.len()
 }
 
-impl Session {
+impl SessionState {
     /// For a session with 5.0 subscription options: `None` if every
     /// subscription matching `topic` says "no local" and the message is
     /// the client's own; otherwise whether one that matches keeps the
@@ -152,7 +152,7 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Hub {
     routing: Routing,
     /// Boxed: the table grows in powers of two, its empty slots stay small.
-    sessions: crate::index::HashMap<String, Box<Session>>,
+    sessions: crate::index::HashMap<String, Box<SessionState>>,
     /// Every session's subscriptions by filter, kept with `sessions`.
     index: Index,
     retained: BTreeMap<String, Message>,
@@ -203,7 +203,7 @@ pub struct Hub {
 /// the devices `to`).
 fn pick_member(
     group: &mut crate::index::Group,
-    sessions: &crate::index::HashMap<String, Box<Session>>,
+    sessions: &crate::index::HashMap<String, Box<SessionState>>,
     to: Option<&[String]>,
 ) -> Option<(Arc<str>, QoS)> {
     let n = group.members.len();
@@ -309,7 +309,7 @@ impl Hub {
                 .collect();
             hub.sessions.insert(
                 s.client_id.clone(),
-                Box::new(Session {
+                Box::new(SessionState {
                     clean: false,
                     // Client ids are thing names unless that rule is relaxed.
                     thing: Some(s.client_id.clone()),
@@ -406,7 +406,7 @@ impl Hub {
             }
             self.sessions.insert(
                 client_id.clone(),
-                Box::new(Session {
+                Box::new(SessionState {
                     clean,
                     thing: None,
                     subscriptions: BTreeMap::new(),
@@ -617,7 +617,7 @@ impl Hub {
     /// Hands `out` to the session's connection or queue; false if it was
     /// dropped (counted). Sets `crowded` when it filled the outbox halfway.
     fn deliver(
-        session: &mut Session,
+        session: &mut SessionState,
         out: Message,
         limits: QueueLimits,
         counters: &mut Counters,
@@ -840,5 +840,5 @@ mod tests;
 mod timers;
 
 use run::Reply;
-pub use run::{InPlace, Shared, run};
+pub use run::{InPlace, SharedHub, run};
 pub use timers::NEVER;

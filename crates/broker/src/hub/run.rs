@@ -45,8 +45,8 @@ const IN_PLACE_NOTICE: u64 = 256;
 /// message that needs nothing of the task (no retained store, no router)
 /// is handed to its subscribers' outboxes by its publisher's own task,
 /// when the hub is free and no publish waits for it, so that message
-/// crosses two tasks instead of three (`Session::on_publish`).
-pub struct Shared {
+/// crosses two tasks instead of three (`Exchange::on_publish`).
+pub struct SharedHub {
     hub: std::sync::Mutex<Hub>,
     /// Publishes sent to the hub's task and not yet handled: while any
     /// is, every publish takes the channel, so that none overtakes one
@@ -66,9 +66,9 @@ pub struct InPlace {
     pub crowded: bool,
 }
 
-impl Shared {
+impl SharedHub {
     pub fn new(hub: Hub) -> Self {
-        Shared {
+        SharedHub {
             hub: std::sync::Mutex::new(hub),
             queued_publishes: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -115,7 +115,7 @@ impl Shared {
 /// answers, until every sender is gone. Requests that arrive during a
 /// commit make the next batch: that is the group commit.
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<SharedHub>,
     mut requests: mpsc::Receiver<Request>,
     max_subscriptions: usize,
 ) {

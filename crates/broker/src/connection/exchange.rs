@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Conn, End, ReadError, Shared};
+use super::{Common, Conn, End, ReadError};
 use crate::message::{Message, Outgoing};
 use crate::outbound::Outbound;
 use crate::outbox::{Inbox, Taken, Wake};
@@ -23,8 +23,8 @@ use crate::request::{self, Request};
 use crate::wire::{self, In, Out};
 
 /// The packet exchange after CONNACK.
-pub(super) struct Session<'a> {
-    pub(super) shared: &'a Shared,
+pub(super) struct Exchange<'a> {
+    pub(super) shared: &'a Common,
     pub(super) client_id: String,
     /// The client id as messages carry it (for "no local").
     pub(super) origin: Arc<str>,
@@ -101,16 +101,16 @@ async fn next_confirmed(unconfirmed: &mut Unconfirmed) -> (u16, QoS, bool) {
     .await
 }
 
-impl<'a> Session<'a> {
+impl<'a> Exchange<'a> {
     pub(super) fn new(
-        shared: &'a Shared,
+        shared: &'a Common,
         client_id: &str,
         expiry_at_connect: u32,
         source: Option<Arc<str>>,
         window: u16,
         receive_maximum: Option<usize>,
     ) -> Self {
-        Session {
+        Exchange {
             shared,
             client_id: client_id.to_string(),
             origin: Arc::from(client_id),
@@ -138,12 +138,12 @@ impl<'a> Session<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let end = self.exchange(conn, inbox, keep_alive).await;
+        let end = self.packet_loop(conn, inbox, keep_alive).await;
         self.fire_wakes();
         end
     }
 
-    pub(super) async fn exchange<R, W>(
+    pub(super) async fn packet_loop<R, W>(
         &mut self,
         conn: &mut Conn<R, W>,
         inbox: &mut Inbox,
@@ -255,7 +255,7 @@ impl<'a> Session<'a> {
         }
         // A publish whose acknowledgement waits for its delivery
         // (`Hub::pass_on`) lets the hub and its subscribers' tasks run
-        // first: this task's own turn (the select in `exchange`) comes
+        // first: this task's own turn (the select in `packet_loop`) comes
         // after the message is written, not in its way.
         if published && matches!(self.unconfirmed.back(), Some((_, _, Answer::Delivered(_)))) {
             tokio::task::yield_now().await;
