@@ -370,55 +370,9 @@ impl Hub {
         let has_will = will.is_some();
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
-        // The store holds exactly the sessions that outlive their connection.
-        let ended_persistent = old_persistent == Some(true) && (!present || clean);
-        if ended_persistent {
-            self.record(Op::DropSession(client_id.clone()));
-        }
-        let resumed_persistent = present && old_persistent == Some(true);
-        if !clean {
-            // Also when resumed: the expiry interval may have changed.
-            self.record(Op::PutSession(client_id.clone(), info.session_expiry));
-        }
-        if !clean
-            && !resumed_persistent
-            && present
-            && let Some(old) = self.sessions.get(&client_id)
-        {
-            let subscriptions: Vec<Op> = old
-                .subscriptions
-                .iter()
-                .map(|(f, q)| {
-                    let o = old.options.get(f).copied().unwrap_or_default();
-                    Op::Subscribe(client_id.clone(), f.clone(), *q, o)
-                })
-                .collect();
-            for op in subscriptions {
-                self.record(op);
-            }
-        }
+        let ended_persistent = self.record_connect(&client_id, &info, present, old_persistent);
         if !present {
-            // A clean start forgets the old session's subscriptions.
-            if let Some(old) = self.sessions.get(&client_id) {
-                for f in old.subscriptions.keys() {
-                    self.index.remove(f, &client_id);
-                }
-            }
-            self.sessions.insert(
-                client_id.clone(),
-                Box::new(SessionState {
-                    clean,
-                    thing: None,
-                    subscriptions: BTreeMap::new(),
-                    options: BTreeMap::new(),
-                    queue: VecDeque::new(),
-                    queued_bytes: 0,
-                    connection: None,
-                    last_info: info.clone(),
-                    parked: VecDeque::new(),
-                    parked_since: None,
-                }),
-            );
+            self.start_afresh(&client_id, &info);
         }
         let session = self.sessions.get_mut(&client_id).expect("inserted above");
         session.clean = clean;
@@ -443,6 +397,71 @@ impl Hub {
             queued,
             wait_for_commit: ended_persistent || has_will || handed,
         }
+    }
+
+    /// Records what a connection does to the stored sessions, which are
+    /// exactly those that outlive their connection: true if it ended a
+    /// persistent one (`old_persistent`: the session it finds, if any).
+    fn record_connect(
+        &mut self,
+        client_id: &String,
+        info: &ClientInfo,
+        present: bool,
+        old_persistent: Option<bool>,
+    ) -> bool {
+        let clean = info.clean_session;
+        let ended_persistent = old_persistent == Some(true) && (!present || clean);
+        if ended_persistent {
+            self.record(Op::DropSession(client_id.clone()));
+        }
+        let resumed_persistent = present && old_persistent == Some(true);
+        if !clean {
+            // Also when resumed: the expiry interval may have changed.
+            self.record(Op::PutSession(client_id.clone(), info.session_expiry));
+        }
+        if !clean
+            && !resumed_persistent
+            && present
+            && let Some(old) = self.sessions.get(client_id)
+        {
+            let subscriptions: Vec<Op> = old
+                .subscriptions
+                .iter()
+                .map(|(f, q)| {
+                    let o = old.options.get(f).copied().unwrap_or_default();
+                    Op::Subscribe(client_id.clone(), f.clone(), *q, o)
+                })
+                .collect();
+            for op in subscriptions {
+                self.record(op);
+            }
+        }
+        ended_persistent
+    }
+
+    /// A new session for a connection that does not take up the old one;
+    /// a clean start forgets the old session's subscriptions.
+    fn start_afresh(&mut self, client_id: &String, info: &ClientInfo) {
+        if let Some(old) = self.sessions.get(client_id) {
+            for f in old.subscriptions.keys() {
+                self.index.remove(f, client_id);
+            }
+        }
+        self.sessions.insert(
+            client_id.clone(),
+            Box::new(SessionState {
+                clean: info.clean_session,
+                thing: None,
+                subscriptions: BTreeMap::new(),
+                options: BTreeMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                connection: None,
+                last_info: info.clone(),
+                parked: VecDeque::new(),
+                parked_since: None,
+            }),
+        );
     }
 
     /// Detaches a connection. Unless it ended with DISCONNECT its will is

@@ -12,6 +12,7 @@ use super::{Hub, REPORT_EVERY};
 use crate::message::{Connected, Message};
 use crate::request::{Forward, Request, SubscribeResult};
 use crate::store::Store;
+use crate::wire::SubOptions;
 
 /// After this many requests, quiet spells of [`TRIM_AFTER`] return the
 /// allocator's free memory (the backlog of a burst) to the system, a few
@@ -78,6 +79,52 @@ impl SharedHub {
         self.hub
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handles `first` and what else waits in `requests`, up to [`BATCH`]
+    /// (less if a client's queue got crowded), holding the hub's lock;
+    /// counts them in `since_trim`. Returns the store, taken out of the
+    /// hub for the commit (nothing that runs in place meanwhile, QoS 0
+    /// not retained, needs it), and whether the batch crowded a queue.
+    fn handle_batch(
+        &self,
+        first: Request,
+        requests: &mut mpsc::Receiver<Request>,
+        max_subscriptions: usize,
+        replies: &mut Vec<Reply>,
+        since_trim: &mut u64,
+    ) -> (Option<Store>, bool) {
+        let mut hub = self.lock();
+        let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
+        let mut sessions_changed = hub.handle(first, max_subscriptions, replies);
+        *since_trim += 1;
+        for _ in 1..BATCH {
+            if hub.crowded {
+                break;
+            }
+            match requests.try_recv() {
+                Ok(r) => {
+                    publishes += usize::from(matches!(r, Request::Publish { .. }));
+                    sessions_changed |= hub.handle(r, max_subscriptions, replies);
+                }
+                Err(_) => break,
+            }
+            *since_trim += 1;
+        }
+        if publishes > 0 {
+            self.queued_publishes
+                .fetch_sub(publishes, std::sync::atomic::Ordering::AcqRel);
+        }
+        // Messages handed on in place count as requests for giving
+        // memory back after a burst.
+        *since_trim += std::mem::take(&mut hub.in_place);
+        if sessions_changed {
+            hub.count_durable_subscriptions();
+        }
+        if hub.congested() {
+            hub.unpark();
+        }
+        (hub.store.take(), std::mem::take(&mut hub.crowded))
     }
 
     /// Fans `message` (QoS 0, not retained, local mode) out from the
@@ -165,42 +212,13 @@ pub async fn run(
             }
         };
         last_batch = tokio::time::Instant::now();
-        let (store, crowded) = {
-            let mut hub = shared.lock();
-            let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
-            let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
-            since_trim += 1;
-            for _ in 1..BATCH {
-                if hub.crowded {
-                    break;
-                }
-                match requests.try_recv() {
-                    Ok(r) => {
-                        publishes += usize::from(matches!(r, Request::Publish { .. }));
-                        sessions_changed |= hub.handle(r, max_subscriptions, &mut replies);
-                    }
-                    Err(_) => break,
-                }
-                since_trim += 1;
-            }
-            if publishes > 0 {
-                shared
-                    .queued_publishes
-                    .fetch_sub(publishes, std::sync::atomic::Ordering::AcqRel);
-            }
-            // Messages handed on in place count as requests for giving
-            // memory back after a burst.
-            since_trim += std::mem::take(&mut hub.in_place);
-            if sessions_changed {
-                hub.count_durable_subscriptions();
-            }
-            if hub.congested() {
-                hub.unpark();
-            }
-            // The store is out of the hub while it commits: nothing that runs
-            // in place meanwhile (QoS 0, not retained) needs it.
-            (hub.store.take(), std::mem::take(&mut hub.crowded))
-        };
+        let (store, crowded) = shared.handle_batch(
+            first,
+            &mut requests,
+            max_subscriptions,
+            &mut replies,
+            &mut since_trim,
+        );
         let (store, durable) = commit(store).await;
         {
             let mut hub = shared.lock();
@@ -334,6 +352,40 @@ impl Hub {
         }
     }
 
+    /// Answers a CONNECT now, or after the commit if it must wait for it
+    /// (see `Connected::wait_for_commit`).
+    fn reply_to_connect(
+        reply: oneshot::Sender<Connected>,
+        connected: Connected,
+        replies: &mut Vec<Reply>,
+    ) {
+        if connected.wait_for_commit {
+            replies.push(Reply::Connect(reply, connected));
+        } else {
+            // Not behind the disk: a busy store must not keep a
+            // reconnecting site waiting for its CONNACKs.
+            let _ = reply.send(connected);
+        }
+    }
+
+    /// Subscribes a client unless that takes it past `max_subscriptions`:
+    /// the retained messages to send, or why not.
+    fn handle_subscribe(
+        &mut self,
+        client_id: &str,
+        filters: &[(String, QoS, SubOptions)],
+        max_subscriptions: usize,
+    ) -> SubscribeResult {
+        let existing = self.subscription_count(client_id);
+        if existing + filters.len() > max_subscriptions {
+            Err(format!(
+                "more than {max_subscriptions} subscriptions for one client"
+            ))
+        } else {
+            Ok(self.subscribe_with(client_id, filters))
+        }
+    }
+
     /// Applies one request; true if it may have changed sessions or
     /// subscriptions.
     fn handle(
@@ -361,13 +413,7 @@ impl Hub {
                 reply,
             } => {
                 let connected = self.connect(info, will, outbox);
-                if connected.wait_for_commit {
-                    replies.push(Reply::Connect(reply, connected));
-                } else {
-                    // Not behind the disk: a busy store must not keep a
-                    // reconnecting site waiting for its CONNACKs.
-                    let _ = reply.send(connected);
-                }
+                Self::reply_to_connect(reply, connected, replies);
             }
             Request::Disconnect {
                 client_id,
@@ -407,14 +453,7 @@ impl Hub {
                 filters,
                 reply,
             } => {
-                let existing = self.subscription_count(&client_id);
-                let result = if existing + filters.len() > max_subscriptions {
-                    Err(format!(
-                        "more than {max_subscriptions} subscriptions for one client"
-                    ))
-                } else {
-                    Ok(self.subscribe_with(&client_id, &filters))
-                };
+                let result = self.handle_subscribe(&client_id, &filters, max_subscriptions);
                 replies.push(Reply::Subscribe(reply, result));
             }
             Request::Unsubscribe {
