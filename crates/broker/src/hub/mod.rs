@@ -23,34 +23,6 @@ use crate::store::{Loaded, Op, Store};
 use crate::topic;
 use crate::wire::SubOptions;
 
-struct Connection {
-    id: u64,
-    outbox: Outbox,
-    will: Option<Message>,
-    /// The slow-client timeout sent it a Close (`hub/backlog.rs`).
-    given_up: bool,
-}
-
-struct SessionState {
-    clean: bool,
-    /// The device's thing name: who routed messages for that thing reach.
-    thing: Option<String>,
-    subscriptions: BTreeMap<String, QoS>,
-    /// The MQTT 5.0 options of subscriptions that have any.
-    options: BTreeMap<String, SubOptions>,
-    /// QoS 1/2 messages held while the client is away.
-    queue: VecDeque<Message>,
-    /// Topic and payload bytes in `queue`.
-    queued_bytes: usize,
-    connection: Option<Connection>,
-    /// The connected client's, or the last one's while it is away.
-    last_info: ClientInfo,
-    /// QoS 1/2 messages for the connected client that its full outbox
-    /// could not take yet (see `hub/backlog.rs`), and when they last moved.
-    parked: VecDeque<Message>,
-    parked_since: Option<std::time::Instant>,
-}
-
 /// How much a session may hold while its client is away.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -62,59 +34,6 @@ pub struct QueueLimits {
     /// QoS 0 messages a full outbox cannot take are parked like QoS 1/2
     /// ones instead of dropped (`qos0_when_full = "hold-publishers"`).
     pub hold_qos0: bool,
-}
-
-fn size(m: &Message) -> usize {
-    m.topic.len() + m.payload.len()
-}
-
-impl SessionState {
-    /// For a session with 5.0 subscription options: `None` if every
-    /// subscription matching `topic` says "no local" and the message is
-    /// the client's own; otherwise whether one that matches keeps the
-    /// retain flag, and the identifiers of those that match.
-    fn deliverable(&self, topic: &str, own: bool) -> Option<(bool, Vec<usize>)> {
-        let mut deliver = false;
-        let mut keep_retain = false;
-        let mut ids = Vec::new();
-        for filter in self.subscriptions.keys() {
-            if !topic::matches(topic::matching_part(filter), topic) {
-                continue;
-            }
-            let options = self.options.get(filter).copied().unwrap_or_default();
-            if own && options.no_local {
-                continue;
-            }
-            deliver = true;
-            keep_retain |= options.retain_as_published;
-            if options.id != 0 {
-                ids.push(options.id as usize);
-            }
-        }
-        deliver.then_some((keep_retain, ids))
-    }
-
-    /// Queues `m` unless that would pass `limits`; false if refused.
-    fn enqueue(&mut self, m: Message, limits: QueueLimits) -> bool {
-        if self.queue.len() >= limits.messages || self.queued_bytes + size(&m) > limits.bytes {
-            return false;
-        }
-        self.queued_bytes += size(&m);
-        self.queue.push_back(m);
-        true
-    }
-
-    /// Puts messages that were in flight back at the front, whatever the
-    /// limits: they were already accepted for this session.
-    fn requeue_front(&mut self, m: Message) {
-        self.queued_bytes += size(&m);
-        self.queue.push_front(m);
-    }
-
-    fn take_queue(&mut self) -> Vec<Message> {
-        self.queued_bytes = 0;
-        self.queue.drain(..).collect()
-    }
 }
 
 /// Who decides where a device's message goes.
@@ -447,21 +366,8 @@ impl Hub {
                 self.index.remove(f, client_id);
             }
         }
-        self.sessions.insert(
-            client_id.clone(),
-            Box::new(SessionState {
-                clean: info.clean_session,
-                thing: None,
-                subscriptions: BTreeMap::new(),
-                options: BTreeMap::new(),
-                queue: VecDeque::new(),
-                queued_bytes: 0,
-                connection: None,
-                last_info: info.clone(),
-                parked: VecDeque::new(),
-                parked_since: None,
-            }),
-        );
+        self.sessions
+            .insert(client_id.clone(), Box::new(SessionState::new(info.clone())));
     }
 
     /// Detaches a connection. Unless it ended with DISCONNECT its will is
@@ -854,10 +760,12 @@ impl Hub {
 mod backlog;
 mod routed;
 mod run;
+mod session;
 #[cfg(test)]
 mod tests;
 mod timers;
 
 use run::Reply;
 pub use run::{InPlace, SharedHub, run};
+use session::{Connection, SessionState, size};
 pub use timers::NEVER;
