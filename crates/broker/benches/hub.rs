@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rumqttc::QoS;
-use verdant_broker::hub::{ClientInfo, Hub, Message, Outgoing, QueueLimits};
+use verdant_broker::hub::{Hub, QueueLimits};
+use verdant_broker::message::{ClientInfo, Message, Outgoing};
 use verdant_broker::outbox::{self, Inbox};
 
 const DEVICES: usize = 1000;

@@ -7,10 +7,10 @@ use tonic::{Request, Response, Status};
 use verdant_proto::broker::v1 as pb;
 use verdant_proto::broker::v1::broker_server::Broker;
 
-use crate::hub;
+use crate::request;
 
 pub struct Api {
-    pub hub: mpsc::Sender<hub::Request>,
+    pub hub: mpsc::Sender<request::Request>,
     pub listeners: Vec<(&'static str, SocketAddr)>,
     /// Messages the router link's full backlog dropped or refused.
     pub router_counters: std::sync::Arc<crate::link::LinkCounters>,
@@ -44,7 +44,7 @@ impl Broker for Api {
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
         let (tx, rx) = oneshot::channel();
         self.hub
-            .send(hub::Request::Clients(tx))
+            .send(request::Request::Clients(tx))
             .await
             .map_err(stopping)?;
         let (clients, counters) = rx.await.map_err(stopping)?;
@@ -98,7 +98,7 @@ impl Broker for Api {
         let client_id = request.into_inner().client_id;
         let (tx, rx) = oneshot::channel();
         self.hub
-            .send(hub::Request::Kick {
+            .send(request::Request::Kick {
                 client_id,
                 reply: tx,
             })

@@ -10,8 +10,10 @@ pub mod identity;
 pub mod index;
 pub mod link;
 mod listener;
+pub mod message;
 pub mod outbound;
 pub mod outbox;
+pub mod request;
 pub mod store;
 pub mod topic;
 pub mod wire;
@@ -96,7 +98,7 @@ pub async fn run(
         hub.routed(link_tx);
         tokio::spawn(link::run(
             ctx.layout.socket("router"),
-            link::Group {
+            link::GroupFile {
                 file: ctx.layout.current_group(),
                 devices: devices.clone(),
             },
@@ -119,9 +121,9 @@ pub async fn run(
         config::Mode::Routed => "routed mode: the group's subscription table decides",
     };
     let max_subscriptions = config.max_subscriptions_per_client;
-    let hub = Arc::new(hub::Shared::new(hub));
+    let hub = Arc::new(hub::SharedHub::new(hub));
     tokio::spawn(hub::run(hub.clone(), hub_rx, max_subscriptions));
-    let shared = Arc::new(connection::Shared {
+    let shared = Arc::new(connection::Common {
         config,
         devices,
         hub: hub_tx.clone(),

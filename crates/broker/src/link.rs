@@ -34,61 +34,12 @@ use verdant_group::routes::{Route, Table};
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
-use crate::hub::{self, Message};
+use crate::message::Message;
+use crate::request::{Request, ToLink};
 
-/// A message the hub sends to the router.
-#[derive(Debug)]
-pub struct Forward {
-    pub message: Message,
-    /// The publishing device's thing ARN.
-    pub source: Arc<str>,
-    /// The table the hub delivered the device targets with (0: none yet).
-    pub table_version: u64,
-    /// For QoS 1/2: told whether the router took it.
-    pub reply: Option<oneshot::Sender<bool>>,
-}
-
-/// A message the hub routed, for the router's trace.
-#[derive(Debug)]
-pub struct Traced {
-    pub event: pb::TraceEvent,
-}
-
-impl Traced {
-    pub fn new(source: &Arc<str>, m: &Message, things: Vec<String>, outcome: &str) -> Traced {
-        Traced {
-            event: pb::TraceEvent {
-                time: Some(std::time::SystemTime::now().into()),
-                source: source.to_string(),
-                topic: m.topic.clone(),
-                targets: things,
-                size: u32::try_from(m.payload.len()).unwrap_or(u32::MAX),
-                preview: m.payload.slice(..m.payload.len().min(PREVIEW)),
-                qos: u32::from(m.qos != QoS::AtMostOnce),
-                outcome: outcome.into(),
-                by: "broker".into(),
-            },
-        }
-    }
-}
-
-/// Payload bytes a trace shows.
-const PREVIEW: usize = 64;
 /// Trace events held for the router at most (they are dropped past it:
 /// a trace is a best-effort view, never back-pressure).
 const MAX_TRACES: usize = 4096;
-
-/// What the hub sends this task.
-#[derive(Debug)]
-pub enum ToLink {
-    Forward(Forward),
-    Trace(Traced),
-    /// Route counts since the last report, and messages without a route.
-    Counts {
-        routes: Vec<(String, u64, u64)>,
-        no_route: Vec<(String, u64)>,
-    },
-}
 
 /// Messages the router may send before this side grants more.
 const CREDIT: u32 = 1024;
@@ -230,12 +181,12 @@ pub struct LinkCounters {
 
 /// The deployed group's file, and the devices read from it, replaced
 /// when the router sends a new table (a new deployment).
-pub struct Group {
+pub struct GroupFile {
     pub file: PathBuf,
     pub devices: Arc<std::sync::RwLock<crate::identity::Devices>>,
 }
 
-impl Group {
+impl GroupFile {
     /// Reads the group again; the devices no longer in it, if it changed.
     fn reload(&self) -> Option<std::collections::HashSet<String>> {
         match verdant_group::Group::load(&self.file) {
@@ -256,8 +207,8 @@ impl Group {
 /// Keeps the link up until `shutdown`.
 pub async fn run(
     socket: PathBuf,
-    group: Group,
-    hub: mpsc::Sender<hub::Request>,
+    group: GroupFile,
+    hub: mpsc::Sender<Request>,
     mut from_hub: mpsc::UnboundedReceiver<ToLink>,
     backlog: usize,
     counters: Arc<LinkCounters>,
@@ -306,8 +257,8 @@ type Committing = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (u64, boo
 /// One link's life; returns why it ended.
 async fn linked(
     socket: &std::path::Path,
-    group: &Group,
-    hub: &mpsc::Sender<hub::Request>,
+    group: &GroupFile,
+    hub: &mpsc::Sender<Request>,
     from_hub: &mut mpsc::UnboundedReceiver<ToLink>,
     state: &mut State,
 ) -> String {
@@ -368,7 +319,7 @@ async fn linked(
                 Ok(Some(pb::LinkDown { kind: Some(kind) })) => {
                     if let pb::link_down::Kind::Table(_) = &kind
                         && let Some(members) = group.reload()
-                        && hub.send(hub::Request::Members(members)).await.is_err()
+                        && hub.send(Request::Members(members)).await.is_err()
                     {
                         return "the broker is stopping".into();
                     }
@@ -387,7 +338,7 @@ async fn linked(
 /// Handles one message down from the router.
 async fn on_down(
     kind: pb::link_down::Kind,
-    hub: &mpsc::Sender<hub::Request>,
+    hub: &mpsc::Sender<Request>,
     state: &mut State,
     credit: &mut u32,
     committing: &mut Committing,
@@ -408,9 +359,7 @@ async fn on_down(
                 })
                 .collect();
             let table = Arc::new(Table::new(t.version, routes));
-            hub.send(hub::Request::Table(table))
-                .await
-                .map_err(stopping)?;
+            hub.send(Request::Table(table)).await.map_err(stopping)?;
         }
         Kind::Messages(batch) => {
             let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
@@ -422,7 +371,7 @@ async fn on_down(
                     (None, None)
                 };
                 let id = m.id;
-                let request = hub::Request::Deliver {
+                let request = Request::Deliver {
                     things: m.targets,
                     message: Message {
                         topic: m.topic,
@@ -452,10 +401,7 @@ async fn on_down(
             state.acked(&a.refused, false);
         }
         Kind::Credit(c) => *credit = credit.saturating_add(c.messages),
-        Kind::Tracing(t) => hub
-            .send(hub::Request::Tracing(t.on))
-            .await
-            .map_err(stopping)?,
+        Kind::Tracing(t) => hub.send(Request::Tracing(t.on)).await.map_err(stopping)?,
         // The cloud's state is the shadow service's business.
         Kind::Cloud(_) => {}
     }

@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Listening;
-use crate::connection::{self, Shared};
+use crate::connection::{self, Common};
 use crate::identity::{Peer, Tls};
 use crate::ws;
 
 /// Accepts until `shutdown`; each connection runs on `tracker`.
 pub async fn accept(
     listening: Listening,
-    shared: Arc<Shared>,
+    shared: Arc<Common>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -105,7 +105,7 @@ fn until(
 }
 
 /// Counts a connection's end when dropped, whatever ended it.
-struct Ending(Arc<Shared>);
+struct Ending(Arc<Common>);
 
 impl Drop for Ending {
     fn drop(&mut self) {
@@ -119,7 +119,7 @@ impl Drop for Ending {
 /// allocator, which keeps it: once [`ENDED_BEFORE_TRIM`] have ended and
 /// none for [`QUIET`], it is given back to the system. Sleeps while no
 /// connection ends.
-pub async fn give_memory_back(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn give_memory_back(shared: Arc<Common>, shutdown: CancellationToken) {
     let mut trimmed_at = 0;
     loop {
         tokio::select! {
@@ -156,7 +156,7 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tls: Tls,
     address: &str,
-    shared: &Shared,
+    shared: &Common,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
     let timeout = shared.config.connect_timeout();
     let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
@@ -194,7 +194,7 @@ async fn over_websocket<S>(
     address: String,
     name: &'static str,
     path: Arc<str>,
-    shared: Arc<Shared>,
+    shared: Arc<Common>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::wire::Publish;
 use rumqttc::QoS;
 
-use crate::hub::Message;
+use crate::message::Message;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {

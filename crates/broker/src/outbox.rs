@@ -1,7 +1,7 @@
 //! The hub → connection channel: what the hub has for one client.
 //!
 //! Bounded like tokio's `mpsc` (a full outbox makes the hub park QoS 1/2
-//! messages, see `hub_backlog.rs`), but sized by use: tokio's channel
+//! messages, see `hub/backlog.rs`), but sized by use: tokio's channel
 //! allocates a block of 32 slots and a cache-padded header up front,
 //! about 3.8 KiB for every connected client, idle or not. This one starts
 //! empty, grows in chunks of 32 (a backlog of 100,000 messages is never
@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
-use crate::hub::{Message, Outgoing};
+use crate::message::{Message, Outgoing};
 
 /// Messages per chunk: a flow that never has more waiting uses one ring.
 const CHUNK: usize = 32;
@@ -292,7 +292,7 @@ impl Drop for Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Outgoing;
+    use crate::message::Outgoing;
 
     fn close(n: u8) -> Outgoing {
         Outgoing::Close(n, String::new())
@@ -300,7 +300,7 @@ mod tests {
 
     /// A delivery on topic `n`.
     fn msg(n: u8) -> Outgoing {
-        Outgoing::Deliver(crate::hub::Message {
+        Outgoing::Deliver(crate::message::Message {
             topic: n.to_string(),
             payload: bytes::Bytes::new(),
             qos: rumqttc::QoS::AtMostOnce,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use rusqlite::{Connection, params};
 
-use crate::hub::Message;
+use crate::message::Message;
 use crate::wire::SubOptions;
 
 #[derive(Debug, thiserror::Error)]

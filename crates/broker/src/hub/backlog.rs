@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::{Hub, Message, Outgoing, Reply, Session};
+use super::{Hub, Reply, SessionState};
+use crate::message::{Message, Outgoing};
 
 /// Why a client is closed by `slow_client_timeout_secs`.
 const SLOW_CLIENT: &str = "took no message while its publishers waited (slow_client_timeout_secs)";
@@ -130,7 +131,7 @@ impl Hub {
     }
 }
 
-impl Session {
+impl SessionState {
     /// Sends what is parked while the outbox takes it; true when nothing
     /// is left (or the connection is gone).
     fn flush_parked(&mut self) -> bool {

@@ -1,16 +1,16 @@
 //! The hub's task: the requests connections and the link send, taken in
 //! batches, the store committed once per batch, then the answers (see
-//! `hub.rs`); and the clocks it keeps (wills, expiries, parked messages,
+//! `hub/mod.rs`); and the clocks it keeps (wills, expiries, parked messages,
 //! giving memory back).
 
 use std::sync::Arc;
 
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
-use verdant_group::routes::Table;
 
-use super::{ClientInfo, ClientSummary, Connected, Counters, Hub, Message, REPORT_EVERY};
-use crate::link::Forward;
+use super::{Hub, REPORT_EVERY};
+use crate::message::{Connected, Message};
+use crate::request::{Forward, Request, SubscribeResult};
 use crate::store::Store;
 use crate::wire::SubOptions;
 
@@ -23,107 +23,12 @@ const TRIMS: u8 = 3;
 /// How often parked messages are offered to their outboxes again.
 const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// The hub has stopped: the broker is shutting down.
-#[derive(Debug)]
-pub struct Stopped;
-
-/// Sent at once, or waiting (boxed) for room in the hub's channel.
-pub type ToHub<'a> = futures::future::Either<
-    futures::future::Ready<Result<(), Stopped>>,
-    futures::future::BoxFuture<'a, Result<(), Stopped>>,
->;
-
-/// Hands `request` to the hub. A connection's task keeps room for this
-/// future as long as the connection lives, so it is small: the common case
-/// is a `try_send`, and only a full channel waits, in a boxed future.
-pub fn to_hub(hub: &mpsc::Sender<Request>, request: Request) -> ToHub<'_> {
-    use futures::future::{Either, FutureExt};
-    match hub.try_send(request) {
-        Ok(()) => Either::Left(futures::future::ready(Ok(()))),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Either::Left(futures::future::ready(Err(Stopped)))
-        }
-        Err(mpsc::error::TrySendError::Full(request)) => {
-            Either::Right(async move { hub.send(request).await.map_err(|_| Stopped) }.boxed())
-        }
-    }
-}
-
-/// Requests to the hub.
-pub enum Request {
-    /// A second passed while sessions expire or wills wait (`run` itself).
-    Sweep,
-    /// Time to retry parked messages (`run` itself).
-    Unpark,
-    /// Messages went from publishers to subscribers in place
-    /// (`Shared::publish_in_place`): traffic for the quiet-spell clocks.
-    InPlace,
-    Connect {
-        info: ClientInfo,
-        will: Option<Message>,
-        outbox: crate::outbox::Outbox,
-        reply: oneshot::Sender<Connected>,
-    },
-    Disconnect {
-        client_id: String,
-        connection_id: u64,
-        graceful: bool,
-        unacked: Vec<Message>,
-        /// A 5.0 DISCONNECT's new session expiry interval.
-        session_expiry: Option<u32>,
-    },
-    /// A message from a client (`source`: its device's thing ARN); for
-    /// QoS 1/2 the reply says whether it is safe to acknowledge (stored
-    /// wherever it must be, the router's side included).
-    Publish {
-        message: Message,
-        source: Option<Arc<str>>,
-        reply: Option<oneshot::Sender<bool>>,
-        /// The publisher may acknowledge once the message is on its way
-        /// (`true`, or the sender dropped); see [`Hub::pass_on`].
-        delivered: Option<oneshot::Sender<bool>>,
-    },
-    /// A message the router routed to the devices `things`; the reply
-    /// says the sessions have it.
-    Deliver {
-        things: Vec<String>,
-        message: Message,
-        reply: Option<oneshot::Sender<bool>>,
-    },
-    /// The router's table.
-    Table(Arc<Table>),
-    /// The router says whether someone traces.
-    Tracing(bool),
-    /// The group changed: close the connections of devices not in it.
-    Members(std::collections::HashSet<String>),
-    /// Stored messages the subscriber acknowledged.
-    Acked(Vec<u64>),
-    Subscribe {
-        client_id: String,
-        filters: Vec<(String, QoS, SubOptions)>,
-        reply: oneshot::Sender<SubscribeResult>,
-    },
-    Unsubscribe {
-        client_id: String,
-        filters: Vec<String>,
-        reply: oneshot::Sender<()>,
-    },
-    Clients(oneshot::Sender<(Vec<ClientSummary>, Counters)>),
-    Kick {
-        client_id: String,
-        reply: oneshot::Sender<bool>,
-    },
-}
-
-/// The retained messages to send, or why the subscription was refused.
-pub type SubscribeResult = Result<Vec<Message>, String>;
-
 /// An answer held back until its batch is committed.
 pub(super) enum Reply {
     Connect(oneshot::Sender<Connected>, Connected),
     Publish(oneshot::Sender<bool>),
     /// A publish that parked messages for these clients: acknowledged
-    /// once they took them (`hub_backlog.rs`).
+    /// once they took them (`hub/backlog.rs`).
     Held(oneshot::Sender<bool>, Vec<String>),
     /// To the router, which acknowledges a QoS 1 message itself.
     Forward(Forward),
@@ -141,8 +46,8 @@ const IN_PLACE_NOTICE: u64 = 256;
 /// message that needs nothing of the task (no retained store, no router)
 /// is handed to its subscribers' outboxes by its publisher's own task,
 /// when the hub is free and no publish waits for it, so that message
-/// crosses two tasks instead of three (`Session::on_publish`).
-pub struct Shared {
+/// crosses two tasks instead of three (`Exchange::on_publish`).
+pub struct SharedHub {
     hub: std::sync::Mutex<Hub>,
     /// Publishes sent to the hub's task and not yet handled: while any
     /// is, every publish takes the channel, so that none overtakes one
@@ -162,9 +67,9 @@ pub struct InPlace {
     pub crowded: bool,
 }
 
-impl Shared {
+impl SharedHub {
     pub fn new(hub: Hub) -> Self {
-        Shared {
+        SharedHub {
             hub: std::sync::Mutex::new(hub),
             queued_publishes: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -174,6 +79,52 @@ impl Shared {
         self.hub
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handles `first` and what else waits in `requests`, up to [`BATCH`]
+    /// (less if a client's queue got crowded), holding the hub's lock;
+    /// counts them in `since_trim`. Returns the store, taken out of the
+    /// hub for the commit (nothing that runs in place meanwhile, QoS 0
+    /// not retained, needs it), and whether the batch crowded a queue.
+    fn handle_batch(
+        &self,
+        first: Request,
+        requests: &mut mpsc::Receiver<Request>,
+        max_subscriptions: usize,
+        replies: &mut Vec<Reply>,
+        since_trim: &mut u64,
+    ) -> (Option<Store>, bool) {
+        let mut hub = self.lock();
+        let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
+        let mut sessions_changed = hub.handle(first, max_subscriptions, replies);
+        *since_trim += 1;
+        for _ in 1..BATCH {
+            if hub.crowded {
+                break;
+            }
+            match requests.try_recv() {
+                Ok(r) => {
+                    publishes += usize::from(matches!(r, Request::Publish { .. }));
+                    sessions_changed |= hub.handle(r, max_subscriptions, replies);
+                }
+                Err(_) => break,
+            }
+            *since_trim += 1;
+        }
+        if publishes > 0 {
+            self.queued_publishes
+                .fetch_sub(publishes, std::sync::atomic::Ordering::AcqRel);
+        }
+        // Messages handed on in place count as requests for giving
+        // memory back after a burst.
+        *since_trim += std::mem::take(&mut hub.in_place);
+        if sessions_changed {
+            hub.count_durable_subscriptions();
+        }
+        if hub.congested() {
+            hub.unpark();
+        }
+        (hub.store.take(), std::mem::take(&mut hub.crowded))
     }
 
     /// Fans `message` (QoS 0, not retained, local mode) out from the
@@ -211,7 +162,7 @@ impl Shared {
 /// answers, until every sender is gone. Requests that arrive during a
 /// commit make the next batch: that is the group commit.
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<SharedHub>,
     mut requests: mpsc::Receiver<Request>,
     max_subscriptions: usize,
 ) {
@@ -261,42 +212,13 @@ pub async fn run(
             }
         };
         last_batch = tokio::time::Instant::now();
-        let (store, crowded) = {
-            let mut hub = shared.lock();
-            let mut publishes = usize::from(matches!(first, Request::Publish { .. }));
-            let mut sessions_changed = hub.handle(first, max_subscriptions, &mut replies);
-            since_trim += 1;
-            for _ in 1..BATCH {
-                if hub.crowded {
-                    break;
-                }
-                match requests.try_recv() {
-                    Ok(r) => {
-                        publishes += usize::from(matches!(r, Request::Publish { .. }));
-                        sessions_changed |= hub.handle(r, max_subscriptions, &mut replies);
-                    }
-                    Err(_) => break,
-                }
-                since_trim += 1;
-            }
-            if publishes > 0 {
-                shared
-                    .queued_publishes
-                    .fetch_sub(publishes, std::sync::atomic::Ordering::AcqRel);
-            }
-            // Messages handed on in place count as requests for giving
-            // memory back after a burst.
-            since_trim += std::mem::take(&mut hub.in_place);
-            if sessions_changed {
-                hub.count_durable_subscriptions();
-            }
-            if hub.congested() {
-                hub.unpark();
-            }
-            // The store is out of the hub while it commits: nothing that runs
-            // in place meanwhile (QoS 0, not retained) needs it.
-            (hub.store.take(), std::mem::take(&mut hub.crowded))
-        };
+        let (store, crowded) = shared.handle_batch(
+            first,
+            &mut requests,
+            max_subscriptions,
+            &mut replies,
+            &mut since_trim,
+        );
         let (store, durable) = commit(store).await;
         {
             let mut hub = shared.lock();
@@ -368,7 +290,7 @@ impl Hub {
                     let _ = tx.send(c);
                 }
                 // A publish that parked messages waits for them (see
-                // `hub_backlog.rs`).
+                // `hub/backlog.rs`).
                 Reply::Held(tx, clients) if durable => self.hold(tx, clients),
                 Reply::Held(tx, _) | Reply::Publish(tx) => {
                     let _ = tx.send(durable);
@@ -430,6 +352,40 @@ impl Hub {
         }
     }
 
+    /// Answers a CONNECT now, or after the commit if it must wait for it
+    /// (see `Connected::wait_for_commit`).
+    fn reply_to_connect(
+        reply: oneshot::Sender<Connected>,
+        connected: Connected,
+        replies: &mut Vec<Reply>,
+    ) {
+        if connected.wait_for_commit {
+            replies.push(Reply::Connect(reply, connected));
+        } else {
+            // Not behind the disk: a busy store must not keep a
+            // reconnecting site waiting for its CONNACKs.
+            let _ = reply.send(connected);
+        }
+    }
+
+    /// Subscribes a client unless that takes it past `max_subscriptions`:
+    /// the retained messages to send, or why not.
+    fn handle_subscribe(
+        &mut self,
+        client_id: &str,
+        filters: &[(String, QoS, SubOptions)],
+        max_subscriptions: usize,
+    ) -> SubscribeResult {
+        let existing = self.subscription_count(client_id);
+        if existing + filters.len() > max_subscriptions {
+            Err(format!(
+                "more than {max_subscriptions} subscriptions for one client"
+            ))
+        } else {
+            Ok(self.subscribe_with(client_id, filters))
+        }
+    }
+
     /// Applies one request; true if it may have changed sessions or
     /// subscriptions.
     fn handle(
@@ -457,13 +413,7 @@ impl Hub {
                 reply,
             } => {
                 let connected = self.connect(info, will, outbox);
-                if connected.wait_for_commit {
-                    replies.push(Reply::Connect(reply, connected));
-                } else {
-                    // Not behind the disk: a busy store must not keep a
-                    // reconnecting site waiting for its CONNACKs.
-                    let _ = reply.send(connected);
-                }
+                Self::reply_to_connect(reply, connected, replies);
             }
             Request::Disconnect {
                 client_id,
@@ -503,14 +453,7 @@ impl Hub {
                 filters,
                 reply,
             } => {
-                let existing = self.subscription_count(&client_id);
-                let result = if existing + filters.len() > max_subscriptions {
-                    Err(format!(
-                        "more than {max_subscriptions} subscriptions for one client"
-                    ))
-                } else {
-                    Ok(self.subscribe_with(&client_id, &filters))
-                };
+                let result = self.handle_subscribe(&client_id, &filters, max_subscriptions);
                 replies.push(Reply::Subscribe(reply, result));
             }
             Request::Unsubscribe {

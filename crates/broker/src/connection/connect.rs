@@ -11,10 +11,11 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{Conn, Shared};
+use super::{Common, Conn};
 use crate::codec;
-use crate::hub::{self, Message};
+use crate::hub;
 use crate::identity::{Device, Peer};
+use crate::message::Message;
 use crate::topic;
 use crate::wire::{self, Props, Version};
 
@@ -146,7 +147,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// asked for more (3.1.1 has no way to tell a client: it keeps its own).
     pub(super) fn accept(
         &mut self,
-        shared: &Shared,
+        shared: &Common,
         connect: &Hello,
         assigned: Option<String>,
         session_present: bool,
@@ -166,7 +167,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
 /// What a 5.0 client learns of this server in CONNACK.
 fn connack_properties(
-    shared: &Shared,
+    shared: &Common,
     assigned: Option<String>,
     server_keep_alive: Option<u16>,
 ) -> v5::ConnAckProperties {
@@ -209,7 +210,7 @@ pub(super) async fn admit<R, W>(
     connect: &Hello,
     peer: &Peer,
     address: &str,
-    shared: &Shared,
+    shared: &Common,
 ) -> Option<Admitted>
 where
     R: AsyncRead + Unpin,
@@ -295,7 +296,7 @@ where
 pub(super) async fn read_connect<R, W>(
     conn: &mut Conn<R, W>,
     address: &str,
-    shared: &Shared,
+    shared: &Common,
 ) -> Option<Hello>
 where
     R: AsyncRead + Unpin,

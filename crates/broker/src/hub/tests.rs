@@ -1,6 +1,7 @@
 //! The hub without sockets: outboxes are channels.
 use super::*;
 use crate::outbox::{self, Inbox};
+use bytes::Bytes;
 
 fn limits(messages: usize) -> QueueLimits {
     QueueLimits {

@@ -10,124 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use verdant_group::routes::{RouteIndex, Table};
 
 use crate::index::Index;
-use crate::link::ToLink;
+use crate::message::{ClientInfo, ClientSummary, Connected, Counters, Message, Outgoing};
 use crate::outbox::{Outbox, TrySendError};
+use crate::request::ToLink;
 use crate::store::{Loaded, Op, Store};
 use crate::topic;
 use crate::wire::SubOptions;
-
-/// An application message as the hub routes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// Its row in the store, for a QoS 1/2 message queued for a persistent
-    /// session: deleted when the subscriber acknowledges it.
-    pub stored: Option<u64>,
-    /// MQTT 5.0 properties from its publisher, for 5.0 subscribers.
-    pub props: Option<Arc<crate::wire::Props>>,
-    /// The client id of the local client that published it, for 5.0's
-    /// "no local" subscription option.
-    pub from: Option<Arc<str>>,
-    /// It may have been sent to this subscriber before (in flight when its
-    /// connection ended, or handed to a connection before a restart): sent
-    /// again with DUP set (MQTT-3.3.1-1).
-    pub dup: bool,
-}
-
-/// What the hub tells a connection.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Send this to the client (QoS already the granted one).
-    Deliver(Message),
-    /// Close the connection (taken over by a new one, or an operator),
-    /// with the MQTT 5.0 DISCONNECT reason code and why.
-    Close(u8, String),
-}
-
-/// What operators see of a client.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub client_id: String,
-    pub thing_name: Option<String>,
-    /// The device's thing ARN: the source of its messages in routed mode.
-    pub thing_arn: Option<Arc<str>>,
-    pub certificate_subject: Option<String>,
-    pub peer_address: String,
-    pub listener: &'static str,
-    pub protocol_version: u8,
-    /// The session ends with the connection (3.1.1 clean session; 5.0
-    /// session expiry interval 0).
-    pub clean_session: bool,
-    /// The connection starts a new session (3.1.1 clean session; 5.0
-    /// clean start).
-    pub clean_start: bool,
-    /// Seconds a persistent session outlives its connection ([`NEVER`]
-    /// for 3.1.1's persistent sessions).
-    pub session_expiry: u32,
-    /// Seconds the will waits after the client vanished (5.0).
-    pub will_delay: u32,
-    pub connected_at: SystemTime,
-}
-
-/// A client's summary for the gRPC API.
-#[derive(Debug, Clone)]
-pub struct ClientSummary {
-    pub info: ClientInfo,
-    pub connected: bool,
-    pub subscriptions: Vec<(String, QoS)>,
-    pub queued: usize,
-}
-
-/// Counts operators and benchmarks read.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub published: u64,
-    pub delivered: u64,
-    /// QoS 0 deliveries dropped because a client's outbox was full.
-    pub dropped_qos0: u64,
-    /// QoS 1/2 deliveries refused because a session's queue was full.
-    pub dropped_queue_full: u64,
-    /// Routed mode: messages no route of the table allowed.
-    pub no_route: u64,
-}
-
-struct Connection {
-    id: u64,
-    outbox: Outbox,
-    will: Option<Message>,
-    /// The slow-client timeout sent it a Close (`hub_backlog.rs`).
-    given_up: bool,
-}
-
-struct Session {
-    clean: bool,
-    /// The device's thing name: who routed messages for that thing reach.
-    thing: Option<String>,
-    subscriptions: BTreeMap<String, QoS>,
-    /// The MQTT 5.0 options of subscriptions that have any.
-    options: BTreeMap<String, SubOptions>,
-    /// QoS 1/2 messages held while the client is away.
-    queue: VecDeque<Message>,
-    /// Topic and payload bytes in `queue`.
-    queued_bytes: usize,
-    connection: Option<Connection>,
-    /// The connected client's, or the last one's while it is away.
-    last_info: ClientInfo,
-    /// QoS 1/2 messages for the connected client that its full outbox
-    /// could not take yet (see `hub_backlog.rs`), and when they last moved.
-    parked: VecDeque<Message>,
-    parked_since: Option<std::time::Instant>,
-}
 
 /// How much a session may hold while its client is away.
 #[derive(Debug, Clone, Copy)]
@@ -140,59 +34,6 @@ pub struct QueueLimits {
     /// QoS 0 messages a full outbox cannot take are parked like QoS 1/2
     /// ones instead of dropped (`qos0_when_full = "hold-publishers"`).
     pub hold_qos0: bool,
-}
-
-fn size(m: &Message) -> usize {
-    m.topic.len() + m.payload.len()
-}
-
-impl Session {
-    /// For a session with 5.0 subscription options: `None` if every
-    /// subscription matching `topic` says "no local" and the message is
-    /// the client's own; otherwise whether one that matches keeps the
-    /// retain flag, and the identifiers of those that match.
-    fn deliverable(&self, topic: &str, own: bool) -> Option<(bool, Vec<usize>)> {
-        let mut deliver = false;
-        let mut keep_retain = false;
-        let mut ids = Vec::new();
-        for filter in self.subscriptions.keys() {
-            if !topic::matches(topic::matching_part(filter), topic) {
-                continue;
-            }
-            let options = self.options.get(filter).copied().unwrap_or_default();
-            if own && options.no_local {
-                continue;
-            }
-            deliver = true;
-            keep_retain |= options.retain_as_published;
-            if options.id != 0 {
-                ids.push(options.id as usize);
-            }
-        }
-        deliver.then_some((keep_retain, ids))
-    }
-
-    /// Queues `m` unless that would pass `limits`; false if refused.
-    fn enqueue(&mut self, m: Message, limits: QueueLimits) -> bool {
-        if self.queue.len() >= limits.messages || self.queued_bytes + size(&m) > limits.bytes {
-            return false;
-        }
-        self.queued_bytes += size(&m);
-        self.queue.push_back(m);
-        true
-    }
-
-    /// Puts messages that were in flight back at the front, whatever the
-    /// limits: they were already accepted for this session.
-    fn requeue_front(&mut self, m: Message) {
-        self.queued_bytes += size(&m);
-        self.queue.push_front(m);
-    }
-
-    fn take_queue(&mut self) -> Vec<Message> {
-        self.queued_bytes = 0;
-        self.queue.drain(..).collect()
-    }
 }
 
 /// Who decides where a device's message goes.
@@ -230,7 +71,7 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Hub {
     routing: Routing,
     /// Boxed: the table grows in powers of two, its empty slots stay small.
-    sessions: crate::index::HashMap<String, Box<Session>>,
+    sessions: crate::index::HashMap<String, Box<SessionState>>,
     /// Every session's subscriptions by filter, kept with `sessions`.
     index: Index,
     retained: BTreeMap<String, Message>,
@@ -250,13 +91,13 @@ pub struct Hub {
     expiring: HashMap<String, std::time::Instant>,
     /// Wills waiting for their delay, by client id.
     wills: HashMap<String, timers::DelayedWill>,
-    /// Clients whose will the store holds (`hub_timers.rs`), so that a
+    /// Clients whose will the store holds (`hub/timers.rs`), so that a
     /// connection without one drops only a row that exists.
     stored_wills: std::collections::HashSet<String>,
     /// Wills the store held at start, published once routing is set up.
     restored_wills: Vec<crate::store::StoredWill>,
     /// Clients with parked messages, and the acknowledgements held while
-    /// any are (`hub_backlog.rs`); connections read the flag.
+    /// any are (`hub/backlog.rs`); connections read the flag.
     parked: std::collections::HashSet<String>,
     /// Acknowledgements waiting for these clients' parked messages.
     held: Vec<(oneshot::Sender<bool>, Vec<String>)>,
@@ -269,29 +110,11 @@ pub struct Hub {
     pub(super) in_place: u64,
     /// A delivery since the hub's task (or an in-place publisher) last
     /// looked filled a client's outbox halfway: time to let the
-    /// connections run before handing over more (`hub_run.rs`).
+    /// connections run before handing over more (`hub/run.rs`).
     pub(super) crowded: bool,
     /// The subscribers a fan-out found, kept for the next one's use.
     matched: Vec<(Arc<str>, QoS)>,
     congested_flag: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A new connection's session, as CONNACK and the connection need it.
-#[derive(Debug)]
-pub struct Connected {
-    pub connection_id: u64,
-    pub session_present: bool,
-    /// Messages queued while the client was away, to send first.
-    pub queued: Vec<Message>,
-    /// The CONNACK waits for the batch's commit: this connection ended a
-    /// persistent session, whose end must be on disk before the client is
-    /// told it has none, or brought a will, which must survive a crash
-    /// from the moment the client is told it is connected, or takes queued
-    /// messages, which must be marked sent before they go. Otherwise it
-    /// goes at once: a session kept is durable before anything that
-    /// depends on it is acknowledged (a SUBACK, a PUBACK), because commits
-    /// go in order.
-    pub wait_for_commit: bool,
 }
 
 /// The member of a shared subscription that takes the next message: in
@@ -299,7 +122,7 @@ pub struct Connected {
 /// the devices `to`).
 fn pick_member(
     group: &mut crate::index::Group,
-    sessions: &crate::index::HashMap<String, Box<Session>>,
+    sessions: &crate::index::HashMap<String, Box<SessionState>>,
     to: Option<&[String]>,
 ) -> Option<(Arc<str>, QoS)> {
     let n = group.members.len();
@@ -405,7 +228,7 @@ impl Hub {
                 .collect();
             hub.sessions.insert(
                 s.client_id.clone(),
-                Box::new(Session {
+                Box::new(SessionState {
                     clean: false,
                     // Client ids are thing names unless that rule is relaxed.
                     thing: Some(s.client_id.clone()),
@@ -466,55 +289,9 @@ impl Hub {
         let has_will = will.is_some();
         let old_persistent = self.sessions.get(&client_id).map(|s| !s.clean);
         let present = !info.clean_start && old_persistent.is_some();
-        // The store holds exactly the sessions that outlive their connection.
-        let ended_persistent = old_persistent == Some(true) && (!present || clean);
-        if ended_persistent {
-            self.record(Op::DropSession(client_id.clone()));
-        }
-        let resumed_persistent = present && old_persistent == Some(true);
-        if !clean {
-            // Also when resumed: the expiry interval may have changed.
-            self.record(Op::PutSession(client_id.clone(), info.session_expiry));
-        }
-        if !clean
-            && !resumed_persistent
-            && present
-            && let Some(old) = self.sessions.get(&client_id)
-        {
-            let subscriptions: Vec<Op> = old
-                .subscriptions
-                .iter()
-                .map(|(f, q)| {
-                    let o = old.options.get(f).copied().unwrap_or_default();
-                    Op::Subscribe(client_id.clone(), f.clone(), *q, o)
-                })
-                .collect();
-            for op in subscriptions {
-                self.record(op);
-            }
-        }
+        let ended_persistent = self.record_connect(&client_id, &info, present, old_persistent);
         if !present {
-            // A clean start forgets the old session's subscriptions.
-            if let Some(old) = self.sessions.get(&client_id) {
-                for f in old.subscriptions.keys() {
-                    self.index.remove(f, &client_id);
-                }
-            }
-            self.sessions.insert(
-                client_id.clone(),
-                Box::new(Session {
-                    clean,
-                    thing: None,
-                    subscriptions: BTreeMap::new(),
-                    options: BTreeMap::new(),
-                    queue: VecDeque::new(),
-                    queued_bytes: 0,
-                    connection: None,
-                    last_info: info.clone(),
-                    parked: VecDeque::new(),
-                    parked_since: None,
-                }),
-            );
+            self.start_afresh(&client_id, &info);
         }
         let session = self.sessions.get_mut(&client_id).expect("inserted above");
         session.clean = clean;
@@ -539,6 +316,58 @@ impl Hub {
             queued,
             wait_for_commit: ended_persistent || has_will || handed,
         }
+    }
+
+    /// Records what a connection does to the stored sessions, which are
+    /// exactly those that outlive their connection: true if it ended a
+    /// persistent one (`old_persistent`: the session it finds, if any).
+    fn record_connect(
+        &mut self,
+        client_id: &String,
+        info: &ClientInfo,
+        present: bool,
+        old_persistent: Option<bool>,
+    ) -> bool {
+        let clean = info.clean_session;
+        let ended_persistent = old_persistent == Some(true) && (!present || clean);
+        if ended_persistent {
+            self.record(Op::DropSession(client_id.clone()));
+        }
+        let resumed_persistent = present && old_persistent == Some(true);
+        if !clean {
+            // Also when resumed: the expiry interval may have changed.
+            self.record(Op::PutSession(client_id.clone(), info.session_expiry));
+        }
+        if !clean
+            && !resumed_persistent
+            && present
+            && let Some(old) = self.sessions.get(client_id)
+        {
+            let subscriptions: Vec<Op> = old
+                .subscriptions
+                .iter()
+                .map(|(f, q)| {
+                    let o = old.options.get(f).copied().unwrap_or_default();
+                    Op::Subscribe(client_id.clone(), f.clone(), *q, o)
+                })
+                .collect();
+            for op in subscriptions {
+                self.record(op);
+            }
+        }
+        ended_persistent
+    }
+
+    /// A new session for a connection that does not take up the old one;
+    /// a clean start forgets the old session's subscriptions.
+    fn start_afresh(&mut self, client_id: &String, info: &ClientInfo) {
+        if let Some(old) = self.sessions.get(client_id) {
+            for f in old.subscriptions.keys() {
+                self.index.remove(f, client_id);
+            }
+        }
+        self.sessions
+            .insert(client_id.clone(), Box::new(SessionState::new(info.clone())));
     }
 
     /// Detaches a connection. Unless it ended with DISCONNECT its will is
@@ -713,7 +542,7 @@ impl Hub {
     /// Hands `out` to the session's connection or queue; false if it was
     /// dropped (counted). Sets `crowded` when it filled the outbox halfway.
     fn deliver(
-        session: &mut Session,
+        session: &mut SessionState,
         out: Message,
         limits: QueueLimits,
         counters: &mut Counters,
@@ -928,21 +757,15 @@ impl Hub {
     }
 }
 
-#[cfg(test)]
-#[path = "hub_tests.rs"]
-mod tests;
-
-#[path = "hub_routed.rs"]
+mod backlog;
 mod routed;
-
-#[path = "hub_timers.rs"]
+mod run;
+mod session;
+#[cfg(test)]
+mod tests;
 mod timers;
 
-#[path = "hub_backlog.rs"]
-mod backlog;
+use run::Reply;
+pub use run::{InPlace, SharedHub, run};
+use session::{Connection, SessionState, size};
 pub use timers::NEVER;
-
-#[path = "hub_run.rs"]
-mod driver;
-use driver::Reply;
-pub use driver::{InPlace, Request, Shared, Stopped, SubscribeResult, run, to_hub};

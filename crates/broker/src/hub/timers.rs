@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ClientInfo, Hub, Message};
+use super::Hub;
+use crate::message::{ClientInfo, Message};
 use crate::store::{Op, StoredWill};
 
 /// A session expiry interval meaning "never" (MQTT 3.3.2.11).

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use verdant_group::routes::{Kind, RouteIndex, Table};
 
-use super::{Hub, Message, REPORT_EVERY, Routing};
-use crate::link::{Forward, ToLink, Traced};
+use super::{Hub, REPORT_EVERY, Routing};
+use crate::message::Message;
+use crate::request::{Forward, ToLink, Traced};
 
 impl Hub {
     /// Routed mode: the table comes from the router, and messages with
