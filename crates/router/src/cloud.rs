@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use verdant_common::shutdown::CancellationToken;
 
 use crate::config::{CloudConfig, SubscriptionQuality};
-use crate::layout::Layout;
 use crate::queue::{CloudQueue, QueueStats};
+use crate::spread::Spread;
 use crate::switch::{Down, Endpoint, Event, LinkId, Message};
 
 /// What operators see of the cloud connection.
@@ -77,9 +77,9 @@ pub struct Bridge {
     /// while disconnected.
     pub clients: Vec<AsyncClient>,
     /// Which connection subscribes to what.
-    pub layout: Layout,
+    pub spread: Spread,
     /// The subjects outgrew the live connections: make the set anew.
-    pub relayout: bool,
+    pub outgrown: bool,
     /// QoS 1 messages from the cloud (persistent subscriptions), by the id
     /// the switch knows them by, acknowledged to the cloud once the
     /// switch says their targets have them.
@@ -318,13 +318,13 @@ impl Bridge {
     ) -> Ended {
         self.set_status(|s| s.state = "connecting");
         let window = usize::from(self.config.window);
-        self.layout = Layout::new(&self.subjects, self.config.max_subscriptions_per_connection);
+        self.spread = Spread::new(&self.subjects, self.config.max_subscriptions_per_connection);
         // One task per connection polls its event loop; their events come
         // here tagged with the connection's index.
         let (events_tx, mut events) = mpsc::channel(256);
         let mut pumps = Pumps(Vec::new());
         let mut clients = Vec::new();
-        for i in 0..self.layout.connections().len() {
+        for i in 0..self.spread.connections().len() {
             let (client, mut eventloop) =
                 AsyncClient::new(self.options(tls, i), window + self.subjects.len() + 16);
             clients.push(client);
@@ -386,8 +386,8 @@ impl Bridge {
                     }
                 }
             }
-            if self.relayout {
-                self.relayout = false;
+            if self.outgrown {
+                self.outgrown = false;
                 self.flush_acked(&mut c.acked);
                 return Ended::Failed(
                     "the cloud subscriptions need more connections: connecting anew".into(),
@@ -495,7 +495,7 @@ impl Bridge {
             return;
         }
         if !self.clients.is_empty() {
-            match self.layout.change(&subjects) {
+            match self.spread.change(&subjects) {
                 Some(changes) => {
                     let qos = self.subscription_qos();
                     for (i, s) in changes.subscribe {
@@ -505,7 +505,7 @@ impl Bridge {
                         let _ = self.clients[i].try_unsubscribe(s);
                     }
                 }
-                None => self.relayout = true,
+                None => self.outgrown = true,
             }
         }
         tracing::info!(
@@ -527,7 +527,7 @@ impl Bridge {
     /// Subscribes connection `i` to its subjects.
     fn subscribe(&self, i: usize) -> Result<(), String> {
         let qos = self.subscription_qos();
-        for chunk in self.layout.connections()[i].chunks(FILTERS_PER_SUBSCRIBE) {
+        for chunk in self.spread.connections()[i].chunks(FILTERS_PER_SUBSCRIBE) {
             let filters = chunk
                 .iter()
                 .map(|s| rumqttc::SubscribeFilter::new(s.clone(), qos));

@@ -5,8 +5,8 @@ pub mod cloud;
 pub mod config;
 pub mod error;
 mod grpc;
-pub mod layout;
 pub mod queue;
+pub mod spread;
 pub mod switch;
 pub mod undelivered;
 
@@ -142,8 +142,8 @@ fn bridge(
         switch,
         status,
         clients: Vec::new(),
-        layout: layout::Layout::new(&[], 1),
-        relayout: false,
+        spread: spread::Spread::new(&[], 1),
+        outgrown: false,
         unacknowledged: std::collections::HashMap::new(),
     })
 }

@@ -1,10 +1,11 @@
 //! Which cloud connection subscribes to which subjects, when there are
 //! more subjects than one connection may hold (AWS IoT: 50).
 
-/// Subjects per connection; there is always at least one connection (the
-/// one that also publishes), even with no subjects.
+/// How the subjects are spread over the cloud connections: the subjects
+/// of each connection; there is always at least one connection (the one
+/// that also publishes), even with no subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
+pub struct Spread {
     per: usize,
     connections: Vec<Vec<String>>,
 }
@@ -16,8 +17,8 @@ pub struct Changes {
     pub unsubscribe: Vec<(usize, String)>,
 }
 
-impl Layout {
-    pub fn new(subjects: &[String], per: usize) -> Layout {
+impl Spread {
+    pub fn new(subjects: &[String], per: usize) -> Spread {
         let mut connections: Vec<Vec<String>> = subjects
             .chunks(per.max(1))
             .map(<[String]>::to_vec)
@@ -25,7 +26,7 @@ impl Layout {
         if connections.is_empty() {
             connections.push(Vec::new());
         }
-        Layout { per, connections }
+        Spread { per, connections }
     }
 
     pub fn connections(&self) -> &[Vec<String>] {
@@ -70,9 +71,9 @@ mod tests {
 
     #[test]
     fn chunks_and_follows_changes_while_they_fit() {
-        let mut l = Layout::new(&subjects(5), 2);
+        let mut l = Spread::new(&subjects(5), 2);
         assert_eq!(l.connections().len(), 3);
-        assert_eq!(Layout::new(&[], 50).connections(), [Vec::<String>::new()]);
+        assert_eq!(Spread::new(&[], 50).connections(), [Vec::<String>::new()]);
         // Drop s/1, add s/9: it takes s/1's place.
         let mut next = subjects(5);
         next.retain(|s| s != "s/1");
