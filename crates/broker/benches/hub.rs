@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rumqttc::QoS;
 use verdant_broker::hub::{Hub, QueueLimits};
-use verdant_broker::message::{ClientInfo, Message, Outgoing};
+use verdant_broker::message::{ClientInfo, Message, Notification};
 use verdant_broker::outbox::{self, Inbox};
 
 const DEVICES: usize = 1000;
@@ -78,7 +78,7 @@ fn hub(fan: usize) -> (Hub, Vec<Inbox>) {
 fn empty(inbox: &Inbox) -> usize {
     let mut n = 0;
     while let Some(out) = inbox.try_recv() {
-        if let Outgoing::Deliver(m) = out {
+        if let Notification::Deliver(m) = out {
             black_box(m);
             n += 1;
         }

@@ -110,14 +110,14 @@ impl Node {
 pub struct Index {
     root: Node,
     /// Shared subscriptions: a trie of their filters whose "clients" are
-    /// the groups (`$share/<name>/<filter>`), and each group's members.
+    /// the shares (`$share/<name>/<filter>`), and each share's members.
     shared_root: Node,
-    groups: HashMap<Arc<str>, Group>,
+    shares: HashMap<Arc<str>, Share>,
 }
 
 /// The members of one shared subscription, who take its messages in turn.
 #[derive(Debug, Default)]
-pub struct Group {
+pub struct Share {
     pub members: Vec<(Arc<str>, QoS)>,
     /// Who is next.
     pub next: usize,
@@ -129,13 +129,13 @@ impl Index {
             self.root.slot(filter).insert(client.clone(), qos);
             return;
         };
-        let group = self.groups.entry(Arc::from(filter)).or_default();
-        match group.members.iter_mut().find(|(c, _)| c == client) {
+        let share = self.shares.entry(Arc::from(filter)).or_default();
+        match share.members.iter_mut().find(|(c, _)| c == client) {
             Some(member) => member.1 = qos,
-            None => group.members.push((client.clone(), qos)),
+            None => share.members.push((client.clone(), qos)),
         }
         let key = self
-            .groups
+            .shares
             .get_key_value(filter)
             .expect("inserted above")
             .0
@@ -148,30 +148,30 @@ impl Index {
             self.root.remove(filter.split('/'), client);
             return;
         };
-        let Some(group) = self.groups.get_mut(filter) else {
+        let Some(share) = self.shares.get_mut(filter) else {
             return;
         };
-        group.members.retain(|(c, _)| &**c != client);
-        if group.members.is_empty() {
-            self.groups.remove(filter);
+        share.members.retain(|(c, _)| &**c != client);
+        if share.members.is_empty() {
+            self.shares.remove(filter);
             self.shared_root.remove(inner.split('/'), filter);
         }
     }
 
     /// The shared subscriptions whose filter matches `topic`: each sends
-    /// the message to one of its members. A group's filter sits in one
+    /// the message to one of its members. A share's filter sits in one
     /// place of the trie, so it matches once.
-    pub fn matching_groups(&mut self, topic: &str) -> Vec<&mut Group> {
-        if self.groups.is_empty() {
+    pub fn matching_shares(&mut self, topic: &str) -> Vec<&mut Share> {
+        if self.shares.is_empty() {
             return Vec::new();
         }
         let mut keys = Vec::new();
         self.shared_root
             .collect(topic.split('/'), topic.starts_with('$'), &mut keys, &mut 0);
-        self.groups
+        self.shares
             .iter_mut()
             .filter(|(k, _)| keys.iter().any(|(key, _)| key == *k))
-            .map(|(_, g)| g)
+            .map(|(_, share)| share)
             .collect()
     }
 
@@ -203,7 +203,7 @@ impl Index {
 
     /// No subscription at all (every node pruned).
     pub fn is_empty(&self) -> bool {
-        self.root.is_empty() && self.shared_root.is_empty() && self.groups.is_empty()
+        self.root.is_empty() && self.shared_root.is_empty() && self.shares.is_empty()
     }
 }
 

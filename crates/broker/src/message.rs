@@ -32,7 +32,7 @@ pub struct Message {
 
 /// What the hub tells a connection.
 #[derive(Debug)]
-pub enum Outgoing {
+pub enum Notification {
     /// Send this to the client (QoS already the granted one).
     Deliver(Message),
     /// Close the connection (taken over by a new one, or an operator),

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
-use crate::message::{Message, Outgoing};
+use crate::message::{Message, Notification};
 
 /// Messages per chunk: a flow that never has more waiting uses one ring.
 const CHUNK: usize = 32;
@@ -34,9 +34,9 @@ pub struct Inbox(Arc<Chan>);
 #[derive(Debug)]
 pub enum TrySendError {
     /// The connection has `capacity` messages it has not taken yet.
-    Full(Outgoing),
+    Full(Notification),
     /// The connection has ended.
-    Closed(Outgoing),
+    Closed(Notification),
 }
 
 #[derive(Debug)]
@@ -51,12 +51,12 @@ struct Chan {
 struct State {
     /// Oldest first; every chunk but the last is full at the time it was
     /// left behind.
-    chunks: VecDeque<VecDeque<Outgoing>>,
+    chunks: VecDeque<VecDeque<Notification>>,
     len: usize,
     /// A `Close` goes ahead of the messages and does not count against
     /// the capacity: a client that is behind is the one an operator or a
     /// group change most needs to disconnect.
-    close: Option<Outgoing>,
+    close: Option<Notification>,
     /// Publishers' wakes ([`Outbox::wake_publisher`]), apart from the messages:
     /// a connection that is behind takes them all the same, so a slow
     /// client never holds another's acknowledgements this way.
@@ -68,7 +68,7 @@ struct State {
 }
 
 impl State {
-    fn push(&mut self, out: Outgoing) {
+    fn push(&mut self, out: Notification) {
         match self.chunks.back_mut() {
             Some(chunk) if chunk.len() < CHUNK => chunk.push_back(out),
             back => {
@@ -85,7 +85,7 @@ impl State {
         self.len += 1;
     }
 
-    fn pop(&mut self) -> Option<Outgoing> {
+    fn pop(&mut self) -> Option<Notification> {
         if let Some(close) = self.close.take() {
             return Some(close);
         }
@@ -127,12 +127,12 @@ impl Outbox {
     /// queue halfway, time for whoever fills it to let the connection
     /// run. Only the crossing says so: a queue that stays over half full
     /// (a client that does not keep up) does not slow every batch.
-    pub fn try_send(&self, out: Outgoing) -> Result<bool, TrySendError> {
+    pub fn try_send(&self, out: Notification) -> Result<bool, TrySendError> {
         let mut state = self.0.lock();
         if state.receiver_gone {
             return Err(TrySendError::Closed(out));
         }
-        if let Outgoing::Close(..) = out {
+        if let Notification::Close(..) = out {
             state.close.get_or_insert(out);
             drop(state);
             // A connection that is behind may not be waiting on its
@@ -233,15 +233,15 @@ impl Inbox {
 
     fn poll_take(&self, cx: &mut Context<'_>, room: bool, wakes: &mut Vec<Wake>) -> Poll<Taken> {
         let mut state = self.0.lock();
-        if let Some(Outgoing::Close(reason, why)) = state.close.take() {
+        if let Some(Notification::Close(reason, why)) = state.close.take() {
             return Poll::Ready(Taken::Close(reason, why));
         }
         let woke = !state.wakes.is_empty();
         wakes.append(&mut state.wakes);
         if room {
             match state.pop() {
-                Some(Outgoing::Deliver(m)) => return Poll::Ready(Taken::Message(m)),
-                Some(Outgoing::Close(reason, why)) => {
+                Some(Notification::Deliver(m)) => return Poll::Ready(Taken::Message(m)),
+                Some(Notification::Close(reason, why)) => {
                     return Poll::Ready(Taken::Close(reason, why));
                 }
                 None => {}
@@ -267,7 +267,7 @@ impl Inbox {
     }
 
     /// The next message if one is queued (a `Close` first).
-    pub fn try_recv(&self) -> Option<Outgoing> {
+    pub fn try_recv(&self) -> Option<Notification> {
         self.0.lock().pop()
     }
 }
@@ -292,15 +292,15 @@ impl Drop for Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Outgoing;
+    use crate::message::Notification;
 
-    fn close(n: u8) -> Outgoing {
-        Outgoing::Close(n, String::new())
+    fn close(n: u8) -> Notification {
+        Notification::Close(n, String::new())
     }
 
     /// A delivery on topic `n`.
-    fn msg(n: u8) -> Outgoing {
-        Outgoing::Deliver(crate::message::Message {
+    fn msg(n: u8) -> Notification {
+        Notification::Deliver(crate::message::Message {
             topic: n.to_string(),
             payload: bytes::Bytes::new(),
             qos: rumqttc::QoS::AtMostOnce,
@@ -313,10 +313,10 @@ mod tests {
     }
 
     /// A delivery's topic as a number, or a Close's code plus 100.
-    fn code(out: Option<Outgoing>) -> Option<u8> {
+    fn code(out: Option<Notification>) -> Option<u8> {
         out.map(|o| match o {
-            Outgoing::Close(n, _) => n + 100,
-            Outgoing::Deliver(m) => m.topic.parse().unwrap(),
+            Notification::Close(n, _) => n + 100,
+            Notification::Deliver(m) => m.topic.parse().unwrap(),
         })
     }
 
@@ -327,7 +327,7 @@ mod tests {
         tx.try_send(msg(2)).unwrap();
         assert!(matches!(
             tx.try_send(msg(3)),
-            Err(TrySendError::Full(Outgoing::Deliver(_)))
+            Err(TrySendError::Full(Notification::Deliver(_)))
         ));
         assert_eq!(code(rx.try_recv()), Some(1));
         tx.try_send(msg(3)).unwrap();

@@ -199,7 +199,7 @@ pub enum In {
 
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum SubscribeRefusal {
     /// 5.0: 0x8F.
     InvalidFilter,
     /// 5.0: 0x97 (a limit of the session).
@@ -216,7 +216,7 @@ pub enum Out<'a> {
     PubComp(u16),
     SubAck {
         pkid: u16,
-        codes: Vec<Result<QoS, Refusal>>,
+        codes: Vec<Result<QoS, SubscribeRefusal>>,
     },
     UnsubAck {
         pkid: u16,
@@ -573,8 +573,10 @@ fn v5_packet(out: &Out<'_>) -> v5::Packet {
                 .iter()
                 .map(|c| match c {
                     Ok(q) => v5::SubscribeReasonCode::Success(qos_v5(*q)),
-                    Err(Refusal::InvalidFilter) => v5::SubscribeReasonCode::TopicFilterInvalid,
-                    Err(Refusal::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
+                    Err(SubscribeRefusal::InvalidFilter) => {
+                        v5::SubscribeReasonCode::TopicFilterInvalid
+                    }
+                    Err(SubscribeRefusal::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect(),
             properties: None,

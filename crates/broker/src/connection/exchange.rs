@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Common, Conn, End, ReadError};
-use crate::message::{Message, Outgoing};
+use crate::message::{Message, Notification};
 use crate::outbound::Outbound;
 use crate::outbox::{Inbox, Taken, Wake};
 use crate::request::{self, Request};
@@ -277,8 +277,8 @@ impl<'a> Exchange<'a> {
                 self.push(conn, m);
                 while !self.outbound.backlogged() {
                     match inbox.try_recv() {
-                        Some(Outgoing::Deliver(m)) => self.push(conn, m),
-                        Some(Outgoing::Close(reason, why)) => {
+                        Some(Notification::Deliver(m)) => self.push(conn, m),
+                        Some(Notification::Close(reason, why)) => {
                             return Some(End::Closed(reason, why));
                         }
                         None => break,

@@ -16,7 +16,7 @@ use crate::hub::InPlace;
 use crate::message::Message;
 use crate::request::{self, Request};
 use crate::topic;
-use crate::wire::{self, In, Out, Refusal, Violation};
+use crate::wire::{self, In, Out, SubscribeRefusal, Violation};
 
 /// For a publish handed to the hub: the sender of its "stored" answer,
 /// the sender of its "on its way" answer, and what its acknowledgement
@@ -322,7 +322,7 @@ impl Exchange<'_> {
             }
             let refusal = topic::validate_filter(&path, limits)
                 .err()
-                .map(|e| (Refusal::InvalidFilter, e.to_string()));
+                .map(|e| (SubscribeRefusal::InvalidFilter, e.to_string()));
             match refusal {
                 None => {
                     codes.push(Ok(qos));
@@ -355,7 +355,7 @@ impl Exchange<'_> {
             }
             Ok(Err(why)) => {
                 tracing::info!(client_id = %verdant_common::telemetry::bounded(&self.client_id), "subscriptions refused: {why}");
-                let codes = vec![Err(Refusal::Quota); codes.len()];
+                let codes = vec![Err(SubscribeRefusal::Quota); codes.len()];
                 conn.queue(&Out::SubAck { pkid, codes });
             }
             Err(_) => return Some(End::stopping()),

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::BrokerConfig;
 use crate::hub;
 use crate::identity::{Device, Devices, Peer};
-use crate::message::{ClientInfo, Connected, Message, Outgoing};
+use crate::message::{ClientInfo, Connected, Message, Notification};
 use crate::outbound::Outbound;
 use crate::outbox::{self, Inbox};
 use crate::request::{self, Request};
@@ -227,7 +227,7 @@ fn take_back(outbound: Outbound, inbox: &mut Inbox) -> Vec<Message> {
     let mut unacked = outbound.into_unacked();
     inbox.close();
     while let Some(out) = inbox.try_recv() {
-        if let Outgoing::Deliver(m) = out {
+        if let Notification::Deliver(m) = out {
             unacked.push(m);
         }
     }

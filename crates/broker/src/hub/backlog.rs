@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::{Hub, Reply, SessionState};
-use crate::message::{Message, Outgoing};
+use crate::message::{Message, Notification};
 
 /// Why a client is closed by `slow_client_timeout_secs`.
 const SLOW_CLIENT: &str = "took no message while its publishers waited (slow_client_timeout_secs)";
@@ -109,7 +109,7 @@ impl Hub {
                 // or whose writes wait on a client that reads nothing.
                 let _ = connection
                     .outbox
-                    .try_send(Outgoing::Close(0x97, SLOW_CLIENT.into()));
+                    .try_send(Notification::Close(0x97, SLOW_CLIENT.into()));
             }
         }
     }
@@ -140,9 +140,9 @@ impl SessionState {
         };
         let mut moved = false;
         while let Some(m) = self.parked.pop_front() {
-            match connection.outbox.try_send(Outgoing::Deliver(m)) {
+            match connection.outbox.try_send(Notification::Deliver(m)) {
                 Ok(_) => moved = true,
-                Err(crate::outbox::TrySendError::Full(Outgoing::Deliver(m))) => {
+                Err(crate::outbox::TrySendError::Full(Notification::Deliver(m))) => {
                     self.parked.push_front(m);
                     if moved {
                         self.parked_since = Some(std::time::Instant::now());
@@ -151,7 +151,7 @@ impl SessionState {
                 }
                 // The connection ended: what is parked stays for the
                 // disconnect, which gives it to a persistent session.
-                Err(crate::outbox::TrySendError::Closed(Outgoing::Deliver(m))) => {
+                Err(crate::outbox::TrySendError::Closed(Notification::Deliver(m))) => {
                     self.parked.push_front(m);
                     return true;
                 }

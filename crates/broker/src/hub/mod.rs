@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::{RouteIndex, Table};
 
 use crate::index::Index;
-use crate::message::{ClientInfo, ClientSummary, Connected, Counters, Message, Outgoing};
+use crate::message::{ClientInfo, ClientSummary, Connected, Counters, Message, Notification};
 use crate::outbox::{Outbox, TrySendError};
 use crate::request::ToLink;
 use crate::store::{Loaded, Op, Store};
@@ -121,24 +121,24 @@ pub struct Hub {
 /// turn, preferring members that are connected (and, in routed mode, among
 /// the devices `to`).
 fn pick_member(
-    group: &mut crate::index::Group,
+    share: &mut crate::index::Share,
     sessions: &crate::index::HashMap<String, Box<SessionState>>,
     to: Option<&[String]>,
 ) -> Option<(Arc<str>, QoS)> {
-    let n = group.members.len();
+    let n = share.members.len();
     let eligible = |c: &str| {
         sessions
             .get(c)
             .is_some_and(|s| to.is_none_or(|to| s.thing.as_ref().is_some_and(|t| to.contains(t))))
     };
     let connected = |c: &str| sessions.get(c).is_some_and(|s| s.connection.is_some());
-    let order = (0..n).map(|i| (group.next + i) % n);
+    let order = (0..n).map(|i| (share.next + i) % n);
     let choice = order
         .clone()
-        .find(|&i| eligible(&group.members[i].0) && connected(&group.members[i].0))
-        .or_else(|| order.clone().find(|&i| eligible(&group.members[i].0)))?;
-    group.next = (choice + 1) % n;
-    Some(group.members[choice].clone())
+        .find(|&i| eligible(&share.members[i].0) && connected(&share.members[i].0))
+        .or_else(|| order.clone().find(|&i| eligible(&share.members[i].0)))?;
+    share.next = (choice + 1) % n;
+    Some(share.members[choice].clone())
 }
 
 fn min_qos(a: QoS, b: QoS) -> QoS {
@@ -279,7 +279,7 @@ impl Hub {
             .get_mut(&client_id)
             .and_then(|s| s.connection.take())
         {
-            let _ = old.outbox.try_send(Outgoing::Close(
+            let _ = old.outbox.try_send(Notification::Close(
                 0x8E,
                 "session taken over by a new connection".into(),
             ));
@@ -455,8 +455,8 @@ impl Hub {
         let mut parked = Vec::new();
         let mut matched = std::mem::take(&mut self.matched);
         self.index.matching(&message.topic, &mut matched);
-        for group in self.index.matching_groups(&message.topic) {
-            matched.extend(pick_member(group, &self.sessions, to));
+        for share in self.index.matching_shares(&message.topic) {
+            matched.extend(pick_member(share, &self.sessions, to));
         }
         for (client_id, granted) in matched.drain(..) {
             let Some(session) = self.sessions.get_mut(&*client_id) else {
@@ -558,26 +558,26 @@ impl Hub {
                 counters.delivered += 1;
                 true
             }
-            Some(c) => match c.outbox.try_send(Outgoing::Deliver(out)) {
+            Some(c) => match c.outbox.try_send(Notification::Deliver(out)) {
                 Ok(halfway) => {
                     counters.delivered += 1;
                     *crowded |= halfway;
                     true
                 }
-                Err(TrySendError::Full(Outgoing::Deliver(m)))
+                Err(TrySendError::Full(Notification::Deliver(m)))
                     if m.qos == QoS::AtMostOnce && !limits.hold_qos0 =>
                 {
                     counters.dropped_qos0 += 1;
                     false
                 }
-                Err(TrySendError::Full(Outgoing::Deliver(m))) => {
+                Err(TrySendError::Full(Notification::Deliver(m))) => {
                     session.park(m);
                     counters.delivered += 1;
                     true
                 }
                 // The connection just ended and the hub has not heard yet:
                 // a persistent session keeps the message.
-                Err(TrySendError::Closed(Outgoing::Deliver(m)))
+                Err(TrySendError::Closed(Notification::Deliver(m)))
                     if m.qos != QoS::AtMostOnce && !session.clean =>
                 {
                     if session.enqueue(m, limits) {
@@ -733,7 +733,7 @@ impl Hub {
                     thing,
                     "no longer a device of the group: disconnected"
                 );
-                let _ = c.outbox.try_send(Outgoing::Close(
+                let _ = c.outbox.try_send(Notification::Close(
                     0x87,
                     "no longer a device of the group".into(),
                 ));
@@ -750,7 +750,7 @@ impl Hub {
         {
             Some(c) => c
                 .outbox
-                .try_send(Outgoing::Close(0x98, reason.into()))
+                .try_send(Notification::Close(0x98, reason.into()))
                 .is_ok(),
             None => false,
         }

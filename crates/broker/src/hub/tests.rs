@@ -103,7 +103,7 @@ fn msg(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
 fn drain(rx: &mut Inbox) -> Vec<Message> {
     let mut out = Vec::new();
     while let Some(o) = rx.try_recv() {
-        if let Outgoing::Deliver(m) = o {
+        if let Notification::Deliver(m) = o {
             out.push(m);
         }
     }
@@ -340,7 +340,7 @@ fn take_over_closes_the_old_connection_and_clean_session_forgets() {
     hub.subscribe("c", &[("t".into(), QoS::AtMostOnce)]);
     let (tx2, mut rx2) = outbox::channel(10);
     let second = hub.connect(info("c", true), None, tx2);
-    assert!(matches!(rx1.try_recv(), Some(Outgoing::Close(0x8E, _))));
+    assert!(matches!(rx1.try_recv(), Some(Notification::Close(0x8E, _))));
     assert!(!second.session_present);
     assert_eq!(hub.subscription_count("c"), 0);
     // Nor does the index still route the old filter to it.
