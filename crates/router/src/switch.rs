@@ -212,13 +212,43 @@ struct Pending {
     all_or_error: bool,
 }
 
+/// What one route has carried, for `ListRoutes`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RouteCount {
+    /// Messages routed by it (copies the broker delivered itself included).
+    messages: u64,
+    /// Their payload bytes.
+    bytes: u64,
+}
+
+/// An acknowledgement to send to a publisher's link at the end of the
+/// current event.
+struct Ack {
+    /// The link the message came up on.
+    link: LinkId,
+    /// The message's id on that link.
+    id: u64,
+    /// The message was refused rather than taken.
+    refused: bool,
+}
+
+/// One link's acknowledgements of an event, sent as one `Down::Acks`.
+struct LinkAcks {
+    link: LinkId,
+    /// Ids of the messages taken.
+    ids: Vec<u64>,
+    /// Ids of the messages refused.
+    refused: Vec<u64>,
+}
+
 /// The routing state.
 pub struct Switch {
     table: Arc<Table>,
     /// The table before the last swap, for broker messages routed by it.
     previous: Option<Arc<Table>>,
-    counts: Vec<(u64, u64)>,
-    /// Counts by route id, kept across a swap for routes that stay.
+    /// Per route, in table order; kept across a swap for routes that stay.
+    counts: Vec<RouteCount>,
+    /// Messages no route took, per source.
     no_route: BTreeMap<String, u64>,
     queues: HashMap<Endpoint, Queue>,
     pending: HashMap<u64, Pending>,
@@ -227,7 +257,7 @@ pub struct Switch {
     /// included.
     held_limit: usize,
     /// Acknowledgements to send at the end of the current event, per link.
-    acks: Vec<(LinkId, u64, bool)>,
+    acks: Vec<Ack>,
     scratch: Vec<RouteIndex>,
     trace: TraceSender,
     /// Whether the broker was told to trace.
@@ -240,7 +270,7 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(table: Table, held_limit: usize, trace: TraceSender) -> Switch {
-        let counts = vec![(0, 0); table.routes().len()];
+        let counts = vec![RouteCount::default(); table.routes().len()];
         Switch {
             table: Arc::new(table),
             previous: None,
@@ -292,8 +322,8 @@ impl Switch {
                 }
                 for (id, messages, bytes) in routes {
                     if let Some(i) = self.table.routes().iter().position(|r| r.id == id) {
-                        self.counts[i].0 += messages;
-                        self.counts[i].1 += bytes;
+                        self.counts[i].messages += messages;
+                        self.counts[i].bytes += bytes;
                     }
                 }
             }
@@ -412,8 +442,8 @@ impl Switch {
                 continue;
             }
             if Arc::ptr_eq(&table, &self.table) {
-                self.counts[i.0].0 += 1;
-                self.counts[i.0].1 += m.payload.len() as u64;
+                self.counts[i.0].messages += 1;
+                self.counts[i.0].bytes += m.payload.len() as u64;
             }
             let targets = by_endpoint.entry(endpoint).or_default();
             if !targets.contains(&target) {
@@ -488,12 +518,20 @@ impl Switch {
         }
         if refused && m.qos > 0 && m.all_or_error {
             // The publisher is refused: it asked for all or an error.
-            self.acks.push((from, m.id, true));
+            self.acks.push(Ack {
+                link: from,
+                id: m.id,
+                refused: true,
+            });
             return;
         }
         if m.qos > 0 {
             if remaining == 0 {
-                self.acks.push((from, m.id, false));
+                self.acks.push(Ack {
+                    link: from,
+                    id: m.id,
+                    refused: false,
+                });
             } else {
                 self.pending.insert(
                     id,
@@ -570,13 +608,21 @@ impl Switch {
             // (refuse-new) or when it cannot store: the publisher keeps it.
             if refused && (p.all_or_error || link.endpoint == Endpoint::Cloud) {
                 let p = self.pending.remove(id).expect("present");
-                self.acks.push((p.origin, p.origin_id, true));
+                self.acks.push(Ack {
+                    link: p.origin,
+                    id: p.origin_id,
+                    refused: true,
+                });
                 continue;
             }
             p.remaining -= 1;
             if p.remaining == 0 {
                 let p = self.pending.remove(id).expect("present");
-                self.acks.push((p.origin, p.origin_id, false));
+                self.acks.push(Ack {
+                    link: p.origin,
+                    id: p.origin_id,
+                    refused: false,
+                });
             }
         }
     }
@@ -585,22 +631,26 @@ impl Switch {
         if self.acks.is_empty() {
             return;
         }
-        let mut per_link: Vec<(LinkId, Vec<u64>, Vec<u64>)> = Vec::new();
-        for (link, id, refused) in self.acks.drain(..) {
-            let entry = match per_link.iter_mut().find(|(l, _, _)| *l == link) {
+        let mut per_link: Vec<LinkAcks> = Vec::new();
+        for Ack { link, id, refused } in self.acks.drain(..) {
+            let entry = match per_link.iter_mut().find(|e| e.link == link) {
                 Some(e) => e,
                 None => {
-                    per_link.push((link, Vec::new(), Vec::new()));
+                    per_link.push(LinkAcks {
+                        link,
+                        ids: Vec::new(),
+                        refused: Vec::new(),
+                    });
                     per_link.last_mut().expect("pushed")
                 }
             };
             if refused {
-                entry.2.push(id);
+                entry.refused.push(id);
             } else {
-                entry.1.push(id);
+                entry.ids.push(id);
             }
         }
-        for (link, ids, refused) in per_link {
+        for LinkAcks { link, ids, refused } in per_link {
             if let Some(q) = self.queues.get(&link.endpoint)
                 && let Some(l) = &q.link
                 && l.id == link
@@ -614,7 +664,7 @@ impl Switch {
     /// by it, and the broker gets its copy before any message that used it.
     pub fn swap(&mut self, table: Table) {
         let old = std::mem::replace(&mut self.table, Arc::new(table));
-        let mut counts = vec![(0, 0); self.table.routes().len()];
+        let mut counts = vec![RouteCount::default(); self.table.routes().len()];
         for (i, r) in self.table.routes().iter().enumerate() {
             if let Some(j) = old.routes().iter().position(|o| o == r) {
                 counts[i] = self.counts[j];
@@ -645,7 +695,7 @@ impl Switch {
                 .routes()
                 .iter()
                 .zip(&self.counts)
-                .map(|(r, (m, b))| (r.clone(), *m, *b))
+                .map(|(r, c)| (r.clone(), c.messages, c.bytes))
                 .collect(),
             no_route: self.no_route.iter().map(|(s, n)| (s.clone(), *n)).collect(),
             links: Endpoint::ALL
