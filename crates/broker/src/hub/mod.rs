@@ -47,8 +47,8 @@ enum Routing {
         /// meanwhile everything goes to the router.
         table: Option<Arc<Table>>,
         link: mpsc::UnboundedSender<ToLink>,
-        /// Messages and bytes per route of `table` since the last report.
-        counts: Vec<(u64, u64)>,
+        /// Per route of `table`, in table order, since the last report.
+        counts: Vec<routed::RouteCount>,
         /// Messages no route allowed, per source, since the last report.
         no_route: HashMap<Arc<str>, u64>,
         last_report: std::time::Instant,

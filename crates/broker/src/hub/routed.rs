@@ -11,6 +11,16 @@ use super::{Hub, REPORT_EVERY, Routing};
 use crate::message::Message;
 use crate::request::{Forward, ToLink, Traced};
 
+/// What one route of the router's table carried here since the last
+/// report to the router.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RouteCount {
+    /// Messages routed by it.
+    messages: u64,
+    /// Their payload bytes.
+    bytes: u64,
+}
+
 impl Hub {
     /// Routed mode: the table comes from the router, and messages with
     /// targets beyond the devices go to it through `link`.
@@ -47,7 +57,7 @@ impl Hub {
                 routes = new.routes().len(),
                 "subscription table from the router"
             );
-            *counts = vec![(0, 0); new.routes().len()];
+            *counts = vec![RouteCount::default(); new.routes().len()];
             *table = Some(new);
         }
     }
@@ -75,10 +85,10 @@ impl Hub {
         let routes: Vec<(String, u64, u64)> = counts
             .iter_mut()
             .enumerate()
-            .filter(|(_, c)| c.0 > 0)
+            .filter(|(_, c)| c.messages > 0)
             .map(|(i, c)| {
-                let (m, b) = std::mem::take(c);
-                (table.route(RouteIndex(i)).id.clone(), m, b)
+                let RouteCount { messages, bytes } = std::mem::take(c);
+                (table.route(RouteIndex(i)).id.clone(), messages, bytes)
             })
             .collect();
         let dropped: Vec<(String, u64)> =
@@ -152,8 +162,8 @@ impl Hub {
         let mut beyond = false;
         for i in scratch.iter() {
             let route = table.route(*i);
-            counts[i.0].0 += 1;
-            counts[i.0].1 += message.payload.len() as u64;
+            counts[i.0].messages += 1;
+            counts[i.0].bytes += message.payload.len() as u64;
             if Kind::of(&route.target) == Kind::Thing {
                 let name = route.target.rsplit_once("thing/").map_or("", |(_, n)| n);
                 if !things.iter().any(|t| t == name) {
