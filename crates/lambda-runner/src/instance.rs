@@ -79,7 +79,7 @@ impl Supervisor {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some((f, i, token)) = starts.recv() => {
+                Some(Start { function: f, instance: i, token }) = starts.recv() => {
                     let spec = self.runner.lock().expect("runner lock").spec(f).clone();
                     let delay = backoff.get(&f).copied().unwrap_or_default();
                     let (kill_tx, kill) = oneshot::channel();

@@ -63,12 +63,20 @@ struct Instance {
     token: String,
     /// Waiting in `GET .../work`.
     poller: Option<oneshot::Sender<WorkItem>>,
-    /// The invocation it runs (its id, whether someone waits for its
-    /// result), and since when.
-    busy: Option<(String, bool, Instant)>,
+    /// The invocation it runs, if any.
+    busy: Option<Busy>,
     idle_since: Instant,
     /// Its process, once started.
     pid: Option<u32>,
+}
+
+/// The invocation an instance runs.
+#[derive(Debug)]
+struct Busy {
+    /// The invocation's id: its result must name it.
+    invocation: String,
+    /// When the instance took it; the function's Timeout counts from here.
+    since: Instant,
 }
 
 /// Counters of one function.
@@ -133,8 +141,15 @@ pub enum Pending<T> {
     Later(oneshot::Receiver<T>),
 }
 
-/// An instance to start: its function, id and authorization token.
-pub type Start = (FunctionId, InstanceId, String);
+/// An instance for the supervisor to start.
+#[derive(Debug)]
+pub struct Start {
+    pub function: FunctionId,
+    pub instance: InstanceId,
+    /// The secret the instance presents to the IPC endpoint, which names
+    /// it there.
+    pub token: String,
+}
 
 #[derive(Debug)]
 pub struct Runner {
@@ -299,7 +314,10 @@ impl Runner {
                 break;
             };
             let item = function.queue.pop_front().expect("not empty");
-            instance.busy = Some((item.id.clone(), item.reply, now));
+            instance.busy = Some(Busy {
+                invocation: item.id.clone(),
+                since: now,
+            });
             function.counters.invocations += 1;
             let poller = instance.poller.take().expect("found with a poller");
             if let Err(item) = poller.send(item) {
@@ -340,7 +358,11 @@ impl Runner {
                 pid: None,
             },
         );
-        let _ = self.starts.send((f, id, token));
+        let _ = self.starts.send(Start {
+            function: f,
+            instance: id,
+            token,
+        });
     }
 
     /// An instance's process started as `pid`.
@@ -355,7 +377,10 @@ impl Runner {
         let function = &mut self.functions[f.0];
         let instance = function.instances.get_mut(&i)?;
         if let Some(item) = function.queue.pop_front() {
-            instance.busy = Some((item.id.clone(), item.reply, Instant::now()));
+            instance.busy = Some(Busy {
+                invocation: item.id.clone(),
+                since: Instant::now(),
+            });
             function.counters.invocations += 1;
             return Some(Pending::Ready(item));
         }
@@ -373,7 +398,7 @@ impl Runner {
             return false;
         };
         match &instance.busy {
-            Some((busy, _, _)) if busy == id => {}
+            Some(busy) if busy.invocation == id => {}
             _ => return false,
         }
         instance.busy = None;
@@ -434,10 +459,10 @@ impl Runner {
             function.counters.out_of_memory += 1;
         }
         let why = &ended.to_string();
-        if let Some((id, _, _)) = instance.busy {
+        if let Some(busy) = instance.busy {
             function.counters.errors += 1;
             function.last_error = Some(shorten(why));
-            self.complete(&id, Outcome::unhandled(why));
+            self.complete(&busy.invocation, Outcome::unhandled(why));
         }
         let function = &mut self.functions[f.0];
         if function.spec.pinned {
@@ -465,14 +490,14 @@ impl Runner {
             let timeout = function.spec.timeout;
             for (id, instance) in &mut function.instances {
                 match &instance.busy {
-                    Some((inv, _, since)) if now.duration_since(*since) > timeout => {
+                    Some(busy) if now.duration_since(busy.since) > timeout => {
                         function.counters.timeouts += 1;
                         function.counters.errors += 1;
                         function.last_error = Some(format!(
                             "Task timed out after {:.2} seconds",
                             timeout.as_secs_f64()
                         ));
-                        timed_out.push((inv.clone(), timeout));
+                        timed_out.push((busy.invocation.clone(), timeout));
                         instance.busy = None;
                         out.push((FunctionId(fi), *id));
                     }

@@ -33,7 +33,11 @@ fn work_starts_an_instance_which_takes_it_and_the_caller_gets_the_result() {
     let id = r
         .submit("a", Bytes::from("1"), String::new(), true)
         .unwrap();
-    let (f, i, token) = starts.try_recv().expect("an instance is started");
+    let Start {
+        function: f,
+        instance: i,
+        token,
+    } = starts.try_recv().expect("an instance is started");
     assert_eq!(r.caller(&token), Some((f, i)));
     let Some(Pending::Ready(item)) = r.take_work(f, i) else {
         panic!("queued work is handed at once")
@@ -86,7 +90,11 @@ fn a_full_queue_refuses_and_unknown_or_unavailable_functions_are_told_apart() {
 fn a_timeout_fails_the_invocation_and_a_pinned_function_gets_a_new_instance() {
     let (mut r, mut starts) = runner(vec![spec("p", true)]);
     r.start_pinned();
-    let (f, i, _) = starts.try_recv().unwrap();
+    let Start {
+        function: f,
+        instance: i,
+        ..
+    } = starts.try_recv().unwrap();
     let id = r.submit("p", Bytes::new(), String::new(), true).unwrap();
     assert!(
         starts.try_recv().is_err(),
@@ -106,7 +114,9 @@ fn a_timeout_fails_the_invocation_and_a_pinned_function_gets_a_new_instance() {
         String::from_utf8_lossy(&outcome.payload).contains("Task timed out after 3.00 seconds")
     );
     assert!(r.exited(f, i, &Ended::Exited("killed".into())));
-    let (_, again, _) = starts.try_recv().expect("a new instance");
+    let Start {
+        instance: again, ..
+    } = starts.try_recv().expect("a new instance");
     assert_ne!(again, i);
     let c = r.views()[0].counters;
     assert_eq!((c.timeouts, c.errors, c.invocations), (1, 1, 1));
@@ -116,12 +126,18 @@ fn a_timeout_fails_the_invocation_and_a_pinned_function_gets_a_new_instance() {
 fn an_instance_that_dies_fails_its_invocation_and_an_orphaned_queue() {
     let (mut r, mut starts) = runner(vec![spec("a", false)]);
     let first = r.submit("a", Bytes::new(), String::new(), true).unwrap();
-    let (f, i, _) = starts.try_recv().unwrap();
+    let Start {
+        function: f,
+        instance: i,
+        ..
+    } = starts.try_recv().unwrap();
     let Some(Pending::Ready(_)) = r.take_work(f, i) else {
         panic!()
     };
     let queued = r.submit("a", Bytes::new(), String::new(), true).unwrap();
-    let (_, second, _) = starts.try_recv().unwrap();
+    let Start {
+        instance: second, ..
+    } = starts.try_recv().unwrap();
     assert!(!r.exited(f, second, &Ended::Exited("could not start".into())));
     assert!(!r.exited(f, i, &Ended::Exited("exited with status 1".into())));
     for id in [first, queued] {
@@ -136,9 +152,17 @@ fn an_instance_that_dies_fails_its_invocation_and_an_orphaned_queue() {
 fn on_demand_instances_idle_too_long_are_stopped_but_pinned_ones_stay() {
     let (mut r, mut starts) = runner(vec![spec("a", false), spec("p", true)]);
     r.start_pinned();
-    let (pf, pi, _) = starts.try_recv().unwrap();
+    let Start {
+        function: pf,
+        instance: pi,
+        ..
+    } = starts.try_recv().unwrap();
     r.submit("a", Bytes::new(), String::new(), false).unwrap();
-    let (f, i, _) = starts.try_recv().unwrap();
+    let Start {
+        function: f,
+        instance: i,
+        ..
+    } = starts.try_recv().unwrap();
     let Some(Pending::Ready(item)) = r.take_work(f, i) else {
         panic!()
     };
@@ -175,7 +199,9 @@ fn an_instance_killed_at_its_memory_limit_fails_its_invocation_saying_so_and_is_
     let id = runner
         .submit("a", Bytes::new(), String::new(), true)
         .unwrap();
-    let (function, instance, _) = starts.try_recv().unwrap();
+    let Start {
+        function, instance, ..
+    } = starts.try_recv().unwrap();
     let Some(Pending::Ready(_)) = runner.take_work(function, instance) else {
         panic!()
     };
