@@ -4,6 +4,7 @@
 //! credit, QoS 1 messages kept until the router acknowledges them (and sent
 //! again after the link breaks), and the link opened again whenever it
 //! breaks. What comes down goes to the daemon's [`Handler`].
+//! `ARCHITECTURE.md` describes the protocol and the state kept here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -15,7 +16,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
-use crate::shutdown::CancellationToken;
+use verdant_common::shutdown::CancellationToken;
 
 /// Messages in one batch up.
 const BATCH: usize = 256;
@@ -23,7 +24,7 @@ const BATCH: usize = 256;
 /// A message to send up; a QoS 1 one may ask to hear whether the router
 /// took it (`true`) or refused it (`false`, e.g. a full cloud queue).
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct ToRouter {
     pub message: pb::Message,
     pub outcome: Option<oneshot::Sender<bool>>,
 }
@@ -40,7 +41,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, o: Outgoing) {
+    fn push(&mut self, o: ToRouter) {
         let mut m = o.message;
         m.id = self.next_id;
         self.next_id += 1;
@@ -67,6 +68,29 @@ impl Outbox {
         for m in unacked.into_values().rev() {
             self.waiting.push_front(m);
         }
+    }
+}
+
+/// The wait before the link is opened again: 50 ms after the first break,
+/// twice as long after each one, at most 2 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The wait now; the next one is twice as long, up to [`Self::MAX`].
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (now * 2).min(Self::MAX);
+        now
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Self::FIRST)
     }
 }
 
@@ -128,7 +152,7 @@ impl Link<'_> {
     pub async fn run(
         self,
         handler: &mut impl Handler,
-        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        published: &mut mpsc::UnboundedReceiver<ToRouter>,
         shutdown: CancellationToken,
     ) {
         let mut outbox = Outbox {
@@ -137,7 +161,7 @@ impl Link<'_> {
             next_id: 1,
             max_waiting: self.max_waiting,
         };
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             let why = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -148,9 +172,8 @@ impl Link<'_> {
             outbox.resend();
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(backoff.next()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -158,10 +181,10 @@ impl Link<'_> {
     async fn linked(
         &self,
         handler: &mut impl Handler,
-        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        published: &mut mpsc::UnboundedReceiver<ToRouter>,
         outbox: &mut Outbox,
     ) -> Option<String> {
-        let channel = match crate::uds::connect(self.socket).await {
+        let channel = match verdant_common::uds::connect(self.socket).await {
             Ok(c) => c,
             Err(e) => return Some(e.to_string()),
         };
@@ -221,7 +244,7 @@ impl Link<'_> {
                     let result = handler.down(kind, &up).await;
                     let replies = std::mem::take(&mut *up.replies.lock().expect("replies lock"));
                     for message in replies {
-                        outbox.push(Outgoing {
+                        outbox.push(ToRouter {
                             message,
                             outcome: None,
                         });
@@ -234,3 +257,6 @@ impl Link<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
