@@ -1,10 +1,12 @@
-//! An endpoint daemon's side of `verdant.router.v1.Router/Link` (the shadow
-//! service and the lambda-runner; the broker's link is its own, being on
-//! the hot path): Hello, credit both ways, messages up within the router's
-//! credit, QoS 1 messages kept until the router acknowledges them (and sent
-//! again after the link breaks), and the link opened again whenever it
-//! breaks. What comes down goes to the daemon's [`Handler`].
-//! `ARCHITECTURE.md` describes the protocol and the state kept here.
+//! An endpoint daemon's side of `verdant.router.v1.Router/Link`: Hello,
+//! credit both ways, messages up within the router's credit, QoS 1
+//! messages kept until the router acknowledges them (and sent again after
+//! the link breaks), and the link opened again whenever it breaks. The
+//! shadow service and the lambda-runner run a [`Link`], and what comes
+//! down goes to their [`Handler`]; the broker, whose link also carries
+//! deliveries, counts and traces, runs its own loop over [`open`],
+//! [`Outbox`] and [`Backoff`]. `ARCHITECTURE.md` describes the protocol
+//! and the state kept here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
@@ -29,8 +32,10 @@ pub struct ToRouter {
     pub outcome: Option<oneshot::Sender<bool>>,
 }
 
-/// What waits for the router's credit, and what it has not acknowledged.
-struct Outbox {
+/// What waits for the router's credit, and what it has not acknowledged;
+/// it outlives each link. [`Link::run`] keeps one; a daemon with a loop of
+/// its own (the broker) keeps one and drives it the same way.
+pub struct Outbox {
     waiting: VecDeque<(pb::Message, Option<oneshot::Sender<bool>>)>,
     /// QoS 1 messages sent and not yet acknowledged, by id: sent again
     /// first when the link opens again.
@@ -41,7 +46,28 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, o: ToRouter) {
+    /// An empty outbox; past `max_waiting` messages waiting, a new QoS 0
+    /// one drops the oldest QoS 0 one (`usize::MAX`: never).
+    pub fn new(max_waiting: usize) -> Outbox {
+        Outbox {
+            waiting: VecDeque::new(),
+            unacked: BTreeMap::new(),
+            next_id: 1,
+            max_waiting,
+        }
+    }
+
+    /// Messages held: waiting, or sent and not acknowledged.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.unacked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a message with the next id (its own is replaced).
+    pub fn push(&mut self, o: ToRouter) {
         let mut m = o.message;
         m.id = self.next_id;
         self.next_id += 1;
@@ -54,16 +80,42 @@ impl Outbox {
         self.waiting.push_back((m, o.outcome));
     }
 
-    fn acked(&mut self, ids: &[u64], taken: bool) {
+    /// The next batch up (at most 256 messages) within `credit`, which it
+    /// spends; `None` when there is no credit or nothing waits. Its QoS 1
+    /// messages are kept until acknowledged.
+    pub fn batch(&mut self, credit: &mut u32) -> Option<Vec<pb::Message>> {
+        if *credit == 0 || self.waiting.is_empty() {
+            return None;
+        }
+        let n = self.waiting.len().min(*credit as usize).min(BATCH);
+        let mut messages = Vec::with_capacity(n);
+        for (m, outcome) in self.waiting.drain(..n) {
+            if m.qos > 0 {
+                self.unacked.insert(m.id, (m.clone(), outcome));
+            }
+            messages.push(m);
+        }
+        *credit -= n as u32;
+        Some(messages)
+    }
+
+    /// The router has these (`taken`) or refused them: their senders are
+    /// told which. How many of them were held.
+    pub fn acked(&mut self, ids: &[u64], taken: bool) -> usize {
+        let mut held = 0;
         for id in ids {
-            if let Some((_, Some(tx))) = self.unacked.remove(id) {
-                let _ = tx.send(taken);
+            if let Some((_, outcome)) = self.unacked.remove(id) {
+                held += 1;
+                if let Some(tx) = outcome {
+                    let _ = tx.send(taken);
+                }
             }
         }
+        held
     }
 
     /// After a broken link: what was not acknowledged goes first.
-    fn resend(&mut self) {
+    pub fn resend(&mut self) {
         let unacked = std::mem::take(&mut self.unacked);
         for m in unacked.into_values().rev() {
             self.waiting.push_front(m);
@@ -74,14 +126,14 @@ impl Outbox {
 /// The wait before the link is opened again: 50 ms after the first break,
 /// twice as long after each one, at most 2 s.
 #[derive(Debug)]
-struct Backoff(Duration);
+pub struct Backoff(Duration);
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(50);
     const MAX: Duration = Duration::from_secs(2);
 
     /// The wait now; the next one is twice as long, up to [`Self::MAX`].
-    fn next(&mut self) -> Duration {
+    pub fn wait(&mut self) -> Duration {
         let now = self.0;
         self.0 = (now * 2).min(Self::MAX);
         now
@@ -91,6 +143,32 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Backoff(Self::FIRST)
+    }
+}
+
+/// Opens a link: connects to the router on `socket` and says Hello as
+/// `endpoint`, granting `credit`. The way up and the stream down, or why
+/// the link could not open.
+pub async fn open(
+    socket: &Path,
+    endpoint: &str,
+    credit: u32,
+) -> Result<(mpsc::UnboundedSender<pb::LinkUp>, Streaming<pb::LinkDown>), String> {
+    let channel = verdant_common::uds::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hello = pb::link_up::Kind::Hello(pb::Hello {
+        endpoint: endpoint.into(),
+        credit,
+    });
+    let _ = tx.send(pb::LinkUp { kind: Some(hello) });
+    match RouterClient::new(channel)
+        .link(UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => Ok((tx, r.into_inner())),
+        Err(e) => Err(format!("the router refused the link: {}", e.message())),
     }
 }
 
@@ -155,12 +233,7 @@ impl Link<'_> {
         published: &mut mpsc::UnboundedReceiver<ToRouter>,
         shutdown: CancellationToken,
     ) {
-        let mut outbox = Outbox {
-            waiting: VecDeque::new(),
-            unacked: BTreeMap::new(),
-            next_id: 1,
-            max_waiting: self.max_waiting,
-        };
+        let mut outbox = Outbox::new(self.max_waiting);
         let mut backoff = Backoff::default();
         loop {
             let why = tokio::select! {
@@ -172,7 +245,7 @@ impl Link<'_> {
             outbox.resend();
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff.next()) => {}
+                () = tokio::time::sleep(backoff.wait()) => {}
             }
         }
     }
@@ -184,39 +257,18 @@ impl Link<'_> {
         published: &mut mpsc::UnboundedReceiver<ToRouter>,
         outbox: &mut Outbox,
     ) -> Option<String> {
-        let channel = match verdant_common::uds::connect(self.socket).await {
-            Ok(c) => c,
-            Err(e) => return Some(e.to_string()),
+        let (tx, mut down) = match open(self.socket, self.endpoint, self.credit).await {
+            Ok(opened) => opened,
+            Err(why) => return Some(why),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
         let up = Up {
             tx: &tx,
             replies: std::sync::Mutex::default(),
         };
-        up.send(pb::link_up::Kind::Hello(pb::Hello {
-            endpoint: self.endpoint.into(),
-            credit: self.credit,
-        }));
-        let mut down = match RouterClient::new(channel)
-            .link(UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(e) => return Some(format!("the router refused the link: {}", e.message())),
-        };
         tracing::info!("linked with the router");
         let mut credit = 0u32;
         loop {
-            while credit > 0 && !outbox.waiting.is_empty() {
-                let n = outbox.waiting.len().min(credit as usize).min(BATCH);
-                let mut messages = Vec::with_capacity(n);
-                for (m, outcome) in outbox.waiting.drain(..n) {
-                    if m.qos > 0 {
-                        outbox.unacked.insert(m.id, (m.clone(), outcome));
-                    }
-                    messages.push(m);
-                }
-                credit -= n as u32;
+            while let Some(messages) = outbox.batch(&mut credit) {
                 if !up.send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
                     return Some("the stream closed".into());
                 }

@@ -346,22 +346,13 @@ async fn what_comes_down_reaches_the_handler_and_its_replies_go_up() {
 #[test]
 fn backoff_doubles_up_to_its_cap() {
     let mut backoff = Backoff::default();
-    let waits: Vec<u128> = (0..8).map(|_| backoff.next().as_millis()).collect();
+    let waits: Vec<u128> = (0..8).map(|_| backoff.wait().as_millis()).collect();
     assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
-}
-
-fn outbox(max_waiting: usize) -> Outbox {
-    Outbox {
-        waiting: VecDeque::new(),
-        unacked: BTreeMap::new(),
-        next_id: 1,
-        max_waiting,
-    }
 }
 
 #[test]
 fn a_full_outbox_drops_its_oldest_qos_0_message() {
-    let mut outbox = outbox(2);
+    let mut outbox = Outbox::new(2);
     for (topic, qos) in [("old", 0), ("kept", 1), ("new", 0), ("qos 1", 1)] {
         outbox.push(ToRouter {
             message: message(topic, qos),
@@ -379,7 +370,7 @@ fn a_full_outbox_drops_its_oldest_qos_0_message() {
 
 #[test]
 fn resend_puts_the_unacknowledged_first_in_their_order() {
-    let mut outbox = outbox(10);
+    let mut outbox = Outbox::new(10);
     for topic in ["1", "2", "3"] {
         outbox.push(ToRouter {
             message: message(topic, 1),
@@ -387,11 +378,26 @@ fn resend_puts_the_unacknowledged_first_in_their_order() {
         });
     }
     // 1 and 2 went up; 3 still waits.
-    for (m, o) in outbox.waiting.drain(..2).collect::<Vec<_>>() {
-        outbox.unacked.insert(m.id, (m, o));
-    }
+    let mut credit = 2;
+    let sent = outbox.batch(&mut credit).expect("a batch");
+    assert_eq!((sent.len(), credit, outbox.len()), (2, 0, 3));
     outbox.resend();
     let order: Vec<u64> = outbox.waiting.iter().map(|(m, _)| m.id).collect();
     assert_eq!(order, [1, 2, 3]);
     assert!(outbox.unacked.is_empty());
+}
+
+#[test]
+fn acks_count_only_the_messages_held() {
+    let mut outbox = Outbox::new(10);
+    let (tx, rx) = oneshot::channel();
+    outbox.push(ToRouter {
+        message: message("1", 1),
+        outcome: Some(tx),
+    });
+    outbox.batch(&mut 5).expect("a batch");
+    assert_eq!(outbox.acked(&[1, 9], false), 1);
+    assert_eq!(rx.blocking_recv(), Ok(false));
+    assert_eq!(outbox.acked(&[1], true), 0, "acknowledged once");
+    assert!(outbox.is_empty());
 }
