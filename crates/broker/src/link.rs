@@ -223,7 +223,7 @@ async fn linked(
 ) -> String {
     let (up, mut down) = match verdant_link::open(socket, "broker", CREDIT).await {
         Ok(opened) => opened,
-        Err(why) => return why,
+        Err(why) => return why.to_string(),
     };
     let send = |kind| up.send(pb::LinkUp { kind: Some(kind) }).is_ok();
     tracing::info!(held = state.outbox.len(), "linked with the router");

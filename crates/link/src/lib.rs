@@ -20,6 +20,7 @@ use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
 use verdant_common::shutdown::CancellationToken;
+use verdant_common::uds::UdsError;
 
 /// Messages in one batch up.
 const BATCH: usize = 256;
@@ -147,16 +148,13 @@ impl Default for Backoff {
 }
 
 /// Opens a link: connects to the router on `socket` and says Hello as
-/// `endpoint`, granting `credit`. The way up and the stream down, or why
-/// the link could not open.
+/// `endpoint`, granting `credit`. The way up and the stream down.
 pub async fn open(
     socket: &Path,
     endpoint: &str,
     credit: u32,
-) -> Result<(mpsc::UnboundedSender<pb::LinkUp>, Streaming<pb::LinkDown>), String> {
-    let channel = verdant_common::uds::connect(socket)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(mpsc::UnboundedSender<pb::LinkUp>, Streaming<pb::LinkDown>), OpenError> {
+    let channel = verdant_common::uds::connect(socket).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let hello = pb::link_up::Kind::Hello(pb::Hello {
         endpoint: endpoint.into(),
@@ -168,8 +166,18 @@ pub async fn open(
         .await
     {
         Ok(r) => Ok((tx, r.into_inner())),
-        Err(e) => Err(format!("the router refused the link: {}", e.message())),
+        Err(e) => Err(OpenError::Refused(e)),
     }
+}
+
+/// Why a link could not open (the router is not there yet, or it refused
+/// the Hello); either way the link is tried again after the backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] UdsError),
+    #[error("the router refused the link: {}", .0.message())]
+    Refused(tonic::Status),
 }
 
 /// Sends up on the current link.
@@ -259,7 +267,7 @@ impl Link<'_> {
     ) -> Option<String> {
         let (tx, mut down) = match open(self.socket, self.endpoint, self.credit).await {
             Ok(opened) => opened,
-            Err(why) => return Some(why),
+            Err(why) => return Some(why.to_string()),
         };
         let up = Up {
             tx: &tx,

@@ -401,3 +401,15 @@ fn acks_count_only_the_messages_held() {
     assert_eq!(outbox.acked(&[1], true), 0, "acknowledged once");
     assert!(outbox.is_empty());
 }
+
+#[tokio::test]
+async fn no_router_yet_is_an_error_to_try_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Err(e) = open(&dir.path().join("router.sock"), "test", 1).await else {
+        panic!("linked with no router");
+    };
+    assert!(
+        matches!(e, OpenError::Connect(UdsError::Missing { .. })),
+        "{e}"
+    );
+}
