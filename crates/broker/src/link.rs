@@ -13,26 +13,26 @@
 //! does not hold a device's connection hostage (docs/routing.md). Only
 //! the router's refusal (the cloud queue's `refuse-new` policy, or its
 //! disk failing) leaves the publisher unacknowledged.
-//! Device-to-device traffic does not come here.
+//! Device-to-device traffic does not come here. Opening the link, the
+//! outbox (waiting, unacknowledged, sent again first after a break) and
+//! the backoff are `verdant_link`'s; the backlog, counts and traces, and
+//! what comes down, are this module's.
 //!
 //! Down: the table (handed to the hub), and messages for devices, which
 //! are acknowledged once the hub has committed them to the sessions.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use verdant_common::shutdown::CancellationToken;
 use verdant_group::routes::{Route, Table};
+use verdant_link::{Backoff, Outbox, ToRouter};
 use verdant_proto::router::v1 as pb;
-use verdant_proto::router::v1::router_client::RouterClient;
 
 use crate::message::Message;
 use crate::request::{Request, ToLink};
@@ -43,23 +43,12 @@ const MAX_TRACES: usize = 4096;
 
 /// Messages the router may send before this side grants more.
 const CREDIT: u32 = 1024;
-/// Messages in one batch up.
-const BATCH: usize = 256;
-
-/// One waiting message.
-struct Entry {
-    message: pb::Message,
-    reply: Option<oneshot::Sender<bool>>,
-}
 
 /// What survives a broken link.
 struct State {
-    next_id: u64,
-    /// By id: not yet sent on the current link, or (QoS 1) not yet
-    /// acknowledged.
-    entries: BTreeMap<u64, Entry>,
-    /// Ids to send, in order.
-    unsent: VecDeque<u64>,
+    /// Not yet sent on the current link, or (QoS 1) not yet acknowledged;
+    /// never more than `backlog` (the outbox drops nothing itself).
+    outbox: Outbox,
     backlog: usize,
     /// What did not reach the router's targets.
     counters: Arc<LinkCounters>,
@@ -95,7 +84,7 @@ impl State {
                 }
             }
             ToLink::Forward(f) => {
-                if self.entries.len() >= self.backlog {
+                if self.outbox.len() >= self.backlog {
                     let n = self.counters.backlog_full.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
                         tracing::warn!(
@@ -110,62 +99,35 @@ impl State {
                     }
                     return;
                 }
-                let id = self.next_id;
-                self.next_id += 1;
                 let m = f.message;
-                self.entries.insert(
-                    id,
-                    Entry {
-                        message: pb::Message {
-                            id,
-                            source: f.source.to_string(),
-                            topic: m.topic,
-                            payload: m.payload,
-                            qos: u32::from(m.qos != QoS::AtMostOnce),
-                            retain: false,
-                            targets: Vec::new(),
-                            table_version: f.table_version,
-                            // Devices publish best effort (Greengrass's default).
-                            all_or_error: false,
-                        },
-                        reply: f.reply,
+                self.outbox.push(ToRouter {
+                    message: pb::Message {
+                        // The outbox numbers it.
+                        id: 0,
+                        source: f.source.to_string(),
+                        topic: m.topic,
+                        payload: m.payload,
+                        qos: u32::from(m.qos != QoS::AtMostOnce),
+                        retain: false,
+                        targets: Vec::new(),
+                        table_version: f.table_version,
+                        // Devices publish best effort (Greengrass's default).
+                        all_or_error: false,
                     },
-                );
-                self.unsent.push_back(id);
+                    outcome: f.reply,
+                });
             }
         }
-    }
-
-    /// The next batch the router's `credit` allows.
-    fn batch(&mut self, credit: &mut u32) -> Vec<pb::Message> {
-        let n = self.unsent.len().min(*credit as usize).min(BATCH);
-        let mut out = Vec::with_capacity(n);
-        for id in self.unsent.drain(..n) {
-            let Some(e) = self.entries.get(&id) else {
-                continue;
-            };
-            out.push(e.message.clone());
-            if e.message.qos == 0 {
-                self.entries.remove(&id);
-            }
-        }
-        *credit -= n as u32;
-        out
     }
 
     /// The router has these (`ok`) or refused them (counted): their
     /// publishers are told which.
     fn acked(&mut self, ids: &[u64], ok: bool) {
-        for id in ids {
-            let Some(entry) = self.entries.remove(id) else {
-                continue;
-            };
-            if !ok {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(reply) = entry.reply {
-                let _ = reply.send(ok);
-            }
+        let held = self.outbox.acked(ids, ok);
+        if !ok && held > 0 {
+            self.counters
+                .refused
+                .fetch_add(held as u64, Ordering::Relaxed);
         }
     }
 }
@@ -215,27 +177,25 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut state = State {
-        next_id: 1,
-        entries: BTreeMap::new(),
-        unsent: VecDeque::new(),
+        outbox: Outbox::new(usize::MAX),
         backlog,
         counters,
         pending_counts: Vec::new(),
         traces: Vec::new(),
     };
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     loop {
         let why = tokio::select! {
             () = shutdown.cancelled() => return,
             why = linked(&socket, &group, &hub, &mut from_hub, &mut state) => why,
         };
         // Everything not acknowledged goes again on the next link.
-        state.unsent = state.entries.keys().copied().collect();
+        state.outbox.resend();
         tracing::warn!(
-            held = state.entries.len(),
+            held = state.outbox.len(),
             "router link down: {why}; device-to-device routes keep working"
         );
-        let wait = tokio::time::sleep(delay);
+        let wait = tokio::time::sleep(backoff.wait());
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -247,7 +207,6 @@ pub async fn run(
                 },
             }
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -262,30 +221,18 @@ async fn linked(
     from_hub: &mut mpsc::UnboundedReceiver<ToLink>,
     state: &mut State,
 ) -> String {
-    let channel = match verdant_common::uds::connect(socket).await {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
+    let (up, mut down) = match verdant_link::open(socket, "broker", CREDIT).await {
+        Ok(opened) => opened,
+        Err(why) => return why.to_string(),
     };
-    let (up, up_rx) = mpsc::unbounded_channel();
     let send = |kind| up.send(pb::LinkUp { kind: Some(kind) }).is_ok();
-    send(pb::link_up::Kind::Hello(pb::Hello {
-        endpoint: "broker".into(),
-        credit: CREDIT,
-    }));
-    let mut client = RouterClient::new(channel);
-    let mut down = match client.link(UnboundedReceiverStream::new(up_rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(e) => return format!("the router refused the link: {}", e.message()),
-    };
-    tracing::info!(held = state.entries.len(), "linked with the router");
+    tracing::info!(held = state.outbox.len(), "linked with the router");
     let mut credit = 0u32;
     // Deliveries handed to the hub, acknowledged up in order once committed.
     let mut committing: Committing = FuturesOrdered::new();
     loop {
-        while credit > 0 && !state.unsent.is_empty() {
-            let messages = state.batch(&mut credit);
-            if !messages.is_empty() && !send(pb::link_up::Kind::Messages(pb::Messages { messages }))
-            {
+        while let Some(messages) = state.outbox.batch(&mut credit) {
+            if !send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
                 return "the stream closed".into();
             }
         }

@@ -2,18 +2,18 @@
 //! where files live ([`paths`]), how configuration is read ([`config`]), how
 //! logs are set up ([`telemetry`]), how a daemon stops ([`shutdown`]), what
 //! its exit code tells `verdant-init` ([`exit`]), gRPC on Unix sockets
-//! with health, reflection and peer credentials ([`uds`], [`grpc`]), and
-//! certificates from PEM files ([`pem`]), and an endpoint daemon's link
-//! with the router ([`link`]), and a child process's output captured into
-//! a rotating log ([`logs`]), and the daemons' SQLite databases opened
-//! the same way (`sqlite`, with the `sqlite` feature).
-//! [`daemon`] strings these together into a daemon's `main`.
+//! with health, reflection and peer credentials ([`uds`], [`grpc`]),
+//! certificates from PEM files ([`pem`]), a child process's output
+//! captured into a rotating log ([`logs`]), and the daemons' SQLite
+//! databases opened the same way (`sqlite`, with the `sqlite` feature).
+//! [`daemon`] strings these together into a daemon's `main`. (A client of
+//! one daemon's protocol lives with that protocol: the router's Link client
+//! is `verdant-link`.)
 
 pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod grpc;
-pub mod link;
 pub mod logs;
 pub mod memory;
 pub mod paths;

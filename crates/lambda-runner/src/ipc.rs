@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use base64::Engine;
 use tokio::sync::{mpsc, oneshot};
-use verdant_common::link::Outgoing;
+use verdant_link::ToRouter;
 use verdant_proto::router::v1 as pb;
 
 use crate::work::{FunctionId, InstanceId, Outcome, Pending, Refused, Runner};
@@ -35,7 +35,7 @@ const MAX_TOPIC: usize = 65_535;
 pub struct Ipc {
     pub runner: Arc<Mutex<Runner>>,
     /// What functions publish goes up the router link.
-    pub up: mpsc::UnboundedSender<Outgoing>,
+    pub up: mpsc::UnboundedSender<ToRouter>,
     pub shadow_socket: PathBuf,
     /// This endpoint's address (the other end of every caller's socket).
     pub local: std::net::SocketAddr,
@@ -227,7 +227,7 @@ async fn publish(ipc: &Ipc, caller: String, client_context: &str, payload: Bytes
         ..pb::Message::default()
     };
     let outcome = all_or_error.then_some(tx);
-    if ipc.up.send(Outgoing { message, outcome }).is_err() {
+    if ipc.up.send(ToRouter { message, outcome }).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the lambda-runner is stopping",

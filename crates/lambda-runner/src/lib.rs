@@ -171,7 +171,7 @@ fn serve_functions(
         refusals: verdant_common::telemetry::Throttle::new(link::REFUSALS_LOGGED_EVERY),
     };
     tokio::spawn(async move {
-        let link = verdant_common::link::Link {
+        let link = verdant_link::Link {
             socket: &router_socket,
             endpoint: "lambda-runner",
             credit: 256,

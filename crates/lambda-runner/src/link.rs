@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use verdant_common::link::{Handler, Up};
+use verdant_link::{Handler, Up};
 use verdant_proto::router::v1 as pb;
 
 use crate::work::Runner;

@@ -10,12 +10,12 @@ use verdant_proto::shadow::v1::shadow_server::Shadow;
 
 use crate::service::{Command, parse_topic};
 use crate::store::Op;
-use verdant_common::link::Outgoing;
+use verdant_link::ToRouter;
 
 pub struct Api {
     pub commands: mpsc::Sender<Command>,
     /// Replies to publish through the router.
-    pub publish: mpsc::UnboundedSender<Outgoing>,
+    pub publish: mpsc::UnboundedSender<ToRouter>,
     pub changes: tokio::sync::broadcast::Sender<std::sync::Arc<Op>>,
 }
 

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use verdant_common::link::{Handler, Link, Outgoing, Up};
 use verdant_common::shutdown::CancellationToken;
 use verdant_group::routes::{ShadowSide, shadow_topic};
+use verdant_link::{Handler, Link, ToRouter, Up};
 use verdant_proto::router::v1 as pb;
 
 use crate::service::{Command, Reply};
@@ -33,8 +33,8 @@ pub fn message((topic, payload): Reply) -> pb::Message {
 }
 
 /// A reply for the link's `published` channel.
-pub fn outgoing(reply: Reply) -> Outgoing {
-    Outgoing {
+pub fn outgoing(reply: Reply) -> ToRouter {
+    ToRouter {
         message: message(reply),
         outcome: None,
     }
@@ -46,7 +46,7 @@ pub fn outgoing(reply: Reply) -> Outgoing {
 pub async fn run(
     socket: &Path,
     commands: mpsc::Sender<Command>,
-    mut published: mpsc::UnboundedReceiver<Outgoing>,
+    mut published: mpsc::UnboundedReceiver<ToRouter>,
     shutdown: CancellationToken,
 ) {
     let link = Link {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
-use verdant_common::link::Outgoing;
+use verdant_link::ToRouter;
 
 use crate::document::{self, Limits, Rejection, Shadow};
 use crate::store::{Key, Op, Store};
@@ -271,7 +271,7 @@ impl Shadows {
     /// Carries out what the sync asks: requests to the cloud are published,
     /// the cloud's side is applied locally (its replies published too) with
     /// the agreed states, and so on until the sync asks nothing more.
-    async fn act(&mut self, mut actions: Actions, publish: &UnboundedSender<Outgoing>) {
+    async fn act(&mut self, mut actions: Actions, publish: &UnboundedSender<ToRouter>) {
         loop {
             for c in actions.cloud.drain(..) {
                 let _ = publish.send(crate::link::outgoing(c));
@@ -377,7 +377,7 @@ const SYNC_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn run(
     mut shadows: Shadows,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
-    publish: UnboundedSender<Outgoing>,
+    publish: UnboundedSender<ToRouter>,
 ) {
     let mut tick = tokio::time::interval(SYNC_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

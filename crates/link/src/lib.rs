@@ -1,9 +1,12 @@
-//! An endpoint daemon's side of `verdant.router.v1.Router/Link` (the shadow
-//! service and the lambda-runner; the broker's link is its own, being on
-//! the hot path): Hello, credit both ways, messages up within the router's
-//! credit, QoS 1 messages kept until the router acknowledges them (and sent
-//! again after the link breaks), and the link opened again whenever it
-//! breaks. What comes down goes to the daemon's [`Handler`].
+//! An endpoint daemon's side of `verdant.router.v1.Router/Link`: Hello,
+//! credit both ways, messages up within the router's credit, QoS 1
+//! messages kept until the router acknowledges them (and sent again after
+//! the link breaks), and the link opened again whenever it breaks. The
+//! shadow service and the lambda-runner run a [`Link`], and what comes
+//! down goes to their [`Handler`]; the broker, whose link also carries
+//! deliveries, counts and traces, runs its own loop over [`open`],
+//! [`Outbox`] and [`Backoff`]. `ARCHITECTURE.md` describes the protocol
+//! and the state kept here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -12,10 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 use verdant_proto::router::v1 as pb;
 use verdant_proto::router::v1::router_client::RouterClient;
 
-use crate::shutdown::CancellationToken;
+use verdant_common::shutdown::CancellationToken;
+use verdant_common::uds::UdsError;
 
 /// Messages in one batch up.
 const BATCH: usize = 256;
@@ -23,13 +28,15 @@ const BATCH: usize = 256;
 /// A message to send up; a QoS 1 one may ask to hear whether the router
 /// took it (`true`) or refused it (`false`, e.g. a full cloud queue).
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct ToRouter {
     pub message: pb::Message,
     pub outcome: Option<oneshot::Sender<bool>>,
 }
 
-/// What waits for the router's credit, and what it has not acknowledged.
-struct Outbox {
+/// What waits for the router's credit, and what it has not acknowledged;
+/// it outlives each link. [`Link::run`] keeps one; a daemon with a loop of
+/// its own (the broker) keeps one and drives it the same way.
+pub struct Outbox {
     waiting: VecDeque<(pb::Message, Option<oneshot::Sender<bool>>)>,
     /// QoS 1 messages sent and not yet acknowledged, by id: sent again
     /// first when the link opens again.
@@ -40,7 +47,28 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, o: Outgoing) {
+    /// An empty outbox; past `max_waiting` messages waiting, a new QoS 0
+    /// one drops the oldest QoS 0 one (`usize::MAX`: never).
+    pub fn new(max_waiting: usize) -> Outbox {
+        Outbox {
+            waiting: VecDeque::new(),
+            unacked: BTreeMap::new(),
+            next_id: 1,
+            max_waiting,
+        }
+    }
+
+    /// Messages held: waiting, or sent and not acknowledged.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.unacked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a message with the next id (its own is replaced).
+    pub fn push(&mut self, o: ToRouter) {
         let mut m = o.message;
         m.id = self.next_id;
         self.next_id += 1;
@@ -53,21 +81,103 @@ impl Outbox {
         self.waiting.push_back((m, o.outcome));
     }
 
-    fn acked(&mut self, ids: &[u64], taken: bool) {
+    /// The next batch up (at most 256 messages) within `credit`, which it
+    /// spends; `None` when there is no credit or nothing waits. Its QoS 1
+    /// messages are kept until acknowledged.
+    pub fn batch(&mut self, credit: &mut u32) -> Option<Vec<pb::Message>> {
+        if *credit == 0 || self.waiting.is_empty() {
+            return None;
+        }
+        let n = self.waiting.len().min(*credit as usize).min(BATCH);
+        let mut messages = Vec::with_capacity(n);
+        for (m, outcome) in self.waiting.drain(..n) {
+            if m.qos > 0 {
+                self.unacked.insert(m.id, (m.clone(), outcome));
+            }
+            messages.push(m);
+        }
+        *credit -= n as u32;
+        Some(messages)
+    }
+
+    /// The router has these (`taken`) or refused them: their senders are
+    /// told which. How many of them were held.
+    pub fn acked(&mut self, ids: &[u64], taken: bool) -> usize {
+        let mut held = 0;
         for id in ids {
-            if let Some((_, Some(tx))) = self.unacked.remove(id) {
-                let _ = tx.send(taken);
+            if let Some((_, outcome)) = self.unacked.remove(id) {
+                held += 1;
+                if let Some(tx) = outcome {
+                    let _ = tx.send(taken);
+                }
             }
         }
+        held
     }
 
     /// After a broken link: what was not acknowledged goes first.
-    fn resend(&mut self) {
+    pub fn resend(&mut self) {
         let unacked = std::mem::take(&mut self.unacked);
         for m in unacked.into_values().rev() {
             self.waiting.push_front(m);
         }
     }
+}
+
+/// The wait before the link is opened again: 50 ms after the first break,
+/// twice as long after each one, at most 2 s.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The wait now; the next one is twice as long, up to [`Self::MAX`].
+    pub fn wait(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (now * 2).min(Self::MAX);
+        now
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Self::FIRST)
+    }
+}
+
+/// Opens a link: connects to the router on `socket` and says Hello as
+/// `endpoint`, granting `credit`. The way up and the stream down.
+pub async fn open(
+    socket: &Path,
+    endpoint: &str,
+    credit: u32,
+) -> Result<(mpsc::UnboundedSender<pb::LinkUp>, Streaming<pb::LinkDown>), OpenError> {
+    let channel = verdant_common::uds::connect(socket).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hello = pb::link_up::Kind::Hello(pb::Hello {
+        endpoint: endpoint.into(),
+        credit,
+    });
+    let _ = tx.send(pb::LinkUp { kind: Some(hello) });
+    match RouterClient::new(channel)
+        .link(UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => Ok((tx, r.into_inner())),
+        Err(e) => Err(OpenError::Refused(e)),
+    }
+}
+
+/// Why a link could not open (the router is not there yet, or it refused
+/// the Hello); either way the link is tried again after the backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] UdsError),
+    #[error("the router refused the link: {}", .0.message())]
+    Refused(tonic::Status),
 }
 
 /// Sends up on the current link.
@@ -128,16 +238,11 @@ impl Link<'_> {
     pub async fn run(
         self,
         handler: &mut impl Handler,
-        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        published: &mut mpsc::UnboundedReceiver<ToRouter>,
         shutdown: CancellationToken,
     ) {
-        let mut outbox = Outbox {
-            waiting: VecDeque::new(),
-            unacked: BTreeMap::new(),
-            next_id: 1,
-            max_waiting: self.max_waiting,
-        };
-        let mut delay = Duration::from_millis(50);
+        let mut outbox = Outbox::new(self.max_waiting);
+        let mut backoff = Backoff::default();
         loop {
             let why = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -148,9 +253,8 @@ impl Link<'_> {
             outbox.resend();
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(backoff.wait()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -158,42 +262,21 @@ impl Link<'_> {
     async fn linked(
         &self,
         handler: &mut impl Handler,
-        published: &mut mpsc::UnboundedReceiver<Outgoing>,
+        published: &mut mpsc::UnboundedReceiver<ToRouter>,
         outbox: &mut Outbox,
     ) -> Option<String> {
-        let channel = match crate::uds::connect(self.socket).await {
-            Ok(c) => c,
-            Err(e) => return Some(e.to_string()),
+        let (tx, mut down) = match open(self.socket, self.endpoint, self.credit).await {
+            Ok(opened) => opened,
+            Err(why) => return Some(why.to_string()),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
         let up = Up {
             tx: &tx,
             replies: std::sync::Mutex::default(),
         };
-        up.send(pb::link_up::Kind::Hello(pb::Hello {
-            endpoint: self.endpoint.into(),
-            credit: self.credit,
-        }));
-        let mut down = match RouterClient::new(channel)
-            .link(UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(e) => return Some(format!("the router refused the link: {}", e.message())),
-        };
         tracing::info!("linked with the router");
         let mut credit = 0u32;
         loop {
-            while credit > 0 && !outbox.waiting.is_empty() {
-                let n = outbox.waiting.len().min(credit as usize).min(BATCH);
-                let mut messages = Vec::with_capacity(n);
-                for (m, outcome) in outbox.waiting.drain(..n) {
-                    if m.qos > 0 {
-                        outbox.unacked.insert(m.id, (m.clone(), outcome));
-                    }
-                    messages.push(m);
-                }
-                credit -= n as u32;
+            while let Some(messages) = outbox.batch(&mut credit) {
                 if !up.send(pb::link_up::Kind::Messages(pb::Messages { messages })) {
                     return Some("the stream closed".into());
                 }
@@ -221,7 +304,7 @@ impl Link<'_> {
                     let result = handler.down(kind, &up).await;
                     let replies = std::mem::take(&mut *up.replies.lock().expect("replies lock"));
                     for message in replies {
-                        outbox.push(Outgoing {
+                        outbox.push(ToRouter {
                             message,
                             outcome: None,
                         });
@@ -234,3 +317,6 @@ impl Link<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
