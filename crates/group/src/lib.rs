@@ -10,7 +10,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
-pub use validate::{Endpoint, Problem, topic_filter_problem};
+pub use validate::{Problem, RouteEnd, topic_filter_problem};
 
 /// Why a group file cannot be used.
 #[derive(Debug, thiserror::Error)]

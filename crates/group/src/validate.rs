@@ -29,7 +29,7 @@ impl std::fmt::Display for Problem {
 
 /// What a subscription's Source or Target names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum RouteEnd {
     /// `cloud`: AWS IoT Core or whichever broker the core bridges to.
     Cloud,
     /// `GGShadowService`: the local shadow service.
@@ -42,12 +42,12 @@ pub enum Endpoint {
     Connector(String),
 }
 
-impl Endpoint {
+impl RouteEnd {
     /// Resolves `name` against `group`; `Err` says why it names nothing there.
-    pub fn resolve(group: &Group, name: &str) -> Result<Endpoint, String> {
+    pub fn resolve(group: &Group, name: &str) -> Result<RouteEnd, String> {
         match name {
-            "cloud" => return Ok(Endpoint::Cloud),
-            "GGShadowService" => return Ok(Endpoint::Shadow),
+            "cloud" => return Ok(RouteEnd::Cloud),
+            "GGShadowService" => return Ok(RouteEnd::Shadow),
             _ => {}
         }
         let things = group
@@ -57,7 +57,7 @@ impl Endpoint {
             .chain(&group.device_definition_version.devices);
         if name.contains(":iot:") {
             return if things.clone().any(|t| t.thing_arn == name) {
-                Ok(Endpoint::Thing(name.into()))
+                Ok(RouteEnd::Thing(name.into()))
             } else {
                 Err(format!(
                     "unknown thing {name}: not a core or device of this group"
@@ -71,7 +71,7 @@ impl Endpoint {
                 .iter()
                 .any(|f| f.function_arn == name)
             {
-                Ok(Endpoint::Function(name.into()))
+                Ok(RouteEnd::Function(name.into()))
             } else {
                 Err(format!(
                     "unknown function {name}: no function of this group has exactly this ARN \
@@ -85,7 +85,7 @@ impl Endpoint {
             .iter()
             .any(|c| c.connector_arn == name)
         {
-            return Ok(Endpoint::Connector(name.into()));
+            return Ok(RouteEnd::Connector(name.into()));
         }
         Err(format!(
             "unknown source or target `{name}`: expected `cloud`, `GGShadowService`, or the ARN \
@@ -382,10 +382,10 @@ fn check_subscriptions(group: &Group, out: &mut Vec<Problem>) {
     check_ids(subs.iter().map(|s| s.id.as_str()), at, out);
     for (i, s) in subs.iter().enumerate() {
         let p = format!("{at}[{i}]");
-        if let Err(r) = Endpoint::resolve(group, &s.source) {
+        if let Err(r) = RouteEnd::resolve(group, &s.source) {
             out.push(Problem::new(format!("{p}.Source"), r));
         }
-        if let Err(r) = Endpoint::resolve(group, &s.target) {
+        if let Err(r) = RouteEnd::resolve(group, &s.target) {
             out.push(Problem::new(format!("{p}.Target"), r));
         }
         if let Some(r) = topic_filter_problem(&s.subject) {

@@ -1,4 +1,4 @@
-use verdant_group::{Endpoint, Group, Thing, topic_filter_problem};
+use verdant_group::{Group, RouteEnd, Thing, topic_filter_problem};
 
 const FP: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -29,10 +29,10 @@ fn sample_round_trips_and_validates() {
     assert_eq!(g.core().thing_name(), "core");
     assert_eq!(g.thing("dev1").unwrap().certificate_id(), FP);
     let sub = &g.subscription_definition_version.subscriptions[1];
-    assert_eq!(Endpoint::resolve(&g, &sub.target), Ok(Endpoint::Cloud));
+    assert_eq!(RouteEnd::resolve(&g, &sub.target), Ok(RouteEnd::Cloud));
     assert_eq!(
-        Endpoint::resolve(&g, &sub.source),
-        Ok(Endpoint::Thing(thing("dev1").thing_arn))
+        RouteEnd::resolve(&g, &sub.source),
+        Ok(RouteEnd::Thing(thing("dev1").thing_arn))
     );
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde::Serialize;
 use verdant_common::paths::Layout;
-use verdant_group::{Endpoint, Group, Subscription};
+use verdant_group::{Group, RouteEnd, Subscription};
 use verdant_init::devcerts::{self, CertPaths};
 use verdant_init::setup;
 use verdant_proto::router::v1 as pb;
@@ -260,7 +260,7 @@ fn endpoint(group: &Group, name: &str) -> Result<String, String> {
     if let Some(function) = functions.iter().find(|f| f.id == name) {
         return Ok(function.function_arn.clone());
     }
-    Endpoint::resolve(group, name).map_err(|why| {
+    RouteEnd::resolve(group, name).map_err(|why| {
         if name.contains(':') {
             why
         } else {
