@@ -85,7 +85,7 @@ fuzz_target!(|data: (Vec<(bool, u8, Vec<u8>, u8)>, Vec<u8>)| {
         })
         .collect();
     assert_eq!(
-        index.matching_groups(&topic).len(),
+        index.matching_shares(&topic).len(),
         groups.len(),
         "topic {topic:?}"
     );
