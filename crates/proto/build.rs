@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "verdant/broker/v1/broker.proto",
     "verdant/daemon/v1/daemon.proto",
     "verdant/lambda/v1/lambda.proto",
+    "verdant/ota/v1/deployments.proto",
     "verdant/router/v1/router.proto",
     "verdant/shadow/v1/shadow.proto",
     "verdant/supervisor/v1/supervisor.proto",

@@ -79,6 +79,10 @@ impl Layout {
     pub fn current_group(&self) -> PathBuf {
         self.deployments_dir().join("current").join("group.json")
     }
+    /// The id of the deployment `deployments/current` links to, if any.
+    pub fn current_deployment(&self) -> Option<String> {
+        deployment_of(&self.current_group())
+    }
     pub fn data_dir(&self, service: &str) -> PathBuf {
         self.root.join("data").join(service)
     }
@@ -100,6 +104,13 @@ impl Layout {
     pub fn socket(&self, service: &str) -> PathBuf {
         self.runtime_dir.join(format!("{service}.sock"))
     }
+}
+
+/// The deployment a group file was read through: the directory the
+/// `current` link of `.../current/group.json` names, if it is a link.
+pub fn deployment_of(group_file: &Path) -> Option<String> {
+    let link = std::fs::read_link(group_file.parent()?).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

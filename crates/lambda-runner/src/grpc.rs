@@ -139,6 +139,16 @@ impl Lambda for Api {
 
     type LogsStream = LogStream;
 
+    async fn apply_group(
+        &self,
+        request: Request<pb::ApplyGroupRequest>,
+    ) -> Result<Response<pb::ApplyGroupResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        Err(Status::unimplemented(
+            "the lambda-runner takes a new group when it is restarted",
+        ))
+    }
+
     async fn logs(
         &self,
         request: Request<pb::LogsRequest>,

@@ -24,6 +24,12 @@ pub mod lambda {
     }
 }
 
+pub mod ota {
+    pub mod v1 {
+        tonic::include_proto!("verdant.ota.v1");
+    }
+}
+
 pub mod router {
     pub mod v1 {
         tonic::include_proto!("verdant.router.v1");

@@ -233,6 +233,7 @@ impl Router for Api {
         request: Request<pb::ReloadTableRequest>,
     ) -> Result<Response<pb::ReloadTableResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
+        let deployment_id = verdant_common::paths::deployment_of(&self.group_file);
         let group = verdant_group::Group::load(&self.group_file)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let table = verdant_group::routes::Table::from_group(crate::table_version(), &group);
@@ -240,6 +241,7 @@ impl Router for Api {
             group_id: group.id.clone(),
             version: table.version(),
             routes: u32::try_from(table.routes().len()).unwrap_or(u32::MAX),
+            deployment_id: deployment_id.unwrap_or_default(),
         };
         self.switch
             .send(Event::Swap(table))
