@@ -21,6 +21,8 @@ pub enum LambdaError {
     Bind { port: u16, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("reading the group: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl DaemonError for LambdaError {
@@ -29,9 +31,10 @@ impl DaemonError for LambdaError {
             LambdaError::Config(_) | LambdaError::Invalid(_) | LambdaError::Group(_) => {
                 Exit::Config
             }
-            LambdaError::Io { .. } | LambdaError::Bind { .. } | LambdaError::Transport(_) => {
-                Exit::Failure
-            }
+            LambdaError::Io { .. }
+            | LambdaError::Bind { .. }
+            | LambdaError::Transport(_)
+            | LambdaError::Task(_) => Exit::Failure,
         }
     }
 }

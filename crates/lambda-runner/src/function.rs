@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use verdant_group::{EncodingType, Execution, Group, IsolationMode};
 
@@ -43,18 +43,62 @@ impl Runtime {
     }
 }
 
-/// One function of the group, ready to run.
+/// A cheap summary of an artifact's tree: a file added, removed, resized
+/// or rewritten changes it (a zip artifact: the zip file's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    pub files: u64,
+    pub bytes: u64,
+    /// The newest modification time of the files and directories.
+    pub newest: Option<SystemTime>,
+}
+
+impl Fingerprint {
+    /// `path`'s tree (or file), not following links below it.
+    pub fn of(path: &Path) -> Fingerprint {
+        let mut f = Fingerprint::default();
+        let mut todo = vec![path.to_path_buf()];
+        let mut first = true;
+        while let Some(p) = todo.pop() {
+            let meta = if first {
+                std::fs::metadata(&p)
+            } else {
+                std::fs::symlink_metadata(&p)
+            };
+            first = false;
+            let Ok(meta) = meta else { continue };
+            f.newest = f.newest.max(meta.modified().ok());
+            if meta.is_dir() {
+                if let Ok(entries) = std::fs::read_dir(&p) {
+                    todo.extend(entries.flatten().map(|e| e.path()));
+                }
+            } else {
+                f.files += 1;
+                f.bytes += meta.len();
+            }
+        }
+        f
+    }
+}
+
+/// One function of the group, ready to run. Two specs of one ARN that
+/// differ in anything (its artifact included) are a changed function.
 // Each flag is a setting of its own in the group's definition.
 #[allow(clippy::struct_excessive_bools)]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     /// Qualified, as subscriptions and callers name it.
     pub arn: String,
     pub name: String,
     /// The qualifier (a version or an alias).
     pub version: String,
-    /// `<root>/functions/<name>/<version>/`.
+    /// The code's directory: `<root>/functions/<name>/<version>/`
+    /// canonicalized (an artifact installed as a link to a
+    /// content-addressed directory is that directory), or where its zip
+    /// was unpacked.
     pub dir: PathBuf,
+    /// What the artifact looked like when read.
+    pub fingerprint: Fingerprint,
     pub runtime: Runtime,
     pub pinned: bool,
     /// Per request (Greengrass default 3 s).
@@ -128,10 +172,11 @@ pub fn specs(
             let at = format!("FunctionDefinitionVersion.Functions[{i}].FunctionConfiguration");
             let c = &f.function_configuration;
             let (name, version) = name_and_version(&f.function_arn);
-            let (dir, unpacked) = match artifact(dirs, &name, &version) {
-                Ok(d) => (d, Ok(())),
+            let (dir, fingerprint, unpacked) = match artifact(dirs, &name, &version) {
+                Ok((d, f)) => (d, f, Ok(())),
                 Err(why) => (
                     dirs.functions.join(&name).join(&version),
+                    Fingerprint::default(),
                     Err(format!("{at}: {why}")),
                 ),
             };
@@ -189,6 +234,7 @@ pub fn specs(
                 name,
                 version,
                 dir,
+                fingerprint,
                 runtime,
                 pinned: c.pinned,
                 timeout: Duration::from_secs(u64::from(c.timeout.unwrap_or(3).max(1))),
@@ -256,30 +302,55 @@ pub struct Dirs {
     pub models: PathBuf,
 }
 
-/// The directory of a function's code: `functions/<name>/<version>/`, or
-/// `functions/<name>/<version>.zip` unpacked afresh (entries that would
-/// leave the directory are refused by the zip reader).
-fn artifact(dirs: &Dirs, name: &str, version: &str) -> Result<PathBuf, String> {
+/// The directory of a function's code and its fingerprint:
+/// `functions/<name>/<version>/` canonicalized, or
+/// `functions/<name>/<version>.zip` unpacked (entries that would leave the
+/// directory are refused by the zip reader) into a directory named after
+/// the zip's own path and fingerprint: unpacked once, and kept while its
+/// instances may run (the lambda-runner clears them all at start).
+fn artifact(dirs: &Dirs, name: &str, version: &str) -> Result<(PathBuf, Fingerprint), String> {
     let dir = dirs.functions.join(name).join(version);
     if dir.is_dir() {
-        return Ok(dir);
+        let dir = dir.canonicalize().unwrap_or(dir);
+        let fingerprint = Fingerprint::of(&dir);
+        return Ok((dir, fingerprint));
     }
     let zip = dirs.functions.join(name).join(format!("{version}.zip"));
     if !zip.is_file() {
-        return Ok(dir);
+        return Ok((dir, Fingerprint::default()));
     }
-    let into = dirs.unpacked.join(name).join(version);
+    let zip = zip.canonicalize().unwrap_or(zip);
+    let fingerprint = Fingerprint::of(&zip);
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (&zip, fingerprint).hash(&mut h);
+        h.finish()
+    };
+    let into = dirs
+        .unpacked
+        .join(name)
+        .join(format!("{version}-{key:016x}"));
+    if into.is_dir() {
+        return Ok((into, fingerprint));
+    }
+    // Unpacked beside, then renamed: a directory of that name is whole.
+    let part = dirs
+        .unpacked
+        .join(name)
+        .join(format!("{version}-{key:016x}.part"));
     let unpack = || -> Result<(), String> {
-        if into.exists() {
-            std::fs::remove_dir_all(&into).map_err(|e| e.to_string())?;
+        if part.exists() {
+            std::fs::remove_dir_all(&part).map_err(|e| e.to_string())?;
         }
-        std::fs::create_dir_all(&into).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&part).map_err(|e| e.to_string())?;
         let file = std::fs::File::open(&zip).map_err(|e| e.to_string())?;
         let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
-        archive.extract(&into).map_err(|e| e.to_string())
+        archive.extract(&part).map_err(|e| e.to_string())?;
+        std::fs::rename(&part, &into).map_err(|e| e.to_string())
     };
     unpack().map_err(|e| format!("cannot unpack {}: {e}", zip.display()))?;
-    Ok(into)
+    Ok((into, fingerprint))
 }
 
 /// Whether `executable` names a Java handler whose class is in `dir`
@@ -428,13 +499,61 @@ mod tests {
             "{:?}",
             s[0].runtime
         );
-        assert_eq!(s[0].dir, dirs.unpacked.join("z/2"));
+        assert!(
+            s[0].dir.starts_with(dirs.unpacked.join("z")),
+            "{:?}",
+            s[0].dir
+        );
+        // Read again, an unchanged zip is not unpacked again; a new one is.
+        let again = specs(&g, &dirs, &LambdaConfig::default(), &Ok(()));
+        assert_eq!(again[0], s[0]);
+        zip(
+            &dirs.functions.join("z/2.zip"),
+            &[("main.py", "def handler(e, c):\n    return 2 * e\n")],
+        );
+        let changed = specs(&g, &dirs, &LambdaConfig::default(), &Ok(()));
+        assert_ne!(changed[0].dir, s[0].dir);
+        assert!(s[0].dir.join("main.py").is_file(), "the old copy stays");
         assert!(
             matches!(&s[1].runtime, Runtime::Unavailable(w) if w.contains("cannot unpack")),
             "{:?}",
             s[1].runtime
         );
         assert!(!dir.path().join("escaped.py").exists());
+    }
+
+    #[test]
+    fn a_linked_artifact_is_its_target_and_a_rewritten_file_changes_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for (digest, text) in [("aa", "x = 1\n"), ("bb", "x = 2\n")] {
+            std::fs::create_dir_all(store.join(digest)).unwrap();
+            std::fs::write(store.join(digest).join("main.py"), text).unwrap();
+        }
+        let dirs = Dirs {
+            functions: dir.path().join("functions"),
+            unpacked: dir.path().join("unpacked"),
+            models: dir.path().join("models"),
+        };
+        std::fs::create_dir_all(dirs.functions.join("f")).unwrap();
+        let link = dirs.functions.join("f/1");
+        std::os::unix::fs::symlink(store.join("aa"), &link).unwrap();
+        let (at, first) = artifact(&dirs, "f", "1").unwrap();
+        assert_eq!(at, store.join("aa").canonicalize().unwrap());
+        assert_eq!((first.files, first.bytes), (1, 6));
+        // Installed anew: another target.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(store.join("bb"), &link).unwrap();
+        assert_eq!(
+            artifact(&dirs, "f", "1").unwrap().0,
+            store.join("bb").canonicalize().unwrap()
+        );
+        // Rewritten in place: another fingerprint.
+        std::fs::write(store.join("bb/main.py"), "x = 22\n").unwrap();
+        std::fs::write(store.join("bb/extra.py"), "").unwrap();
+        let (_, changed) = artifact(&dirs, "f", "1").unwrap();
+        assert_eq!((changed.files, changed.bytes), (2, 7));
+        assert_ne!(changed, first);
     }
 
     #[test]

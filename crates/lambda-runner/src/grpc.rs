@@ -1,7 +1,6 @@
 //! `verdant.lambda.v1.Lambda`: what operators see of the functions, and
 //! what they may do with them (invoke, read their logs).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -10,14 +9,16 @@ use verdant_common::logs::ServiceLog;
 use verdant_proto::lambda::v1 as pb;
 use verdant_proto::lambda::v1::lambda_server::Lambda;
 
+use crate::LambdaError;
+use crate::deploy::{Deployer, FunctionLogs};
 use crate::function::Runtime;
 use crate::work::{Pending, Refused, Runner};
 
 pub struct Api {
     pub runner: Arc<Mutex<Runner>>,
     pub ipc_port: u16,
-    /// Each function's log, by function name.
-    pub logs: Arc<HashMap<String, ServiceLog>>,
+    pub logs: FunctionLogs,
+    pub deployer: Deployer,
 }
 
 type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogLines, Status>> + Send>>;
@@ -28,7 +29,7 @@ impl Api {
     fn log(&self, function: &str) -> Option<ServiceLog> {
         // Logs are by name: `arn:aws:lambda:<r>:<a>:function:<name>[:<q>]`.
         let name = function.split(':').nth(6).unwrap_or(function);
-        self.logs.get(name).cloned()
+        self.logs.get(name)
     }
 }
 
@@ -144,9 +145,20 @@ impl Lambda for Api {
         request: Request<pb::ApplyGroupRequest>,
     ) -> Result<Response<pb::ApplyGroupResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
-        Err(Status::unimplemented(
-            "the lambda-runner takes a new group when it is restarted",
-        ))
+        let (deployment, applied) = self.deployer.apply().await.map_err(|e| match e {
+            LambdaError::Group(_) => Status::failed_precondition(e.to_string()),
+            e => {
+                tracing::error!("ApplyGroup: {e}");
+                Status::internal("the group could not be applied (see the lambda-runner's log)")
+            }
+        })?;
+        Ok(Response::new(pb::ApplyGroupResponse {
+            deployment_id: deployment.unwrap_or_default(),
+            started: applied.started,
+            restarted: applied.restarted,
+            stopped: applied.stopped,
+            unchanged: applied.unchanged,
+        }))
     }
 
     async fn logs(

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use verdant_common::logs::ServiceLog;
 use verdant_common::shutdown::{CancellationToken, TaskTracker};
 
 use crate::cgroup::{Cgroup, Hierarchy, Limits};
@@ -36,8 +35,8 @@ pub struct Environment {
     pub cgroups: Option<Hierarchy>,
     pub pids_limit: u64,
     pub tmp_bytes: u64,
-    /// Each function's log, by function name.
-    pub logs: Arc<HashMap<String, ServiceLog>>,
+    /// Each function's log.
+    pub logs: crate::deploy::FunctionLogs,
     pub region: String,
     pub thing_name: String,
     pub thing_arn: String,
@@ -80,7 +79,12 @@ impl Supervisor {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(Start { function: f, instance: i, token }) = starts.recv() => {
-                    let spec = self.runner.lock().expect("runner lock").spec(f).clone();
+                    let launch = self.runner.lock().expect("runner lock").launch(f, i);
+                    let Some(spec) = launch else {
+                        // Stopped before it started (its function left the group).
+                        let _ = ended_tx.send((f, i, Ended::Stopped, Duration::ZERO));
+                        continue;
+                    };
                     let delay = backoff.get(&f).copied().unwrap_or_default();
                     let (kill_tx, kill) = oneshot::channel();
                     kills.insert((f, i), kill_tx);
@@ -104,7 +108,7 @@ impl Supervisor {
                 Some((f, i, ended, lived)) = ends.recv() => {
                     kills.remove(&(f, i));
                     let mut runner = self.runner.lock().expect("runner lock");
-                    let arn = runner.spec(f).arn.clone();
+                    let arn = runner.spec(f).map(|s| s.arn.clone()).unwrap_or_default();
                     if matches!(ended, Ended::OutOfMemory { .. }) {
                         tracing::error!(function = %arn, "{ended}");
                     }
@@ -114,6 +118,10 @@ impl Supervisor {
                         tracing::warn!(function = %arn, restart_in = ?*b, "pinned function instance ended: {ended}");
                     } else {
                         tracing::debug!(function = %arn, "instance ended: {ended}");
+                        if runner.spec(f).is_none() {
+                            // A retired function's last instance.
+                            backoff.remove(&f);
+                        }
                     }
                 }
                 _ = tick.tick(), if !kills.is_empty() => {

@@ -93,7 +93,7 @@ impl Ipc {
         let (f, i, arn, uid) = {
             let runner = self.lock();
             let (f, i) = runner.caller(token)?;
-            let spec = runner.spec(f);
+            let spec = runner.spec(f)?;
             (f, i, spec.arn.clone(), spec.uid)
         };
         let euid = nix::unistd::geteuid();

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod function;
 mod grpc;
@@ -24,12 +25,11 @@ use verdant_common::config::Section;
 use verdant_common::daemon::Context;
 use verdant_common::grpc::{Info, Server};
 use verdant_common::shutdown::CancellationToken;
-use verdant_group::Group;
 use verdant_proto::lambda::v1::lambda_server::LambdaServer;
 
 use crate::config::LambdaConfig;
+use crate::deploy::{Deployer, FunctionLogs, Loader};
 pub use crate::error::LambdaError;
-use crate::function::Runtime;
 
 pub const SERVICE: &str = "lambda-runner";
 /// The runtime this daemon wants.
@@ -181,13 +181,10 @@ fn serve_functions(
     });
 }
 
-/// The group's functions as they can run here, and where container
-/// instances' cgroups go.
-fn functions(
-    ctx: &Context,
-    config: &LambdaConfig,
-    group: &Group,
-) -> (Vec<function::Spec>, Option<cgroup::Hierarchy>) {
+/// Where container instances' cgroups go (stale ones of dead
+/// lambda-runners swept), and whether container functions can run here or
+/// why not.
+fn containers() -> (Option<cgroup::Hierarchy>, Result<(), String>) {
     let cgroups = cgroup::Hierarchy::detect(
         Path::new("/sys/fs/cgroup"),
         &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
@@ -201,20 +198,29 @@ fn functions(
         (true, None) => Err("cgroups with the memory and pids controllers".to_string()),
         (true, Some(_)) => Ok(()),
     };
+    (cgroups, containers)
+}
+
+/// How the deployed group's functions are read (at start and by
+/// `ApplyGroup`). Zips unpacked by an earlier run are cleared: no instance
+/// of it runs any more.
+fn loader(ctx: &Context, config: &LambdaConfig, containers: Result<(), String>) -> Loader {
     let dirs = function::Dirs {
         functions: ctx.layout.functions_dir(),
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
         models: ctx.layout.data_dir(SERVICE).join("models"),
     };
-    let mut specs = function::specs(group, &dirs, config, &containers);
-    let problems = function::host_problems(Path::new("/proc/sys"));
-    function::secure_mode(&mut specs, &problems, config);
-    for s in &specs {
-        if let Runtime::Unavailable(why) = &s.runtime {
-            tracing::error!(function = %s.arn, "cannot run: {why}");
-        }
+    if let Err(e) = std::fs::remove_dir_all(&dirs.unpacked)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot clear {}: {e}", dirs.unpacked.display());
     }
-    (specs, cgroups)
+    Loader {
+        group_file: ctx.layout.current_group(),
+        dirs,
+        config: config.clone(),
+        containers,
+    }
 }
 
 /// The data directories (runtimes, the sandboxes' mount point), made and
@@ -264,13 +270,20 @@ pub async fn run(
 ) -> Result<(), LambdaError> {
     let config = LambdaConfig::load::<LambdaError>(&ctx.config)?;
     let core = verdant_common::config::CoreSection::load::<LambdaError>(&ctx.config)?;
-    let group = Group::load(&ctx.layout.current_group())?;
-    let (specs, cgroups) = functions(&ctx, &config, &group);
+    let (cgroups, containers) = containers();
+    let loader = Arc::new(loader(&ctx, &config, containers));
+    let deploy::Loaded {
+        deployment,
+        group,
+        specs,
+    } = loader.load()?;
+    deploy::log_unavailable(&specs);
     let (runtimes, sandbox_dir) = directories(&ctx)?;
 
     let (ipc_listener, ipc_port) = bind_ipc(config.ipc_port).await?;
     tracing::info!(
         functions = specs.len(),
+        deployment = deployment.as_deref().unwrap_or(""),
         ipc_port,
         "function IPC endpoint on 127.0.0.1"
     );
@@ -281,20 +294,8 @@ pub async fn run(
         path: log_dir.clone(),
         source,
     })?;
-    let logs: Arc<std::collections::HashMap<String, verdant_common::logs::ServiceLog>> = Arc::new(
-        specs
-            .iter()
-            .map(|s| {
-                let path = log_dir.join(format!("{}.log", s.name));
-                let log = verdant_common::logs::ServiceLog::new(
-                    path,
-                    config.log_max_bytes,
-                    config.log_keep,
-                );
-                (s.name.clone(), log)
-            })
-            .collect(),
-    );
+    let logs = FunctionLogs::new(log_dir, config.log_max_bytes, config.log_keep);
+    logs.follow(&specs);
     let (starts, starts_rx) = tokio::sync::mpsc::unbounded_channel();
     let runner = Arc::new(Mutex::new(work::Runner::new(
         specs,
@@ -334,9 +335,15 @@ pub async fn run(
         "Python, Node.js, Java and native functions with Greengrass v1 IPC on 127.0.0.1:{ipc_port}"
     );
     let api = grpc::Api {
-        runner,
+        runner: runner.clone(),
         ipc_port,
-        logs,
+        logs: logs.clone(),
+        deployer: Deployer {
+            loader,
+            runner,
+            logs,
+            serial: tokio::sync::Mutex::new(()),
+        },
     };
     let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
         .await

@@ -68,6 +68,9 @@ struct Instance {
     idle_since: Instant,
     /// Its process, once started.
     pid: Option<u32>,
+    /// Its function left the group or changed: it is killed (or not
+    /// started), and takes no more work.
+    stop: bool,
 }
 
 /// The invocation an instance runs.
@@ -114,6 +117,9 @@ struct Function {
     counters: Counters,
     /// What the last failed invocation said (shortened).
     last_error: Option<String>,
+    /// No longer the group's (`ApplyGroup` removed or replaced it): kept
+    /// until its last instance has ended.
+    retired: bool,
 }
 
 #[derive(Debug)]
@@ -153,8 +159,16 @@ pub struct Start {
 
 #[derive(Debug)]
 pub struct Runner {
-    functions: Vec<Function>,
+    /// The group's functions, and retired ones whose instances still run.
+    functions: HashMap<FunctionId, Function>,
+    /// The group's functions in its order (what `ListFunctions` shows).
+    order: Vec<FunctionId>,
     by_arn: HashMap<String, FunctionId>,
+    /// Never reused: the supervisor may still report on a retired one.
+    next_function: usize,
+    /// Instances of retired functions for the supervisor to kill (taken by
+    /// `overdue`).
+    stopping: Vec<(FunctionId, InstanceId)>,
     tokens: HashMap<String, (FunctionId, InstanceId)>,
     /// Results of `RequestResponse` invocations until fetched.
     invocations: HashMap<String, Invocation>,
@@ -199,23 +213,12 @@ impl Runner {
         max_work_items: usize,
         idle: Duration,
     ) -> Runner {
-        let by_arn = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.arn.clone(), FunctionId(i)))
-            .collect();
-        Runner {
-            functions: specs
-                .into_iter()
-                .map(|spec| Function {
-                    spec,
-                    queue: VecDeque::new(),
-                    instances: BTreeMap::new(),
-                    counters: Counters::default(),
-                    last_error: None,
-                })
-                .collect(),
-            by_arn,
+        let mut runner = Runner {
+            functions: HashMap::new(),
+            order: Vec::new(),
+            by_arn: HashMap::new(),
+            next_function: 0,
+            stopping: Vec::new(),
             tokens: HashMap::new(),
             invocations: HashMap::new(),
             next_instance: 1,
@@ -225,11 +228,48 @@ impl Runner {
             max_work_items,
             idle,
             epoch: secret()[..8].to_string(),
+        };
+        for spec in specs {
+            let f = runner.add(spec);
+            runner.order.push(f);
         }
+        runner
     }
 
-    pub fn spec(&self, f: FunctionId) -> &Spec {
-        &self.functions[f.0].spec
+    /// A new function, by its ARN (not yet in `order`).
+    fn add(&mut self, spec: Spec) -> FunctionId {
+        let f = FunctionId(self.next_function);
+        self.next_function += 1;
+        self.by_arn.insert(spec.arn.clone(), f);
+        self.functions.insert(
+            f,
+            Function {
+                spec,
+                queue: VecDeque::new(),
+                instances: BTreeMap::new(),
+                counters: Counters::default(),
+                last_error: None,
+                retired: false,
+            },
+        );
+        f
+    }
+
+    /// The spec of function `f`, while it has instances or is the group's.
+    pub fn spec(&self, f: FunctionId) -> Option<&Spec> {
+        self.functions.get(&f).map(|function| &function.spec)
+    }
+
+    /// The spec to start instance `i` of `f` with, unless it was stopped
+    /// before it started.
+    pub fn launch(&self, f: FunctionId, i: InstanceId) -> Option<Spec> {
+        let function = self.functions.get(&f)?;
+        let instance = function.instances.get(&i)?;
+        (!instance.stop).then(|| function.spec.clone())
+    }
+
+    fn get(&mut self, f: FunctionId) -> &mut Function {
+        self.functions.get_mut(&f).expect("a known function")
     }
 
     /// The function a token belongs to (the caller of an IPC request).
@@ -243,14 +283,18 @@ impl Runner {
 
     /// Starts the instance of every pinned function that can run.
     pub fn start_pinned(&mut self) {
-        for i in 0..self.functions.len() {
-            let f = &self.functions[i];
-            if f.spec.pinned
-                && f.instances.is_empty()
-                && !matches!(f.spec.runtime, Runtime::Unavailable(_))
-            {
-                self.reserve(FunctionId(i));
-            }
+        for f in self.order.clone() {
+            self.start_if_pinned(f);
+        }
+    }
+
+    fn start_if_pinned(&mut self, f: FunctionId) {
+        let function = &self.functions[&f];
+        if function.spec.pinned
+            && function.instances.is_empty()
+            && !matches!(function.spec.runtime, Runtime::Unavailable(_))
+        {
+            self.reserve(f);
         }
     }
 
@@ -271,14 +315,15 @@ impl Runner {
         let f = self
             .function(arn)
             .ok_or_else(|| Refused::NotFound(arn.to_string()))?;
-        if let Runtime::Unavailable(why) = &self.functions[f.0].spec.runtime {
+        let max_work_items = self.max_work_items;
+        let function = self.get(f);
+        if let Runtime::Unavailable(why) = &function.spec.runtime {
             return Err(Refused::Unavailable {
                 arn: arn.to_string(),
                 why: why.clone(),
             });
         }
-        let function = &mut self.functions[f.0];
-        if function.queue.len() >= self.max_work_items {
+        if function.queue.len() >= max_work_items {
             function.counters.overflow += 1;
             // Counted; the caller logs it (a routed message's refusal at
             // most every 10 s per function, `link.rs`) or is told.
@@ -290,7 +335,7 @@ impl Runner {
             self.invocations
                 .insert(id.clone(), Invocation::Waiting(Vec::new()));
         }
-        self.functions[f.0].queue.push_back(WorkItem {
+        self.get(f).queue.push_back(WorkItem {
             id: id.clone(),
             payload,
             client_context,
@@ -304,7 +349,8 @@ impl Runner {
     /// instance when work waits and none is free.
     fn dispatch(&mut self, f: FunctionId) {
         let now = Instant::now();
-        let function = &mut self.functions[f.0];
+        let max_instances = self.max_instances;
+        let function = self.get(f);
         while !function.queue.is_empty() {
             let Some(instance) = function
                 .instances
@@ -335,7 +381,7 @@ impl Runner {
         let limit = if function.spec.pinned {
             1
         } else {
-            self.max_instances
+            max_instances
         };
         if function.queue.len() > starting && function.instances.len() < limit {
             self.reserve(f);
@@ -348,7 +394,7 @@ impl Runner {
         self.next_instance += 1;
         let token = secret();
         self.tokens.insert(token.clone(), (f, id));
-        self.functions[f.0].instances.insert(
+        self.get(f).instances.insert(
             id,
             Instance {
                 token: token.clone(),
@@ -356,6 +402,7 @@ impl Runner {
                 busy: None,
                 idle_since: Instant::now(),
                 pid: None,
+                stop: false,
             },
         );
         let _ = self.starts.send(Start {
@@ -367,15 +414,19 @@ impl Runner {
 
     /// An instance's process started as `pid`.
     pub fn started(&mut self, f: FunctionId, i: InstanceId, pid: u32) {
-        if let Some(instance) = self.functions[f.0].instances.get_mut(&i) {
+        if let Some(instance) = self
+            .functions
+            .get_mut(&f)
+            .and_then(|function| function.instances.get_mut(&i))
+        {
             instance.pid = Some(pid);
         }
     }
 
     /// An instance asks for work (`GET .../work`).
     pub fn take_work(&mut self, f: FunctionId, i: InstanceId) -> Option<Pending<WorkItem>> {
-        let function = &mut self.functions[f.0];
-        let instance = function.instances.get_mut(&i)?;
+        let function = self.functions.get_mut(&f)?;
+        let instance = function.instances.get_mut(&i).filter(|i| !i.stop)?;
         if let Some(item) = function.queue.pop_front() {
             instance.busy = Some(Busy {
                 invocation: item.id.clone(),
@@ -393,7 +444,9 @@ impl Runner {
 
     /// An instance gives the result of invocation `id` (`POST .../work`).
     pub fn finish(&mut self, f: FunctionId, i: InstanceId, id: &str, outcome: Outcome) -> bool {
-        let function = &mut self.functions[f.0];
+        let Some(function) = self.functions.get_mut(&f) else {
+            return false;
+        };
         let Some(instance) = function.instances.get_mut(&i) else {
             return false;
         };
@@ -406,6 +459,11 @@ impl Runner {
         if !outcome.error.is_empty() {
             function.counters.errors += 1;
             function.last_error = Some(shorten(&String::from_utf8_lossy(&outcome.payload)));
+        }
+        if function.retired {
+            // It ran its last invocation under the code it started with.
+            instance.stop = true;
+            self.stopping.push((f, i));
         }
         self.complete(id, outcome);
         true
@@ -450,7 +508,9 @@ impl Runner {
     /// as `Unhandled` with why (an OOM kill counted); a pinned function gets a new instance (the
     /// supervisor delays its start). True if one was asked for.
     pub fn exited(&mut self, f: FunctionId, i: InstanceId, ended: &Ended) -> bool {
-        let function = &mut self.functions[f.0];
+        let Some(function) = self.functions.get_mut(&f) else {
+            return false;
+        };
         let Some(instance) = function.instances.remove(&i) else {
             return false;
         };
@@ -464,7 +524,13 @@ impl Runner {
             function.last_error = Some(shorten(why));
             self.complete(&busy.invocation, Outcome::unhandled(why));
         }
-        let function = &mut self.functions[f.0];
+        let function = self.get(f);
+        if function.retired {
+            if function.instances.is_empty() {
+                self.functions.remove(&f);
+            }
+            return false;
+        }
         if function.spec.pinned {
             self.reserve(f);
             return true;
@@ -484,9 +550,9 @@ impl Runner {
     /// `Unhandled`, counted) and on-demand instances idle too long: the
     /// supervisor stops them.
     pub fn overdue(&mut self, now: Instant) -> Vec<(FunctionId, InstanceId)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.stopping);
         let mut timed_out = Vec::new();
-        for (fi, function) in self.functions.iter_mut().enumerate() {
+        for (&fi, function) in &mut self.functions {
             let timeout = function.spec.timeout;
             for (id, instance) in &mut function.instances {
                 match &instance.busy {
@@ -499,13 +565,14 @@ impl Runner {
                         ));
                         timed_out.push((busy.invocation.clone(), timeout));
                         instance.busy = None;
-                        out.push((FunctionId(fi), *id));
+                        out.push((fi, *id));
                     }
                     None if !function.spec.pinned
+                        && !instance.stop
                         && instance.poller.is_some()
                         && now.duration_since(instance.idle_since) > self.idle =>
                     {
-                        out.push((FunctionId(fi), *id));
+                        out.push((fi, *id));
                     }
                     _ => {}
                 }
@@ -519,8 +586,9 @@ impl Runner {
     }
 
     pub fn views(&self) -> Vec<View> {
-        self.functions
+        self.order
             .iter()
+            .map(|f| &self.functions[f])
             .map(|f| View {
                 spec: f.spec.clone(),
                 instances: f.instances.len(),
@@ -536,3 +604,7 @@ impl Runner {
 #[cfg(test)]
 #[path = "work_tests.rs"]
 mod tests;
+
+#[path = "work_apply.rs"]
+mod apply;
+pub use apply::{Applied, diff};

@@ -1,11 +1,12 @@
 use super::*;
 
-fn spec(arn: &str, pinned: bool) -> Spec {
+pub(super) fn spec(arn: &str, pinned: bool) -> Spec {
     Spec {
         arn: arn.into(),
         name: "f".into(),
         version: "1".into(),
         dir: "/nonexistent".into(),
+        fingerprint: crate::function::Fingerprint::default(),
         runtime: Runtime::Python {
             handler: "f.handler".into(),
         },
@@ -22,7 +23,7 @@ fn spec(arn: &str, pinned: bool) -> Spec {
     }
 }
 
-fn runner(specs: Vec<Spec>) -> (Runner, mpsc::UnboundedReceiver<Start>) {
+pub(super) fn runner(specs: Vec<Spec>) -> (Runner, mpsc::UnboundedReceiver<Start>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Runner::new(specs, tx, 2, 2, Duration::from_mins(1)), rx)
 }
