@@ -1,14 +1,54 @@
-//! `[ota-agent]` in the core config: no keys yet. It is read and checked at
-//! start all the same, so a key set there by mistake is refused rather
-//! than ignored.
+//! `[ota-agent]` in the core config: how deployments are checked, queued
+//! and kept.
 
 use serde::Deserialize;
-use verdant_common::config::Section;
+use verdant_common::config::{Invalid, Section};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct OtaAgentConfig {}
+pub struct OtaAgentConfig {
+    /// How long after applying a deployment every daemon must be SERVING
+    /// and the group's pinned functions running (Greengrass's
+    /// `postStartHealthCheckTimeout`); past it the deployment is rolled back.
+    pub health_check_secs: u64,
+    /// How long a pinned function started or restarted by a deployment
+    /// must keep running before the deployment counts as healthy.
+    pub health_settle_ms: u64,
+    /// Deployments that may wait behind the running one; more are refused.
+    pub queue: usize,
+    /// Ended deployments whose directories are kept beside the current and
+    /// the previous one (older ones are pruned; their records stay).
+    pub keep: usize,
+    /// A pause before each step of a deployment, so that an operator can
+    /// watch it (or a test can stop the core at a given step). 0: none.
+    pub step_pause_ms: u64,
+}
+
+impl Default for OtaAgentConfig {
+    fn default() -> Self {
+        OtaAgentConfig {
+            health_check_secs: 30,
+            health_settle_ms: 500,
+            queue: 4,
+            keep: 3,
+            step_pause_ms: 0,
+        }
+    }
+}
 
 impl Section for OtaAgentConfig {
     const NAME: &'static str = "ota-agent";
+
+    fn check(&self) -> Result<(), Invalid> {
+        if self.health_check_secs == 0 {
+            return Err(Invalid::new(
+                "ota-agent.health_check_secs",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=64).contains(&self.queue) {
+            return Err(Invalid::new("ota-agent.queue", "must be from 1 to 64"));
+        }
+        Ok(())
+    }
 }

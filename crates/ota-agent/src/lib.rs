@@ -1,12 +1,19 @@
-//! verdant-ota-agent: will receive, stage and apply deployments. Today it
-//! serves health, reflection and daemon info only: deployments do not
-//! arrive over the air, each daemon reads the group at its start, and
-//! `verdantctl reload` has the router and the broker read it again; it
-//! says so in its log and in `verdantctl status`. See ARCHITECTURE.md.
+//! verdant-ota-agent: the core's deployment agent. It takes a group from
+//! an operator (`verdantctl deploy`, the `Deployments` gRPC API), checks
+//! it, stages it under `deployments/<id>/`, switches `deployments/current`
+//! atomically, has every daemon apply it hot over its own gRPC call,
+//! checks that they took it, and rolls back when they did not. See
+//! ARCHITECTURE.md.
 
+mod apply;
 pub mod config;
+mod engine;
 pub mod error;
 mod grpc;
+mod stage;
+mod store;
+
+use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use verdant_common::config::Section;
@@ -19,7 +26,8 @@ pub use crate::error::OtaAgentError;
 pub const SERVICE: &str = "ota-agent";
 /// The runtime this daemon wants.
 pub const THREADS: Threads = Threads::One;
-/// The capabilities this daemon keeps: none (it asks init over gRPC for what needs privilege).
+/// The capabilities this daemon keeps: none (the files it writes are the
+/// core's own, and the daemons apply a deployment themselves).
 pub const CAPABILITIES: verdant_common::privileges::Capabilities =
     verdant_common::privileges::Capabilities::Fixed(&[]);
 
@@ -29,10 +37,20 @@ pub async fn run(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), OtaAgentError> {
-    let _config = OtaAgentConfig::load::<OtaAgentError>(&ctx.config)?;
-    grpc::server()
+    let config = OtaAgentConfig::load::<OtaAgentError>(&ctx.config)?;
+    let data = ctx.layout.create_data_dir(SERVICE)?;
+    let db = data.join("deployments.db");
+    let store =
+        store::Store::open(&db).map_err(|source| OtaAgentError::Store { path: db, source })?;
+    let staging = stage::Staging::new(ctx.layout.deployments_dir());
+    let daemons = apply::Daemons::new(ctx.layout.clone());
+    let agent = Arc::new(engine::Agent::new(store, staging, daemons, config));
+    let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
+    let result = grpc::server(agent)
         .await
         .serve_ready(listener, shutdown)
         .await
-        .map_err(OtaAgentError::from)
+        .map_err(OtaAgentError::from);
+    let _ = engine.await;
+    result
 }

@@ -1,0 +1,529 @@
+//! The deployment state machine: one deployment at a time, from a short
+//! queue; each step persisted before it is taken, so that a restart ends
+//! an interrupted deployment with the core wholly on the old group or
+//! wholly on the new one.
+//!
+//! ```text
+//! QUEUED → VALIDATING → STAGING ─switch─► APPLYING → HEALTH_CHECK → SUCCEEDED
+//!              │            │                 │            │
+//!              ▼            ▼                 └────────────┴─► ROLLING_BACK → ROLLED_BACK
+//!            FAILED       FAILED                                            (CANCELLED)
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+use verdant_common::shutdown::CancellationToken;
+use verdant_group::Group;
+use verdant_proto::ota::v1::deploy_request::Source;
+use verdant_proto::ota::v1::{DeployRequest, Deployment, Phase, Problem};
+
+use crate::apply::Daemons;
+use crate::config::OtaAgentConfig;
+use crate::stage::Staging;
+use crate::store::{Store, ended};
+
+/// Greengrass's deployment types.
+pub const TYPES: [&str; 4] = [
+    "NewDeployment",
+    "Redeployment",
+    "ResetDeployment",
+    "ForceResetDeployment",
+];
+
+/// Why a deployment was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{waiting} deployments are waiting already (ota-agent.queue); try again when one has ended"
+    )]
+    QueueFull { waiting: usize },
+    #[error("no deployment {0}")]
+    NotFound(String),
+    #[error("deployment {id} has ended ({phase})")]
+    Ended { id: String, phase: &'static str },
+    #[error("the deployments database: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+/// The ota-agent's deployments: the store, the queue and the one running.
+pub struct Agent {
+    store: Mutex<Store>,
+    staging: Staging,
+    daemons: Daemons,
+    config: OtaAgentConfig,
+    updates: broadcast::Sender<Deployment>,
+    queue: Mutex<VecDeque<String>>,
+    wake: Notify,
+    /// The running deployment and what cancels it.
+    running: Mutex<Option<(String, CancellationToken)>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How a deployment ended badly.
+struct Stop {
+    reason: String,
+    problems: Vec<Problem>,
+    cancelled: bool,
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Self {
+        Stop {
+            reason,
+            problems: Vec::new(),
+            cancelled: false,
+        }
+    }
+}
+
+impl Agent {
+    pub fn new(store: Store, staging: Staging, daemons: Daemons, config: OtaAgentConfig) -> Self {
+        Agent {
+            store: Mutex::new(store),
+            staging,
+            daemons,
+            config,
+            updates: broadcast::channel(256).0,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            running: Mutex::new(None),
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().expect("store lock")
+    }
+
+    /// Queues a deployment.
+    pub fn deploy(&self, mut request: DeployRequest) -> Result<Deployment, DeployError> {
+        if request.deployment_type.is_empty() {
+            request.deployment_type = TYPES[0].into();
+        }
+        let kind = request.deployment_type.as_str();
+        if !TYPES.contains(&kind) {
+            return Err(DeployError::Invalid(format!(
+                "deployment_type {kind:?}: must be one of {}",
+                TYPES.join(", ")
+            )));
+        }
+        let resets = kind.ends_with("ResetDeployment");
+        match (&request.source, kind) {
+            (None, "NewDeployment") => {
+                return Err(DeployError::Invalid(
+                    "a NewDeployment needs a group: group_json, bundle or group_url".into(),
+                ));
+            }
+            (Some(_), _) if resets => {
+                return Err(DeployError::Invalid(format!(
+                    "a {kind} takes no group: it returns the core to an empty group"
+                )));
+            }
+            _ => {}
+        }
+        let mut queue = self.queue.lock().expect("queue lock");
+        if queue.len() >= self.config.queue {
+            return Err(DeployError::QueueFull {
+                waiting: queue.len(),
+            });
+        }
+        let now = now_ms();
+        let d = Deployment {
+            deployment_id: uuid::Uuid::new_v4().to_string(),
+            deployment_type: request.deployment_type.clone(),
+            origin: request.origin.clone(),
+            created_ms: now,
+            updated_ms: now,
+            ..Deployment::default()
+        };
+        self.store().insert(&d, &request)?;
+        tracing::info!(
+            id = d.deployment_id,
+            kind = d.deployment_type,
+            origin = d.origin,
+            "deployment queued"
+        );
+        queue.push_back(d.deployment_id.clone());
+        drop(queue);
+        self.wake.notify_one();
+        let _ = self.updates.send(d.clone());
+        Ok(d)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Deployment, DeployError> {
+        self.store()
+            .get(id)?
+            .ok_or_else(|| DeployError::NotFound(id.into()))
+    }
+
+    pub fn list(&self, limit: u32) -> Result<Vec<Deployment>, DeployError> {
+        Ok(self.store().list(limit)?)
+    }
+
+    /// The deployment the core runs now.
+    pub fn current(&self) -> Option<String> {
+        self.staging.current()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Deployment> {
+        self.updates.subscribe()
+    }
+
+    /// Drops a queued deployment, or stops the running one at its next step.
+    pub fn cancel(&self, id: &str) -> Result<Deployment, DeployError> {
+        let mut d = self.get(id)?;
+        if ended(d.phase()) {
+            return Err(DeployError::Ended {
+                id: id.into(),
+                phase: d.phase().as_str_name(),
+            });
+        }
+        let mut queue = self.queue.lock().expect("queue lock");
+        if let Some(at) = queue.iter().position(|q| q == id) {
+            queue.remove(at);
+            drop(queue);
+            self.end(
+                &mut d,
+                Phase::Cancelled,
+                "cancelled before it started".into(),
+            );
+            return Ok(d);
+        }
+        drop(queue);
+        if let Some((running, token)) = &*self.running.lock().expect("running lock")
+            && running == id
+        {
+            token.cancel();
+        }
+        Ok(d)
+    }
+
+    /// Writes `d` and tells the watchers.
+    fn save(&self, d: &mut Deployment) {
+        d.updated_ms = now_ms();
+        if let Err(e) = self.store().update(d) {
+            // The step goes on; a restart then finds the last state written.
+            tracing::error!(id = d.deployment_id, "cannot record the deployment: {e}");
+        }
+        let _ = self.updates.send(d.clone());
+    }
+
+    /// Enters `phase` at `step`, recorded before the step is taken.
+    async fn enter(&self, d: &mut Deployment, phase: Phase, step: &str) {
+        d.set_phase(phase);
+        step.clone_into(&mut d.step);
+        self.save(d);
+        tracing::info!(
+            id = d.deployment_id,
+            phase = phase.as_str_name(),
+            step,
+            "deployment"
+        );
+        if self.config.step_pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.step_pause_ms)).await;
+        }
+    }
+
+    fn end(&self, d: &mut Deployment, phase: Phase, reason: String) {
+        d.set_phase(phase);
+        d.step.clear();
+        d.reason = reason;
+        self.save(d);
+        match phase {
+            Phase::Succeeded => tracing::info!(id = d.deployment_id, "deployment succeeded"),
+            _ => tracing::warn!(
+                id = d.deployment_id,
+                phase = phase.as_str_name(),
+                "deployment ended: {}",
+                d.reason
+            ),
+        }
+    }
+
+    /// Ends deployments a restart interrupted, then runs the queue until
+    /// `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.recover().await;
+        loop {
+            let next = self.queue.lock().expect("queue lock").pop_front();
+            match next {
+                Some(id) => {
+                    let token = shutdown.child_token();
+                    *self.running.lock().expect("running lock") = Some((id.clone(), token.clone()));
+                    // A shutdown mid-deployment leaves it to the next start's recovery.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.run_one(&id, &token) => {}
+                    }
+                    *self.running.lock().expect("running lock") = None;
+                }
+                None => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.wake.notified() => {}
+                },
+            }
+        }
+    }
+
+    /// Deployments left unfinished by a stop: queued ones queued again; one
+    /// that was running ended, the core put back on its previous deployment
+    /// if it had been switched.
+    async fn recover(&self) {
+        let unfinished = match self.store().unfinished() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("cannot read the deployments database: {e}");
+                return;
+            }
+        };
+        for mut d in unfinished {
+            if d.phase() == Phase::Queued {
+                self.queue
+                    .lock()
+                    .expect("queue lock")
+                    .push_back(d.deployment_id.clone());
+                continue;
+            }
+            let interrupted = d.phase().as_str_name();
+            let switched = self.current().as_deref() == Some(d.deployment_id.as_str());
+            let applied = switched
+                || matches!(
+                    d.phase(),
+                    Phase::Applying | Phase::HealthCheck | Phase::RollingBack
+                );
+            if !applied {
+                self.staging.discard(&d.deployment_id);
+                self.end(
+                    &mut d,
+                    Phase::Failed,
+                    format!("interrupted during {interrupted} by a stop of the ota-agent; nothing was changed"),
+                );
+                continue;
+            }
+            let outcome = self.back_to_previous(&mut d).await;
+            self.end(
+                &mut d,
+                Phase::RolledBack,
+                format!("interrupted during {interrupted} by a stop of the ota-agent; {outcome}"),
+            );
+        }
+    }
+
+    async fn run_one(&self, id: &str, token: &CancellationToken) {
+        let (mut d, request) = match (self.get(id), self.store().request(id)) {
+            (Ok(d), Ok(Some(r))) => (d, r),
+            (Err(e), _) => return tracing::error!(id, "{e}"),
+            (_, r) => return tracing::error!(id, "the deployment's request is missing: {r:?}"),
+        };
+        if ended(d.phase()) {
+            return;
+        }
+        match self.steps(&mut d, &request, token).await {
+            Ok(()) => {
+                self.end(&mut d, Phase::Succeeded, String::new());
+                self.prune(&d);
+            }
+            Err(stop) => {
+                d.problems = stop.problems;
+                let switched = self.current().as_deref() == Some(id);
+                if switched {
+                    let outcome = self.back_to_previous(&mut d).await;
+                    let phase = if stop.cancelled {
+                        Phase::Cancelled
+                    } else {
+                        Phase::RolledBack
+                    };
+                    self.end(&mut d, phase, format!("{}; {outcome}", stop.reason));
+                } else {
+                    self.staging.discard(id);
+                    let phase = if stop.cancelled {
+                        Phase::Cancelled
+                    } else {
+                        Phase::Failed
+                    };
+                    self.end(&mut d, phase, stop.reason);
+                }
+            }
+        }
+    }
+
+    /// Every step of one deployment, up to a healthy core.
+    async fn steps(
+        &self,
+        d: &mut Deployment,
+        request: &DeployRequest,
+        token: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let cancelled = |phase: Phase| Stop {
+            reason: format!("cancelled during {}", phase.as_str_name()),
+            problems: Vec::new(),
+            cancelled: true,
+        };
+        self.enter(d, Phase::Validating, "group").await;
+        if token.is_cancelled() {
+            return Err(cancelled(Phase::Validating));
+        }
+        let json = self.group_json(request)?;
+        let group = Group::parse(&json).map_err(|problems| Stop {
+            reason: format!(
+                "invalid group: {} problem{}; the running group is unchanged",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            problems: problems
+                .into_iter()
+                .map(|p| Problem {
+                    path: p.path,
+                    message: p.reason,
+                })
+                .collect(),
+            cancelled: false,
+        })?;
+        d.group_id.clone_from(&group.id);
+        d.group_version = group.version.clone().unwrap_or_default();
+
+        self.enter(d, Phase::Staging, "deployments/<id>/group.json")
+            .await;
+        if token.is_cancelled() {
+            return Err(cancelled(Phase::Staging));
+        }
+        let id = d.deployment_id.clone();
+        self.staging
+            .write(&id, &json)
+            .map_err(|e| format!("staging: {e}"))?;
+        d.previous = self.current().unwrap_or_default();
+        self.enter(d, Phase::Staging, "switching deployments/current")
+            .await;
+        self.staging
+            .switch(&id)
+            .map_err(|e| format!("switching deployments/current: {e}"))?;
+
+        let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
+        self.enter(d, Phase::Applying, "router, lambda-runner")
+            .await;
+        let outcome = tokio::select! {
+            () = token.cancelled() => return Err(cancelled(Phase::Applying)),
+            outcome = self.daemons.apply(&id, deadline) => outcome,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(why) if d.deployment_type == "ForceResetDeployment" => {
+                tracing::warn!(id, "forced reset: {why}");
+                return Ok(());
+            }
+            Err(why) => return Err(Stop::from(format!("applying: {why}"))),
+        };
+        d.applied = outcome.applied;
+        if d.deployment_type == "ForceResetDeployment" {
+            return Ok(());
+        }
+        self.enter(
+            d,
+            Phase::HealthCheck,
+            "daemons SERVING, pinned functions running",
+        )
+        .await;
+        let settle = Duration::from_millis(self.config.health_settle_ms);
+        tokio::select! {
+            () = token.cancelled() => Err(cancelled(Phase::HealthCheck)),
+            health = self.daemons.healthy(&outcome.fresh, settle, deadline) => {
+                health.map_err(|why| Stop::from(format!("health check: {why}")))
+            }
+        }
+    }
+
+    /// The group a request deploys, as JSON.
+    fn group_json(&self, request: &DeployRequest) -> Result<Vec<u8>, Stop> {
+        match &request.source {
+            Some(Source::GroupJson(bytes)) => Ok(bytes.clone()),
+            Some(Source::Bundle(path)) => {
+                Err(format!("bundle {path}: this core takes a group's JSON only").into())
+            }
+            Some(Source::GroupUrl(url)) => {
+                Err(format!("group URL {}: this core takes a group's JSON only", url.url).into())
+            }
+            None if request.deployment_type.ends_with("ResetDeployment") => {
+                let current = Group::load(&self.staging.current_group())
+                    .map_err(|e| format!("reading the current group for its core: {e}"))?;
+                let empty = empty_group(&current);
+                Ok(serde_json::to_vec_pretty(&empty).expect("a group serializes"))
+            }
+            None => std::fs::read(self.staging.current_group()).map_err(|e| {
+                Stop::from(format!(
+                    "a Redeployment without a group deploys the current one: {}: {e}",
+                    self.staging.current_group().display()
+                ))
+            }),
+        }
+    }
+
+    /// Puts `current` back on `d.previous` and has the daemons take it;
+    /// says how that went.
+    async fn back_to_previous(&self, d: &mut Deployment) -> String {
+        let previous = d.previous.clone();
+        if previous.is_empty() {
+            return "there was no previous deployment to go back to".into();
+        }
+        self.enter(d, Phase::RollingBack, &format!("back to {previous}"))
+            .await;
+        if let Err(e) = self.staging.switch(&previous) {
+            return format!("going back to {previous} failed: {e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
+        match self.daemons.apply(&previous, deadline).await {
+            Ok(outcome) => {
+                d.applied = outcome.applied;
+                format!("the core is back on deployment {previous}")
+            }
+            Err(why) => {
+                format!("deployments/current is back on {previous}, but applying it failed: {why}")
+            }
+        }
+    }
+
+    /// Removes the directories of ended deployments beyond the newest
+    /// `keep`, never the current one or the one before it.
+    fn prune(&self, d: &Deployment) {
+        let Ok(all) = self.store().list(10_000) else {
+            return;
+        };
+        let old: Vec<String> = all
+            .into_iter()
+            .filter(|o| {
+                o.deployment_id != d.deployment_id
+                    && o.deployment_id != d.previous
+                    && ended(o.phase())
+                    && self.staging.dir_of(&o.deployment_id).is_dir()
+            })
+            .map(|o| o.deployment_id)
+            .skip(self.config.keep)
+            .collect();
+        self.staging.prune(&old);
+    }
+}
+
+/// The group of `current`'s core alone: what a reset deploys.
+fn empty_group(current: &Group) -> Group {
+    Group {
+        id: current.id.clone(),
+        name: current.name.clone(),
+        version: None,
+        core_definition_version: current.core_definition_version.clone(),
+        device_definition_version: verdant_group::DeviceDefinition::default(),
+        function_definition_version: verdant_group::FunctionDefinition::default(),
+        subscription_definition_version: verdant_group::SubscriptionDefinition::default(),
+        logger_definition_version: current.logger_definition_version.clone(),
+        resource_definition_version: verdant_group::ResourceDefinition::default(),
+        connector_definition_version: verdant_group::ConnectorDefinition::default(),
+    }
+}

@@ -1,0 +1,430 @@
+//! Deployments through the ota-agent's `Deployments` API, with the real
+//! daemons under init: a new group is validated, staged, switched and
+//! applied hot (devices that stay keep their connection), an invalid one
+//! changes nothing, and a stop of the ota-agent at any step ends with the
+//! core wholly on the old deployment.
+
+use std::time::Duration;
+
+use verdant_integration_tests::groups::{arn, thing};
+use verdant_integration_tests::mqtt::{publish, receive_messages, received, subscribed};
+use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_proto::ota::v1 as pb;
+use verdant_proto::ota::v1::Phase;
+use verdant_proto::ota::v1::deployments_client::DeploymentsClient;
+use verdant_proto::router::v1 as router;
+use verdant_proto::router::v1::router_client::RouterClient;
+
+const TCP: &str = "[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+
+/// Devices a and b (and c when `with_c`); a reaches b on `subject`.
+fn group(subject: &str, with_c: bool) -> String {
+    let mut devices = vec![thing("a", 2), thing("b", 3)];
+    if with_c {
+        devices.push(thing("c", 4));
+    }
+    serde_json::json!({
+        "Id": "deploy-test",
+        "Version": subject,
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": devices },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "a-to-b", "Source": arn("a"), "Subject": subject, "Target": arn("b") },
+        ]},
+    })
+    .to_string()
+}
+
+async fn start(dropin: &str) -> (Core, u16) {
+    let group = group("a/old/#", false);
+    let dropin = format!("{TCP}{dropin}");
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(&group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = core.broker_port("tcp").await;
+    (core, port)
+}
+
+async fn client(core: &Core) -> DeploymentsClient<tonic::transport::Channel> {
+    let channel = verdant_common::uds::connect(&core.socket("ota-agent"))
+        .await
+        .expect("the ota-agent's socket");
+    DeploymentsClient::new(channel)
+}
+
+async fn deploy(core: &Core, group: &str) -> pb::Deployment {
+    client(core)
+        .await
+        .deploy(pb::DeployRequest {
+            source: Some(pb::deploy_request::Source::GroupJson(
+                group.as_bytes().to_vec(),
+            )),
+            origin: "test".into(),
+            ..pb::DeployRequest::default()
+        })
+        .await
+        .expect("queued")
+        .into_inner()
+}
+
+/// Every state the deployment passes through from now until it ends
+/// (re-attached if the agent restarts meanwhile).
+async fn watch_to_end(core: &Core, id: &str) -> Vec<pb::Deployment> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let Ok(mut c) = tokio::time::timeout(Duration::from_secs(1), client(core)).await else {
+                continue;
+            };
+            let request = pb::DeploymentRequest {
+                deployment_id: id.into(),
+            };
+            if let Ok(stream) = c.watch_deployment(request).await {
+                let mut stream = stream.into_inner();
+                while let Ok(Some(d)) = stream.message().await {
+                    let done = matches!(
+                        d.phase(),
+                        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Cancelled
+                    );
+                    seen.push(d);
+                    if done {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the deployment ends");
+    seen
+}
+
+fn phases(seen: &[pb::Deployment]) -> Vec<Phase> {
+    let mut out: Vec<Phase> = Vec::new();
+    for d in seen {
+        if out.last() != Some(&d.phase()) {
+            out.push(d.phase());
+        }
+    }
+    out
+}
+
+fn current(core: &Core) -> String {
+    std::fs::read_link(core.root().join("deployments/current"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn routes(core: &Core) -> Vec<String> {
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    RouterClient::new(channel)
+        .list_routes(router::ListRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .routes
+        .into_iter()
+        .map(|r| r.route.unwrap().subject)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_group_is_applied_hot_and_connected_devices_stay() {
+    let (core, port) = start("").await;
+    let (dev_a, mut a_ev) = verdant_integration_tests::mqtt::connect(port, "a", false).await;
+    let (dev_b, mut b_ev) = verdant_integration_tests::mqtt::connect(port, "b", false).await;
+    subscribed(&dev_b, &mut b_ev, "a/#").await;
+
+    let queued = deploy(&core, &group("a/new/#", true)).await;
+    assert_eq!(queued.phase(), Phase::Queued);
+    assert_eq!(queued.deployment_type, "NewDeployment");
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Succeeded, "{last:?}");
+    // In order, from wherever the watch came in, to the end.
+    let order = [
+        Phase::Queued,
+        Phase::Validating,
+        Phase::Staging,
+        Phase::Applying,
+        Phase::HealthCheck,
+        Phase::Succeeded,
+    ];
+    let seen_phases = phases(&seen);
+    let at: Vec<usize> = seen_phases
+        .iter()
+        .map(|p| {
+            order
+                .iter()
+                .position(|o| o == p)
+                .expect("a phase of success")
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] + 1 == w[1]), "{seen_phases:?}");
+    assert_eq!(last.group_id, "deploy-test");
+    assert_eq!(last.group_version, "a/new/#");
+    assert_eq!(last.previous, "test");
+    assert!(
+        last.applied.iter().any(|a| a.daemon == "router"),
+        "{:?}",
+        last.applied
+    );
+    assert_eq!(current(&core), queued.deployment_id);
+    assert_eq!(routes(&core).await, ["a/new/#"]);
+
+    // The same connections carry the new table's routes.
+    publish(&dev_a, &mut a_ev, "a/new/1", "new").await;
+    assert_eq!(
+        receive_messages(&mut b_ev, 1).await,
+        [("a/new/1".to_string(), "new".to_string())]
+    );
+    publish(&dev_a, &mut a_ev, "a/old/1", "old").await;
+    assert!(
+        received(&mut b_ev, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    // The device the group added may connect.
+    let _c = verdant_integration_tests::mqtt::connect(port, "c", false).await;
+
+    let listed = client(&core)
+        .await
+        .list_deployments(pb::ListDeploymentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.current, queued.deployment_id);
+    assert_eq!(listed.deployments[0].deployment_id, queued.deployment_id);
+}
+
+#[tokio::test]
+async fn an_invalid_group_fails_with_its_json_paths_and_changes_nothing() {
+    let (core, _port) = start("").await;
+    let bad = group("a/new/#", false).replace(
+        &format!("\"Target\":\"{}\"", arn("b")),
+        "\"Target\":\"arn:aws:iot:us-east-1:123456789012:thing/nobody\"",
+    );
+    let queued = deploy(&core, &bad).await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
+    assert!(last.reason.contains("invalid group"), "{}", last.reason);
+    assert!(
+        last.problems
+            .iter()
+            .any(|p| p.path == "SubscriptionDefinitionVersion.Subscriptions[0].Target"),
+        "{:?}",
+        last.problems
+    );
+    assert_eq!(current(&core), "test");
+    assert!(
+        !core
+            .root()
+            .join("deployments")
+            .join(&queued.deployment_id)
+            .exists()
+    );
+    assert_eq!(routes(&core).await, ["a/old/#"]);
+
+    // Requests that are wrong in themselves are refused at once.
+    let mut c = client(&core).await;
+    let err = c
+        .deploy(pb::DeployRequest {
+            deployment_type: "SomeDeployment".into(),
+            ..pb::DeployRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = c.deploy(pb::DeployRequest::default()).await.unwrap_err();
+    assert!(err.message().contains("needs a group"), "{err:?}");
+    let err = c
+        .get_deployment(pb::DeploymentRequest {
+            deployment_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_reset_leaves_the_core_alone_and_a_redeployment_brings_the_group_back() {
+    let (core, _port) = start("").await;
+    let reset = client(&core)
+        .await
+        .deploy(pb::DeployRequest {
+            deployment_type: "ResetDeployment".into(),
+            ..pb::DeployRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = watch_to_end(&core, &reset.deployment_id).await;
+    assert_eq!(seen.last().unwrap().phase(), Phase::Succeeded, "{seen:?}");
+    assert!(routes(&core).await.is_empty());
+    let deployed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(core.root().join("deployments/current/group.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(deployed["Id"], "deploy-test");
+    assert_eq!(
+        deployed["CoreDefinitionVersion"]["Cores"][0]["ThingArn"],
+        arn("core")
+    );
+    assert!(
+        deployed["DeviceDefinitionVersion"]["Devices"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let again = deploy(&core, &group("a/old/#", false)).await;
+    let seen = watch_to_end(&core, &again.deployment_id).await;
+    assert_eq!(seen.last().unwrap().phase(), Phase::Succeeded, "{seen:?}");
+    assert_eq!(routes(&core).await, ["a/old/#"]);
+}
+
+/// Stops the ota-agent with SIGKILL while a deployment is in `phase` (each
+/// step paused so the test can), and checks that after init restarts it
+/// the deployment has ended and the core is wholly on the old group.
+async fn killed_during(phase: Phase) {
+    let (core, _port) = start("[ota-agent]\nstep_pause_ms = 1500\n").await;
+    let queued = deploy(&core, &group("a/new/#", true)).await;
+    let id = queued.deployment_id.clone();
+    // Wait for the phase.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let d = client(&core)
+                .await
+                .get_deployment(pb::DeploymentRequest {
+                    deployment_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if d.phase() == phase {
+                return;
+            }
+            assert!(
+                !matches!(
+                    d.phase(),
+                    Phase::Succeeded | Phase::Failed | Phase::RolledBack
+                ),
+                "ended before {phase:?}: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the phase comes");
+    core.kill_9("ota-agent").await;
+    let seen = watch_to_end(&core, &id).await;
+    let last = seen.last().unwrap();
+    assert!(
+        last.reason.contains("interrupted during"),
+        "{phase:?}: {last:?}"
+    );
+    // Before the switch nothing changed; after it, `current` is put back.
+    let ended = match phase {
+        Phase::Validating => vec![Phase::Failed],
+        Phase::Staging => vec![Phase::Failed, Phase::RolledBack],
+        _ => vec![Phase::RolledBack],
+    };
+    assert!(ended.contains(&last.phase()), "{phase:?}: {last:?}");
+    assert_eq!(current(&core), "test", "{phase:?}: {last:?}");
+    assert_eq!(routes(&core).await, ["a/old/#"], "{phase:?}");
+
+    // The agent takes the next deployment as usual.
+    let next = deploy(&core, &group("a/new/#", true)).await;
+    let seen = watch_to_end(&core, &next.deployment_id).await;
+    assert_eq!(seen.last().unwrap().phase(), Phase::Succeeded, "{seen:?}");
+    assert_eq!(routes(&core).await, ["a/new/#"]);
+}
+
+#[tokio::test]
+async fn killed_while_validating_the_core_stays_on_the_old_group() {
+    killed_during(Phase::Validating).await;
+}
+
+#[tokio::test]
+async fn killed_while_staging_the_core_stays_on_the_old_group() {
+    killed_during(Phase::Staging).await;
+}
+
+#[tokio::test]
+async fn killed_while_applying_the_core_goes_back_to_the_old_group() {
+    killed_during(Phase::Applying).await;
+}
+
+#[tokio::test]
+async fn killed_during_the_health_check_the_core_goes_back_to_the_old_group() {
+    killed_during(Phase::HealthCheck).await;
+}
+
+/// `group("a/new/#", false)` plus a pinned function that exits at once.
+fn group_with_crashing_function() -> String {
+    let mut g: serde_json::Value = serde_json::from_str(&group("a/new/#", false)).unwrap();
+    g["FunctionDefinitionVersion"] = serde_json::json!({
+        "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+            "RunAs": { "Uid": 65534, "Gid": 65534 } } },
+        "Functions": [
+            { "Id": "crash", "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:crash:1",
+              "FunctionConfiguration": { "Executable": "crash.sh", "Pinned": true, "Timeout": 3 } }
+        ]
+    });
+    g.to_string()
+}
+
+#[tokio::test]
+async fn a_function_that_fails_its_health_check_is_rolled_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let (core, _port) = start(&format!(
+        "{}[ota-agent]\nhealth_check_secs = 3\n",
+        verdant_integration_tests::functions::INSECURE
+    ))
+    .await;
+    let dir = core.root().join("functions/crash/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("crash.sh");
+    std::fs::write(&script, "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n").unwrap();
+    for p in [core.root().join("functions/crash"), dir.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let queued = deploy(&core, &group_with_crashing_function()).await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::RolledBack, "{last:?}");
+    assert!(
+        last.reason.contains("health check") && last.reason.contains("function:crash:1"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        last.reason.contains("back on deployment test"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        phases(&seen).contains(&Phase::RollingBack),
+        "{:?}",
+        phases(&seen)
+    );
+    assert_eq!(current(&core), "test");
+    assert_eq!(routes(&core).await, ["a/old/#"]);
+    let functions = verdant_integration_tests::functions::functions(&core)
+        .await
+        .functions;
+    assert!(
+        functions.iter().all(|f| !f.arn.contains("crash")),
+        "{functions:?}"
+    );
+}
