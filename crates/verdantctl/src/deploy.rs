@@ -23,7 +23,7 @@ const SERVICE: &str = "ota-agent";
 const ORIGIN: &str = "verdantctl";
 
 /// Waits before each new attempt to follow a deployment whose stream
-/// broke (the ota-agent restarted): about half a minute in all, longer
+/// broke (the ota-agent restarted): about 16 s in all, longer
 /// than init takes to restart a daemon.
 const REATTACH: [Duration; 6] = [
     Duration::from_millis(250),
