@@ -266,13 +266,11 @@ pub async fn run(dir: &Path, cmd: Option<DeploymentsCmd>, json: bool) -> Result<
                 .await
                 .map_err(|e| agent_error(&e))?
                 .into_inner();
+            // Whether the core runs it is only a mark: shown without it.
             let current = api
                 .list_deployments(pb::ListDeploymentsRequest { limit: 1 })
                 .await
-                .map_err(|e| agent_error(&e))?
-                .into_inner()
-                .current;
-            let current = current == d.deployment_id;
+                .is_ok_and(|r| r.into_inner().current == d.deployment_id);
             if json {
                 output::json(&render::view(&d, Some(current)));
             } else {
@@ -292,10 +290,12 @@ pub async fn run(dir: &Path, cmd: Option<DeploymentsCmd>, json: bool) -> Result<
                 .map_err(|e| agent_error(&e))?
                 .into_inner();
             if json {
-                println!("{}", render::json_line(&d));
+                output::json(&render::view(&d, None));
+            } else if render::has_ended(&d) {
+                print_lines(&render::outcome_lines(&d));
             } else {
                 println!(
-                    "deployment {}: {}",
+                    "deployment {}: {} (cancelling)",
                     d.deployment_id,
                     render::status_line(&d)
                 );

@@ -188,6 +188,8 @@ struct Script {
     /// deployment's does (else it ends, as a stopping agent's does).
     hang: bool,
     gets: VecDeque<Answer>,
+    /// What `ListDeployments` answers (UNIMPLEMENTED when none).
+    list: Option<pb::ListDeploymentsResponse>,
     watch_calls: usize,
     get_calls: usize,
 }
@@ -244,7 +246,9 @@ impl Deployments for Agent {
         &self,
         _: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
+        let list = self.0.lock().unwrap().list.clone();
+        list.map(Response::new)
+            .ok_or_else(|| Status::unimplemented("not scripted"))
     }
 
     async fn get_deployment(
@@ -588,4 +592,28 @@ async fn no_agent_is_a_plain_error() {
     let (_, ended) = follow_lines(dir.path()).await;
     let e = ended.unwrap_err();
     assert!(e.starts_with("ota-agent not running at "), "{e}");
+}
+
+#[tokio::test]
+async fn list_show_and_cancel_ask_the_agent() {
+    let agent = Agent::scripted(
+        vec![],
+        vec![Ok(at(Phase::Succeeded)), Ok(at(Phase::Failed))],
+    );
+    let dir = serve(&agent);
+    let show = || Some(DeploymentsCmd::Show { id: ID.into() });
+    // Without a list, whether the core runs it is left out, no more.
+    run(dir.path(), show(), false).await.unwrap();
+    let e = run(dir.path(), None, false).await.unwrap_err();
+    assert_eq!(e, "this core's ota-agent does not take deployments");
+    agent.0.lock().unwrap().list = Some(pb::ListDeploymentsResponse {
+        deployments: vec![at(Phase::Succeeded)],
+        current: ID.into(),
+    });
+    run(dir.path(), show(), true).await.unwrap();
+    run(dir.path(), None, true).await.unwrap();
+    run(dir.path(), Some(DeploymentsCmd::List { limit: 1 }), false)
+        .await
+        .unwrap();
+    assert_eq!(agent.calls(), (2, 0));
 }
