@@ -428,3 +428,45 @@ async fn a_function_that_fails_its_health_check_is_rolled_back() {
         "{functions:?}"
     );
 }
+
+#[tokio::test]
+async fn verdantctl_deploys_follows_and_lists() {
+    let (core, _port) = start("").await;
+    let file = core.dir.path().join("new-group.json");
+    std::fs::write(&file, group("a/new/#", true)).unwrap();
+    let out = core.ctl(&["deploy", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in ["APPLYING  router", "HEALTH_CHECK", "SUCCEEDED"] {
+        assert!(text.contains(phase), "{phase}: {text}");
+    }
+    assert_eq!(routes(&core).await, ["a/new/#"]);
+
+    let bad = core.dir.path().join("bad-group.json");
+    std::fs::write(&bad, group("a/new/#", true).replace("a/new/#", "a/#/x")).unwrap();
+    let out = core.ctl(&["deploy", bad.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("SubscriptionDefinitionVersion.Subscriptions[0].Subject"),
+        "{text}"
+    );
+
+    let out = core.ctl(&["deployments", "-o", "json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert_eq!(listed.matches("\"SUCCEEDED\"").count(), 1, "{listed}");
+    assert_eq!(listed.matches("\"FAILED\"").count(), 1, "{listed}");
+    // A Redeployment without a file deploys the group the core runs.
+    let out = core.ctl(&["deploy", "--type", "Redeployment"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(routes(&core).await, ["a/new/#"]);
+}

@@ -41,7 +41,7 @@ pub enum DeploymentType {
     #[default]
     #[value(name = "NewDeployment")]
     New,
-    /// The group given, deployed again (as Greengrass redeploys a group).
+    /// The group given deployed again; without one, the group the core runs.
     #[value(name = "Redeployment")]
     Redeployment,
     /// Back to an empty group: the core alone, no devices, functions or routes.
@@ -72,7 +72,8 @@ impl DeploymentType {
 pub struct DeployArgs {
     /// A `group.json`, a bundle directory (`group.json` and
     /// `functions/<name>/<version>/...`) or a tarball of one (.tar,
-    /// .tar.gz, .tgz). None for a reset.
+    /// .tar.gz, .tgz). None for a reset, or for a Redeployment of the
+    /// group the core runs.
     pub source: Option<PathBuf>,
     /// The deployment type.
     #[arg(long = "type", value_enum, ignore_case = true, default_value_t)]
@@ -113,7 +114,7 @@ pub enum DeploymentsCmd {
 /// What `deploy` sends, decided from the arguments alone.
 #[derive(Debug, PartialEq, Eq)]
 enum Source<'a> {
-    /// A reset deploys no group.
+    /// A reset deploys no group; a Redeployment the current one.
     Nothing,
     /// A `group.json`, sent as its bytes.
     GroupJson(&'a Path),
@@ -128,7 +129,7 @@ fn classify(
     kind: DeploymentType,
 ) -> Result<Source<'_>, String> {
     let Some(path) = source else {
-        return if kind.is_reset() {
+        return if kind.is_reset() || kind == DeploymentType::Redeployment {
             Ok(Source::Nothing)
         } else {
             Err(

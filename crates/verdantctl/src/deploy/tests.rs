@@ -125,6 +125,7 @@ fn sources_are_told_apart_by_kind_and_name() {
     }
     assert_eq!(classify(None, false, Reset), Ok(Source::Nothing));
     assert_eq!(classify(None, false, ForceReset), Ok(Source::Nothing));
+    assert_eq!(classify(None, false, Redeployment), Ok(Source::Nothing));
     let e = classify(Some(p("b.zip")), false, New).unwrap_err();
     assert!(e.starts_with("b.zip: not a group.json"), "{e}");
     let e = classify(None, false, New).unwrap_err();
