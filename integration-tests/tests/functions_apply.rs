@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use verdant_integration_tests::functions::{
-    INSECURE, TCP, adder_function, apply_group, echo, echo_function, function_arn, functions,
-    greeter_function, group_of, install_greeters, invoke, wait_function,
+    INSECURE, TCP, adder_function, apply_group, cgroups_of, echo, echo_function, function_arn,
+    functions, greeter_function, group_of, install_greeters, invoke, wait_function,
 };
 use verdant_integration_tests::mqtt::{connect, subscribed};
 use verdant_integration_tests::{Core, Options, PATIENCE, alive};
@@ -51,19 +51,41 @@ fn deployed(core: &Core, group: &str) {
     std::fs::write(core.root().join("deployments/test/group.json"), group).unwrap();
 }
 
+/// The cgroups of the lambda-runner `runner`'s instances of `name`.
+fn cgroups(runner: u32, name: &str) -> Vec<std::path::PathBuf> {
+    cgroups_of(runner)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn apply_group_starts_stops_and_restarts_what_changed_and_leaves_the_rest_running() {
+    // The function to remove runs in a container (its cgroups go with it).
+    let mut leaving = greeter_function("leaving", false, "bye");
+    leaving["FunctionConfiguration"]["MemorySize"] = json!(65536);
+    leaving["FunctionConfiguration"]["Environment"]["Execution"] =
+        json!({ "IsolationMode": "GreengrassContainer" });
     let core = start(&group_of(&[
         echo_function(),
         adder_function(),
         greeter_function("greeter", true, "hello"),
-        greeter_function("leaving", false, "bye"),
+        leaving,
     ]))
     .await;
     let echo_pids = running(&core, "echo").await;
     let greeter_pids = running(&core, "greeter").await;
     assert_eq!(greet(&core, "greeter").await["greeting"], "hello");
-    let leaving = greet(&core, "leaving").await["pid"].as_u64().unwrap();
+    assert_eq!(greet(&core, "leaving").await["greeting"], "bye");
+    let leaving = running(&core, "leaving").await[0];
+    let runner = core.service("lambda-runner").await.pid;
+    assert!(
+        !cgroups(runner, "leaving").is_empty(),
+        "a container instance"
+    );
 
     deployed(
         &core,
@@ -92,14 +114,15 @@ async fn apply_group_starts_stops_and_restarts_what_changed_and_leaves_the_rest_
         "{arns:?}"
     );
     let gone = tokio::time::timeout(PATIENCE, async {
-        while alive(u32::try_from(leaving).unwrap()) {
+        while alive(leaving) || !cgroups(runner, "leaving").is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
     assert!(
         gone.is_ok(),
-        "the removed function's instance {leaving} lives on"
+        "the removed function's instance {leaving} or its cgroups live on: {:?}",
+        cgroups(runner, "leaving")
     );
     // The new pinned function runs and answers.
     running(&core, "arriving").await;
