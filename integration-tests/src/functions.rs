@@ -209,7 +209,7 @@ pub fn adder_function() -> Value {
 pub fn greeter_function(name: &str, pinned: bool, greeting: &str) -> Value {
     json!({ "Id": name, "FunctionArn": function_arn(name),
         "FunctionConfiguration": { "Executable": "greeter.handler", "Pinned": pinned,
-            "Timeout": 10, "Environment": { "Variables": { "GREETING": greeting } } } })
+            "Timeout": 60, "Environment": { "Variables": { "GREETING": greeting } } } })
 }
 
 /// `echo` (with greengrasssdk), the zipped `adder`, and the greeter's

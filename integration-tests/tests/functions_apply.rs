@@ -13,7 +13,7 @@ use verdant_integration_tests::functions::{
 use verdant_integration_tests::mqtt::{connect, subscribed};
 use verdant_integration_tests::{Core, Options, PATIENCE, alive};
 
-const GREETERS: &[&str] = &["greeter", "leaving", "arriving"];
+const GREETERS: &[&str] = &["greeter", "leaving", "arriving", "busy"];
 
 async fn start(group: &str) -> Core {
     let dropin = format!("{TCP}{INSECURE}");
@@ -143,6 +143,43 @@ async fn apply_group_starts_stops_and_restarts_what_changed_and_leaves_the_rest_
     let out = echo(&core, &dev, &mut ev, json!({ "n": 7 })).await;
     assert_eq!(out["sum"], 107);
     assert_eq!(running(&core, "echo").await, echo_pids);
+}
+
+#[tokio::test]
+async fn a_changed_on_demand_function_finishes_its_invocation_under_the_old_code() {
+    let core = start(&group_of(&[
+        echo_function(),
+        greeter_function("busy", false, "before"),
+    ]))
+    .await;
+    // An invocation that runs until the test lets it end.
+    let go = core.dir.path().join("go");
+    let event = json!({ "wait_for": go }).to_string();
+    let socket = core.socket("lambda-runner");
+    let in_flight =
+        tokio::spawn(async move { invoke(&socket, &function_arn("busy"), &event).await });
+    wait_function(&core, "busy", |f| f.invocations == 1 && f.instances == 1).await;
+
+    deployed(
+        &core,
+        &group_of(&[echo_function(), greeter_function("busy", false, "after")]),
+    );
+    let applied = apply_group(&core).await.expect("the group applied");
+    assert_eq!(applied.restarted, [function_arn("busy")]);
+    // New work runs the new configuration, beside the old instance.
+    assert_eq!(greet(&core, "busy").await["greeting"], "after");
+    assert!(!in_flight.is_finished(), "the old instance was not killed");
+    std::fs::write(&go, "").unwrap();
+    let reply = tokio::time::timeout(PATIENCE, in_flight)
+        .await
+        .expect("the invocation in flight ends")
+        .unwrap();
+    assert_eq!(reply.function_error, "", "{reply:?}");
+    let answer: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        answer["greeting"], "before",
+        "it ran under the old configuration"
+    );
 }
 
 #[tokio::test]
