@@ -99,7 +99,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Device(group::DeviceCmd),
     /// Have the running core read the deployed group again: the router's
-    /// subscription table and the broker's devices.
+    /// subscription table, the broker's devices, the lambda-runner's
+    /// functions (only new or changed ones start again).
     Reload,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
