@@ -8,6 +8,7 @@
 
 pub mod cloud;
 pub mod cloud_shadow;
+pub mod deployments;
 pub mod functions;
 pub mod groups;
 pub mod mqtt;
