@@ -449,3 +449,54 @@ async fn verdantctl_deploys_follows_and_lists() {
     );
     assert_eq!(routes(&core).await, ["a/new/#"]);
 }
+
+#[tokio::test]
+async fn the_queue_is_bounded_and_cancelled_deployments_never_block_the_next() {
+    let (core, _port) = start("[ota-agent]\nstep_pause_ms = 300\nqueue = 2\n").await;
+    let running = deploy(&core, &group("a/one/#", false)).await;
+    let waiting = deploy(&core, &group("a/two/#", false)).await;
+    let last = deploy(&core, &group("a/three/#", false)).await;
+    let mut c = client(&core).await;
+    let full = c
+        .deploy(pb::DeployRequest {
+            source: Some(pb::deploy_request::Source::GroupJson(
+                group("a/four/#", false).into_bytes(),
+            )),
+            ..pb::DeployRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+
+    let by_id = |id: &str| pb::DeploymentRequest {
+        deployment_id: id.into(),
+    };
+    // The running one stops at its next step, before the switch: nothing changed.
+    c.cancel_deployment(by_id(&running.deployment_id))
+        .await
+        .unwrap();
+    // A queued one is dropped at once.
+    let dropped = c
+        .cancel_deployment(by_id(&waiting.deployment_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dropped.phase(), Phase::Cancelled, "{dropped:?}");
+
+    let first = watch_to_end(&core, &running.deployment_id).await;
+    let first = first.last().unwrap();
+    assert!(
+        matches!(first.phase(), Phase::Cancelled | Phase::RolledBack),
+        "{first:?}"
+    );
+    assert!(first.reason.contains("cancelled"), "{first:?}");
+    let third = watch_to_end(&core, &last.deployment_id).await;
+    assert_eq!(third.last().unwrap().phase(), Phase::Succeeded, "{third:?}");
+    assert_eq!(routes(&core).await, ["a/three/#"]);
+    assert_eq!(current(&core), last.deployment_id);
+    let err = c
+        .cancel_deployment(by_id(&last.deployment_id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+}
