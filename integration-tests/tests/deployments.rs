@@ -500,3 +500,25 @@ async fn the_queue_is_bounded_and_cancelled_deployments_never_block_the_next() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_function_without_its_code_fails_validation_and_changes_nothing() {
+    let (core, _port) = start(verdant_integration_tests::functions::INSECURE).await;
+    // The crashing function's group, with no code installed for it.
+    let queued = deploy(&core, &group_with_crashing_function()).await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
+    let problem = last
+        .problems
+        .iter()
+        .find(|p| p.path.starts_with("FunctionDefinitionVersion.Functions[0]"))
+        .unwrap_or_else(|| panic!("{last:?}"));
+    assert!(
+        problem.message.starts_with("lambda-runner: ")
+            && problem.message.contains("functions/crash/1"),
+        "{problem:?}"
+    );
+    assert_eq!(current(&core), "test");
+    assert_eq!(routes(&core).await, ["a/old/#"]);
+}

@@ -105,6 +105,71 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// Why each function of `group_json` could not run here (its JSON path,
+    /// then why), with `staged` code (`<name>/<version>` to a directory or
+    /// zip) in place of what is installed. Changes nothing.
+    pub fn check(
+        &self,
+        group_json: &[u8],
+        staged: HashMap<String, PathBuf>,
+    ) -> Vec<(String, String)> {
+        let group = match Group::parse(group_json) {
+            Ok(g) => g,
+            Err(problems) => {
+                return problems.into_iter().map(|p| (p.path, p.reason)).collect();
+            }
+        };
+        let dirs = Dirs {
+            staged,
+            ..self.dirs.clone()
+        };
+        let mut specs = function::specs(&group, &dirs, &self.config, &self.containers);
+        let problems = function::host_problems(Path::new("/proc/sys"));
+        function::secure_mode(&mut specs, &problems, &self.config);
+        specs
+            .iter()
+            .filter_map(|s| match &s.runtime {
+                Runtime::Unavailable(why) => Some(split_path(why, &s.arn)),
+                Runtime::Python { .. } => missing(&self.config.python, "python", &s.arn),
+                Runtime::Node { .. } => missing(&self.config.node, "node", &s.arn),
+                Runtime::Java { .. } => missing(&self.config.java, "java", &s.arn),
+                Runtime::Executable { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// `<JSON path>: <why>` as (path, why); a reason without a path is the function's.
+fn split_path(why: &str, arn: &str) -> (String, String) {
+    match why.split_once(": ") {
+        Some((path, rest)) if path.starts_with("FunctionDefinitionVersion") => {
+            (path.to_string(), rest.to_string())
+        }
+        _ => (arn.to_string(), why.to_string()),
+    }
+}
+
+/// A problem if the interpreter `program` (a path, or a name on `PATH`)
+/// is not there.
+fn missing(program: &Path, key: &str, arn: &str) -> Option<(String, String)> {
+    let found = if program.components().count() > 1 {
+        program.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    (!found).then(|| {
+        (
+            arn.to_string(),
+            format!(
+                "{} is not installed on this core ([lambda-runner] {key})",
+                program.display()
+            ),
+        )
+    })
+}
+
 /// Logs why each of `specs` that cannot run cannot.
 pub fn log_unavailable<'a>(specs: impl IntoIterator<Item = &'a Spec>) {
     for s in specs {

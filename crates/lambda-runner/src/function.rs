@@ -302,6 +302,9 @@ pub struct Dirs {
     pub unpacked: PathBuf,
     /// Machine learning model resources, `<resource id>/`.
     pub models: PathBuf,
+    /// Code not yet installed under `functions` (a deployment being
+    /// checked): `<name>/<version>` to a directory or a `.zip` file.
+    pub staged: std::collections::HashMap<String, PathBuf>,
 }
 
 /// The directory of a function's code and its fingerprint:
@@ -311,13 +314,20 @@ pub struct Dirs {
 /// the zip's own path and fingerprint: unpacked once, and kept while its
 /// instances may run (the lambda-runner clears them all at start).
 fn artifact(dirs: &Dirs, name: &str, version: &str) -> Result<(PathBuf, Fingerprint), String> {
-    let dir = dirs.functions.join(name).join(version);
+    let staged = dirs.staged.get(&format!("{name}/{version}"));
+    let dir = match staged {
+        Some(path) if path.is_dir() => path.clone(),
+        _ => dirs.functions.join(name).join(version),
+    };
     if dir.is_dir() {
         let dir = dir.canonicalize().unwrap_or(dir);
         let fingerprint = Fingerprint::of(&dir);
         return Ok((dir, fingerprint));
     }
-    let zip = dirs.functions.join(name).join(format!("{version}.zip"));
+    let zip = match staged {
+        Some(path) if path.is_file() => path.clone(),
+        _ => dirs.functions.join(name).join(format!("{version}.zip")),
+    };
     if !zip.is_file() {
         return Ok((dir, Fingerprint::default()));
     }
@@ -475,6 +485,7 @@ mod tests {
             functions: dir.path().join("functions"),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            staged: std::collections::HashMap::new(),
         };
         std::fs::create_dir_all(dirs.functions.join("z")).unwrap();
         std::fs::create_dir_all(dirs.functions.join("evil")).unwrap();
@@ -536,6 +547,7 @@ mod tests {
             functions: dir.path().join("functions"),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            staged: std::collections::HashMap::new(),
         };
         std::fs::create_dir_all(dirs.functions.join("f")).unwrap();
         let link = dirs.functions.join("f/1");
@@ -590,6 +602,7 @@ mod tests {
             functions: dir.path().to_path_buf(),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            staged: std::collections::HashMap::new(),
         };
         let s = specs(&g, &dirs, &LambdaConfig::default(), &no);
         assert!(!s[0].container && s[3].container);

@@ -161,6 +161,29 @@ impl Lambda for Api {
         }))
     }
 
+    async fn check_group(
+        &self,
+        request: Request<pb::CheckGroupRequest>,
+    ) -> Result<Response<pb::CheckGroupResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let r = request.into_inner();
+        let staged = r
+            .artifacts
+            .into_iter()
+            .map(|(k, v)| (k, std::path::PathBuf::from(v)))
+            .collect();
+        let loader = self.deployer.loader.clone();
+        let problems = tokio::task::spawn_blocking(move || loader.check(&r.group_json, staged))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CheckGroupResponse {
+            problems: problems
+                .into_iter()
+                .map(|(path, message)| pb::Problem { path, message })
+                .collect(),
+        }))
+    }
+
     async fn logs(
         &self,
         request: Request<pb::LogsRequest>,

@@ -209,6 +209,7 @@ fn loader(ctx: &Context, config: &LambdaConfig, containers: Result<(), String>) 
         functions: ctx.layout.functions_dir(),
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
         models: ctx.layout.data_dir(SERVICE).join("models"),
+        staged: std::collections::HashMap::new(),
     };
     if let Err(e) = std::fs::remove_dir_all(&dirs.unpacked)
         && e.kind() != std::io::ErrorKind::NotFound

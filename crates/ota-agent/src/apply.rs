@@ -56,6 +56,38 @@ impl Daemons {
         }
     }
 
+    /// What the daemons say of a group before it is deployed: the
+    /// lambda-runner whether it could run its functions (`artifacts`: code
+    /// the deployment brings, `<name>/<version>` to a directory or zip).
+    /// Each problem with its JSON path.
+    pub async fn check_group(
+        &self,
+        group_json: &[u8],
+        artifacts: &HashMap<String, String>,
+        deadline: Instant,
+    ) -> Result<Vec<(String, String)>, String> {
+        let Some(socket) = self.socket("lambda-runner") else {
+            return Ok(Vec::new());
+        };
+        let reply = retry(deadline, || async {
+            let channel = Self::connect(&socket, deadline).await?;
+            LambdaClient::new(channel)
+                .check_group(lambda::CheckGroupRequest {
+                    group_json: group_json.to_vec(),
+                    artifacts: artifacts.clone(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| Failure::from_status("lambda-runner", &s))
+        })
+        .await?;
+        Ok(reply
+            .problems
+            .into_iter()
+            .map(|p| (p.path, format!("lambda-runner: {}", p.message)))
+            .collect())
+    }
+
     /// Has every daemon take the deployment `current` links to (`id`):
     /// the router, then the lambda-runner.
     pub async fn apply(&self, id: &str, deadline: Instant) -> Result<Outcome, String> {

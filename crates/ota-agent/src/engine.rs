@@ -374,21 +374,19 @@ impl Agent {
             return Err(cancelled(Phase::Validating));
         }
         let json = self.group_json(request)?;
-        let group = Group::parse(&json).map_err(|problems| Stop {
-            reason: format!(
-                "invalid group: {} problem{}; the running group is unchanged",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            ),
-            problems: problems
-                .into_iter()
-                .map(|p| Problem {
-                    path: p.path,
-                    message: p.reason,
-                })
-                .collect(),
-            cancelled: false,
+        let group = Group::parse(&json).map_err(|problems| {
+            invalid(problems.into_iter().map(|p| (p.path, p.reason)).collect())
         })?;
+        self.enter(d, Phase::Validating, "lambda-runner").await;
+        let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
+        let problems = self
+            .daemons
+            .check_group(&json, &std::collections::HashMap::new(), deadline)
+            .await
+            .map_err(|why| Stop::from(format!("validating: {why}")))?;
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
         d.group_id.clone_from(&group.id);
         d.group_version = group.version.clone().unwrap_or_default();
 
@@ -526,6 +524,22 @@ impl Agent {
             .skip(self.config.keep)
             .collect();
         self.staging.prune(&old);
+    }
+}
+
+/// A deployment stopped by what validation found: `(JSON path, why)`.
+fn invalid(problems: Vec<(String, String)>) -> Stop {
+    Stop {
+        reason: format!(
+            "invalid group: {} problem{}; the running group is unchanged",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        ),
+        problems: problems
+            .into_iter()
+            .map(|(path, message)| Problem { path, message })
+            .collect(),
+        cancelled: false,
     }
 }
 
