@@ -98,15 +98,7 @@ pub fn install_functions(root: &Path) {
         bundle_greengrasssdk(&dir);
     }
     copy_dir(&here.join("hog"), &root.join("functions/hog/1"));
-    // The adder comes as a zip, as Greengrass deployments bring functions.
-    std::fs::create_dir_all(root.join("functions/adder")).unwrap();
-    let zipped = std::process::Command::new(crate::python())
-        .args(["-m", "zipfile", "-c"])
-        .arg(root.join("functions/adder/1.zip"))
-        .arg(here.join("adder/adder.py"))
-        .output()
-        .unwrap();
-    assert!(zipped.status.success(), "{zipped:?}");
+    install_adder(root);
     // The Node.js function bundles aws-greengrass-core-sdk and its
     // dependencies in node_modules, as users do.
     let node_sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.node/node_modules");
@@ -154,10 +146,98 @@ pub fn install_functions(root: &Path) {
         text.replace("@ROOT@", &root.display().to_string()),
     )
     .unwrap();
-    // The temp dir is private to us; the functions run as nobody.
+    open_to_functions(root);
+}
+
+/// The adder as a zip, as Greengrass deployments bring functions.
+fn install_adder(root: &Path) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
+    std::fs::create_dir_all(root.join("functions/adder")).unwrap();
+    let zipped = std::process::Command::new(crate::python())
+        .args(["-m", "zipfile", "-c"])
+        .arg(root.join("functions/adder/1.zip"))
+        .arg(here.join("adder/adder.py"))
+        .output()
+        .unwrap();
+    assert!(zipped.status.success(), "{zipped:?}");
+}
+
+/// The temp dir is private to us; the functions run as nobody.
+fn open_to_functions(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     for dir in [root.parent().unwrap(), root] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+}
+
+/// A group of the pinned greengrasssdk `echo` function, with the
+/// subscriptions it needs, and `functions` (`FunctionDefinitionVersion`
+/// entries).
+pub fn group_of(functions: &[Value]) -> String {
+    json!({
+        "Id": "apply-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("a", 2)] },
+        "FunctionDefinitionVersion": {
+            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+                "RunAs": { "Uid": 65534, "Gid": 65534 } } },
+            "Functions": functions,
+        },
+        "SubscriptionDefinitionVersion": { "Subscriptions": [
+            { "Id": "in", "Source": arn("a"), "Subject": "in/#", "Target": function_arn("echo") },
+            { "Id": "out", "Source": function_arn("echo"), "Subject": "echo/out", "Target": arn("a") },
+        ]},
+    })
+    .to_string()
+}
+
+/// The group entry of the pinned `echo`, which asks the `adder`.
+pub fn echo_function() -> Value {
+    json!({ "Id": "echo", "FunctionArn": function_arn("echo"),
+        "FunctionConfiguration": { "Executable": "echo.handler", "Pinned": true, "Timeout": 10,
+            "Environment": { "Variables": { "ADDER_ARN": function_arn("adder") } } } })
+}
+
+/// The group entry of the on-demand `adder`.
+pub fn adder_function() -> Value {
+    json!({ "Id": "adder", "FunctionArn": function_arn("adder"),
+        "FunctionConfiguration": { "Executable": "adder.handler", "Timeout": 3 } })
+}
+
+/// The group entry of a function `name` running the greeter's code, told
+/// `greeting` in its environment.
+pub fn greeter_function(name: &str, pinned: bool, greeting: &str) -> Value {
+    json!({ "Id": name, "FunctionArn": function_arn(name),
+        "FunctionConfiguration": { "Executable": "greeter.handler", "Pinned": pinned,
+            "Timeout": 60, "Environment": { "Variables": { "GREETING": greeting } } } })
+}
+
+/// `echo` (with greengrasssdk), the zipped `adder`, and the greeter's
+/// code as each of `greeters`.
+pub fn install_greeters(root: &Path, greeters: &[&str]) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
+    let dir = root.join("functions/echo/1");
+    copy_dir(&here.join("echo"), &dir);
+    bundle_greengrasssdk(&dir);
+    install_adder(root);
+    for name in greeters {
+        copy_dir(
+            &here.join("greeter"),
+            &root.join("functions").join(name).join("1"),
+        );
+    }
+    open_to_functions(root);
+}
+
+/// `Lambda/ApplyGroup` on the core's lambda-runner.
+pub async fn apply_group(core: &Core) -> Result<pb::ApplyGroupResponse, tonic::Status> {
+    let channel = verdant_common::uds::connect(&core.socket("lambda-runner"))
+        .await
+        .unwrap();
+    LambdaClient::new(channel)
+        .apply_group(pb::ApplyGroupRequest {})
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 pub async fn start() -> Core {

@@ -291,14 +291,24 @@ async fn a_reset_leaves_the_core_alone_and_a_redeployment_brings_the_group_back(
     assert_eq!(routes(&core).await, ["a/old/#"]);
 }
 
-/// Stops the ota-agent with SIGKILL while a deployment is in `phase` (each
-/// step paused so the test can), and checks that after init restarts it
-/// the deployment has ended and the core is wholly on the old group.
-async fn killed_during(phase: Phase) {
-    let (core, _port) = start("[ota-agent]\nstep_pause_ms = 1500\n").await;
+/// What a test kills in the middle of a deployment.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// The ota-agent (init restarts it).
+    Agent,
+    /// The router (init restarts it).
+    Router,
+    /// init and every daemon at once, then a new init on the same root.
+    WholeCore,
+}
+
+/// Kills `what` with SIGKILL while a deployment is in `phase` (each step
+/// paused so the test can), and checks that the deployment then ends with
+/// the core wholly on the old group or wholly on the new one.
+async fn killed_during(phase: Phase, what: Kill) {
+    let (mut core, _port) = start("[ota-agent]\nstep_pause_ms = 1500\n").await;
     let queued = deploy(&core, &group("a/new/#", true)).await;
     let id = queued.deployment_id.clone();
-    // Wait for the phase.
     tokio::time::timeout(PATIENCE, async {
         loop {
             let d = client(&core)
@@ -324,22 +334,48 @@ async fn killed_during(phase: Phase) {
     })
     .await
     .expect("the phase comes");
-    core.kill_9("ota-agent").await;
+    match what {
+        Kill::Agent => core.kill_9("ota-agent").await,
+        Kill::Router => core.kill_9("router").await,
+        Kill::WholeCore => {
+            let pids: Vec<u32> = core.services().await.iter().map(|s| s.pid).collect();
+            core.init.kill().unwrap();
+            core.init.wait().unwrap();
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid.cast_signed()),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            core.respawn();
+            core.wait_all_running().await;
+        }
+    }
     let seen = watch_to_end(&core, &id).await;
     let last = seen.last().unwrap();
-    assert!(
-        last.reason.contains("interrupted during"),
-        "{phase:?}: {last:?}"
-    );
-    // Before the switch nothing changed; after it, `current` is put back.
-    let ended = match phase {
-        Phase::Validating => vec![Phase::Failed],
-        Phase::Staging => vec![Phase::Failed, Phase::RolledBack],
-        _ => vec![Phase::RolledBack],
-    };
-    assert!(ended.contains(&last.phase()), "{phase:?}: {last:?}");
-    assert_eq!(current(&core), "test", "{phase:?}: {last:?}");
-    assert_eq!(routes(&core).await, ["a/old/#"], "{phase:?}");
+    // Wholly new, or wholly old.
+    if last.phase() == Phase::Succeeded {
+        assert_eq!(current(&core), id, "{phase:?} {what:?}: {last:?}");
+        assert_eq!(routes(&core).await, ["a/new/#"], "{phase:?} {what:?}");
+    } else {
+        assert!(
+            matches!(last.phase(), Phase::Failed | Phase::RolledBack),
+            "{phase:?} {what:?}: {last:?}"
+        );
+        assert_eq!(current(&core), "test", "{phase:?} {what:?}: {last:?}");
+        assert_eq!(routes(&core).await, ["a/old/#"], "{phase:?} {what:?}");
+    }
+    if !matches!(what, Kill::Router) {
+        // Killed, the agent cannot have finished it: it says so.
+        assert!(last.reason.contains("interrupted during"), "{last:?}");
+        // Before the switch nothing changed; after it, `current` is put back.
+        let ended = match phase {
+            Phase::Validating => vec![Phase::Failed],
+            Phase::Staging => vec![Phase::Failed, Phase::RolledBack],
+            _ => vec![Phase::RolledBack],
+        };
+        assert!(ended.contains(&last.phase()), "{phase:?}: {last:?}");
+    }
 
     // The agent takes the next deployment as usual.
     let next = deploy(&core, &group("a/new/#", true)).await;
@@ -349,23 +385,53 @@ async fn killed_during(phase: Phase) {
 }
 
 #[tokio::test]
-async fn killed_while_validating_the_core_stays_on_the_old_group() {
-    killed_during(Phase::Validating).await;
+async fn the_ota_agent_killed_while_validating() {
+    killed_during(Phase::Validating, Kill::Agent).await;
 }
 
 #[tokio::test]
-async fn killed_while_staging_the_core_stays_on_the_old_group() {
-    killed_during(Phase::Staging).await;
+async fn the_whole_core_killed_while_validating() {
+    killed_during(Phase::Validating, Kill::WholeCore).await;
 }
 
 #[tokio::test]
-async fn killed_while_applying_the_core_goes_back_to_the_old_group() {
-    killed_during(Phase::Applying).await;
+async fn the_ota_agent_killed_while_staging() {
+    killed_during(Phase::Staging, Kill::Agent).await;
 }
 
 #[tokio::test]
-async fn killed_during_the_health_check_the_core_goes_back_to_the_old_group() {
-    killed_during(Phase::HealthCheck).await;
+async fn the_whole_core_killed_while_staging() {
+    killed_during(Phase::Staging, Kill::WholeCore).await;
+}
+
+#[tokio::test]
+async fn the_ota_agent_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::Agent).await;
+}
+
+#[tokio::test]
+async fn the_router_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::Router).await;
+}
+
+#[tokio::test]
+async fn the_whole_core_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::WholeCore).await;
+}
+
+#[tokio::test]
+async fn the_ota_agent_killed_while_health_check() {
+    killed_during(Phase::HealthCheck, Kill::Agent).await;
+}
+
+#[tokio::test]
+async fn the_router_killed_while_health_check() {
+    killed_during(Phase::HealthCheck, Kill::Router).await;
+}
+
+#[tokio::test]
+async fn the_whole_core_killed_while_health_check() {
+    killed_during(Phase::HealthCheck, Kill::WholeCore).await;
 }
 
 /// `group("a/new/#", false)` plus a pinned function that exits at once.
@@ -427,4 +493,46 @@ async fn a_function_that_fails_its_health_check_is_rolled_back() {
         functions.iter().all(|f| !f.arn.contains("crash")),
         "{functions:?}"
     );
+}
+
+#[tokio::test]
+async fn verdantctl_deploys_follows_and_lists() {
+    let (core, _port) = start("").await;
+    let file = core.dir.path().join("new-group.json");
+    std::fs::write(&file, group("a/new/#", true)).unwrap();
+    let out = core.ctl(&["deploy", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in ["APPLYING  router", "HEALTH_CHECK", "SUCCEEDED"] {
+        assert!(text.contains(phase), "{phase}: {text}");
+    }
+    assert_eq!(routes(&core).await, ["a/new/#"]);
+
+    let bad = core.dir.path().join("bad-group.json");
+    std::fs::write(&bad, group("a/new/#", true).replace("a/new/#", "a/#/x")).unwrap();
+    let out = core.ctl(&["deploy", bad.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("SubscriptionDefinitionVersion.Subscriptions[0].Subject"),
+        "{text}"
+    );
+
+    let out = core.ctl(&["deployments", "-o", "json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert_eq!(listed.matches("\"SUCCEEDED\"").count(), 1, "{listed}");
+    assert_eq!(listed.matches("\"FAILED\"").count(), 1, "{listed}");
+    // A Redeployment without a file deploys the group the core runs.
+    let out = core.ctl(&["deploy", "--type", "Redeployment"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(routes(&core).await, ["a/new/#"]);
 }

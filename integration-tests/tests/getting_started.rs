@@ -172,8 +172,8 @@ async fn the_hello_world_function_publishes_to_the_sample_device() {
         &core,
         &["routes", "add", "hello", "hello/world", "sample-device"],
     );
-    ctl(&core, &["reload"]);
-    ctl(&core, &["restart", "lambda-runner"]);
+    let reloaded = ctl(&core, &["reload"]);
+    assert!(reloaded.contains("functions: 1 started"), "{reloaded}");
 
     // It publishes every five seconds for as long as it runs: whenever the
     // subscription is in place, a greeting comes.

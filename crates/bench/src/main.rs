@@ -3,6 +3,7 @@
 
 mod compare;
 mod core;
+mod deploy;
 mod drain;
 mod function;
 mod lean;
@@ -118,6 +119,18 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Deployments with devices connected: Deploy → new table in effect
+    /// and → SUCCEEDED, for one subscription and one function changed;
+    /// disconnects and QoS 1 messages lost meanwhile.
+    Deploy {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// How many deployments (alternately a subscription and a function changed).
+        #[arg(long, default_value_t = 10)]
+        deployments: usize,
+    },
     /// Prints the group a routed-mode benchmark deploys: things named as
     /// the benchmark's clients and routes from every publisher to every
     /// subscriber on `bench/#`.
@@ -190,6 +203,11 @@ fn main() {
             runtime.block_on(compare::run(&targets, &pids, &plan));
         }
         Cmd::Group => println!("{}", compare::group()),
+        Cmd::Deploy {
+            bin_dir,
+            devices,
+            deployments,
+        } => runtime.block_on(deploy::run(&bin_dir, devices, deployments)),
         Cmd::Shadow { bin_dir, runs } => runtime.block_on(shadow::run(&bin_dir, runs)),
         Cmd::Function {
             bin_dir,

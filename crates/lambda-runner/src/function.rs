@@ -44,12 +44,15 @@ impl Runtime {
 }
 
 /// A cheap summary of an artifact's tree: a file added, removed, resized
-/// or rewritten changes it (a zip artifact: the zip file's).
+/// or rewritten changes it (a zip artifact: the zip file's). Python's
+/// `__pycache__` directories are not counted, nor directories' own times:
+/// a function whose user may write its code directory leaves bytecode
+/// there, and is not changed by that.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
     pub files: u64,
     pub bytes: u64,
-    /// The newest modification time of the files and directories.
+    /// The newest modification time of the files.
     pub newest: Option<SystemTime>,
 }
 
@@ -57,24 +60,23 @@ impl Fingerprint {
     /// `path`'s tree (or file), not following links below it.
     pub fn of(path: &Path) -> Fingerprint {
         let mut f = Fingerprint::default();
-        let mut todo = vec![path.to_path_buf()];
-        let mut first = true;
-        while let Some(p) = todo.pop() {
-            let meta = if first {
-                std::fs::metadata(&p)
-            } else {
-                std::fs::symlink_metadata(&p)
-            };
-            first = false;
+        let mut todo = vec![(path.to_path_buf(), std::fs::metadata(path))];
+        while let Some((p, meta)) = todo.pop() {
             let Ok(meta) = meta else { continue };
-            f.newest = f.newest.max(meta.modified().ok());
             if meta.is_dir() {
-                if let Ok(entries) = std::fs::read_dir(&p) {
-                    todo.extend(entries.flatten().map(|e| e.path()));
-                }
+                let Ok(entries) = std::fs::read_dir(&p) else {
+                    continue;
+                };
+                todo.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_name() != "__pycache__")
+                        .map(|e| (e.path(), e.metadata())),
+                );
             } else {
                 f.files += 1;
                 f.bytes += meta.len();
+                f.newest = f.newest.max(meta.modified().ok());
             }
         }
         f
@@ -554,6 +556,10 @@ mod tests {
         let (_, changed) = artifact(&dirs, "f", "1").unwrap();
         assert_eq!((changed.files, changed.bytes), (2, 7));
         assert_ne!(changed, first);
+        // Bytecode Python left beside the code is not a change.
+        std::fs::create_dir_all(store.join("bb/__pycache__")).unwrap();
+        std::fs::write(store.join("bb/__pycache__/main.cpython-311.pyc"), "pyc").unwrap();
+        assert_eq!(artifact(&dirs, "f", "1").unwrap().1, changed);
     }
 
     #[test]

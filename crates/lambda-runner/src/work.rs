@@ -505,8 +505,9 @@ impl Runner {
     }
 
     /// An instance's process ended (or could not start): what it ran fails
-    /// as `Unhandled` with why (an OOM kill counted); a pinned function gets a new instance (the
-    /// supervisor delays its start). True if one was asked for.
+    /// as `Unhandled` with why (an OOM kill counted); a pinned function of
+    /// the group gets a new instance (the supervisor delays its start), a
+    /// retired function goes with its last one. True if one was asked for.
     pub fn exited(&mut self, f: FunctionId, i: InstanceId, ended: &Ended) -> bool {
         let Some(function) = self.functions.get_mut(&f) else {
             return false;
@@ -547,8 +548,8 @@ impl Runner {
     }
 
     /// Instances past their function's Timeout (their invocation fails as
-    /// `Unhandled`, counted) and on-demand instances idle too long: the
-    /// supervisor stops them.
+    /// `Unhandled`, counted), on-demand instances idle too long, and those
+    /// of functions no longer in the group: the supervisor stops them.
     pub fn overdue(&mut self, now: Instant) -> Vec<(FunctionId, InstanceId)> {
         let mut out = std::mem::take(&mut self.stopping);
         let mut timed_out = Vec::new();

@@ -57,10 +57,18 @@ impl Daemons {
     }
 
     /// Has every daemon take the deployment `current` links to (`id`):
-    /// the router (its table; through its links the broker's devices, the
-    /// cloud subscriptions and the synced shadows), then the lambda-runner.
+    /// the router, then the lambda-runner.
     pub async fn apply(&self, id: &str, deadline: Instant) -> Result<Outcome, String> {
         let mut outcome = Outcome::default();
+        outcome.applied.push(self.apply_router(id, deadline).await?);
+        self.apply_lambda(id, deadline, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// The router takes the table; through its links the broker takes the
+    /// devices, the cloud bridge its subscriptions and the shadow service
+    /// the synced things.
+    pub async fn apply_router(&self, id: &str, deadline: Instant) -> Result<Applied, String> {
         let socket = self
             .socket("router")
             .ok_or("the router is not running: no table to apply")?;
@@ -74,35 +82,45 @@ impl Daemons {
         })
         .await?;
         check_read("router", &reply.deployment_id, id)?;
-        outcome.applied.push(Applied {
+        Ok(Applied {
             daemon: "router".into(),
             summary: format!("table version {}, {} routes", reply.version, reply.routes),
+        })
+    }
+
+    /// The lambda-runner, if the core runs it, takes the functions.
+    pub async fn apply_lambda(
+        &self,
+        id: &str,
+        deadline: Instant,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        let Some(socket) = self.socket("lambda-runner") else {
+            return Ok(());
+        };
+        let reply = retry(deadline, || async {
+            let channel = Self::connect(&socket, deadline).await?;
+            LambdaClient::new(channel)
+                .apply_group(lambda::ApplyGroupRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| Failure::from_status("lambda-runner", &s))
+        })
+        .await?;
+        check_read("lambda-runner", &reply.deployment_id, id)?;
+        outcome.applied.push(Applied {
+            daemon: "lambda-runner".into(),
+            summary: format!(
+                "started {}, restarted {}, stopped {}, unchanged {}",
+                reply.started.len(),
+                reply.restarted.len(),
+                reply.stopped.len(),
+                reply.unchanged.len()
+            ),
         });
-        if let Some(socket) = self.socket("lambda-runner") {
-            let reply = retry(deadline, || async {
-                let channel = Self::connect(&socket, deadline).await?;
-                LambdaClient::new(channel)
-                    .apply_group(lambda::ApplyGroupRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| Failure::from_status("lambda-runner", &s))
-            })
-            .await?;
-            check_read("lambda-runner", &reply.deployment_id, id)?;
-            outcome.applied.push(Applied {
-                daemon: "lambda-runner".into(),
-                summary: format!(
-                    "started {}, restarted {}, stopped {}, unchanged {}",
-                    reply.started.len(),
-                    reply.restarted.len(),
-                    reply.stopped.len(),
-                    reply.unchanged.len()
-                ),
-            });
-            outcome.fresh.extend(reply.started);
-            outcome.fresh.extend(reply.restarted);
-        }
-        Ok(outcome)
+        outcome.fresh.extend(reply.started);
+        outcome.fresh.extend(reply.restarted);
+        Ok(())
     }
 
     /// Waits until every daemon is SERVING and every pinned function runs

@@ -337,13 +337,13 @@ impl Agent {
                 d.problems = stop.problems;
                 let switched = self.current().as_deref() == Some(id);
                 if switched {
+                    // Cancelled or failed, what the switch changed is undone.
                     let outcome = self.back_to_previous(&mut d).await;
-                    let phase = if stop.cancelled {
-                        Phase::Cancelled
-                    } else {
-                        Phase::RolledBack
-                    };
-                    self.end(&mut d, phase, format!("{}; {outcome}", stop.reason));
+                    self.end(
+                        &mut d,
+                        Phase::RolledBack,
+                        format!("{}; {outcome}", stop.reason),
+                    );
                 } else {
                     self.staging.discard(id);
                     let phase = if stop.cancelled {
@@ -409,11 +409,9 @@ impl Agent {
             .map_err(|e| format!("switching deployments/current: {e}"))?;
 
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
-        self.enter(d, Phase::Applying, "router, lambda-runner")
-            .await;
         let outcome = tokio::select! {
             () = token.cancelled() => return Err(cancelled(Phase::Applying)),
-            outcome = self.daemons.apply(&id, deadline) => outcome,
+            outcome = self.apply_in_steps(d, &id, deadline) => outcome,
         };
         let outcome = match outcome {
             Ok(o) => o,
@@ -440,6 +438,25 @@ impl Agent {
                 health.map_err(|why| Stop::from(format!("health check: {why}")))
             }
         }
+    }
+
+    /// [`Daemons::apply`], each daemon a step of APPLYING.
+    async fn apply_in_steps(
+        &self,
+        d: &mut Deployment,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<crate::apply::Outcome, String> {
+        let mut outcome = crate::apply::Outcome::default();
+        self.enter(d, Phase::Applying, "router").await;
+        outcome
+            .applied
+            .push(self.daemons.apply_router(id, deadline).await?);
+        self.enter(d, Phase::Applying, "lambda-runner").await;
+        self.daemons
+            .apply_lambda(id, deadline, &mut outcome)
+            .await?;
+        Ok(outcome)
     }
 
     /// The group a request deploys, as JSON.

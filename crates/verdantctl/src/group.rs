@@ -270,7 +270,8 @@ fn endpoint(group: &Group, name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
-/// Has the router read the group's table again, and the broker its devices.
+/// Has the router read the group's table again (and so the broker its
+/// devices), then the lambda-runner its functions.
 pub async fn reload(dir: &Path) -> Result<(), String> {
     let mut api = RouterClient::new(dial(dir, "router").await?);
     let r = api
@@ -281,6 +282,24 @@ pub async fn reload(dir: &Path) -> Result<(), String> {
     println!(
         "group {}: table version {} with {} routes",
         r.group_id, r.version, r.routes
+    );
+    if !dir.join("lambda-runner.sock").exists() {
+        return Ok(());
+    }
+    let mut api = verdant_proto::lambda::v1::lambda_client::LambdaClient::new(
+        dial(dir, "lambda-runner").await?,
+    );
+    let f = api
+        .apply_group(verdant_proto::lambda::v1::ApplyGroupRequest {})
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    println!(
+        "functions: {} started, {} restarted, {} stopped, {} unchanged",
+        f.started.len(),
+        f.restarted.len(),
+        f.stopped.len(),
+        f.unchanged.len()
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! verdantctl: inspect and steer a running core over its gRPC sockets.
 
 mod broker;
+mod deploy;
 mod functions;
 mod group;
 mod output;
@@ -98,7 +99,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Device(group::DeviceCmd),
     /// Have the running core read the deployed group again: the router's
-    /// subscription table and the broker's devices.
+    /// subscription table, the broker's devices, the lambda-runner's
+    /// functions (only new or changed ones start again).
     Reload,
     /// The cloud connection and the queue of messages bound for it.
     Cloud,
@@ -120,6 +122,14 @@ pub enum Cmd {
         /// Only topics matching this MQTT filter.
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Deploy a group (a group.json, a bundle directory or a tarball) and
+    /// follow the deployment to its end; exits 0 only if it succeeded.
+    Deploy(deploy::DeployArgs),
+    /// Deployments: list, show, watch or cancel one.
+    Deployments {
+        #[command(subcommand)]
+        command: Option<deploy::DeploymentsCmd>,
     },
     /// Print a shell completion script.
     Completions {
@@ -216,6 +226,8 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
         Cmd::Cloud => router::cloud(dir, json).await,
         Cmd::Shadow(cmd) => shadow::run(dir, cmd, json).await,
         Cmd::Trace { source, topic } => router::trace(dir, source, topic, json).await,
+        Cmd::Deploy(deploy_args) => deploy::deploy(dir, deploy_args, json).await,
+        Cmd::Deployments { command } => deploy::run(dir, command, json).await,
         Cmd::Logs {
             function: Some(function),
             follow,
@@ -321,6 +333,8 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Functions { .. }
         | Cmd::Cloud
         | Cmd::Trace { .. }
+        | Cmd::Deploy(_)
+        | Cmd::Deployments { .. }
         | Cmd::Shadow(_) => {
             unreachable!("handled before connecting to init")
         }
