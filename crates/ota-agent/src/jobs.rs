@@ -46,6 +46,8 @@ const TOKEN: &str = "verdant-";
 const END: &str = "-end";
 /// The newest deployments looked at for a job taken but not recorded.
 const SWEEP: u32 = 64;
+/// How often ends the router did not take are sent again.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A job execution the cloud offers.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,9 +288,13 @@ impl Jobs {
             tokens: 0,
         };
         jobs.sweep();
+        let mut sweeps =
+            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = sweeps.tick() => jobs.sweep(),
                 m = down.recv() => match m {
                     Some(FromRouter::Cloud(true)) => {
                         jobs.sweep();
@@ -462,8 +468,9 @@ impl Jobs {
         });
     }
 
-    /// The router took a job's end for the cloud, or refused it (sent
-    /// again by the next sweep).
+    /// The router took a job's end for the cloud, or refused it (a full
+    /// cloud queue that refuses new messages: sent again by the next
+    /// sweep, within [`SWEEP_EVERY`]).
     fn answered(&mut self, job: &str, taken: bool) {
         if taken && let Err(err) = self.ledger.reported(job) {
             tracing::error!(job, "the jobs table: {err}");
@@ -471,15 +478,18 @@ impl Jobs {
         if !taken {
             tracing::warn!(
                 job,
-                "the router did not take the job's end; sent again later"
+                "the router's cloud queue did not take the job's end; sent again within {} s",
+                SWEEP_EVERY.as_secs()
             );
         }
         self.ending.remove(job);
     }
 
     /// Reports the ends not reported yet: of deployments that ended while
-    /// the agent was stopped or its updates were missed, and of jobs taken
-    /// by a run stopped before it recorded them.
+    /// the agent was stopped or its updates were missed, ends the router
+    /// refused, and of jobs taken by a run stopped before it recorded them.
+    /// At start, on each cloud connection, every [`SWEEP_EVERY`] and after
+    /// missed updates.
     fn sweep(&mut self) {
         if let Ok(recent) = self.agent.list(SWEEP) {
             for d in recent.iter().rev() {
