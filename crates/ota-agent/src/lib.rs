@@ -10,6 +10,8 @@ pub mod config;
 mod engine;
 pub mod error;
 mod grpc;
+mod jobs;
+mod link;
 mod stage;
 mod store;
 
@@ -40,12 +42,31 @@ pub async fn run(
     let config = OtaAgentConfig::load::<OtaAgentError>(&ctx.config)?;
     let data = ctx.layout.create_data_dir(SERVICE)?;
     let db = data.join("deployments.db");
-    let store =
-        store::Store::open(&db).map_err(|source| OtaAgentError::Store { path: db, source })?;
+    let failed = |source| OtaAgentError::Store {
+        path: db.clone(),
+        source,
+    };
+    let store = store::Store::open(&db).map_err(failed)?;
     let staging = stage::Staging::new(ctx.layout.deployments_dir());
     let daemons = apply::Daemons::new(ctx.layout.clone());
+    let ledger = jobs::Ledger::open(&db).map_err(failed)?;
+    let core = verdant_common::config::CoreSection::load::<OtaAgentError>(&ctx.config)?;
     let agent = Arc::new(engine::Agent::new(store, staging, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
+    // Cloud deployments: AWS IoT Jobs through the router.
+    let (up, published) = tokio::sync::mpsc::unbounded_channel();
+    let (to_jobs, down) = tokio::sync::mpsc::channel(64);
+    let router = ctx.layout.socket("router");
+    let link_shutdown = shutdown.clone();
+    tokio::spawn(async move { link::run(&router, to_jobs, published, link_shutdown).await });
+    tokio::spawn(jobs::Jobs::run(
+        agent.clone(),
+        core.thing_name,
+        ledger,
+        up,
+        down,
+        shutdown.clone(),
+    ));
     let result = grpc::server(agent)
         .await
         .serve_ready(listener, shutdown)

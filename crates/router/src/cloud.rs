@@ -10,7 +10,8 @@
 //! message is sent at least once and in order.
 //!
 //! Up (from the cloud): the bridge subscribes to every subject the table
-//! routes from `cloud` and hands what arrives to the switch with source
+//! routes from `cloud`, to synced shadows' answers and to the core's own
+//! jobs (`jobs.rs`), and hands what arrives to the switch with source
 //! `cloud`.
 //!
 //! Reconnects wait 1 s doubling up to `max_retry_interval_secs`, each
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use verdant_common::shutdown::CancellationToken;
 
 use crate::config::{CloudConfig, SubscriptionQuality};
+use crate::jobs::CoreJobs;
 use crate::queue::{CloudQueue, QueueStats};
 use crate::spread::Spread;
 use crate::switch::{Down, Endpoint, Event, LinkId, Message};
@@ -69,8 +71,10 @@ pub struct Bridge {
     pub proxy: Option<rumqttc::Proxy>,
     pub client_id: String,
     pub queue: CloudQueue,
-    /// The subjects the table routes from `cloud`.
+    /// The subjects the table routes from `cloud`, and the jobs ones.
     pub subjects: Vec<String>,
+    /// The core's own jobs topics, always subscribed.
+    pub jobs: Option<CoreJobs>,
     pub switch: mpsc::Sender<Event>,
     pub status: SharedStatus,
     /// The live connections' clients (the first also publishes); empty
@@ -86,8 +90,12 @@ pub struct Bridge {
     pub unacknowledged: HashMap<u64, (usize, rumqttc::Publish)>,
 }
 
-/// The subjects `table` routes from the cloud, sorted, each once.
-pub fn cloud_subjects(table: &verdant_group::routes::Table) -> Vec<String> {
+/// The subjects `table` routes from the cloud, with the answers of the
+/// core's `jobs`, sorted, each once.
+pub fn cloud_subjects(
+    table: &verdant_group::routes::Table,
+    jobs: Option<&CoreJobs>,
+) -> Vec<String> {
     let mut subjects: Vec<String> = table
         .routes()
         .iter()
@@ -100,6 +108,7 @@ pub fn cloud_subjects(table: &verdant_group::routes::Table) -> Vec<String> {
         subjects.push(format!("$aws/things/{thing}/shadow/+/+"));
         subjects.push(format!("$aws/things/{thing}/shadow/name/+/+/+"));
     }
+    subjects.extend(jobs.into_iter().flat_map(CoreJobs::cloud_filters));
     subjects.sort();
     subjects.dedup();
     subjects
@@ -490,7 +499,7 @@ impl Bridge {
     /// those it drops, on the live connections; when they no longer fit
     /// there, the connection set is made anew.
     fn follow(&mut self, table: &verdant_group::routes::Table) {
-        let subjects = cloud_subjects(table);
+        let subjects = cloud_subjects(table, self.jobs.as_ref());
         if subjects == self.subjects {
             return;
         }

@@ -5,6 +5,7 @@ pub mod cloud;
 pub mod config;
 pub mod error;
 mod grpc;
+pub mod jobs;
 pub mod queue;
 pub mod spread;
 pub mod switch;
@@ -56,7 +57,8 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(SWITCH_QUEUE);
     // Tracers that fall this far behind skip messages.
     let (trace, _) = tokio::sync::broadcast::channel(TRACE_BACKLOG);
-    let bridge = bridge(&ctx, &config, &table, tx.clone())?;
+    let core = verdant_common::config::CoreSection::load::<RouterError>(&ctx.config)?;
+    let bridge = bridge(&ctx, &config, &core, &table, tx.clone())?;
     let cloud_status = bridge.status.clone();
     let cloud_note = if config.cloud.endpoint.is_empty() {
         "no cloud endpoint configured".to_string()
@@ -64,7 +66,8 @@ pub async fn run(
         format!("cloud {}:{}", config.cloud.endpoint, config.cloud.port)
     };
     tokio::spawn(switch::run(
-        switch::Switch::new(table, config.max_held_per_endpoint, trace.clone()),
+        switch::Switch::new(table, config.max_held_per_endpoint, trace.clone())
+            .with_core_jobs(&core.thing_name),
         rx,
     ));
     tokio::spawn(bridge.run(shutdown.clone()));
@@ -97,6 +100,7 @@ pub fn table_version() -> u64 {
 fn bridge(
     ctx: &Context,
     config: &RouterConfig,
+    core: &verdant_common::config::CoreSection,
     table: &Table,
     switch: mpsc::Sender<switch::Event>,
 ) -> Result<cloud::Bridge, RouterError> {
@@ -122,11 +126,12 @@ fn bridge(
         )
     };
     let client_id = if c.client_id.is_empty() {
-        verdant_common::config::CoreSection::load::<RouterError>(&ctx.config)?.thing_name
+        core.thing_name.clone()
     } else {
         c.client_id.clone()
     };
-    let subjects = cloud::cloud_subjects(table);
+    let jobs = jobs::CoreJobs::new(&core.thing_name);
+    let subjects = cloud::cloud_subjects(table, Some(&jobs));
     let status = std::sync::Arc::new(std::sync::Mutex::new(cloud::CloudStatus {
         subscriptions: subjects.len(),
         queue: queue.stats,
@@ -139,6 +144,7 @@ fn bridge(
         client_id,
         queue,
         subjects,
+        jobs: Some(jobs),
         switch,
         status,
         clients: Vec::new(),

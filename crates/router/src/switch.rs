@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use verdant_group::routes::{Kind, RouteIndex, ShadowSide, Table, shadow_topic};
 
+use crate::jobs::CoreJobs;
 use crate::undelivered::{Reason, Undelivered, UndeliveredView};
 
 /// The daemons (and the in-process cloud bridge) messages go to.
@@ -29,14 +30,17 @@ pub enum Endpoint {
     Shadow,
     Lambda,
     Cloud,
+    /// The ota-agent: the core's own AWS IoT Jobs (`jobs.rs`).
+    Ota,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::Broker,
         Endpoint::Shadow,
         Endpoint::Lambda,
         Endpoint::Cloud,
+        Endpoint::Ota,
     ];
 
     /// The name a daemon gives in its Hello.
@@ -46,13 +50,15 @@ impl Endpoint {
             Endpoint::Shadow => "shadow",
             Endpoint::Lambda => "lambda-runner",
             Endpoint::Cloud => "cloud",
+            Endpoint::Ota => "ota-agent",
         }
     }
 
     /// The daemons that may open a link (the cloud bridge is in-process).
     pub fn from_hello(name: &str) -> Option<Endpoint> {
-        [Endpoint::Broker, Endpoint::Shadow, Endpoint::Lambda]
+        Endpoint::ALL
             .into_iter()
+            .filter(|e| *e != Endpoint::Cloud)
             .find(|e| e.name() == name)
     }
 }
@@ -121,7 +127,8 @@ pub enum Down {
     Table(Arc<Table>),
     /// To the broker: send traces of what you route, or stop.
     Tracing(bool),
-    /// To the shadow service: whether the cloud connection is up.
+    /// To the shadow service and the ota-agent: whether the cloud
+    /// connection is up.
     Cloud(bool),
     Messages(Vec<Message>),
     Acks {
@@ -266,6 +273,8 @@ pub struct Switch {
     cloud_up: bool,
     /// Copies targets could not take.
     undelivered: Undelivered,
+    /// The core's own jobs topics, between the ota-agent and the cloud.
+    jobs: Option<CoreJobs>,
 }
 
 impl Switch {
@@ -289,7 +298,15 @@ impl Switch {
             tracing: false,
             cloud_up: false,
             undelivered: Undelivered::default(),
+            jobs: None,
         }
+    }
+
+    /// Carries the jobs topics of the core `thing` between the ota-agent
+    /// and the cloud, outside the routes.
+    pub fn with_core_jobs(mut self, thing: &str) -> Switch {
+        self.jobs = Some(CoreJobs::new(thing));
+        self
     }
 
     /// Handles one event, then sends what it produced.
@@ -348,8 +365,10 @@ impl Switch {
             Event::CloudState(up) => {
                 if up != self.cloud_up {
                     self.cloud_up = up;
-                    if let Some(l) = &self.queues[&Endpoint::Shadow].link {
-                        let _ = l.down.send(Down::Cloud(up));
+                    for e in [Endpoint::Shadow, Endpoint::Ota] {
+                        if let Some(l) = &self.queues[&e].link {
+                            let _ = l.down.send(Down::Cloud(up));
+                        }
                     }
                 }
             }
@@ -366,6 +385,8 @@ impl Switch {
         if link.endpoint == Endpoint::Shadow {
             // Which things it syncs, and whether it can now.
             let _ = down.send(Down::Table(self.table.clone()));
+        }
+        if matches!(link.endpoint, Endpoint::Shadow | Endpoint::Ota) {
             let _ = down.send(Down::Cloud(self.cloud_up));
         }
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
@@ -406,6 +427,22 @@ impl Switch {
         };
         let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
         let mut any = false;
+        // So do the core's own jobs (jobs.rs).
+        if let Some(jobs) = &self.jobs
+            && jobs.is_jobs_topic(&m.topic)
+        {
+            match from.endpoint {
+                Endpoint::Ota => {
+                    by_endpoint.insert(Endpoint::Cloud, vec!["cloud".into()]);
+                    return Some(by_endpoint);
+                }
+                Endpoint::Cloud => {
+                    by_endpoint.insert(Endpoint::Ota, vec!["ota-agent".into()]);
+                    any = true;
+                }
+                _ => {}
+            }
+        }
         // Shadow sync travels outside the routes (router.proto, Table).
         match (from.endpoint, shadow_topic(&m.topic)) {
             (Endpoint::Shadow, Some((thing, ShadowSide::Request))) if table.is_synced(thing) => {

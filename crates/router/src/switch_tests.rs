@@ -83,6 +83,11 @@ fn messages(downs: &[Down]) -> Vec<Message> {
         .collect()
 }
 
+/// The topics of the messages a link got.
+fn topics(rx: &mut mpsc::UnboundedReceiver<Down>) -> Vec<String> {
+    messages(&drain(rx)).into_iter().map(|m| m.topic).collect()
+}
+
 fn acks(downs: &[Down]) -> (Vec<u64>, Vec<u64>) {
     let mut out = (Vec::new(), Vec::new());
     for d in downs {
@@ -305,10 +310,7 @@ fn shadow_sync_travels_outside_the_routes_for_synced_things_only() {
             ),
         ],
     ));
-    let up: Vec<String> = messages(&drain(&mut crx))
-        .into_iter()
-        .map(|m| m.topic)
-        .collect();
+    let up: Vec<String> = topics(&mut crx);
     assert_eq!(up, ["$aws/things/a/shadow/update"]);
     // The cloud's answers for a synced thing come to the shadow service.
     s.handle(Event::Up(
@@ -319,13 +321,69 @@ fn shadow_sync_travels_outside_the_routes_for_synced_things_only() {
             msg(3, "cloud", "$aws/things/b/shadow/update/accepted", 0),
         ],
     ));
-    let down: Vec<String> = messages(&drain(&mut srx))
-        .into_iter()
-        .map(|m| m.topic)
-        .collect();
+    let down: Vec<String> = topics(&mut srx);
     assert_eq!(down, ["$aws/things/a/shadow/update/accepted"]);
     // The cloud subscribes to synced things' answers.
-    let subjects = crate::cloud::cloud_subjects(&table().with_synced(vec!["a".into()]));
+    let subjects = crate::cloud::cloud_subjects(&table().with_synced(vec!["a".into()]), None);
     assert!(subjects.contains(&"$aws/things/a/shadow/+/+".to_string()));
     assert!(subjects.contains(&"$aws/things/a/shadow/name/+/+/+".to_string()));
+}
+
+#[test]
+fn the_core_s_jobs_travel_between_the_ota_agent_and_the_cloud_outside_the_routes() {
+    let mut s = switch(10).with_core_jobs("core");
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    // Answers that come before the ota-agent links wait for it.
+    s.handle(Event::Up(
+        cloud,
+        vec![msg(1, "cloud", "$aws/things/core/jobs/notify-next", 1)],
+    ));
+    let (ota, mut orx) = link(&mut s, Endpoint::Ota, 1);
+    let downs = drain(&mut orx);
+    assert!(matches!(downs[0], Down::Cloud(false)), "{downs:?}");
+    let down: Vec<String> = messages(&downs).into_iter().map(|m| m.topic).collect();
+    assert_eq!(down, ["$aws/things/core/jobs/notify-next"]);
+    // It learns when the cloud connects.
+    s.handle(Event::CloudState(true));
+    assert!(matches!(drain(&mut orx)[..], [Down::Cloud(true)]));
+    // Its requests go to the cloud; another thing's jobs do not, and no
+    // other topic of its has a route.
+    s.handle(Event::Up(
+        ota,
+        vec![
+            msg(1, "ota-agent", "$aws/things/core/jobs/start-next", 1),
+            msg(2, "ota-agent", "$aws/things/other/jobs/start-next", 1),
+            msg(3, "ota-agent", "x/1", 1),
+        ],
+    ));
+    let up: Vec<String> = topics(&mut crx);
+    assert_eq!(up, ["$aws/things/core/jobs/start-next"]);
+    // The cloud's answers for the core reach it, not another thing's; a
+    // device's message on a jobs topic follows the table (no route here).
+    s.handle(Event::Up(
+        cloud,
+        vec![
+            msg(2, "cloud", "$aws/things/core/jobs/start-next/accepted", 0),
+            msg(3, "cloud", "$aws/things/other/jobs/notify-next", 0),
+        ],
+    ));
+    let (broker, _brx) = link(&mut s, Endpoint::Broker, 1);
+    s.handle(Event::Up(
+        broker,
+        vec![msg(1, DEV_A, "$aws/things/core/jobs/start-next", 0)],
+    ));
+    let down: Vec<String> = topics(&mut orx);
+    assert_eq!(down, ["$aws/things/core/jobs/start-next/accepted"]);
+    assert!(messages(&drain(&mut crx)).is_empty());
+    // The cloud bridge subscribes to the core's jobs answers.
+    let jobs = crate::jobs::CoreJobs::new("core");
+    let subjects = crate::cloud::cloud_subjects(&table(), Some(&jobs));
+    assert!(subjects.contains(&"$aws/things/core/jobs/notify-next".to_string()));
+    assert!(subjects.contains(&"cmd/+".to_string()));
+}
+
+#[test]
+fn the_ota_agent_links_by_its_hello_name() {
+    assert_eq!(Endpoint::from_hello("ota-agent"), Some(Endpoint::Ota));
+    assert_eq!(Endpoint::from_hello("cloud"), None);
 }

@@ -1,0 +1,67 @@
+//! AWS IoT Jobs for the core itself: the ota-agent's traffic with the
+//! cloud on `$aws/things/<core thing>/jobs/...` travels outside the
+//! group's routes, like the shadow sync. The cloud bridge always
+//! subscribes to the answers and notifications, so that those arriving
+//! while the ota-agent restarts wait for it in its queue.
+
+/// The topics of the core's own jobs, for its thing name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreJobs {
+    /// `$aws/things/<core>/jobs/`.
+    prefix: String,
+}
+
+impl CoreJobs {
+    pub fn new(thing: &str) -> CoreJobs {
+        CoreJobs {
+            prefix: format!("$aws/things/{thing}/jobs/"),
+        }
+    }
+
+    /// Whether `topic` is one of the core's jobs topics.
+    pub fn is_jobs_topic(&self, topic: &str) -> bool {
+        topic.starts_with(&self.prefix)
+    }
+
+    /// What the cloud bridge subscribes to: the next job's notifications,
+    /// and the answers to the ota-agent's requests (not the requests
+    /// themselves, which a broker would send back).
+    pub fn cloud_filters(&self) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}notify-next"),
+            format!("{p}start-next/+"),
+            format!("{p}+/update/+"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_s_jobs_topics_and_the_filters_of_their_answers() {
+        let jobs = CoreJobs::new("core");
+        assert!(jobs.is_jobs_topic("$aws/things/core/jobs/start-next"));
+        assert!(jobs.is_jobs_topic("$aws/things/core/jobs/job-1/update"));
+        assert!(!jobs.is_jobs_topic("$aws/things/core2/jobs/start-next"));
+        assert!(!jobs.is_jobs_topic("$aws/things/core/shadow/update"));
+        let filters = jobs.cloud_filters();
+        for (topic, answered) in [
+            ("$aws/things/core/jobs/notify-next", true),
+            ("$aws/things/core/jobs/start-next/accepted", true),
+            ("$aws/things/core/jobs/job-1/update/rejected", true),
+            ("$aws/things/core/jobs/start-next", false),
+            ("$aws/things/core/jobs/job-1/update", false),
+        ] {
+            assert_eq!(
+                filters
+                    .iter()
+                    .any(|f| verdant_group::routes::subject_matches(f, topic)),
+                answered,
+                "{topic}"
+            );
+        }
+    }
+}
