@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fetch;
 mod grpc;
 
 use tokio::net::UnixListener;
