@@ -4,6 +4,7 @@
 //! `verdantctl reload` has the router and the broker read it again; it
 //! says so in its log and in `verdantctl status`. See ARCHITECTURE.md.
 
+pub mod artifacts;
 pub mod config;
 pub mod error;
 pub mod fetch;
