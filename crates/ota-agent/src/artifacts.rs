@@ -318,7 +318,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ArtifactError> {
 
 /// Whether the symlink at `rel` (relative to the tree's root) pointing at
 /// `target` leaves the tree, read as written.
-fn leaves(rel: &Path, target: &Path) -> bool {
+pub(crate) fn leaves(rel: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return true;
     }

@@ -5,6 +5,7 @@
 //! says so in its log and in `verdantctl status`. See ARCHITECTURE.md.
 
 pub mod artifacts;
+pub mod bundle;
 pub mod config;
 pub mod error;
 pub mod fetch;
