@@ -218,14 +218,16 @@ impl Artifacts {
 
     /// A fresh directory beside the entries (so it renames into place).
     fn temp(&self) -> Result<tempfile::TempDir, ArtifactError> {
-        std::fs::create_dir_all(&self.root).map_err(io_at(&self.root))?;
+        if !self.root.is_dir() {
+            std::fs::create_dir_all(&self.root).map_err(io_at(&self.root))?;
+            // Functions run as their own users and read their code through it.
+            set_mode(&self.root, 0o755)?;
+        }
         let tmp = tempfile::Builder::new()
             .prefix(".tmp")
             .tempdir_in(&self.root)
             .map_err(io_at(&self.root))?;
-        // Functions run as their own users and must read their code.
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(io_at(tmp.path()))?;
+        set_mode(tmp.path(), 0o755)?;
         Ok(tmp)
     }
 
@@ -514,6 +516,7 @@ mod tests {
         assert_eq!(digest.as_str(), sha);
         let tree = store.path(&digest);
         assert_eq!(mode(&tree), 0o755);
+        assert_eq!(mode(&store.root), 0o755);
         assert!(
             std::fs::read_to_string(tree.join("main.py"))
                 .unwrap()
