@@ -371,17 +371,29 @@ mod tests {
     #[test]
     fn a_tar_gz_bundle_unpacks_into_the_scratch_directory() {
         let dir = tempfile::tempdir().unwrap();
-        for (file, prefix) in [("b.tar.gz", ""), ("b.tgz", "top/"), ("b.tar", "")] {
+        // `./` as `tar -C dir .` writes it, and one top-level directory.
+        for (file, prefix) in [
+            ("b.tar.gz", ""),
+            ("b.tgz", "top/"),
+            ("b.tar", ""),
+            ("dot.tgz", "./"),
+        ] {
             let tgz = dir.path().join(file);
             let p = |s: &str| format!("{prefix}{s}");
+            let files = [
+                (p("group.json"), GROUP),
+                (p("functions/hello/3/"), ""),
+                (p("functions/hello/3/main.py"), "print(1)"),
+                (p("functions/zipped/1.zip"), "PK"),
+            ];
+            let mut entries: Vec<(&str, &str)> =
+                files.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+            if !prefix.is_empty() {
+                entries.insert(0, (prefix, ""));
+            }
             tarball(
                 &tgz,
-                &[
-                    (&p("group.json"), GROUP),
-                    (&p("functions/hello/3/"), ""),
-                    (&p("functions/hello/3/main.py"), "print(1)"),
-                    (&p("functions/zipped/1.zip"), "PK"),
-                ],
+                &entries,
                 &[(&p("functions/hello/3/alias.py"), "main.py")],
             );
             let scratch = dir.path().join(format!("scratch-{file}"));
