@@ -146,6 +146,7 @@ impl Group {
             },
             resource_definition_version: ResourceDefinition::default(),
             connector_definition_version: ConnectorDefinition::default(),
+            artifacts: Vec::new(),
         }
     }
 }

@@ -31,6 +31,23 @@ pub struct Group {
     pub resource_definition_version: ResourceDefinition,
     #[serde(default)]
     pub connector_definition_version: ConnectorDefinition,
+    /// Function code the core fetches by URL when the group is deployed.
+    /// Verdant's own key: Greengrass names code by Lambda version instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Where a function's code is: a zip of it (what the lambda-runner takes as
+/// `functions/<name>/<version>.zip`) at `url`, with its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Artifact {
+    /// The qualified ARN of a function of this group.
+    pub function_arn: String,
+    /// `https://...` or `file:///...`.
+    pub url: String,
+    /// The zip's SHA-256, 64 lowercase hex digits.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -73,10 +73,7 @@ impl RouteEnd {
             {
                 Ok(RouteEnd::Function(name.into()))
             } else {
-                Err(format!(
-                    "unknown function {name}: no function of this group has exactly this ARN \
-                     (alias or version included)"
-                ))
+                Err(unknown_function(name))
             };
         }
         if group
@@ -92,6 +89,13 @@ impl RouteEnd {
              of a thing, function or connector of this group"
         ))
     }
+}
+
+fn unknown_function(arn: &str) -> String {
+    format!(
+        "unknown function {arn}: no function of this group has exactly this ARN \
+         (alias or version included)"
+    )
 }
 
 /// Why `filter` is not a valid MQTT topic filter, if it is not.
@@ -241,6 +245,7 @@ pub fn validate(group: &Group) -> Vec<Problem> {
     );
     check_functions(group, &mut out);
     check_subscriptions(group, &mut out);
+    check_artifacts(group, &mut out);
     let loggers = &group.logger_definition_version.loggers;
     check_ids(
         loggers.iter().map(|l| l.id.as_str()),
@@ -390,6 +395,63 @@ fn check_subscriptions(group: &Group, out: &mut Vec<Problem>) {
         }
         if let Some(r) = topic_filter_problem(&s.subject) {
             out.push(Problem::new(format!("{p}.Subject"), r));
+        }
+    }
+}
+
+/// Why `url` cannot name an artifact, if it cannot.
+fn artifact_url_problem(url: &str) -> Option<&'static str> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("a URL has no spaces or control characters");
+    }
+    if let Some(rest) = url.strip_prefix("https://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        return (host.is_empty() || host.starts_with(':')).then_some("an https URL names a host");
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        return (!path.starts_with('/') || path.len() < 2)
+            .then_some("a file URL is `file:///<absolute path>` (no host)");
+    }
+    Some("unsupported URL scheme: expected `https://` or `file:///`")
+}
+
+/// Each artifact for one function of the group, by a URL it can fetch,
+/// with a hash it can check.
+fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
+    let functions: HashSet<&str> = group
+        .function_definition_version
+        .functions
+        .iter()
+        .map(|f| f.function_arn.as_str())
+        .collect();
+    let mut seen = HashSet::new();
+    for (i, a) in group.artifacts.iter().enumerate() {
+        let p = format!("Artifacts[{i}]");
+        if !functions.contains(a.function_arn.as_str()) {
+            out.push(Problem::new(
+                format!("{p}.FunctionArn"),
+                unknown_function(&a.function_arn),
+            ));
+        } else if !seen.insert(a.function_arn.as_str()) {
+            out.push(Problem::new(
+                format!("{p}.FunctionArn"),
+                format!("{} has an artifact already", a.function_arn),
+            ));
+        }
+        if let Some(r) = artifact_url_problem(&a.url) {
+            out.push(Problem::new(format!("{p}.Url"), r));
+        }
+        if a.sha256.len() != 64
+            || !a
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            out.push(Problem::new(
+                format!("{p}.Sha256"),
+                "a SHA-256 is 64 lowercase hex digits",
+            ));
         }
     }
 }

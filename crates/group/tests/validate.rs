@@ -137,3 +137,71 @@ fn topic_filters() {
         assert!(topic_filter_problem(bad).is_some(), "{bad:?}");
     }
 }
+
+const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn with_function(arn: &str) -> serde_json::Value {
+    let mut v = sample();
+    v["FunctionDefinitionVersion"]["Functions"] =
+        serde_json::json!([{"Id": "f", "FunctionArn": arn}]);
+    v
+}
+
+#[test]
+fn artifacts_by_url_round_trip() {
+    let arn = "arn:aws:lambda:us-east-1:1:function:f:3";
+    let mut v = with_function(arn);
+    v["Artifacts"] = serde_json::json!([
+        {"FunctionArn": arn, "Url": "https://example.com/code/f-3.zip?sig=x", "Sha256": HASH}
+    ]);
+    let g = Group::parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(g.artifacts.len(), 1);
+    assert_eq!(g.artifacts[0].function_arn, arn);
+    assert_eq!(g.artifacts[0].sha256, HASH);
+    assert_eq!(
+        serde_json::to_value(&g).unwrap()["Artifacts"],
+        v["Artifacts"]
+    );
+
+    v["Artifacts"][0]["Url"] = "file:///srv/code/f-3.zip".into();
+    assert_eq!(problems(&v), Vec::<String>::new());
+
+    // No key, no artifacts, and none written back.
+    let g = Group::parse(sample().to_string().as_bytes()).unwrap();
+    assert!(g.artifacts.is_empty());
+    assert!(serde_json::to_value(&g).unwrap().get("Artifacts").is_none());
+}
+
+#[test]
+fn artifact_problems_carry_their_paths() {
+    let arn = "arn:aws:lambda:us-east-1:1:function:f:3";
+    let mut v = with_function(arn);
+    v["Artifacts"] = serde_json::json!([
+        {"FunctionArn": "arn:aws:lambda:us-east-1:1:function:f:4", "Url": "https://h/a.zip", "Sha256": HASH},
+        {"FunctionArn": arn, "Url": "http://h/a.zip", "Sha256": HASH.to_uppercase()},
+        {"FunctionArn": arn, "Url": "file://host/a.zip", "Sha256": &HASH[1..]},
+        {"FunctionArn": arn, "Url": "https:///a.zip", "Sha256": HASH},
+    ]);
+    let p = problems(&v);
+    let expected = [
+        "Artifacts[0].FunctionArn: unknown function arn:aws:lambda:us-east-1:1:function:f:4",
+        "Artifacts[1].Url: unsupported URL scheme",
+        "Artifacts[1].Sha256: a SHA-256 is 64 lowercase hex digits",
+        "Artifacts[2].FunctionArn: arn:aws:lambda:us-east-1:1:function:f:3 has an artifact already",
+        "Artifacts[2].Url: a file URL is `file:///<absolute path>`",
+        "Artifacts[2].Sha256: a SHA-256 is 64 lowercase hex digits",
+        "Artifacts[3].FunctionArn: arn:aws:lambda:us-east-1:1:function:f:3 has an artifact already",
+        "Artifacts[3].Url: an https URL names a host",
+    ];
+    for e in expected {
+        assert!(p.iter().any(|x| x.starts_with(e)), "{e} not in {p:?}");
+    }
+    assert_eq!(p.len(), expected.len(), "{p:?}");
+
+    v["Artifacts"][0]["Size"] = 3.into();
+    let p = problems(&v);
+    assert!(
+        p[0].starts_with("Artifacts[0].Size: unknown field `Size`"),
+        "{p:?}"
+    );
+}

@@ -19,6 +19,9 @@ pub struct OtaAgentConfig {
     /// Ended deployments whose directories are kept beside the current and
     /// the previous one (older ones are pruned; their records stay).
     pub keep: usize,
+    /// A CA file (PEM) trusted for HTTPS downloads beside the system's and
+    /// Mozilla's roots; relative to the root.
+    pub ca_file: Option<std::path::PathBuf>,
     /// A pause before each step of a deployment, so that an operator can
     /// watch it (or a test can stop the core at a given step). 0: none.
     pub step_pause_ms: u64,
@@ -31,6 +34,7 @@ impl Default for OtaAgentConfig {
             health_settle_ms: 500,
             queue: 4,
             keep: 3,
+            ca_file: None,
             step_pause_ms: 0,
         }
     }

@@ -18,11 +18,11 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use verdant_common::shutdown::CancellationToken;
 use verdant_group::Group;
-use verdant_proto::ota::v1::deploy_request::Source;
 use verdant_proto::ota::v1::{DeployRequest, Deployment, Phase, Problem};
 
 use crate::apply::Daemons;
 use crate::config::OtaAgentConfig;
+use crate::content::{Code, Content, Progress};
 use crate::stage::Staging;
 use crate::store::{Store, ended};
 
@@ -55,6 +55,7 @@ pub enum DeployError {
 pub struct Agent {
     store: Mutex<Store>,
     staging: Staging,
+    content: Arc<Content>,
     daemons: Daemons,
     config: OtaAgentConfig,
     updates: broadcast::Sender<Deployment>,
@@ -88,10 +89,17 @@ impl From<String> for Stop {
 }
 
 impl Agent {
-    pub fn new(store: Store, staging: Staging, daemons: Daemons, config: OtaAgentConfig) -> Self {
+    pub fn new(
+        store: Store,
+        staging: Staging,
+        content: Content,
+        daemons: Daemons,
+        config: OtaAgentConfig,
+    ) -> Self {
         Agent {
             store: Mutex::new(store),
             staging,
+            content: Arc::new(content),
             daemons,
             config,
             updates: broadcast::channel(256).0,
@@ -373,22 +381,31 @@ impl Agent {
         if token.is_cancelled() {
             return Err(cancelled(Phase::Validating));
         }
-        let json = self.group_json(request)?;
+        let (json, bundled) = self.group_json(request, &d.deployment_id).await?;
         let group = Group::parse(&json).map_err(|problems| {
             invalid(problems.into_iter().map(|p| (p.path, p.reason)).collect())
         })?;
+        d.group_id.clone_from(&group.id);
+        d.group_version = group.version.clone().unwrap_or_default();
+        let code = if Content::brings_code(&group, &bundled) {
+            self.enter(d, Phase::Downloading, "functions' code").await;
+            tokio::select! {
+                () = token.cancelled() => return Err(cancelled(Phase::Downloading)),
+                code = self.gather(d, group, bundled) => code?,
+            }
+        } else {
+            Code::new()
+        };
         self.enter(d, Phase::Validating, "lambda-runner").await;
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         let problems = self
             .daemons
-            .check_group(&json, &std::collections::HashMap::new(), deadline)
+            .check_group(&json, &self.content.staged(&code), deadline)
             .await
             .map_err(|why| Stop::from(format!("validating: {why}")))?;
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
-        d.group_id.clone_from(&group.id);
-        d.group_version = group.version.clone().unwrap_or_default();
 
         self.enter(d, Phase::Staging, "deployments/<id>/group.json")
             .await;
@@ -399,12 +416,18 @@ impl Agent {
         self.staging
             .write(&id, &json)
             .map_err(|e| format!("staging: {e}"))?;
+        self.content
+            .record(&id, &code)
+            .map_err(|e| format!("staging: {e}"))?;
         d.previous = self.current().unwrap_or_default();
         self.enter(d, Phase::Staging, "switching deployments/current")
             .await;
         self.staging
             .switch(&id)
             .map_err(|e| format!("switching deployments/current: {e}"))?;
+        self.content
+            .install(&code)
+            .map_err(|e| format!("staging: {e}"))?;
 
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         let outcome = tokio::select! {
@@ -457,28 +480,67 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// The group a request deploys, as JSON.
-    fn group_json(&self, request: &DeployRequest) -> Result<Vec<u8>, Stop> {
-        match &request.source {
-            Some(Source::GroupJson(bytes)) => Ok(bytes.clone()),
-            Some(Source::Bundle(path)) => {
-                Err(format!("bundle {path}: this core takes a group's JSON only").into())
+    /// The group a request deploys, as JSON, and the code its bundle holds.
+    async fn group_json(
+        &self,
+        request: &DeployRequest,
+        id: &str,
+    ) -> Result<crate::content::Given, Stop> {
+        let content = self.content.clone();
+        let (request_, id_) = (request.clone(), id.to_string());
+        let given = tokio::task::spawn_blocking(move || content.source(&request_, &id_))
+            .await
+            .map_err(|e| e.to_string())??;
+        if let Some(given) = given {
+            return Ok(given);
+        }
+        if request.deployment_type.ends_with("ResetDeployment") {
+            let current = Group::load(&self.staging.current_group())
+                .map_err(|e| format!("reading the current group for its core: {e}"))?;
+            let empty = empty_group(&current);
+            return Ok((
+                serde_json::to_vec_pretty(&empty).expect("a group serializes"),
+                Vec::new(),
+            ));
+        }
+        let json = std::fs::read(self.staging.current_group()).map_err(|e| {
+            format!(
+                "a Redeployment without a group deploys the current one: {}: {e}",
+                self.staging.current_group().display()
+            )
+        })?;
+        Ok((json, Vec::new()))
+    }
+
+    /// DOWNLOADING: the code the deployment brings put in the store, the
+    /// bytes downloaded reported as they come.
+    async fn gather(
+        &self,
+        d: &mut Deployment,
+        group: Group,
+        bundled: Vec<crate::bundle::BundledFunction>,
+    ) -> Result<Code, Stop> {
+        let progress = Arc::new(Progress::default());
+        let (content, seen) = (self.content.clone(), progress.clone());
+        let mut work = tokio::task::spawn_blocking(move || content.gather(&group, &bundled, &seen));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    d.bytes_done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+                    d.bytes_total = progress.total.load(std::sync::atomic::Ordering::Relaxed);
+                    self.save(d);
+                    return done.map_err(|e| e.to_string())?.map_err(|e| Stop::from(format!("downloading: {e}")));
+                }
+                _ = tick.tick() => {
+                    let done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+                    if done != d.bytes_done {
+                        d.bytes_done = done;
+                        d.bytes_total = progress.total.load(std::sync::atomic::Ordering::Relaxed);
+                        self.save(d);
+                    }
+                }
             }
-            Some(Source::GroupUrl(url)) => {
-                Err(format!("group URL {}: this core takes a group's JSON only", url.url).into())
-            }
-            None if request.deployment_type.ends_with("ResetDeployment") => {
-                let current = Group::load(&self.staging.current_group())
-                    .map_err(|e| format!("reading the current group for its core: {e}"))?;
-                let empty = empty_group(&current);
-                Ok(serde_json::to_vec_pretty(&empty).expect("a group serializes"))
-            }
-            None => std::fs::read(self.staging.current_group()).map_err(|e| {
-                Stop::from(format!(
-                    "a Redeployment without a group deploys the current one: {}: {e}",
-                    self.staging.current_group().display()
-                ))
-            }),
         }
     }
 
@@ -493,6 +555,16 @@ impl Agent {
             .await;
         if let Err(e) = self.staging.switch(&previous) {
             return format!("going back to {previous} failed: {e}");
+        }
+        let (failed, before) = (
+            self.content.recorded(&d.deployment_id),
+            self.content.recorded(&previous),
+        );
+        if let Err(e) = self.content.restore(&failed, &before) {
+            tracing::error!(
+                id = d.deployment_id,
+                "putting back the previous functions' code: {e}"
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         match self.daemons.apply(&previous, deadline).await {
@@ -524,6 +596,7 @@ impl Agent {
             .skip(self.config.keep)
             .collect();
         self.staging.prune(&old);
+        self.content.gc();
     }
 }
 
@@ -556,5 +629,6 @@ fn empty_group(current: &Group) -> Group {
         logger_definition_version: current.logger_definition_version.clone(),
         resource_definition_version: verdant_group::ResourceDefinition::default(),
         connector_definition_version: verdant_group::ConnectorDefinition::default(),
+        artifacts: Vec::new(),
     }
 }

@@ -6,9 +6,13 @@
 //! ARCHITECTURE.md.
 
 mod apply;
+mod artifacts;
+mod bundle;
 pub mod config;
+mod content;
 mod engine;
 pub mod error;
+mod fetch;
 mod grpc;
 mod jobs;
 mod link;
@@ -51,7 +55,13 @@ pub async fn run(
     let daemons = apply::Daemons::new(ctx.layout.clone());
     let ledger = jobs::Ledger::open(&db).map_err(failed)?;
     let core = verdant_common::config::CoreSection::load::<OtaAgentError>(&ctx.config)?;
-    let agent = Arc::new(engine::Agent::new(store, staging, daemons, config));
+    let content = content::Content::new(
+        &data,
+        ctx.layout.functions_dir(),
+        ctx.layout.deployments_dir(),
+        config.ca_file.as_ref().map(|f| ctx.layout.resolve(f)),
+    );
+    let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
     // Cloud deployments: AWS IoT Jobs through the router.
     let (up, published) = tokio::sync::mpsc::unbounded_channel();
