@@ -18,6 +18,20 @@ pub async fn client(core: &Core) -> DeploymentsClient<tonic::transport::Channel>
     DeploymentsClient::new(channel)
 }
 
+/// Queues a deployment of `source`.
+pub async fn deploy_request(core: &Core, source: pb::deploy_request::Source) -> pb::Deployment {
+    client(core)
+        .await
+        .deploy(pb::DeployRequest {
+            source: Some(source),
+            origin: "test".into(),
+            ..pb::DeployRequest::default()
+        })
+        .await
+        .expect("queued")
+        .into_inner()
+}
+
 pub async fn deploy(core: &Core, group: &str) -> pb::Deployment {
     client(core)
         .await

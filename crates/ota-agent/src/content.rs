@@ -62,7 +62,10 @@ impl Content {
         ca_file: Option<PathBuf>,
     ) -> Self {
         Content {
-            store: Artifacts::new(data),
+            // Beside the functions, whose users must reach their code
+            // (the lambda-runner keeps `functions/` traversable); no
+            // function is named `.store`.
+            store: Artifacts::new(&functions.join(".store")),
             downloads: data.join("downloads"),
             scratch: data.join("scratch"),
             functions,
