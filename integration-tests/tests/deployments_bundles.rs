@@ -129,6 +129,26 @@ async fn a_bundle_brings_its_code_a_changed_one_restarts_it_and_a_bad_one_is_rol
     let after = pids(&core).await;
     assert_ne!(before, after, "restarted on its new code");
 
+    // Deployments that bring no code keep the code running, however many
+    // of them push the bundle's deployment out of those kept.
+    for _ in 0..5 {
+        let plain = deployed(
+            &core,
+            pb::deploy_request::Source::GroupJson(group().to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(plain.phase(), Phase::Succeeded, "{plain:?}");
+    }
+    assert!(code_of(&core).contains("# two"));
+    assert!(
+        !core
+            .root()
+            .join(format!("deployments/{}", first.deployment_id))
+            .exists(),
+        "pruned"
+    );
+    let kept = current(&core);
+
     // Code that cannot stay up: rolled back, the previous code in place.
     bundle(&dir.join("bad"), &group(), "exit 3");
     let bad = deployed(
@@ -137,7 +157,7 @@ async fn a_bundle_brings_its_code_a_changed_one_restarts_it_and_a_bad_one_is_rol
     )
     .await;
     assert_eq!(bad.phase(), Phase::RolledBack, "{bad:?}");
-    assert_eq!(current(&core), second.deployment_id);
+    assert_eq!(current(&core), kept);
     assert!(code_of(&core).contains("# two"), "{}", code_of(&core));
     pids(&core).await;
 

@@ -165,7 +165,10 @@ impl Artifacts {
             });
         }
         let dir = functions.join(name);
-        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+            set_mode(&dir, 0o755)?;
+        }
         let link = dir.join(version);
         match std::fs::symlink_metadata(&link) {
             Ok(meta) if !meta.file_type().is_symlink() => {
@@ -295,13 +298,13 @@ fn unzip(zip: &Path, into: &Path) -> Result<(), ArtifactError> {
             symlink(&target, &to).map_err(io_at(&to))?;
         } else if entry.is_dir() {
             std::fs::create_dir_all(&to).map_err(io_at(&to))?;
-            set_mode(&to, mode.unwrap_or(0o755))?;
+            set_mode(&to, readable_dir(mode.unwrap_or(0o755)))?;
         } else {
             make_parent(&to)?;
             let mut out = File::create_new(&to).map_err(io_at(&to))?;
             io::copy(&mut entry, &mut out).map_err(io_at(&to))?;
             out.sync_all().map_err(io_at(&to))?;
-            set_mode(&to, mode.unwrap_or(0o644))?;
+            set_mode(&to, readable_file(mode.unwrap_or(0o644)))?;
         }
     }
     Ok(())
@@ -312,6 +315,19 @@ fn make_parent(path: &Path) -> Result<(), ArtifactError> {
         Some(parent) => std::fs::create_dir_all(parent).map_err(io_at(parent)),
         None => Ok(()),
     }
+}
+
+/// A directory of the store: every function's user may list and enter it
+/// (the functions run as users other than the one that unpacked them).
+fn readable_dir(mode: u32) -> u32 {
+    mode | 0o555
+}
+
+/// A file of the store: readable by every function's user; executable
+/// for all if it was for its owner.
+fn readable_file(mode: u32) -> u32 {
+    let exec = if mode & 0o100 != 0 { 0o111 } else { 0 };
+    mode | 0o444 | exec
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ArtifactError> {
@@ -409,7 +425,7 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, hasher: &mut Sha256) -> Result<
         } else if kind.is_dir() {
             std::fs::create_dir(&to).map_err(io_at(&to))?;
             copy_tree(src, dst, &rel, hasher)?;
-            set_mode(&to, mode)?;
+            set_mode(&to, readable_dir(mode))?;
         } else {
             hasher.update(meta.len().to_be_bytes());
             let mut input = File::open(&path).map_err(io_at(&path))?;
@@ -420,7 +436,7 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, hasher: &mut Sha256) -> Result<
             };
             io::copy(&mut input, &mut tee).map_err(io_at(&to))?;
             out.sync_all().map_err(io_at(&to))?;
-            set_mode(&to, mode)?;
+            set_mode(&to, readable_file(mode))?;
         }
     }
     Ok(())

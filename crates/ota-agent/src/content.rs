@@ -45,6 +45,24 @@ pub struct Content {
     ca_file: Option<PathBuf>,
 }
 
+/// `url` without what may be a secret: a user and password, and the query
+/// (a presigned URL's signature and token).
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?…"),
+        None => path.to_string(),
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+/// `text` with every `url` in it redacted.
+fn redacted(text: &str, url: &str) -> String {
+    text.replace(url, &redact(url))
+}
+
 /// `<name>/<version>` of a qualified function ARN.
 fn key_of(function_arn: &str) -> Option<String> {
     let parts: Vec<&str> = function_arn.split(':').collect();
@@ -93,7 +111,7 @@ impl Content {
                 let file = self
                     .fetcher()?
                     .fetch(&url.url, &url.sha256, &self.downloads, &mut |_, _| {})
-                    .map_err(|e| format!("group URL: {e}"))?;
+                    .map_err(|e| format!("group URL: {}", redacted(&e.to_string(), &url.url)))?;
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 Ok(Some((bytes, Vec::new())))
             }
@@ -155,10 +173,18 @@ impl Content {
                         Ok(file) => break file,
                         Err(e) if e.is_transient() && attempt < RESUMES => {
                             attempt += 1;
-                            tracing::warn!(url = a.url, attempt, "download cut, resuming: {e}");
+                            let why = redacted(&e.to_string(), &a.url);
+                            tracing::warn!(
+                                url = redact(&a.url),
+                                attempt,
+                                "download cut, resuming: {why}"
+                            );
                             std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
                         }
-                        Err(e) => return Err(format!("Artifacts[{i}] {}: {e}", a.url)),
+                        Err(e) => {
+                            let why = redacted(&e.to_string(), &a.url);
+                            return Err(format!("Artifacts[{i}] {}: {why}", redact(&a.url)));
+                        }
                     }
                 };
                 before = progress.done.load(Ordering::Relaxed);
@@ -180,14 +206,32 @@ impl Content {
             .collect()
     }
 
-    /// Writes `deployments/<id>/artifacts.json`.
+    /// Writes `deployments/<id>/<name>` whole: a temporary file synced,
+    /// renamed over, the directory synced.
+    fn write_json(
+        &self,
+        id: &str,
+        name: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(), String> {
+        let dir = self.deployments.join(id);
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let text = serde_json::to_vec_pretty(value).expect("a map serializes");
+        let at = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut f = std::fs::File::create(&tmp).map_err(at)?;
+        std::io::Write::write_all(&mut f, &text).map_err(at)?;
+        f.sync_all().map_err(at)?;
+        std::fs::rename(&tmp, &path).map_err(at)?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at)
+    }
+
+    /// Writes `deployments/<id>/artifacts.json`: the code the deployment brought.
     pub fn record(&self, id: &str, code: &Code) -> Result<(), String> {
         let map: BTreeMap<&String, &str> = code.iter().map(|(k, d)| (k, d.as_str())).collect();
-        let path = self.deployments.join(id).join("artifacts.json");
-        let text = serde_json::to_vec_pretty(&map).expect("a map serializes");
-        std::fs::write(&path, text)
-            .and_then(|()| std::fs::File::open(&path)?.sync_all())
-            .map_err(|e| format!("{}: {e}", path.display()))
+        self.write_json(id, "artifacts.json", &map)
     }
 
     /// The code deployment `id` brought (none if it brought none).
@@ -202,8 +246,25 @@ impl Content {
             .collect()
     }
 
-    /// Points `functions/<name>/<version>` at each tree of `code`.
-    pub fn install(&self, code: &Code) -> Result<(), String> {
+    /// Points `functions/<name>/<version>` at each tree of `code`, having
+    /// first written (and synced) in `deployments/<id>/replaced.json` what
+    /// each of those entries was, so that [`Content::undo`] can put it back
+    /// even after a stop half-way.
+    pub fn install(&self, id: &str, code: &Code) -> Result<(), String> {
+        let mut replaced = BTreeMap::new();
+        for key in code.keys() {
+            let entry = self.functions.join(key);
+            let was = match std::fs::symlink_metadata(&entry) {
+                Err(_) => Was::Absent,
+                Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&entry) {
+                    Ok(target) => Was::Link(target.display().to_string()),
+                    Err(e) => return Err(format!("{}: {e}", entry.display())),
+                },
+                Ok(_) => Was::MovedAside,
+            };
+            replaced.insert(key.clone(), was);
+        }
+        self.write_json(id, "replaced.json", &replaced)?;
         for (key, digest) in code {
             let (name, version) = key.split_once('/').expect("keys are name/version");
             self.store
@@ -213,31 +274,76 @@ impl Content {
         Ok(())
     }
 
-    /// Undoes [`Content::install`] of `failed`'s code: what `previous`
-    /// brought is installed again, and a directory the first deployment
-    /// moved aside is put back.
-    pub fn restore(&self, failed: &Code, previous: &Code) -> Result<(), String> {
-        self.install(previous)?;
-        for key in failed.keys().filter(|k| !previous.contains_key(*k)) {
+    /// Puts back what [`Content::install`] of deployment `id` replaced
+    /// (each entry as it was: a link to where it pointed, a directory moved
+    /// aside, or nothing). Safe to repeat.
+    pub fn undo(&self, id: &str) -> Result<(), String> {
+        let path = self.deployments.join(id).join("replaced.json");
+        let Ok(text) = std::fs::read(&path) else {
+            // Nothing was installed.
+            return Ok(());
+        };
+        let replaced: BTreeMap<String, Was> =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (key, was) in replaced {
             let (name, version) = key.split_once('/').expect("keys are name/version");
             let dir = self.functions.join(name);
-            let aside = dir.join(format!("{version}.before-deployment"));
-            if aside.is_dir() {
-                let link = dir.join(version);
-                let _ = std::fs::remove_file(&link);
-                std::fs::rename(&aside, &link).map_err(|e| format!("{}: {e}", aside.display()))?;
+            let entry = dir.join(version);
+            let at = |e: std::io::Error| format!("{}: {e}", entry.display());
+            let is_link =
+                std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+            match was {
+                Was::Absent => {
+                    if is_link {
+                        std::fs::remove_file(&entry).map_err(at)?;
+                    }
+                }
+                Was::Link(target) => {
+                    let tmp = dir.join(format!("{version}.tmp"));
+                    let _ = std::fs::remove_file(&tmp);
+                    std::os::unix::fs::symlink(&target, &tmp).map_err(at)?;
+                    std::fs::rename(&tmp, &entry).map_err(at)?;
+                }
+                Was::MovedAside => {
+                    let aside = dir.join(format!("{version}.before-deployment"));
+                    if aside.exists() {
+                        if is_link {
+                            std::fs::remove_file(&entry).map_err(at)?;
+                        }
+                        std::fs::rename(&aside, &entry).map_err(at)?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Drops the trees no deployment still on disk names, and scratch.
+    /// Drops the trees that no deployment still on disk names and no
+    /// function's link points at; and scratch. Keeps everything when it
+    /// cannot tell.
     pub fn gc(&self) {
         let mut keep = HashSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.deployments) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                keep.extend(self.recorded(&name).into_values());
+        let Ok(deployments) = std::fs::read_dir(&self.deployments) else {
+            return;
+        };
+        for e in deployments.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            keep.extend(self.recorded(&name).into_values());
+        }
+        let Ok(functions) = std::fs::read_dir(&self.functions) else {
+            return;
+        };
+        for f in functions.flatten() {
+            let Ok(versions) = std::fs::read_dir(f.path()) else {
+                continue;
+            };
+            for v in versions.flatten() {
+                if let Ok(target) = std::fs::read_link(v.path())
+                    && let Some(digest) = target.file_name().and_then(|n| n.to_str())
+                    && let Ok(digest) = Digest::parse(digest)
+                {
+                    keep.insert(digest);
+                }
             }
         }
         if let Err(e) = self.store.gc(&keep) {
@@ -247,9 +353,33 @@ impl Content {
     }
 }
 
+/// What an entry under `functions/` was before a deployment installed code there.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Was {
+    Absent,
+    /// A symlink, to this target.
+    Link(String),
+    /// A directory or file, moved aside to `<version>.before-deployment`.
+    MovedAside,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_query() {
+        assert_eq!(
+            redact("https://user:pw@example.com/a/b.zip?X-Amz-Signature=s"),
+            "https://example.com/a/b.zip?…"
+        );
+        assert_eq!(redact("file:///srv/a.zip"), "file:///srv/a.zip");
+        assert_eq!(
+            redacted("GET https://u:p@h/x?t=1 failed", "https://u:p@h/x?t=1"),
+            "GET https://h/x?… failed"
+        );
+    }
 
     #[test]
     fn keys_of_qualified_arns() {
@@ -288,17 +418,26 @@ mod tests {
             codes.push(content.gather(&group, &bundled, &Arc::default()).unwrap());
         }
         let read = || std::fs::read_to_string(functions.join("f/1/main.py")).unwrap();
-        content.install(&codes[0]).unwrap();
-        assert_eq!(read(), "one");
-        std::fs::create_dir_all(deployments.join("d1")).unwrap();
+        for id in ["d1", "d2"] {
+            std::fs::create_dir_all(deployments.join(id)).unwrap();
+        }
         content.record("d1", &codes[0]).unwrap();
         assert_eq!(content.recorded("d1"), codes[0]);
-        content.install(&codes[1]).unwrap();
-        assert_eq!(read(), "two");
-        // Back to d1's code, then to the hand-made directory.
-        content.restore(&codes[1], &codes[0]).unwrap();
+        content.install("d1", &codes[0]).unwrap();
         assert_eq!(read(), "one");
-        content.restore(&codes[0], &Code::new()).unwrap();
+        content.install("d2", &codes[1]).unwrap();
+        assert_eq!(read(), "two");
+        // d2 undone: d1's code; d1 undone: the hand-made directory. Twice is once.
+        content.undo("d2").unwrap();
+        content.undo("d2").unwrap();
+        assert_eq!(read(), "one");
+        content.undo("d1").unwrap();
         assert_eq!(read(), "hand");
+        // What a link points at is kept; the rest goes.
+        content.install("d2", &codes[1]).unwrap();
+        std::fs::remove_dir_all(deployments.join("d1")).unwrap();
+        content.gc();
+        assert_eq!(read(), "two");
+        assert!(!content.store.path(&codes[0]["f/1"]).exists());
     }
 }

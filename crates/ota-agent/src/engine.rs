@@ -78,6 +78,16 @@ struct Stop {
     cancelled: bool,
 }
 
+impl Stop {
+    fn cancelled(phase: Phase) -> Stop {
+        Stop {
+            reason: format!("cancelled during {}", phase.as_str_name()),
+            problems: Vec::new(),
+            cancelled: true,
+        }
+    }
+}
+
 impl From<String> for Stop {
     fn from(reason: String) -> Self {
         Stop {
@@ -216,21 +226,26 @@ impl Agent {
         Ok(d)
     }
 
-    /// Writes `d` and tells the watchers.
-    fn save(&self, d: &mut Deployment) {
+    /// Writes `d` and tells the watchers; false if it could not be written
+    /// (the caller takes no step a restart could not undo).
+    fn save(&self, d: &mut Deployment) -> bool {
         d.updated_ms = now_ms();
-        if let Err(e) = self.store().update(d) {
-            // The step goes on; a restart then finds the last state written.
-            tracing::error!(id = d.deployment_id, "cannot record the deployment: {e}");
-        }
+        let written = match self.store().update(d) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(id = d.deployment_id, "cannot record the deployment: {e}");
+                false
+            }
+        };
         let _ = self.updates.send(d.clone());
+        written
     }
 
     /// Enters `phase` at `step`, recorded before the step is taken.
-    async fn enter(&self, d: &mut Deployment, phase: Phase, step: &str) {
+    async fn enter(&self, d: &mut Deployment, phase: Phase, step: &str) -> bool {
         d.set_phase(phase);
         step.clone_into(&mut d.step);
-        self.save(d);
+        let written = self.save(d);
         tracing::info!(
             id = d.deployment_id,
             phase = phase.as_str_name(),
@@ -240,13 +255,14 @@ impl Agent {
         if self.config.step_pause_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.step_pause_ms)).await;
         }
+        written
     }
 
     fn end(&self, d: &mut Deployment, phase: Phase, reason: String) {
         d.set_phase(phase);
         d.step.clear();
         d.reason = reason;
-        self.save(d);
+        let _ = self.save(d);
         match phase {
             Phase::Succeeded => tracing::info!(id = d.deployment_id, "deployment succeeded"),
             _ => tracing::warn!(
@@ -263,11 +279,18 @@ impl Agent {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.recover().await;
         loop {
-            let next = self.queue.lock().expect("queue lock").pop_front();
-            match next {
-                Some(id) => {
+            // Taken from the queue and made the running one at once, so a
+            // cancel finds it in one place or the other.
+            let next = {
+                let mut queue = self.queue.lock().expect("queue lock");
+                queue.pop_front().map(|id| {
                     let token = shutdown.child_token();
                     *self.running.lock().expect("running lock") = Some((id.clone(), token.clone()));
+                    (id, token)
+                })
+            };
+            match next {
+                Some((id, token)) => {
                     // A shutdown mid-deployment leaves it to the next start's recovery.
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -318,10 +341,14 @@ impl Agent {
                 );
                 continue;
             }
-            let outcome = self.back_to_previous(&mut d).await;
+            let (back, outcome) = self.back_to_previous(&mut d).await;
             self.end(
                 &mut d,
-                Phase::RolledBack,
+                if back {
+                    Phase::RolledBack
+                } else {
+                    Phase::Failed
+                },
                 format!("interrupted during {interrupted} by a stop of the ota-agent; {outcome}"),
             );
         }
@@ -346,10 +373,14 @@ impl Agent {
                 let switched = self.current().as_deref() == Some(id);
                 if switched {
                     // Cancelled or failed, what the switch changed is undone.
-                    let outcome = self.back_to_previous(&mut d).await;
+                    let (back, outcome) = self.back_to_previous(&mut d).await;
                     self.end(
                         &mut d,
-                        Phase::RolledBack,
+                        if back {
+                            Phase::RolledBack
+                        } else {
+                            Phase::Failed
+                        },
                         format!("{}; {outcome}", stop.reason),
                     );
                 } else {
@@ -365,21 +396,17 @@ impl Agent {
         }
     }
 
-    /// Every step of one deployment, up to a healthy core.
-    async fn steps(
+    /// VALIDATING and DOWNLOADING: the group checked, its code in the
+    /// store and checked by the lambda-runner. Nothing on the core changes.
+    async fn prepare(
         &self,
         d: &mut Deployment,
         request: &DeployRequest,
         token: &CancellationToken,
-    ) -> Result<(), Stop> {
-        let cancelled = |phase: Phase| Stop {
-            reason: format!("cancelled during {}", phase.as_str_name()),
-            problems: Vec::new(),
-            cancelled: true,
-        };
+    ) -> Result<(Vec<u8>, Code), Stop> {
         self.enter(d, Phase::Validating, "group").await;
         if token.is_cancelled() {
-            return Err(cancelled(Phase::Validating));
+            return Err(Stop::cancelled(Phase::Validating));
         }
         let (json, bundled) = self.group_json(request, &d.deployment_id).await?;
         let group = Group::parse(&json).map_err(|problems| {
@@ -387,12 +414,34 @@ impl Agent {
         })?;
         d.group_id.clone_from(&group.id);
         d.group_version = group.version.clone().unwrap_or_default();
+        // From the cloud, code comes over HTTPS only: a job may not make
+        // the core read its own files.
+        if d.origin.starts_with("iot-jobs:") {
+            let local: Vec<(String, String)> = group
+                .artifacts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| !a.url.starts_with("https://"))
+                .map(|(i, _)| {
+                    (
+                        format!("Artifacts[{i}].Url"),
+                        "a cloud job's artifacts must be https:// URLs".to_string(),
+                    )
+                })
+                .collect();
+            if !local.is_empty() {
+                return Err(invalid(local));
+            }
+        }
         let code = if Content::brings_code(&group, &bundled) {
             self.enter(d, Phase::Downloading, "functions' code").await;
-            tokio::select! {
-                () = token.cancelled() => return Err(cancelled(Phase::Downloading)),
-                code = self.gather(d, group, bundled) => code?,
+            // Not cut short by a cancel: the download and the store
+            // settle first (a cancel takes effect at the next step).
+            let code = self.gather(d, group, bundled).await?;
+            if token.is_cancelled() {
+                return Err(Stop::cancelled(Phase::Downloading));
             }
+            code
         } else {
             Code::new()
         };
@@ -407,10 +456,21 @@ impl Agent {
             return Err(invalid(problems));
         }
 
+        Ok((json, code))
+    }
+
+    /// Every step of one deployment, up to a healthy core.
+    async fn steps(
+        &self,
+        d: &mut Deployment,
+        request: &DeployRequest,
+        token: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let (json, code) = self.prepare(d, request, token).await?;
         self.enter(d, Phase::Staging, "deployments/<id>/group.json")
             .await;
         if token.is_cancelled() {
-            return Err(cancelled(Phase::Staging));
+            return Err(Stop::cancelled(Phase::Staging));
         }
         let id = d.deployment_id.clone();
         self.staging
@@ -420,18 +480,24 @@ impl Agent {
             .record(&id, &code)
             .map_err(|e| format!("staging: {e}"))?;
         d.previous = self.current().unwrap_or_default();
-        self.enter(d, Phase::Staging, "switching deployments/current")
-            .await;
+        if !self
+            .enter(d, Phase::Staging, "switching deployments/current")
+            .await
+        {
+            return Err(Stop::from(
+                "the deployments database could not be written: not switching".to_string(),
+            ));
+        }
         self.staging
             .switch(&id)
             .map_err(|e| format!("switching deployments/current: {e}"))?;
         self.content
-            .install(&code)
+            .install(&id, &code)
             .map_err(|e| format!("staging: {e}"))?;
 
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         let outcome = tokio::select! {
-            () = token.cancelled() => return Err(cancelled(Phase::Applying)),
+            () = token.cancelled() => return Err(Stop::cancelled(Phase::Applying)),
             outcome = self.apply_in_steps(d, &id, deadline) => outcome,
         };
         let outcome = match outcome {
@@ -454,7 +520,7 @@ impl Agent {
         .await;
         let settle = Duration::from_millis(self.config.health_settle_ms);
         tokio::select! {
-            () = token.cancelled() => Err(cancelled(Phase::HealthCheck)),
+            () = token.cancelled() => Err(Stop::cancelled(Phase::HealthCheck)),
             health = self.daemons.healthy(&outcome.fresh, settle, deadline) => {
                 health.map_err(|why| Stop::from(format!("health check: {why}")))
             }
@@ -529,7 +595,7 @@ impl Agent {
                 done = &mut work => {
                     d.bytes_done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
                     d.bytes_total = progress.total.load(std::sync::atomic::Ordering::Relaxed);
-                    self.save(d);
+                    let _ = self.save(d);
                     return done.map_err(|e| e.to_string())?.map_err(|e| Stop::from(format!("downloading: {e}")));
                 }
                 _ = tick.tick() => {
@@ -537,44 +603,47 @@ impl Agent {
                     if done != d.bytes_done {
                         d.bytes_done = done;
                         d.bytes_total = progress.total.load(std::sync::atomic::Ordering::Relaxed);
-                        self.save(d);
+                        let _ = self.save(d);
                     }
                 }
             }
         }
     }
 
-    /// Puts `current` back on `d.previous` and has the daemons take it;
-    /// says how that went.
-    async fn back_to_previous(&self, d: &mut Deployment) -> String {
+    /// Puts `current` and the functions' code back as they were before
+    /// `d` and has the daemons take that; whether the core is back, and
+    /// how that went.
+    async fn back_to_previous(&self, d: &mut Deployment) -> (bool, String) {
         let previous = d.previous.clone();
         if previous.is_empty() {
-            return "there was no previous deployment to go back to".into();
+            return (
+                false,
+                "there was no previous deployment to go back to: the core stays on this one".into(),
+            );
         }
         self.enter(d, Phase::RollingBack, &format!("back to {previous}"))
             .await;
         if let Err(e) = self.staging.switch(&previous) {
-            return format!("going back to {previous} failed: {e}");
+            return (false, format!("going back to {previous} failed: {e}"));
         }
-        let (failed, before) = (
-            self.content.recorded(&d.deployment_id),
-            self.content.recorded(&previous),
-        );
-        if let Err(e) = self.content.restore(&failed, &before) {
-            tracing::error!(
-                id = d.deployment_id,
-                "putting back the previous functions' code: {e}"
+        if let Err(e) = self.content.undo(&d.deployment_id) {
+            return (
+                false,
+                format!(
+                    "deployments/current is back on {previous}, but its functions' code could not be put back: {e}"
+                ),
             );
         }
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         match self.daemons.apply(&previous, deadline).await {
             Ok(outcome) => {
                 d.applied = outcome.applied;
-                format!("the core is back on deployment {previous}")
+                (true, format!("the core is back on deployment {previous}"))
             }
-            Err(why) => {
-                format!("deployments/current is back on {previous}, but applying it failed: {why}")
-            }
+            Err(why) => (
+                false,
+                format!("deployments/current is back on {previous}, but applying it failed: {why}"),
+            ),
         }
     }
 

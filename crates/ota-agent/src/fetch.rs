@@ -268,6 +268,14 @@ fn copy_file(
         path: path.clone(),
         source,
     };
+    // A regular file only: not a device, a pipe or a link to one.
+    let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(FetchError::BadUrl {
+            url: url.into(),
+            reason: "a file URL must name a regular file",
+        });
+    }
     let mut source = File::open(&path).map_err(io)?;
     let total = source.metadata().map_err(io)?.len();
     part.restart()?;

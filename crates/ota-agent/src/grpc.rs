@@ -103,6 +103,10 @@ impl Deployments for Api {
                     },
                     Err(RecvError::Closed) => return,
                 };
+                // After a lag, older changes may still come: never backwards.
+                if next.updated_ms < last.updated_ms {
+                    continue;
+                }
                 if tx.send(Ok(next.clone())).await.is_err() {
                     return;
                 }

@@ -3,6 +3,7 @@
 //! pruned.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The deployments directory of a core.
@@ -59,7 +60,14 @@ impl Staging {
         std::fs::create_dir_all(&dir).map_err(at(&dir))?;
         let tmp = dir.join("group.json.tmp");
         let file = dir.join("group.json");
-        let mut f = std::fs::File::create(&tmp).map_err(at(&tmp))?;
+        // Not for functions' users: URLs in it may carry credentials.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)
+            .map_err(at(&tmp))?;
         f.write_all(group_json).map_err(at(&tmp))?;
         f.sync_all().map_err(at(&tmp))?;
         std::fs::rename(&tmp, &file).map_err(at(&file))?;

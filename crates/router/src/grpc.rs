@@ -233,8 +233,16 @@ impl Router for Api {
         request: Request<pb::ReloadTableRequest>,
     ) -> Result<Response<pb::ReloadTableResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
+        // The link read once: the id said and the group read are one deployment's.
         let deployment_id = verdant_common::paths::deployment_of(&self.group_file);
-        let group = verdant_group::Group::load(&self.group_file)
+        let file = match (
+            &deployment_id,
+            self.group_file.parent().and_then(|c| c.parent()),
+        ) {
+            (Some(id), Some(deployments)) => deployments.join(id).join("group.json"),
+            _ => self.group_file.clone(),
+        };
+        let group = verdant_group::Group::load(&file)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let table = verdant_group::routes::Table::from_group(crate::table_version(), &group);
         let response = pb::ReloadTableResponse {
