@@ -318,6 +318,11 @@ impl Content {
         Ok(())
     }
 
+    /// Removes what a bundle tarball of deployment `id` was unpacked into.
+    pub fn forget_scratch(&self, id: &str) {
+        let _ = std::fs::remove_dir_all(self.scratch.join(id));
+    }
+
     /// Drops the trees that no deployment still on disk names and no
     /// function's link points at; and scratch. Keeps everything when it
     /// cannot tell.

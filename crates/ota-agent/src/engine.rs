@@ -363,7 +363,9 @@ impl Agent {
         if ended(d.phase()) {
             return;
         }
-        match self.steps(&mut d, &request, token).await {
+        let outcome = self.steps(&mut d, &request, token).await;
+        self.content.forget_scratch(id);
+        match outcome {
             Ok(()) => {
                 self.end(&mut d, Phase::Succeeded, String::new());
                 self.prune(&d);

@@ -22,6 +22,8 @@ pub enum OtaAgentError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the deployment engine stopped")]
+    Engine,
 }
 
 impl DaemonError for OtaAgentError {
@@ -30,7 +32,8 @@ impl DaemonError for OtaAgentError {
             OtaAgentError::Config(_) | OtaAgentError::Invalid(_) => Exit::Config,
             OtaAgentError::DataDir(_)
             | OtaAgentError::Store { .. }
-            | OtaAgentError::Transport(_) => Exit::Failure,
+            | OtaAgentError::Transport(_)
+            | OtaAgentError::Engine => Exit::Failure,
         }
     }
 }

@@ -63,6 +63,23 @@ pub async fn run(
     );
     let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
+    // Should the engine ever stop on its own (a bug), the daemon stops
+    // with it, so that init restarts it and recovery ends what it ran,
+    // rather than serving a queue that never moves.
+    let engine = {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let ended = engine.await;
+            let failed = !stop.is_cancelled();
+            if failed {
+                tracing::error!(
+                    "the deployment engine stopped ({ended:?}): stopping the ota-agent"
+                );
+                stop.cancel();
+            }
+            failed
+        })
+    };
     // Cloud deployments: AWS IoT Jobs through the router.
     let (up, published) = tokio::sync::mpsc::unbounded_channel();
     let (to_jobs, down) = tokio::sync::mpsc::channel(64);
@@ -82,6 +99,8 @@ pub async fn run(
         .serve_ready(listener, shutdown)
         .await
         .map_err(OtaAgentError::from);
-    let _ = engine.await;
+    if engine.await.unwrap_or(true) {
+        return Err(OtaAgentError::Engine);
+    }
     result
 }
