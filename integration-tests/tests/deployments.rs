@@ -209,8 +209,8 @@ async fn a_reset_leaves_the_core_alone_and_a_redeployment_brings_the_group_back(
 enum Kill {
     /// The ota-agent (init restarts it).
     Agent,
-    /// The router (init restarts it).
-    Router,
+    /// A daemon that applies or carries the group (init restarts it).
+    Daemon(&'static str),
     /// init and every daemon at once, then a new init on the same root.
     WholeCore,
 }
@@ -249,7 +249,7 @@ async fn killed_during(phase: Phase, what: Kill) {
     .expect("the phase comes");
     match what {
         Kill::Agent => core.kill_9("ota-agent").await,
-        Kill::Router => core.kill_9("router").await,
+        Kill::Daemon(name) => core.kill_9(name).await,
         Kill::WholeCore => {
             let pids: Vec<u32> = core.services().await.iter().map(|s| s.pid).collect();
             core.init.kill().unwrap();
@@ -278,7 +278,7 @@ async fn killed_during(phase: Phase, what: Kill) {
         assert_eq!(current(&core), "test", "{phase:?} {what:?}: {last:?}");
         assert_eq!(routes(&core).await, ["a/old/#"], "{phase:?} {what:?}");
     }
-    if !matches!(what, Kill::Router) {
+    if !matches!(what, Kill::Daemon(_)) {
         // Killed, the agent cannot have finished it: it says so.
         assert!(last.reason.contains("interrupted during"), "{last:?}");
         // Before the switch nothing changed; after it, `current` is put back.
@@ -324,7 +324,22 @@ async fn the_ota_agent_killed_while_applying() {
 
 #[tokio::test]
 async fn the_router_killed_while_applying() {
-    killed_during(Phase::Applying, Kill::Router).await;
+    killed_during(Phase::Applying, Kill::Daemon("router")).await;
+}
+
+#[tokio::test]
+async fn the_broker_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::Daemon("broker")).await;
+}
+
+#[tokio::test]
+async fn the_lambda_runner_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::Daemon("lambda-runner")).await;
+}
+
+#[tokio::test]
+async fn the_shadow_service_killed_while_applying() {
+    killed_during(Phase::Applying, Kill::Daemon("shadow")).await;
 }
 
 #[tokio::test]
@@ -339,7 +354,7 @@ async fn the_ota_agent_killed_while_health_check() {
 
 #[tokio::test]
 async fn the_router_killed_while_health_check() {
-    killed_during(Phase::HealthCheck, Kill::Router).await;
+    killed_during(Phase::HealthCheck, Kill::Daemon("router")).await;
 }
 
 #[tokio::test]
