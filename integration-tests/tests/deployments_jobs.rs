@@ -333,3 +333,89 @@ async fn the_end_of_a_job_interrupted_by_a_restart_of_the_ota_agent_is_reported(
     assert_eq!(taken, 1);
     assert_eq!(subjects(&core).await, ["a/old/#"]);
 }
+
+/// The router's view of its cloud connection.
+async fn cloud_state(core: &Core) -> verdant_proto::router::v1::GetCloudResponse {
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    verdant_proto::router::v1::router_client::RouterClient::new(channel)
+        .get_cloud(verdant_proto::router::v1::GetCloudRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn deployments_add_and_remove_cloud_subscriptions_without_dropping_the_cloud_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let (core, _jobs, open) = start(&mut cloud, "").await;
+    open.store(true, Ordering::SeqCst);
+    let connected = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let state = cloud_state(&core).await;
+            if state.state == "connected" {
+                return state;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the core connects to the cloud");
+
+    // A group that also routes the cloud's `c/#` to device b, then the old one again.
+    let mut with_cloud = group("a/old/#");
+    with_cloud["SubscriptionDefinitionVersion"]["Subscriptions"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({ "Id": "from-cloud", "Source": "cloud", "Subject": "c/#", "Target": arn("b") }),
+        );
+    for (g, more) in [(with_cloud, true), (group("a/old/#"), false)] {
+        let mut api = DeploymentsClient::new(
+            verdant_common::uds::connect(&core.socket("ota-agent"))
+                .await
+                .unwrap(),
+        );
+        let d = api
+            .deploy(pb::DeployRequest {
+                source: Some(pb::deploy_request::Source::GroupJson(
+                    g.to_string().into_bytes(),
+                )),
+                ..pb::DeployRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut watch = api
+            .watch_deployment(pb::DeploymentRequest {
+                deployment_id: d.deployment_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = d.phase();
+        while let Ok(Some(d)) = watch.message().await {
+            last = d.phase();
+        }
+        assert_eq!(last, Phase::Succeeded);
+        let want = connected.subscriptions + u32::from(more);
+        let state = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let state = cloud_state(&core).await;
+                if state.subscriptions == want {
+                    return state;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the cloud subscriptions follow the group");
+        assert_eq!(state.state, "connected");
+        assert_eq!(
+            state.connected_since, connected.connected_since,
+            "the same connection"
+        );
+    }
+}
