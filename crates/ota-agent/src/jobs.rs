@@ -8,7 +8,8 @@
 //! `iot-jobs:<jobId>`; a document that is not one is reported `FAILED` at
 //! once. The engine's updates drive the reports on
 //! `$aws/things/<core>/jobs/<jobId>/update`: `IN_PROGRESS` when the
-//! deployment starts, `SUCCEEDED` or `FAILED` when it ends. Once the cloud
+//! deployment starts and at each new phase (statusDetails.phase),
+//! `SUCCEEDED` or `FAILED` when it ends. Once the cloud
 //! has answered the end (its answer echoes the report's client token), the
 //! next job is asked for.
 //!
@@ -18,7 +19,7 @@
 //! reached or interrupted while the ota-agent was stopped is reported
 //! after it starts again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -252,7 +253,8 @@ pub struct Jobs {
     /// Whether the router's end reports were taken, per job.
     outcomes: mpsc::UnboundedSender<(String, bool)>,
     /// Jobs whose start was reported by this run of the agent.
-    started: HashSet<String>,
+    /// The last phase reported `IN_PROGRESS` for each job.
+    reported_phase: HashMap<String, Phase>,
     /// Jobs whose end report waits for the router.
     ending: HashSet<String>,
     /// Client tokens: this prefix and a count.
@@ -282,7 +284,7 @@ impl Jobs {
             ledger,
             up,
             outcomes,
-            started: HashSet::new(),
+            reported_phase: HashMap::new(),
             ending: HashSet::new(),
             token_prefix: format!("{TOKEN}{started_ms}-"),
             tokens: 0,
@@ -427,6 +429,7 @@ impl Jobs {
         };
         let (status, details) = status(d);
         if status != "IN_PROGRESS" {
+            self.reported_phase.remove(job);
             match self.ledger.get(job) {
                 Ok(Some(t)) if t.reported => {}
                 Ok(t) => {
@@ -437,7 +440,11 @@ impl Jobs {
                 }
                 Err(err) => tracing::error!(job, "the jobs table: {err}"),
             }
-        } else if d.phase() != Phase::Queued && self.started.insert(job.to_string()) {
+        } else if d.phase() != Phase::Queued
+            && self.reported_phase.insert(job.to_string(), d.phase()) != Some(d.phase())
+        {
+            // IN_PROGRESS again at each new phase (not at each step), so
+            // the fleet sees where the deployment is.
             let token = self.token();
             self.publish(
                 &format!("{job}/update"),
