@@ -11,6 +11,7 @@ pub mod cloud_shadow;
 pub mod deployments;
 pub mod functions;
 pub mod groups;
+pub mod https;
 pub mod mqtt;
 
 use std::path::{Path, PathBuf};

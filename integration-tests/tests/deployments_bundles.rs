@@ -47,9 +47,13 @@ fn bundle(dir: &Path, group: &Value, script: &str) {
 }
 
 async fn start() -> Core {
+    start_with("").await
+}
+
+async fn start_with(extra: &str) -> Core {
     let core = Core::start_with(&Options {
         dropin: Some(&format!(
-            "{}[ota-agent]\nhealth_check_secs = 5\n",
+            "{}[ota-agent]\nhealth_check_secs = 5\n{extra}",
             verdant_integration_tests::functions::INSECURE
         )),
         group: Some(
@@ -182,24 +186,66 @@ async fn a_bundle_brings_its_code_a_changed_one_restarts_it_and_a_bad_one_is_rol
     assert!(code_of(&core).contains("# three"));
 }
 
-#[tokio::test]
-async fn an_artifact_by_url_is_fetched_checked_and_not_fetched_again() {
+/// Writes a zip of `idle.sh` (marked `# zipped`) at `path`; its SHA-256.
+fn zipped(path: &Path) -> String {
     use sha2::Digest as _;
-    let core = start().await;
-    let dir = core.dir.path().join("artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let zip_path = dir.join("idle.zip");
     {
-        let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
         let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
         w.start_file("idle.sh", options).unwrap();
         std::io::Write::write_all(&mut w, b"#!/bin/sh\n# zipped\nexec sleep 3600\n").unwrap();
         w.finish().unwrap();
     }
-    let sha = format!(
-        "{:x}",
-        sha2::Sha256::digest(std::fs::read(&zip_path).unwrap())
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test]
+async fn a_download_cut_half_way_is_resumed_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let body_path = dir.path().join("idle.zip");
+    let sha = zipped(&body_path);
+    let server = verdant_integration_tests::https::serve(
+        dir.path(),
+        "code/idle.zip",
+        std::fs::read(&body_path).unwrap(),
+        1,
+        true,
+    )
+    .await;
+    let core = start_with(&format!("ca_file = \"{}\"\n", server.ca.display())).await;
+    let mut g = group();
+    g["Artifacts"] = json!([{ "FunctionArn": ARN, "Url": server.url, "Sha256": sha }]);
+    let queued = deploy_request(
+        &core,
+        pb::deploy_request::Source::GroupJson(g.to_string().into_bytes()),
+    )
+    .await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Succeeded, "{last:?}");
+    assert!(code_of(&core).contains("# zipped"));
+    let ranges = server.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None);
+    assert!(
+        ranges[1]
+            .as_deref()
+            .is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"),
+        "the second request asks for the rest: {ranges:?}"
     );
+    assert!(
+        last.bytes_total > 0 && last.bytes_done == last.bytes_total,
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_artifact_by_url_is_fetched_checked_and_not_fetched_again() {
+    let core = start().await;
+    let dir = core.dir.path().join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let zip_path = dir.join("idle.zip");
+    let sha = zipped(&zip_path);
     let url = format!("file://{}", zip_path.display());
 
     // A wrong hash fails before anything changes.

@@ -421,19 +421,12 @@ pub(crate) fn sha256_of(mut reader: impl Read) -> io::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::TlsAcceptor;
-    use tokio_rustls::rustls::ServerConfig;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
     use super::*;
 
-    /// A loopback HTTPS server of one file, with its own CA.
+    /// A loopback HTTPS server of one file, with its own CA (the test
+    /// harness's), on a runtime of its own: the fetches here block.
     struct Server {
         url: String,
         ca: PathBuf,
@@ -445,106 +438,22 @@ mod tests {
     /// Serves `body`, honouring `Range: bytes=N-` if `ranges`; the first
     /// `cuts` responses break off half way.
     fn serve(dir: &Path, body: Vec<u8>, cuts: usize, ranges: bool) -> Server {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        leaf.subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-        let ca_path = dir.join("ca.pem");
-        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![CertificateDer::from(leaf_cert.der().to_vec())],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-                )
-                .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let honour = ranges;
-        let ranges = Arc::new(Mutex::new(Vec::new()));
-        let seen = ranges.clone();
-        let body = Arc::new(body);
-        let cuts = Arc::new(AtomicUsize::new(cuts));
-        runtime.spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, body, seen, cuts) =
-                    (acceptor.clone(), body.clone(), seen.clone(), cuts.clone());
-                tokio::spawn(async move {
-                    let mut tls = acceptor.accept(socket).await?;
-                    let mut request = Vec::new();
-                    while !request.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8];
-                        if tls.read(&mut byte).await? == 0 {
-                            return Ok(());
-                        }
-                        request.push(byte[0]);
-                    }
-                    let range = String::from_utf8_lossy(&request).lines().find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("range")
-                            .then(|| value.trim().to_string())
-                    });
-                    seen.lock().unwrap().push(range.clone());
-                    let start = range
-                        .as_deref()
-                        .and_then(|r| r.strip_prefix("bytes="))
-                        .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
-                        .filter(|_| honour);
-                    let len = body.len();
-                    let head = match start {
-                        Some(s) => format!(
-                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{}/{len}\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n",
-                            len - 1,
-                            len - s
-                        ),
-                        None => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                        ),
-                    };
-                    let start = start.unwrap_or(0);
-                    tls.write_all(head.as_bytes()).await?;
-                    let cut = cuts
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
-                        .is_ok();
-                    if cut {
-                        tls.write_all(&body[start..start + (len - start) / 2])
-                            .await?;
-                        tls.flush().await?;
-                        // No TLS close_notify: the connection just ends.
-                        tls.get_mut().0.shutdown().await?;
-                        return Ok::<_, std::io::Error>(());
-                    }
-                    tls.write_all(&body[start..]).await?;
-                    tls.shutdown().await
-                });
-            }
-        });
-        Server {
-            url: format!("https://{addr}/code/f.zip"),
-            ca: ca_path,
+        let server = runtime.block_on(verdant_integration_tests::https::serve(
+            dir,
+            "code/f.zip",
+            body,
+            cuts,
             ranges,
+        ));
+        Server {
+            url: server.url,
+            ca: server.ca,
+            ranges: server.ranges,
             _runtime: runtime,
         }
     }
