@@ -537,3 +537,29 @@ async fn a_function_without_its_code_fails_validation_and_changes_nothing() {
     assert_eq!(current(&core), "test");
     assert_eq!(routes(&core).await, ["a/old/#"]);
 }
+
+#[tokio::test]
+async fn a_device_whose_certificate_on_the_core_is_not_the_groups_fails_validation() {
+    let (core, _port) = start("").await;
+    // The sample device's certificate is on the core (config/certs/devices/):
+    // a group naming another certificate for it could not let it connect.
+    let mut g: serde_json::Value = serde_json::from_str(&group("a/new/#", false)).unwrap();
+    g["DeviceDefinitionVersion"]["Devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(thing("sample-device", 9));
+    let queued = deploy(&core, &g.to_string()).await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
+    let problem = last
+        .problems
+        .iter()
+        .find(|p| p.path == "DeviceDefinitionVersion.Devices[2].CertificateArn")
+        .unwrap_or_else(|| panic!("{last:?}"));
+    assert!(
+        problem.message.starts_with("broker: ") && problem.message.contains("could not connect"),
+        "{problem:?}"
+    );
+    assert_eq!(current(&core), "test");
+}

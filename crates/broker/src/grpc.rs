@@ -14,6 +14,10 @@ pub struct Api {
     pub listeners: Vec<(&'static str, SocketAddr)>,
     /// Messages the router link's full backlog dropped or refused.
     pub router_counters: std::sync::Arc<crate::link::LinkCounters>,
+    /// Devices' certificates held on the core, for `CheckGroup`.
+    pub devices_dir: std::path::PathBuf,
+    /// The group CA's verifier (when a TLS listener is on).
+    pub tls: Option<crate::identity::Tls>,
 }
 
 fn stopping<T>(_: T) -> Status {
@@ -34,6 +38,21 @@ impl Broker for Api {
                     name: (*name).to_string(),
                     address: addr.to_string(),
                 })
+                .collect(),
+        }))
+    }
+
+    async fn check_group(
+        &self,
+        request: Request<pb::CheckGroupRequest>,
+    ) -> Result<Response<pb::CheckGroupResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let json = request.into_inner().group_json;
+        let problems = crate::check::check_group(&json, &self.devices_dir, self.tls.as_ref());
+        Ok(Response::new(pb::CheckGroupResponse {
+            problems: problems
+                .into_iter()
+                .map(|(path, message)| pb::Problem { path, message })
                 .collect(),
         }))
     }

@@ -1,5 +1,6 @@
 //! verdant-broker: the MQTT server devices connect to. See ARCHITECTURE.md.
 
+mod check;
 pub mod codec;
 pub mod config;
 mod connection;
@@ -87,6 +88,7 @@ pub async fn run(
     let group = Group::load(&ctx.layout.current_group())?;
     let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(&group)));
     let (sockets, bound) = listen(&ctx, &config)?;
+    let group_tls = sockets.iter().find_map(|l| l.tls.clone());
 
     let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
@@ -157,6 +159,8 @@ pub async fn run(
         hub: hub_tx,
         listeners: bound,
         router_counters,
+        devices_dir: ctx.layout.certs_dir().join("devices"),
+        tls: group_tls,
     };
     let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
         .await

@@ -12,6 +12,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use verdant_common::paths::{INIT_SERVICE, Layout};
+use verdant_proto::broker::v1 as broker;
+use verdant_proto::broker::v1::broker_client::BrokerClient;
 use verdant_proto::lambda::v1 as lambda;
 use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 use verdant_proto::ota::v1::Applied;
@@ -56,8 +58,9 @@ impl Daemons {
         }
     }
 
-    /// What the daemons say of a group before it is deployed: the
-    /// lambda-runner whether it could run its functions (`artifacts`: code
+    /// What the daemons say of a group before it is deployed: the broker
+    /// whether its devices could connect, the lambda-runner whether it
+    /// could run its functions (`artifacts`: code
     /// the deployment brings, `<name>/<version>` to a directory or zip).
     /// Each problem with its JSON path.
     pub async fn check_group(
@@ -66,8 +69,28 @@ impl Daemons {
         artifacts: &HashMap<String, String>,
         deadline: Instant,
     ) -> Result<Vec<(String, String)>, String> {
+        let mut problems = Vec::new();
+        if let Some(socket) = self.socket("broker") {
+            let reply = retry(deadline, || async {
+                let channel = Self::connect(&socket, deadline).await?;
+                BrokerClient::new(channel)
+                    .check_group(broker::CheckGroupRequest {
+                        group_json: group_json.to_vec(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| Failure::from_status("broker", &s))
+            })
+            .await?;
+            problems.extend(
+                reply
+                    .problems
+                    .into_iter()
+                    .map(|p| (p.path, format!("broker: {}", p.message))),
+            );
+        }
         let Some(socket) = self.socket("lambda-runner") else {
-            return Ok(Vec::new());
+            return Ok(problems);
         };
         let reply = retry(deadline, || async {
             let channel = Self::connect(&socket, deadline).await?;
@@ -81,11 +104,13 @@ impl Daemons {
                 .map_err(|s| Failure::from_status("lambda-runner", &s))
         })
         .await?;
-        Ok(reply
-            .problems
-            .into_iter()
-            .map(|p| (p.path, format!("lambda-runner: {}", p.message)))
-            .collect())
+        problems.extend(
+            reply
+                .problems
+                .into_iter()
+                .map(|p| (p.path, format!("lambda-runner: {}", p.message))),
+        );
+        Ok(problems)
     }
 
     /// Has every daemon take the deployment `current` links to (`id`):

@@ -447,7 +447,8 @@ impl Agent {
         } else {
             Code::new()
         };
-        self.enter(d, Phase::Validating, "lambda-runner").await;
+        self.enter(d, Phase::Validating, "broker, lambda-runner")
+            .await;
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         let problems = self
             .daemons
