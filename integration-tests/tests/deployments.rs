@@ -516,19 +516,29 @@ async fn the_queue_is_bounded_and_cancelled_deployments_never_block_the_next() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }
 
+/// Deploys `group`, which must fail validation; its problem at `path`.
+async fn failed_validation(core: &Core, group: &str, path: &str) -> pb::Problem {
+    let queued = deploy(core, group).await;
+    let seen = watch_to_end(core, &queued.deployment_id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
+    last.problems
+        .iter()
+        .find(|p| p.path.starts_with(path))
+        .unwrap_or_else(|| panic!("{last:?}"))
+        .clone()
+}
+
 #[tokio::test]
 async fn a_function_without_its_code_fails_validation_and_changes_nothing() {
     let (core, _port) = start(verdant_integration_tests::functions::INSECURE).await;
     // The crashing function's group, with no code installed for it.
-    let queued = deploy(&core, &group_with_crashing_function()).await;
-    let seen = watch_to_end(&core, &queued.deployment_id).await;
-    let last = seen.last().unwrap();
-    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
-    let problem = last
-        .problems
-        .iter()
-        .find(|p| p.path.starts_with("FunctionDefinitionVersion.Functions[0]"))
-        .unwrap_or_else(|| panic!("{last:?}"));
+    let problem = failed_validation(
+        &core,
+        &group_with_crashing_function(),
+        "FunctionDefinitionVersion.Functions[0]",
+    )
+    .await;
     assert!(
         problem.message.starts_with("lambda-runner: ")
             && problem.message.contains("functions/crash/1"),
@@ -548,15 +558,12 @@ async fn a_device_whose_certificate_on_the_core_is_not_the_groups_fails_validati
         .as_array_mut()
         .unwrap()
         .push(thing("sample-device", 9));
-    let queued = deploy(&core, &g.to_string()).await;
-    let seen = watch_to_end(&core, &queued.deployment_id).await;
-    let last = seen.last().unwrap();
-    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
-    let problem = last
-        .problems
-        .iter()
-        .find(|p| p.path == "DeviceDefinitionVersion.Devices[2].CertificateArn")
-        .unwrap_or_else(|| panic!("{last:?}"));
+    let problem = failed_validation(
+        &core,
+        &g.to_string(),
+        "DeviceDefinitionVersion.Devices[2].CertificateArn",
+    )
+    .await;
     assert!(
         problem.message.starts_with("broker: ") && problem.message.contains("could not connect"),
         "{problem:?}"
