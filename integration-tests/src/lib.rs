@@ -116,7 +116,8 @@ impl Core {
         // Tests run side by side: every core listens on ports of its own.
         std::fs::write(
             root.join("config/config.d/00-harness.toml"),
-            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[lambda-runner]\nipc_port = 0\n",
+            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[lambda-runner]\nipc_port = 0\n\
+             [discovery]\nbind = \"127.0.0.1:0\"\n",
         )
         .unwrap();
         if let Some(text) = opts.dropin {

@@ -40,6 +40,7 @@ async fn every_daemon_serves_health_and_says_what_it_does() {
             "shadow" => "shadows over MQTT",
             "lambda-runner" => "Python, Node.js, Java and native functions",
             "ota-agent" => "deployments of a group",
+            "discovery" => "HTTPS discovery API",
             _ => "health and reflection only",
         };
         assert!(svc.note.contains(expected), "{svc:?}");

@@ -24,7 +24,7 @@ pub fn core(bin_dir: &Path, root: &Path, dropin: &str, group: Option<&str>) -> C
     // The function IPC port too is taken per core, not the fixed default.
     std::fs::write(
         root.join("config/config.d/00-bench.toml"),
-        "[lambda-runner]\nipc_port = 0\n",
+        "[lambda-runner]\nipc_port = 0\n[discovery]\nbind = \"127.0.0.1:0\"\n",
     )
     .expect("write");
     std::fs::write(root.join("config/config.d/50-bench.toml"), dropin).expect("write");

@@ -1,14 +1,69 @@
-//! `[discovery]` in the core config: no keys yet. It is read and checked at
-//! start all the same, so a key set there by mistake is refused rather
-//! than ignored.
+//! `[discovery]` in the core config: where the discovery API listens,
+//! the certificate it serves, and the connectivity it hands devices.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
-use verdant_common::config::Section;
+use verdant_common::config::{Invalid, Section};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DiscoveryConfig {}
+pub struct DiscoveryConfig {
+    /// Where the HTTPS discovery API listens (Greengrass's port 8443).
+    pub bind: SocketAddr,
+    /// The server certificate and key (the broker's: devices check both
+    /// against the group CA), relative to the root.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The group CA: client certificates must chain to it; it is what
+    /// devices get back in `CAs`.
+    pub client_ca: PathBuf,
+    /// The addresses devices are told to connect to, in this order. Empty:
+    /// the host's own addresses, found at each request.
+    pub connectivity: Vec<Connectivity>,
+    /// With no `connectivity` set, also hand out loopback addresses (a
+    /// device on the core's own host).
+    pub include_loopback: bool,
+}
+
+/// One way to reach the core's broker.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Connectivity {
+    pub id: String,
+    pub host_address: String,
+    /// The broker's device port when absent (its TLS listener's real port).
+    pub port_number: Option<u16>,
+    #[serde(default)]
+    pub metadata: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            bind: "0.0.0.0:8443".parse().expect("an address"),
+            certificate: "config/certs/core.pem".into(),
+            private_key: "config/certs/core.key".into(),
+            client_ca: "config/certs/group-ca.pem".into(),
+            connectivity: Vec::new(),
+            include_loopback: false,
+        }
+    }
+}
 
 impl Section for DiscoveryConfig {
     const NAME: &'static str = "discovery";
+
+    fn check(&self) -> Result<(), Invalid> {
+        for (i, c) in self.connectivity.iter().enumerate() {
+            if c.id.is_empty() || c.host_address.is_empty() {
+                return Err(Invalid::new(
+                    format!("discovery.connectivity[{i}]"),
+                    "id and host_address are required",
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -12,13 +12,28 @@ pub enum DiscoveryError {
     Invalid(#[from] Invalid),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("discovery TLS: {0}")]
+    Tls(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl DaemonError for DiscoveryError {
     fn exit(&self) -> Exit {
         match self {
             DiscoveryError::Config(_) | DiscoveryError::Invalid(_) => Exit::Config,
-            DiscoveryError::Transport(_) => Exit::Failure,
+            DiscoveryError::Transport(_)
+            | DiscoveryError::Tls(_)
+            | DiscoveryError::Io { .. }
+            | DiscoveryError::Bind { .. } => Exit::Failure,
         }
     }
 }
