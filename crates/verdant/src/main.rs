@@ -169,18 +169,20 @@ mod tests {
         run(ctx, listener, shutdown).await
     }
 
-    /// A daemon with no API of its own yet serves until shutdown, and an
-    /// unknown key of its section is a configuration error (exit 78).
-    async fn health_only<F, Fut, E>(service: &str, run: F)
+    /// A daemon serves until shutdown (when `serves`), and an unknown key
+    /// of its section is a configuration error (exit 78).
+    async fn checks_its_section<F, Fut, E>(service: &str, run: F, serves: bool)
     where
         F: Fn(Context, UnixListener, CancellationToken) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: DaemonError,
     {
-        let stopped = CancellationToken::new();
-        stopped.cancel();
-        if let Err(e) = run_with(service, &run, "", stopped).await {
-            panic!("{service}: {e}");
+        if serves {
+            let stopped = CancellationToken::new();
+            stopped.cancel();
+            if let Err(e) = run_with(service, &run, "", stopped).await {
+                panic!("{service}: {e}");
+            }
         }
         let config = format!("[{service}]\nbogus = 1\n");
         let err = run_with(service, &run, &config, CancellationToken::new())
@@ -193,8 +195,16 @@ mod tests {
 
     #[tokio::test]
     async fn secrets_discovery_and_ota_agent_check_their_sections() {
-        health_only(verdant_secrets::SERVICE, verdant_secrets::run).await;
-        health_only(verdant_discovery::SERVICE, verdant_discovery::run).await;
-        health_only(verdant_ota_agent::SERVICE, verdant_ota_agent::run).await;
+        checks_its_section(verdant_secrets::SERVICE, verdant_secrets::run, true).await;
+        checks_its_section(verdant_ota_agent::SERVICE, verdant_ota_agent::run, true).await;
+        // Discovery needs the core's certificate: in an empty root it says
+        // which file is missing and exits 1 (init restarts it).
+        checks_its_section(verdant_discovery::SERVICE, verdant_discovery::run, false).await;
+        let stopped = CancellationToken::new();
+        let err = run_with("discovery", verdant_discovery::run, "", stopped)
+            .await
+            .expect_err("no certificate");
+        assert_eq!(err.exit(), Exit::Failure, "{err}");
+        assert!(err.to_string().contains("certs/core.pem"), "{err}");
     }
 }
