@@ -116,3 +116,37 @@ async fn the_device_sdk_discovers_its_core_then_connects_with_the_ca_it_got() {
     let (status, text) = discover(&core, "sample-device", "sample-device").await;
     assert_eq!(status, 0, "{text}");
 }
+
+#[tokio::test]
+async fn a_huge_request_line_and_a_request_that_never_ends_are_cut_off() {
+    let core = Core::start_with(&Options {
+        dropin: Some(
+            "[[discovery.connectivity]]\nid = \"loopback\"\nhost_address = \"127.0.0.1\"\n",
+        ),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let port = discovery_port(&core).await;
+    let abuse = tokio::process::Command::new(python())
+        .arg(python_script("discovery_abuse.py"))
+        .args(["localhost", &port])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .output();
+    // While the slow client holds its connection, others are served.
+    let (out, (status, text)) = tokio::join!(abuse, async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        discover(&core, "sample-device", "sample-device").await
+    });
+    assert_eq!(status, 0, "{text}");
+    let out = out.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("huge ") && !l.contains(" 200 ")),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("slow closed after"), "{said}");
+}
