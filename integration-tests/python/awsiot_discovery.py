@@ -41,6 +41,7 @@ group_id, group = list(groups.items())[0]
 ca_pem = group.caList[0]
 core = group.coreConnectivityInfoList[0]
 print("discovered %s %d connectivity" % (group_id, len(core.connectivityInfoList)))
+print("with %d CAs" % len(group.caList))
 with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
     f.write(ca_pem)
     ca_file = f.name

@@ -4,6 +4,7 @@
 mod compare;
 mod core;
 mod deploy;
+mod discovery;
 mod drain;
 mod function;
 mod lean;
@@ -131,6 +132,20 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         deployments: usize,
     },
+    /// The discovery API: concurrent devices each asking again and again
+    /// over mutual TLS (one request per connection, as the SDKs do).
+    Discovery {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        /// Concurrent devices.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Seconds each run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Prints the group a routed-mode benchmark deploys: things named as
     /// the benchmark's clients and routes from every publisher to every
     /// subscriber on `bench/#`.
@@ -209,6 +224,12 @@ fn main() {
             deployments,
         } => runtime.block_on(deploy::run(&bin_dir, devices, deployments)),
         Cmd::Shadow { bin_dir, runs } => runtime.block_on(shadow::run(&bin_dir, runs)),
+        Cmd::Discovery {
+            bin_dir,
+            clients,
+            seconds,
+            runs,
+        } => runtime.block_on(discovery::run(&bin_dir, clients, seconds, runs)),
         Cmd::Function {
             bin_dir,
             python,

@@ -30,22 +30,31 @@ impl Target {
     /// Speaks mutual TLS, trusting `ca` and presenting `cert` and `key`
     /// (PEM files), as a device of the group does.
     pub fn use_tls(&mut self, ca: &str, cert: &str, key: &str) -> Result<(), String> {
-        use std::path::Path;
-        use verdant_common::pem;
-        let roots = pem::roots(Path::new(ca)).map_err(|e| e.to_string())?;
-        let chain = pem::certificates(Path::new(cert)).map_err(|e| e.to_string())?;
-        let key = pem::private_key(Path::new(key)).map_err(|e| e.to_string())?;
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-        self.tls = Some(std::sync::Arc::new(config));
+        self.tls = Some(device_tls(ca, cert, key)?);
         Ok(())
     }
+}
+
+/// A device's TLS: trusting `ca`, presenting `cert` and `key` (PEM files).
+pub fn device_tls(
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use std::path::Path;
+    use verdant_common::pem;
+    let roots = pem::roots(Path::new(ca)).map_err(|e| e.to_string())?;
+    let chain = pem::certificates(Path::new(cert)).map_err(|e| e.to_string())?;
+    let key = pem::private_key(Path::new(key)).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(config))
 }
 
 impl std::str::FromStr for Target {

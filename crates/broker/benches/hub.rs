@@ -22,6 +22,7 @@ fn info(id: &str) -> ClientInfo {
         thing_name: None,
         thing_arn: None,
         certificate_subject: None,
+        certificate_id: None,
         peer_address: "bench".into(),
         listener: "bench",
         protocol_version: 4,

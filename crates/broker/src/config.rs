@@ -143,8 +143,8 @@ impl Default for TlsListener {
         TlsListener {
             enabled: true,
             bind: ([0, 0, 0, 0], 8883).into(),
-            certificate: "config/certs/core.pem".into(),
-            private_key: "config/certs/core.key".into(),
+            certificate: "config/certs/server.pem".into(),
+            private_key: "config/certs/server.key".into(),
             client_ca: "config/certs/group-ca.pem".into(),
         }
     }

@@ -35,12 +35,13 @@ pub enum BrokerError {
 impl DaemonError for BrokerError {
     fn exit(&self) -> Exit {
         match self {
-            BrokerError::Config(_)
-            | BrokerError::Invalid(_)
-            | BrokerError::Group(_)
-            | BrokerError::Tls(_) => Exit::Config,
-            // A port still held by a previous process frees up: try again.
-            BrokerError::Bind { .. } => Exit::TempFail,
+            BrokerError::Config(_) | BrokerError::Invalid(_) | BrokerError::Group(_) => {
+                Exit::Config
+            }
+            // A port still held by a previous process frees up, a
+            // certificate and key caught between two renames (a rotation)
+            // are whole again a moment later: try again.
+            BrokerError::Tls(_) | BrokerError::Bind { .. } => Exit::TempFail,
             BrokerError::DataDir(_) | BrokerError::Store(_) | BrokerError::Transport(_) => {
                 Exit::Failure
             }

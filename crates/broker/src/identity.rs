@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
+use verdant_common::reload::Reloaded;
 use verdant_group::Group;
 
 /// The result of checking a TLS client's certificate, kept for its CONNECT.
@@ -56,20 +57,31 @@ pub struct Device {
     pub thing_arn: Arc<str>,
 }
 
-/// The devices (and cores) of the deployed group, by certificate id.
+/// Who may stay connected: the group's things, by the certificates the
+/// group names for them (revoked ones left out).
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    pub things: std::collections::HashSet<String>,
+    pub certificates: std::collections::HashSet<String>,
+}
+
+/// The devices (and cores) of the deployed group, by certificate id,
+/// without those whose certificate is revoked on this core.
 #[derive(Debug, Clone, Default)]
 pub struct Devices {
     by_certificate: HashMap<String, Device>,
     by_name: HashMap<String, Device>,
+    revoked: std::collections::HashSet<String>,
 }
 
 impl Devices {
-    pub fn from_group(group: &Group) -> Self {
+    pub fn from_group(group: &Group, revoked: &std::collections::HashSet<String>) -> Self {
         let by_certificate = group
             .core_definition_version
             .cores
             .iter()
             .chain(&group.device_definition_version.devices)
+            .filter(|t| !revoked.contains(&t.certificate_id().to_ascii_lowercase()))
             .map(|t| {
                 (
                     t.certificate_id().to_ascii_lowercase(),
@@ -87,12 +99,28 @@ impl Devices {
         Devices {
             by_certificate,
             by_name,
+            revoked: revoked.clone(),
         }
     }
 
-    /// The thing names of the group's devices and cores.
-    pub fn names(&self) -> std::collections::HashSet<String> {
-        self.by_name.keys().cloned().collect()
+    /// Leaves out the devices whose certificate is in `revoked` too.
+    pub fn revoke(&mut self, revoked: &std::collections::HashSet<String>) {
+        self.by_certificate.retain(|id, _| !revoked.contains(id));
+        let left: std::collections::HashSet<&str> = self
+            .by_certificate
+            .values()
+            .map(|d| d.thing_name.as_str())
+            .collect();
+        self.by_name.retain(|name, _| left.contains(name.as_str()));
+        self.revoked.extend(revoked.iter().cloned());
+    }
+
+    /// The thing names and certificates allowed in.
+    pub fn members(&self) -> Members {
+        Members {
+            things: self.by_name.keys().cloned().collect(),
+            certificates: self.by_certificate.keys().cloned().collect(),
+        }
     }
 
     /// Decides a CONNECT: `Ok(Some(device))` for a device, `Ok(None)` on
@@ -123,6 +151,12 @@ impl Devices {
         if let Some(e) = &presented.chain_error {
             return Err(Refusal(format!("certificate not accepted: {e}")));
         }
+        if self.revoked.contains(&presented.certificate_id) {
+            return Err(Refusal(format!(
+                "certificate {} is revoked on this core",
+                presented.certificate_id
+            )));
+        }
         let Some(thing) = self.by_certificate.get(&presented.certificate_id) else {
             return Err(Refusal(format!(
                 "certificate {} belongs to no device of the deployed group",
@@ -151,30 +185,45 @@ pub enum TlsSetupError {
 }
 
 /// The broker's TLS: its server configuration and the verifier that checks
-/// client chains after the handshake.
+/// client chains after the handshake, built again when the certificate,
+/// its key or the group CA file change (a rotated server certificate, a
+/// CA added or retired): new connections get the new ones, connections
+/// already up are not touched.
 #[derive(Clone)]
-pub struct Tls {
+pub struct Tls(Arc<Reloaded<Loaded>>);
+
+/// One build of the broker's TLS.
+pub struct Loaded {
     pub server: Arc<ServerConfig>,
     pub chains: Arc<dyn ClientCertVerifier>,
 }
 
 impl Tls {
     pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> Result<Tls, TlsSetupError> {
-        let certs = verdant_common::pem::certificates(cert)?;
-        let key = verdant_common::pem::private_key(key)?;
-        let roots = verdant_common::pem::roots(client_ca)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chains = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_client_cert_verifier(Arc::new(AnyChain(chains.clone())))
-            .with_single_cert(certs, key)?;
-        Ok(Tls {
-            server: Arc::new(server),
-            chains,
+        let files = vec![
+            cert.to_path_buf(),
+            key.to_path_buf(),
+            client_ca.to_path_buf(),
+        ];
+        let (cert, key, client_ca) = (
+            cert.to_path_buf(),
+            key.to_path_buf(),
+            client_ca.to_path_buf(),
+        );
+        Reloaded::new("the broker's TLS", files, move || {
+            Loaded::build(&cert, &key, &client_ca)
         })
+        .map(Tls)
+    }
+
+    /// Watches the files until `shutdown`.
+    pub fn watch(&self, shutdown: verdant_common::shutdown::CancellationToken) {
+        self.0.watch(shutdown);
+    }
+
+    /// The acceptor for a new connection: the current certificate.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.0.current().server.clone())
     }
 
     /// What a TLS client presented, checked against the group CA now.
@@ -186,6 +235,8 @@ impl Tls {
             |(_, c)| c.subject().to_string(),
         );
         let chain_error = self
+            .0
+            .current()
             .chains
             .verify_client_cert(end, intermediates, UnixTime::now())
             .err()
@@ -194,6 +245,26 @@ impl Tls {
             subject,
             certificate_id,
             chain_error,
+        })
+    }
+}
+
+impl Loaded {
+    fn build(cert: &Path, key: &Path, client_ca: &Path) -> Result<Loaded, TlsSetupError> {
+        let certs = verdant_common::pem::certificates(cert)?;
+        let key = verdant_common::pem::private_key(key)?;
+        let roots = verdant_common::pem::roots(client_ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chains = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(Arc::new(AnyChain(chains.clone())))
+            .with_single_cert(certs, key)?;
+        Ok(Loaded {
+            server: Arc::new(server),
+            chains,
         })
     }
 }

@@ -86,9 +86,21 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     let config = BrokerConfig::load::<BrokerError>(&ctx.config)?;
     let group = Group::load(&ctx.layout.current_group())?;
-    let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(&group)));
+    let revoked = link::GroupFile::revocations(ctx.layout.revocations());
+    let devices = Arc::new(std::sync::RwLock::new(Devices::from_group(
+        &group,
+        &revoked.current(),
+    )));
+    let group_file = Arc::new(link::GroupFile {
+        file: ctx.layout.current_group(),
+        revoked,
+        devices: devices.clone(),
+    });
     let (sockets, bound) = listen(&ctx, &config)?;
     let group_tls = sockets.iter().find_map(|l| l.tls.clone());
+    if let Some(tls) = &group_tls {
+        tls.watch(shutdown.clone());
+    }
 
     let mut hub = open_hub(&ctx, &config)?;
     let durable_subscriptions = hub.durable_subscriptions();
@@ -100,10 +112,7 @@ pub async fn run(
         hub.routed(link_tx);
         tokio::spawn(link::run(
             ctx.layout.socket("router"),
-            link::GroupFile {
-                file: ctx.layout.current_group(),
-                devices: devices.clone(),
-            },
+            group_file.clone(),
             hub_tx.clone(),
             link_rx,
             config.router_backlog,
@@ -111,6 +120,11 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(watch_revocations(
+        group_file,
+        hub_tx.clone(),
+        shutdown.clone(),
+    ));
     let wills = hub.publish_restored_wills();
     if wills > 0 {
         tracing::info!(
@@ -209,6 +223,30 @@ fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerErro
 }
 
 /// A bound listener and the TLS it speaks (`None`: plain).
+/// Reads the devices again when the revoked certificates change, and
+/// closes the connections of those no longer allowed in.
+async fn watch_revocations(
+    group: Arc<link::GroupFile>,
+    hub: mpsc::Sender<request::Request>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(verdant_common::reload::EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if group.revoked.check()
+            && hub
+                .send(request::Request::Members(group.reload()))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// A bound listener: its name (`tls`, `tcp`, `wss`, `ws`), its TLS, and
 /// for WebSocket the path.
 pub(crate) struct Listening {

@@ -21,6 +21,7 @@
 //! Down: the table (handed to the hub), and messages for devices, which
 //! are acknowledged once the hub has committed them to the sessions.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use futures::stream::FuturesOrdered;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
+use verdant_common::reload::Reloaded;
 use verdant_common::shutdown::CancellationToken;
 use verdant_group::routes::{Route, Table};
 use verdant_link::{Backoff, Outbox, ToRouter};
@@ -141,35 +143,51 @@ pub struct LinkCounters {
     pub refused: AtomicU64,
 }
 
-/// The deployed group's file, and the devices read from it, replaced
-/// when the router sends a new table (a new deployment).
+/// The deployed group's file and the core's revoked certificates, and
+/// the devices read from them, replaced when the router sends a new table
+/// (a new deployment) or the revocations change.
 pub struct GroupFile {
     pub file: PathBuf,
+    pub revoked: Arc<Reloaded<HashSet<String>>>,
     pub devices: Arc<std::sync::RwLock<crate::identity::Devices>>,
 }
 
 impl GroupFile {
-    /// Reads the group again; the devices no longer in it, if it changed.
-    fn reload(&self) -> Option<std::collections::HashSet<String>> {
+    /// The core's revocations, read again when their file changes. A
+    /// list that cannot be read at start is logged and none is used until
+    /// it is fixed (the broker keeps serving the site); later, the
+    /// previous list stays in use.
+    pub fn revocations(path: PathBuf) -> Arc<Reloaded<HashSet<String>>> {
+        let file = path.clone();
+        Reloaded::new_or(
+            "the revoked certificates",
+            vec![path],
+            (HashSet::new(), "no certificate is refused as revoked"),
+            move || verdant_group::revoked::ids_in(&file).map_err(|e| e.to_string()),
+        )
+    }
+
+    /// Reads the group again, with the revocations as they are now; who
+    /// may stay connected. A group that cannot be read leaves its devices
+    /// as they were, but the revocations still apply.
+    pub fn reload(&self) -> crate::identity::Members {
+        let revoked = self.revoked.current();
+        let mut devices = self.devices.write().expect("devices lock");
         match verdant_group::Group::load(&self.file) {
-            Ok(g) => {
-                let devices = crate::identity::Devices::from_group(&g);
-                let names = devices.names();
-                *self.devices.write().expect("devices lock") = devices;
-                Some(names)
-            }
+            Ok(g) => *devices = crate::identity::Devices::from_group(&g, &revoked),
             Err(e) => {
                 tracing::error!("{e}: the devices allowed in stay those of the previous group");
-                None
+                devices.revoke(&revoked);
             }
         }
+        devices.members()
     }
 }
 
 /// Keeps the link up until `shutdown`.
 pub async fn run(
     socket: PathBuf,
-    group: GroupFile,
+    group: Arc<GroupFile>,
     hub: mpsc::Sender<Request>,
     mut from_hub: mpsc::UnboundedReceiver<ToLink>,
     backlog: usize,
@@ -265,8 +283,7 @@ async fn linked(
             msg = down.message() => match msg {
                 Ok(Some(pb::LinkDown { kind: Some(kind) })) => {
                     if let pb::link_down::Kind::Table(_) = &kind
-                        && let Some(members) = group.reload()
-                        && hub.send(Request::Members(members)).await.is_err()
+                        && hub.send(Request::Members(group.reload())).await.is_err()
                     {
                         return "the broker is stopping".into();
                     }

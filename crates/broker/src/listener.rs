@@ -28,7 +28,6 @@ pub async fn accept(
         tls,
         websocket,
     } = listening;
-    let tls = tls.map(|t| (TlsAcceptor::from(t.server.clone()), t));
     let websocket: Option<Arc<str>> = websocket.map(Arc::from);
     loop {
         let (socket, addr) = tokio::select! {
@@ -67,8 +66,8 @@ pub async fn accept(
                     over_websocket(socket, Peer::Plain, address, name, path, shared),
                 ));
             }
-            (Some((acceptor, tls)), websocket) => {
-                let (acceptor, tls, websocket) = (acceptor.clone(), tls.clone(), websocket.clone());
+            (Some(tls), websocket) => {
+                let (acceptor, tls, websocket) = (tls.acceptor(), tls.clone(), websocket.clone());
                 tracker.spawn(until(stop, ending, async move {
                     let handshake = Box::pin(handshake(socket, acceptor, tls, &address, &shared));
                     let Some((stream, peer)) = handshake.await else {

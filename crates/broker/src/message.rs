@@ -48,6 +48,8 @@ pub struct ClientInfo {
     /// The device's thing ARN: the source of its messages in routed mode.
     pub thing_arn: Option<Arc<str>>,
     pub certificate_subject: Option<String>,
+    /// The presented certificate's id (TLS only).
+    pub certificate_id: Option<String>,
     pub peer_address: String,
     pub listener: &'static str,
     pub protocol_version: u8,

@@ -3,7 +3,6 @@
 //! the link ([`ToLink`]). The hub and the link both depend on this module,
 //! not on each other.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use rumqttc::QoS;
@@ -86,8 +85,9 @@ pub enum Request {
     Table(Arc<Table>),
     /// The router says whether someone traces.
     Tracing(bool),
-    /// The group changed: close the connections of devices not in it.
-    Members(HashSet<String>),
+    /// The group or the revocations changed: close the connections of
+    /// devices not in it, or whose certificate is not allowed any more.
+    Members(crate::identity::Members),
     /// Stored messages the subscriber acknowledged.
     Acked(Vec<u64>),
     Subscribe {

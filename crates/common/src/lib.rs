@@ -3,7 +3,9 @@
 //! logs are set up ([`telemetry`]), how a daemon stops ([`shutdown`]), what
 //! its exit code tells `verdant-init` ([`exit`]), gRPC on Unix sockets
 //! with health, reflection and peer credentials ([`uds`], [`grpc`]),
-//! certificates from PEM files ([`pem`]), a child process's output
+//! certificates from PEM files ([`pem`]) and the TLS built from them
+//! rebuilt when they change ([`reload`]), server certificates issued on
+//! the core (`pki`, with the `pki` feature), a child process's output
 //! captured into a rotating log ([`logs`]), and the daemons' SQLite
 //! databases opened the same way (`sqlite`, with the `sqlite` feature).
 //! [`daemon`] strings these together into a daemon's `main`. (A client of
@@ -18,7 +20,10 @@ pub mod logs;
 pub mod memory;
 pub mod paths;
 pub mod pem;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod privileges;
+pub mod reload;
 pub mod shutdown;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

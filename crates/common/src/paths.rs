@@ -72,6 +72,10 @@ impl Layout {
     pub fn certs_dir(&self) -> PathBuf {
         self.config_dir().join("certs")
     }
+    /// The certificates revoked on this core (`verdantctl device revoke`).
+    pub fn revocations(&self) -> PathBuf {
+        self.certs_dir().join("revoked.json")
+    }
     pub fn deployments_dir(&self) -> PathBuf {
         self.root.join("deployments")
     }

@@ -13,18 +13,29 @@ pub struct DiscoveryConfig {
     /// Where the HTTPS discovery API listens (Greengrass's port 8443).
     pub bind: SocketAddr,
     /// The server certificate and key (the broker's: devices check both
-    /// against the group CA), relative to the root.
+    /// against the group CA), relative to the root. Issued again here,
+    /// before they expire and when the connectivity changes, when the
+    /// group CA's key is at `ca_key`.
     pub certificate: PathBuf,
     pub private_key: PathBuf,
     /// The group CA: client certificates must chain to it; it is what
     /// devices get back in `CAs`.
     pub client_ca: PathBuf,
+    /// The group CA's key, which signs the server certificates. Absent:
+    /// the server certificate is the operator's to renew.
+    pub ca_key: PathBuf,
+    /// How long a server certificate issued here is valid (2 to 30 days,
+    /// as in Greengrass). A new one is issued when a third of it is left.
+    pub server_certificate_days: u32,
     /// The addresses devices are told to connect to, in this order. Empty:
-    /// the host's own addresses, found at each request.
+    /// the host's own addresses. `verdantctl connectivity set` wins over both.
     pub connectivity: Vec<Connectivity>,
     /// With no `connectivity` set, also hand out loopback addresses (a
     /// device on the core's own host).
     pub include_loopback: bool,
+    /// How often the host's addresses (and the broker's port) are looked
+    /// at again, in seconds.
+    pub refresh_secs: u64,
 }
 
 /// One way to reach the core's broker.
@@ -43,11 +54,14 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         DiscoveryConfig {
             bind: "0.0.0.0:8443".parse().expect("an address"),
-            certificate: "config/certs/core.pem".into(),
-            private_key: "config/certs/core.key".into(),
+            certificate: "config/certs/server.pem".into(),
+            private_key: "config/certs/server.key".into(),
             client_ca: "config/certs/group-ca.pem".into(),
+            ca_key: "config/certs/group-ca.key".into(),
+            server_certificate_days: 7,
             connectivity: Vec::new(),
             include_loopback: false,
+            refresh_secs: 10,
         }
     }
 }
@@ -56,6 +70,15 @@ impl Section for DiscoveryConfig {
     const NAME: &'static str = "discovery";
 
     fn check(&self) -> Result<(), Invalid> {
+        if !(2..=30).contains(&self.server_certificate_days) {
+            return Err(Invalid::new(
+                "discovery.server_certificate_days",
+                "must be 2 to 30",
+            ));
+        }
+        if self.refresh_secs == 0 {
+            return Err(Invalid::new("discovery.refresh_secs", "must be at least 1"));
+        }
         for (i, c) in self.connectivity.iter().enumerate() {
             if c.id.is_empty() || c.host_address.is_empty() {
                 return Err(Invalid::new(

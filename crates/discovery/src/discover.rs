@@ -4,6 +4,8 @@
 //! of the deployed group, presenting the certificate the group names for
 //! it, gets it.
 
+use std::collections::HashSet;
+
 use serde_json::json;
 use verdant_group::Group;
 
@@ -14,6 +16,8 @@ pub struct Entry {
     pub host_address: String,
     pub port_number: u16,
     pub metadata: String,
+    /// No port was set: it is the broker's device port.
+    pub port_from_broker: bool,
 }
 
 /// A status code, its reason phrase (the v1 SDK needs one) and the JSON body.
@@ -37,15 +41,19 @@ const PREFIX: &str = "/greengrass/discover/thing/";
 pub fn answer(
     path: &str,
     certificate_id: &str,
+    revoked: &HashSet<String>,
     group: &Group,
     connectivity: &[Entry],
-    ca_pem: &str,
+    cas: &[String],
 ) -> Answer {
     let Some(thing) = path.strip_prefix(PREFIX) else {
         return error(404, "no such resource");
     };
     if thing.is_empty() || thing.contains('/') || thing.len() > 128 {
         return error(400, "a thing name is 1 to 128 characters, without '/'");
+    }
+    if revoked.contains(certificate_id) {
+        return error(401, "the certificate presented is revoked on this core");
     }
     let Some(device) = group
         .device_definition_version
@@ -72,49 +80,12 @@ pub fn answer(
     let body = json!({ "GGGroups": [{
         "GGGroupId": group.id,
         "Cores": [{ "thingArn": core.thing_arn, "Connectivity": connectivity }],
-        "CAs": [ca_pem],
+        "CAs": cas,
     }]});
     Answer {
         status: 200,
         body: body.to_string(),
     }
-}
-
-/// The host's addresses devices may use: IPv4 and global IPv6, without
-/// loopback (unless `loopback`) and link-local ones, each with the
-/// broker's `port`.
-pub fn detected(port: u16, loopback: bool) -> Vec<Entry> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<Entry> = Vec::new();
-    for a in addrs {
-        let Some(ip) = a.address.as_ref().and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| std::net::IpAddr::V4(v4.ip()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
-        }) else {
-            continue;
-        };
-        let link_local = match ip {
-            std::net::IpAddr::V4(v4) => v4.is_link_local(),
-            std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
-        };
-        if link_local || (ip.is_loopback() && !loopback) || ip.is_unspecified() {
-            continue;
-        }
-        let host = ip.to_string();
-        if out.iter().any(|e| e.host_address == host) {
-            continue;
-        }
-        out.push(Entry {
-            id: format!("AUTOIP_{host}_{}", out.len()),
-            host_address: host,
-            port_number: port,
-            metadata: String::new(),
-        });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -138,13 +109,15 @@ mod tests {
             host_address: "192.168.1.5".into(),
             port_number: 8883,
             metadata: String::new(),
+            port_from_broker: false,
         }];
         let a = answer(
             "/greengrass/discover/thing/dev",
             &"02".repeat(32),
+            &HashSet::new(),
             &group(),
             &entries,
-            "PEM",
+            &["PEM".to_string()],
         );
         assert_eq!(a.status, 200);
         let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
@@ -163,7 +136,8 @@ mod tests {
     #[test]
     fn strangers_and_impostors_are_refused() {
         let g = group();
-        let ask = |path: &str, id: &str| answer(path, id, &g, &[], "PEM").status;
+        let none = HashSet::new();
+        let ask = |path: &str, id: &str| answer(path, id, &none, &g, &[], &[]).status;
         assert_eq!(
             ask("/greengrass/discover/thing/nobody", &"02".repeat(32)),
             404
@@ -171,5 +145,15 @@ mod tests {
         assert_eq!(ask("/greengrass/discover/thing/dev", &"03".repeat(32)), 401);
         assert_eq!(ask("/greengrass/discover/thing/", &"02".repeat(32)), 400);
         assert_eq!(ask("/elsewhere", &"02".repeat(32)), 404);
+        let revoked = HashSet::from(["02".repeat(32)]);
+        let a = answer(
+            "/greengrass/discover/thing/dev",
+            &"02".repeat(32),
+            &revoked,
+            &g,
+            &[],
+            &[],
+        );
+        assert_eq!(a.status, 401, "revoked");
     }
 }

@@ -14,11 +14,8 @@ pub enum DiscoveryError {
     Transport(#[from] tonic::transport::Error),
     #[error("discovery TLS: {0}")]
     Tls(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    DataDir(#[from] verdant_common::paths::DataDirError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: std::net::SocketAddr,
@@ -32,7 +29,7 @@ impl DaemonError for DiscoveryError {
             DiscoveryError::Config(_) | DiscoveryError::Invalid(_) => Exit::Config,
             DiscoveryError::Transport(_)
             | DiscoveryError::Tls(_)
-            | DiscoveryError::Io { .. }
+            | DiscoveryError::DataDir(_)
             | DiscoveryError::Bind { .. } => Exit::Failure,
         }
     }

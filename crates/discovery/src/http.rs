@@ -4,8 +4,11 @@
 //! which the v1 SDK's byte-by-byte parser needs. Slow or oversized
 //! requests are cut off; the server keeps serving.
 
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,36 +20,92 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use verdant_common::paths::Layout;
+use verdant_common::pki::Rotation;
+use verdant_common::reload::Reloaded;
+
+use crate::certs::now;
 use verdant_common::shutdown::CancellationToken;
 use verdant_group::Group;
-use verdant_proto::broker::v1 as broker;
-use verdant_proto::broker::v1::broker_client::BrokerClient;
 
 use crate::config::DiscoveryConfig;
-use crate::discover::{self, Entry};
+use crate::connectivity::Connectivity;
+use crate::discover;
 
 /// How long a client has for its handshake and its request line and headers.
 const PATIENCE: Duration = Duration::from_secs(10);
-/// The device port when the broker cannot be asked.
-const DEFAULT_DEVICE_PORT: u16 = 8883;
 
 /// What a request is answered from.
 pub struct State {
     pub layout: Layout,
-    pub config: DiscoveryConfig,
-    /// The group CA as devices get it.
-    pub ca_pem: String,
+    pub tls: Arc<Reloaded<Served>>,
+    pub connectivity: Arc<Connectivity>,
+    /// The certificates revoked on this core.
+    pub revoked: Arc<Reloaded<HashSet<String>>>,
+    /// The last [`KEPT_REQUESTS`] requests, newest last.
+    pub requests: Mutex<VecDeque<Logged>>,
+}
+
+/// How many requests `ListRequests` shows.
+const KEPT_REQUESTS: usize = 100;
+
+/// A request as `ListRequests` shows it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub at: i64,
+    pub peer: String,
+    pub path: String,
+    pub certificate_id: String,
+    pub status: u16,
+}
+
+/// One build of the discovery API's TLS, and the group CAs devices get.
+pub struct Served {
+    pub acceptor: TlsAcceptor,
+    /// Each CA of the group CA file as (id, PEM): the one that issued the
+    /// server certificate first, then the others in the file's order.
+    pub cas: Vec<(String, String)>,
+    pub rotation: Option<Rotation>,
+}
+
+impl Served {
+    /// The CAs devices get at `now`: the server certificate's issuer, and
+    /// the file's other CAs, but once a rotation's overlap is over not
+    /// those it replaced.
+    pub fn cas_now(&self, now: i64) -> Vec<String> {
+        let retired: &[String] = match &self.rotation {
+            Some(r) if !r.overlapping(now) => &r.previous_ids,
+            _ => &[],
+        };
+        self.cas
+            .iter()
+            .enumerate()
+            .filter(|(i, (id, _))| *i == 0 || !retired.contains(id))
+            .map(|(_, (_, pem))| pem.clone())
+            .collect()
+    }
 }
 
 /// The TLS of the discovery API: the server certificate, and client
-/// certificates required and checked against the group CA.
-pub fn tls(layout: &Layout, config: &DiscoveryConfig) -> Result<TlsAcceptor, String> {
-    let certs = verdant_common::pem::certificates(&layout.resolve(&config.certificate))
-        .map_err(|e| e.to_string())?;
-    let key = verdant_common::pem::private_key(&layout.resolve(&config.private_key))
-        .map_err(|e| e.to_string())?;
-    let roots = verdant_common::pem::roots(&layout.resolve(&config.client_ca))
-        .map_err(|e| e.to_string())?;
+/// certificates required and checked against the group CA; built again
+/// when either file changes.
+pub fn tls(layout: &Layout, config: &DiscoveryConfig) -> Result<Arc<Reloaded<Served>>, String> {
+    let (cert, key, ca) = (
+        layout.resolve(&config.certificate),
+        layout.resolve(&config.private_key),
+        layout.resolve(&config.client_ca),
+    );
+    let files = vec![cert.clone(), key.clone(), ca.clone(), Rotation::file(&ca)];
+    Reloaded::new("the discovery API's TLS", files, move || {
+        served(&cert, &key, &ca)
+    })
+}
+
+fn served(cert: &Path, key: &Path, ca: &Path) -> Result<Served, String> {
+    let certs = verdant_common::pem::certificates(cert).map_err(|e| e.to_string())?;
+    let key = verdant_common::pem::private_key(key).map_err(|e| e.to_string())?;
+    let roots = verdant_common::pem::roots(ca).map_err(|e| e.to_string())?;
+    let cas = ordered_cas(cert, ca)?;
+    let rotation = Rotation::load(ca).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let clients = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -59,16 +118,41 @@ pub fn tls(layout: &Layout, config: &DiscoveryConfig) -> Result<TlsAcceptor, Str
         .map_err(|e| e.to_string())?;
     // Port 443 clients ask for AWS's ALPN name; 8443 ones ask for none.
     server.alpn_protocols = vec![b"x-amzn-http-ca".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(Served {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        cas,
+        rotation,
+    })
+}
+
+/// The CAs of the file `ca` as (id, PEM), the issuer of the server
+/// certificate in `cert` first.
+fn ordered_cas(cert: &Path, ca: &Path) -> Result<Vec<(String, String)>, String> {
+    use verdant_common::pki;
+    let issuer = pki::read(cert)
+        .and_then(|pem| pki::inspect_pem(&pem))
+        .map_err(|e| e.to_string())?
+        .first()
+        .map(|c| c.issuer.clone());
+    let mut cas: Vec<(String, String, String)> = Vec::new();
+    for text in pki::pem_texts(&pki::read(ca).map_err(|e| e.to_string())?) {
+        let info = pki::inspect_pem(&text).map_err(|e| format!("{}: {e}", ca.display()))?;
+        if let Some(c) = info.into_iter().next() {
+            cas.push((c.subject, c.id, text));
+        }
+    }
+    if let Some(at) = cas
+        .iter()
+        .position(|(subject, ..)| Some(subject) == issuer.as_ref())
+    {
+        let first = cas.remove(at);
+        cas.insert(0, first);
+    }
+    Ok(cas.into_iter().map(|(_, id, pem)| (id, pem)).collect())
 }
 
 /// Serves the discovery API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<State>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -81,9 +165,9 @@ pub async fn serve(
                 }
             },
         };
-        let (acceptor, state) = (acceptor.clone(), state.clone());
+        let state = state.clone();
         tokio::spawn(async move {
-            if let Err(why) = connection(tcp, acceptor, state).await {
+            if let Err(why) = connection(tcp, peer, state).await {
                 tracing::info!(%peer, "discovery: {why}");
             }
         });
@@ -92,10 +176,11 @@ pub async fn serve(
 
 async fn connection(
     tcp: tokio::net::TcpStream,
-    acceptor: TlsAcceptor,
+    peer: SocketAddr,
     state: Arc<State>,
 ) -> Result<(), String> {
-    let tls = tokio::time::timeout(PATIENCE, acceptor.accept(tcp))
+    let served = state.tls.current();
+    let tls = tokio::time::timeout(PATIENCE, served.acceptor.accept(tcp))
         .await
         .map_err(|_| "no TLS handshake in time".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -107,8 +192,18 @@ async fn connection(
         .map(|c| verdant_group::certificate_id(c.as_ref()))
         .ok_or("no client certificate")?;
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let (state, presented) = (state.clone(), presented.clone());
-        async move { Ok::<_, Infallible>(respond(&request, &presented, &state).await) }
+        let (state, presented, served) = (state.clone(), presented.clone(), served.clone());
+        async move {
+            let response = respond(&request, &presented, &state, &served.cas_now(now())).await;
+            state.log(Logged {
+                at: now(),
+                peer: peer.to_string(),
+                path: verdant_common::telemetry::bounded(request.uri().path()).to_string(),
+                certificate_id: presented,
+                status: response.status().as_u16(),
+            });
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(false)
@@ -128,17 +223,25 @@ async fn respond(
     request: &Request<hyper::body::Incoming>,
     presented: &str,
     state: &State,
+    cas: &[String],
 ) -> Response<Full<Bytes>> {
     let answer = if request.method() == hyper::Method::GET {
         match Group::load(&state.layout.current_group()) {
             Ok(group) => {
-                let connectivity = connectivity(state).await;
+                // Until the broker has told its port (it may start after
+                // this daemon), ask it now rather than guess.
+                if !state.connectivity.port_known() {
+                    state.connectivity.refresh().await;
+                }
+                let (connectivity, _) = state.connectivity.entries();
+                state.revoked.check();
                 discover::answer(
                     request.uri().path(),
                     presented,
+                    &state.revoked.current(),
                     &group,
                     &connectivity,
-                    &state.ca_pem,
+                    cas,
                 )
             }
             Err(e) => {
@@ -169,42 +272,12 @@ async fn respond(
         .expect("a valid response")
 }
 
-/// The configured connectivity, else the host's addresses, with the
-/// broker's device port.
-async fn connectivity(state: &State) -> Vec<Entry> {
-    let port = broker_port(&state.layout).await;
-    if state.config.connectivity.is_empty() {
-        return discover::detected(port, state.config.include_loopback);
+impl State {
+    fn log(&self, request: Logged) {
+        let mut kept = self.requests.lock().expect("requests lock");
+        if kept.len() == KEPT_REQUESTS {
+            kept.pop_front();
+        }
+        kept.push_back(request);
     }
-    state
-        .config
-        .connectivity
-        .iter()
-        .map(|c| Entry {
-            id: c.id.clone(),
-            host_address: c.host_address.clone(),
-            port_number: c.port_number.unwrap_or(port),
-            metadata: c.metadata.clone(),
-        })
-        .collect()
-}
-
-/// The port of the broker's TLS listener, asked of the broker.
-async fn broker_port(layout: &Layout) -> u16 {
-    let Ok(channel) = verdant_common::uds::connect(&layout.socket("broker")).await else {
-        return DEFAULT_DEVICE_PORT;
-    };
-    BrokerClient::new(channel)
-        .list_listeners(broker::ListListenersRequest {})
-        .await
-        .ok()
-        .and_then(|r| {
-            r.into_inner()
-                .listeners
-                .into_iter()
-                .find(|l| l.name == "tls")
-                .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
-                .map(|a| a.port())
-        })
-        .unwrap_or(DEFAULT_DEVICE_PORT)
 }

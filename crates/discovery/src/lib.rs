@@ -3,18 +3,26 @@
 //! mutual TLS): the group they are in, the core's connectivity and the
 //! group CA. See ARCHITECTURE.md.
 
+mod certs;
 pub mod config;
+mod connectivity;
 mod discover;
 pub mod error;
 mod grpc;
 mod http;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::net::UnixListener;
 use verdant_common::config::Section;
 use verdant_common::daemon::{Context, Threads};
+use verdant_common::paths::Layout;
 use verdant_common::shutdown::CancellationToken;
 
+use crate::certs::Keeper;
 use crate::config::DiscoveryConfig;
+use crate::connectivity::Connectivity;
 pub use crate::error::DiscoveryError;
 
 pub const SERVICE: &str = "discovery";
@@ -31,12 +39,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DiscoveryError> {
     let config = DiscoveryConfig::load::<DiscoveryError>(&ctx.config)?;
-    let acceptor = http::tls(&ctx.layout, &config).map_err(DiscoveryError::Tls)?;
-    let ca_file = ctx.layout.resolve(&config.client_ca);
-    let ca_pem = std::fs::read_to_string(&ca_file).map_err(|source| DiscoveryError::Io {
-        path: ca_file,
-        source,
-    })?;
+    let data = ctx
+        .layout
+        .create_data_dir(SERVICE)
+        .map_err(DiscoveryError::DataDir)?;
+    let connectivity = Arc::new(Connectivity::new(
+        ctx.layout.clone(),
+        &config,
+        data.join("connectivity.json"),
+    ));
+    connectivity.refresh().await;
+    let keeper = Arc::new(Keeper::new(&ctx.layout, &config));
+    // A certificate due now is issued before the listener first reads it.
+    keep_certificate(&keeper, &ctx.layout, &connectivity).await;
+    let tls = http::tls(&ctx.layout, &config).map_err(DiscoveryError::Tls)?;
+    tls.watch(shutdown.clone());
     let https = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| DiscoveryError::Bind {
@@ -48,15 +65,105 @@ pub async fn run(
         source,
     })?;
     tracing::info!(%address, "discovery API listening (HTTPS, mutual TLS)");
-    let state = std::sync::Arc::new(http::State {
+    let file = ctx.layout.revocations();
+    let revoked = verdant_common::reload::Reloaded::new_or(
+        "the revoked certificates",
+        vec![file.clone()],
+        (
+            std::collections::HashSet::new(),
+            "no certificate is refused as revoked",
+        ),
+        move || verdant_group::revoked::ids_in(&file).map_err(|e| e.to_string()),
+    );
+    let state = Arc::new(http::State {
         layout: ctx.layout.clone(),
-        config,
-        ca_pem,
+        tls,
+        connectivity,
+        revoked,
+        requests: std::sync::Mutex::default(),
     });
-    tokio::spawn(http::serve(https, acceptor, state, shutdown.clone()));
-    grpc::server(address)
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(http::serve(https, state.clone(), shutdown.clone()));
+    tokio::spawn(keep(
+        state.clone(),
+        keeper.clone(),
+        wake.clone(),
+        Duration::from_secs(config.refresh_secs),
+        shutdown.clone(),
+    ));
+    let api = grpc::Api {
+        state,
+        keeper,
+        wake,
+    };
+    grpc::server(address, api)
         .await
         .serve_ready(listener, shutdown)
         .await
         .map_err(DiscoveryError::from)
+}
+
+/// Looks at the connectivity every `every` (or when woken) and issues a
+/// server certificate when one is due.
+async fn keep(
+    state: Arc<http::State>,
+    keeper: Arc<Keeper>,
+    wake: Arc<tokio::sync::Notify>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Until the broker has told its port, ask again soon.
+        let wait = if state.connectivity.port_known() {
+            every
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
+        }
+        state.connectivity.refresh().await;
+        keep_certificate(&keeper, &state.layout, &state.connectivity).await;
+    }
+}
+
+async fn keep_certificate(keeper: &Arc<Keeper>, layout: &Layout, connectivity: &Connectivity) {
+    if !keeper.issues() {
+        return;
+    }
+    let names = names_of(connectivity);
+    let Some(why) = keeper.due(&names, certs::now()) else {
+        return;
+    };
+    let (keeper, cn) = (keeper.clone(), core_name(layout));
+    let issued = tokio::task::spawn_blocking(move || keeper.issue(&cn, &names, &why)).await;
+    if let Ok(Err(e)) = issued {
+        tracing::error!("cannot issue a server certificate, the current one stays: {e}");
+    }
+}
+
+/// Every name the server certificate must carry (IP addresses written
+/// the one way a certificate gives them back).
+fn names_of(connectivity: &Connectivity) -> Vec<String> {
+    let mut names = verdant_common::pki::local_names();
+    names.extend(connectivity.entries().0.into_iter().map(|e| {
+        e.host_address
+            .parse::<std::net::IpAddr>()
+            .map_or(e.host_address, |ip| ip.to_string())
+    }));
+    names
+}
+
+pub(crate) fn names(state: &http::State) -> Vec<String> {
+    names_of(&state.connectivity)
+}
+
+/// The core's thing name, for the server certificate's subject.
+pub(crate) fn core_name(layout: &Layout) -> String {
+    verdant_group::Group::load(&layout.current_group()).map_or_else(
+        |_| "verdant-core".into(),
+        |g| g.core().thing_name().to_string(),
+    )
 }

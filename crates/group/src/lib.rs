@@ -4,6 +4,7 @@
 //! `SubscriptionDefinitionVersion.Subscriptions[3].Target: unknown function arn:...`.
 
 pub mod model;
+pub mod revoked;
 pub mod routes;
 mod validate;
 

@@ -92,6 +92,12 @@ pub fn prepare(
         dir: layout.certs_dir(),
     };
     let wrote_certs = devcerts::ensure(&certs, &config.core.thing_name, SAMPLE_DEVICE)?;
+    if !wrote_certs && devcerts::ensure_server(&certs, &config.core.thing_name)? {
+        tracing::info!(
+            "server certificate put in place ({}): there was none usable",
+            certs.server_cert().display()
+        );
+    }
     // Only a core that has never had a deployment gets the sample group.
     if std::fs::symlink_metadata(layout.deployments_dir().join("current")).is_err() {
         write_sample_group(&layout, &certs, &config.core.thing_name)?;
@@ -262,6 +268,7 @@ fn print_welcome(layout: &Layout, certs: &CertPaths, group: &Group) {
          \x20 config:        {config}\n\
          \x20 group CA:      {ca}\n\
          \x20 core cert:     {core_cert} (key beside it, 0600)\n\
+         \x20 server cert:   {server_cert} (rotated by verdant-discovery)\n\
          \x20 sample device: {dev_cert} (key beside it, 0600)\n\
          \x20 group:         {group_file} (group `{gid}`)\n\
          Connect the sample device (docs/getting-started.md; `verdantctl device add` makes more):\n\
@@ -271,6 +278,7 @@ fn print_welcome(layout: &Layout, certs: &CertPaths, group: &Group) {
         config = layout.config_file().display(),
         ca = certs.ca_cert().display(),
         core_cert = certs.core_cert().display(),
+        server_cert = certs.server_cert().display(),
         dev_cert = certs.device_cert(d).display(),
         dev_key = certs.device_key(d).display(),
         group_file = layout.current_group().display(),

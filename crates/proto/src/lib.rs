@@ -18,6 +18,12 @@ pub mod daemon {
     }
 }
 
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("verdant.discovery.v1");
+    }
+}
+
 pub mod lambda {
     pub mod v1 {
         tonic::include_proto!("verdant.lambda.v1");

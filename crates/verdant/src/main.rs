@@ -205,6 +205,6 @@ mod tests {
             .await
             .expect_err("no certificate");
         assert_eq!(err.exit(), Exit::Failure, "{err}");
-        assert!(err.to_string().contains("certs/core.pem"), "{err}");
+        assert!(err.to_string().contains("certs/server.pem"), "{err}");
     }
 }

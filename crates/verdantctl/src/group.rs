@@ -28,6 +28,19 @@ pub enum DeviceCmd {
         /// Only issue the certificate; leave the group as it is.
         #[arg(long)]
         no_group: bool,
+        /// Sign this certificate signing request (PEM) instead of making a
+        /// key: the device's key never leaves it.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+    },
+    /// The group's devices: certificate id, expiry, revoked or not.
+    List,
+    /// Revoke a device's certificate on this core: the broker and the
+    /// discovery API refuse it within a second, and its connections are
+    /// closed. The device stays in the group until a deployment takes it out.
+    Revoke {
+        /// The thing name, or the certificate id (its SHA-256).
+        thing_or_certificate: String,
     },
 }
 
@@ -80,7 +93,8 @@ pub struct NewFunction {
 struct Issued {
     thing: String,
     certificate: PathBuf,
-    private_key: PathBuf,
+    /// None when a CSR was signed: the key is the device's.
+    private_key: Option<PathBuf>,
     ca: PathBuf,
     certificate_id: String,
     /// The entry for `DeviceDefinitionVersion.Devices`.
@@ -93,9 +107,16 @@ struct Issued {
 /// the others.
 pub fn offline(root: &Path, command: &crate::Cmd, json: bool) -> Option<Result<(), String>> {
     match command {
-        crate::Cmd::Device(DeviceCmd::Add { thing, no_group }) => {
-            Some(add_device(root, thing, *no_group, json))
-        }
+        crate::Cmd::Device(DeviceCmd::Add {
+            thing,
+            no_group,
+            csr,
+        }) => Some(add_device(root, thing, *no_group, csr.as_deref(), json)),
+        crate::Cmd::Device(DeviceCmd::List) => Some(crate::devices::list(root, json)),
+        crate::Cmd::Ca { command } => Some(crate::ca::run(root, command.as_ref(), json)),
+        crate::Cmd::Device(DeviceCmd::Revoke {
+            thing_or_certificate,
+        }) => Some(crate::devices::revoke(root, thing_or_certificate, json)),
         crate::Cmd::Routes {
             command:
                 Some(RoutesCmd::Add {
@@ -112,7 +133,13 @@ pub fn offline(root: &Path, command: &crate::Cmd, json: bool) -> Option<Result<(
     }
 }
 
-fn add_device(root: &Path, thing: &str, no_group: bool, json: bool) -> Result<(), String> {
+fn add_device(
+    root: &Path,
+    thing: &str,
+    no_group: bool,
+    csr: Option<&Path>,
+    json: bool,
+) -> Result<(), String> {
     let layout = layout(root)?;
     let group_file = layout.current_group();
     let current = Group::load(&group_file).map_err(|e| e.to_string());
@@ -123,7 +150,15 @@ fn add_device(root: &Path, thing: &str, no_group: bool, json: bool) -> Result<()
     let certs = CertPaths {
         dir: layout.certs_dir(),
     };
-    let id = devcerts::issue_device(&certs, thing).map_err(|e| e.to_string())?;
+    let id = match csr {
+        None => devcerts::issue_device(&certs, thing),
+        Some(file) => {
+            let pem = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            devcerts::sign_device_csr(&certs, thing, &pem)
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let device = match &current {
         Ok(group) => group.core().sibling(thing, &id),
         Err(_) => setup::local_thing(thing, &id),
@@ -134,7 +169,7 @@ fn add_device(root: &Path, thing: &str, no_group: bool, json: bool) -> Result<()
     }
     let issued = Issued {
         certificate: certs.device_cert(thing),
-        private_key: certs.device_key(thing),
+        private_key: csr.is_none().then(|| certs.device_key(thing)),
         ca: certs.ca_cert(),
         certificate_id: id,
         device,
@@ -146,7 +181,10 @@ fn add_device(root: &Path, thing: &str, no_group: bool, json: bool) -> Result<()
         return Ok(());
     }
     println!("certificate:    {}", issued.certificate.display());
-    println!("private key:    {} (0600)", issued.private_key.display());
+    match &issued.private_key {
+        Some(key) => println!("private key:    {} (0600)", key.display()),
+        None => println!("private key:    the device's own (the CSR was signed)"),
+    }
     println!("group CA:       {}", issued.ca.display());
     println!("certificate id: {}", issued.certificate_id);
     match &issued.group {
@@ -304,7 +342,7 @@ pub async fn reload(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn layout(root: &Path) -> Result<Layout, String> {
+pub(crate) fn layout(root: &Path) -> Result<Layout, String> {
     Layout::new(root, None).map_err(|e| format!("root {}: {e}", root.display()))
 }
 

@@ -1,7 +1,10 @@
 //! verdantctl: inspect and steer a running core over its gRPC sockets.
 
 mod broker;
+mod ca;
 mod deploy;
+mod devices;
+mod discovery;
 mod functions;
 mod group;
 mod output;
@@ -95,7 +98,8 @@ pub enum Cmd {
         #[command(subcommand)]
         command: Option<group::RoutesCmd>,
     },
-    /// Devices: add one to the deployed group with a new certificate.
+    /// Devices: add one to the deployed group with a new certificate, list
+    /// them, revoke one's certificate.
     #[command(subcommand)]
     Device(group::DeviceCmd),
     /// Have the running core read the deployed group again: the router's
@@ -130,6 +134,25 @@ pub enum Cmd {
     Deployments {
         #[command(subcommand)]
         command: Option<deploy::DeploymentsCmd>,
+    },
+    /// What devices are told to connect to (the discovery API's
+    /// connectivity): list, or set, add, remove, clear the operator's list.
+    Connectivity {
+        #[command(subcommand)]
+        command: Option<discovery::ConnectivityCmd>,
+    },
+    /// The server certificate, the group CAs and the devices'
+    /// certificates with their expiry (or rotate the server certificate).
+    Certificates {
+        #[command(subcommand)]
+        command: Option<discovery::CertificatesCmd>,
+    },
+    /// The last discovery requests devices made, newest first.
+    Discoveries,
+    /// The group CA: show it, or rotate it with an overlap.
+    Ca {
+        #[command(subcommand)]
+        command: Option<ca::CaCmd>,
     },
     /// Print a shell completion script.
     Completions {
@@ -228,6 +251,9 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
         Cmd::Trace { source, topic } => router::trace(dir, source, topic, json).await,
         Cmd::Deploy(deploy_args) => deploy::deploy(dir, deploy_args, json).await,
         Cmd::Deployments { command } => deploy::run(dir, command, json).await,
+        Cmd::Connectivity { command } => discovery::connectivity(dir, command, json).await,
+        Cmd::Certificates { command } => discovery::certificates(dir, command, json).await,
+        Cmd::Discoveries => discovery::requests(dir, json).await,
         Cmd::Logs {
             function: Some(function),
             follow,
@@ -335,6 +361,10 @@ async fn run(args: Args) -> Result<(), String> {
         | Cmd::Trace { .. }
         | Cmd::Deploy(_)
         | Cmd::Deployments { .. }
+        | Cmd::Connectivity { .. }
+        | Cmd::Certificates { .. }
+        | Cmd::Discoveries
+        | Cmd::Ca { .. }
         | Cmd::Shadow(_) => {
             unreachable!("handled before connecting to init")
         }

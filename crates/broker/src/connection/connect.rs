@@ -200,6 +200,8 @@ pub(super) struct Admitted {
     pub(super) assigned: bool,
     pub(super) thing: Option<Device>,
     pub(super) subject: Option<String>,
+    /// The presented certificate's id (TLS only).
+    pub(super) certificate_id: Option<String>,
     pub(super) will: Option<Message>,
 }
 
@@ -216,9 +218,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let subject = match peer {
-        Peer::Tls(p) => Some(p.subject.clone()),
-        Peer::Plain => None,
+    let (subject, certificate_id) = match peer {
+        Peer::Tls(p) => (Some(p.subject.clone()), Some(p.certificate_id.clone())),
+        Peer::Plain => (None, None),
     };
     let admitted = shared.devices.read().expect("devices lock").admit(
         peer,
@@ -286,6 +288,7 @@ where
         assigned,
         thing,
         subject,
+        certificate_id,
         will,
     })
 }

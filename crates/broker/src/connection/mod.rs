@@ -111,6 +111,7 @@ pub async fn serve<S>(
         assigned,
         thing,
         subject,
+        certificate_id,
         will,
     } = admitted;
     let (outbox, mut inbox) = outbox::channel(shared.config.max_queued_messages);
@@ -120,7 +121,7 @@ pub async fn serve<S>(
         conn.version(),
         client_id.clone(),
         thing.as_ref(),
-        subject,
+        (subject, certificate_id),
         address.clone(),
         listener,
     );
@@ -179,7 +180,7 @@ fn client_info(
     version: Version,
     client_id: String,
     thing: Option<&Device>,
-    certificate_subject: Option<String>,
+    (certificate_subject, certificate_id): (Option<String>, Option<String>),
     peer_address: String,
     listener: &'static str,
 ) -> ClientInfo {
@@ -188,6 +189,7 @@ fn client_info(
         thing_name: thing.map(|d| d.thing_name.clone()),
         thing_arn: thing.map(|d| d.thing_arn.clone()),
         certificate_subject,
+        certificate_id,
         peer_address,
         listener,
         protocol_version: version.level(),

@@ -206,6 +206,7 @@ impl Hub {
                 thing_name: None,
                 thing_arn: None,
                 certificate_subject: None,
+                certificate_id: None,
                 peer_address: "-".into(),
                 listener: "-",
                 protocol_version: 4,
@@ -722,20 +723,25 @@ impl Hub {
         out
     }
 
-    /// Closes the connections of devices that are not `things`.
-    pub fn keep_only(&mut self, things: &std::collections::HashSet<String>) {
+    /// Closes the connections of devices that are not `members`, or came
+    /// with a certificate that is not allowed any more.
+    pub fn keep_only(&mut self, members: &crate::identity::Members) {
         for (client_id, s) in &self.sessions {
             if let (Some(c), Some(thing)) = (&s.connection, &s.thing)
-                && !things.contains(thing)
+                && (!members.things.contains(thing)
+                    || s.last_info
+                        .certificate_id
+                        .as_ref()
+                        .is_some_and(|id| !members.certificates.contains(id)))
             {
                 tracing::info!(
                     client_id,
                     thing,
-                    "no longer a device of the group: disconnected"
+                    "no longer a device of the group, or its certificate is revoked: disconnected"
                 );
                 let _ = c.outbox.try_send(Notification::Close(
                     0x87,
-                    "no longer a device of the group".into(),
+                    "no longer a device of the group, or its certificate is revoked".into(),
                 ));
             }
         }

@@ -18,6 +18,7 @@ fn info(id: &str, clean: bool) -> ClientInfo {
         thing_name: None,
         thing_arn: None,
         certificate_subject: None,
+        certificate_id: None,
         peer_address: "test".into(),
         listener: "test",
         protocol_version: 4,
@@ -499,4 +500,29 @@ fn a_connack_waits_for_the_disk_only_to_end_a_session_or_keep_a_will() {
         connect(&mut hub, info("p", true), None),
         "a persistent session ended"
     );
+}
+
+#[test]
+fn a_connection_whose_certificate_is_not_allowed_any_more_is_closed() {
+    let mut hub = Hub::new(limits(10));
+    let device = |id: &str, cert: &str| ClientInfo {
+        thing_name: Some(id.into()),
+        certificate_id: Some(cert.into()),
+        ..info(id, true)
+    };
+    let (old_tx, old_rx) = outbox::channel(10);
+    hub.connect(device("dev", "old-cert"), None, old_tx);
+    let (other_tx, other_rx) = outbox::channel(10);
+    hub.connect(device("other", "other-cert"), None, other_tx);
+    // The thing is still in the group, with another certificate now.
+    let members = crate::identity::Members {
+        things: ["dev".to_string(), "other".to_string()].into(),
+        certificates: ["new-cert".to_string(), "other-cert".to_string()].into(),
+    };
+    hub.keep_only(&members);
+    assert!(matches!(
+        old_rx.try_recv(),
+        Some(Notification::Close(0x87, _))
+    ));
+    assert!(other_rx.try_recv().is_none(), "its certificate is allowed");
 }

@@ -94,8 +94,8 @@ pub async fn start(devices: &[&str], extra: &str) -> Broker {
     let ca = ca("test group CA");
     let server = leaf(&ca, "core", 30);
     std::fs::write(certs.join("group-ca.pem"), &ca.pem).unwrap();
-    std::fs::write(certs.join("core.pem"), &server.cert_pem).unwrap();
-    std::fs::write(certs.join("core.key"), &server.key_pem).unwrap();
+    std::fs::write(certs.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(certs.join("server.key"), &server.key_pem).unwrap();
     let devices: Vec<(String, Leaf)> = devices
         .iter()
         .map(|d| (d.to_string(), leaf(&ca, d, 30)))
