@@ -19,6 +19,12 @@ const LOOPBACK: &str =
 
 /// The discovery API's port, from the daemon's info note.
 async fn discovery_port(core: &Core) -> String {
+    discovery_ports(core).await.remove(0)
+}
+
+/// The discovery API's ports (the ALPN listener's second), from the
+/// daemon's info note.
+async fn discovery_ports(core: &Core) -> Vec<String> {
     let channel = verdant_common::uds::connect(&core.socket("discovery"))
         .await
         .unwrap();
@@ -28,11 +34,13 @@ async fn discovery_port(core: &Core) -> String {
         .unwrap()
         .into_inner()
         .note;
-    let address = note
+    let ports: Vec<String> = note
         .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("{note}"));
-    address.rsplit(':').next().unwrap().to_string()
+        .filter(|w| w.starts_with("127.0.0.1:"))
+        .map(|a| a.rsplit(':').next().unwrap().to_string())
+        .collect();
+    assert!(!ports.is_empty(), "{note}");
+    ports
 }
 
 /// `awsiot_discovery.py` as `device` (its certificate) asking for `thing`.
@@ -124,16 +132,18 @@ async fn the_device_sdk_discovers_its_core_then_connects_with_the_ca_it_got() {
 
 #[tokio::test]
 async fn the_v2_device_sdk_discovers_its_core_then_connects_with_the_ca_it_got() {
+    let dropin = format!("[discovery]\nalpn_bind = \"127.0.0.1:0\"\n{LOOPBACK}");
     let core = Core::start_with(&Options {
-        dropin: Some(LOOPBACK),
+        dropin: Some(&dropin),
         ..Options::default()
     });
     core.wait_all_running().await;
-    let port = discovery_port(&core).await;
-    let run = |thing: &str| {
+    let ports = discovery_ports(&core).await;
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let run = |port: &str, thing: &str| {
         let out = Command::new(python())
             .arg(python_script("awsiotsdk_discovery.py"))
-            .args(["localhost", &port])
+            .args(["localhost", port])
             .arg(core.cert("group-ca.pem"))
             .arg(core.cert("devices/sample-device.pem"))
             .arg(core.cert("devices/sample-device.key"))
@@ -147,16 +157,39 @@ async fn the_v2_device_sdk_discovers_its_core_then_connects_with_the_ca_it_got()
         );
         (out.status.code().unwrap_or(-1), text)
     };
-    let (status, text) = run("sample-device");
-    assert_eq!(status, 0, "{text}");
-    assert!(
-        text.contains("discovered verdant-dev-group 1 connectivity"),
-        "{text}"
-    );
-    assert!(text.contains("received hello after discovery"), "{text}");
-    let (status, text) = run("nobody");
+    // On the main port, and on the ALPN listener (the v2 SDK always
+    // offers x-amzn-http-ca, as for AWS's port 443).
+    for port in &ports {
+        let (status, text) = run(port, "sample-device");
+        assert_eq!(status, 0, "{port}: {text}");
+        assert!(
+            text.contains("discovered verdant-dev-group 1 connectivity"),
+            "{text}"
+        );
+        assert!(text.contains("received hello after discovery"), "{text}");
+    }
+    let (status, text) = run(&ports[0], "nobody");
     assert_eq!(status, 3, "{text}");
     assert!(text.contains("status 404"), "{text}");
+    // A client offering no ALPN gets nothing on the ALPN listener.
+    let bare = Command::new(python())
+        .args([
+            "-c",
+            "import socket, ssl, sys\n\
+             ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+             ctx.load_cert_chain(sys.argv[3], sys.argv[4])\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), server_hostname='localhost')\n\
+             s.sendall(b'GET /greengrass/discover/thing/sample-device HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n')\n\
+             print(s.recv(100))\n",
+            &ports[1],
+        ])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bare.stdout);
+    assert!(!said.contains("200"), "{said}");
 }
 
 #[tokio::test]

@@ -12,6 +12,11 @@ use verdant_common::config::{Invalid, Section};
 pub struct DiscoveryConfig {
     /// Where the HTTPS discovery API listens (Greengrass's port 8443).
     pub bind: SocketAddr,
+    /// Also listen here for clients that offer ALPN `x-amzn-http-ca`, as
+    /// AWS serves discovery on port 443 (e.g. `0.0.0.0:443`, kept only
+    /// with the capability to bind it). Clients offering no such ALPN are
+    /// refused there.
+    pub alpn_bind: Option<SocketAddr>,
     /// The server certificate and key (the broker's: devices check both
     /// against the group CA), relative to the root. Issued again here,
     /// before they expire and when the connectivity changes, when the
@@ -54,6 +59,7 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         DiscoveryConfig {
             bind: "0.0.0.0:8443".parse().expect("an address"),
+            alpn_bind: None,
             certificate: "config/certs/server.pem".into(),
             private_key: "config/certs/server.key".into(),
             client_ca: "config/certs/group-ca.pem".into(),

@@ -20,8 +20,15 @@ use crate::connectivity::Set;
 use crate::http::State;
 
 /// The server, its health still `NOT_SERVING`.
-pub(crate) async fn server(address: std::net::SocketAddr, api: Api) -> Server {
-    let note = format!("HTTPS discovery API on {address} (mutual TLS, the group CA)");
+pub(crate) async fn server(
+    address: std::net::SocketAddr,
+    alpn: Option<std::net::SocketAddr>,
+    api: Api,
+) -> Server {
+    let also = alpn.map_or_else(String::new, |a| {
+        format!(", and on {a} for ALPN x-amzn-http-ca")
+    });
+    let note = format!("HTTPS discovery API on {address} (mutual TLS, the group CA){also}");
     Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
         .await
         .add_service(DiscoveryServer::new(api))

@@ -31,6 +31,8 @@ use crate::config::DiscoveryConfig;
 use crate::connectivity::Connectivity;
 use crate::discover;
 
+/// The ALPN name AWS's discovery clients offer on port 443.
+const AWS_ALPN: &[u8] = b"x-amzn-http-ca";
 /// How long a client has for its handshake and its request line and headers.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -117,7 +119,7 @@ fn served(cert: &Path, key: &Path, ca: &Path) -> Result<Served, String> {
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
     // Port 443 clients ask for AWS's ALPN name; 8443 ones ask for none.
-    server.alpn_protocols = vec![b"x-amzn-http-ca".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = vec![AWS_ALPN.to_vec(), b"http/1.1".to_vec()];
     Ok(Served {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         cas,
@@ -152,7 +154,14 @@ fn ordered_cas(cert: &Path, ca: &Path) -> Result<Vec<(String, String)>, String> 
 }
 
 /// Serves the discovery API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+/// With `alpn_only`, a client must have offered ALPN `x-amzn-http-ca`
+/// (AWS's port 443 way).
+pub async fn serve(
+    listener: TcpListener,
+    alpn_only: bool,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -167,7 +176,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         };
         let state = state.clone();
         tokio::spawn(async move {
-            if let Err(why) = connection(tcp, peer, state).await {
+            if let Err(why) = connection(tcp, peer, alpn_only, state).await {
                 tracing::info!(%peer, "discovery: {why}");
             }
         });
@@ -177,6 +186,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    alpn_only: bool,
     state: Arc<State>,
 ) -> Result<(), String> {
     let served = state.tls.current();
@@ -184,6 +194,9 @@ async fn connection(
         .await
         .map_err(|_| "no TLS handshake in time".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
+    if alpn_only && tls.get_ref().1.alpn_protocol() != Some(AWS_ALPN) {
+        return Err("no ALPN x-amzn-http-ca offered on the ALPN listener".into());
+    }
     let presented = tls
         .get_ref()
         .1

@@ -28,9 +28,26 @@ pub use crate::error::DiscoveryError;
 pub const SERVICE: &str = "discovery";
 /// The runtime this daemon wants.
 pub const THREADS: Threads = Threads::One;
-/// The capabilities this daemon keeps: none (its socket under the root needs none).
+/// The capabilities this daemon keeps: none, unless a listener's port is
+/// below 1024 (`alpn_bind = "0.0.0.0:443"`): then `CAP_NET_BIND_SERVICE`.
 pub const CAPABILITIES: verdant_common::privileges::Capabilities =
-    verdant_common::privileges::Capabilities::Fixed(&[]);
+    verdant_common::privileges::Capabilities::Configured(capabilities);
+
+fn capabilities(
+    config: &verdant_common::config::ConfigSource,
+) -> Vec<verdant_common::privileges::Capability> {
+    let c = config
+        .section::<DiscoveryConfig>(DiscoveryConfig::NAME)
+        .unwrap_or_default();
+    let low = std::iter::once(c.bind)
+        .chain(c.alpn_bind)
+        .any(|a| a.port() != 0 && a.port() < 1024);
+    if low {
+        vec![verdant_common::privileges::Capability::CAP_NET_BIND_SERVICE]
+    } else {
+        Vec::new()
+    }
+}
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -54,17 +71,16 @@ pub async fn run(
     keep_certificate(&keeper, &ctx.layout, &connectivity).await;
     let tls = http::tls(&ctx.layout, &config).map_err(DiscoveryError::Tls)?;
     tls.watch(shutdown.clone());
-    let https = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| DiscoveryError::Bind {
-            address: config.bind,
-            source,
-        })?;
-    let address = https.local_addr().map_err(|source| DiscoveryError::Bind {
-        address: config.bind,
-        source,
-    })?;
+    let (https, address) = bind(config.bind).await?;
     tracing::info!(%address, "discovery API listening (HTTPS, mutual TLS)");
+    let alpn = match config.alpn_bind {
+        Some(at) => {
+            let (listener, address) = bind(at).await?;
+            tracing::info!(%address, "discovery API listening for ALPN x-amzn-http-ca");
+            Some((listener, address))
+        }
+        None => None,
+    };
     let file = ctx.layout.revocations();
     let revoked = verdant_common::reload::Reloaded::new_or(
         "the revoked certificates",
@@ -83,7 +99,11 @@ pub async fn run(
         requests: std::sync::Mutex::default(),
     });
     let wake = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(http::serve(https, state.clone(), shutdown.clone()));
+    tokio::spawn(http::serve(https, false, state.clone(), shutdown.clone()));
+    let alpn_address = alpn.map(|(listener, address)| {
+        tokio::spawn(http::serve(listener, true, state.clone(), shutdown.clone()));
+        address
+    });
     tokio::spawn(keep(
         state.clone(),
         keeper.clone(),
@@ -96,11 +116,20 @@ pub async fn run(
         keeper,
         wake,
     };
-    grpc::server(address, api)
+    grpc::server(address, alpn_address, api)
         .await
         .serve_ready(listener, shutdown)
         .await
         .map_err(DiscoveryError::from)
+}
+
+async fn bind(
+    address: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), DiscoveryError> {
+    let err = |source| DiscoveryError::Bind { address, source };
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// Looks at the connectivity every `every` (or when woken) and issues a
@@ -166,4 +195,22 @@ pub(crate) fn core_name(layout: &Layout) -> String {
         |_| "verdant-core".into(),
         |g| g.core().thing_name().to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_below_1024_keeps_the_capability_to_bind_it() {
+        let needs = |text: &str| {
+            let source = verdant_common::config::ConfigSource::from_str("t.toml", text).unwrap();
+            capabilities(&source)
+        };
+        assert!(needs("").is_empty(), "8443 needs nothing");
+        assert_eq!(
+            needs("[discovery]\nalpn_bind = \"0.0.0.0:443\"\n"),
+            [verdant_common::privileges::Capability::CAP_NET_BIND_SERVICE]
+        );
+    }
 }
