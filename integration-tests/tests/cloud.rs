@@ -522,3 +522,28 @@ async fn persistent_cloud_subscriptions_keep_what_arrives_while_the_router_is_aw
     .await
     .expect("the core acknowledges every message to the cloud");
 }
+
+#[tokio::test]
+async fn the_core_tells_the_cloud_its_connectivity_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::prepare(dir.path());
+    let (core, _) = start(&mut cloud).await;
+    let (observer, mut obs) = connect(cloud.plain_port, "observer", false).await;
+    subscribed(&observer, &mut obs, "verdant/things/+/connectivity").await;
+    let set = core.ctl(&[
+        "connectivity",
+        "set",
+        "lan=192.168.7.2:8883",
+        "core.example",
+    ]);
+    assert!(set.status.success(), "{set:?}");
+    let got: serde_json::Value = serde_json::from_str(&receive_n(&mut obs, 1).await[0]).unwrap();
+    // UpdateConnectivityInfo's shape, for the core's thing.
+    assert_eq!(got["ThingName"], "verdant-core", "{got}");
+    let info = &got["ConnectivityInfo"];
+    assert_eq!(info[0]["Id"], "lan", "{got}");
+    assert_eq!(info[0]["HostAddress"], "192.168.7.2", "{got}");
+    assert_eq!(info[0]["PortNumber"], 8883, "{got}");
+    assert_eq!(info[1]["HostAddress"], "core.example", "{got}");
+    assert!(info[1]["PortNumber"].is_u64(), "{got}");
+}

@@ -665,3 +665,64 @@ async fn a_rotated_group_ca_keeps_old_devices_connecting_through_the_overlap_the
     assert_eq!(status, 0, "{text}");
     assert!(text.contains("1 CAs"), "{text}");
 }
+
+#[tokio::test]
+async fn another_cas_certificate_and_a_malformed_request_are_refused_and_the_server_goes_on() {
+    let core = Core::start_with(&Options {
+        dropin: Some(LOOPBACK),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    // A device certificate from another CA, with the sample device's name:
+    // the real SDK's discovery fails at the handshake.
+    let dir = tempfile::tempdir().unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::default();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = rcgen::Issuer::new(other, other_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "sample-device");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &other_ca).unwrap();
+    let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let out = Command::new(python())
+        .arg(python_script("awsiot_discovery.py"))
+        .args(["localhost", &discovery_port(&core).await])
+        .arg(core.cert("group-ca.pem"))
+        .arg(&cert_file)
+        .arg(&key_file)
+        .args(["sample-device", "sample-device/local/x"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && !said.contains("discovered"),
+        "{said}"
+    );
+
+    // A request line that is not HTTP: 400, from the HTTP parser.
+    let malformed = Command::new(python())
+        .args([
+            "-c",
+            "import socket, ssl, sys\n\
+             ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+             ctx.load_cert_chain(sys.argv[3], sys.argv[4])\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), server_hostname='localhost')\n\
+             s.sendall(b'NOT HTTP AT ALL\\r\\n\\r\\n')\n\
+             print(s.recv(100))\n",
+            &discovery_port(&core).await,
+        ])
+        .arg(core.cert("group-ca.pem"))
+        .arg(core.cert("devices/sample-device.pem"))
+        .arg(core.cert("devices/sample-device.key"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&malformed.stdout);
+    assert!(said.contains("400"), "{said}");
+    let (status, text) = discover(&core, "sample-device", "sample-device").await;
+    assert_eq!(status, 0, "{text}");
+}

@@ -106,3 +106,64 @@ async fn grpcurl_lists_describes_and_calls_every_socket() {
     let cloud = grpcurl_on(&router_sock, &["verdant.router.v1.Router/GetCloud"]);
     assert!(cloud.contains("\"disabled\""), "{cloud}");
 }
+
+#[tokio::test]
+async fn grpcurl_reads_and_sets_the_discovery_api() {
+    let core = Core::start();
+    core.wait_all_running().await;
+    let socket = core.socket("discovery");
+    let described = grpcurl_on(&socket, &["describe", "verdant.discovery.v1.Discovery"]);
+    for rpc in [
+        "GetConnectivity",
+        "SetConnectivity",
+        "ListCertificates",
+        "RotateServerCertificate",
+        "ListRequests",
+    ] {
+        assert!(described.contains(&format!("rpc {rpc} ")), "{described}");
+    }
+    let certs = grpcurl_on(
+        &socket,
+        &["verdant.discovery.v1.Discovery/ListCertificates"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    let roles: Vec<&str> = json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["server", "group-ca", "device"], "{certs}");
+    assert_eq!(json["serverCertificateDays"], 7, "{certs}");
+    let set = grpcurl_with(
+        &[
+            "-d",
+            r#"{"entries":[{"id":"lan","hostAddress":"127.0.0.1","portNumber":8883}]}"#,
+        ],
+        &socket,
+        &["verdant.discovery.v1.Discovery/SetConnectivity"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&set).unwrap();
+    assert_eq!(json["source"], "operator", "{set}");
+    assert_eq!(json["entries"][0]["hostAddress"], "127.0.0.1", "{set}");
+    let got = grpcurl_on(&socket, &["verdant.discovery.v1.Discovery/GetConnectivity"]);
+    assert!(got.contains("\"operator\""), "{got}");
+    // A bad entry is refused with what is wrong with it.
+    let out = Command::new(grpcurl())
+        .args(["-plaintext", "-authority", "localhost"])
+        .args([
+            "-d",
+            r#"{"entries":[{"id":"x","hostAddress":"not a host"}]}"#,
+        ])
+        .arg("-unix")
+        .arg(&socket)
+        .arg("verdant.discovery.v1.Discovery/SetConnectivity")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("not a host"),
+        "{err}"
+    );
+}

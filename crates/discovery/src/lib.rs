@@ -10,6 +10,7 @@ mod discover;
 pub mod error;
 mod grpc;
 mod http;
+mod link;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DiscoveryError> {
     let config = DiscoveryConfig::load::<DiscoveryError>(&ctx.config)?;
+    let core = verdant_common::config::CoreSection::load::<DiscoveryError>(&ctx.config)?;
     let data = ctx
         .layout
         .create_data_dir(SERVICE)
@@ -99,6 +101,14 @@ pub async fn run(
         requests: std::sync::Mutex::default(),
     });
     let wake = Arc::new(tokio::sync::Notify::new());
+    let changed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(link::run(
+        ctx.layout.clone(),
+        core.thing_name,
+        state.connectivity.clone(),
+        changed.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(http::serve(https, false, state.clone(), shutdown.clone()));
     let alpn_address = alpn.map(|(listener, address)| {
         tokio::spawn(http::serve(listener, true, state.clone(), shutdown.clone()));
@@ -107,7 +117,7 @@ pub async fn run(
     tokio::spawn(keep(
         state.clone(),
         keeper.clone(),
-        wake.clone(),
+        (wake.clone(), changed),
         Duration::from_secs(config.refresh_secs),
         shutdown.clone(),
     ));
@@ -134,13 +144,15 @@ async fn bind(
 
 /// Looks at the connectivity every `every` (or when woken) and issues a
 /// server certificate when one is due.
+/// `changed` is told when what devices get changed (for the cloud).
 async fn keep(
     state: Arc<http::State>,
     keeper: Arc<Keeper>,
-    wake: Arc<tokio::sync::Notify>,
+    (wake, changed): (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut seen = state.connectivity.entries().0;
     loop {
         // Until the broker has told its port, ask again soon.
         let wait = if state.connectivity.port_known() {
@@ -154,6 +166,11 @@ async fn keep(
             () = wake.notified() => {}
         }
         state.connectivity.refresh().await;
+        let now = state.connectivity.entries().0;
+        if now != seen {
+            changed.notify_one();
+            seen = now;
+        }
         keep_certificate(&keeper, &state.layout, &state.connectivity).await;
     }
 }

@@ -163,7 +163,7 @@ impl Router for Api {
         };
         let endpoint = Endpoint::from_hello(&hello.endpoint).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "unknown endpoint `{}`: expected broker, shadow, lambda-runner or ota-agent",
+                "unknown endpoint `{}`: expected broker, shadow, lambda-runner, ota-agent or discovery",
                 hello.endpoint
             ))
         })?;

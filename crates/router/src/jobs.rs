@@ -2,20 +2,30 @@
 //! cloud on `$aws/things/<core thing>/jobs/...` travels outside the
 //! group's routes, like the shadow sync. The cloud bridge always
 //! subscribes to the answers and notifications, so that those arriving
-//! while the ota-agent restarts wait for it in its queue.
+//! while the ota-agent restarts wait for it in its queue. So does the
+//! core's connectivity, which verdant-discovery publishes to the cloud on
+//! `verdant/things/<core thing>/connectivity`.
 
 /// The topics of the core's own jobs, for its thing name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreJobs {
     /// `$aws/things/<core>/jobs/`.
     prefix: String,
+    /// `verdant/things/<core>/connectivity`.
+    connectivity: String,
 }
 
 impl CoreJobs {
     pub fn new(thing: &str) -> CoreJobs {
         CoreJobs {
             prefix: format!("$aws/things/{thing}/jobs/"),
+            connectivity: format!("verdant/things/{thing}/connectivity"),
         }
+    }
+
+    /// Whether `topic` is where the core's connectivity goes to the cloud.
+    pub fn is_connectivity_topic(&self, topic: &str) -> bool {
+        topic == self.connectivity
     }
 
     /// Whether `topic` is one of the core's jobs topics.
@@ -47,6 +57,8 @@ mod tests {
         assert!(jobs.is_jobs_topic("$aws/things/core/jobs/job-1/update"));
         assert!(!jobs.is_jobs_topic("$aws/things/core2/jobs/start-next"));
         assert!(!jobs.is_jobs_topic("$aws/things/core/shadow/update"));
+        assert!(jobs.is_connectivity_topic("verdant/things/core/connectivity"));
+        assert!(!jobs.is_connectivity_topic("verdant/things/other/connectivity"));
         let filters = jobs.cloud_filters();
         for (topic, answered) in [
             ("$aws/things/core/jobs/notify-next", true),

@@ -32,15 +32,18 @@ pub enum Endpoint {
     Cloud,
     /// The ota-agent: the core's own AWS IoT Jobs (`jobs.rs`).
     Ota,
+    /// verdant-discovery: the core's connectivity for the cloud (`jobs.rs`).
+    Discovery,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Broker,
         Endpoint::Shadow,
         Endpoint::Lambda,
         Endpoint::Cloud,
         Endpoint::Ota,
+        Endpoint::Discovery,
     ];
 
     /// The name a daemon gives in its Hello.
@@ -51,6 +54,7 @@ impl Endpoint {
             Endpoint::Lambda => "lambda-runner",
             Endpoint::Cloud => "cloud",
             Endpoint::Ota => "ota-agent",
+            Endpoint::Discovery => "discovery",
         }
     }
 
@@ -365,7 +369,7 @@ impl Switch {
             Event::CloudState(up) => {
                 if up != self.cloud_up {
                     self.cloud_up = up;
-                    for e in [Endpoint::Shadow, Endpoint::Ota] {
+                    for e in [Endpoint::Shadow, Endpoint::Ota, Endpoint::Discovery] {
                         if let Some(l) = &self.queues[&e].link {
                             let _ = l.down.send(Down::Cloud(up));
                         }
@@ -386,7 +390,10 @@ impl Switch {
             // Which things it syncs, and whether it can now.
             let _ = down.send(Down::Table(self.table.clone()));
         }
-        if matches!(link.endpoint, Endpoint::Shadow | Endpoint::Ota) {
+        if matches!(
+            link.endpoint,
+            Endpoint::Shadow | Endpoint::Ota | Endpoint::Discovery
+        ) {
             let _ = down.send(Down::Cloud(self.cloud_up));
         }
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
@@ -427,6 +434,19 @@ impl Switch {
         };
         let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
         let mut any = false;
+        // The core's connectivity goes to the cloud, and nothing else of
+        // the discovery daemon's anywhere (jobs.rs).
+        if from.endpoint == Endpoint::Discovery {
+            if self
+                .jobs
+                .as_ref()
+                .is_some_and(|j| j.is_connectivity_topic(&m.topic))
+            {
+                by_endpoint.insert(Endpoint::Cloud, vec!["cloud".into()]);
+                return Some(by_endpoint);
+            }
+            return None;
+        }
         // So do the core's own jobs (jobs.rs).
         if let Some(jobs) = &self.jobs
             && jobs.is_jobs_topic(&m.topic)

@@ -387,3 +387,30 @@ fn the_ota_agent_links_by_its_hello_name() {
     assert_eq!(Endpoint::from_hello("ota-agent"), Some(Endpoint::Ota));
     assert_eq!(Endpoint::from_hello("cloud"), None);
 }
+
+#[test]
+fn the_core_s_connectivity_goes_from_discovery_to_the_cloud_and_nothing_else_does() {
+    let mut s = switch(10).with_core_jobs("core");
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    assert_eq!(Endpoint::from_hello("discovery"), Some(Endpoint::Discovery));
+    let (discovery, mut drx) = link(&mut s, Endpoint::Discovery, 1);
+    assert!(matches!(drain(&mut drx)[..], [Down::Cloud(false)]));
+    s.handle(Event::CloudState(true));
+    assert!(matches!(drain(&mut drx)[..], [Down::Cloud(true)]));
+    s.handle(Event::Up(
+        discovery,
+        vec![
+            msg(1, "discovery", "verdant/things/core/connectivity", 1),
+            msg(2, "discovery", "verdant/things/other/connectivity", 1),
+            msg(3, "discovery", "cmd/x", 1),
+        ],
+    ));
+    let up: Vec<String> = topics(&mut crx);
+    assert_eq!(up, ["verdant/things/core/connectivity"]);
+    // The cloud cannot send to it.
+    s.handle(Event::Up(
+        cloud,
+        vec![msg(1, "cloud", "verdant/things/core/connectivity", 0)],
+    ));
+    assert!(messages(&drain(&mut drx)).is_empty());
+}
