@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "verdant/lambda/v1/lambda.proto",
     "verdant/ota/v1/deployments.proto",
     "verdant/router/v1/router.proto",
+    "verdant/secrets/v1/secrets.proto",
     "verdant/shadow/v1/shadow.proto",
     "verdant/supervisor/v1/supervisor.proto",
 ];

@@ -41,6 +41,7 @@ async fn every_daemon_serves_health_and_says_what_it_does() {
             "lambda-runner" => "Python, Node.js, Java and native functions",
             "ota-agent" => "deployments of a group",
             "discovery" => "HTTPS discovery API",
+            "secrets" => "secrets sealed at rest",
             _ => "health and reflection only",
         };
         assert!(svc.note.contains(expected), "{svc:?}");

@@ -79,7 +79,7 @@ async fn logs_follow_streams_new_lines() {
     let out = follow.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&out.stdout);
     assert!(seen.contains("[verdant-init] started pid"), "{seen}");
-    assert!(seen.contains("health and reflection only"), "{seen}");
+    assert!(seen.contains("secret store open"), "{seen}");
 }
 
 #[tokio::test]

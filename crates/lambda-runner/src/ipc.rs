@@ -37,6 +37,8 @@ pub struct Ipc {
     /// What functions publish goes up the router link.
     pub up: mpsc::UnboundedSender<ToRouter>,
     pub shadow_socket: PathBuf,
+    /// `get_secret_value` asks verdant-secrets, saying who the caller is.
+    pub secrets_socket: PathBuf,
     /// This endpoint's address (the other end of every caller's socket).
     pub local: std::net::SocketAddr,
 }
@@ -181,15 +183,8 @@ async fn post_work(
             accepted(&ipc.lock().done(outcome))
         }
         SECRETS_ARN => {
-            let body = serde_json::json!({
-                "Status": 503,
-                "Message": "secrets are not available on this core: no secrets are deployed to it",
-            });
-            let id = ipc.lock().done(Outcome {
-                payload: Bytes::from(body.to_string()),
-                error: "",
-            });
-            accepted(&id)
+            let outcome = secrets_call(&ipc, caller, body).await;
+            accepted(&ipc.lock().done(outcome))
         }
         target => {
             let submitted = ipc.lock().submit(target, body, client_context, reply);
@@ -264,6 +259,34 @@ async fn shadow_call(ipc: &Ipc, topic: String, payload: Bytes) -> Outcome {
     match call {
         Ok(r) => Outcome {
             payload: Bytes::from(r.into_inner().payload),
+            error: "",
+        },
+        Err(s) => failed(s.message().to_string()),
+    }
+}
+
+/// `get_secret_value`: verdant-secrets answers for the caller this
+/// endpoint authenticated (its socket's instance), never for what the
+/// request says; the body is the SDK's (the value, or `{Status, Message}`).
+async fn secrets_call(ipc: &Ipc, caller: String, request: Bytes) -> Outcome {
+    use verdant_proto::secrets::v1 as spb;
+    let failed = |message: String| Outcome {
+        payload: Bytes::from(serde_json::json!({ "Status": 503, "Message": message }).to_string()),
+        error: "",
+    };
+    let channel = match verdant_common::uds::connect(&ipc.secrets_socket).await {
+        Ok(c) => c,
+        Err(e) => return failed(format!("the secrets service is unreachable: {e}")),
+    };
+    let call = spb::secrets_client::SecretsClient::new(channel)
+        .get_secret_value(spb::GetSecretValueRequest {
+            function_arn: caller,
+            request: request.to_vec(),
+        })
+        .await;
+    match call {
+        Ok(r) => Outcome {
+            payload: Bytes::from(r.into_inner().body),
             error: "",
         },
         Err(s) => failed(s.message().to_string()),

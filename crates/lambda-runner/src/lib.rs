@@ -152,6 +152,7 @@ fn serve_functions(
         runner: runner.clone(),
         up,
         shadow_socket: ctx.layout.socket("shadow"),
+        secrets_socket: ctx.layout.socket("secrets"),
         local: ipc_listener.local_addr().expect("a bound listener"),
     });
     let ipc_shutdown = shutdown.clone();

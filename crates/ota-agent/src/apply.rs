@@ -19,6 +19,8 @@ use verdant_proto::lambda::v1::lambda_client::LambdaClient;
 use verdant_proto::ota::v1::Applied;
 use verdant_proto::router::v1 as router;
 use verdant_proto::router::v1::router_client::RouterClient;
+use verdant_proto::secrets::v1 as secrets;
+use verdant_proto::secrets::v1::secrets_client::SecretsClient;
 
 use crate::SERVICE;
 
@@ -87,6 +89,25 @@ impl Daemons {
                     .problems
                     .into_iter()
                     .map(|p| (p.path, format!("broker: {}", p.message))),
+            );
+        }
+        if let Some(socket) = self.socket("secrets") {
+            let reply = retry(deadline, || async {
+                let channel = Self::connect(&socket, deadline).await?;
+                SecretsClient::new(channel)
+                    .check_group(secrets::CheckGroupRequest {
+                        group_json: group_json.to_vec(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| Failure::from_status("secrets", &s))
+            })
+            .await?;
+            problems.extend(
+                reply
+                    .problems
+                    .into_iter()
+                    .map(|p| (p.path, format!("secrets: {}", p.message))),
             );
         }
         let Some(socket) = self.socket("lambda-runner") else {

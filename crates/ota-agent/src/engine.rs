@@ -447,7 +447,7 @@ impl Agent {
         } else {
             Code::new()
         };
-        self.enter(d, Phase::Validating, "broker, lambda-runner")
+        self.enter(d, Phase::Validating, "broker, lambda-runner, secrets")
             .await;
         let deadline = Instant::now() + Duration::from_secs(self.config.health_check_secs);
         let problems = self

@@ -42,6 +42,12 @@ pub mod router {
     }
 }
 
+pub mod secrets {
+    pub mod v1 {
+        tonic::include_proto!("verdant.secrets.v1");
+    }
+}
+
 pub mod shadow {
     pub mod v1 {
         tonic::include_proto!("verdant.shadow.v1");

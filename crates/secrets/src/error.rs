@@ -12,13 +12,22 @@ pub enum SecretsError {
     Invalid(#[from] Invalid),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    DataDir(#[from] verdant_common::paths::DataDirError),
+    #[error("secret store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl DaemonError for SecretsError {
     fn exit(&self) -> Exit {
         match self {
-            SecretsError::Config(_) | SecretsError::Invalid(_) => Exit::Config,
-            SecretsError::Transport(_) => Exit::Failure,
+            // A key file others can read is the operator's to fix.
+            SecretsError::Config(_)
+            | SecretsError::Invalid(_)
+            | SecretsError::Store(crate::store::StoreError::KeyTooOpen { .. }) => Exit::Config,
+            SecretsError::Transport(_) | SecretsError::DataDir(_) | SecretsError::Store(_) => {
+                Exit::Failure
+            }
         }
     }
 }

@@ -1,15 +1,257 @@
-//! What verdant-secrets serves on its socket: health, reflection and daemon
-//! info, whose note says what the core does without it. Its own API will
-//! be served from here (then `grpc/`, one file per RPC group).
+//! What verdant-secrets serves on its socket: `verdant.secrets.v1.Secrets`
+//! (values in from operators, out to the lambda-runner for the functions
+//! the group allows, metadata to anyone who may open the socket), health,
+//! reflection and daemon info.
 
-use verdant_common::grpc::Server;
+use std::sync::{Arc, Mutex};
 
-use crate::SERVICE;
+use base64::Engine;
+use tonic::{Request, Response, Status};
+use verdant_common::grpc::{Info, Server};
+use verdant_common::paths::Layout;
+use verdant_common::uds::require_owner;
+use verdant_group::Group;
+use verdant_proto::secrets::v1 as pb;
+use verdant_proto::secrets::v1::secrets_server::{Secrets, SecretsServer};
 
-/// What the core does without this daemon.
-const WHAT: &str = "no secrets are kept on this core";
+use crate::store::{CURRENT, Meta, Store, StoreError};
+use crate::{SERVICE, access};
 
 /// The server, its health still `NOT_SERVING`.
-pub(crate) async fn server() -> Server {
-    Server::health_only(SERVICE, env!("CARGO_PKG_VERSION"), WHAT).await
+pub(crate) async fn server(api: Api) -> Server {
+    let note = "secrets sealed at rest (AES-256-GCM), released to the functions the group allows";
+    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+        .await
+        .add_service(SecretsServer::new(api))
+}
+
+pub(crate) struct Api {
+    pub layout: Layout,
+    /// One change at a time (a put reads the secret's file, then writes it).
+    pub store: Arc<Mutex<Store>>,
+}
+
+fn status(e: &StoreError) -> Status {
+    match e {
+        StoreError::NoSecret(_) | StoreError::NoLabel { .. } => Status::not_found(e.to_string()),
+        StoreError::BadArn(_) | StoreError::BadLabel(_) | StoreError::TooLarge(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn group(layout: &Layout) -> Option<Group> {
+    Group::load(&layout.current_group()).ok()
+}
+
+fn secret(meta: Meta, group: Option<&Group>) -> pb::Secret {
+    let (readers, missing_labels) = match group {
+        Some(g) => {
+            let wanted = access::wanted_labels(g, &meta.arn).unwrap_or_default();
+            let missing = wanted
+                .into_iter()
+                .filter(|l| !meta.labels.contains_key(l))
+                .collect();
+            (access::readers(g, &meta.arn), missing)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    pb::Secret {
+        labels: meta
+            .labels
+            .into_iter()
+            .map(
+                |(label, (version_id, created_ms, size, binary))| pb::Label {
+                    label,
+                    version_id,
+                    created_ms,
+                    size: size as u64,
+                    binary,
+                },
+            )
+            .collect(),
+        arn: meta.arn,
+        name: meta.name,
+        readers,
+        missing_labels,
+    }
+}
+
+/// The body the Greengrass SDK parses as an error.
+fn refusal(status: u16, message: &str) -> Vec<u8> {
+    serde_json::json!({ "Status": status, "Message": message })
+        .to_string()
+        .into_bytes()
+}
+
+impl Api {
+    /// `get_secret_value` for `function_arn`: the value in the SDK's shape,
+    /// or an error body. Never a value in a log line.
+    fn answer(&self, function_arn: &str, request: &[u8]) -> Vec<u8> {
+        let Ok(request) = serde_json::from_slice::<serde_json::Value>(request) else {
+            return refusal(400, "the request is not JSON");
+        };
+        let Some(secret_id) = request["SecretId"].as_str().filter(|s| !s.is_empty()) else {
+            return refusal(400, "SecretId is required");
+        };
+        let label = request["VersionStage"].as_str().unwrap_or(CURRENT);
+        let not_found = || {
+            refusal(
+                404,
+                &format!(
+                    "secret {secret_id} with label {label} is not on this core, or this function \
+                     has no access to it"
+                ),
+            )
+        };
+        let store = self.store.lock().expect("store lock");
+        let Ok(arn) = store.resolve(secret_id) else {
+            return not_found();
+        };
+        let allowed =
+            group(&self.layout).is_some_and(|g| access::allowed(&g, function_arn, &arn, label));
+        if !allowed {
+            tracing::info!(
+                function = function_arn,
+                secret = arn,
+                label,
+                "secret refused: no access policy"
+            );
+            return not_found();
+        }
+        match store.get(&arn, label) {
+            Ok(v) => {
+                tracing::debug!(function = function_arn, secret = arn, label, "secret read");
+                let mut body = serde_json::json!({
+                    "ARN": v.arn, "Name": v.name, "VersionId": v.version_id,
+                    "VersionStages": v.stages, "CreatedDate": v.created_ms,
+                });
+                if v.binary {
+                    body["SecretBinary"] = base64::engine::general_purpose::STANDARD
+                        .encode(&v.value)
+                        .into();
+                } else {
+                    body["SecretString"] = String::from_utf8_lossy(&v.value).into_owned().into();
+                }
+                body.to_string().into_bytes()
+            }
+            Err(StoreError::NoLabel { .. } | StoreError::NoSecret(_)) => not_found(),
+            Err(e) => {
+                tracing::error!("{e}");
+                refusal(
+                    500,
+                    "the secret cannot be read on this core (see the secrets log)",
+                )
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Secrets for Api {
+    async fn put_secret(
+        &self,
+        request: Request<pb::PutSecretRequest>,
+    ) -> Result<Response<pb::Secret>, Status> {
+        require_owner(&request)?;
+        let r = request.into_inner();
+        let label = if r.label.is_empty() {
+            CURRENT
+        } else {
+            &r.label
+        };
+        let meta = self
+            .store
+            .lock()
+            .expect("store lock")
+            .put(&r.arn, label, &r.value, r.binary)
+            .map_err(|e| status(&e))?;
+        tracing::info!(secret = r.arn, label, size = r.value.len(), "secret put");
+        Ok(Response::new(secret(meta, group(&self.layout).as_ref())))
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        let metas = self
+            .store
+            .lock()
+            .expect("store lock")
+            .list()
+            .map_err(|e| status(&e))?;
+        let group = group(&self.layout);
+        let missing = group
+            .as_ref()
+            .map(|g| {
+                access::named(g)
+                    .into_iter()
+                    .filter(|arn| !metas.iter().any(|m| &m.arn == arn))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secrets = metas
+            .into_iter()
+            .map(|m| secret(m, group.as_ref()))
+            .collect();
+        Ok(Response::new(pb::ListSecretsResponse { secrets, missing }))
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        require_owner(&request)?;
+        let arn = request.into_inner().arn;
+        let deleted = self
+            .store
+            .lock()
+            .expect("store lock")
+            .delete(&arn)
+            .map_err(|e| status(&e))?;
+        if deleted {
+            tracing::info!(secret = arn, "secret deleted");
+        }
+        Ok(Response::new(pb::DeleteSecretResponse { deleted }))
+    }
+
+    async fn check_group(
+        &self,
+        request: Request<pb::CheckGroupRequest>,
+    ) -> Result<Response<pb::CheckGroupResponse>, Status> {
+        require_owner(&request)?;
+        let json = request.into_inner().group_json;
+        // A group that does not parse is the ota-agent's to report.
+        let Ok(group) = Group::parse(&json) else {
+            return Ok(Response::new(pb::CheckGroupResponse::default()));
+        };
+        let metas = self
+            .store
+            .lock()
+            .expect("store lock")
+            .list()
+            .map_err(|e| status(&e))?;
+        let has = |arn: &str, label: &str| {
+            metas
+                .iter()
+                .any(|m| m.arn == arn && m.labels.contains_key(label))
+        };
+        let problems = access::missing(&group, has)
+            .into_iter()
+            .map(|(path, message)| pb::Problem { path, message })
+            .collect();
+        Ok(Response::new(pb::CheckGroupResponse { problems }))
+    }
+
+    async fn get_secret_value(
+        &self,
+        request: Request<pb::GetSecretValueRequest>,
+    ) -> Result<Response<pb::GetSecretValueResponse>, Status> {
+        require_owner(&request)?;
+        let r = request.into_inner();
+        Ok(Response::new(pb::GetSecretValueResponse {
+            body: self.answer(&r.function_arn, &r.request),
+        }))
+    }
 }

@@ -1,12 +1,17 @@
-//! verdant-secrets: will keep the secrets deployed to the core, encrypted
-//! at rest, and release them only to the functions the group allows. Today
-//! it serves health, reflection and daemon info only: no secrets are kept
-//! on the core, and functions cannot read any; it says so in its log and in
-//! `verdantctl status`. See ARCHITECTURE.md.
+//! verdant-secrets: the secrets kept on the core, sealed at rest under
+//! `data/secrets/` (AES-256-GCM under a data key wrapped by a key only
+//! this daemon's user can read), released only to the functions the
+//! deployed group gives access (asked by the lambda-runner for the caller
+//! it authenticated). The only process that holds values in clear, and
+//! only while it answers. See ARCHITECTURE.md.
 
+mod access;
 pub mod config;
 pub mod error;
 mod grpc;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
 
 use tokio::net::UnixListener;
 use verdant_common::config::Section;
@@ -30,7 +35,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SecretsError> {
     let _config = SecretsConfig::load::<SecretsError>(&ctx.config)?;
-    grpc::server()
+    let dir = ctx.layout.create_data_dir(SERVICE)?;
+    let store = store::Store::open(&dir)?;
+    tracing::info!(
+        secrets = store.list().map_or(0, |l| l.len()),
+        "secret store open ({})",
+        dir.display()
+    );
+    let api = grpc::Api {
+        layout: ctx.layout.clone(),
+        store: Arc::new(Mutex::new(store)),
+    };
+    grpc::server(api)
         .await
         .serve_ready(listener, shutdown)
         .await

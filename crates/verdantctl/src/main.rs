@@ -9,6 +9,7 @@ mod functions;
 mod group;
 mod output;
 mod router;
+mod secrets;
 mod shadow;
 
 use std::io::Write;
@@ -149,6 +150,12 @@ pub enum Cmd {
     },
     /// The last discovery requests devices made, newest first.
     Discoveries,
+    /// Secrets kept on the core: list, show, put (the value from stdin),
+    /// delete. Values never leave through here.
+    Secrets {
+        #[command(subcommand)]
+        command: Option<secrets::SecretsCmd>,
+    },
     /// The group CA: show it, or rotate it with an overlap.
     Ca {
         #[command(subcommand)]
@@ -254,6 +261,7 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
         Cmd::Connectivity { command } => discovery::connectivity(dir, command, json).await,
         Cmd::Certificates { command } => discovery::certificates(dir, command, json).await,
         Cmd::Discoveries => discovery::requests(dir, json).await,
+        Cmd::Secrets { command } => secrets::run(dir, command, json).await,
         Cmd::Logs {
             function: Some(function),
             follow,
@@ -350,24 +358,8 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| status_error(&e))?;
             println!("core at {} is shutting down", dir.display());
         }
-        Cmd::Completions { .. }
-        | Cmd::Clients
-        | Cmd::Disconnect { .. }
-        | Cmd::Routes { .. }
-        | Cmd::Device(_)
-        | Cmd::Reload
-        | Cmd::Functions { .. }
-        | Cmd::Cloud
-        | Cmd::Trace { .. }
-        | Cmd::Deploy(_)
-        | Cmd::Deployments { .. }
-        | Cmd::Connectivity { .. }
-        | Cmd::Certificates { .. }
-        | Cmd::Discoveries
-        | Cmd::Ca { .. }
-        | Cmd::Shadow(_) => {
-            unreachable!("handled before connecting to init")
-        }
+        // Completions and every command another daemon answers.
+        other => unreachable!("{other:?} is handled before connecting to init"),
     }
     Ok(())
 }

@@ -1,0 +1,650 @@
+//! The sealed secret store under `data/secrets/`:
+//!
+//! - `kek`: the key-encryption key, 32 random bytes made on the first
+//!   start, readable only by this daemon's user (a file any other user may
+//!   read is refused at start). It is the one place a hardware key
+//!   (PKCS#11, TPM) would take over: it only wraps and unwraps the data key.
+//! - `datakey.json`: the data key, 32 random bytes sealed with the KEK
+//!   (AES-256-GCM, its id in the associated data).
+//! - `values/<sha256 of the ARN>.json`: one secret, each label's value
+//!   sealed with the data key (AES-256-GCM, a random 96-bit nonce); the
+//!   ARN, the label and the version id are the associated data, so a value
+//!   moved to another secret, label or version does not open.
+//!
+//! Every file is written whole (a new file, synced, renamed over the old),
+//! so a daemon killed during a `put` leaves the old value or the new one.
+//! A file that does not open (tampered, truncated, sealed under another
+//! key) is reported by its name; no error or log line carries a value.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+/// The label every secret has: the value functions get by default.
+pub const CURRENT: &str = "AWSCURRENT";
+/// Where a value labelled [`CURRENT`] goes when a new one is put.
+pub const PREVIOUS: &str = "AWSPREVIOUS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is readable by other users (mode {mode:o}): the key-encryption key must be 0600 \
+         (chmod 600 it)",
+        path.display()
+    )]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error("{}: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
+    #[error("no secret {0} on this core")]
+    NoSecret(String),
+    #[error("secret {arn} has no value labelled {label}")]
+    NoLabel { arn: String, label: String },
+    #[error(
+        "`{0}` is not a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+    )]
+    BadArn(String),
+    #[error("`{0}` is not a label: 1 to 256 of A-Z, a-z, 0-9 and _+=.@-")]
+    BadLabel(String),
+    #[error("a secret value is at most 65536 bytes; this one has {0}")]
+    TooLarge(usize),
+    #[error("the system's random source failed")]
+    Random,
+}
+
+/// What a secret's value is, without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub arn: String,
+    pub name: String,
+    /// Label → (version id, created, ms since the epoch; size; binary).
+    pub labels: BTreeMap<String, (String, i64, usize, bool)>,
+}
+
+/// A value opened for a caller.
+pub struct Opened {
+    pub arn: String,
+    pub name: String,
+    pub version_id: String,
+    /// Every label this version carries.
+    pub stages: Vec<String>,
+    pub created_ms: i64,
+    pub binary: bool,
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("arn", &self.arn)
+            .field("version_id", &self.version_id)
+            .field("value", &"(not shown)")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WrappedKey {
+    id: String,
+    nonce: String,
+    sealed: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct SecretFile {
+    #[serde(rename = "ARN")]
+    arn: String,
+    labels: BTreeMap<String, Sealed>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(rename_all = "PascalCase")]
+struct Sealed {
+    version_id: String,
+    created_date: i64,
+    binary: bool,
+    size: usize,
+    data_key: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+/// The store, its data key unwrapped in memory.
+pub struct Store {
+    dir: PathBuf,
+    data_key: LessSafeKey,
+    data_key_id: String,
+    random: SystemRandom,
+}
+
+const MAX_VALUE: usize = 65_536;
+
+impl Store {
+    /// Opens the store in `dir`, making the KEK and the data key on the
+    /// first start.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let random = SystemRandom::new();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir.join("values")).map_err(io(dir))?;
+        // Files a killed daemon was writing: the old ones are whole.
+        for stale in std::fs::read_dir(dir.join("values"))
+            .map_err(io(dir))?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "new"))
+        {
+            let _ = std::fs::remove_file(stale.path());
+        }
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let kek_file = dir.join("kek");
+        if !kek_file.exists() {
+            let kek = random_bytes::<32>(&random)?;
+            write_whole(&kek_file, &kek, 0o600)?;
+        }
+        let mode = std::fs::metadata(&kek_file)
+            .map_err(io(&kek_file))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::KeyTooOpen {
+                path: kek_file,
+                mode: mode & 0o777,
+            });
+        }
+        let kek_bytes = std::fs::read(&kek_file).map_err(io(&kek_file))?;
+        let kek = key(&kek_bytes).ok_or_else(|| StoreError::Damaged {
+            path: kek_file.clone(),
+            reason: format!("a key is 32 bytes, this file has {}", kek_bytes.len()),
+        })?;
+        let wrapped_file = dir.join("datakey.json");
+        let (data_key, data_key_id) = if wrapped_file.exists() {
+            unwrap_key(&kek, &wrapped_file)?
+        } else {
+            let bytes = random_bytes::<32>(&random)?;
+            let id = hex(&random_bytes::<8>(&random)?);
+            let nonce = random_bytes::<NONCE_LEN>(&random)?;
+            let mut sealed = bytes.to_vec();
+            kek.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key_aad(&id).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| StoreError::Random)?;
+            let wrapped = WrappedKey {
+                id: id.clone(),
+                nonce: B64.encode(nonce),
+                sealed: B64.encode(&sealed),
+            };
+            let text = serde_json::to_vec_pretty(&wrapped).expect("serialisable");
+            write_whole(&wrapped_file, &text, 0o600)?;
+            (key(&bytes).expect("32 bytes"), id)
+        };
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            data_key,
+            data_key_id,
+            random,
+        })
+    }
+
+    fn file(&self, arn: &str) -> PathBuf {
+        use sha2::Digest;
+        self.dir.join("values").join(format!(
+            "{}.json",
+            hex(&sha2::Sha256::digest(arn.as_bytes()))
+        ))
+    }
+
+    fn read(path: &Path) -> Result<SecretFile, StoreError> {
+        let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("not a sealed secret: {e}"),
+        })
+    }
+
+    /// Puts `value` under `label` of `arn` as a new version; a new
+    /// `AWSCURRENT` moves the previous one to `AWSPREVIOUS`.
+    pub fn put(
+        &self,
+        arn: &str,
+        label: &str,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Meta, StoreError> {
+        check_arn(arn)?;
+        check_label(label)?;
+        if value.len() > MAX_VALUE {
+            return Err(StoreError::TooLarge(value.len()));
+        }
+        let path = self.file(arn);
+        let mut file = if path.exists() {
+            Self::read(&path)?
+        } else {
+            SecretFile {
+                arn: arn.into(),
+                ..SecretFile::default()
+            }
+        };
+        let version_id = uuid_like(&self.random)?;
+        let created = now_ms();
+        if label == CURRENT
+            && let Some(previous) = file.labels.get(CURRENT).cloned()
+        {
+            // The previous value keeps its version; only its label moves.
+            let opened = self.open_sealed(&path, arn, CURRENT, &previous)?;
+            let moved = self.seal(
+                arn,
+                PREVIOUS,
+                &previous.version_id,
+                previous.created_date,
+                &opened,
+                previous.binary,
+            )?;
+            file.labels.insert(PREVIOUS.into(), moved);
+        }
+        let sealed = self.seal(arn, label, &version_id, created, value, binary)?;
+        file.labels.insert(label.into(), sealed);
+        write_whole(
+            &path,
+            &serde_json::to_vec_pretty(&file).expect("serialisable"),
+            0o600,
+        )?;
+        Ok(meta(&file))
+    }
+
+    fn seal(
+        &self,
+        arn: &str,
+        label: &str,
+        version_id: &str,
+        created: i64,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Sealed, StoreError> {
+        let nonce = random_bytes::<NONCE_LEN>(&self.random)?;
+        let mut sealed = value.to_vec();
+        self.data_key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(value_aad(arn, label, version_id).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| StoreError::Random)?;
+        Ok(Sealed {
+            version_id: version_id.into(),
+            created_date: created,
+            binary,
+            size: value.len(),
+            data_key: self.data_key_id.clone(),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(&sealed),
+        })
+    }
+
+    fn open_sealed(
+        &self,
+        path: &Path,
+        arn: &str,
+        label: &str,
+        s: &Sealed,
+    ) -> Result<Vec<u8>, StoreError> {
+        let damaged = |reason: &str| StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("label {label}: {reason}"),
+        };
+        if s.data_key != self.data_key_id {
+            return Err(damaged("sealed under another data key"));
+        }
+        let nonce: [u8; NONCE_LEN] = B64
+            .decode(&s.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| damaged("its nonce is not 12 bytes"))?;
+        let mut sealed = B64
+            .decode(&s.ciphertext)
+            .map_err(|_| damaged("not base64"))?;
+        let opened = self
+            .data_key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(value_aad(arn, label, &s.version_id).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| {
+                damaged("does not open: tampered, truncated or moved from another secret")
+            })?;
+        Ok(opened.to_vec())
+    }
+
+    /// The value of `secret_id` (an ARN, or a name) labelled `label`.
+    pub fn get(&self, secret_id: &str, label: &str) -> Result<Opened, StoreError> {
+        let arn = self.resolve(secret_id)?;
+        let path = self.file(&arn);
+        let file = Self::read(&path)?;
+        let sealed = file.labels.get(label).ok_or_else(|| StoreError::NoLabel {
+            arn: arn.clone(),
+            label: label.into(),
+        })?;
+        let value = self.open_sealed(&path, &arn, label, sealed)?;
+        let stages = file
+            .labels
+            .iter()
+            .filter(|(_, s)| s.version_id == sealed.version_id)
+            .map(|(l, _)| l.clone())
+            .collect();
+        Ok(Opened {
+            name: name_of(&arn).into(),
+            arn,
+            version_id: sealed.version_id.clone(),
+            stages,
+            created_ms: sealed.created_date,
+            binary: sealed.binary,
+            value,
+        })
+    }
+
+    /// The ARN a secret id names: itself, or the ARN of the secret so named.
+    pub fn resolve(&self, secret_id: &str) -> Result<String, StoreError> {
+        if secret_id.starts_with("arn:") {
+            return if self.file(secret_id).exists() {
+                Ok(secret_id.into())
+            } else {
+                Err(StoreError::NoSecret(secret_id.into()))
+            };
+        }
+        self.list()?
+            .into_iter()
+            .find(|m| m.name == secret_id)
+            .map(|m| m.arn)
+            .ok_or_else(|| StoreError::NoSecret(secret_id.into()))
+    }
+
+    /// Every secret, without values.
+    pub fn list(&self) -> Result<Vec<Meta>, StoreError> {
+        let dir = self.dir.join("values");
+        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                out.push(meta(&Self::read(&path)?));
+            }
+        }
+        out.sort_by(|a, b| a.arn.cmp(&b.arn));
+        Ok(out)
+    }
+
+    /// Deletes a secret; whether there was one.
+    pub fn delete(&self, arn: &str) -> Result<bool, StoreError> {
+        let path = self.file(arn);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+}
+
+fn meta(file: &SecretFile) -> Meta {
+    Meta {
+        arn: file.arn.clone(),
+        name: name_of(&file.arn).into(),
+        labels: file
+            .labels
+            .iter()
+            .map(|(l, s)| {
+                (
+                    l.clone(),
+                    (s.version_id.clone(), s.created_date, s.size, s.binary),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn unwrap_key(kek: &LessSafeKey, path: &Path) -> Result<(LessSafeKey, String), StoreError> {
+    let damaged = |reason: &str| StoreError::Damaged {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let wrapped: WrappedKey =
+        serde_json::from_slice(&bytes).map_err(|_| damaged("not a wrapped data key"))?;
+    let nonce: [u8; NONCE_LEN] = B64
+        .decode(&wrapped.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| damaged("its nonce is not 12 bytes"))?;
+    let mut sealed = B64
+        .decode(&wrapped.sealed)
+        .map_err(|_| damaged("not base64"))?;
+    let opened = kek
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(key_aad(&wrapped.id).as_bytes()),
+            &mut sealed,
+        )
+        .map_err(|_| {
+            damaged("does not open with the key-encryption key (another kek, or tampered)")
+        })?;
+    let key = key(opened).ok_or_else(|| damaged("the data key is not 32 bytes"))?;
+    Ok((key, wrapped.id))
+}
+
+fn key(bytes: &[u8]) -> Option<LessSafeKey> {
+    (bytes.len() == 32)
+        .then(|| UnboundKey::new(&AES_256_GCM, bytes).ok())
+        .flatten()
+        .map(LessSafeKey::new)
+}
+
+fn key_aad(id: &str) -> String {
+    format!("verdant data key {id}")
+}
+
+fn value_aad(arn: &str, label: &str, version_id: &str) -> String {
+    format!("{arn}\0{label}\0{version_id}")
+}
+
+fn random_bytes<const N: usize>(random: &SystemRandom) -> Result<[u8; N], StoreError> {
+    let mut b = [0u8; N];
+    random.fill(&mut b).map_err(|_| StoreError::Random)?;
+    Ok(b)
+}
+
+/// A version id in Secrets Manager's shape (a UUID).
+fn uuid_like(random: &SystemRandom) -> Result<String, StoreError> {
+    let b = random_bytes::<16>(random)?;
+    let h = hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A secret's name: the ARN's last part without the 6 random characters
+/// Secrets Manager appends (`…:secret:db-password-AbCdEf` is `db-password`).
+pub fn name_of(arn: &str) -> &str {
+    let last = arn.rsplit(':').next().unwrap_or(arn);
+    match last.rsplit_once('-') {
+        Some((name, suffix))
+            if suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            name
+        }
+        _ => last,
+    }
+}
+
+fn check_arn(arn: &str) -> Result<(), StoreError> {
+    let parts: Vec<&str> = arn.splitn(7, ':').collect();
+    let ok = parts.len() == 7
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "secretsmanager"
+        && parts[5] == "secret"
+        && !parts[6].is_empty();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadArn(arn.into()))
+    }
+}
+
+fn check_label(label: &str) -> Result<(), StoreError> {
+    let ok = (1..=256).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=.@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadLabel(label.into()))
+    }
+}
+
+/// Writes `path` whole: a new file beside it, synced, renamed over it.
+fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf";
+
+    #[test]
+    fn a_value_put_is_got_back_and_a_new_current_moves_the_old_to_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put(ARN, CURRENT, b"first", false).unwrap();
+        let meta = store.put(ARN, CURRENT, b"second", false).unwrap();
+        assert_eq!(meta.name, "db-password");
+        assert!(meta.labels.contains_key(PREVIOUS));
+        let current = store.get("db-password", CURRENT).unwrap();
+        assert_eq!(current.value, b"second");
+        assert_eq!(current.stages, [CURRENT]);
+        assert_eq!(store.get(ARN, PREVIOUS).unwrap().value, b"first");
+        // Opened again from disk, with the same keys.
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.get(ARN, CURRENT).unwrap().value, b"second");
+        assert!(matches!(
+            again.get(ARN, "NOPE"),
+            Err(StoreError::NoLabel { .. })
+        ));
+        assert!(matches!(
+            again.get("other", CURRENT),
+            Err(StoreError::NoSecret(_))
+        ));
+    }
+
+    #[test]
+    fn nothing_is_kept_in_clear_and_a_tampered_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put(ARN, CURRENT, b"canary-7d1f", false).unwrap();
+        let file = store.file(ARN);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("canary-7d1f"));
+        // A value moved to another label does not open.
+        let moved = text.replace("AWSCURRENT", "AWSPENDING");
+        std::fs::write(&file, moved).unwrap();
+        match store.get(ARN, "AWSPENDING") {
+            Err(StoreError::Damaged { path, .. }) => assert_eq!(path, file),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+        let e = store.get(ARN, CURRENT).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::KeyTooOpen { .. })
+        ));
+    }
+
+    #[test]
+    fn names_arns_and_labels() {
+        assert_eq!(name_of(ARN), "db-password");
+        assert_eq!(name_of("arn:aws:secretsmanager:r:1:secret:plain"), "plain");
+        assert!(check_arn("arn:aws:s3:::bucket").is_err());
+        assert!(check_label("AWS CURRENT").is_err());
+        assert!(check_label("v1.2@x").is_ok());
+    }
+}

@@ -1,0 +1,270 @@
+//! Secrets with the real greengrasssdk: a value put by the operator (from
+//! stdin) is read by a function the group allows, string and binary, by
+//! ARN or name and label; a function without a policy, an unknown secret
+//! and a label the group does not ask for are refused with the SDK's
+//! error; a new put is seen by the next call; the value is in no log and
+//! in no file in clear.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use verdant_integration_tests::functions::{INSECURE, TCP, function_arn, invoke};
+use verdant_integration_tests::groups::thing;
+use verdant_integration_tests::{Core, Options, bundle_greengrasssdk, copy_dir};
+
+const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf";
+const KEY: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tls-key-XyZ123";
+const CANARY: &str = "canary-5f3e9a1c-not-for-logs";
+
+fn group() -> String {
+    let reader = |name: &str, policies: Value| {
+        json!({ "Id": name, "FunctionArn": function_arn(name),
+            "FunctionConfiguration": { "Executable": "secretreader.handler", "Timeout": 10,
+                "Environment": { "ResourceAccessPolicies": policies } } })
+    };
+    json!({
+        "Id": "secrets-test",
+        "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
+        "FunctionDefinitionVersion": {
+            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+                "RunAs": { "Uid": 65534, "Gid": 65534 } } },
+            "Functions": [
+                reader("reader", json!([{ "ResourceId": "db" }, { "ResourceId": "key" }])),
+                reader("stranger", json!([])),
+            ]
+        },
+        "ResourceDefinitionVersion": { "Resources": [
+            { "Id": "db", "Name": "db", "ResourceDataContainer": {
+                "SecretsManagerSecretResourceData": { "ARN": SECRET,
+                    "AdditionalStagingLabelsToDownload": ["AWSPREVIOUS"] } } },
+            { "Id": "key", "Name": "key", "ResourceDataContainer": {
+                "SecretsManagerSecretResourceData": { "ARN": KEY } } },
+        ]},
+    })
+    .to_string()
+}
+
+fn install(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions/secretreader");
+    for name in ["reader", "stranger"] {
+        let dir = root.join("functions").join(name).join("1");
+        copy_dir(&here, &dir);
+        bundle_greengrasssdk(&dir);
+    }
+    for dir in [root.parent().unwrap(), root] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// A core whose group has the two readers and the two secret resources.
+async fn start() -> Core {
+    let group = group();
+    let core = Core::start_with(&Options {
+        dropin: Some(&format!("{TCP}{INSECURE}")),
+        group: Some(&group),
+        prepare: Some(&install),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    core
+}
+
+/// `verdantctl secrets put` with `value` on stdin.
+fn put(core: &Core, args: &[&str], value: &[u8]) {
+    let mut all = vec!["secrets", "put"];
+    all.extend_from_slice(args);
+    let mut child = Command::new(verdant_integration_tests::bin("verdantctl"))
+        .arg("--root")
+        .arg(core.root())
+        .arg("--socket-dir")
+        .arg(core.runtime_dir())
+        .args(&all)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+async fn read(core: &Core, function: &str, request: Value) -> Value {
+    let r = invoke(
+        &core.socket("lambda-runner"),
+        &function_arn(function),
+        &request.to_string(),
+    )
+    .await;
+    assert!(r.function_error.is_empty(), "{r:?}");
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+#[tokio::test]
+async fn functions_read_the_secrets_the_group_allows_and_nothing_else() {
+    let core = start().await;
+    put(&core, &[SECRET], format!("{CANARY}-old\n").as_bytes());
+    put(&core, &[SECRET], format!("{CANARY}\n").as_bytes());
+    put(&core, &[KEY, "--binary"], &[0, 1, 2, 254, 255]);
+
+    // By name, the current value; the old one is AWSPREVIOUS.
+    let got = read(&core, "reader", json!({ "id": "db-password" })).await;
+    assert_eq!(got["SecretString"], CANARY, "{got}");
+    assert_eq!(got["ARN"], SECRET, "{got}");
+    assert_eq!(got["Name"], "db-password", "{got}");
+    assert_eq!(got["VersionStages"], json!(["AWSCURRENT"]), "{got}");
+    assert!(got["created_year"].as_i64().unwrap() >= 2024, "{got}");
+    let previous = read(
+        &core,
+        "reader",
+        json!({ "id": SECRET, "stage": "AWSPREVIOUS" }),
+    )
+    .await;
+    assert_eq!(
+        previous["SecretString"],
+        format!("{CANARY}-old"),
+        "{previous}"
+    );
+    // Binary, as the SDK hands it: base64.
+    let key = read(&core, "reader", json!({ "id": KEY })).await;
+    assert_eq!(key["SecretBinary"], "AAEC/v8=", "{key}");
+
+    // Refused: no policy, an unknown secret, a label the group does not
+    // ask for. The SDK raises its error with the status.
+    for (function, request) in [
+        ("stranger", json!({ "id": SECRET })),
+        (
+            "reader",
+            json!({ "id": "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AAAAAA" }),
+        ),
+        ("reader", json!({ "id": SECRET, "stage": "AWSPENDING" })),
+    ] {
+        let got = read(&core, function, request.clone()).await;
+        assert_eq!(got["error"], "SecretsManagerError", "{request}: {got}");
+        assert!(got["message"].as_str().unwrap().contains("404"), "{got}");
+        assert!(!got.to_string().contains(CANARY), "{got}");
+    }
+
+    // A new value is seen by the next call.
+    put(&core, &[SECRET], b"rotated");
+    let got = read(&core, "reader", json!({ "id": SECRET })).await;
+    assert_eq!(got["SecretString"], "rotated", "{got}");
+
+    // The operator sees metadata only, with who may read it.
+    let list = core.ctl(&["-o", "json", "secrets"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(!text.contains(CANARY), "{text}");
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let db = list["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["arn"] == SECRET)
+        .unwrap();
+    assert_eq!(db["readers"], json!([function_arn("reader")]), "{db}");
+
+    // The canary is in no log and in no file of the root in clear.
+    let found = Command::new("grep")
+        .args(["-r", "-l", "-a", CANARY])
+        .arg(core.root())
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "in clear in: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_key_file_others_can_read_stops_the_secrets_daemon_with_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let core = Core::start();
+    core.wait_all_running().await;
+    let kek = core.root().join("data/secrets/kek");
+    assert_eq!(
+        std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = core.ctl(&["restart", "secrets"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("failed") && said.contains("exit 78"),
+        "{said}"
+    );
+    let log = std::fs::read_to_string(core.root().join("logs/secrets.log")).unwrap();
+    assert!(log.contains("must be 0600"), "{log}");
+}
+
+#[tokio::test]
+async fn kill_9_during_puts_leaves_each_secret_whole() {
+    let core = start().await;
+    put(&core, &[SECRET], b"value-0");
+    // Puts one after another while the daemon is killed among them.
+    let root = core.root();
+    let runtime = core.runtime_dir();
+    let puts = std::thread::spawn(move || {
+        for i in 1..=40 {
+            let mut child = Command::new(verdant_integration_tests::bin("verdantctl"))
+                .arg("--root")
+                .arg(&root)
+                .arg("--socket-dir")
+                .arg(&runtime)
+                .args(["secrets", "put", SECRET])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let value = format!("value-{i}-{}", "x".repeat(4096));
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(value.as_bytes())
+                .unwrap();
+            let _ = child.wait();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    core.kill_9("secrets").await;
+    puts.join().unwrap();
+    core.wait_all_running().await;
+    // Whatever put got through last, the value is whole and readable.
+    let got = read(&core, "reader", json!({ "id": SECRET })).await;
+    let value = got["SecretString"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got}"));
+    assert!(
+        value == "value-0" || (value.starts_with("value-") && value.ends_with(&"x".repeat(4096))),
+        "{}",
+        &value[..value.len().min(40)]
+    );
+    let list = core.ctl(&["secrets"]);
+    assert!(list.status.success(), "{list:?}");
+}
+
+#[tokio::test]
+async fn a_deployment_naming_a_secret_with_no_value_fails_with_its_arn_then_succeeds() {
+    let core = start().await;
+    let file = core.root().join("with-secrets.json");
+    std::fs::write(&file, group()).unwrap();
+    let out = core.ctl(&["deploy", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("ResourceDefinitionVersion.Resources[0].ResourceDataContainer.SecretsManagerSecretResourceData.ARN"),
+        "{text}"
+    );
+    assert!(text.contains(SECRET), "{text}");
+    put(&core, &[SECRET], b"v");
+    put(&core, &[SECRET, "--label", "AWSPREVIOUS"], b"p");
+    put(&core, &[KEY], b"k");
+    let out = core.ctl(&["deploy", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+}
