@@ -33,6 +33,10 @@ fn group() -> String {
             "Functions": [
                 reader("reader", json!([{ "ResourceId": "db" }, { "ResourceId": "key" }])),
                 reader("stranger", json!([])),
+                { "Id": "nodereader", "FunctionArn": function_arn("nodereader"),
+                  "FunctionConfiguration": { "Executable": "index.handler", "Timeout": 10,
+                    "Environment": { "ResourceAccessPolicies": [
+                        { "ResourceId": "db" }, { "ResourceId": "key" } ] } } },
             ]
         },
         "ResourceDefinitionVersion": { "Resources": [
@@ -54,6 +58,14 @@ fn install(root: &Path) {
         copy_dir(&here, &dir);
         bundle_greengrasssdk(&dir);
     }
+    // The Node.js reader bundles aws-greengrass-core-sdk, as users do.
+    let node_sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.node/node_modules");
+    let dir = root.join("functions/nodereader/1");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("functions/secretreadernode"),
+        &dir,
+    );
+    copy_dir(&node_sdk, &dir.join("node_modules"));
     for dir in [root.parent().unwrap(), root] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -152,6 +164,18 @@ async fn functions_read_the_secrets_the_group_allows_and_nothing_else() {
     put(&core, &[SECRET], b"rotated");
     let got = read(&core, "reader", json!({ "id": SECRET })).await;
     assert_eq!(got["SecretString"], "rotated", "{got}");
+    // A new data key: every value sealed again, and still read.
+    let rotated = core.ctl(&["-o", "json", "secrets", "rotate-key"]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(rotated["sealed"], 3, "{rotated}");
+    let got = read(
+        &core,
+        "reader",
+        json!({ "id": SECRET, "stage": "AWSPREVIOUS" }),
+    )
+    .await;
+    assert_eq!(got["SecretString"], CANARY, "{got}");
 
     // The operator sees metadata only, with who may read it.
     let list = core.ctl(&["-o", "json", "secrets"]);
@@ -164,7 +188,11 @@ async fn functions_read_the_secrets_the_group_allows_and_nothing_else() {
         .iter()
         .find(|s| s["arn"] == SECRET)
         .unwrap();
-    assert_eq!(db["readers"], json!([function_arn("reader")]), "{db}");
+    assert_eq!(
+        db["readers"],
+        json!([function_arn("reader"), function_arn("nodereader")]),
+        "{db}"
+    );
 
     // The canary is in no log and in no file of the root in clear.
     let found = Command::new("grep")
@@ -221,12 +249,8 @@ async fn kill_9_during_puts_leaves_each_secret_whole() {
                 .spawn()
                 .unwrap();
             let value = format!("value-{i}-{}", "x".repeat(4096));
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(value.as_bytes())
-                .unwrap();
+            // A put that finds the daemon down ends before reading its value.
+            let _ = child.stdin.take().unwrap().write_all(value.as_bytes());
             let _ = child.wait();
         }
     });
@@ -267,4 +291,28 @@ async fn a_deployment_naming_a_secret_with_no_value_fails_with_its_arn_then_succ
     let out = core.ctl(&["deploy", file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+}
+
+#[tokio::test]
+async fn the_node_sdk_reads_an_allowed_secret_and_is_refused_a_label_not_asked_for() {
+    let core = start().await;
+    put(&core, &[SECRET], b"from-node\n");
+    put(&core, &[KEY, "--binary"], &[0, 1, 2, 254, 255]);
+    let got = read(&core, "nodereader", json!({ "id": "db-password" })).await;
+    assert_eq!(got["SecretString"], "from-node", "{got}");
+    assert_eq!(got["ARN"], SECRET, "{got}");
+    assert_eq!(got["VersionStages"], json!(["AWSCURRENT"]), "{got}");
+    assert_eq!(got["created"], "number", "{got}");
+    let key = read(&core, "nodereader", json!({ "id": KEY })).await;
+    assert_eq!(key["SecretBinary"], "AAEC/v8=", "{key}");
+    let refused = read(
+        &core,
+        "nodereader",
+        json!({ "id": SECRET, "stage": "AWSPENDING" }),
+    )
+    .await;
+    let message = refused["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert!(message.contains("404"), "{refused}");
 }

@@ -244,6 +244,25 @@ impl Secrets for Api {
         Ok(Response::new(pb::CheckGroupResponse { problems }))
     }
 
+    async fn rotate_data_key(
+        &self,
+        request: Request<pb::RotateDataKeyRequest>,
+    ) -> Result<Response<pb::RotateDataKeyResponse>, Status> {
+        require_owner(&request)?;
+        let mut store = self.store.lock().expect("store lock");
+        let sealed = store.rotate_data_key().map_err(|e| status(&e))?;
+        let data_key_id = store.data_key_id().to_string();
+        tracing::info!(
+            data_key = data_key_id,
+            sealed,
+            "new data key; every value sealed again"
+        );
+        Ok(Response::new(pb::RotateDataKeyResponse {
+            data_key_id,
+            sealed: u32::try_from(sealed).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn get_secret_value(
         &self,
         request: Request<pb::GetSecretValueRequest>,

@@ -4,8 +4,11 @@
 //!   start, readable only by this daemon's user (a file any other user may
 //!   read is refused at start). It is the one place a hardware key
 //!   (PKCS#11, TPM) would take over: it only wraps and unwraps the data key.
-//! - `datakey.json`: the data key, 32 random bytes sealed with the KEK
-//!   (AES-256-GCM, its id in the associated data).
+//! - `datakey.json`: the data keys, each 32 random bytes sealed with the
+//!   KEK (AES-256-GCM, its id in the associated data); the first seals new
+//!   values. [`Store::rotate_data_key`] puts a new one first, seals every
+//!   value again under it, then drops the old: stopped at any point, every
+//!   value still opens.
 //! - `values/<sha256 of the ARN>.json`: one secret, each label's value
 //!   sealed with the data key (AES-256-GCM, a random 96-bit nonce); the
 //!   ARN, the label and the version id are the associated data, so a value
@@ -94,12 +97,19 @@ impl std::fmt::Debug for Opened {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 #[serde(rename_all = "PascalCase")]
 struct WrappedKey {
     id: String,
     nonce: String,
     sealed: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DataKeys {
+    /// The current one first.
+    keys: Vec<WrappedKey>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -122,11 +132,12 @@ struct Sealed {
     ciphertext: String,
 }
 
-/// The store, its data key unwrapped in memory.
+/// The store, its data keys unwrapped in memory.
 pub struct Store {
     dir: PathBuf,
-    data_key: LessSafeKey,
-    data_key_id: String,
+    kek: LessSafeKey,
+    /// (id, key, as the file holds it); the first seals.
+    keys: Vec<(String, LessSafeKey, WrappedKey)>,
     random: SystemRandom,
 }
 
@@ -171,35 +182,92 @@ impl Store {
             path: kek_file.clone(),
             reason: format!("a key is 32 bytes, this file has {}", kek_bytes.len()),
         })?;
-        let wrapped_file = dir.join("datakey.json");
-        let (data_key, data_key_id) = if wrapped_file.exists() {
-            unwrap_key(&kek, &wrapped_file)?
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            kek,
+            keys: Vec::new(),
+            random,
+        };
+        let keys_file = store.keys_file();
+        if keys_file.exists() {
+            store.keys = unwrap_keys(&store.kek, &keys_file)?;
         } else {
-            let bytes = random_bytes::<32>(&random)?;
-            let id = hex(&random_bytes::<8>(&random)?);
-            let nonce = random_bytes::<NONCE_LEN>(&random)?;
-            let mut sealed = bytes.to_vec();
-            kek.seal_in_place_append_tag(
+            store.keys.push(store.new_key()?);
+            store.write_keys()?;
+        }
+        Ok(store)
+    }
+
+    fn keys_file(&self) -> PathBuf {
+        self.dir.join("datakey.json")
+    }
+
+    /// A new data key, wrapped by the KEK.
+    fn new_key(&self) -> Result<(String, LessSafeKey, WrappedKey), StoreError> {
+        let bytes = random_bytes::<32>(&self.random)?;
+        let id = hex(&random_bytes::<8>(&self.random)?);
+        let nonce = random_bytes::<NONCE_LEN>(&self.random)?;
+        let mut sealed = bytes.to_vec();
+        self.kek
+            .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(key_aad(&id).as_bytes()),
                 &mut sealed,
             )
             .map_err(|_| StoreError::Random)?;
-            let wrapped = WrappedKey {
-                id: id.clone(),
-                nonce: B64.encode(nonce),
-                sealed: B64.encode(&sealed),
-            };
-            let text = serde_json::to_vec_pretty(&wrapped).expect("serialisable");
-            write_whole(&wrapped_file, &text, 0o600)?;
-            (key(&bytes).expect("32 bytes"), id)
+        let wrapped = WrappedKey {
+            id: id.clone(),
+            nonce: B64.encode(nonce),
+            sealed: B64.encode(&sealed),
         };
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            data_key,
-            data_key_id,
-            random,
-        })
+        Ok((id, key(&bytes).expect("32 bytes"), wrapped))
+    }
+
+    fn write_keys(&self) -> Result<(), StoreError> {
+        let keys = DataKeys {
+            keys: self.keys.iter().map(|(_, _, w)| w.clone()).collect(),
+        };
+        let text = serde_json::to_vec_pretty(&keys).expect("serialisable");
+        write_whole(&self.keys_file(), &text, 0o600)
+    }
+
+    /// The id of the data key new values are sealed with.
+    pub fn data_key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// A new data key for every value: put first, every value sealed again
+    /// under it, then the old keys dropped. Returns how many values.
+    pub fn rotate_data_key(&mut self) -> Result<usize, StoreError> {
+        let fresh = self.new_key()?;
+        self.keys.insert(0, fresh);
+        self.write_keys()?;
+        let mut sealed = 0;
+        for meta in self.list()? {
+            let path = self.file(&meta.arn);
+            let mut file = Self::read(&path)?;
+            for (label, s) in file.labels.clone() {
+                let value = self.open_sealed(&path, &meta.arn, &label, &s)?;
+                let again = self.seal(
+                    &meta.arn,
+                    &label,
+                    &s.version_id,
+                    s.created_date,
+                    &value,
+                    s.binary,
+                )?;
+                file.labels.insert(label, again);
+                sealed += 1;
+            }
+            write_whole(
+                &path,
+                &serde_json::to_vec_pretty(&file).expect("serialisable"),
+                0o600,
+            )?;
+        }
+        self.keys.truncate(1);
+        self.write_keys()?;
+        Ok(sealed)
     }
 
     fn file(&self, arn: &str) -> PathBuf {
@@ -282,7 +350,8 @@ impl Store {
     ) -> Result<Sealed, StoreError> {
         let nonce = random_bytes::<NONCE_LEN>(&self.random)?;
         let mut sealed = value.to_vec();
-        self.data_key
+        self.keys[0]
+            .1
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(value_aad(arn, label, version_id).as_bytes()),
@@ -294,7 +363,7 @@ impl Store {
             created_date: created,
             binary,
             size: value.len(),
-            data_key: self.data_key_id.clone(),
+            data_key: self.keys[0].0.clone(),
             nonce: B64.encode(nonce),
             ciphertext: B64.encode(&sealed),
         })
@@ -311,9 +380,9 @@ impl Store {
             path: path.to_path_buf(),
             reason: format!("label {label}: {reason}"),
         };
-        if s.data_key != self.data_key_id {
-            return Err(damaged("sealed under another data key"));
-        }
+        let Some((_, data_key, _)) = self.keys.iter().find(|(id, ..)| *id == s.data_key) else {
+            return Err(damaged("sealed under a data key this core does not have"));
+        };
         let nonce: [u8; NONCE_LEN] = B64
             .decode(&s.nonce)
             .ok()
@@ -322,8 +391,7 @@ impl Store {
         let mut sealed = B64
             .decode(&s.ciphertext)
             .map_err(|_| damaged("not base64"))?;
-        let opened = self
-            .data_key
+        let opened = data_key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(value_aad(arn, label, &s.version_id).as_bytes()),
@@ -378,7 +446,8 @@ impl Store {
             .ok_or_else(|| StoreError::NoSecret(secret_id.into()))
     }
 
-    /// Every secret, without values.
+    /// Every secret, without values; a file that cannot be read is logged
+    /// by name and left out, so that it does not hide the others.
     pub fn list(&self) -> Result<Vec<Meta>, StoreError> {
         let dir = self.dir.join("values");
         let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
@@ -389,7 +458,10 @@ impl Store {
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                out.push(meta(&Self::read(&path)?));
+                match Self::read(&path) {
+                    Ok(file) => out.push(meta(&file)),
+                    Err(e) => tracing::error!("{e}"),
+                }
             }
         }
         out.sort_by(|a, b| a.arn.cmp(&b.arn));
@@ -424,7 +496,10 @@ fn meta(file: &SecretFile) -> Meta {
     }
 }
 
-fn unwrap_key(kek: &LessSafeKey, path: &Path) -> Result<(LessSafeKey, String), StoreError> {
+fn unwrap_keys(
+    kek: &LessSafeKey,
+    path: &Path,
+) -> Result<Vec<(String, LessSafeKey, WrappedKey)>, StoreError> {
     let damaged = |reason: &str| StoreError::Damaged {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -433,27 +508,34 @@ fn unwrap_key(kek: &LessSafeKey, path: &Path) -> Result<(LessSafeKey, String), S
         path: path.to_path_buf(),
         source,
     })?;
-    let wrapped: WrappedKey =
-        serde_json::from_slice(&bytes).map_err(|_| damaged("not a wrapped data key"))?;
-    let nonce: [u8; NONCE_LEN] = B64
-        .decode(&wrapped.nonce)
-        .ok()
-        .and_then(|n| n.try_into().ok())
-        .ok_or_else(|| damaged("its nonce is not 12 bytes"))?;
-    let mut sealed = B64
-        .decode(&wrapped.sealed)
-        .map_err(|_| damaged("not base64"))?;
-    let opened = kek
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(key_aad(&wrapped.id).as_bytes()),
-            &mut sealed,
-        )
-        .map_err(|_| {
-            damaged("does not open with the key-encryption key (another kek, or tampered)")
-        })?;
-    let key = key(opened).ok_or_else(|| damaged("the data key is not 32 bytes"))?;
-    Ok((key, wrapped.id))
+    let keys: DataKeys =
+        serde_json::from_slice(&bytes).map_err(|_| damaged("not a list of wrapped data keys"))?;
+    if keys.keys.is_empty() {
+        return Err(damaged("no data key"));
+    }
+    let mut out = Vec::new();
+    for wrapped in keys.keys {
+        let nonce: [u8; NONCE_LEN] = B64
+            .decode(&wrapped.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| damaged("a nonce is not 12 bytes"))?;
+        let mut sealed = B64
+            .decode(&wrapped.sealed)
+            .map_err(|_| damaged("not base64"))?;
+        let opened = kek
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key_aad(&wrapped.id).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| {
+                damaged("does not open with the key-encryption key (another kek, or tampered)")
+            })?;
+        let key = key(opened).ok_or_else(|| damaged("a data key is not 32 bytes"))?;
+        out.push((wrapped.id.clone(), key, wrapped));
+    }
+    Ok(out)
 }
 
 fn key(bytes: &[u8]) -> Option<LessSafeKey> {
@@ -622,6 +704,28 @@ mod tests {
         std::fs::write(&file, &text[..text.len() / 2]).unwrap();
         let e = store.get(ARN, CURRENT).unwrap_err().to_string();
         assert!(e.contains(&file.display().to_string()), "{e}");
+        // It does not hide the others.
+        let other = "arn:aws:secretsmanager:us-east-1:123456789012:secret:other-AbCdEf";
+        store.put(other, CURRENT, b"fine", false).unwrap();
+        assert_eq!(store.get("other", CURRENT).unwrap().value, b"fine");
+    }
+
+    #[test]
+    fn a_new_data_key_seals_every_value_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.put(ARN, CURRENT, b"one", false).unwrap();
+        store.put(ARN, CURRENT, b"two", false).unwrap();
+        let old = store.data_key_id().to_string();
+        assert_eq!(store.rotate_data_key().unwrap(), 2);
+        assert_ne!(store.data_key_id(), old);
+        let text = std::fs::read_to_string(store.file(ARN)).unwrap();
+        assert!(!text.contains(&old), "no value is sealed under the old key");
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.get(ARN, CURRENT).unwrap().value, b"two");
+        assert_eq!(again.get(ARN, PREVIOUS).unwrap().value, b"one");
+        let keys = std::fs::read_to_string(dir.path().join("datakey.json")).unwrap();
+        assert_eq!(keys.matches("\"Id\"").count(), 1, "{keys}");
     }
 
     #[test]

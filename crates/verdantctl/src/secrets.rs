@@ -30,6 +30,8 @@ pub enum SecretsCmd {
     },
     /// Delete a secret and all its values.
     Delete { arn: String },
+    /// A new data key: every value sealed again under it, the old key dropped.
+    RotateKey,
 }
 
 #[derive(Serialize)]
@@ -157,6 +159,23 @@ pub async fn run(dir: &Path, command: Option<SecretsCmd>, json: bool) -> Result<
                 output::json(&view(&s));
             } else {
                 print(std::slice::from_ref(&s));
+            }
+        }
+        SecretsCmd::RotateKey => {
+            let r = api
+                .rotate_data_key(pb::RotateDataKeyRequest {})
+                .await
+                .map_err(|e| status_error(&e))?
+                .into_inner();
+            if json {
+                output::json(
+                    &serde_json::json!({ "data_key_id": r.data_key_id, "sealed": r.sealed }),
+                );
+            } else {
+                println!(
+                    "new data key {}: {} values sealed again",
+                    r.data_key_id, r.sealed
+                );
             }
         }
         SecretsCmd::Delete { arn } => {
