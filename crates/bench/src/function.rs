@@ -61,7 +61,7 @@ fn group() -> String {
 }
 
 /// Copies `from` (a directory of files and directories) to `to`.
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("dir");
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");
@@ -75,7 +75,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Where `python` has greengrasssdk.
-fn sdk(python: &Path) -> String {
+pub(crate) fn sdk(python: &Path) -> String {
     let out = std::process::Command::new(python)
         .args([
             "-c",

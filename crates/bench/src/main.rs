@@ -11,6 +11,7 @@ mod lean;
 mod mqtt;
 mod probe;
 mod reconnect;
+mod secrets;
 mod shadow;
 mod spawn;
 
@@ -112,6 +113,16 @@ enum Cmd {
     /// Functions: a pinned Python function (greengrasssdk) relaying a
     /// device's messages back to it; messages/s and round trip.
     Function {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        /// A Python with greengrasssdk, bundled with the function.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// `get_secret_value` from a pinned Python function with greengrasssdk.
+    Secrets {
         #[arg(long, default_value = "target/release")]
         bin_dir: PathBuf,
         /// A Python with greengrasssdk, bundled with the function.
@@ -235,6 +246,11 @@ fn main() {
             python,
             runs,
         } => runtime.block_on(function::run(&bin_dir, &python, runs)),
+        Cmd::Secrets {
+            bin_dir,
+            python,
+            runs,
+        } => runtime.block_on(secrets::run(&bin_dir, &python, runs)),
         Cmd::Drain {
             bin_dir,
             messages,

@@ -222,7 +222,6 @@ fn open_hub(ctx: &Context, config: &BrokerConfig) -> Result<hub::Hub, BrokerErro
     Ok(hub::Hub::with_store(config.queue_limits(), store, loaded))
 }
 
-/// A bound listener and the TLS it speaks (`None`: plain).
 /// Reads the devices again when the revoked certificates change, and
 /// closes the connections of those no longer allowed in.
 async fn watch_revocations(
