@@ -183,8 +183,9 @@ async fn post_work(
             accepted(&ipc.lock().done(outcome))
         }
         SECRETS_ARN => {
-            let outcome = secrets_call(&ipc, caller, body).await;
-            accepted(&ipc.lock().done(outcome))
+            let outcome = secrets_call(&ipc, caller.clone(), body).await;
+            // Only this function may fetch it: it may hold a secret's value.
+            accepted(&ipc.lock().done_for(outcome, caller))
         }
         target => {
             let submitted = ipc.lock().submit(target, body, client_context, reply);
@@ -293,15 +294,16 @@ async fn secrets_call(ipc: &Ipc, caller: String, request: Bytes) -> Outcome {
     }
 }
 
-/// Any calling instance may fetch a result by its invocation id.
+/// Any calling instance may fetch a result by its invocation id, but a
+/// result kept for one function (a secret's value) only that function.
 async fn get_work_result(
     State(ipc): State<Ipc>,
-    _caller: Caller,
+    caller: Caller,
     Path(_arn): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let id = header(&headers, INVOCATION_ID).to_string();
-    let pending = ipc.lock().result(&id);
+    let pending = ipc.lock().result_for(&id, Some(&caller.arn));
     let outcome = match pending {
         None => return error(StatusCode::NOT_FOUND, "no such invocation"),
         Some(Pending::Ready(o)) => o,

@@ -126,6 +126,9 @@ struct Function {
 enum Invocation {
     Waiting(Vec<oneshot::Sender<Outcome>>),
     Done(Outcome),
+    /// A result only the function that asked may fetch (a secret's value):
+    /// invocation ids are sequential, so anyone could name it.
+    DoneFor(Outcome, String),
 }
 
 /// A function as `ListFunctions` shows it.
@@ -484,8 +487,21 @@ impl Runner {
 
     /// The result of a `RequestResponse` invocation (`GET .../functions/<arn>`).
     pub fn result(&mut self, id: &str) -> Option<Pending<Outcome>> {
+        self.result_for(id, None)
+    }
+
+    /// [`Runner::result`] asked by the function `caller`: a result kept
+    /// for one function is given only to it (anyone else: none).
+    pub fn result_for(&mut self, id: &str, caller: Option<&str>) -> Option<Pending<Outcome>> {
         match self.invocations.remove(id)? {
             Invocation::Done(o) => Some(Pending::Ready(o)),
+            Invocation::DoneFor(o, owner) if Some(owner.as_str()) == caller => {
+                Some(Pending::Ready(o))
+            }
+            kept @ Invocation::DoneFor(..) => {
+                self.invocations.insert(id.to_string(), kept);
+                None
+            }
             Invocation::Waiting(mut waiters) => {
                 let (tx, rx) = oneshot::channel();
                 waiters.push(tx);
@@ -501,6 +517,14 @@ impl Runner {
         let id = self.invocation_id();
         self.invocations
             .insert(id.clone(), Invocation::Done(outcome));
+        id
+    }
+
+    /// A result known at once that only the function `owner` may fetch.
+    pub fn done_for(&mut self, outcome: Outcome, owner: String) -> String {
+        let id = self.invocation_id();
+        self.invocations
+            .insert(id.clone(), Invocation::DoneFor(outcome, owner));
         id
     }
 

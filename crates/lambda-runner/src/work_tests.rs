@@ -222,3 +222,23 @@ fn an_instance_killed_at_its_memory_limit_fails_its_invocation_saying_so_and_is_
     let counters = runner.views()[0].counters;
     assert_eq!((counters.out_of_memory, counters.errors), (1, 1));
 }
+
+#[test]
+fn a_result_kept_for_one_function_is_given_to_no_other() {
+    let (mut r, _starts) = runner(Vec::new());
+    let outcome = Outcome {
+        payload: Bytes::from_static(b"{\"SecretString\":\"s\"}"),
+        error: "",
+    };
+    let id = r.done_for(outcome, "arn:aws:lambda:r:1:function:reader:1".into());
+    assert!(
+        r.result_for(&id, Some("arn:aws:lambda:r:1:function:other:1"))
+            .is_none()
+    );
+    assert!(r.result(&id).is_none(), "nor to an operator's call");
+    let Some(Pending::Ready(o)) = r.result_for(&id, Some("arn:aws:lambda:r:1:function:reader:1"))
+    else {
+        panic!("the reader gets it");
+    };
+    assert_eq!(o.payload, Bytes::from_static(b"{\"SecretString\":\"s\"}"));
+}
