@@ -193,6 +193,8 @@ async fn functions_read_the_secrets_the_group_allows_and_nothing_else() {
         json!([function_arn("reader"), function_arn("nodereader")]),
         "{db}"
     );
+    assert!(db["last_read_ms"].as_i64().unwrap() > 0, "{db}");
+    assert_eq!(db["last_reader"], function_arn("reader"), "{db}");
 
     // The canary is in no log and in no file of the root in clear.
     let found = Command::new("grep")

@@ -3,6 +3,7 @@
 //! the group allows, metadata to anyone who may open the socket), health,
 //! reflection and daemon info.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -29,6 +30,8 @@ pub(crate) struct Api {
     pub layout: Layout,
     /// One change at a time (a put reads the secret's file, then writes it).
     pub store: Arc<Mutex<Store>>,
+    /// By ARN: when a function last read it, and which (since the start).
+    pub reads: Mutex<HashMap<String, (i64, String)>>,
 }
 
 fn status(e: &StoreError) -> Status {
@@ -45,7 +48,7 @@ fn group(layout: &Layout) -> Option<Group> {
     Group::load(&layout.current_group()).ok()
 }
 
-fn secret(meta: Meta, group: Option<&Group>) -> pb::Secret {
+fn secret(meta: Meta, group: Option<&Group>, read: Option<&(i64, String)>) -> pb::Secret {
     let (readers, missing_labels) = match group {
         Some(g) => {
             let wanted = access::wanted_labels(g, &meta.arn).unwrap_or_default();
@@ -75,6 +78,8 @@ fn secret(meta: Meta, group: Option<&Group>) -> pb::Secret {
         name: meta.name,
         readers,
         missing_labels,
+        last_read_ms: read.map_or(0, |r| r.0),
+        last_reader: read.map(|r| r.1.clone()).unwrap_or_default(),
     }
 }
 
@@ -123,6 +128,13 @@ impl Api {
         match store.get(&arn, label) {
             Ok(v) => {
                 tracing::debug!(function = function_arn, secret = arn, label, "secret read");
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                self.reads
+                    .lock()
+                    .expect("reads lock")
+                    .insert(arn.clone(), (at, function_arn.to_string()));
                 let mut body = serde_json::json!({
                     "ARN": v.arn, "Name": v.name, "VersionId": v.version_id,
                     "VersionStages": v.stages, "CreatedDate": v.created_ms,
@@ -168,7 +180,12 @@ impl Secrets for Api {
             .put(&r.arn, label, &r.value, r.binary)
             .map_err(|e| status(&e))?;
         tracing::info!(secret = r.arn, label, size = r.value.len(), "secret put");
-        Ok(Response::new(secret(meta, group(&self.layout).as_ref())))
+        let reads = self.reads.lock().expect("reads lock");
+        Ok(Response::new(secret(
+            meta,
+            group(&self.layout).as_ref(),
+            reads.get(&r.arn),
+        )))
     }
 
     async fn list_secrets(
@@ -191,9 +208,13 @@ impl Secrets for Api {
                     .collect()
             })
             .unwrap_or_default();
+        let reads = self.reads.lock().expect("reads lock");
         let secrets = metas
             .into_iter()
-            .map(|m| secret(m, group.as_ref()))
+            .map(|m| {
+                let read = reads.get(&m.arn);
+                secret(m, group.as_ref(), read)
+            })
             .collect();
         Ok(Response::new(pb::ListSecretsResponse { secrets, missing }))
     }

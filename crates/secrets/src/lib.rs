@@ -45,6 +45,7 @@ pub async fn run(
     let api = grpc::Api {
         layout: ctx.layout.clone(),
         store: Arc::new(Mutex::new(store)),
+        reads: Mutex::default(),
     };
     grpc::server(api)
         .await

@@ -50,6 +50,8 @@ struct SecretView<'a> {
     labels: Vec<LabelView<'a>>,
     readers: &'a [String],
     missing_labels: &'a [String],
+    last_read_ms: i64,
+    last_reader: &'a str,
 }
 
 fn view(s: &pb::Secret) -> SecretView<'_> {
@@ -69,6 +71,8 @@ fn view(s: &pb::Secret) -> SecretView<'_> {
             .collect(),
         readers: &s.readers,
         missing_labels: &s.missing_labels,
+        last_read_ms: s.last_read_ms,
+        last_reader: &s.last_reader,
     }
 }
 
@@ -87,11 +91,19 @@ fn print(secrets: &[pb::Secret]) {
                     } else {
                         s.readers.join(",")
                     },
+                    if s.last_read_ms == 0 {
+                        "-".into()
+                    } else {
+                        crate::discovery::date(s.last_read_ms / 1000)
+                    },
                 ]
             })
         })
         .collect();
-    output::table(&["SECRET", "LABEL", "VERSION", "SIZE", "READERS"], &rows);
+    output::table(
+        &["SECRET", "LABEL", "VERSION", "SIZE", "READERS", "LAST READ"],
+        &rows,
+    );
 }
 
 pub async fn run(dir: &Path, command: Option<SecretsCmd>, json: bool) -> Result<(), String> {
