@@ -3,16 +3,27 @@
 //! ARN or name and label; a function without a policy, an unknown secret
 //! and a label the group does not ask for are refused with the SDK's
 //! error; a new put is seen by the next call; the value is in no log and
-//! in no file in clear.
+//! in no file in clear. Values fetched from the cloud (a real Mosquitto
+//! with a client answering as Secrets Manager's `GetSecretValue` would) at
+//! deployment time, under a new data key, shown by no trace.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use verdant_integration_tests::PATIENCE;
+use verdant_integration_tests::cloud::Cloud;
+use verdant_integration_tests::deployments;
 use verdant_integration_tests::functions::{INSECURE, TCP, function_arn, invoke};
 use verdant_integration_tests::groups::thing;
 use verdant_integration_tests::{Core, Options, bundle_greengrasssdk, copy_dir};
+use verdant_proto::router::v1::router_client::RouterClient;
+use verdant_proto::router::v1::{GetCloudRequest, TraceRequest};
 
 const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf";
 const KEY: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tls-key-XyZ123";
@@ -82,6 +93,21 @@ async fn start() -> Core {
     });
     core.wait_all_running().await;
     core
+}
+
+/// Asserts that `text` is in no file under the core's root (logs,
+/// databases, the store), in clear.
+fn assert_in_no_file(core: &Core, text: &str) {
+    let found = Command::new("grep")
+        .args(["-r", "-l", "-a", text])
+        .arg(core.root())
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "in clear in: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
 }
 
 /// `verdantctl secrets put` with `value` on stdin.
@@ -197,16 +223,7 @@ async fn functions_read_the_secrets_the_group_allows_and_nothing_else() {
     assert_eq!(db["last_reader"], function_arn("reader"), "{db}");
 
     // The canary is in no log and in no file of the root in clear.
-    let found = Command::new("grep")
-        .args(["-r", "-l", "-a", CANARY])
-        .arg(core.root())
-        .output()
-        .unwrap();
-    assert!(
-        found.stdout.is_empty(),
-        "in clear in: {}",
-        String::from_utf8_lossy(&found.stdout)
-    );
+    assert_in_no_file(&core, CANARY);
 }
 
 #[tokio::test]
@@ -317,4 +334,251 @@ async fn the_node_sdk_reads_an_allowed_secret_and_is_refused_a_label_not_asked_f
         .as_str()
         .unwrap_or_else(|| panic!("{refused}"));
     assert!(message.contains("404"), "{refused}");
+}
+
+/// Answers the core's requests for values on the test's cloud, as an IoT
+/// rule and a function calling Secrets Manager's `GetSecretValue` would:
+/// from `values` (ARN, label) → (version id, value (base64 when binary);
+/// binary), a
+/// `ResourceNotFoundException` for anything else.
+type CloudValues = Arc<Mutex<HashMap<(String, String), (String, Vec<u8>, bool)>>>;
+
+async fn secrets_manager(plain_port: u16, values: CloudValues) -> tokio::task::JoinHandle<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new("secrets-manager", "127.0.0.1", plain_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 64);
+    client
+        .subscribe("verdant/things/+/secrets/get", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let r: Value = serde_json::from_slice(&p.payload).unwrap();
+                    let arn = r["SecretId"].as_str().unwrap().to_string();
+                    let label = r["VersionStage"].as_str().unwrap().to_string();
+                    let known = values
+                        .lock()
+                        .unwrap()
+                        .get(&(arn.clone(), label.clone()))
+                        .cloned();
+                    let (topic, body) = match known {
+                        Some((version, value, binary)) => {
+                            let mut b = json!({ "ARN": arn, "Name": "x", "VersionId": version,
+                                "VersionStages": [label], "CreatedDate": 1_765_000_000.25,
+                                "clientToken": r["clientToken"] });
+                            let field = if binary {
+                                "SecretBinary"
+                            } else {
+                                "SecretString"
+                            };
+                            b[field] = String::from_utf8(value).unwrap().into();
+                            (format!("{}/accepted", p.topic), b)
+                        }
+                        None => (
+                            format!("{}/rejected", p.topic),
+                            json!({ "clientToken": r["clientToken"],
+                                "code": "ResourceNotFoundException",
+                                "message": "Secrets Manager can't find the specified secret." }),
+                        ),
+                    };
+                    let _ = client
+                        .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                        .await;
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(PATIENCE, ready)
+        .await
+        .expect("the secrets manager subscribed")
+        .unwrap();
+    task
+}
+
+/// The data key that seals new values (`datakey.json`'s first).
+fn data_key(core: &Core) -> String {
+    let keys: Value = serde_json::from_slice(
+        &std::fs::read(core.root().join("data/secrets/datakey.json")).unwrap(),
+    )
+    .unwrap();
+    keys["Keys"][0]["Id"].as_str().unwrap().to_string()
+}
+
+async fn cloud_connected(core: &Core, up: bool) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let channel = verdant_common::uds::connect(&core.socket("router"))
+                .await
+                .unwrap();
+            let state = RouterClient::new(channel)
+                .get_cloud(GetCloudRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if (state.state == "connected") == up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the cloud connection changes");
+}
+
+/// Deploys `group` and follows it to its end.
+async fn deployed(core: &Core, group: &str) -> verdant_proto::ota::v1::Deployment {
+    let d = deployments::deploy(core, group).await;
+    deployments::watch_to_end(core, &d.deployment_id)
+        .await
+        .pop()
+        .unwrap()
+}
+
+/// Every trace event the router gives from now on.
+async fn trace_all(core: &Core) -> Arc<Mutex<Vec<verdant_proto::router::v1::TraceEvent>>> {
+    let channel = verdant_common::uds::connect(&core.socket("router"))
+        .await
+        .unwrap();
+    let mut stream = RouterClient::new(channel)
+        .trace(TraceRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let traced = Arc::new(Mutex::new(Vec::new()));
+    let into = traced.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            into.lock().unwrap().push(event);
+        }
+    });
+    traced
+}
+
+/// A core with the secrets group whose cloud (connected) answers for
+/// `values`, which hold the group's secrets.
+async fn core_with_cloud(dir: &Path) -> (Core, Cloud, CloudValues, tokio::task::JoinHandle<()>) {
+    let mut cloud = Cloud::prepare(dir);
+    let dropin = format!("{TCP}{INSECURE}{}", cloud.dropin());
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(&group()),
+        prepare: Some(&install),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    cloud.start(Path::new(&core.cert("group-ca.pem")));
+    let values = CloudValues::default();
+    values.lock().unwrap().extend([
+        (
+            (SECRET.into(), "AWSCURRENT".into()),
+            ("v-2".into(), CANARY.into(), false),
+        ),
+        (
+            (SECRET.into(), "AWSPREVIOUS".into()),
+            ("v-1".into(), b"previous".to_vec(), false),
+        ),
+        (
+            (KEY.into(), "AWSCURRENT".into()),
+            ("k-1".into(), b"AAEC/v8=".to_vec(), true),
+        ),
+    ]);
+    let manager = secrets_manager(cloud.plain_port, values.clone()).await;
+    cloud_connected(&core, true).await;
+    (core, cloud, values, manager)
+}
+
+#[tokio::test]
+async fn values_come_from_the_cloud_at_deployment_time_and_no_trace_shows_them() {
+    use verdant_proto::ota::v1::Phase;
+    let dir = tempfile::tempdir().unwrap();
+    let (core, mut cloud, values, _manager) = core_with_cloud(dir.path()).await;
+    let group = group();
+    let traced = trace_all(&core).await;
+
+    // Deployed: the values come from the cloud, under a new data key.
+    let key_before = data_key(&core);
+    let d = deployed(&core, &group).await;
+    assert_eq!(d.phase(), Phase::Succeeded, "{d:?}");
+    let got = read(&core, "reader", json!({ "id": SECRET })).await;
+    assert_eq!(got["SecretString"], CANARY, "{got}");
+    assert_eq!(got["VersionId"], "v-2", "{got}");
+    let previous = read(
+        &core,
+        "reader",
+        json!({ "id": SECRET, "stage": "AWSPREVIOUS" }),
+    )
+    .await;
+    assert_eq!(previous["SecretString"], "previous", "{previous}");
+    let key = read(&core, "nodereader", json!({ "id": KEY })).await;
+    assert_eq!(key["SecretBinary"], "AAEC/v8=", "{key}");
+    let key_first = data_key(&core);
+    assert_ne!(key_before, key_first, "a new data key for new values");
+
+    // Nothing changed in the cloud: the same key. A new version: seen
+    // after the next deployment, under a new key.
+    let d = deployed(&core, &group).await;
+    assert_eq!(d.phase(), Phase::Succeeded, "{d:?}");
+    assert_eq!(data_key(&core), key_first);
+    values.lock().unwrap().insert(
+        (SECRET.into(), "AWSCURRENT".into()),
+        ("v-3".into(), format!("{CANARY}-new").into_bytes(), false),
+    );
+    let d = deployed(&core, &group).await;
+    assert_eq!(d.phase(), Phase::Succeeded, "{d:?}");
+    let got = read(&core, "reader", json!({ "id": SECRET })).await;
+    assert_eq!(got["SecretString"], format!("{CANARY}-new"), "{got}");
+    assert_ne!(data_key(&core), key_first);
+
+    // A secret the cloud does not know, with no value here: the
+    // deployment fails with the cloud's reason, and nothing changes.
+    let unknown = "arn:aws:secretsmanager:us-east-1:123456789012:secret:unknown-QwErTy";
+    let mut more: Value = serde_json::from_str(&group).unwrap();
+    more["ResourceDefinitionVersion"]["Resources"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            json!({ "Id": "unknown", "Name": "unknown", "ResourceDataContainer": {
+            "SecretsManagerSecretResourceData": { "ARN": unknown } } }),
+        );
+    let d = deployed(&core, &more.to_string()).await;
+    assert_eq!(d.phase(), Phase::Failed, "{d:?}");
+    let said = format!("{:?}", d.problems);
+    assert!(
+        said.contains(unknown) && said.contains("ResourceNotFoundException"),
+        "{said}"
+    );
+
+    // Offline, a deployment uses the values on the core.
+    cloud.stop();
+    cloud_connected(&core, false).await;
+    let d = deployed(&core, &group).await;
+    assert_eq!(d.phase(), Phase::Succeeded, "{d:?}");
+
+    // The requests and answers went through the router; no trace shows
+    // a value, no log and no file holds one in clear.
+    let traced = traced.lock().unwrap().clone();
+    let secret_traffic: Vec<_> = traced
+        .iter()
+        .filter(|e| e.topic.contains("/secrets/get"))
+        .collect();
+    assert!(secret_traffic.len() >= 6, "{traced:?}");
+    for e in &traced {
+        assert!(
+            !String::from_utf8_lossy(&e.preview).contains("canary"),
+            "{e:?}"
+        );
+    }
+    assert_in_no_file(&core, CANARY);
 }

@@ -112,14 +112,7 @@ impl Handler for Discovery {
                 Ok(())
             }
             pb::link_down::Kind::Messages(batch) => {
-                let n = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
-                let acks = batch
-                    .messages
-                    .iter()
-                    .filter(|m| m.qos > 0)
-                    .map(|m| m.id)
-                    .collect();
-                if up.done(acks, n) {
+                if up.took(&batch.messages) {
                     Ok(())
                 } else {
                     Err("the stream closed".into())

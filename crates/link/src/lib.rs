@@ -199,6 +199,18 @@ impl Up<'_> {
         self.tx.send(pb::LinkUp { kind: Some(kind) }).is_ok()
     }
 
+    /// Done with `messages` (a batch the router sent): the QoS 1 ones
+    /// acknowledged, credit granted for as many more.
+    pub fn took(&self, messages: &[pb::Message]) -> bool {
+        let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        let acks = messages
+            .iter()
+            .filter(|m| m.qos > 0)
+            .map(|m| m.id)
+            .collect();
+        self.done(acks, n)
+    }
+
     /// Acknowledges QoS 1 messages from the router (now safe here) and
     /// grants credit for `n` more.
     pub fn done(&self, acks: Vec<u64>, n: u32) -> bool {

@@ -97,6 +97,9 @@ impl Daemons {
                 SecretsClient::new(channel)
                     .check_group(secrets::CheckGroupRequest {
                         group_json: group_json.to_vec(),
+                        // Values from the cloud first; a new data key
+                        // when the secrets change.
+                        deploying: true,
                     })
                     .await
                     .map(tonic::Response::into_inner)

@@ -4,7 +4,10 @@
 //! subscribes to the answers and notifications, so that those arriving
 //! while the ota-agent restarts wait for it in its queue. So does the
 //! core's connectivity, which verdant-discovery publishes to the cloud on
-//! `verdant/things/<core thing>/connectivity`.
+//! `verdant/things/<core thing>/connectivity`, and the secrets daemon's
+//! requests for secret values (`verdant/things/<core thing>/secrets/get`)
+//! and their answers (`…/secrets/get/accepted` and `…/rejected`), which
+//! carry values and so are never shown by a trace.
 
 /// The topics of the core's own jobs, for its thing name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +16,8 @@ pub struct CoreJobs {
     prefix: String,
     /// `verdant/things/<core>/connectivity`.
     connectivity: String,
+    /// `verdant/things/<core>/secrets/get`.
+    secrets: String,
 }
 
 impl CoreJobs {
@@ -20,7 +25,20 @@ impl CoreJobs {
         CoreJobs {
             prefix: format!("$aws/things/{thing}/jobs/"),
             connectivity: format!("verdant/things/{thing}/connectivity"),
+            secrets: format!("verdant/things/{thing}/secrets/get"),
         }
+    }
+
+    /// Whether `topic` is where the secrets daemon asks the cloud for a value.
+    pub fn is_secrets_request(&self, topic: &str) -> bool {
+        topic == self.secrets
+    }
+
+    /// Whether `topic` is where the cloud answers it (`accepted`, `rejected`).
+    pub fn is_secrets_answer(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.secrets.as_str())
+            .is_some_and(|rest| rest == "/accepted" || rest == "/rejected")
     }
 
     /// Whether `topic` is where the core's connectivity goes to the cloud.
@@ -36,12 +54,13 @@ impl CoreJobs {
     /// What the cloud bridge subscribes to: the next job's notifications,
     /// and the answers to the ota-agent's requests (not the requests
     /// themselves, which a broker would send back).
-    pub fn cloud_filters(&self) -> [String; 3] {
+    pub fn cloud_filters(&self) -> [String; 4] {
         let p = &self.prefix;
         [
             format!("{p}notify-next"),
             format!("{p}start-next/+"),
             format!("{p}+/update/+"),
+            format!("{}/+", self.secrets),
         ]
     }
 }
@@ -59,6 +78,12 @@ mod tests {
         assert!(!jobs.is_jobs_topic("$aws/things/core/shadow/update"));
         assert!(jobs.is_connectivity_topic("verdant/things/core/connectivity"));
         assert!(!jobs.is_connectivity_topic("verdant/things/other/connectivity"));
+        assert!(jobs.is_secrets_request("verdant/things/core/secrets/get"));
+        assert!(!jobs.is_secrets_request("verdant/things/core/secrets/get/accepted"));
+        assert!(jobs.is_secrets_answer("verdant/things/core/secrets/get/accepted"));
+        assert!(jobs.is_secrets_answer("verdant/things/core/secrets/get/rejected"));
+        assert!(!jobs.is_secrets_answer("verdant/things/core/secrets/get/other"));
+        assert!(!jobs.is_secrets_answer("verdant/things/core2/secrets/get/accepted"));
         let filters = jobs.cloud_filters();
         for (topic, answered) in [
             ("$aws/things/core/jobs/notify-next", true),

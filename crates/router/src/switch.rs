@@ -34,16 +34,27 @@ pub enum Endpoint {
     Ota,
     /// verdant-discovery: the core's connectivity for the cloud (`jobs.rs`).
     Discovery,
+    /// verdant-secrets: secret values asked of the cloud (`jobs.rs`).
+    Secrets,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Broker,
         Endpoint::Shadow,
         Endpoint::Lambda,
         Endpoint::Cloud,
         Endpoint::Ota,
         Endpoint::Discovery,
+        Endpoint::Secrets,
+    ];
+
+    /// The endpoints told whether the cloud connection is up.
+    const CLOUD_WATCHERS: [Endpoint; 4] = [
+        Endpoint::Shadow,
+        Endpoint::Ota,
+        Endpoint::Discovery,
+        Endpoint::Secrets,
     ];
 
     /// The name a daemon gives in its Hello.
@@ -55,6 +66,7 @@ impl Endpoint {
             Endpoint::Cloud => "cloud",
             Endpoint::Ota => "ota-agent",
             Endpoint::Discovery => "discovery",
+            Endpoint::Secrets => "secrets",
         }
     }
 
@@ -120,6 +132,14 @@ impl TraceRecord {
             by: by.into(),
         }
     }
+}
+
+/// Where the core's own traffic with the cloud goes (`Switch::core_only`).
+enum CoreOnly {
+    /// Not such traffic: the routes say.
+    Routed,
+    Only(Endpoint),
+    Nowhere,
 }
 
 /// Tracers listen here.
@@ -369,7 +389,7 @@ impl Switch {
             Event::CloudState(up) => {
                 if up != self.cloud_up {
                     self.cloud_up = up;
-                    for e in [Endpoint::Shadow, Endpoint::Ota, Endpoint::Discovery] {
+                    for e in Endpoint::CLOUD_WATCHERS {
                         if let Some(l) = &self.queues[&e].link {
                             let _ = l.down.send(Down::Cloud(up));
                         }
@@ -390,10 +410,7 @@ impl Switch {
             // Which things it syncs, and whether it can now.
             let _ = down.send(Down::Table(self.table.clone()));
         }
-        if matches!(
-            link.endpoint,
-            Endpoint::Shadow | Endpoint::Ota | Endpoint::Discovery
-        ) {
+        if Endpoint::CLOUD_WATCHERS.contains(&link.endpoint) {
             let _ = down.send(Down::Cloud(self.cloud_up));
         }
         let q = self.queues.get_mut(&link.endpoint).expect("every endpoint");
@@ -423,6 +440,32 @@ impl Switch {
         }
     }
 
+    /// Where a message of the core's own traffic with the cloud goes
+    /// (jobs.rs), outside the routes: `Only(e)` to `e` only, `Nowhere`;
+    /// `Routed` when it is not such a message. The
+    /// discovery daemon sends the core's connectivity to the cloud, and
+    /// nothing else anywhere; the secrets daemon asks the cloud for
+    /// values, and nothing else, and only the cloud answers it; the
+    /// ota-agent's jobs requests go to the cloud.
+    fn core_only(&self, from: Endpoint, topic: &str) -> CoreOnly {
+        let jobs = self.jobs.as_ref();
+        let is = |f: fn(&CoreJobs, &str) -> bool| jobs.is_some_and(|j| f(j, topic));
+        let only_if = |yes: bool, to| {
+            if yes {
+                CoreOnly::Only(to)
+            } else {
+                CoreOnly::Nowhere
+            }
+        };
+        match from {
+            Endpoint::Discovery => only_if(is(CoreJobs::is_connectivity_topic), Endpoint::Cloud),
+            Endpoint::Secrets => only_if(is(CoreJobs::is_secrets_request), Endpoint::Cloud),
+            Endpoint::Cloud if is(CoreJobs::is_secrets_answer) => CoreOnly::Only(Endpoint::Secrets),
+            Endpoint::Ota if is(CoreJobs::is_jobs_topic) => CoreOnly::Only(Endpoint::Cloud),
+            _ => CoreOnly::Routed,
+        }
+    }
+
     /// The targets of `m` from `from`, per endpoint, in table order, each
     /// once (counted per route); `None` if no route allows it (counted).
     fn targets(&mut self, from: LinkId, m: &Message) -> Option<BTreeMap<Endpoint, Vec<String>>> {
@@ -434,34 +477,30 @@ impl Switch {
         };
         let mut by_endpoint: BTreeMap<Endpoint, Vec<String>> = BTreeMap::new();
         let mut any = false;
-        // The core's connectivity goes to the cloud, and nothing else of
-        // the discovery daemon's anywhere (jobs.rs).
-        if from.endpoint == Endpoint::Discovery {
-            if self
-                .jobs
-                .as_ref()
-                .is_some_and(|j| j.is_connectivity_topic(&m.topic))
-            {
-                by_endpoint.insert(Endpoint::Cloud, vec!["cloud".into()]);
+        // The core's own traffic with the cloud, outside the routes.
+        match self.core_only(from.endpoint, &m.topic) {
+            CoreOnly::Routed => {}
+            CoreOnly::Nowhere => return None,
+            CoreOnly::Only(endpoint) => {
+                let target = if endpoint == Endpoint::Cloud {
+                    "cloud"
+                } else {
+                    endpoint.name()
+                };
+                by_endpoint.insert(endpoint, vec![target.into()]);
                 return Some(by_endpoint);
             }
-            return None;
         }
-        // So do the core's own jobs (jobs.rs).
-        if let Some(jobs) = &self.jobs
-            && jobs.is_jobs_topic(&m.topic)
+        // The cloud's answers to the core's own jobs go to the ota-agent
+        // (and wherever routes send them).
+        if from.endpoint == Endpoint::Cloud
+            && self
+                .jobs
+                .as_ref()
+                .is_some_and(|j| j.is_jobs_topic(&m.topic))
         {
-            match from.endpoint {
-                Endpoint::Ota => {
-                    by_endpoint.insert(Endpoint::Cloud, vec!["cloud".into()]);
-                    return Some(by_endpoint);
-                }
-                Endpoint::Cloud => {
-                    by_endpoint.insert(Endpoint::Ota, vec!["ota-agent".into()]);
-                    any = true;
-                }
-                _ => {}
-            }
+            by_endpoint.insert(Endpoint::Ota, vec!["ota-agent".into()]);
+            any = true;
         }
         // Shadow sync travels outside the routes (router.proto, Table).
         match (from.endpoint, shadow_topic(&m.topic)) {
@@ -566,12 +605,16 @@ impl Switch {
             } else {
                 "no route"
             };
-            let _ = self.trace.send(Arc::new(TraceRecord::new(
-                m,
-                traced_targets,
-                outcome,
-                "router",
-            )));
+            let mut record = TraceRecord::new(m, traced_targets, outcome, "router");
+            // Secret values are never shown, whoever sent them.
+            if from.endpoint == Endpoint::Secrets
+                || self.jobs.as_ref().is_some_and(|j| {
+                    j.is_secrets_request(&m.topic) || j.is_secrets_answer(&m.topic)
+                })
+            {
+                record.preview = Bytes::new();
+            }
+            let _ = self.trace.send(Arc::new(record));
         }
         if refused && m.qos > 0 && m.all_or_error {
             // The publisher is refused: it asked for all or an error.

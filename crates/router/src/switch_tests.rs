@@ -414,3 +414,57 @@ fn the_core_s_connectivity_goes_from_discovery_to_the_cloud_and_nothing_else_doe
     ));
     assert!(messages(&drain(&mut drx)).is_empty());
 }
+
+#[test]
+fn secret_requests_go_to_the_cloud_its_answers_only_to_the_secrets_daemon_and_no_trace_shows_them()
+{
+    let (tx, mut traces) = tokio::sync::broadcast::channel(16);
+    let mut s = Switch::new(table(), 10, tx).with_core_jobs("core");
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    drain(&mut brx);
+    assert_eq!(Endpoint::from_hello("secrets"), Some(Endpoint::Secrets));
+    let (secrets, mut srx) = link(&mut s, Endpoint::Secrets, 1);
+    assert!(matches!(drain(&mut srx)[..], [Down::Cloud(false)]));
+    s.handle(Event::CloudState(true));
+    assert!(matches!(drain(&mut srx)[..], [Down::Cloud(true)]));
+    s.handle(Event::TracersChanged);
+    s.handle(Event::Up(
+        secrets,
+        vec![
+            msg(1, "secrets", "verdant/things/core/secrets/get", 1),
+            msg(2, "secrets", "verdant/things/other/secrets/get", 1),
+            msg(3, "secrets", "x/1", 1),
+        ],
+    ));
+    assert_eq!(topics(&mut crx), ["verdant/things/core/secrets/get"]);
+    s.handle(Event::Up(
+        cloud,
+        vec![
+            msg(1, "cloud", "verdant/things/core/secrets/get/accepted", 1),
+            msg(2, "cloud", "verdant/things/core/secrets/get/rejected", 1),
+            msg(3, "cloud", "verdant/things/core/secrets/get", 1),
+        ],
+    ));
+    assert_eq!(
+        topics(&mut srx),
+        [
+            "verdant/things/core/secrets/get/accepted",
+            "verdant/things/core/secrets/get/rejected"
+        ]
+    );
+    // A device cannot answer for the cloud.
+    s.handle(Event::Up(
+        broker,
+        vec![msg(4, DEV_A, "verdant/things/core/secrets/get/accepted", 0)],
+    ));
+    assert!(messages(&drain(&mut srx)).is_empty());
+    let mut seen = 0;
+    while let Ok(t) = traces.try_recv() {
+        if t.topic.contains("/secrets/get") {
+            assert!(t.preview.is_empty(), "{t:?}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "{seen}");
+}

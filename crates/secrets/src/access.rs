@@ -38,9 +38,28 @@ pub fn wanted_labels(group: &Group, arn: &str) -> Option<Vec<String>> {
     (!labels.is_empty()).then_some(labels)
 }
 
+/// Every (ARN, label) the group asks for, each once, in order.
+pub fn wanted(group: &Group) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for arn in named(group) {
+        for label in wanted_labels(group, &arn).unwrap_or_default() {
+            out.push((arn.clone(), label));
+        }
+    }
+    out
+}
+
 /// Each secret resource of `group` (and each label it asks for) that has
-/// no value in `has(arn, label)`: (JSON path, what is missing).
-pub fn missing(group: &Group, has: impl Fn(&str, &str) -> bool) -> Vec<(String, String)> {
+/// no value in `has(arn, label)`: (JSON path, what is missing, with
+/// `why(arn, label)` when it says why).
+pub fn missing(
+    group: &Group,
+    has: impl Fn(&str, &str) -> bool,
+    why: impl Fn(&str, &str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let because = |arn: &str, label: &str| {
+        why(arn, label).map_or_else(String::new, |w| format!("; from the cloud: {w}"))
+    };
     let mut out = Vec::new();
     for (i, r) in group
         .resource_definition_version
@@ -61,8 +80,10 @@ pub fn missing(group: &Group, has: impl Fn(&str, &str) -> bool) -> Vec<(String, 
             out.push((
                 format!("{path}.ARN"),
                 format!(
-                    "secret {} has no value on this core (verdantctl secrets put {} < file)",
-                    d.arn, d.arn
+                    "secret {} has no value on this core (verdantctl secrets put {} < file){}",
+                    d.arn,
+                    d.arn,
+                    because(&d.arn, CURRENT)
                 ),
             ));
             continue;
@@ -72,8 +93,10 @@ pub fn missing(group: &Group, has: impl Fn(&str, &str) -> bool) -> Vec<(String, 
                 out.push((
                     format!("{path}.AdditionalStagingLabelsToDownload[{j}]"),
                     format!(
-                        "secret {} has no value labelled {label} on this core (verdantctl secrets put {} --label {label} < file)",
-                        d.arn, d.arn
+                        "secret {} has no value labelled {label} on this core (verdantctl secrets put {} --label {label} < file){}",
+                        d.arn,
+                        d.arn,
+                        because(&d.arn, label)
                     ),
                 ));
             }
@@ -177,18 +200,33 @@ mod tests {
         assert_eq!(readers(&g, SECRET), [reader]);
         assert_eq!(wanted_labels(&g, SECRET).unwrap(), ["AWSCURRENT", "v2"]);
         assert_eq!(named(&g), [SECRET]);
-        let none = missing(&g, |_, _| false);
+        assert_eq!(
+            wanted(&g),
+            [
+                (SECRET.to_string(), "AWSCURRENT".to_string()),
+                (SECRET.to_string(), "v2".to_string())
+            ]
+        );
+        let none = missing(&g, |_, _| false, |_, _| None);
         assert_eq!(none.len(), 1, "{none:?}");
         assert!(
             none[0].0.ends_with("SecretsManagerSecretResourceData.ARN"),
             "{none:?}"
         );
         assert!(none[0].1.contains(SECRET));
-        let no_v2 = missing(&g, |_, label| label == "AWSCURRENT");
+        let no_v2 = missing(
+            &g,
+            |_, label| label == "AWSCURRENT",
+            |_, label| (label == "v2").then(|| "it said no".to_string()),
+        );
         assert!(
             no_v2[0].0.ends_with("AdditionalStagingLabelsToDownload[0]"),
             "{no_v2:?}"
         );
-        assert!(missing(&g, |_, _| true).is_empty());
+        assert!(
+            no_v2[0].1.ends_with("; from the cloud: it said no"),
+            "{no_v2:?}"
+        );
+        assert!(missing(&g, |_, _| true, |_, _| None).is_empty());
     }
 }

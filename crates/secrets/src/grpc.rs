@@ -15,6 +15,8 @@ use verdant_group::Group;
 use verdant_proto::secrets::v1 as pb;
 use verdant_proto::secrets::v1::secrets_server::{Secrets, SecretsServer};
 
+use crate::cloud::{Cloud, FetchError};
+use crate::config::SecretsConfig;
 use crate::store::{CURRENT, Meta, Store, StoreError};
 use crate::{SERVICE, access};
 
@@ -28,6 +30,8 @@ pub(crate) async fn server(api: Api) -> Server {
 
 pub(crate) struct Api {
     pub layout: Layout,
+    pub config: SecretsConfig,
+    pub cloud: Cloud,
     /// One change at a time (a put reads the secret's file, then writes it).
     pub store: Arc<Mutex<Store>>,
     /// By ARN: when a function last read it, and which (since the start).
@@ -37,15 +41,69 @@ pub(crate) struct Api {
 fn status(e: &StoreError) -> Status {
     match e {
         StoreError::NoSecret(_) | StoreError::NoLabel { .. } => Status::not_found(e.to_string()),
-        StoreError::BadArn(_) | StoreError::BadLabel(_) | StoreError::TooLarge(_) => {
-            Status::invalid_argument(e.to_string())
-        }
+        StoreError::BadArn(_)
+        | StoreError::BadLabel(_)
+        | StoreError::BadVersion(_)
+        | StoreError::TooLarge(_) => Status::invalid_argument(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
 
-fn group(layout: &Layout) -> Option<Group> {
+fn group_of(layout: &Layout) -> Option<Group> {
     Group::load(&layout.current_group()).ok()
+}
+
+impl Api {
+    /// Asks the cloud for every value `group` names and keeps those new
+    /// here (counted in `fetched`); why each that did not come did not.
+    async fn fetch(&self, group: &Group, fetched: &mut u32) -> HashMap<(String, String), String> {
+        let wanted = access::wanted(group);
+        let mut why = HashMap::new();
+        if !self.config.fetch_from_cloud || wanted.is_empty() {
+            return why;
+        }
+        if !self.cloud.connected() {
+            tracing::info!(
+                values = wanted.len(),
+                "the cloud connection is down: the group's secrets are those on the core"
+            );
+            for key in wanted {
+                why.insert(key, FetchError::Offline.to_string());
+            }
+            return why;
+        }
+        let timeout = std::time::Duration::from_secs(self.config.fetch_timeout_secs);
+        let answers = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|(arn, label)| self.cloud.fetch(arn, label, timeout)),
+        )
+        .await;
+        for ((arn, label), answer) in wanted.into_iter().zip(answers) {
+            let kept = answer.map_err(|e| e.to_string()).and_then(|f| {
+                self.store
+                    .lock()
+                    .expect("store lock")
+                    .put_version(
+                        &arn,
+                        &label,
+                        &f.value,
+                        f.binary,
+                        Some((&f.version_id, f.created_ms)),
+                    )
+                    .map(|(_, changed)| changed)
+                    .map_err(|e| e.to_string())
+            });
+            match kept {
+                Ok(changed) => *fetched += u32::from(changed),
+                Err(e) => {
+                    tracing::warn!(secret = arn, label, "not from the cloud: {e}");
+                    why.insert((arn, label), e);
+                }
+            }
+        }
+        why
+    }
 }
 
 fn secret(meta: Meta, group: Option<&Group>, read: Option<&(i64, String)>) -> pb::Secret {
@@ -115,7 +173,7 @@ impl Api {
             return not_found();
         };
         let allowed =
-            group(&self.layout).is_some_and(|g| access::allowed(&g, function_arn, &arn, label));
+            group_of(&self.layout).is_some_and(|g| access::allowed(&g, function_arn, &arn, label));
         if !allowed {
             tracing::info!(
                 function = function_arn,
@@ -183,7 +241,7 @@ impl Secrets for Api {
         let reads = self.reads.lock().expect("reads lock");
         Ok(Response::new(secret(
             meta,
-            group(&self.layout).as_ref(),
+            group_of(&self.layout).as_ref(),
             reads.get(&r.arn),
         )))
     }
@@ -198,7 +256,7 @@ impl Secrets for Api {
             .expect("store lock")
             .list()
             .map_err(|e| status(&e))?;
-        let group = group(&self.layout);
+        let group = group_of(&self.layout);
         let missing = group
             .as_ref()
             .map(|g| {
@@ -242,11 +300,29 @@ impl Secrets for Api {
         request: Request<pb::CheckGroupRequest>,
     ) -> Result<Response<pb::CheckGroupResponse>, Status> {
         require_owner(&request)?;
-        let json = request.into_inner().group_json;
+        let r = request.into_inner();
         // A group that does not parse is the ota-agent's to report.
-        let Ok(group) = Group::parse(&json) else {
+        let Ok(group) = Group::parse(&r.group_json) else {
             return Ok(Response::new(pb::CheckGroupResponse::default()));
         };
+        let mut reply = pb::CheckGroupResponse::default();
+        let mut why: HashMap<(String, String), String> = HashMap::new();
+        if r.deploying {
+            why = self.fetch(&group, &mut reply.fetched).await;
+            // A new data key for a deployment that changes secrets: the
+            // values (fetched ones new) or what the group names.
+            let before = group_of(&self.layout).map_or_else(Vec::new, |g| access::wanted(&g));
+            if reply.fetched > 0 || before != access::wanted(&group) {
+                let mut store = self.store.lock().expect("store lock");
+                let sealed = store.rotate_data_key().map_err(|e| status(&e))?;
+                reply.data_key_id = store.data_key_id().to_string();
+                tracing::info!(
+                    data_key = reply.data_key_id,
+                    sealed,
+                    "the deployment changes secrets: a new data key, every value sealed again"
+                );
+            }
+        }
         let metas = self
             .store
             .lock()
@@ -258,11 +334,13 @@ impl Secrets for Api {
                 .iter()
                 .any(|m| m.arn == arn && m.labels.contains_key(label))
         };
-        let problems = access::missing(&group, has)
-            .into_iter()
-            .map(|(path, message)| pb::Problem { path, message })
-            .collect();
-        Ok(Response::new(pb::CheckGroupResponse { problems }))
+        reply.problems = access::missing(&group, has, |arn, label| {
+            why.get(&(arn.to_string(), label.to_string())).cloned()
+        })
+        .into_iter()
+        .map(|(path, message)| pb::Problem { path, message })
+        .collect();
+        Ok(Response::new(reply))
     }
 
     async fn rotate_data_key(

@@ -6,6 +6,7 @@
 //! only while it answers. See ARCHITECTURE.md.
 
 mod access;
+mod cloud;
 pub mod config;
 pub mod error;
 mod grpc;
@@ -34,7 +35,8 @@ pub async fn run(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), SecretsError> {
-    let _config = SecretsConfig::load::<SecretsError>(&ctx.config)?;
+    let config = SecretsConfig::load::<SecretsError>(&ctx.config)?;
+    let core = verdant_common::config::CoreSection::load::<SecretsError>(&ctx.config)?;
     let dir = ctx.layout.create_data_dir(SERVICE)?;
     let store = store::Store::open(&dir)?;
     tracing::info!(
@@ -42,8 +44,11 @@ pub async fn run(
         "secret store open ({})",
         dir.display()
     );
+    let cloud = cloud::Cloud::start(&ctx.layout, &core.thing_name, shutdown.clone());
     let api = grpc::Api {
         layout: ctx.layout.clone(),
+        config,
+        cloud,
         store: Arc::new(Mutex::new(store)),
         reads: Mutex::default(),
     };

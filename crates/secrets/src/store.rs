@@ -60,6 +60,8 @@ pub enum StoreError {
     BadArn(String),
     #[error("`{0}` is not a label: 1 to 256 of A-Z, a-z, 0-9 and _+=.@-")]
     BadLabel(String),
+    #[error("`{0}` is not a version id: 1 to 64 of A-Z, a-z, 0-9, - and _")]
+    BadVersion(String),
     #[error("a secret value is at most 65536 bytes; this one has {0}")]
     TooLarge(usize),
     #[error("the system's random source failed")]
@@ -298,10 +300,29 @@ impl Store {
         value: &[u8],
         binary: bool,
     ) -> Result<Meta, StoreError> {
+        self.put_version(arn, label, value, binary, None)
+            .map(|(meta, _)| meta)
+    }
+
+    /// As [`Store::put`], keeping the version id and creation time (ms
+    /// since the epoch) the value has where it came from (the cloud's);
+    /// nothing changes when `label` already has that version. Whether
+    /// anything changed.
+    pub fn put_version(
+        &self,
+        arn: &str,
+        label: &str,
+        value: &[u8],
+        binary: bool,
+        version: Option<(&str, i64)>,
+    ) -> Result<(Meta, bool), StoreError> {
         check_arn(arn)?;
         check_label(label)?;
         if value.len() > MAX_VALUE {
             return Err(StoreError::TooLarge(value.len()));
+        }
+        if let Some((id, _)) = version {
+            check_version(id)?;
         }
         let path = self.file(arn);
         let mut file = if path.exists() {
@@ -312,8 +333,15 @@ impl Store {
                 ..SecretFile::default()
             }
         };
-        let version_id = uuid_like(&self.random)?;
-        let created = now_ms();
+        if let Some((id, _)) = version
+            && file.labels.get(label).is_some_and(|s| s.version_id == id)
+        {
+            return Ok((meta(&file), false));
+        }
+        let (version_id, created) = match version {
+            Some((id, created)) => (id.to_string(), created),
+            None => (uuid_like(&self.random)?, now_ms()),
+        };
         if label == CURRENT
             && let Some(previous) = file.labels.get(CURRENT).cloned()
         {
@@ -336,7 +364,7 @@ impl Store {
             &serde_json::to_vec_pretty(&file).expect("serialisable"),
             0o600,
         )?;
-        Ok(meta(&file))
+        Ok((meta(&file), true))
     }
 
     fn seal(
@@ -616,6 +644,18 @@ fn check_arn(arn: &str) -> Result<(), StoreError> {
     }
 }
 
+fn check_version(id: &str) -> Result<(), StoreError> {
+    if (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(StoreError::BadVersion(id.chars().take(70).collect()))
+    }
+}
+
 fn check_label(label: &str) -> Result<(), StoreError> {
     let ok = (1..=256).contains(&label.len())
         && label
@@ -660,6 +700,33 @@ mod tests {
     use super::*;
 
     const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf";
+
+    #[test]
+    fn a_version_from_elsewhere_keeps_its_id_and_is_put_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let v1 = Some(("a1b2c3d4-0000-4000-8000-000000000001", 1_700_000_000_000));
+        let (_, changed) = store.put_version(ARN, CURRENT, b"one", false, v1).unwrap();
+        assert!(changed);
+        let (_, changed) = store.put_version(ARN, CURRENT, b"one", false, v1).unwrap();
+        assert!(!changed, "the same version is not put twice");
+        let got = store.get(ARN, CURRENT).unwrap();
+        assert_eq!(
+            (got.version_id.as_str(), got.created_ms),
+            ("a1b2c3d4-0000-4000-8000-000000000001", 1_700_000_000_000)
+        );
+        let v2 = Some(("a1b2c3d4-0000-4000-8000-000000000002", 1_700_000_001_000));
+        let (meta, changed) = store.put_version(ARN, CURRENT, b"two", false, v2).unwrap();
+        assert!(changed);
+        assert_eq!(
+            meta.labels[PREVIOUS].0,
+            "a1b2c3d4-0000-4000-8000-000000000001"
+        );
+        assert!(matches!(
+            store.put_version(ARN, CURRENT, b"x", false, Some(("a\0b", 0))),
+            Err(StoreError::BadVersion(_))
+        ));
+    }
 
     #[test]
     fn a_value_put_is_got_back_and_a_new_current_moves_the_old_to_previous() {
