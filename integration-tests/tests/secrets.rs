@@ -582,3 +582,32 @@ async fn values_come_from_the_cloud_at_deployment_time_and_no_trace_shows_them()
     }
     assert_in_no_file(&core, CANARY);
 }
+
+#[tokio::test]
+async fn a_tampered_store_file_is_refused_by_name_and_the_others_still_read() {
+    let core = start().await;
+    put(&core, &[SECRET], b"first-value");
+    put(&core, &[KEY, "--binary"], &[7, 7, 7]);
+    // One byte of the sealed value changed, in its base64.
+    let values = core.root().join("data/secrets/values");
+    let file = std::fs::read_dir(&values)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(SECRET))
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let at = text.find("\"Ciphertext\": \"").unwrap() + "\"Ciphertext\": \"".len() + 2;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&file, bytes).unwrap();
+
+    let got = read(&core, "reader", json!({ "id": SECRET })).await;
+    assert_eq!(got["error"], "SecretsManagerError", "{got}");
+    assert!(got["message"].as_str().unwrap().contains("500"), "{got}");
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    core.wait_for_log("secrets", &[&name, "does not open"])
+        .await;
+    // The other secret is still read.
+    let key = read(&core, "reader", json!({ "id": KEY })).await;
+    assert_eq!(key["SecretBinary"], "BwcH", "{key}");
+}
