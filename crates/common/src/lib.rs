@@ -6,7 +6,8 @@
 //! certificates from PEM files ([`pem`]) and the TLS built from them
 //! rebuilt when they change ([`reload`]), server certificates issued on
 //! the core (`pki`, with the `pki` feature), a child process's output
-//! captured into a rotating log ([`logs`]), and the daemons' SQLite
+//! captured into a rotating log ([`logs`]), files replaced whole
+//! ([`fsutil`]), and the daemons' SQLite
 //! databases opened the same way (`sqlite`, with the `sqlite` feature).
 //! [`daemon`] strings these together into a daemon's `main`. (A client of
 //! one daemon's protocol lives with that protocol: the router's Link client
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod fsutil;
 pub mod grpc;
 pub mod logs;
 pub mod memory;

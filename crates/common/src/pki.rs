@@ -3,9 +3,7 @@
 //! tools that keep the core's certificates: `verdant-init` on a first
 //! start, `verdant-discovery` when it rotates them.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -179,40 +177,10 @@ pub fn replace_pair(
 /// file is given to the owner of its directory, so the core's daemons can
 /// still read what root wrote.
 pub fn replace(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let err = |source| PkiError::Write {
+    crate::fsutil::replace(path, text.as_bytes(), mode).map_err(|source| PkiError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}.{}.new",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = PathBuf::from(tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        if nix::unistd::geteuid().is_root() {
-            use std::os::unix::fs::MetadataExt;
-            let owner = std::fs::metadata(dir)?;
-            std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid()))?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(err)
+    })
 }
 
 /// A group CA rotation: the new CA signs from now on; until

@@ -178,6 +178,65 @@ impl Fetcher {
         Ok(done)
     }
 
+    /// The whole of `url` (`file://` or `https://`) in memory, at most
+    /// `max` bytes; `None` when there is no such file (404, or 403 as some
+    /// object stores answer for a missing key).
+    pub fn get(&self, url: &str, max: u64) -> Result<Option<Vec<u8>>, FetchError> {
+        let too_big = || FetchError::Read {
+            url: url.into(),
+            source: io::Error::other(format!("more than {max} bytes")),
+        };
+        let mut body = Vec::new();
+        if let Some(path) = url.strip_prefix("file://") {
+            let path = PathBuf::from(percent_decode(path));
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(FetchError::Io { path, source }),
+            };
+            file.take(max + 1)
+                .read_to_end(&mut body)
+                .map_err(|source| FetchError::Io { path, source })?;
+        } else if url.starts_with("https://") {
+            let response = self
+                .agent
+                .get(url)
+                .call()
+                .map_err(|source| FetchError::Http {
+                    url: url.into(),
+                    source,
+                })?;
+            match response.status().as_u16() {
+                200 => {}
+                403 | 404 => return Ok(None),
+                status => {
+                    return Err(FetchError::Status {
+                        url: url.into(),
+                        status,
+                    });
+                }
+            }
+            response
+                .into_body()
+                .into_reader()
+                .take(max + 1)
+                .read_to_end(&mut body)
+                .map_err(|source| FetchError::Read {
+                    url: url.into(),
+                    source,
+                })?;
+        } else {
+            return Err(FetchError::BadUrl {
+                url: url.into(),
+                reason: "expected https:// or file:///",
+            });
+        }
+        if body.len() as u64 > max {
+            return Err(too_big());
+        }
+        Ok(Some(body))
+    }
+
     /// Appends the rest of `url` to `part`. `retry`: whether a server that
     /// cannot serve the range asked for gets one more, whole request.
     fn download(

@@ -12,12 +12,13 @@ pub mod config;
 mod content;
 mod engine;
 pub mod error;
-mod fetch;
+pub mod fetch;
 mod grpc;
 mod jobs;
 mod link;
 mod stage;
 mod store;
+pub mod update;
 
 use std::sync::Arc;
 

@@ -20,8 +20,7 @@
 //! key) is reported by its name; no error or log line carries a value.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -668,31 +667,12 @@ fn check_label(label: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Writes `path` whole: a new file beside it, synced, renamed over it.
+/// Writes `path` whole (`verdant_common::fsutil::replace`).
 fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    let err = |source| StoreError::Io {
+    verdant_common::fsutil::replace(path, bytes, mode).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.new", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
