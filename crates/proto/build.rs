@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "verdant/discovery/v1/discovery.proto",
     "verdant/lambda/v1/lambda.proto",
     "verdant/ota/v1/deployments.proto",
+    "verdant/ota/v1/updates.proto",
     "verdant/router/v1/router.proto",
     "verdant/secrets/v1/secrets.proto",
     "verdant/shadow/v1/shadow.proto",

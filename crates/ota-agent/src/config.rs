@@ -1,5 +1,5 @@
 //! `[ota-agent]` in the core config: how deployments are checked, queued
-//! and kept.
+//! and kept, and where software updates come from.
 
 use serde::Deserialize;
 use verdant_common::config::{Invalid, Section};
@@ -25,6 +25,13 @@ pub struct OtaAgentConfig {
     /// A pause before each step of a deployment, so that an operator can
     /// watch it (or a test can stop the core at a given step). 0: none.
     pub step_pause_ms: u64,
+    /// Where releases of Verdant are published (an absolute directory, a
+    /// `file:///` or an `https://` URL); none: `verdantctl update` names
+    /// one each time.
+    pub update_repository: Option<String>,
+    /// The repository's root metadata this core trusts (its first
+    /// `1.root.json`, copied here); relative to the root.
+    pub update_root: std::path::PathBuf,
 }
 
 impl Default for OtaAgentConfig {
@@ -36,6 +43,8 @@ impl Default for OtaAgentConfig {
             keep: 3,
             ca_file: None,
             step_pause_ms: 0,
+            update_repository: None,
+            update_root: "config/update-root.json".into(),
         }
     }
 }

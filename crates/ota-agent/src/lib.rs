@@ -62,6 +62,13 @@ pub async fn run(
         ctx.layout.deployments_dir(),
         config.ca_file.as_ref().map(|f| ctx.layout.resolve(f)),
     );
+    let updates = update::api::Api {
+        state: data.join("tuf"),
+        anchor: ctx.layout.resolve(&config.update_root),
+        repository: config.update_repository.clone(),
+        ca_file: config.ca_file.as_ref().map(|f| ctx.layout.resolve(f)),
+        busy: Arc::default(),
+    };
     let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
     // Should the engine ever stop on its own (a bug), the daemon stops
@@ -95,7 +102,7 @@ pub async fn run(
         down,
         shutdown.clone(),
     ));
-    let result = grpc::server(agent)
+    let result = grpc::server(agent, updates)
         .await
         .serve_ready(listener, shutdown)
         .await

@@ -11,6 +11,7 @@ mod output;
 mod router;
 mod secrets;
 mod shadow;
+mod update;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -156,6 +157,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: Option<secrets::SecretsCmd>,
     },
+    /// Software updates of the core: check a repository of releases.
+    Update {
+        #[command(subcommand)]
+        command: update::UpdateCmd,
+    },
     /// The group CA: show it, or rotate it with an overlap.
     Ca {
         #[command(subcommand)]
@@ -262,6 +268,7 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
         Cmd::Certificates { command } => discovery::certificates(dir, command, json).await,
         Cmd::Discoveries => discovery::requests(dir, json).await,
         Cmd::Secrets { command } => secrets::run(dir, command, json).await,
+        Cmd::Update { command } => update::run(dir, command, json).await,
         Cmd::Logs {
             function: Some(function),
             follow,

@@ -4,6 +4,7 @@
 //! the core changes. A repository is a directory, a `file://` URL or an
 //! `https://` URL with `metadata/` and `targets/` under it.
 
+pub mod api;
 pub mod cjson;
 pub mod release;
 pub mod tuf;

@@ -34,9 +34,7 @@ pub enum ReleaseError {
     NoVersion { version: String, arch: String },
     #[error("`{0}` is not a version (MAJOR.MINOR.PATCH)")]
     BadVersion(String),
-    #[error(
-        "{offered} is not newer than the running {running}: refused (`--force` takes it anyway)"
-    )]
+    #[error("{offered} is not newer than the running {running}: refused (--force takes it anyway)")]
     NotNewer { offered: String, running: String },
     #[error("{version} is built for {arch}-{os}; this core is {want_arch}-{want_os}")]
     WrongPlatform {

@@ -499,7 +499,11 @@ impl Client {
                 role: role.into(),
                 got: new.version(),
                 want: version,
-                by: index,
+                by: if index == "timestamp" {
+                    "the timestamp"
+                } else {
+                    "the snapshot"
+                },
             });
         }
         Ok((bytes, new))

@@ -1,0 +1,120 @@
+//! Software updates, checked by a running core: a repository made and
+//! signed by `scripts/update-repo.py` (python-tuf) is verified against the
+//! root the operator installed, through `verdantctl update check`; a
+//! release not newer than the running one, an expired timestamp and a
+//! missing trust anchor are each refused with their reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use verdant_integration_tests::{Core, Options};
+
+fn script(args: &[&str]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/update-repo.py");
+    let out = Command::new(verdant_integration_tests::python())
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
+}
+
+/// A repository with releases `versions` (each a small file standing in
+/// for the executable), its keys beside it.
+fn repository(dir: &Path, versions: &[&str]) -> (String, String) {
+    let s = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    script(&["keys", &s("keys")]);
+    script(&["init", &s("repo"), "--keys", &s("keys")]);
+    for version in versions {
+        std::fs::write(dir.join("exe"), format!("verdant {version}")).unwrap();
+        script(&[
+            "add",
+            &s("repo"),
+            "--keys",
+            &s("keys"),
+            "--executable",
+            &s("exe"),
+            "--version",
+            version,
+        ]);
+    }
+    (s("repo"), s("keys"))
+}
+
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_core_checks_a_signed_repository_and_refuses_what_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, keys) = repository(dir.path(), &["0.0.5", "99.1.0"]);
+    let dropin = format!("[ota-agent]\nupdate_repository = \"{repo}\"\n");
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+
+    // No trusted root yet: nothing is believed.
+    let out = core.ctl(&["update", "check"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        said(&out).contains("update-root.json is missing"),
+        "{}",
+        said(&out)
+    );
+
+    // The operator installs the repository's first root.
+    let anchor: PathBuf = core.root().join("config/update-root.json");
+    std::fs::copy(Path::new(&repo).join("metadata/1.root.json"), &anchor).unwrap();
+    let out = core.ctl(&["-o", "json", "update", "check"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found["version"], "99.1.0", "{found}");
+    assert_eq!(found["running"], env!("CARGO_PKG_VERSION"), "{found}");
+    assert_eq!(found["size"], "verdant 99.1.0".len(), "{found}");
+
+    // Older than the running version: refused, unless forced.
+    let out = core.ctl(&["update", "check", "0.0.5"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        said(&out).contains("is not newer than the running"),
+        "{}",
+        said(&out)
+    );
+    let out = core.ctl(&["update", "check", "0.0.5", "--force"]);
+    assert!(out.status.success(), "{}", said(&out));
+
+    // A timestamp past its expiry (a repository frozen in time): refused.
+    script(&[
+        "timestamp",
+        &repo,
+        "--keys",
+        &keys,
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
+    let out = core.ctl(&["update", "check"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        said(&out).contains("timestamp metadata expired at 2020-01-01T00:00:00Z"),
+        "{}",
+        said(&out)
+    );
+
+    // A mirror that serves an older timestamp than the core saw: a rollback.
+    let newer = Path::new(&repo).join("metadata/timestamp.json");
+    let old = std::fs::read(&newer).unwrap();
+    script(&["timestamp", &repo, "--keys", &keys]);
+    assert!(core.ctl(&["update", "check"]).status.success());
+    std::fs::write(&newer, old).unwrap();
+    let out = core.ctl(&["update", "check"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(said(&out).contains("(a rollback)"), "{}", said(&out));
+}
