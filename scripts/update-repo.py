@@ -6,7 +6,7 @@ update from (docs/updates.md).
     update-repo.py keys KEYS                      # four ed25519 keys, 0600
     update-repo.py init REPO --keys KEYS          # an empty repository
     update-repo.py add REPO --keys KEYS --executable target/release/verdant \\
-        --version 0.2.0 [--arch x86_64] [--os linux] [--min-version 0.1.0]
+        --version 0.2.0 [--arch x86_64] [--os linux] [--min-version 0.1.0] [--stamp]
     update-repo.py timestamp REPO --keys KEYS     # a fresh timestamp (run often)
     update-repo.py rotate-root REPO --keys KEYS --new-root-key NEW.pem
     update-repo.py pack REPO FILE.tar             # one file for sites with no network
@@ -20,6 +20,10 @@ the previous one. Each release is two targets: a manifest
 "executable"}) and the executable `verdant-<version>-<arch>`. Snapshots
 are consistent (metadata and targets named by version and hash), so a
 static HTTPS server or a directory serves a repository as it is.
+
+`--stamp` writes the version into (a copy of) the executable, in the
+field `verdant --version` reads, so one build can be published as the
+release it becomes; without it, the executable must already say it.
 """
 
 import argparse
@@ -159,6 +163,25 @@ def cmd_init(args):
     print(f"repository in {args.repo}; a core trusts {args.repo}/metadata/1.root.json")
 
 
+# The field a verdant executable reads its version from (verdant_common::version).
+STAMP_MARKER = b"\0VERDANT-VERSION-" + b"STAMP:\0"
+STAMP_FIELD = 32
+
+
+def stamped(exe, version):
+    """The bytes of `exe` with `version` in its version field."""
+    data = bytearray(Path(exe).read_bytes())
+    at = data.find(STAMP_MARKER)
+    if at < 0 or data.find(STAMP_MARKER, at + 1) >= 0:
+        fail(f"{exe}: not one version field in it (not a verdant executable?)")
+    v = version.encode()
+    if len(v) >= STAMP_FIELD:
+        fail(f"{version}: longer than {STAMP_FIELD - 1} bytes")
+    start = at + len(STAMP_MARKER)
+    data[start:start + STAMP_FIELD] = v + b"\0" * (STAMP_FIELD - len(v))
+    return bytes(data)
+
+
 def add_target(repo, name, local):
     target = TargetFile.from_file(name, str(local), ["sha256"])
     digest = target.hashes["sha256"]
@@ -181,6 +204,10 @@ def cmd_add(args):
         "min_version": args.min_version,
         "executable": base,
     }
+    if args.stamp:
+        copy = Path(repo) / f".{base}"
+        copy.write_bytes(stamped(exe, args.version))
+        exe = copy
     manifest_path = Path(repo) / f".{base}.json"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     snapshot = load(repo, "timestamp.json").signed.snapshot_meta.version
@@ -190,6 +217,8 @@ def cmd_add(args):
     targets.signed.targets[base] = add_target(repo, base, exe)
     targets.signed.targets[f"{base}.json"] = add_target(repo, f"{base}.json", manifest_path)
     manifest_path.unlink()
+    if args.stamp:
+        exe.unlink()
     publish(args, targets)
     print(f"{base}: published (targets version {targets.signed.version})")
 
@@ -248,6 +277,8 @@ def main():
     c.add_argument("--arch", default=os.uname().machine)
     c.add_argument("--os", default="linux")
     c.add_argument("--min-version", default="0.0.0")
+    c.add_argument("--stamp", action="store_true",
+                   help="write --version into the executable's version field")
     c.set_defaults(func=cmd_add)
     common("timestamp").set_defaults(func=cmd_timestamp)
     c = common("rotate-root")

@@ -515,6 +515,18 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs `scripts/update-repo.py` (python-tuf, from the `.venv`) with
+/// `args`; panics with its output if it fails.
+pub fn update_repo(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/update-repo.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
+}
+
 /// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

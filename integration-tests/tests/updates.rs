@@ -10,15 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 use verdant_integration_tests::{Core, Options};
 
-fn script(args: &[&str]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/update-repo.py");
-    let out = Command::new(verdant_integration_tests::python())
-        .arg(path)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
-}
+use verdant_integration_tests::update_repo as script;
 
 /// A repository with releases `versions` (each a small file standing in
 /// for the executable), its keys beside it.
@@ -117,4 +109,46 @@ async fn a_core_checks_a_signed_repository_and_refuses_what_it_must() {
     let out = core.ctl(&["update", "check"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(said(&out).contains("(a rollback)"), "{}", said(&out));
+}
+
+#[test]
+fn a_release_stamped_from_one_build_says_its_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    script(&["keys", &s("keys")]);
+    script(&["init", &s("repo"), "--keys", &s("keys")]);
+    let verdant = verdant_integration_tests::bin("verdant");
+    script(&[
+        "add",
+        &s("repo"),
+        "--keys",
+        &s("keys"),
+        "--executable",
+        verdant.to_str().unwrap(),
+        "--version",
+        "42.0.1",
+        "--stamp",
+    ]);
+    let exe = format!("verdant-42.0.1-{}", std::env::consts::ARCH);
+    let published = std::fs::read_dir(dir.path().join("repo/targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with(&format!(".{exe}")))
+        .unwrap();
+    std::fs::set_permissions(
+        &published,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for args in [&["--version"][..], &["init", "--version"]] {
+        let out = Command::new(&published).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim_end().ends_with(" 42.0.1"), "{args:?}: {text}");
+    }
+    // The build itself is untouched.
+    let out = Command::new(&verdant).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("verdant {}", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -176,7 +176,7 @@ pub async fn run(
         devices_dir: ctx.layout.certs_dir().join("devices"),
         tls: group_tls,
     };
-    let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    let result = Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(BrokerServer::new(api))
         .serve_ready(listener, shutdown.clone())

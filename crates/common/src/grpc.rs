@@ -32,11 +32,12 @@ pub struct Info {
 }
 
 impl Info {
-    /// What a daemon that does its work says: `note` in plain words.
-    pub fn functional(service: &str, version: &str, note: impl Into<String>) -> Self {
+    /// What a daemon that does its work says: `note` in plain words, and
+    /// the version the executable reports.
+    pub fn functional(service: &str, note: impl Into<String>) -> Self {
         Info {
             service: service.to_string(),
-            version: version.to_string(),
+            version: crate::version::version().to_string(),
             note: note.into(),
             functional: true,
         }

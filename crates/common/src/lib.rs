@@ -8,7 +8,8 @@
 //! the core (`pki`, with the `pki` feature), a child process's output
 //! captured into a rotating log ([`logs`]), files replaced whole
 //! ([`fsutil`]), and the daemons' SQLite
-//! databases opened the same way (`sqlite`, with the `sqlite` feature).
+//! databases opened the same way (`sqlite`, with the `sqlite` feature),
+//! and the version the executable reports ([`version`]).
 //! [`daemon`] strings these together into a daemon's `main`. (A client of
 //! one daemon's protocol lives with that protocol: the router's Link client
 //! is `verdant-link`.)
@@ -31,3 +32,4 @@ pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;
 pub mod uds;
+pub mod version;

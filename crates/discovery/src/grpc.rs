@@ -29,7 +29,7 @@ pub(crate) async fn server(
         format!(", and on {a} for ALPN x-amzn-http-ca")
     });
     let note = format!("HTTPS discovery API on {address} (mutual TLS, the group CA){also}");
-    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(DiscoveryServer::new(api))
 }

@@ -16,7 +16,7 @@ use crate::zygote;
 /// start), starts every service in dependency order, restarts what fails,
 /// and stops everything on SIGTERM.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = verdant_common::version::version())]
 struct Args {
     /// Root directory of the core.
     #[arg(long, env = ROOT_ENV, default_value = DEFAULT_ROOT)]

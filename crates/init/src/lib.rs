@@ -92,7 +92,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let server = Server::new(Info {
         service: "init".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: verdant_common::version::version().into(),
         note: "supervisor".into(),
         functional: true,
     })

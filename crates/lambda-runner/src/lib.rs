@@ -347,7 +347,7 @@ pub async fn run(
             serial: tokio::sync::Mutex::new(()),
         },
     };
-    let result = Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    let result = Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(LambdaServer::new(api))
         .serve_ready(listener, shutdown)

@@ -19,7 +19,7 @@ use crate::store::ended;
 pub(crate) async fn server(agent: Arc<Agent>, updates: crate::update::api::Api) -> Server {
     let note = "deployments of a group from verdantctl or the cloud: validated, staged, \
                 applied hot to every daemon, health-checked, rolled back on failure";
-    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(DeploymentsServer::new(Api { agent }))
         .add_service(updates.service())

@@ -4,20 +4,11 @@
 //! a release signed with a key the root does not name are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use verdant_ota_agent::fetch::Fetcher;
 use verdant_ota_agent::update::{Client, ReleaseError, Repository, TufError, download, find};
 
-fn script(args: &[&str]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/update-repo.py");
-    let out = Command::new(verdant_integration_tests::python())
-        .arg(path)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
-}
+use verdant_integration_tests::update_repo as script;
 
 fn client(state: &Path, repo: &Path) -> Client {
     Client::open(

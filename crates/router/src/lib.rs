@@ -81,7 +81,7 @@ pub async fn run(
         credit: config.link_credit,
         generation: AtomicU64::new(1),
     };
-    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(RouterServer::new(api))
         .serve_ready(listener, shutdown)

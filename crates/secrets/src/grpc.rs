@@ -23,7 +23,7 @@ use crate::{SERVICE, access};
 /// The server, its health still `NOT_SERVING`.
 pub(crate) async fn server(api: Api) -> Server {
     let note = "secrets sealed at rest (AES-256-GCM), released to the functions the group allows";
-    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), note))
+    Server::new(Info::functional(SERVICE, note))
         .await
         .add_service(SecretsServer::new(api))
 }

@@ -72,7 +72,7 @@ pub async fn run(
         publish,
         changes,
     };
-    Server::new(Info::functional(SERVICE, env!("CARGO_PKG_VERSION"), NOTE))
+    Server::new(Info::functional(SERVICE, NOTE))
         .await
         .add_service(ShadowServer::new(api))
         .serve_ready(listener, shutdown)

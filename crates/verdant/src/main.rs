@@ -59,7 +59,7 @@ fn main() -> ExitCode {
                 format!("verdant-{name}")
             }
             Some(flag) if flag == "--version" || flag == "-V" => {
-                println!("verdant {}", env!("CARGO_PKG_VERSION"));
+                println!("verdant {}", verdant_common::version::version());
                 return ExitCode::SUCCESS;
             }
             Some(flag) if flag == "--help" || flag == "-h" || flag == "help" => {

@@ -11,9 +11,6 @@ use verdant_proto::ota::v1::updates_server::{Updates, UpdatesServer};
 use super::{Client, ReleaseError, Repository, find};
 use crate::fetch::Fetcher;
 
-/// The version this core runs.
-pub const RUNNING: &str = env!("CARGO_PKG_VERSION");
-
 pub struct Api {
     /// The trusted metadata (`data/ota-agent/tuf/`).
     pub state: PathBuf,
@@ -81,7 +78,13 @@ impl Updates for Api {
             let repo = Repository::new(&location, &fetcher)?;
             let client = Client::open(&state, &anchor, time::OffsetDateTime::now_utc())?;
             let want = (!r.version.is_empty()).then_some(r.version.as_str());
-            find(&client, &repo, RUNNING, want, r.force)
+            find(
+                &client,
+                &repo,
+                verdant_common::version::version(),
+                want,
+                r.force,
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -95,7 +98,7 @@ impl Updates for Api {
             "update available"
         );
         Ok(Response::new(pb::CheckUpdateResponse {
-            running: RUNNING.into(),
+            running: verdant_common::version::version().into(),
             version: release.manifest.version,
             arch: release.manifest.arch,
             os: release.manifest.os,
