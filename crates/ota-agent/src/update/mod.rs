@@ -1,19 +1,16 @@
 //! Software updates of the core: releases published in a repository in
-//! The Update Framework's format (`tuf.rs`), each a manifest and an
-//! executable (`release.rs`), found and checked here before anything on
-//! the core changes. A repository is a directory, a `file://` URL or an
+//! The Update Framework's format, each a manifest and an executable
+//! (`verdant-update`), found and checked here before anything on the core
+//! changes. A repository is a directory, a `file://` URL or an
 //! `https://` URL with `metadata/` and `targets/` under it.
 
 pub mod api;
-pub mod cjson;
-pub mod release;
-pub mod tuf;
 
 use std::path::{Path, PathBuf};
 
 use crate::fetch::Fetcher;
-pub use release::{Manifest, ReleaseError};
-pub use tuf::{Client, Remote, TargetFile, TufError};
+pub use verdant_update::release;
+pub use verdant_update::{Client, Manifest, ReleaseError, Remote, TargetFile, TufError, cjson};
 
 /// A repository, reached through a [`Fetcher`].
 pub struct Repository<'a> {

@@ -6,7 +6,7 @@
 use semver::Version;
 use serde::Deserialize;
 
-use super::tuf::{TargetFile, Targets, TufError};
+use crate::tuf::{TargetFile, Targets, TufError};
 
 /// The largest manifest read.
 pub const MAX_MANIFEST: u64 = 64 * 1024;

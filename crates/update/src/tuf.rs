@@ -33,7 +33,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::cjson;
+use crate::cjson;
 
 /// The most bytes each role's metadata may have (a repository that sends
 /// more is refused before it fills the disk or memory).
