@@ -527,6 +527,33 @@ pub fn update_repo(args: &[&str]) {
     assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
 }
 
+/// A release repository in `dir/repo` with its keys in `dir/keys`
+/// (`update-repo.py keys` and `init`): their paths.
+pub fn release_repo(dir: &Path) -> (String, String) {
+    let s = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    update_repo(&["keys", &s("keys")]);
+    update_repo(&["init", &s("repo"), "--keys", &s("keys")]);
+    (s("repo"), s("keys"))
+}
+
+/// Publishes `exe` as release `version` in `repo` (`update-repo.py add`,
+/// with `extra` arguments).
+pub fn publish(repo: &str, keys: &str, exe: &Path, version: &str, extra: &[&str]) {
+    let exe = exe.to_str().unwrap();
+    let mut args = vec![
+        "add",
+        repo,
+        "--keys",
+        keys,
+        "--executable",
+        exe,
+        "--version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    update_repo(&args);
+}
+
 /// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -10,28 +10,18 @@ use std::process::Command;
 use serde_json::Value;
 use verdant_integration_tests::{Core, Options};
 
-use verdant_integration_tests::update_repo as script;
+use verdant_integration_tests::{publish, release_repo, update_repo as script};
 
 /// A repository with releases `versions` (each a small file standing in
 /// for the executable), its keys beside it.
 fn repository(dir: &Path, versions: &[&str]) -> (String, String) {
-    let s = |p: &str| dir.join(p).to_str().unwrap().to_string();
-    script(&["keys", &s("keys")]);
-    script(&["init", &s("repo"), "--keys", &s("keys")]);
+    let (repo, keys) = release_repo(dir);
     for version in versions {
-        std::fs::write(dir.join("exe"), format!("verdant {version}")).unwrap();
-        script(&[
-            "add",
-            &s("repo"),
-            "--keys",
-            &s("keys"),
-            "--executable",
-            &s("exe"),
-            "--version",
-            version,
-        ]);
+        let exe = dir.join("exe");
+        std::fs::write(&exe, format!("verdant {version}")).unwrap();
+        publish(&repo, &keys, &exe, version, &[]);
     }
-    (s("repo"), s("keys"))
+    (repo, keys)
 }
 
 fn said(out: &std::process::Output) -> String {
@@ -114,21 +104,9 @@ async fn a_core_checks_a_signed_repository_and_refuses_what_it_must() {
 #[test]
 fn a_release_stamped_from_one_build_says_its_own_version() {
     let dir = tempfile::tempdir().unwrap();
-    let s = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
-    script(&["keys", &s("keys")]);
-    script(&["init", &s("repo"), "--keys", &s("keys")]);
+    let (repo, keys) = release_repo(dir.path());
     let verdant = verdant_integration_tests::bin("verdant");
-    script(&[
-        "add",
-        &s("repo"),
-        "--keys",
-        &s("keys"),
-        "--executable",
-        verdant.to_str().unwrap(),
-        "--version",
-        "42.0.1",
-        "--stamp",
-    ]);
+    publish(&repo, &keys, &verdant, "42.0.1", &["--stamp"]);
     let exe = format!("verdant-42.0.1-{}", std::env::consts::ARCH);
     let published = std::fs::read_dir(dir.path().join("repo/targets"))
         .unwrap()
@@ -151,4 +129,95 @@ fn a_release_stamped_from_one_build_says_its_own_version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("verdant {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// The test's build without its debug information (a tenth of the size),
+/// as a release executable would be.
+fn small_build(dir: &Path) -> PathBuf {
+    let out = dir.join("verdant-small");
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(verdant_integration_tests::bin("verdant"))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+fn versions(core: &Core) -> Value {
+    let out = core.ctl(&["-o", "json", "update", "status"]);
+    assert!(out.status.success(), "{}", said(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, keys) = release_repo(dir.path());
+    let small = small_build(dir.path());
+    publish(&repo, &keys, &small, "99.0.1", &["--stamp"]);
+    // A release that does not run.
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    publish(&repo, &keys, &broken, "99.0.2", &[]);
+    let dropin = format!("[ota-agent]\nupdate_repository = \"{repo}\"\n");
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    let pid = core.init.id();
+    std::fs::copy(
+        dir.path().join("repo/metadata/1.root.json"),
+        core.root().join("config/update-root.json"),
+    )
+    .unwrap();
+    let running = env!("CARGO_PKG_VERSION");
+
+    // The broken one is refused before anything changes.
+    let out = core.ctl(&["update", "apply", "99.0.2"]);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("does not run as version 99.0.2"),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        versions(&core)["current"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // Applied: init runs the new executable under the same PID.
+    let out = core.ctl(&["update", "apply", "99.0.1"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let v = versions(&core);
+    assert_eq!(v["running"], "99.0.1", "{v}");
+    assert_eq!(v["current"], "99.0.1", "{v}");
+    assert_eq!(v["update"]["phase"], "succeeded", "{v}");
+    assert_eq!(
+        v["installed"],
+        serde_json::json!([running, "99.0.1"]),
+        "{v}"
+    );
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        core.root()
+            .join("versions/99.0.1/verdant")
+            .canonicalize()
+            .unwrap()
+    );
+    core.wait_all_running().await;
+
+    // And back.
+    let out = core.ctl(&["update", "rollback"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let v = versions(&core);
+    assert_eq!(v["running"], running, "{v}");
+    assert_eq!(v["update"]["phase"], "rolled back", "{v}");
+    assert_eq!(core.init.id(), pid);
+    core.wait_all_running().await;
 }

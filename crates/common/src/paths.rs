@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// Environment variable naming the root directory.
 pub const ROOT_ENV: &str = "VERDANT_ROOT";
+/// Where the root of the trusted release repository is, under the root.
+pub const UPDATE_ROOT: &str = "config/update-root.json";
 /// Environment variable naming the runtime (socket) directory.
 pub const RUNTIME_DIR_ENV: &str = "VERDANT_RUNTIME_DIR";
 /// Environment variable naming the exact socket a daemon serves on.
@@ -71,6 +73,11 @@ impl Layout {
     }
     pub fn certs_dir(&self) -> PathBuf {
         self.config_dir().join("certs")
+    }
+    /// The root of the release repository the core trusts (its first
+    /// `1.root.json`, installed by the operator).
+    pub fn update_root(&self) -> PathBuf {
+        self.root.join(UPDATE_ROOT)
     }
     /// The certificates revoked on this core (`verdantctl device revoke`).
     pub fn revocations(&self) -> PathBuf {

@@ -37,6 +37,15 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         print!("{}", crate::config::default_config());
         return ExitCode::SUCCESS;
     }
+    // The version `versions/current` names, if init is not running it.
+    if let Some(exe) = crate::versions::at_start(&args.root) {
+        let e = crate::versions::reexec(&exe);
+        eprintln!(
+            "verdant-init: cannot execute {}: {e}; going on with this one",
+            exe.display()
+        );
+        crate::versions::exec_failed(&args.root, &exe, &e);
+    }
     // Before anything else (one thread, nothing set up): the zygote and
     // the daemons it forks continue from here.
     let mut no_zygote = None;
@@ -66,7 +75,13 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         args.runtime_dir.as_deref(),
         programs,
     )) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(exe)) => {
+            drop(runtime);
+            let e = crate::versions::reexec(&exe);
+            eprintln!("verdant-init: cannot execute {}: {e}", exe.display());
+            Exit::Failure.into()
+        }
         Err(e) => {
             eprintln!("verdant-init: {e}");
             e.exit().into()

@@ -15,8 +15,12 @@ use verdant_common::uds::require_owner;
 use verdant_proto::supervisor::v1 as pb;
 use verdant_proto::supervisor::v1::supervisor_server::Supervisor as SupervisorApi;
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
 use crate::service::{self, Health, State};
 use crate::supervisor::Supervisor;
+use crate::versions::{SwitchError, Versions};
 
 pub struct Api {
     pub supervisor: Supervisor,
@@ -24,6 +28,28 @@ pub struct Api {
     pub shutdown: CancellationToken,
     /// Init's own log, read by `ReadLogs` for the name `init`.
     pub init_log: ServiceLog,
+    /// The core's versions (`versions/`).
+    pub versions: Versions,
+    /// Init's reaper, for `--version` runs of a new release.
+    pub reaper: crate::process::Reaper,
+    /// Set with the executable to run next when a switch or a rollback
+    /// stops the core (then `shutdown` is cancelled).
+    pub reexec: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl Api {
+    /// Stops every service, then init executes `exe` in its place.
+    fn execute_next(&self, exe: PathBuf) {
+        *self.reexec.lock().expect("reexec lock") = Some(exe);
+        self.shutdown.cancel();
+    }
+}
+
+fn switch_status(e: &SwitchError) -> Status {
+    match e {
+        SwitchError::Refused(_) => Status::failed_precondition(e.to_string()),
+        SwitchError::Io { .. } => Status::internal(e.to_string()),
+    }
 }
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -163,6 +189,58 @@ impl SupervisorApi for Api {
         tracing::info!("operator asked to shut the core down");
         self.shutdown.cancel();
         Ok(Response::new(pb::ShutdownResponse {}))
+    }
+
+    async fn switch_version(
+        &self,
+        request: Request<pb::SwitchVersionRequest>,
+    ) -> Result<Response<pb::Versions>, Status> {
+        require_owner(&request)?;
+        let refused = |e: SwitchError| {
+            tracing::warn!("version switch refused: {e}");
+            switch_status(&e)
+        };
+        let versions = self.versions.clone();
+        let r = request.into_inner();
+        let prepared = tokio::task::spawn_blocking(move || versions.prepare(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(refused)?;
+        if let Err(e) =
+            crate::versions::says_version(&self.reaper, &prepared.exe, &prepared.version).await
+        {
+            Versions::discard(&prepared);
+            return Err(refused(e));
+        }
+        let versions = self.versions.clone();
+        let exe = tokio::task::spawn_blocking(move || versions.commit(&prepared))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(refused)?;
+        let status = self.versions.status();
+        self.execute_next(exe);
+        Ok(Response::new(status))
+    }
+
+    async fn rollback_version(
+        &self,
+        request: Request<pb::RollbackVersionRequest>,
+    ) -> Result<Response<pb::Versions>, Status> {
+        require_owner(&request)?;
+        let exe = self
+            .versions
+            .roll_back("asked by the operator")
+            .map_err(|e| switch_status(&e))?;
+        let status = self.versions.status();
+        self.execute_next(exe);
+        Ok(Response::new(status))
+    }
+
+    async fn get_versions(
+        &self,
+        _request: Request<pb::GetVersionsRequest>,
+    ) -> Result<Response<pb::Versions>, Status> {
+        Ok(Response::new(self.versions.status()))
     }
 }
 

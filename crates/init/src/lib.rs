@@ -11,6 +11,7 @@ pub mod process;
 mod service;
 pub mod setup;
 mod supervisor;
+pub mod versions;
 pub mod zygote;
 
 use std::path::Path;
@@ -33,12 +34,13 @@ use supervisor::Supervisor;
 use zygote::Zygote;
 
 /// Prepares the root, starts every service, serves the supervisor API, and
-/// stops everything on SIGTERM/SIGINT or a Shutdown call.
+/// stops everything on SIGTERM/SIGINT or a Shutdown call. `Some`: the
+/// executable init must become now (a version switch or a rollback).
 pub async fn run(
     root: &Path,
     runtime_dir: Option<&Path>,
     programs: Programs,
-) -> Result<(), InitError> {
+) -> Result<Option<std::path::PathBuf>, InitError> {
     let begun = Instant::now();
     let prepared = setup::prepare(root, runtime_dir, &programs)?;
     // Init's own lines go to `logs/init.log` too, for `verdantctl logs init`.
@@ -90,6 +92,7 @@ pub async fn run(
     forward_signals(&supervisor, &shutdown);
 
     let server_stop = CancellationToken::new();
+    let reexec = Arc::new(std::sync::Mutex::new(None));
     let server = Server::new(Info {
         service: "init".into(),
         version: verdant_common::version::version().into(),
@@ -101,6 +104,9 @@ pub async fn run(
         supervisor: supervisor.clone(),
         shutdown: shutdown.clone(),
         init_log,
+        versions: versions::Versions::new(prepared.layout.root()),
+        reaper: shared.reaper.clone(),
+        reexec: reexec.clone(),
     }));
     server.readiness().serving().await;
     let serving = tokio::spawn(server.serve(listener, server_stop.clone()));
@@ -111,15 +117,11 @@ pub async fn run(
     let settle_limit = Duration::from_millis(prepared.config.init.start_timeout_ms) * levels;
     tokio::select! {
         list = supervisor.settled(settle_limit) => {
-            let failed: Vec<_> = list.iter().filter(|s| s.state == State::Failed).map(|s| s.name.as_str()).collect();
-            let running = list.iter().filter(|s| s.state == State::Running).count();
-            let status = if failed.is_empty() {
-                format!("{running} services running")
-            } else {
-                format!("{running} services running; failed: {}", failed.join(", "))
-            };
-            tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, "core up: {status}");
-            notify::ready(&status);
+            let next = up(&list, begun, prepared.layout.root());
+            if next.is_some() {
+                *reexec.lock().expect("reexec lock") = next;
+                shutdown.cancel();
+            }
         }
         () = shutdown.cancelled() => {}
     }
@@ -140,7 +142,36 @@ pub async fn run(
     let _ = std::fs::remove_file(&init_socket);
     drop(prepared.lock);
     tracing::info!("stopped");
-    Ok(())
+    let next = reexec.lock().expect("reexec lock").take();
+    Ok(next)
+}
+
+/// The core came up (`list`: every service once they settled): says so
+/// (log, systemd), and ends an update to this version: kept, or rolled
+/// back (then what to execute instead).
+fn up(list: &[service::Status], begun: Instant, root: &Path) -> Option<std::path::PathBuf> {
+    let failed: Vec<_> = list
+        .iter()
+        .filter(|s| s.state == State::Failed)
+        .map(|s| s.name.as_str())
+        .collect();
+    let running = list.iter().filter(|s| s.state == State::Running).count();
+    let status = if failed.is_empty() {
+        format!("{running} services running")
+    } else {
+        format!("{running} services running; failed: {}", failed.join(", "))
+    };
+    tracing::info!(
+        elapsed_ms = begun.elapsed().as_millis() as u64,
+        "core up: {status}"
+    );
+    notify::ready(&status);
+    let not_running: Vec<_> = list
+        .iter()
+        .filter(|s| s.state != State::Running)
+        .map(|s| s.name.as_str())
+        .collect();
+    versions::settled(root, &not_running)
 }
 
 /// Keeps the zygote if the config wants it and init can adopt what it

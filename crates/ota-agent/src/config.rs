@@ -29,9 +29,6 @@ pub struct OtaAgentConfig {
     /// `file:///` or an `https://` URL); none: `verdantctl update` names
     /// one each time.
     pub update_repository: Option<String>,
-    /// The repository's root metadata this core trusts (its first
-    /// `1.root.json`, copied here); relative to the root.
-    pub update_root: std::path::PathBuf,
 }
 
 impl Default for OtaAgentConfig {
@@ -44,7 +41,6 @@ impl Default for OtaAgentConfig {
             ca_file: None,
             step_pause_ms: 0,
             update_repository: None,
-            update_root: "config/update-root.json".into(),
         }
     }
 }

@@ -64,10 +64,12 @@ pub async fn run(
     );
     let updates = update::api::Api {
         state: data.join("tuf"),
-        anchor: ctx.layout.resolve(&config.update_root),
+        anchor: ctx.layout.update_root(),
         repository: config.update_repository.clone(),
         ca_file: config.ca_file.as_ref().map(|f| ctx.layout.resolve(f)),
         busy: Arc::default(),
+        downloads: data.join("downloads"),
+        init_socket: ctx.layout.socket(verdant_common::paths::INIT_SERVICE),
     };
     let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));

@@ -9,4 +9,4 @@ pub mod release;
 pub mod tuf;
 
 pub use release::{Manifest, ReleaseError};
-pub use tuf::{Client, Remote, TargetFile, Targets, TufError};
+pub use tuf::{Client, Remote, TargetFile, Targets, TufError, verify_targets};

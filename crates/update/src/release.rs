@@ -118,6 +118,39 @@ pub fn check_target(name: &str, target: &TargetFile, bytes: &[u8]) -> Result<(),
     }
 }
 
+/// Checks the file at `path` against the target `name` describes
+/// (length, SHA-256), reading it once.
+pub fn check_file(
+    name: &str,
+    target: &TargetFile,
+    path: &std::path::Path,
+) -> Result<(), ReleaseError> {
+    use sha2::Digest;
+    let corrupt = |reason: String| ReleaseError::Corrupt {
+        name: name.into(),
+        reason,
+    };
+    let mut file =
+        std::fs::File::open(path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let len = std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+    if len != target.length {
+        return Err(corrupt(format!(
+            "{len} bytes where the targets metadata says {}",
+            target.length
+        )));
+    }
+    let got = hex::encode(hasher.finalize());
+    match target.sha256() {
+        Some(want) if want == got => Ok(()),
+        Some(want) => Err(corrupt(format!(
+            "SHA-256 {got} where the targets metadata says {want}"
+        ))),
+        None => Err(corrupt("the targets metadata gives no SHA-256".into())),
+    }
+}
+
 /// The manifest in `bytes` (target `name`), checked against this core:
 /// its platform, the version it runs (`force` takes an older or the same
 /// one) and the oldest it updates from.

@@ -275,6 +275,37 @@ fn verify(root: &Root, role: &str, envelope: &Envelope) -> Result<(), TufError> 
     Ok(())
 }
 
+/// `expires` is after `now`.
+fn unexpired(role: &str, expires: &str, now: OffsetDateTime) -> Result<(), TufError> {
+    let at = OffsetDateTime::parse(expires, &Rfc3339)
+        .map_err(|e| malformed(role, format!("expires {expires:?}: {e}")))?;
+    if at <= now {
+        return Err(TufError::Expired {
+            role: role.into(),
+            expires: expires.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The root after `root`, from `bytes`: signed by a threshold of
+/// `root`'s root keys and of its own, its version the next one.
+fn next_root(root: &Root, bytes: &[u8], by: &'static str) -> Result<Root, TufError> {
+    let (envelope, new): (_, Root) = parse("root", bytes)?;
+    check_type("root", &new.kind)?;
+    verify(root, "root", &envelope)?;
+    verify(&new, "root", &envelope)?;
+    if new.version != root.version + 1 {
+        return Err(TufError::Mismatch {
+            role: "root".into(),
+            got: new.version,
+            want: root.version + 1,
+            by,
+        });
+    }
+    Ok(new)
+}
+
 fn check_type(role: &str, kind: &str) -> Result<(), TufError> {
     if kind == role {
         Ok(())
@@ -310,6 +341,28 @@ impl Client {
         Ok(client)
     }
 
+    /// What a checker with only the operator's root needs to verify the
+    /// trusted targets again ([`verify_targets`]): every root after the
+    /// first, in order, and the targets metadata.
+    pub fn evidence(&self) -> Result<(Vec<Vec<u8>>, Vec<u8>), TufError> {
+        let latest = self.root()?.version;
+        let mut roots = Vec::new();
+        for v in 2..=latest {
+            roots.push(
+                self.trusted(&format!("{v}.root"))
+                    .ok_or_else(|| TufError::State {
+                        path: self.dir.join(format!("{v}.root.json")),
+                        reason: "missing from the chain of trusted roots".into(),
+                    })?,
+            );
+        }
+        let targets = self.trusted("targets").ok_or_else(|| TufError::State {
+            path: self.dir.join("targets.json"),
+            reason: "no targets metadata trusted yet".into(),
+        })?;
+        Ok((roots, targets))
+    }
+
     fn trusted(&self, role: &str) -> Option<Vec<u8>> {
         std::fs::read(self.dir.join(format!("{role}.json"))).ok()
     }
@@ -327,15 +380,7 @@ impl Client {
     }
 
     fn unexpired(&self, role: &str, expires: &str) -> Result<(), TufError> {
-        let at = OffsetDateTime::parse(expires, &Rfc3339)
-            .map_err(|e| malformed(role, format!("expires {expires:?}: {e}")))?;
-        if at <= self.now {
-            return Err(TufError::Expired {
-                role: role.into(),
-                expires: expires.into(),
-            });
-        }
-        Ok(())
+        unexpired(role, expires, self.now)
     }
 
     fn root(&self) -> Result<Root, TufError> {
@@ -380,18 +425,7 @@ impl Client {
             let Some(bytes) = Self::fetch(remote, &format!("{next}.root.json"), MAX_ROOT)? else {
                 break;
             };
-            let (envelope, new): (_, Root) = parse("root", &bytes)?;
-            check_type("root", &new.kind)?;
-            verify(&root, "root", &envelope)?;
-            verify(&new, "root", &envelope)?;
-            if new.version != next {
-                return Err(TufError::Mismatch {
-                    role: "root".into(),
-                    got: new.version,
-                    want: next,
-                    by: "its file name",
-                });
-            }
+            let new = next_root(&root, &bytes, "its file name")?;
             for role in ["timestamp", "snapshot"] {
                 if root.roles.get(role) != new.roles.get(role) {
                     // Its keys changed: what they signed is forgotten.
@@ -399,6 +433,8 @@ impl Client {
                     self.forget("snapshot");
                 }
             }
+            // The chain from the operator's root, for whoever checks again.
+            self.keep(&format!("{}.root", new.version), &bytes)?;
             self.keep("root", &bytes)?;
             tracing::info!(version = new.version, "a new update root is trusted");
             root = new;
@@ -559,4 +595,35 @@ impl Client {
             consistent: root.consistent_snapshot,
         })
     }
+}
+
+/// Verifies, with nothing but the operator's root (`anchor`), that
+/// `targets` is the repository's: each of `roots` (versions 2, 3, …) signed
+/// by the previous root's keys and its own, the last unexpired, `targets`
+/// signed by its targets keys and unexpired. No network, no state: what
+/// verdant-init does before it executes a release the ota-agent staged.
+/// (Rollback protection is the fetching client's: this says only that the
+/// repository's keys signed it.)
+pub fn verify_targets(
+    anchor: &[u8],
+    roots: &[Vec<u8>],
+    targets: &[u8],
+    now: OffsetDateTime,
+) -> Result<Targets, TufError> {
+    let (envelope, mut root): (_, Root) = parse("root", anchor)?;
+    check_type("root", &root.kind)?;
+    verify(&root, "root", &envelope)?;
+    for bytes in roots {
+        root = next_root(&root, bytes, "the chain of roots")?;
+    }
+    unexpired("root", &root.expires, now)?;
+    let (envelope, t): (_, TargetsMeta) = parse("targets", targets)?;
+    check_type("targets", &t.kind)?;
+    verify(&root, "targets", &envelope)?;
+    unexpired("targets", &t.expires, now)?;
+    Ok(Targets {
+        version: t.version,
+        targets: t.targets,
+        consistent: root.consistent_snapshot,
+    })
 }

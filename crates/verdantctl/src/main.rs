@@ -157,10 +157,10 @@ pub enum Cmd {
         #[command(subcommand)]
         command: Option<secrets::SecretsCmd>,
     },
-    /// Software updates of the core: check a repository of releases.
+    /// Software updates of the core: status, check, apply, rollback.
     Update {
         #[command(subcommand)]
-        command: update::UpdateCmd,
+        command: Option<update::UpdateCmd>,
     },
     /// The group CA: show it, or rotate it with an overlap.
     Ca {
@@ -268,7 +268,9 @@ async fn other_daemons(dir: &Path, command: Cmd, json: bool) -> Result<Result<()
         Cmd::Certificates { command } => discovery::certificates(dir, command, json).await,
         Cmd::Discoveries => discovery::requests(dir, json).await,
         Cmd::Secrets { command } => secrets::run(dir, command, json).await,
-        Cmd::Update { command } => update::run(dir, command, json).await,
+        Cmd::Update { command } => {
+            update::run(dir, command.unwrap_or(update::UpdateCmd::Status), json).await
+        }
         Cmd::Logs {
             function: Some(function),
             follow,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use verdant_proto::ota::v1 as pb;
 use verdant_proto::ota::v1::updates_server::{Updates, UpdatesServer};
+use verdant_proto::supervisor::v1 as supervisor;
+use verdant_proto::supervisor::v1::supervisor_client::SupervisorClient;
 
 use super::{Client, ReleaseError, Repository, find};
 use crate::fetch::Fetcher;
@@ -14,7 +16,7 @@ use crate::fetch::Fetcher;
 pub struct Api {
     /// The trusted metadata (`data/ota-agent/tuf/`).
     pub state: PathBuf,
-    /// The root the operator installed (`[ota-agent] update_root`).
+    /// The root the operator installed (`config/update-root.json`).
     pub anchor: PathBuf,
     /// `[ota-agent] update_repository`.
     pub repository: Option<String>,
@@ -22,6 +24,10 @@ pub struct Api {
     pub ca_file: Option<PathBuf>,
     /// One refresh of the trusted metadata at a time.
     pub busy: Arc<tokio::sync::Mutex<()>>,
+    /// Where releases are downloaded (`data/ota-agent/downloads/`).
+    pub downloads: PathBuf,
+    /// verdant-init's socket, which installs and switches.
+    pub init_socket: PathBuf,
 }
 
 impl Api {
@@ -42,14 +48,30 @@ fn status(e: ReleaseError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl Updates for Api {
-    async fn check_update(
+/// What the answer says of a release.
+fn describe(release: &super::Release, repository: String) -> pb::CheckUpdateResponse {
+    pb::CheckUpdateResponse {
+        running: verdant_common::version::version().into(),
+        version: release.manifest.version.clone(),
+        arch: release.manifest.arch.clone(),
+        os: release.manifest.os.clone(),
+        min_version: release.manifest.min_version.clone(),
+        size: release.executable.length,
+        sha256: release.executable.sha256().unwrap_or_default().into(),
+        targets_version: release.targets_version,
+        repository,
+    }
+}
+
+impl Api {
+    /// The release `r` asks for, its repository's metadata refreshed;
+    /// with `download`, its executable fetched too, and what init needs
+    /// to check it again (the roots after the first, the targets).
+    async fn locate(
         &self,
-        request: Request<pb::CheckUpdateRequest>,
-    ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
-        verdant_common::uds::require_owner(&request)?;
-        let r = request.into_inner();
+        r: pb::CheckUpdateRequest,
+        download: bool,
+    ) -> Result<(super::Release, String, Option<Staged>), Status> {
         let repository = if r.repository.is_empty() {
             self.repository.clone().ok_or_else(|| {
                 Status::failed_precondition(
@@ -66,47 +88,99 @@ impl Updates for Api {
             )));
         }
         let _one = self.busy.lock().await;
-        let (state, anchor, ca) = (
+        let (state, anchor, ca, downloads) = (
             self.state.clone(),
             self.anchor.clone(),
             self.ca_file.clone(),
+            self.downloads.clone(),
         );
         let location = repository.clone();
-        let release = tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
             let fetcher =
                 Fetcher::new(ca.as_deref()).map_err(|e| ReleaseError::Fetch(e.to_string()))?;
             let repo = Repository::new(&location, &fetcher)?;
             let client = Client::open(&state, &anchor, time::OffsetDateTime::now_utc())?;
             let want = (!r.version.is_empty()).then_some(r.version.as_str());
-            find(
+            let release = find(
                 &client,
                 &repo,
                 verdant_common::version::version(),
                 want,
                 r.force,
-            )
+            )?;
+            if !download {
+                return Ok((release, None));
+            }
+            let path = super::download(&release, &fetcher, &downloads, &mut |_, _| {})?;
+            let (roots, targets) = client.evidence()?;
+            Ok((
+                release,
+                Some(Staged {
+                    path,
+                    roots,
+                    targets,
+                    force: r.force,
+                }),
+            ))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| {
+        .map_err(|e: ReleaseError| {
             tracing::warn!(repository, "update refused: {e}");
             status(e)
         })?;
+        Ok((found.0, repository, found.1))
+    }
+}
+
+/// A release fetched for init.
+struct Staged {
+    path: PathBuf,
+    roots: Vec<Vec<u8>>,
+    targets: Vec<u8>,
+    force: bool,
+}
+
+#[tonic::async_trait]
+impl Updates for Api {
+    async fn check_update(
+        &self,
+        request: Request<pb::CheckUpdateRequest>,
+    ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let (release, repository, _) = self.locate(request.into_inner(), false).await?;
         tracing::info!(
             repository,
             version = release.manifest.version,
             "update available"
         );
-        Ok(Response::new(pb::CheckUpdateResponse {
-            running: verdant_common::version::version().into(),
-            version: release.manifest.version,
-            arch: release.manifest.arch,
-            os: release.manifest.os,
-            min_version: release.manifest.min_version,
-            size: release.executable.length,
-            sha256: release.executable.sha256().unwrap_or_default().into(),
-            targets_version: release.targets_version,
+        Ok(Response::new(describe(&release, repository)))
+    }
+
+    async fn apply_update(
+        &self,
+        request: Request<pb::CheckUpdateRequest>,
+    ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
+        verdant_common::uds::require_owner(&request)?;
+        let (release, repository, staged) = self.locate(request.into_inner(), true).await?;
+        let staged = staged.expect("downloaded");
+        let channel = verdant_common::uds::connect(&self.init_socket)
+            .await
+            .map_err(|e| Status::unavailable(format!("verdant-init: {e}")))?;
+        SupervisorClient::new(channel)
+            .switch_version(supervisor::SwitchVersionRequest {
+                executable: staged.path.to_string_lossy().into_owned(),
+                manifest: release.manifest_bytes.clone(),
+                roots: staged.roots,
+                targets: staged.targets,
+                force: staged.force,
+            })
+            .await?;
+        tracing::info!(
             repository,
-        }))
+            version = release.manifest.version,
+            "update handed to verdant-init: the core restarts on it"
+        );
+        Ok(Response::new(describe(&release, repository)))
     }
 }

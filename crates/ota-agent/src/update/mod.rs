@@ -54,6 +54,8 @@ impl Remote for Repository<'_> {
 #[derive(Debug, Clone)]
 pub struct Release {
     pub manifest: Manifest,
+    /// The manifest as signed.
+    pub manifest_bytes: Vec<u8>,
     pub executable: TargetFile,
     /// Where the executable is fetched from.
     pub executable_url: String,
@@ -100,6 +102,7 @@ pub fn find(
     let executable_url = repo.url(&targets.path(&manifest.executable).unwrap_or_default());
     Ok(Release {
         manifest,
+        manifest_bytes: bytes,
         executable,
         executable_url,
         targets_version: targets.version,

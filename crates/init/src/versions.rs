@@ -1,0 +1,548 @@
+//! Versions of the core side by side under `<root>/versions/`:
+//! `<version>/verdant` (and its `manifest.json`), `current` a relative
+//! symlink to the one init runs, replaced by rename, and `update.json`,
+//! the last update (`from`, `to`, `phase`, `reason`, `attempts`).
+//!
+//! A switch: the release the ota-agent staged is checked again here
+//! against the operator's repository root (`config/update-root.json`, which
+//! the daemons' user cannot change when init runs as root), so that init
+//! never executes a file the repository's keys did not sign; installed;
+//! the running executable kept as the way back; `update.json` written
+//! (`switching`); `current` swapped; then init stops every service and
+//! re-executes itself on `versions/current/verdant` (same PID, same
+//! arguments). On the new version, [`at_start`] counts the attempt (after
+//! [`MAX_ATTEMPTS`] starts that never settled, it puts the previous version
+//! back) and [`settled`] ends the update: `succeeded` when every service
+//! runs, else `rolled back` to the previous version, re-executed the same
+//! way. An init started from another executable (the package's, after a
+//! reboot) moves onto `versions/current/verdant` first.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use verdant_proto::supervisor::v1 as pb;
+
+/// Starts on a new version that never settled, before it is rolled back.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The executable's name inside a version's directory.
+const EXE: &str = "verdant";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    pub from: String,
+    pub to: String,
+    pub phase: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+pub const SWITCHING: &str = "switching";
+pub const SUCCEEDED: &str = "succeeded";
+pub const ROLLED_BACK: &str = "rolled back";
+pub const FAILED: &str = "failed";
+
+/// Why a switch is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SwitchError + '_ {
+    move |source| SwitchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The versions of one core's root.
+#[derive(Debug, Clone)]
+pub struct Versions {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Versions {
+    pub fn new(root: &Path) -> Versions {
+        Versions {
+            root: root.to_path_buf(),
+            dir: root.join("versions"),
+        }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("update.json")
+    }
+
+    pub fn update(&self) -> Option<Update> {
+        serde_json::from_slice(&std::fs::read(self.state_file()).ok()?).ok()
+    }
+
+    fn record(&self, update: &Update) -> Result<(), SwitchError> {
+        let path = self.state_file();
+        let bytes = serde_json::to_vec_pretty(update).expect("serialisable");
+        verdant_common::fsutil::replace(&path, &bytes, 0o644).map_err(io(&path))
+    }
+
+    /// The version `current` names.
+    pub fn current(&self) -> Option<String> {
+        let target = std::fs::read_link(self.dir.join("current")).ok()?;
+        Some(target.to_string_lossy().into_owned())
+    }
+
+    /// `versions/current/verdant`, if there is one.
+    pub fn current_exe(&self) -> Option<PathBuf> {
+        let v = self.current()?;
+        let exe = self.dir.join(v).join(EXE);
+        exe.is_file().then_some(exe)
+    }
+
+    /// Every installed version, oldest first (by semantic version).
+    pub fn installed(&self) -> Vec<String> {
+        let mut found: Vec<(semver::Version, String)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let v = semver::Version::parse(&name).ok()?;
+                e.path().join(EXE).is_file().then_some((v, name))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, n)| n).collect()
+    }
+
+    pub fn status(&self) -> pb::Versions {
+        pb::Versions {
+            running: verdant_common::version::version().into(),
+            current: self.current().unwrap_or_default(),
+            installed: self.installed(),
+            update: self.update().map(|u| pb::VersionUpdate {
+                from: u.from,
+                to: u.to,
+                phase: u.phase,
+                reason: u.reason,
+                attempts: u.attempts,
+                started_ms: u.started_ms,
+                updated_ms: u.updated_ms,
+            }),
+        }
+    }
+
+    /// Points `current` at `version` (a new link renamed over the old).
+    fn point_at(&self, version: &str) -> Result<(), SwitchError> {
+        let tmp = self.dir.join(".current.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).map_err(io(&tmp))?;
+        let link = self.dir.join("current");
+        std::fs::rename(&tmp, &link).map_err(io(&link))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// Copies `source` aside as `versions/.<version>.new/verdant` (0755,
+    /// synced) with the manifest beside it; `None` when that version is
+    /// installed already. Checks see the copy, not the source, which its
+    /// owner could change meanwhile.
+    fn stage(
+        &self,
+        version: &str,
+        source: &Path,
+        manifest: &[u8],
+    ) -> Result<Option<PathBuf>, SwitchError> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.dir.join(version).join(EXE).is_file() {
+            return Ok(None);
+        }
+        let aside = self.dir.join(format!(".{version}.new"));
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+        let exe = aside.join(EXE);
+        std::fs::copy(source, &exe).map_err(io(source))?;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).map_err(io(&exe))?;
+        std::fs::File::open(&exe)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&exe))?;
+        let m = aside.join("manifest.json");
+        verdant_common::fsutil::replace(&m, manifest, 0o644).map_err(io(&m))?;
+        Ok(Some(aside))
+    }
+
+    /// Renames a staged version into place.
+    fn place(&self, version: &str, aside: &Path) -> Result<(), SwitchError> {
+        let dir = self.dir.join(version);
+        std::fs::rename(aside, &dir).map_err(io(&dir))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// The running executable kept as `versions/<running>/verdant`, the
+    /// way back from the switch.
+    fn keep_running(&self) -> Result<(), SwitchError> {
+        let running = verdant_common::version::version();
+        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+        let manifest = serde_json::json!({ "version": running, "arch": std::env::consts::ARCH,
+            "os": std::env::consts::OS, "executable": exe });
+        match self.stage(running, &exe, manifest.to_string().as_bytes())? {
+            Some(aside) => self.place(running, &aside),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the release the ota-agent staged (`request`) against the
+    /// operator's root and copies it aside (checked again there): what
+    /// [`Versions::commit`] installs once it said its version.
+    pub fn prepare(&self, request: &pb::SwitchVersionRequest) -> Result<Prepared, SwitchError> {
+        if let Some(u) = self.update()
+            && u.phase == SWITCHING
+        {
+            return Err(SwitchError::Refused(format!(
+                "an update from {} to {} is under way",
+                u.from, u.to
+            )));
+        }
+        let running = verdant_common::version::version();
+        let anchor_path = self.root.join(verdant_common::paths::UPDATE_ROOT);
+        let anchor = std::fs::read(&anchor_path).map_err(|e| {
+            SwitchError::Refused(format!(
+                "{}: {e}: the repository's root must be installed there",
+                anchor_path.display()
+            ))
+        })?;
+        let refused = |e: &dyn std::fmt::Display| SwitchError::Refused(e.to_string());
+        let targets = verdant_update::verify_targets(
+            &anchor,
+            &request.roots,
+            &request.targets,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| refused(&e))?;
+        let manifest: verdant_update::Manifest =
+            serde_json::from_slice(&request.manifest).map_err(|e| refused(&e))?;
+        let name = format!("verdant-{}-{}.json", manifest.version, manifest.arch);
+        let target = targets
+            .targets
+            .get(&name)
+            .ok_or_else(|| SwitchError::Refused(format!("{name} is not a signed target")))?;
+        verdant_update::release::check_target(&name, target, &request.manifest)
+            .map_err(|e| refused(&e))?;
+        let manifest = verdant_update::release::check_manifest(
+            &name,
+            &request.manifest,
+            running,
+            request.force,
+        )
+        .map_err(|e| refused(&e))?;
+        let exe_target = targets.targets.get(&manifest.executable).ok_or_else(|| {
+            SwitchError::Refused(format!("{} is not a signed target", manifest.executable))
+        })?;
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let aside = self.stage(
+            &manifest.version,
+            Path::new(&request.executable),
+            &request.manifest,
+        )?;
+        let exe = match &aside {
+            Some(a) => a.join(EXE),
+            None => self.dir.join(&manifest.version).join(EXE),
+        };
+        verdant_update::release::check_file(&manifest.executable, exe_target, &exe)
+            .map_err(|e| refused(&e))?;
+        Ok(Prepared {
+            version: manifest.version,
+            aside,
+            exe,
+        })
+    }
+
+    /// Drops what [`Versions::prepare`] staged (refused after all).
+    pub fn discard(prepared: &Prepared) {
+        if let Some(aside) = &prepared.aside {
+            let _ = std::fs::remove_dir_all(aside);
+        }
+    }
+
+    /// Installs what [`Versions::prepare`] staged (the running version
+    /// kept as the way back), says `switching` in `update.json` and points
+    /// `current` at it; what init must execute next.
+    pub fn commit(&self, prepared: &Prepared) -> Result<PathBuf, SwitchError> {
+        let running = verdant_common::version::version();
+        self.keep_running()?;
+        if let Some(aside) = &prepared.aside {
+            self.place(&prepared.version, aside)?;
+        }
+        let now = now_ms();
+        self.record(&Update {
+            from: running.into(),
+            to: prepared.version.clone(),
+            phase: SWITCHING.into(),
+            reason: String::new(),
+            attempts: 0,
+            started_ms: now,
+            updated_ms: now,
+        })?;
+        self.point_at(&prepared.version)?;
+        tracing::info!(from = running, to = prepared.version, "switching versions");
+        Ok(self.dir.join(&prepared.version).join(EXE))
+    }
+
+    /// Back to the version the last update came from; what to execute.
+    pub fn roll_back(&self, reason: &str) -> Result<PathBuf, SwitchError> {
+        let u = self
+            .update()
+            .ok_or_else(|| SwitchError::Refused("no update to roll back".into()))?;
+        let running = verdant_common::version::version();
+        if running != u.to {
+            return Err(SwitchError::Refused(format!(
+                "the core runs {running}, not {}, the version the last update went to",
+                u.to
+            )));
+        }
+        let back = &u.from;
+        let exe = self.dir.join(back).join(EXE);
+        if !exe.is_file() {
+            return Err(SwitchError::Refused(format!(
+                "{} is not installed",
+                exe.display()
+            )));
+        }
+        self.record(&Update {
+            from: running.into(),
+            to: back.clone(),
+            phase: ROLLED_BACK.into(),
+            reason: reason.into(),
+            updated_ms: now_ms(),
+            ..u
+        })?;
+        self.point_at(back)?;
+        tracing::warn!(from = running, to = back, "rolling back: {reason}");
+        Ok(exe)
+    }
+}
+
+/// A release checked and copied aside, not installed yet.
+#[derive(Debug)]
+pub struct Prepared {
+    pub version: String,
+    /// The staged directory (`None`: that version is installed already).
+    aside: Option<PathBuf>,
+    /// Its executable, where it is now.
+    pub exe: PathBuf,
+}
+
+/// Runs `exe --version` through init's reaper (10 s at most): it must say
+/// `verdant <version>`.
+pub async fn says_version(
+    reaper: &crate::process::Reaper,
+    exe: &Path,
+    version: &str,
+) -> Result<(), SwitchError> {
+    let mut command = std::process::Command::new(exe);
+    command.arg("--version");
+    let child = reaper
+        .spawn(command)
+        .map_err(|e| SwitchError::Refused(format!("{}: does not run: {e}", exe.display())))?;
+    let output = child.output.map(std::fs::File::from);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        if let Some(mut o) = output {
+            let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut o, 4096), &mut out);
+        }
+        out
+    });
+    let Ok(Ok(how)) = tokio::time::timeout(Duration::from_secs(10), child.exited).await else {
+        crate::process::signal_group(child.pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(SwitchError::Refused(format!(
+            "{} --version did not answer within 10 s",
+            exe.display()
+        )));
+    };
+    let out = read.await.unwrap_or_default();
+    let said = out.lines().next().unwrap_or_default().trim().to_string();
+    if how == crate::process::Exited::Code(0) && said == format!("verdant {version}") {
+        return Ok(());
+    }
+    Err(SwitchError::Refused(format!(
+        "{} does not run as version {version} ({how}; it said {said:?})",
+        exe.display()
+    )))
+}
+
+/// At init's start, before anything else: what to execute instead, if
+/// anything (the version `current` names, or the previous one when the
+/// new version never settled in [`MAX_ATTEMPTS`] starts).
+pub fn at_start(root: &Path) -> Option<PathBuf> {
+    let versions = Versions::new(root);
+    let running = verdant_common::version::version();
+    if let Some(mut u) = versions.update()
+        && u.phase == SWITCHING
+        && u.to == running
+    {
+        u.attempts += 1;
+        u.updated_ms = now_ms();
+        if u.attempts > MAX_ATTEMPTS {
+            let why = format!(
+                "{running} started {} times without every service running",
+                u.attempts - 1
+            );
+            return versions.roll_back(&why).ok();
+        }
+        let _ = versions.record(&u);
+    }
+    let target = versions.current_exe()?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let me = std::env::current_exe().ok()?;
+    (!same(&me, &target)).then_some(target)
+}
+
+/// When init could not execute `exe` (the version `current` names) at its
+/// start: `current` names the running version again (when installed),
+/// and an update under way ends `failed`.
+pub fn exec_failed(root: &Path, exe: &Path, e: &std::io::Error) {
+    let versions = Versions::new(root);
+    let running = verdant_common::version::version();
+    if versions.dir.join(running).join(EXE).is_file() {
+        let _ = versions.point_at(running);
+    }
+    if let Some(mut u) = versions.update()
+        && u.phase == SWITCHING
+    {
+        u.phase = FAILED.into();
+        u.reason = format!("{} could not be executed: {e}", exe.display());
+        u.updated_ms = now_ms();
+        let _ = versions.record(&u);
+    }
+}
+
+/// Once the services settled after a start: ends an update to this
+/// version (`succeeded` if `failed` is empty, else rolled back); what to
+/// execute instead, when rolling back.
+pub fn settled(root: &Path, failed: &[&str]) -> Option<PathBuf> {
+    let versions = Versions::new(root);
+    let running = verdant_common::version::version();
+    let mut u = versions.update()?;
+    if u.phase != SWITCHING || u.to != running {
+        return None;
+    }
+    if failed.is_empty() {
+        u.phase = SUCCEEDED.into();
+        u.updated_ms = now_ms();
+        let _ = versions.record(&u);
+        tracing::info!(
+            from = u.from,
+            to = u.to,
+            "update succeeded: every service runs"
+        );
+        return None;
+    }
+    let why = format!("on {running}, these did not run: {}", failed.join(", "));
+    match versions.roll_back(&why) {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            tracing::error!("cannot roll back ({why}): {e}");
+            None
+        }
+    }
+}
+
+/// Replaces this process with `exe`, with the same arguments and
+/// environment. Returns only if that fails.
+pub fn reexec(exe: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    tracing::info!(executable = %exe.display(), "executing init again");
+    std::process::Command::new(exe)
+        .arg0(argv0)
+        .args(args)
+        .exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root with versions `installed` and an update from `from` to the
+    /// running version, `attempts` starts in.
+    fn root_with(installed: &[&str], from: &str, attempts: u32) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let versions = Versions::new(root.path());
+        for v in installed {
+            let dir = root.path().join("versions").join(v);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(EXE), b"#!/bin/sh\n").unwrap();
+        }
+        versions
+            .record(&Update {
+                from: from.into(),
+                to: verdant_common::version::version().into(),
+                phase: SWITCHING.into(),
+                attempts,
+                ..Update::default()
+            })
+            .unwrap();
+        versions
+            .point_at(verdant_common::version::version())
+            .unwrap();
+        root
+    }
+
+    #[test]
+    fn a_new_version_that_never_settles_is_rolled_back_at_its_fourth_start() {
+        let running = verdant_common::version::version();
+        let root = root_with(&["0.0.9", running], "0.0.9", MAX_ATTEMPTS - 1);
+        let versions = Versions::new(root.path());
+        // Counted: still this version (it runs from elsewhere, so it would
+        // move onto versions/current).
+        let next = at_start(root.path());
+        assert_eq!(versions.update().unwrap().attempts, MAX_ATTEMPTS);
+        assert_eq!(next, versions.current_exe());
+        // One start too many: back to the previous version.
+        let next = at_start(root.path()).unwrap();
+        assert!(next.ends_with("versions/0.0.9/verdant"), "{next:?}");
+        let u = versions.update().unwrap();
+        assert_eq!((u.phase.as_str(), u.to.as_str()), (ROLLED_BACK, "0.0.9"));
+        assert_eq!(versions.current().unwrap(), "0.0.9");
+        assert_eq!(versions.installed(), ["0.0.9", running]);
+    }
+
+    #[test]
+    fn settling_ends_the_update_kept_or_rolled_back() {
+        let running = verdant_common::version::version();
+        let root = root_with(&["0.0.9", running], "0.0.9", 1);
+        assert_eq!(settled(root.path(), &[]), None);
+        let versions = Versions::new(root.path());
+        assert_eq!(versions.update().unwrap().phase, SUCCEEDED);
+        // Another update that leaves a service down.
+        let root = root_with(&["0.0.9", running], "0.0.9", 1);
+        let back = settled(root.path(), &["broker"]).unwrap();
+        assert!(back.ends_with("versions/0.0.9/verdant"), "{back:?}");
+        let u = Versions::new(root.path()).update().unwrap();
+        assert!(u.reason.contains("broker"), "{u:?}");
+        // Nothing to do without an update to this version.
+        let none = tempfile::tempdir().unwrap();
+        assert_eq!(settled(none.path(), &[]), None);
+        assert_eq!(at_start(none.path()), None);
+    }
+}
