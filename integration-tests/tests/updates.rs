@@ -220,4 +220,18 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     assert_eq!(v["update"]["phase"], "rolled back", "{v}");
     assert_eq!(core.init.id(), pid);
     core.wait_all_running().await;
+
+    // A site with no network: the repository packed into one file.
+    let packed = dir.path().join("release.tar");
+    script(&["pack", &repo, packed.to_str().unwrap()]);
+    let out = core.ctl(&[
+        "update",
+        "apply",
+        "99.0.1",
+        "--repo",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(versions(&core)["running"], "99.0.1");
+    assert_eq!(core.init.id(), pid);
 }

@@ -81,30 +81,33 @@ impl Bundle {
         if meta.is_dir() {
             return scan(path);
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        let file = File::open(path).map_err(io_at(path))?;
-        let is = |suffix: &str| name.ends_with(suffix);
-        let reader: Box<dyn Read> = if is(".tar.gz") || is(".tgz") {
-            Box::new(flate2::read::GzDecoder::new(file))
-        } else if is(".tar") {
-            Box::new(file)
-        } else {
-            return Err(BundleError::Unsupported {
-                path: path.to_path_buf(),
-            });
-        };
-        std::fs::create_dir_all(scratch).map_err(io_at(scratch))?;
-        untar(path, reader, scratch)?;
-        // Everything under one top-level directory is read from there.
-        let only = only_dir(scratch)?;
-        match only {
-            Some(dir) if !scratch.join("group.json").exists() => scan(&dir),
-            _ => scan(scratch),
-        }
+        scan(&unpack(path, scratch)?)
     }
+}
+
+/// Unpacks the tarball (`.tar`, `.tar.gz`, `.tgz`) at `path` into
+/// `scratch` (created if missing); the directory its content is in: the
+/// one top-level directory it holds, if it holds nothing else, else
+/// `scratch`. Entries leaving `scratch` and special files are refused.
+pub fn unpack(path: &Path, scratch: &Path) -> Result<PathBuf, BundleError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let file = File::open(path).map_err(io_at(path))?;
+    let is = |suffix: &str| name.ends_with(suffix);
+    let reader: Box<dyn Read> = if is(".tar.gz") || is(".tgz") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else if is(".tar") {
+        Box::new(file)
+    } else {
+        return Err(BundleError::Unsupported {
+            path: path.to_path_buf(),
+        });
+    };
+    std::fs::create_dir_all(scratch).map_err(io_at(scratch))?;
+    untar(path, reader, scratch)?;
+    Ok(only_dir(scratch)?.unwrap_or_else(|| scratch.to_path_buf()))
 }
 
 /// Unpacks the tarball `path` (read from `reader`) into `into`.

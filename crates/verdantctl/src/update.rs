@@ -18,7 +18,8 @@ pub enum UpdateCmd {
     /// Fetch a release, have verdant-init check and install it beside the
     /// running one, and follow the core as it restarts on it.
     Apply {
-        /// The version wanted (default: the newest for this machine).
+        /// The version wanted (default: the newest for this machine), or a
+        /// repository packed into one file (`update-repo.py pack`).
         version: Option<String>,
         /// The repository (default: `[ota-agent] update_repository`).
         #[arg(long)]
@@ -160,6 +161,11 @@ pub async fn run(dir: &Path, command: UpdateCmd, json: bool) -> Result<(), Strin
             force,
             no_wait,
         } => {
+            // A file named instead of a version: the repository it packs.
+            let (repo, version) = match version {
+                Some(v) if Path::new(&v).is_file() => (Some(v), None),
+                v => (repo, v),
+            };
             let r = UpdatesClient::new(dial(dir, "ota-agent").await?)
                 .apply_update(pb::CheckUpdateRequest {
                     repository: repository(repo),

@@ -1,7 +1,7 @@
 //! `verdant.ota.v1.Updates` on the ota-agent's socket: which release of a
 //! repository this core would take, checked against the root it trusts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -28,6 +28,8 @@ pub struct Api {
     pub downloads: PathBuf,
     /// verdant-init's socket, which installs and switches.
     pub init_socket: PathBuf,
+    /// Where a repository packed into a tarball is unpacked.
+    pub scratch: PathBuf,
 }
 
 impl Api {
@@ -88,14 +90,23 @@ impl Api {
             )));
         }
         let _one = self.busy.lock().await;
-        let (state, anchor, ca, downloads) = (
+        let (state, anchor, ca, downloads, scratch) = (
             self.state.clone(),
             self.anchor.clone(),
             self.ca_file.clone(),
             self.downloads.clone(),
+            self.scratch.clone(),
         );
-        let location = repository.clone();
+        let mut location = repository.clone();
         let found = tokio::task::spawn_blocking(move || {
+            // A repository packed into one file: unpacked, then read as a
+            // directory (checked all the same).
+            if location.starts_with('/') && Path::new(&location).is_file() {
+                let _ = std::fs::remove_dir_all(&scratch);
+                let dir = crate::bundle::unpack(Path::new(&location), &scratch)
+                    .map_err(|e| ReleaseError::Fetch(e.to_string()))?;
+                location = dir.to_string_lossy().into_owned();
+            }
             let fetcher =
                 Fetcher::new(ca.as_deref()).map_err(|e| ReleaseError::Fetch(e.to_string()))?;
             let repo = Repository::new(&location, &fetcher)?;
