@@ -151,14 +151,21 @@ fn versions(core: &Core) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test]
-async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (repo, keys) = release_repo(dir.path());
-    let small = small_build(dir.path());
+/// Writes an update hook (a shell script) into the core's `config/`.
+fn hook(core: &Core, name: &str, body: &str) {
+    let path = core.root().join("config").join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// A core trusting a repository (under `dir`) with release 99.0.1 (this
+/// build, stamped) and 99.0.2 (a script that does not run); the
+/// repository's path.
+async fn core_with_releases(dir: &Path) -> (Core, String) {
+    let (repo, keys) = release_repo(dir);
+    let small = small_build(dir);
     publish(&repo, &keys, &small, "99.0.1", &["--stamp"]);
-    // A release that does not run.
-    let broken = dir.path().join("broken");
+    let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
     publish(&repo, &keys, &broken, "99.0.2", &[]);
     let dropin = format!("[ota-agent]\nupdate_repository = \"{repo}\"\n");
@@ -167,12 +174,19 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
         ..Options::default()
     });
     core.wait_all_running().await;
-    let pid = core.init.id();
     std::fs::copy(
-        dir.path().join("repo/metadata/1.root.json"),
+        Path::new(&repo).join("metadata/1.root.json"),
         core.root().join("config/update-root.json"),
     )
     .unwrap();
+    (core, repo)
+}
+
+#[tokio::test]
+async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (core, repo) = core_with_releases(dir.path()).await;
+    let pid = core.init.id();
     let running = env!("CARGO_PKG_VERSION");
 
     // The broken one is refused before anything changes.
@@ -190,6 +204,29 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
             .is_empty()
     );
 
+    // Greengrass's hooks: a pre-update hook that fails refuses the update.
+    hook(
+        &core,
+        "ota_pre_update.sh",
+        "echo 'not during a shift'; exit 3",
+    );
+    let out = core.ctl(&["update", "apply", "99.0.1"]);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("pre-update hook refused it")
+            && said(&out).contains("not during a shift"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(versions(&core)["running"], running);
+    let seen = core.root().join("hooks.txt");
+    let record = format!(
+        "echo \"$0 $VERDANT_UPDATE_FROM $VERDANT_UPDATE_TO\" >> {}",
+        seen.display()
+    );
+    hook(&core, "ota_pre_update.sh", &record);
+    hook(&core, "ota_post_update.sh", &record);
+
     // Applied: init runs the new executable under the same PID.
     let out = core.ctl(&["update", "apply", "99.0.1"]);
     assert!(out.status.success(), "{}", said(&out));
@@ -202,6 +239,14 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
         serde_json::json!([running, "99.0.1"]),
         "{v}"
     );
+    let hooks = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        hooks.contains(&format!("ota_pre_update.sh {running} 99.0.1"))
+            && hooks.contains(&format!("ota_post_update.sh {running} 99.0.1")),
+        "{hooks}"
+    );
+    std::fs::remove_file(core.root().join("config/ota_pre_update.sh")).unwrap();
+    std::fs::remove_file(core.root().join("config/ota_post_update.sh")).unwrap();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(
         exe,
@@ -219,6 +264,23 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     assert_eq!(v["running"], running, "{v}");
     assert_eq!(v["update"]["phase"], "rolled back", "{v}");
     assert_eq!(core.init.id(), pid);
+    core.wait_all_running().await;
+
+    // A post-update hook that fails on the new version: rolled back.
+    hook(
+        &core,
+        "ota_post_update.sh",
+        "echo 'line check failed'; exit 1",
+    );
+    let out = core.ctl(&["update", "apply", "99.0.1"]);
+    assert!(!out.status.success(), "{}", said(&out));
+    let v = versions(&core);
+    assert_eq!(v["running"], running, "{v}");
+    assert_eq!(v["update"]["phase"], "rolled back", "{v}");
+    let reason = v["update"]["reason"].as_str().unwrap();
+    assert!(reason.contains("line check failed"), "{v}");
+    assert_eq!(core.init.id(), pid);
+    std::fs::remove_file(core.root().join("config/ota_post_update.sh")).unwrap();
     core.wait_all_running().await;
 
     // A site with no network: the repository packed into one file.

@@ -48,6 +48,14 @@ pub struct InitSection {
     /// at init's start, sharing its relocated pages (about 1.9 MiB less for
     /// a core); `false` executes each (see docs/supervisor.md).
     pub zygote: bool,
+    /// Run, when present, before a new version is installed (a failure
+    /// refuses the update) and once it settled (a failure rolls it back):
+    /// Greengrass's `ota_pre_update.sh` and `ota_post_update.sh`. Relative
+    /// to the root.
+    pub update_pre_hook: std::path::PathBuf,
+    pub update_post_hook: std::path::PathBuf,
+    /// How long each hook may run.
+    pub update_hook_timeout_secs: u64,
 }
 
 impl Default for InitSection {
@@ -62,6 +70,9 @@ impl Default for InitSection {
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 3,
             zygote: true,
+            update_pre_hook: "config/ota_pre_update.sh".into(),
+            update_post_hook: "config/ota_post_update.sh".into(),
+            update_hook_timeout_secs: 60,
         }
     }
 }
@@ -225,7 +236,10 @@ pub fn default_config() -> String {
          healthy_reset_secs = 60\n\
          log_max_bytes = 10485760\n\
          log_keep = 3\n\
-         zygote = true              # fork the daemons from a zygote (shares memory); false: exec each\n",
+         zygote = true              # fork the daemons from a zygote (shares memory); false: exec each\n\
+         # update_pre_hook = \"config/ota_pre_update.sh\"    # run before a new version is installed, if there\n\
+         # update_post_hook = \"config/ota_post_update.sh\"  # run once it settled; a failure rolls it back\n\
+         # update_hook_timeout_secs = 60\n",
     );
     for (name, deps) in [
         ("router", ""),

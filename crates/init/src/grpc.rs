@@ -30,8 +30,10 @@ pub struct Api {
     pub init_log: ServiceLog,
     /// The core's versions (`versions/`).
     pub versions: Versions,
-    /// Init's reaper, for `--version` runs of a new release.
+    /// Init's reaper, for `--version` runs of a new release and its hooks.
     pub reaper: crate::process::Reaper,
+    /// `[init]`: the update hooks.
+    pub policy: crate::config::InitSection,
     /// Set with the executable to run next when a switch or a rollback
     /// stops the core (then `shutdown` is cancelled).
     pub reexec: Arc<Mutex<Option<PathBuf>>>,
@@ -211,6 +213,21 @@ impl SupervisorApi for Api {
         {
             Versions::discard(&prepared);
             return Err(refused(e));
+        }
+        let running = verdant_common::version::version();
+        if let Err(why) = crate::versions::run_hook(
+            &self.reaper,
+            self.versions.root(),
+            &self.policy.update_pre_hook,
+            (running, &prepared.version),
+            std::time::Duration::from_secs(self.policy.update_hook_timeout_secs),
+        )
+        .await
+        {
+            Versions::discard(&prepared);
+            return Err(refused(SwitchError::Refused(format!(
+                "the pre-update hook refused it: {why}"
+            ))));
         }
         let versions = self.versions.clone();
         let exe = tokio::task::spawn_blocking(move || versions.commit(&prepared))

@@ -105,6 +105,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         init_log,
         versions: versions::Versions::new(prepared.layout.root()),
+        policy: prepared.config.init.clone(),
         reaper: shared.reaper.clone(),
         reexec: reexec.clone(),
     }));
@@ -117,7 +118,7 @@ pub async fn run(
     let settle_limit = Duration::from_millis(prepared.config.init.start_timeout_ms) * levels;
     tokio::select! {
         list = supervisor.settled(settle_limit) => {
-            let next = up(&list, begun, prepared.layout.root());
+            let next = up(&list, begun, &prepared.config.init, &shared.reaper, prepared.layout.root()).await;
             if next.is_some() {
                 *reexec.lock().expect("reexec lock") = next;
                 shutdown.cancel();
@@ -147,9 +148,15 @@ pub async fn run(
 }
 
 /// The core came up (`list`: every service once they settled): says so
-/// (log, systemd), and ends an update to this version: kept, or rolled
-/// back (then what to execute instead).
-fn up(list: &[service::Status], begun: Instant, root: &Path) -> Option<std::path::PathBuf> {
+/// (log, systemd), and ends an update to this version (after its
+/// post-update hook): kept, or rolled back (then what to execute instead).
+async fn up(
+    list: &[service::Status],
+    begun: Instant,
+    policy: &config::InitSection,
+    reaper: &Reaper,
+    root: &Path,
+) -> Option<std::path::PathBuf> {
     let failed: Vec<_> = list
         .iter()
         .filter(|s| s.state == State::Failed)
@@ -166,12 +173,25 @@ fn up(list: &[service::Status], begun: Instant, root: &Path) -> Option<std::path
         "core up: {status}"
     );
     notify::ready(&status);
-    let not_running: Vec<_> = list
+    let update = versions::switching_here(root)?;
+    let mut problems: Vec<String> = list
         .iter()
         .filter(|s| s.state != State::Running)
-        .map(|s| s.name.as_str())
+        .map(|s| format!("{} did not run", s.name))
         .collect();
-    versions::settled(root, &not_running)
+    if problems.is_empty()
+        && let Err(why) = versions::run_hook(
+            reaper,
+            root,
+            &policy.update_post_hook,
+            (&update.from, &update.to),
+            Duration::from_secs(policy.update_hook_timeout_secs),
+        )
+        .await
+    {
+        problems.push(why);
+    }
+    versions::settled(root, &problems)
 }
 
 /// Keeps the zygote if the config wants it and init can adopt what it

@@ -85,6 +85,10 @@ impl Versions {
         }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn state_file(&self) -> PathBuf {
         self.dir.join("update.json")
     }
@@ -348,8 +352,33 @@ pub struct Prepared {
     pub exe: PathBuf,
 }
 
-/// Runs `exe --version` through init's reaper (10 s at most): it must say
-/// `verdant <version>`.
+/// Runs `command` through init's reaper for `limit` at most: how it
+/// ended and the first 64 KiB of its output, or why it did not run.
+async fn run_captured(
+    reaper: &crate::process::Reaper,
+    command: std::process::Command,
+    limit: Duration,
+) -> Result<(crate::process::Exited, String), String> {
+    let child = reaper
+        .spawn(command)
+        .map_err(|e| format!("does not run: {e}"))?;
+    let output = child.output.map(std::fs::File::from);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        if let Some(mut o) = output {
+            let _ =
+                std::io::Read::read_to_string(&mut std::io::Read::take(&mut o, 65_536), &mut out);
+        }
+        out
+    });
+    let Ok(Ok(how)) = tokio::time::timeout(limit, child.exited).await else {
+        crate::process::signal_group(child.pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(format!("did not end within {} s", limit.as_secs()));
+    };
+    Ok((how, read.await.unwrap_or_default()))
+}
+
+/// Runs `exe --version` (10 s at most): it must say `verdant <version>`.
 pub async fn says_version(
     reaper: &crate::process::Reaper,
     exe: &Path,
@@ -357,25 +386,9 @@ pub async fn says_version(
 ) -> Result<(), SwitchError> {
     let mut command = std::process::Command::new(exe);
     command.arg("--version");
-    let child = reaper
-        .spawn(command)
-        .map_err(|e| SwitchError::Refused(format!("{}: does not run: {e}", exe.display())))?;
-    let output = child.output.map(std::fs::File::from);
-    let read = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        if let Some(mut o) = output {
-            let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut o, 4096), &mut out);
-        }
-        out
-    });
-    let Ok(Ok(how)) = tokio::time::timeout(Duration::from_secs(10), child.exited).await else {
-        crate::process::signal_group(child.pid, nix::sys::signal::Signal::SIGKILL);
-        return Err(SwitchError::Refused(format!(
-            "{} --version did not answer within 10 s",
-            exe.display()
-        )));
-    };
-    let out = read.await.unwrap_or_default();
+    let (how, out) = run_captured(reaper, command, Duration::from_secs(10))
+        .await
+        .map_err(|e| SwitchError::Refused(format!("{} --version {e}", exe.display())))?;
     let said = out.lines().next().unwrap_or_default().trim().to_string();
     if how == crate::process::Exited::Code(0) && said == format!("verdant {version}") {
         return Ok(());
@@ -384,6 +397,39 @@ pub async fn says_version(
         "{} does not run as version {version} ({how}; it said {said:?})",
         exe.display()
     )))
+}
+
+/// Runs an update hook (`hook`, relative to the root) if it is there, with
+/// `VERDANT_UPDATE_FROM`, `VERDANT_UPDATE_TO` and `VERDANT_ROOT` in its
+/// environment: `Err` with why when it fails.
+pub async fn run_hook(
+    reaper: &crate::process::Reaper,
+    root: &Path,
+    hook: &Path,
+    (from, to): (&str, &str),
+    limit: Duration,
+) -> Result<(), String> {
+    let path = root.join(hook);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let mut command = std::process::Command::new(&path);
+    command
+        .current_dir(root)
+        .env("VERDANT_UPDATE_FROM", from)
+        .env("VERDANT_UPDATE_TO", to)
+        .env("VERDANT_ROOT", root);
+    let name = path.display().to_string();
+    let (how, out) = run_captured(reaper, command, limit)
+        .await
+        .map_err(|e| format!("{name} {e}"))?;
+    let last: Vec<&str> = out.lines().rev().take(3).collect();
+    let last: Vec<&str> = last.into_iter().rev().collect();
+    if how == crate::process::Exited::Code(0) {
+        tracing::info!(hook = name, "update hook done");
+        return Ok(());
+    }
+    Err(format!("{name} failed ({how}): {}", last.join(" / ")))
 }
 
 /// At init's start, before anything else: what to execute instead, if
@@ -435,16 +481,21 @@ pub fn exec_failed(root: &Path, exe: &Path, e: &std::io::Error) {
     }
 }
 
+/// The update to the running version still under way, if any.
+pub fn switching_here(root: &Path) -> Option<Update> {
+    Versions::new(root)
+        .update()
+        .filter(|u| u.phase == SWITCHING && u.to == verdant_common::version::version())
+}
+
 /// Once the services settled after a start: ends an update to this
-/// version (`succeeded` if `failed` is empty, else rolled back); what to
+/// version: `succeeded` if `failed` (the services that do not run, or
+/// why the post-update hook failed) is empty, else rolled back; what to
 /// execute instead, when rolling back.
-pub fn settled(root: &Path, failed: &[&str]) -> Option<PathBuf> {
+pub fn settled(root: &Path, failed: &[String]) -> Option<PathBuf> {
     let versions = Versions::new(root);
     let running = verdant_common::version::version();
-    let mut u = versions.update()?;
-    if u.phase != SWITCHING || u.to != running {
-        return None;
-    }
+    let mut u = switching_here(root)?;
     if failed.is_empty() {
         u.phase = SUCCEEDED.into();
         u.updated_ms = now_ms();
@@ -456,7 +507,7 @@ pub fn settled(root: &Path, failed: &[&str]) -> Option<PathBuf> {
         );
         return None;
     }
-    let why = format!("on {running}, these did not run: {}", failed.join(", "));
+    let why = format!("on {running}: {}", failed.join("; "));
     match versions.roll_back(&why) {
         Ok(exe) => Some(exe),
         Err(e) => {
@@ -536,7 +587,7 @@ mod tests {
         assert_eq!(versions.update().unwrap().phase, SUCCEEDED);
         // Another update that leaves a service down.
         let root = root_with(&["0.0.9", running], "0.0.9", 1);
-        let back = settled(root.path(), &["broker"]).unwrap();
+        let back = settled(root.path(), &["broker did not run".to_string()]).unwrap();
         assert!(back.ends_with("versions/0.0.9/verdant"), "{back:?}");
         let u = Versions::new(root.path()).update().unwrap();
         assert!(u.reason.contains("broker"), "{u:?}");
