@@ -9,12 +9,30 @@ use crate::PATIENCE;
 
 /// Connects `id` to `port` on loopback (clean session unless `persistent`).
 pub async fn connect(port: u16, id: &str, persistent: bool) -> (AsyncClient, EventLoop) {
+    let (client, events, _) = connect_session(port, id, persistent).await;
+    (client, events)
+}
+
+/// As [`connect`], and whether the broker had a session for `id`.
+pub async fn connect_session(
+    port: u16,
+    id: &str,
+    persistent: bool,
+) -> (AsyncClient, EventLoop, bool) {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(!persistent);
     let (client, mut events) = AsyncClient::new(o, 1000);
-    until(&mut events, |p| matches!(p, Packet::ConnAck(_))).await;
-    (client, events)
+    let mut present = false;
+    until(&mut events, |p| match p {
+        Packet::ConnAck(ack) => {
+            present = ack.session_present;
+            true
+        }
+        _ => false,
+    })
+    .await;
+    (client, events, present)
 }
 
 /// Polls until `pred` accepts an incoming packet (within [`PATIENCE`]).

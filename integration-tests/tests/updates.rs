@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rumqttc::{Packet, QoS};
 use serde_json::Value;
-use verdant_integration_tests::{Core, Options};
+use verdant_integration_tests::{Core, Options, mqtt};
 
 use verdant_integration_tests::{publish, release_repo, update_repo as script};
 
@@ -161,14 +162,14 @@ fn hook(core: &Core, name: &str, body: &str) {
 /// A core trusting a repository (under `dir`) with release 99.0.1 (this
 /// build, stamped) and 99.0.2 (a script that does not run); the
 /// repository's path.
-async fn core_with_releases(dir: &Path) -> (Core, String) {
+async fn core_with_releases(dir: &Path, extra: &str) -> (Core, String) {
     let (repo, keys) = release_repo(dir);
     let small = small_build(dir);
     publish(&repo, &keys, &small, "99.0.1", &["--stamp"]);
     let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
     publish(&repo, &keys, &broken, "99.0.2", &[]);
-    let dropin = format!("[ota-agent]\nupdate_repository = \"{repo}\"\n");
+    let dropin = format!("[ota-agent]\nupdate_repository = \"{repo}\"\n{extra}");
     let core = Core::start_with(&Options {
         dropin: Some(&dropin),
         ..Options::default()
@@ -185,7 +186,7 @@ async fn core_with_releases(dir: &Path) -> (Core, String) {
 #[tokio::test]
 async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (core, repo) = core_with_releases(dir.path()).await;
+    let (core, repo) = core_with_releases(dir.path(), "").await;
     let pid = core.init.id();
     let running = env!("CARGO_PKG_VERSION");
 
@@ -296,4 +297,57 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     assert!(out.status.success(), "{}", said(&out));
     assert_eq!(versions(&core)["running"], "99.0.1");
     assert_eq!(core.init.id(), pid);
+}
+
+#[tokio::test]
+async fn qos_1_messages_acknowledged_before_a_switch_all_arrive_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = "[broker]\nmode = \"local\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:0\"\n";
+    let (core, _repo) = core_with_releases(dir.path(), tcp).await;
+    let port = core.broker_port("tcp").await;
+    // A device's persistent session subscribes, then is away.
+    let (keeper, mut kev) = mqtt::connect(port, "keeper", true).await;
+    mqtt::subscribed(&keeper, &mut kev, "line/#").await;
+    keeper.disconnect().await.unwrap();
+    let _ = kev.poll().await;
+    drop(kev);
+    // 300 QoS 1 messages for it, each acknowledged by the broker.
+    let (publisher, mut pev) = mqtt::connect(port, "press", false).await;
+    for i in 0..300u32 {
+        publisher
+            .publish(
+                "line/count",
+                QoS::AtLeastOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    mqtt::until(&mut pev, |p| {
+        acks += usize::from(matches!(p, Packet::PubAck(_)));
+        acks == 300
+    })
+    .await;
+    drop(pev);
+
+    let out = core.ctl(&["update", "apply", "99.0.1"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(versions(&core)["running"], "99.0.1");
+    core.wait_all_running().await;
+
+    // The session is there on the new version, with every message, in order.
+    let port = core.broker_port("tcp").await;
+    let (_keeper, mut kev, present) = mqtt::connect_session(port, "keeper", true).await;
+    assert!(present, "the session survived the switch");
+    let mut got = Vec::new();
+    mqtt::until(&mut kev, |p| {
+        if let Packet::Publish(m) = p {
+            got.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+        }
+        got.len() == 300
+    })
+    .await;
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
 }
