@@ -295,7 +295,7 @@ async fn wait_for(socket: &Path) -> tonic::transport::Channel {
     }
 }
 
-fn row(what: &str, v: &mut [Duration]) {
+pub(crate) fn row(what: &str, v: &mut [Duration]) {
     v.sort();
     if v.is_empty() {
         return;

@@ -14,6 +14,7 @@ mod reconnect;
 mod secrets;
 mod shadow;
 mod spawn;
+mod update;
 
 use std::path::PathBuf;
 
@@ -128,6 +129,19 @@ enum Cmd {
         /// A Python with greengrasssdk, bundled with the function.
         #[arg(long, default_value = ".venv/bin/python")]
         python: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Version switches with devices connected: `ApplyUpdate` and
+    /// `RollbackVersion` → settled, the listener's refusals, devices away.
+    Update {
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        /// A Python with python-tuf (scripts/update-repo.py).
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
@@ -251,6 +265,12 @@ fn main() {
             python,
             runs,
         } => runtime.block_on(secrets::run(&bin_dir, &python, runs)),
+        Cmd::Update {
+            bin_dir,
+            python,
+            devices,
+            runs,
+        } => runtime.block_on(update::run(&bin_dir, &python, devices, runs)),
         Cmd::Drain {
             bin_dir,
             messages,
