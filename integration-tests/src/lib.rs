@@ -527,6 +527,20 @@ pub fn update_repo(args: &[&str]) {
     assert!(out.status.success(), "update-repo.py {args:?}: {out:?}");
 }
 
+/// The test build of `verdant` without its debug information (a tenth of
+/// the size), as a release executable would be, at `dir/verdant-small`.
+pub fn small_verdant(dir: &Path) -> PathBuf {
+    let out = dir.join("verdant-small");
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(bin("verdant"))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "objcopy --strip-debug");
+    out
+}
+
 /// A release repository in `dir/repo` with its keys in `dir/keys`
 /// (`update-repo.py keys` and `init`): their paths.
 pub fn release_repo(dir: &Path) -> (String, String) {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use verdant_integration_tests::cloud::{Cloud, bound_port};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{connect, subscribed};
-use verdant_integration_tests::{Core, Options, PATIENCE};
+use verdant_integration_tests::{Core, Options, PATIENCE, publish, release_repo, small_verdant};
 use verdant_proto::ota::v1 as pb;
 use verdant_proto::ota::v1::Phase;
 use verdant_proto::ota::v1::deployments_client::DeploymentsClient;
@@ -428,4 +428,80 @@ async fn deployments_add_and_remove_cloud_subscriptions_without_dropping_the_clo
             "the same connection"
         );
     }
+}
+
+#[tokio::test]
+async fn a_job_updates_the_core_and_the_new_version_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let releases = dir.path().join("releases");
+    std::fs::create_dir_all(&releases).unwrap();
+    let (repo, keys) = release_repo(&releases);
+    publish(
+        &repo,
+        &keys,
+        &small_verdant(&releases),
+        "99.0.1",
+        &["--stamp"],
+    );
+    let broken = releases.join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    publish(&repo, &keys, &broken, "99.0.2", &[]);
+    let mut cloud = Cloud::prepare(&dir.path().join("cloud"));
+    let (core, mut jobs, open) = start(
+        &mut cloud,
+        &format!("[ota-agent]\nupdate_repository = \"{repo}\"\n"),
+    )
+    .await;
+    std::fs::copy(
+        std::path::Path::new(&repo).join("metadata/1.root.json"),
+        core.root().join("config/update-root.json"),
+    )
+    .unwrap();
+    let pid = core.init.id();
+
+    // A release that does not run: the job fails with why, nothing changes.
+    jobs.create(
+        "up-1",
+        json!({ "verdant": { "update": { "version": "99.0.2" } } }),
+    );
+    open.store(true, Ordering::SeqCst);
+    jobs.serve_until(|u| ended(u, "up-1")).await;
+    let end = jobs
+        .updates
+        .iter()
+        .rfind(|u| u.job == "up-1")
+        .unwrap()
+        .clone();
+    assert_eq!(end.status, "FAILED", "{end:?}");
+    assert!(
+        end.details["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not run as version 99.0.2"),
+        "{end:?}"
+    );
+
+    // The new version takes over in place and reports the job's end.
+    jobs.create(
+        "up-2",
+        json!({ "verdant": { "update": { "version": "99.0.1" } } }),
+    );
+    jobs.serve_until(|u| ended(u, "up-2")).await;
+    let seen: Vec<&Update> = jobs.updates.iter().filter(|u| u.job == "up-2").collect();
+    assert_eq!(seen[0].status, "IN_PROGRESS", "{seen:?}");
+    let end = seen.last().unwrap();
+    assert_eq!(end.status, "SUCCEEDED", "{seen:?}");
+    assert_eq!(end.details["update"], "99.0.1", "{end:?}");
+    let out = core.ctl(&["-o", "json", "update", "status"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["running"], "99.0.1", "{v}");
+    assert_eq!(core.init.id(), pid);
+    // Done: the job is not taken again.
+    assert_eq!(
+        jobs.updates
+            .iter()
+            .filter(|u| u.job == "up-2" && u.status == "SUCCEEDED")
+            .count(),
+        1
+    );
 }

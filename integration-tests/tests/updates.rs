@@ -11,7 +11,7 @@ use rumqttc::{Packet, QoS};
 use serde_json::Value;
 use verdant_integration_tests::{Core, Options, mqtt};
 
-use verdant_integration_tests::{publish, release_repo, update_repo as script};
+use verdant_integration_tests::{publish, release_repo, small_verdant, update_repo as script};
 
 /// A repository with releases `versions` (each a small file standing in
 /// for the executable), its keys beside it.
@@ -132,20 +132,6 @@ fn a_release_stamped_from_one_build_says_its_own_version() {
     );
 }
 
-/// The test's build without its debug information (a tenth of the size),
-/// as a release executable would be.
-fn small_build(dir: &Path) -> PathBuf {
-    let out = dir.join("verdant-small");
-    let status = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(verdant_integration_tests::bin("verdant"))
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
-}
-
 fn versions(core: &Core) -> Value {
     let out = core.ctl(&["-o", "json", "update", "status"]);
     assert!(out.status.success(), "{}", said(&out));
@@ -164,7 +150,7 @@ fn hook(core: &Core, name: &str, body: &str) {
 /// repository's path.
 async fn core_with_releases(dir: &Path, extra: &str) -> (Core, String) {
     let (repo, keys) = release_repo(dir);
-    let small = small_build(dir);
+    let small = small_verdant(dir);
     publish(&repo, &keys, &small, "99.0.1", &["--stamp"]);
     let broken = dir.join("broken");
     std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();

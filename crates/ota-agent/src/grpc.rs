@@ -16,7 +16,7 @@ use crate::engine::{Agent, DeployError};
 use crate::store::ended;
 
 /// The server, its health still `NOT_SERVING`.
-pub(crate) async fn server(agent: Arc<Agent>, updates: crate::update::api::Api) -> Server {
+pub(crate) async fn server(agent: Arc<Agent>, updates: &Arc<crate::update::api::Api>) -> Server {
     let note = "deployments of a group from verdantctl or the cloud: validated, staged, \
                 applied hot to every daemon, health-checked, rolled back on failure";
     Server::new(Info::functional(SERVICE, note))

@@ -20,7 +20,7 @@
 //! after it starts again.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -29,15 +29,19 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use verdant_common::shutdown::CancellationToken;
 use verdant_link::ToRouter;
 use verdant_proto::ota::v1::deploy_request::Source;
-use verdant_proto::ota::v1::{DeployRequest, Deployment, GroupUrl, Phase};
+use verdant_proto::ota::v1::{CheckUpdateRequest, DeployRequest, Deployment, GroupUrl, Phase};
 use verdant_proto::router::v1 as pb;
 
 use crate::engine::{Agent, DeployError};
 use crate::link::FromRouter;
 use crate::store::ended;
+use crate::update::api::Api as UpdatesApi;
 
 /// The origin of a deployment made for a job: this, then the job id.
 pub const ORIGIN: &str = "iot-jobs:";
+/// The deployment id the `jobs` table gives a job that is a software
+/// update of the core: this, then the version (once it is known).
+pub const UPDATE: &str = "update:";
 /// The reason a job whose document is not a deployment fails with.
 pub const NOT_VERDANT: &str = "not a Verdant deployment document";
 /// The longest value of a job's `statusDetails` (AWS IoT's limit).
@@ -109,6 +113,57 @@ pub fn request(job_id: &str, document: &Value) -> Result<DeployRequest, String> 
         deployment_type,
         origin: format!("{ORIGIN}{job_id}"),
     })
+}
+
+/// The software update a job document asks for, if it asks for one:
+/// `verdant.update` is `{"version"?, "repository"? (https://), "force"?}`
+/// (the newest release of the configured repository by default).
+pub fn update_request(document: &Value) -> Option<Result<CheckUpdateRequest, String>> {
+    let u = document.get("verdant")?.get("update")?;
+    let parsed = (|| {
+        let o = u.as_object().ok_or("verdant.update: must be an object")?;
+        let text = |key: &str| match o.get(key) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("verdant.update.{key}: must be a string")),
+        };
+        let version = text("version")?;
+        let repository = text("repository")?;
+        if !repository.is_empty() && !repository.starts_with("https://") {
+            return Err("verdant.update.repository: must be an https:// URL".into());
+        }
+        let force = match o.get("force") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err("verdant.update.force: must be true or false".into()),
+        };
+        Ok(CheckUpdateRequest {
+            repository,
+            version,
+            force,
+        })
+    })();
+    Some(parsed)
+}
+
+/// How an update to `version` ended, from init's record of the last
+/// update (`versions/update.json`) as this version sees it; `None` while
+/// it has not ended (or this record is of another update).
+pub fn update_end(version: &str, record: &Value) -> Option<(&'static str, Map<String, Value>)> {
+    let field = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (from, to, phase) = (field("from"), field("to"), field("phase"));
+    let mut details = Map::new();
+    details.insert("update".into(), version.into());
+    details.insert("phase".into(), phase.into());
+    let running = verdant_common::version::version();
+    if phase == "succeeded" && to == version && running == version {
+        return Some(("SUCCEEDED", details));
+    }
+    if (phase == "rolled back" && from == version) || (phase == "failed" && to == version) {
+        details.insert("reason".into(), detail(field("reason")).into());
+        return Some(("FAILED", details));
+    }
+    None
 }
 
 /// The job a deployment was made for.
@@ -216,6 +271,24 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records what a job became: its deployment (or update) id.
+    pub fn became(&self, job: &str, deployment_id: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET deployment_id = ?2 WHERE job_id = ?1",
+            params![job, deployment_id],
+        )?;
+        Ok(())
+    }
+
+    /// Records why a job failed.
+    pub fn fail(&self, job: &str, failure: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET failure = ?2 WHERE job_id = ?1",
+            params![job, failure],
+        )?;
+        Ok(())
+    }
+
     pub fn reported(&self, job: &str) -> rusqlite::Result<()> {
         self.conn.execute(
             "UPDATE jobs SET reported = 1 WHERE job_id = ?1",
@@ -260,6 +333,25 @@ pub struct Jobs {
     /// Client tokens: this prefix and a count.
     token_prefix: String,
     tokens: u64,
+    /// Software updates of the core, and init's record of the last one.
+    updates: Arc<UpdatesApi>,
+    update_record: PathBuf,
+    /// The deployments database (a job's update writes its version there
+    /// from its own task, before the core stops for the switch).
+    db: PathBuf,
+    /// Updates that failed before init took them: (job, why).
+    update_failed: mpsc::UnboundedSender<(String, String)>,
+    /// Whether an update job waits for its end (swept every second).
+    pending_updates: bool,
+}
+
+/// What a job's software update needs beside the jobs.
+pub struct UpdateJobs {
+    pub api: Arc<UpdatesApi>,
+    /// `versions/update.json`.
+    pub record: PathBuf,
+    /// The deployments database.
+    pub db: PathBuf,
 }
 
 impl Jobs {
@@ -268,12 +360,13 @@ impl Jobs {
     pub async fn run(
         agent: Arc<Agent>,
         thing: String,
-        ledger: Ledger,
+        (ledger, update_jobs): (Ledger, UpdateJobs),
         up: mpsc::UnboundedSender<ToRouter>,
         mut down: mpsc::Receiver<FromRouter>,
         shutdown: CancellationToken,
     ) {
         let (outcomes, mut answered) = mpsc::unbounded_channel();
+        let (update_failed, mut failed_updates) = mpsc::unbounded_channel();
         let mut updates = agent.subscribe();
         let started_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -288,15 +381,24 @@ impl Jobs {
             ending: HashSet::new(),
             token_prefix: format!("{TOKEN}{started_ms}-"),
             tokens: 0,
+            updates: update_jobs.api,
+            update_record: update_jobs.record,
+            db: update_jobs.db,
+            update_failed,
+            pending_updates: false,
         };
         jobs.sweep();
         let mut sweeps =
             tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quick = tokio::time::interval(std::time::Duration::from_secs(1));
+        quick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = sweeps.tick() => jobs.sweep(),
+                _ = quick.tick(), if jobs.pending_updates => jobs.sweep(),
+                Some((job, why)) = failed_updates.recv() => jobs.update_failed(&job, &why),
                 m = down.recv() => match m {
                     Some(FromRouter::Cloud(true)) => {
                         jobs.sweep();
@@ -399,7 +501,12 @@ impl Jobs {
             Ok(Some(_)) => return tracing::debug!(job, "job already taken"),
             Err(err) => return tracing::error!(job, "the jobs table: {err}"),
         }
-        let failure = match request(job, &e.document) {
+        let failure = match update_request(&e.document) {
+            Some(Ok(update)) => return self.take_update(job, update),
+            Some(Err(why)) => Err(why),
+            None => request(job, &e.document),
+        };
+        let failure = match failure {
             Err(why) => why,
             Ok(request) => match self.agent.deploy(request) {
                 Ok(d) => {
@@ -452,6 +559,57 @@ impl Jobs {
                 None,
             );
         }
+    }
+
+    /// Starts the software update a job asks for: `IN_PROGRESS`, then the
+    /// release fetched and handed to init (its version recorded first,
+    /// since the core then stops); the new version's sweep reports the end.
+    fn take_update(&mut self, job: &str, update: CheckUpdateRequest) {
+        if let Err(err) = self.ledger.insert(job, UPDATE, "") {
+            return tracing::error!(job, "the jobs table: {err}");
+        }
+        tracing::info!(
+            job,
+            version = update.version,
+            "software update taken for a job"
+        );
+        let mut details = Map::new();
+        details.insert("update".into(), update.version.clone().into());
+        let token = self.token();
+        self.publish(
+            &format!("{job}/update"),
+            self::update("IN_PROGRESS", &details, &token),
+            None,
+        );
+        let (api, db, failed, job) = (
+            self.updates.clone(),
+            self.db.clone(),
+            self.update_failed.clone(),
+            job.to_string(),
+        );
+        tokio::spawn(async move {
+            let record = |version: &str| match Ledger::open(&db) {
+                Ok(l) => {
+                    if let Err(err) = l.became(&job, &format!("{UPDATE}{version}")) {
+                        tracing::error!(job, "the jobs table: {err}");
+                    }
+                }
+                Err(err) => tracing::error!(job, "the jobs table: {err}"),
+            };
+            if let Err(status) = api.apply_then(update, record).await {
+                let _ = failed.send((job, status.message().to_string()));
+            }
+        });
+        self.pending_updates = true;
+    }
+
+    /// A job's update failed before init took it.
+    fn update_failed(&mut self, job: &str, why: &str) {
+        tracing::warn!(job, "software update failed: {why}");
+        if let Err(err) = self.ledger.fail(job, why) {
+            tracing::error!(job, "the jobs table: {err}");
+        }
+        self.report_end(job, "FAILED", &failed(why));
     }
 
     /// Sends a job's end; the router's answer comes to [`Jobs::answered`].
@@ -511,9 +669,20 @@ impl Jobs {
             Ok(u) => u,
             Err(err) => return tracing::error!("the jobs table: {err}"),
         };
+        let record: Option<Value> = std::fs::read(&self.update_record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        self.pending_updates = false;
         for (job, t) in unreported {
             if !t.failure.is_empty() {
                 self.report_end(&job, "FAILED", &failed(&t.failure));
+            } else if let Some(version) = t.deployment_id.strip_prefix(UPDATE) {
+                match record.as_ref().and_then(|r| update_end(version, r)) {
+                    Some((status, details)) if !version.is_empty() => {
+                        self.report_end(&job, status, &details);
+                    }
+                    _ => self.pending_updates = true,
+                }
             } else if let Ok(d) = self.agent.get(&t.deployment_id)
                 && ended(d.phase())
             {

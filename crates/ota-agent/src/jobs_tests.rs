@@ -141,3 +141,42 @@ fn the_jobs_table_survives_reopening() {
     // Beside the deployments, in the same file.
     crate::store::Store::open(&path).unwrap();
 }
+
+#[test]
+fn an_update_document_is_read_and_its_end_taken_from_init_s_record() {
+    let doc = json!({ "verdant": { "update": { "version": "2.0.0", "force": true } } });
+    let r = update_request(&doc).unwrap().unwrap();
+    assert_eq!(
+        (r.version.as_str(), r.force, r.repository.as_str()),
+        ("2.0.0", true, "")
+    );
+    assert!(update_request(&json!({ "verdant": { "group": {} } })).is_none());
+    for (bad, why) in [
+        (
+            json!({ "verdant": { "update": "2.0.0" } }),
+            "must be an object",
+        ),
+        (
+            json!({ "verdant": { "update": { "repository": "http://x" } } }),
+            "https://",
+        ),
+        (
+            json!({ "verdant": { "update": { "force": "yes" } } }),
+            "true or false",
+        ),
+    ] {
+        let e = update_request(&bad).unwrap().unwrap_err();
+        assert!(e.contains(why), "{e}");
+    }
+    let running = verdant_common::version::version();
+    let record = |from: &str, to: &str, phase: &str| json!({ "from": from, "to": to, "phase": phase, "reason": "broker did not run" });
+    let (status, details) = update_end(running, &record("0.0.1", running, "succeeded")).unwrap();
+    assert_eq!((status, &details["update"]), ("SUCCEEDED", &json!(running)));
+    // Rolled back from the version asked for: failed, with why.
+    let (status, details) = update_end("9.9.9", &record("9.9.9", running, "rolled back")).unwrap();
+    assert_eq!(status, "FAILED");
+    assert_eq!(details["reason"], "broker did not run");
+    // Still switching, or another update's record: not ended.
+    assert!(update_end(running, &record("0.0.1", running, "switching")).is_none());
+    assert!(update_end("9.9.9", &record("0.0.1", "8.8.8", "succeeded")).is_none());
+}

@@ -62,7 +62,7 @@ pub async fn run(
         ctx.layout.deployments_dir(),
         config.ca_file.as_ref().map(|f| ctx.layout.resolve(f)),
     );
-    let updates = update::api::Api {
+    let updates = Arc::new(update::api::Api {
         state: data.join("tuf"),
         anchor: ctx.layout.update_root(),
         repository: config.update_repository.clone(),
@@ -71,7 +71,7 @@ pub async fn run(
         downloads: data.join("downloads"),
         init_socket: ctx.layout.socket(verdant_common::paths::INIT_SERVICE),
         scratch: data.join("scratch").join("update"),
-    };
+    });
     let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));
     // Should the engine ever stop on its own (a bug), the daemon stops
@@ -97,15 +97,20 @@ pub async fn run(
     let router = ctx.layout.socket("router");
     let link_shutdown = shutdown.clone();
     tokio::spawn(async move { link::run(&router, to_jobs, published, link_shutdown).await });
+    let update_jobs = jobs::UpdateJobs {
+        api: updates.clone(),
+        record: ctx.layout.root().join("versions/update.json"),
+        db: db.clone(),
+    };
     tokio::spawn(jobs::Jobs::run(
         agent.clone(),
         core.thing_name,
-        ledger,
+        (ledger, update_jobs),
         up,
         down,
         shutdown.clone(),
     ));
-    let result = grpc::server(agent, updates)
+    let result = grpc::server(agent, &updates)
         .await
         .serve_ready(listener, shutdown)
         .await

@@ -33,8 +33,8 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn service(self) -> UpdatesServer<Api> {
-        UpdatesServer::new(self)
+    pub fn service(self: &Arc<Self>) -> UpdatesServer<Api> {
+        UpdatesServer::from_arc(self.clone())
     }
 }
 
@@ -173,7 +173,30 @@ impl Updates for Api {
         request: Request<pb::CheckUpdateRequest>,
     ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
-        let (release, repository, staged) = self.locate(request.into_inner(), true).await?;
+        self.apply(request.into_inner()).await.map(Response::new)
+    }
+}
+
+impl Api {
+    /// Fetches the release `r` asks for and hands it to verdant-init,
+    /// which checks it again and switches the core to it (answered before
+    /// the core stops).
+    pub async fn apply(
+        &self,
+        r: pb::CheckUpdateRequest,
+    ) -> Result<pb::CheckUpdateResponse, Status> {
+        self.apply_then(r, |_| {}).await
+    }
+
+    /// As [`Api::apply`], telling `staged` the version fetched before
+    /// init is asked to switch (after which this process is stopped).
+    pub async fn apply_then(
+        &self,
+        r: pb::CheckUpdateRequest,
+        staged_version: impl FnOnce(&str),
+    ) -> Result<pb::CheckUpdateResponse, Status> {
+        let (release, repository, staged) = self.locate(r, true).await?;
+        staged_version(&release.manifest.version);
         let staged = staged.expect("downloaded");
         let channel = verdant_common::uds::connect(&self.init_socket)
             .await
@@ -192,6 +215,6 @@ impl Updates for Api {
             version = release.manifest.version,
             "update handed to verdant-init: the core restarts on it"
         );
-        Ok(Response::new(describe(&release, repository)))
+        Ok(describe(&release, repository))
     }
 }
