@@ -21,6 +21,10 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let tmp = PathBuf::from(tmp);
+    // Only this process makes this name (its pid, its count): one left by
+    // a crash of an earlier image of it (same pid after an exec, or PID 1
+    // in a container) is stale.
+    let _ = std::fs::remove_file(&tmp);
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -84,6 +84,12 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("verdant-init: {e}");
+            // A new version that cannot start goes back to the previous.
+            if let Some(exe) = crate::versions::start_failed(&args.root, &e.to_string()) {
+                drop(runtime);
+                let err = crate::versions::reexec(&exe);
+                eprintln!("verdant-init: cannot execute {}: {err}", exe.display());
+            }
             e.exit().into()
         }
     }

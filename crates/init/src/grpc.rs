@@ -37,6 +37,8 @@ pub struct Api {
     /// Set with the executable to run next when a switch or a rollback
     /// stops the core (then `shutdown` is cancelled).
     pub reexec: Arc<Mutex<Option<PathBuf>>>,
+    /// One switch or rollback at a time.
+    pub switching: tokio::sync::Mutex<()>,
 }
 
 impl Api {
@@ -202,6 +204,12 @@ impl SupervisorApi for Api {
             tracing::warn!("version switch refused: {e}");
             switch_status(&e)
         };
+        let _one = self.switching.lock().await;
+        if self.reexec.lock().expect("reexec lock").is_some() {
+            return Err(Status::failed_precondition(
+                "the core is switching versions",
+            ));
+        }
         let versions = self.versions.clone();
         let r = request.into_inner();
         let prepared = tokio::task::spawn_blocking(move || versions.prepare(&r))
@@ -244,6 +252,12 @@ impl SupervisorApi for Api {
         request: Request<pb::RollbackVersionRequest>,
     ) -> Result<Response<pb::Versions>, Status> {
         require_owner(&request)?;
+        let _one = self.switching.lock().await;
+        if self.reexec.lock().expect("reexec lock").is_some() {
+            return Err(Status::failed_precondition(
+                "the core is switching versions",
+            ));
+        }
         let exe = self
             .versions
             .roll_back("asked by the operator")

@@ -108,6 +108,7 @@ pub async fn run(
         policy: prepared.config.init.clone(),
         reaper: shared.reaper.clone(),
         reexec: reexec.clone(),
+        switching: tokio::sync::Mutex::new(()),
     }));
     server.readiness().serving().await;
     let serving = tokio::spawn(server.serve(listener, server_stop.clone()));
@@ -128,7 +129,7 @@ pub async fn run(
     }
 
     shutdown.cancelled().await;
-    notify::stopping();
+    notify::leaving(reexec.lock().expect("reexec lock").as_deref());
     tracing::info!("stopping every service");
     supervisor.stop_all().await;
     if let Some(z) = programs.zygote() {
@@ -174,9 +175,11 @@ async fn up(
     );
     notify::ready(&status);
     let update = versions::switching_here(root)?;
+    // A service stopped on purpose (disabled, or behind a disabled one)
+    // is no failure of the new version.
     let mut problems: Vec<String> = list
         .iter()
-        .filter(|s| s.state != State::Running)
+        .filter(|s| matches!(s.state, State::Failed | State::Backoff | State::Starting))
         .map(|s| format!("{} did not run", s.name))
         .collect();
     if problems.is_empty()

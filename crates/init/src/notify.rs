@@ -1,6 +1,7 @@
 //! The systemd notification protocol, used only when `NOTIFY_SOCKET` is
 //! set: `READY=1` once every service has settled, `WATCHDOG=1` at half of
-//! `WATCHDOG_USEC`, `STOPPING=1` on shutdown.
+//! `WATCHDOG_USEC`, `STOPPING=1` on shutdown, `RELOADING=1` before init
+//! executes another version of itself.
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +16,41 @@ pub fn ready(status: &str) {
     }
 }
 
+/// Init stops everything: to exit (`STOPPING=1`), or to execute `next`
+/// in its place (`RELOADING=1`).
+pub fn leaving(next: Option<&std::path::Path>) {
+    match next {
+        Some(exe) => reloading(&format!("switching to {}", exe.display())),
+        None => stopping(),
+    }
+}
+
 pub fn stopping() {
     if enabled() {
         send(&[NotifyState::Stopping]);
+    }
+}
+
+/// Before init executes another version of itself in place: the unit is
+/// reloading, not stopping (systemd then waits for the new image's
+/// `READY=1` instead of arming its stop timeout).
+pub fn reloading(status: &str) {
+    if enabled() {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        let now = if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) } == 0 {
+            i128::from(t.tv_sec) * 1_000_000 + i128::from(t.tv_nsec) / 1000
+        } else {
+            0
+        };
+        send(&[
+            NotifyState::Reloading,
+            NotifyState::MonotonicUsec(now),
+            NotifyState::Status(status),
+        ]);
     }
 }
 

@@ -202,7 +202,8 @@ impl Versions {
     /// way back from the switch.
     fn keep_running(&self) -> Result<(), SwitchError> {
         let running = verdant_common::version::version();
-        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+        // The running image itself, even if its file was replaced since.
+        let exe = PathBuf::from("/proc/self/exe");
         let manifest = serde_json::json!({ "version": running, "arch": std::env::consts::ARCH,
             "os": std::env::consts::OS, "executable": exe });
         match self.stage(running, &exe, manifest.to_string().as_bytes())? {
@@ -268,8 +269,13 @@ impl Versions {
             Some(a) => a.join(EXE),
             None => self.dir.join(&manifest.version).join(EXE),
         };
-        verdant_update::release::check_file(&manifest.executable, exe_target, &exe)
-            .map_err(|e| refused(&e))?;
+        if let Err(e) = verdant_update::release::check_file(&manifest.executable, exe_target, &exe)
+        {
+            if let Some(a) = &aside {
+                let _ = std::fs::remove_dir_all(a);
+            }
+            return Err(refused(&e));
+        }
         Ok(Prepared {
             version: manifest.version,
             aside,
@@ -328,6 +334,9 @@ impl Versions {
                 exe.display()
             )));
         }
+        // `current` first: stopped between the two, the core runs the
+        // version it goes back to (and `at_start` ends the record).
+        self.point_at(back)?;
         self.record(&Update {
             from: running.into(),
             to: back.clone(),
@@ -336,7 +345,6 @@ impl Versions {
             updated_ms: now_ms(),
             ..u
         })?;
-        self.point_at(back)?;
         tracing::warn!(from = running, to = back, "rolling back: {reason}");
         Ok(exe)
     }
@@ -438,6 +446,18 @@ pub async fn run_hook(
 pub fn at_start(root: &Path) -> Option<PathBuf> {
     let versions = Versions::new(root);
     let running = verdant_common::version::version();
+    // A switch recorded but never made (stopped before `current` named
+    // the new version): it ends there.
+    if let Some(mut u) = versions.update()
+        && u.phase == SWITCHING
+        && u.to != running
+        && versions.current().as_deref() != Some(u.to.as_str())
+    {
+        u.phase = FAILED.into();
+        u.reason = format!("the core stopped before it switched to {}", u.to);
+        u.updated_ms = now_ms();
+        let _ = versions.record(&u);
+    }
     if let Some(mut u) = versions.update()
         && u.phase == SWITCHING
         && u.to == running
@@ -460,6 +480,16 @@ pub fn at_start(root: &Path) -> Option<PathBuf> {
     };
     let me = std::env::current_exe().ok()?;
     (!same(&me, &target)).then_some(target)
+}
+
+/// When init on a version being switched to cannot start (`why`): back
+/// to the previous one; what to execute instead.
+pub fn start_failed(root: &Path, why: &str) -> Option<PathBuf> {
+    switching_here(root)?;
+    let running = verdant_common::version::version();
+    Versions::new(root)
+        .roll_back(&format!("{running} did not start: {why}"))
+        .ok()
 }
 
 /// When init could not execute `exe` (the version `current` names) at its
@@ -576,6 +606,31 @@ mod tests {
         assert_eq!((u.phase.as_str(), u.to.as_str()), (ROLLED_BACK, "0.0.9"));
         assert_eq!(versions.current().unwrap(), "0.0.9");
         assert_eq!(versions.installed(), ["0.0.9", running]);
+    }
+
+    #[test]
+    fn a_switch_recorded_but_never_made_ends_failed_at_the_next_start() {
+        let running = verdant_common::version::version();
+        let root = tempfile::tempdir().unwrap();
+        let versions = Versions::new(root.path());
+        let dir = root.path().join("versions").join(running);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(EXE), b"#!/bin/sh\n").unwrap();
+        versions
+            .record(&Update {
+                from: running.into(),
+                to: "9.9.9".into(),
+                phase: SWITCHING.into(),
+                ..Update::default()
+            })
+            .unwrap();
+        versions.point_at(running).unwrap();
+        at_start(root.path());
+        let u = versions.update().unwrap();
+        assert_eq!(u.phase, FAILED, "{u:?}");
+        assert!(u.reason.contains("stopped before it switched"), "{u:?}");
+        // And a switch is possible again.
+        assert!(switching_here(root.path()).is_none());
     }
 
     #[test]

@@ -140,6 +140,19 @@ impl Fetcher {
         downloads: &Path,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, FetchError> {
+        self.fetch_at_most(url, sha256, None, downloads, progress)
+    }
+
+    /// As [`Fetcher::fetch`], cut off past `max` bytes when given (the
+    /// length the signed metadata gives).
+    pub fn fetch_at_most(
+        &self,
+        url: &str,
+        sha256: &str,
+        max: Option<u64>,
+        downloads: &Path,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, FetchError> {
         if !is_sha256(sha256) {
             return Err(FetchError::BadHash {
                 sha256: sha256.into(),
@@ -167,6 +180,7 @@ impl Fetcher {
         }
         std::fs::create_dir_all(downloads).map_err(io(downloads))?;
         let mut part = Part::open(downloads.join(format!("{sha256}.part")))?;
+        part.limit = max;
         match file_path {
             Some(path) => copy_file(url, path, &mut part, progress)?,
             None => self.download(url, &mut part, progress, true)?,
@@ -371,6 +385,8 @@ struct Part {
     file: File,
     hasher: Sha256,
     len: u64,
+    /// The most bytes the file may have (its known length).
+    limit: Option<u64>,
 }
 
 impl Part {
@@ -392,6 +408,7 @@ impl Part {
                 file,
                 hasher,
                 len,
+                limit: None,
             }),
             Err(source) => Err(FetchError::Io { path, source }),
         }
@@ -433,6 +450,16 @@ impl Part {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_error(e)),
             };
+            if let Some(limit) = self.limit
+                && self.len + n as u64 > limit
+            {
+                // A source that sends more than the file has (endless
+                // data) is cut off before it fills the disk.
+                let _ = std::fs::remove_file(&self.path);
+                return Err(read_error(io::Error::other(format!(
+                    "more than the {limit} bytes the file has"
+                ))));
+            }
             self.file.write_all(&buf[..n]).map_err(self.io())?;
             self.hasher.update(&buf[..n]);
             self.len += n as u64;

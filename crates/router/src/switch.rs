@@ -461,6 +461,12 @@ impl Switch {
             Endpoint::Discovery => only_if(is(CoreJobs::is_connectivity_topic), Endpoint::Cloud),
             Endpoint::Secrets => only_if(is(CoreJobs::is_secrets_request), Endpoint::Cloud),
             Endpoint::Cloud if is(CoreJobs::is_secrets_answer) => CoreOnly::Only(Endpoint::Secrets),
+            // No one else speaks on the secrets topics (a device cannot
+            // answer for the cloud; the cloud's echo of a request goes
+            // nowhere), whatever the routes say.
+            _ if is(CoreJobs::is_secrets_request) || is(CoreJobs::is_secrets_answer) => {
+                CoreOnly::Nowhere
+            }
             Endpoint::Ota if is(CoreJobs::is_jobs_topic) => CoreOnly::Only(Endpoint::Cloud),
             _ => CoreOnly::Routed,
         }

@@ -453,12 +453,18 @@ fn secret_requests_go_to_the_cloud_its_answers_only_to_the_secrets_daemon_and_no
             "verdant/things/core/secrets/get/rejected"
         ]
     );
-    // A device cannot answer for the cloud.
+    // A device cannot answer for the cloud, nor send to the cloud on the
+    // secrets topics, whatever the routes say; the cloud's echo of a
+    // request goes nowhere.
     s.handle(Event::Up(
         broker,
-        vec![msg(4, DEV_A, "verdant/things/core/secrets/get/accepted", 0)],
+        vec![
+            msg(4, DEV_A, "verdant/things/core/secrets/get/accepted", 0),
+            msg(5, DEV_A, "verdant/things/core/secrets/get", 0),
+        ],
     ));
     assert!(messages(&drain(&mut srx)).is_empty());
+    assert!(messages(&drain(&mut crx)).is_empty());
     let mut seen = 0;
     while let Ok(t) = traces.try_recv() {
         if t.topic.contains("/secrets/get") {
@@ -467,4 +473,45 @@ fn secret_requests_go_to_the_cloud_its_answers_only_to_the_secrets_daemon_and_no
         }
     }
     assert!(seen >= 4, "{seen}");
+}
+
+#[test]
+fn no_route_carries_the_secrets_topics_from_a_device_or_back_to_one() {
+    let r = |id: &str, s: &str, t: &str| Route {
+        id: id.into(),
+        source: s.into(),
+        subject: "#".into(),
+        target: t.into(),
+    };
+    let table = Table::new(
+        7,
+        vec![r("all-up", DEV_A, "cloud"), r("all-down", "cloud", DEV_B)],
+    );
+    let mut s =
+        Switch::new(table, 10, tokio::sync::broadcast::channel(16).0).with_core_jobs("core");
+    let (cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    let (broker, mut brx) = link(&mut s, Endpoint::Broker, 1);
+    drain(&mut brx);
+    s.handle(Event::Up(
+        broker,
+        vec![
+            msg(1, DEV_A, "verdant/things/core/secrets/get/accepted", 0),
+            msg(2, DEV_A, "verdant/things/core/secrets/get", 0),
+            msg(3, DEV_A, "other", 0),
+        ],
+    ));
+    assert_eq!(topics(&mut crx), ["other"]);
+    // The cloud's echo of a request (with its clientToken) reaches no device.
+    s.handle(Event::Up(
+        cloud,
+        vec![
+            msg(1, "cloud", "verdant/things/core/secrets/get", 0),
+            msg(2, "cloud", "news", 0),
+        ],
+    ));
+    let down: Vec<String> = messages(&drain(&mut brx))
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(down, ["news"]);
 }

@@ -221,9 +221,14 @@ fn read(topic: &str, payload: &[u8], arn: &str, label: &str) -> Result<Fetched, 
             message: r.message.unwrap_or_default(),
         });
     }
-    // serde_json's errors name positions, never the text.
-    let a: Accepted = serde_json::from_slice(payload)
-        .map_err(|e| FetchError::Malformed(format!("not GetSecretValue's response: {e}")))?;
+    // Only where it went wrong: serde_json's message may quote the value.
+    let a: Accepted = serde_json::from_slice(payload).map_err(|e| {
+        FetchError::Malformed(format!(
+            "not GetSecretValue's response (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
     if a.arn != arn {
         return Err(FetchError::Malformed(format!(
             "it answers for {}, not {arn}",

@@ -87,8 +87,10 @@ pub fn choose(targets: &Targets, arch: &str, want: Option<&str>) -> Result<Strin
                     arch: arch.into(),
                 })
         }
+        // The newest release proper: a pre-release only when asked for.
         None => found
-            .pop()
+            .into_iter()
+            .rfind(|(v, _)| v.pre.is_empty())
             .map(|(_, n)| n.clone())
             .ok_or_else(|| ReleaseError::NoRelease { arch: arch.into() }),
     }

@@ -216,6 +216,8 @@ impl Versioned for TargetsMeta {
 pub struct Client {
     dir: PathBuf,
     now: OffsetDateTime,
+    /// The version of the operator's root: the chain of roots starts after it.
+    anchor_version: u64,
 }
 
 fn malformed(role: &str, reason: impl std::fmt::Display) -> TufError {
@@ -323,9 +325,14 @@ impl Client {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
+        let anchor_version = std::fs::read(anchor)
+            .ok()
+            .and_then(|b| parse::<Root>("root", &b).ok())
+            .map_or(1, |(_, r)| r.version);
         let client = Client {
             dir: dir.to_path_buf(),
             now,
+            anchor_version,
         };
         if client.trusted("root").is_none() {
             let bytes = std::fs::read(anchor).map_err(|e| TufError::State {
@@ -347,7 +354,7 @@ impl Client {
     pub fn evidence(&self) -> Result<(Vec<Vec<u8>>, Vec<u8>), TufError> {
         let latest = self.root()?.version;
         let mut roots = Vec::new();
-        for v in 2..=latest {
+        for v in self.anchor_version + 1..=latest {
             roots.push(
                 self.trusted(&format!("{v}.root"))
                     .ok_or_else(|| TufError::State {
@@ -521,7 +528,9 @@ impl Client {
         } else {
             format!("{role}.json")
         };
-        let max = by.and_then(|m| m.length).unwrap_or(max);
+        // The index's length, within the hard limit all the same (an online
+        // key that leaked cannot make the client read without bound).
+        let max = by.and_then(|m| m.length).map_or(max, |l| l.min(max));
         let bytes = Self::fetch(remote, &name, max)?.ok_or_else(|| TufError::Fetch {
             name: name.clone(),
             reason: format!("not in the repository (the {index} names version {version})"),
@@ -598,7 +607,8 @@ impl Client {
 }
 
 /// Verifies, with nothing but the operator's root (`anchor`), that
-/// `targets` is the repository's: each of `roots` (versions 2, 3, …) signed
+/// `targets` is the repository's: each of `roots` (the versions after the
+/// anchor's, in order) signed
 /// by the previous root's keys and its own, the last unexpired, `targets`
 /// signed by its targets keys and unexpired. No network, no state: what
 /// verdant-init does before it executes a release the ota-agent staged.

@@ -125,7 +125,13 @@ pub fn download(
             reason: "the targets metadata gives no SHA-256".into(),
         })?;
     fetcher
-        .fetch(&release.executable_url, sha256, downloads, progress)
+        .fetch_at_most(
+            &release.executable_url,
+            sha256,
+            Some(release.executable.length),
+            downloads,
+            progress,
+        )
         .map_err(|e| match e {
             crate::fetch::FetchError::Mismatch { .. } => ReleaseError::Corrupt {
                 name: release.manifest.executable.clone(),

@@ -393,4 +393,9 @@ fn a_corrupt_or_swapped_executable_is_refused() {
     let downloads = tempfile::tempdir().unwrap();
     let e = download(&release, &f, downloads.path(), &mut |_, _| {}).unwrap_err();
     assert!(matches!(e, ReleaseError::Corrupt { .. }), "{e}");
+    // More than the signed length: cut off, nothing kept.
+    std::fs::write(&file, vec![b'x'; 1 << 20]).unwrap();
+    let e = download(&release, &f, downloads.path(), &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("more than the 16 bytes"), "{e}");
+    assert_eq!(std::fs::read_dir(downloads.path()).unwrap().count(), 0);
 }
