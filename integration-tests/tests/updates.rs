@@ -169,6 +169,34 @@ async fn core_with_releases(dir: &Path, extra: &str) -> (Core, String) {
     (core, repo)
 }
 
+/// A pre-update hook that fails refuses an update; then both hooks only
+/// record their runs (into the file returned).
+fn hooks_refuse_then_record(core: &Core, running: &str) -> PathBuf {
+    // Greengrass's hooks: a pre-update hook that fails refuses the update.
+    hook(
+        core,
+        "ota_pre_update.sh",
+        "echo 'not during a shift'; exit 3",
+    );
+    let out = core.ctl(&["update", "apply", "99.0.1"]);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("pre-update hook refused it")
+            && said(&out).contains("not during a shift"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(versions(core)["running"], running);
+    let seen = core.root().join("hooks.txt");
+    let record = format!(
+        "echo \"$0 $VERDANT_UPDATE_FROM $VERDANT_UPDATE_TO\" >> {}",
+        seen.display()
+    );
+    hook(core, "ota_pre_update.sh", &record);
+    hook(core, "ota_post_update.sh", &record);
+    seen
+}
+
 #[tokio::test]
 async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,28 +219,7 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
             .is_empty()
     );
 
-    // Greengrass's hooks: a pre-update hook that fails refuses the update.
-    hook(
-        &core,
-        "ota_pre_update.sh",
-        "echo 'not during a shift'; exit 3",
-    );
-    let out = core.ctl(&["update", "apply", "99.0.1"]);
-    assert!(!out.status.success(), "{}", said(&out));
-    assert!(
-        said(&out).contains("pre-update hook refused it")
-            && said(&out).contains("not during a shift"),
-        "{}",
-        said(&out)
-    );
-    assert_eq!(versions(&core)["running"], running);
-    let seen = core.root().join("hooks.txt");
-    let record = format!(
-        "echo \"$0 $VERDANT_UPDATE_FROM $VERDANT_UPDATE_TO\" >> {}",
-        seen.display()
-    );
-    hook(&core, "ota_pre_update.sh", &record);
-    hook(&core, "ota_post_update.sh", &record);
+    let seen = hooks_refuse_then_record(&core, running);
 
     // Applied: init runs the new executable under the same PID.
     let out = core.ctl(&["update", "apply", "99.0.1"]);
@@ -252,6 +259,10 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
     assert_eq!(v["update"]["phase"], "rolled back", "{v}");
     assert_eq!(core.init.id(), pid);
     core.wait_all_running().await;
+    // Not twice: that would go forward again, past the hooks.
+    let out = core.ctl(&["update", "rollback"]);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("rolled back already"), "{}", said(&out));
 
     // A post-update hook that fails on the new version: rolled back.
     hook(

@@ -89,6 +89,13 @@ impl Versions {
         &self.root
     }
 
+    fn seen(&self) -> Seen {
+        std::fs::read(self.dir.join("seen.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     fn state_file(&self) -> PathBuf {
         self.dir.join("update.json")
     }
@@ -240,6 +247,16 @@ impl Versions {
             time::OffsetDateTime::now_utc(),
         )
         .map_err(|e| refused(&e))?;
+        // Init's own memory of the newest metadata it took: older is a
+        // rollback, whatever the caller kept.
+        let seen = self.seen();
+        if targets.root_version < seen.root_version || targets.version < seen.targets_version {
+            return Err(SwitchError::Refused(format!(
+                "root version {} and targets version {} are older than the {} and {} this core \
+                 took before (a rollback)",
+                targets.root_version, targets.version, seen.root_version, seen.targets_version
+            )));
+        }
         let manifest: verdant_update::Manifest =
             serde_json::from_slice(&request.manifest).map_err(|e| refused(&e))?;
         let name = format!("verdant-{}-{}.json", manifest.version, manifest.arch);
@@ -280,6 +297,10 @@ impl Versions {
             version: manifest.version,
             aside,
             exe,
+            seen: Seen {
+                root_version: targets.root_version,
+                targets_version: targets.version,
+            },
         })
     }
 
@@ -296,6 +317,9 @@ impl Versions {
     pub fn commit(&self, prepared: &Prepared) -> Result<PathBuf, SwitchError> {
         let running = verdant_common::version::version();
         self.keep_running()?;
+        let path = self.dir.join("seen.json");
+        let seen = serde_json::to_vec(&prepared.seen).expect("serialisable");
+        verdant_common::fsutil::replace(&path, &seen, 0o644).map_err(io(&path))?;
         if let Some(aside) = &prepared.aside {
             self.place(&prepared.version, aside)?;
         }
@@ -320,6 +344,12 @@ impl Versions {
             .update()
             .ok_or_else(|| SwitchError::Refused("no update to roll back".into()))?;
         let running = verdant_common::version::version();
+        if u.phase == ROLLED_BACK {
+            return Err(SwitchError::Refused(format!(
+                "the last update was rolled back already (to {}); apply a release to go forward",
+                u.to
+            )));
+        }
         if running != u.to {
             return Err(SwitchError::Refused(format!(
                 "the core runs {running}, not {}, the version the last update went to",
@@ -350,10 +380,20 @@ impl Versions {
     }
 }
 
+/// The newest repository metadata a switch was checked with
+/// (`versions/seen.json`): init takes nothing older.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Seen {
+    root_version: u64,
+    targets_version: u64,
+}
+
 /// A release checked and copied aside, not installed yet.
 #[derive(Debug)]
 pub struct Prepared {
     pub version: String,
+    /// The metadata versions it was checked with.
+    seen: Seen,
     /// The staged directory (`None`: that version is installed already).
     aside: Option<PathBuf>,
     /// Its executable, where it is now.

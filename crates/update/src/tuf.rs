@@ -171,6 +171,8 @@ struct TargetsMeta {
 #[derive(Debug, Clone)]
 pub struct Targets {
     pub version: u64,
+    /// The version of the root that signed them.
+    pub root_version: u64,
     pub targets: BTreeMap<String, TargetFile>,
     /// Whether target files are named `<sha256>.<name>`.
     pub consistent: bool,
@@ -600,6 +602,7 @@ impl Client {
         self.keep(role, &bytes)?;
         Ok(Targets {
             version: new.version,
+            root_version: root.version,
             targets: new.targets,
             consistent: root.consistent_snapshot,
         })
@@ -633,6 +636,7 @@ pub fn verify_targets(
     unexpired("targets", &t.expires, now)?;
     Ok(Targets {
         version: t.version,
+        root_version: root.version,
         targets: t.targets,
         consistent: root.consistent_snapshot,
     })
