@@ -150,6 +150,28 @@ impl Core {
         }
     }
 
+    /// A power cut, as far as the core can tell: SIGKILL to init and to
+    /// every service it has, then another init on the same root.
+    pub async fn power_cut(&mut self) {
+        // (A stopped service has pid 0, which would be our own group.)
+        let pids: Vec<u32> = self
+            .services()
+            .await
+            .iter()
+            .map(|s| s.pid)
+            .filter(|p| *p > 0)
+            .collect();
+        self.init.kill().unwrap();
+        self.init.wait().unwrap();
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.cast_signed()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.respawn();
+    }
+
     /// Starts another init on this core's root (e.g. after this one was killed).
     pub fn respawn(&mut self) {
         let (init, stderr) = spawn_init(

@@ -251,16 +251,7 @@ async fn killed_during(phase: Phase, what: Kill) {
         Kill::Agent => core.kill_9("ota-agent").await,
         Kill::Daemon(name) => core.kill_9(name).await,
         Kill::WholeCore => {
-            let pids: Vec<u32> = core.services().await.iter().map(|s| s.pid).collect();
-            core.init.kill().unwrap();
-            core.init.wait().unwrap();
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid.cast_signed()),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            core.respawn();
+            core.power_cut().await;
             core.wait_all_running().await;
         }
     }

@@ -349,28 +349,6 @@ async fn qos_1_messages_acknowledged_before_a_switch_all_arrive_after_it() {
     assert_eq!(got, (0..300).collect::<Vec<_>>());
 }
 
-/// SIGKILL to init and every service (a power cut, as far as the core can
-/// tell), then a new init from the test's executable on the same root.
-async fn power_cut(core: &mut Core) {
-    // (A stopped service has pid 0, which would be our own process group.)
-    let pids: Vec<u32> = core
-        .services()
-        .await
-        .iter()
-        .map(|s| s.pid)
-        .filter(|p| *p > 0)
-        .collect();
-    core.init.kill().unwrap();
-    core.init.wait().unwrap();
-    for pid in pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid.cast_signed()),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    core.respawn();
-}
-
 /// Waits until the core runs `version` and its last update ended.
 async fn settled_on(core: &Core, version: &str) -> Value {
     tokio::time::timeout(verdant_integration_tests::PATIENCE, async {
@@ -397,14 +375,14 @@ async fn a_power_cut_during_a_switch_or_after_it_leaves_the_core_on_the_new_vers
     // version; the old core is stopping).
     let out = core.ctl(&["update", "apply", "99.0.1", "--no-wait"]);
     assert!(out.status.success(), "{}", said(&out));
-    power_cut(&mut core).await;
+    core.power_cut().await;
     // The new init, from the old executable, goes on with the switch.
     let v = settled_on(&core, "99.0.1").await;
     assert_eq!(v["update"]["phase"], "succeeded", "{v}");
     core.wait_all_running().await;
     // Cut again once settled: a start from the old executable comes back
     // on the version `current` names.
-    power_cut(&mut core).await;
+    core.power_cut().await;
     let v = settled_on(&core, "99.0.1").await;
     assert_eq!(v["update"]["phase"], "succeeded", "{v}");
     core.wait_all_running().await;
