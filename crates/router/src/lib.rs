@@ -3,6 +3,7 @@
 
 pub mod cloud;
 pub mod config;
+mod endpoint;
 pub mod error;
 mod grpc;
 pub mod jobs;
