@@ -1,6 +1,7 @@
-//! A loopback HTTPS server of one file for the deployments tests, with a
-//! CA of its own: it can break off its first answers half way, and keeps
-//! each request's `Range` header, as a download that was cut sees it.
+//! A loopback HTTPS server of one file (the deployments tests) or of a
+//! directory (an update repository), with a CA of its own: it can break off
+//! its first answers half way, and keeps each request's path
+//! and `Range` header, as a download that was cut sees it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,19 +14,70 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 pub struct FileServer {
-    /// `https://127.0.0.1:<port>/<name>`.
+    /// `https://127.0.0.1:<port>/<name>` (for a directory: `/`).
     pub url: String,
     /// The CA (PEM) the server's certificate is signed by.
     pub ca: PathBuf,
     /// Each request's `Range` header, in order.
     pub ranges: Arc<Mutex<Vec<Option<String>>>>,
+    /// Each request's path, in order.
+    pub paths: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a [`FileServer`] serves.
+enum Content {
+    /// One file at one path.
+    One(String, Arc<Vec<u8>>),
+    /// The files under a directory, by their paths below it.
+    Dir(PathBuf),
+}
+
+impl Content {
+    /// Whether `path` is one that may be cut: the one file, or a target of
+    /// an update repository (not its metadata).
+    fn cut(&self, path: &str) -> bool {
+        match self {
+            Content::One(..) => true,
+            Content::Dir(_) => path.starts_with("/targets/") && !path.contains(".json"),
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<Arc<Vec<u8>>> {
+        match self {
+            Content::One(name, body) => {
+                (path.trim_start_matches('/') == name).then(|| body.clone())
+            }
+            Content::Dir(root) => {
+                let path = path.trim_start_matches('/');
+                if path.split('/').any(|part| part == ".." || part.is_empty()) {
+                    return None;
+                }
+                std::fs::read(root.join(path)).ok().map(Arc::new)
+            }
+        }
+    }
 }
 
 /// Serves `body` as `name`; the first `cuts` answers stop half way
 /// without a TLS close. `Range: bytes=N-` is answered with 206 if
 /// `ranges`, else with the whole file.
 pub async fn serve(dir: &Path, name: &str, body: Vec<u8>, cuts: usize, ranges: bool) -> FileServer {
-    let honour = ranges;
+    let content = Content::One(name.to_string(), Arc::new(body));
+    let mut server = start(dir, content, cuts, ranges).await;
+    server.url.push_str(name);
+    server
+}
+
+/// Serves the files under `root` (404 for others), with `Range` honoured;
+/// the first `cuts` answers of targets (files under `targets/` but JSON
+/// ones) stop half way.
+pub async fn serve_dir(dir: &Path, root: &Path, cuts: usize) -> FileServer {
+    start(dir, Content::Dir(root.to_path_buf()), cuts, true).await
+}
+
+/// A server certificate for `localhost` and 127.0.0.1, signed by a new CA
+/// written to `dir/download-ca.pem`.
+fn tls(dir: &Path) -> (TlsAcceptor, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,19 +100,31 @@ pub async fn serve(dir: &Path, name: &str, body: Vec<u8>, cuts: usize, ranges: b
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
             )
             .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    (TlsAcceptor::from(Arc::new(config)), ca_path)
+}
+
+async fn start(dir: &Path, content: Content, cuts: usize, ranges: bool) -> FileServer {
+    let honour = ranges;
+    let (acceptor, ca_path) = tls(dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}/{name}", listener.local_addr().unwrap());
+    let url = format!("https://{}/", listener.local_addr().unwrap());
     let ranges = Arc::new(Mutex::new(Vec::new()));
-    let (seen, body, cuts) = (
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let (seen, seen_paths, content, cuts) = (
         ranges.clone(),
-        Arc::new(body),
+        paths.clone(),
+        Arc::new(content),
         Arc::new(AtomicUsize::new(cuts)),
     );
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            let (acceptor, body, seen, cuts) =
-                (acceptor.clone(), body.clone(), seen.clone(), cuts.clone());
+            let (acceptor, content, seen, seen_paths, cuts) = (
+                acceptor.clone(),
+                content.clone(),
+                seen.clone(),
+                seen_paths.clone(),
+                cuts.clone(),
+            );
             tokio::spawn(async move {
                 let mut tls = acceptor.accept(socket).await?;
                 let mut request = Vec::new();
@@ -77,6 +141,16 @@ pub async fn serve(dir: &Path, name: &str, body: Vec<u8>, cuts: usize, ranges: b
                         .then(|| value.trim().to_string())
                 });
                 seen.lock().unwrap().push(range.clone());
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                seen_paths.lock().unwrap().push(path.clone());
+                let Some(body) = content.get(&path) else {
+                    tls.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                    return tls.shutdown().await;
+                };
                 let start = range
                     .as_deref()
                     .and_then(|r| r.strip_prefix("bytes="))
@@ -98,9 +172,10 @@ pub async fn serve(dir: &Path, name: &str, body: Vec<u8>, cuts: usize, ranges: b
                 };
                 let start = start.unwrap_or(0);
                 tls.write_all(head.as_bytes()).await?;
-                let cut = cuts
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
-                    .is_ok();
+                let cut = content.cut(&path)
+                    && cuts
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                        .is_ok();
                 if cut {
                     tls.write_all(&body[start..start + (len - start) / 2])
                         .await?;
@@ -117,5 +192,6 @@ pub async fn serve(dir: &Path, name: &str, body: Vec<u8>, cuts: usize, ranges: b
         url,
         ca: ca_path,
         ranges,
+        paths,
     }
 }

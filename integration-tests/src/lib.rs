@@ -342,6 +342,41 @@ impl Core {
         .await;
     }
 
+    /// What the router says of its cloud connection; `None` while it does
+    /// not answer.
+    pub async fn cloud_state(&self) -> Option<verdant_proto::router::v1::GetCloudResponse> {
+        use verdant_proto::router::v1 as rpb;
+        let channel = verdant_common::uds::connect(&self.socket("router"))
+            .await
+            .ok()?;
+        rpb::router_client::RouterClient::new(channel)
+            .get_cloud(rpb::GetCloudRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until the router's cloud state satisfies `pred` (`what` names
+    /// it in the failure).
+    pub async fn wait_cloud(
+        &self,
+        what: &str,
+        pred: impl Fn(&verdant_proto::router::v1::GetCloudResponse) -> bool,
+    ) {
+        let mut last = None;
+        let done = tokio::time::timeout(PATIENCE, async {
+            loop {
+                last = self.cloud_state().await;
+                if last.as_ref().is_some_and(&pred) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "{what}: {last:?}");
+    }
+
     /// The port of the broker's listener `name` ("tls" or "tcp").
     pub async fn broker_port(&self, name: &str) -> u16 {
         use verdant_proto::broker::v1 as bpb;
@@ -406,14 +441,19 @@ impl Core {
 
     /// Runs verdantctl against this core.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("verdantctl"))
+        self.ctl_command(args).output().expect("run verdantctl")
+    }
+
+    /// verdantctl against this core, to start.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("verdantctl"));
+        command
             .arg("--root")
             .arg(self.root())
             .arg("--socket-dir")
             .arg(self.runtime_dir())
-            .args(args)
-            .output()
-            .expect("run verdantctl")
+            .args(args);
+        command
     }
 }
 

@@ -29,40 +29,14 @@ fn group() -> String {
     .to_string()
 }
 
-async fn cloud_state(core: &Core) -> Option<pb::GetCloudResponse> {
-    let channel = verdant_common::uds::connect(&core.socket("router"))
-        .await
-        .ok()?;
-    RouterClient::new(channel)
-        .get_cloud(pb::GetCloudRequest {})
-        .await
-        .ok()
-        .map(tonic::Response::into_inner)
-}
-
-/// Waits until the router's cloud state satisfies `pred`.
-async fn wait_cloud(core: &Core, what: &str, pred: impl Fn(&pb::GetCloudResponse) -> bool) {
-    let mut last = None;
-    let done = tokio::time::timeout(PATIENCE, async {
-        loop {
-            last = cloud_state(core).await;
-            if last.as_ref().is_some_and(&pred) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "{what}: {last:?}");
-}
-
 /// A core whose router connects to `cloud` (started here, once the core has
 /// made its group CA).
 async fn start(cloud: &mut Cloud) -> (Core, u16) {
     let dropin = cloud.dropin();
     let core = start_core(&dropin).await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core.wait_cloud("connected", |c| c.state == "connected")
+        .await;
     let port = core.broker_port("tcp").await;
     (core, port)
 }
@@ -134,7 +108,8 @@ async fn device_to_cloud_and_back_over_mutual_tls() {
     })
     .await;
     assert_eq!(topic, "cmd/a/reboot");
-    wait_cloud(&core, "counted", |c| c.sent >= 10 && c.received >= 1).await;
+    core.wait_cloud("counted", |c| c.sent >= 10 && c.received >= 1)
+        .await;
     let text = String::from_utf8_lossy(&core.ctl(&["cloud"]).stdout).into_owned();
     assert!(text.contains("connected"), "{text}");
     drop(core);
@@ -151,22 +126,22 @@ async fn the_queue_survives_a_cloud_outage_and_kill_9_of_the_router_and_drains_i
     drop((observer, obs));
 
     cloud.stop();
-    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+    core.wait_cloud("disconnected", |c| c.state != "connected")
+        .await;
     let (dev, mut dev_ev) = connect(port, "a", false).await;
     for i in 0..100 {
         publish(&dev, &mut dev_ev, "a/telemetry/n", &i.to_string()).await;
     }
-    wait_cloud(&core, "queued", |c| c.queued_messages == 100).await;
+    core.wait_cloud("queued", |c| c.queued_messages == 100)
+        .await;
 
     // Every acknowledged message is on disk: kill -9 the router.
     kill_router(&core).await;
-    wait_cloud(&core, "restored after kill -9", |c| {
-        c.queued_messages == 100
-    })
-    .await;
+    core.wait_cloud("restored after kill -9", |c| c.queued_messages == 100)
+        .await;
 
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    core.wait_cloud("drained", |c| c.queued_messages == 0).await;
     let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
     // At least once, in order: without repeats it is exactly 0..100.
     let got = receive_distinct(&mut obs, 100).await;
@@ -198,27 +173,30 @@ async fn kill_9_of_the_router_while_it_drains_loses_nothing() {
     let mut cloud = Cloud::prepare(dir.path());
     let core = start_core(&cloud.dropin_via(cloud.tls_port, "window = 1\n")).await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core.wait_cloud("connected", |c| c.state == "connected")
+        .await;
     let (observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
     subscribed(&observer, &mut obs, "a/telemetry/#").await;
     drop((observer, obs));
     cloud.stop();
-    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+    core.wait_cloud("disconnected", |c| c.state != "connected")
+        .await;
     let port = core.broker_port("tcp").await;
     let (dev, mut dev_ev) = connect(port, "a", false).await;
     for i in 0..N {
         publish(&dev, &mut dev_ev, "a/telemetry/n", &i.to_string()).await;
     }
-    wait_cloud(&core, "queued", |c| c.queued_messages as usize == N).await;
+    core.wait_cloud("queued", |c| c.queued_messages as usize == N)
+        .await;
 
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "draining", |c| c.sent > 0).await;
+    core.wait_cloud("draining", |c| c.sent > 0).await;
     kill_router(&core).await;
-    wait_cloud(&core, "restarted mid-drain", |c| {
+    core.wait_cloud("restarted mid-drain", |c| {
         c.state == "connected" || (c.queued_messages as usize) < N
     })
     .await;
-    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    core.wait_cloud("drained", |c| c.queued_messages == 0).await;
     let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
     let got = receive_distinct(&mut obs, N).await;
     assert_numbered(&got, N);
@@ -234,7 +212,7 @@ async fn alpn_x_amzn_mqtt_ca_through_a_front_that_requires_it() {
     let group_ca = std::path::PathBuf::from(core.cert("group-ca.pem"));
     cloud.start(&group_ca);
     alpn_front(&cloud, listener, &group_ca);
-    wait_cloud(&core, "connected through the ALPN front", |c| {
+    core.wait_cloud("connected through the ALPN front", |c| {
         c.state == "connected"
     })
     .await;
@@ -248,12 +226,11 @@ async fn alpn_x_amzn_mqtt_ca_through_a_front_that_requires_it() {
         listener,
         std::path::Path::new(&no_alpn.cert("group-ca.pem")),
     );
-    wait_cloud(&no_alpn, "refused without ALPN", |c| {
-        !c.last_error.is_empty()
-    })
-    .await;
+    no_alpn
+        .wait_cloud("refused without ALPN", |c| !c.last_error.is_empty())
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let state = cloud_state(&no_alpn).await.unwrap();
+    let state = no_alpn.cloud_state().await.unwrap();
     assert_ne!(state.state, "connected", "{state:?}");
 }
 
@@ -274,16 +251,16 @@ async fn through_an_http_proxy_with_basic_auth() {
     let core = start_core(&via("s3cret")).await;
     let wrong = start_core(&via("wrong")).await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected through the proxy", |c| {
-        c.state == "connected"
-    })
-    .await;
+    core.wait_cloud("connected through the proxy", |c| c.state == "connected")
+        .await;
     telemetry_arrives(&core, &cloud).await;
     assert!(proxy.log().contains("CONNECT"), "{}", proxy.log());
     // The wrong password gets the proxy's refusal, and the password is in
     // no log line.
-    wait_cloud(&wrong, "refused by the proxy", |c| !c.last_error.is_empty()).await;
-    let state = cloud_state(&wrong).await.unwrap();
+    wrong
+        .wait_cloud("refused by the proxy", |c| !c.last_error.is_empty())
+        .await;
+    let state = wrong.cloud_state().await.unwrap();
     assert_ne!(state.state, "connected", "{state:?}");
     let logs =
         String::from_utf8_lossy(&wrong.ctl(&["logs", "router", "-n", "100"]).stdout).into_owned();
@@ -308,25 +285,27 @@ async fn a_full_queue_drops_the_oldest_by_default() {
     let mut cloud = Cloud::prepare(dir.path());
     let core = start_core(&cloud.dropin_via(cloud.tls_port, SMALL_QUEUE)).await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core.wait_cloud("connected", |c| c.state == "connected")
+        .await;
     let (observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
     subscribed(&observer, &mut obs, "a/telemetry/#").await;
     drop((observer, obs));
     cloud.stop();
-    wait_cloud(&core, "disconnected", |c| c.state != "connected").await;
+    core.wait_cloud("disconnected", |c| c.state != "connected")
+        .await;
 
     let port = core.broker_port("tcp").await;
     let (dev, mut dev_ev) = connect(port, "a", false).await;
     for i in 0..400 {
         publish(&dev, &mut dev_ev, "a/telemetry/n", &numbered(i)).await;
     }
-    wait_cloud(&core, "full", |c| {
+    core.wait_cloud("full", |c| {
         c.queued_messages as usize == FIT && c.dropped_oldest as usize == 400 - FIT
     })
     .await;
 
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "drained", |c| c.queued_messages == 0).await;
+    core.wait_cloud("drained", |c| c.queued_messages == 0).await;
     let (_observer, mut obs) = connect(cloud.plain_port, "observer", true).await;
     let got = receive_n(&mut obs, FIT).await;
     let want: Vec<String> = (400 - FIT..400).map(numbered).collect();
@@ -371,7 +350,7 @@ async fn a_full_queue_refuses_new_messages_when_told_and_the_device_is_not_ackno
     })
     .await
     .expect("the connection ends");
-    wait_cloud(&core, "refused", |c| {
+    core.wait_cloud("refused", |c| {
         c.queued_messages as usize == FIT && c.refused == 1
     })
     .await;
@@ -443,7 +422,8 @@ async fn more_subscriptions_than_one_connection_holds_open_more_connections() {
     )
     .await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core.wait_cloud("connected", |c| c.state == "connected")
+        .await;
     let port = core.broker_port("tcp").await;
     let (dev, mut dev_ev) = connect(port, "a", false).await;
     subscribed(&dev, &mut dev_ev, "#").await;
@@ -487,7 +467,8 @@ async fn persistent_cloud_subscriptions_keep_what_arrives_while_the_router_is_aw
     ))
     .await;
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
-    wait_cloud(&core, "connected", |c| c.state == "connected").await;
+    core.wait_cloud("connected", |c| c.state == "connected")
+        .await;
     let port = core.broker_port("tcp").await;
     let (dev, mut dev_ev) = connect(port, "a", false).await;
     subscribed(&dev, &mut dev_ev, "cmd/a/#").await;

@@ -344,18 +344,6 @@ async fn the_end_of_a_job_interrupted_by_a_restart_of_the_ota_agent_is_reported(
     assert_eq!(subjects(&core).await, ["a/old/#"]);
 }
 
-/// The router's view of its cloud connection.
-async fn cloud_state(core: &Core) -> verdant_proto::router::v1::GetCloudResponse {
-    let channel = verdant_common::uds::connect(&core.socket("router"))
-        .await
-        .unwrap();
-    verdant_proto::router::v1::router_client::RouterClient::new(channel)
-        .get_cloud(verdant_proto::router::v1::GetCloudRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn deployments_add_and_remove_cloud_subscriptions_without_dropping_the_cloud_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,7 +352,7 @@ async fn deployments_add_and_remove_cloud_subscriptions_without_dropping_the_clo
     open.store(true, Ordering::SeqCst);
     let connected = tokio::time::timeout(PATIENCE, async {
         loop {
-            let state = cloud_state(&core).await;
+            let state = core.cloud_state().await.unwrap();
             if state.state == "connected" {
                 return state;
             }
@@ -413,7 +401,7 @@ async fn deployments_add_and_remove_cloud_subscriptions_without_dropping_the_clo
         let want = connected.subscriptions + u32::from(more);
         let state = tokio::time::timeout(PATIENCE, async {
             loop {
-                let state = cloud_state(&core).await;
+                let state = core.cloud_state().await.unwrap();
                 if state.subscriptions == want {
                     return state;
                 }

@@ -22,8 +22,8 @@ use verdant_integration_tests::deployments;
 use verdant_integration_tests::functions::{INSECURE, TCP, function_arn, invoke};
 use verdant_integration_tests::groups::thing;
 use verdant_integration_tests::{Core, Options, bundle_greengrasssdk, copy_dir};
+use verdant_proto::router::v1::TraceRequest;
 use verdant_proto::router::v1::router_client::RouterClient;
-use verdant_proto::router::v1::{GetCloudRequest, TraceRequest};
 
 const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf";
 const KEY: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tls-key-XyZ123";
@@ -417,24 +417,10 @@ fn data_key(core: &Core) -> String {
 }
 
 async fn cloud_connected(core: &Core, up: bool) {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let channel = verdant_common::uds::connect(&core.socket("router"))
-                .await
-                .unwrap();
-            let state = RouterClient::new(channel)
-                .get_cloud(GetCloudRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            if (state.state == "connected") == up {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    core.wait_cloud("the cloud connection changes", |s| {
+        (s.state == "connected") == up
     })
-    .await
-    .expect("the cloud connection changes");
+    .await;
 }
 
 /// Deploys `group` and follows it to its end.

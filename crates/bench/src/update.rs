@@ -1,8 +1,8 @@
 //! Version switches of a running core with devices connected: the time
 //! from `ApplyUpdate` (and from `RollbackVersion`) to the core settled on
-//! the other version with every service running, how long the device
-//! listener refused connections meanwhile (a probe connects every 2 ms),
-//! and how long the connected devices were away.
+//! the other version with every service running, how long a device
+//! connecting meanwhile waited for its CONNACK (a new one every 2 ms) and
+//! whether any was refused, and how long the connected devices were away.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,29 +77,45 @@ async fn settled_on(root: &Path, version: &str) {
     }
 }
 
-/// Connects every 2 ms until stopped; the longest run of refused
-/// connections.
-fn probe(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
+/// What the probe saw during one switch.
+#[derive(Default)]
+struct Probed {
+    /// Connections refused.
+    refused: u32,
+    /// The longest a new device waited from its connect to its CONNACK.
+    longest: Duration,
+}
+
+/// A new device every 2 ms until stopped: a TCP connection and an MQTT
+/// CONNECT, timed to its CONNACK.
+fn probe(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Probed> {
+    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        let mut longest = Duration::ZERO;
-        let mut since: Option<Instant> = None;
+        let mut seen = Probed::default();
+        let mut n = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            let ok = std::net::TcpStream::connect_timeout(
-                &([127, 0, 0, 1], port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok();
-            match (ok, since) {
-                (false, None) => since = Some(Instant::now()),
-                (true, Some(s)) => {
-                    longest = longest.max(s.elapsed());
-                    since = None;
+            n += 1;
+            let begun = Instant::now();
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => seen.refused += 1,
+                Err(e) => panic!("probe: {e}"),
+                Ok(mut socket) => {
+                    let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
+                    let id = format!("probe-{n}");
+                    // CONNECT, MQTT 3.1.1, clean session, keep-alive 60 s.
+                    let mut packet = vec![0x10, u8::try_from(12 + id.len()).expect("short")];
+                    packet.extend_from_slice(b"\x00\x04MQTT\x04\x02\x00\x3c");
+                    packet.extend_from_slice(&[0, u8::try_from(id.len()).expect("short")]);
+                    packet.extend_from_slice(id.as_bytes());
+                    let mut ack = [0u8; 4];
+                    if socket.write_all(&packet).is_ok() && socket.read_exact(&mut ack).is_ok() {
+                        seen.longest = seen.longest.max(begun.elapsed());
+                    }
                 }
-                _ => {}
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        longest
+        seen
     })
 }
 
@@ -190,42 +206,27 @@ pub async fn run(bin_dir: &Path, python: &Path, device_count: usize, runs: usize
         "every device connected"
     );
 
-    let (mut apply, mut back, mut refused, mut gone) =
+    let (mut apply, mut back, mut waited, mut gone) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut refused = 0;
     for _ in 0..runs {
         for forward in [true, false] {
             *away.lock().expect("away lock") = Duration::ZERO;
             let stop = Arc::new(AtomicBool::new(false));
             let prober = probe(port, stop.clone());
             let begun = Instant::now();
+            switch(&root, if forward { NEW } else { old }).await;
             if forward {
-                let channel = verdant_common::uds::connect(&root.join("run/ota-agent.sock"))
-                    .await
-                    .expect("ota-agent");
-                UpdatesClient::new(channel)
-                    .apply_update(ota::CheckUpdateRequest {
-                        version: NEW.into(),
-                        ..ota::CheckUpdateRequest::default()
-                    })
-                    .await
-                    .expect("apply");
-                settled_on(&root, NEW).await;
                 apply.push(begun.elapsed());
             } else {
-                let channel = verdant_common::uds::connect(&root.join("run/init.sock"))
-                    .await
-                    .expect("init");
-                SupervisorClient::new(channel)
-                    .rollback_version(sup::RollbackVersionRequest {})
-                    .await
-                    .expect("rollback");
-                settled_on(&root, old).await;
                 back.push(begun.elapsed());
             }
             // The devices' reconnections land.
             tokio::time::sleep(Duration::from_millis(300)).await;
             stop.store(true, Ordering::Relaxed);
-            refused.push(prober.join().expect("probe"));
+            let saw = prober.join().expect("probe");
+            refused += saw.refused;
+            waited.push(saw.longest);
             gone.push(*away.lock().expect("away lock"));
         }
     }
@@ -240,11 +241,38 @@ pub async fn run(bin_dir: &Path, python: &Path, device_count: usize, runs: usize
         &mut back,
     );
     crate::deploy::row(
-        "device listener refusing connections (longest run)",
-        &mut refused,
+        "longest a new device waited for its CONNACK (connect every 2 ms)",
+        &mut waited,
     );
     crate::deploy::row("longest a connected device was away", &mut gone);
+    println!("\nconnections refused during the switches: {refused}");
     spawn::stop(&mut core);
+}
+
+/// Applies the update to [`NEW`] (`to` is it) or rolls back to `to`;
+/// returns once the core settled on `to`.
+async fn switch(root: &Path, to: &str) {
+    if to == NEW {
+        let channel = verdant_common::uds::connect(&root.join("run/ota-agent.sock"))
+            .await
+            .expect("ota-agent");
+        UpdatesClient::new(channel)
+            .apply_update(ota::CheckUpdateRequest {
+                version: NEW.into(),
+                ..ota::CheckUpdateRequest::default()
+            })
+            .await
+            .expect("apply");
+    } else {
+        let channel = verdant_common::uds::connect(&root.join("run/init.sock"))
+            .await
+            .expect("init");
+        SupervisorClient::new(channel)
+            .rollback_version(sup::RollbackVersionRequest {})
+            .await
+            .expect("rollback");
+    }
+    settled_on(root, to).await;
 }
 
 /// Waits for the first start's services.

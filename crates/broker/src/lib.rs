@@ -185,25 +185,51 @@ pub async fn run(
     result.map_err(BrokerError::from)
 }
 
-/// Connections the kernel completes for a listener before the broker
-/// accepts them (capped by `net.core.somaxconn`): room for a site's devices
-/// reconnecting at once, where a short queue drops their SYNs and each
-/// waits a second or more to try again.
-const LISTEN_BACKLOG: u32 = 1024;
-
-fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+/// The listening socket for the listener `key` of the config (`tls`,
+/// `tcp`, `websocket`) on `addr`: the one verdant-init handed over for it
+/// when it serves that address, else one bound here.
+fn bind(
+    inherited: &mut Vec<(String, std::net::TcpListener)>,
+    key: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, BrokerError> {
+    let fail = |source| BrokerError::Bind { addr, source };
+    let held = inherited.iter().position(|(name, socket)| {
+        name == key
+            && socket
+                .local_addr()
+                .is_ok_and(|actual| verdant_common::listen::serves(addr, actual))
+    });
+    let socket = match held {
+        Some(i) => {
+            let (_, socket) = inherited.swap_remove(i);
+            tracing::debug!(listener = key, "listening on the socket init holds");
+            socket
+        }
+        None => verdant_common::listen::bind_listener(addr).map_err(fail)?,
     };
-    socket
-        .and_then(|s| {
-            s.set_reuseaddr(true)?;
-            s.bind(addr)?;
-            s.listen(LISTEN_BACKLOG)
-        })
-        .map_err(|source| BrokerError::Bind { addr, source })
+    socket.set_nonblocking(true).map_err(fail)?;
+    tokio::net::TcpListener::from_std(socket).map_err(fail)
+}
+
+/// The device listeners the config enables, by key (`tls`, `tcp`,
+/// `websocket`), with their configured addresses: what verdant-init binds
+/// and holds for every broker it starts.
+pub fn held_listeners(
+    config: &verdant_common::config::ConfigSource,
+) -> Vec<(&'static str, std::net::SocketAddr)> {
+    let Ok(c) = config.section::<BrokerConfig>(BrokerConfig::NAME) else {
+        return Vec::new();
+    };
+    [
+        ("tls", c.tls.enabled, c.tls.bind),
+        ("tcp", c.tcp.enabled, c.tcp.bind),
+        ("websocket", c.websocket.enabled, c.websocket.bind),
+    ]
+    .into_iter()
+    .filter(|(_, on, _)| *on)
+    .map(|(key, _, addr)| (key, addr))
+    .collect()
 }
 
 /// The hub, with its persistent sessions restored when persistence is on.
@@ -273,6 +299,7 @@ fn listen(
     } else {
         None
     };
+    let mut inherited = verdant_common::listen::take(verdant_common::listen::ENV);
     let mut sockets = Vec::new();
     let listening = |socket, name, tls, websocket| Listening {
         socket,
@@ -281,14 +308,15 @@ fn listen(
         websocket,
     };
     if config.tls.enabled {
-        let socket = bind(config.tls.bind)?;
+        let socket = bind(&mut inherited, "tls", config.tls.bind)?;
         sockets.push(listening(socket, "tls", tls.clone(), None));
     }
     if config.tcp.enabled {
-        sockets.push(listening(bind(config.tcp.bind)?, "tcp", None, None));
+        let socket = bind(&mut inherited, "tcp", config.tcp.bind)?;
+        sockets.push(listening(socket, "tcp", None, None));
     }
     if config.websocket.enabled {
-        let socket = bind(config.websocket.bind)?;
+        let socket = bind(&mut inherited, "websocket", config.websocket.bind)?;
         let path = Some(config.websocket.path.clone());
         if wss {
             sockets.push(listening(socket, "wss", tls.clone(), path));

@@ -6,7 +6,8 @@
 //! certificates from PEM files ([`pem`]) and the TLS built from them
 //! rebuilt when they change ([`reload`]), server certificates issued on
 //! the core (`pki`, with the `pki` feature), a child process's output
-//! captured into a rotating log ([`logs`]), files replaced whole
+//! captured into a rotating log ([`logs`]), listening sockets handed from
+//! init to the broker ([`listen`]), files replaced whole
 //! ([`fsutil`]), and the daemons' SQLite
 //! databases opened the same way (`sqlite`, with the `sqlite` feature),
 //! and the version the executable reports ([`version`]).
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod exit;
 pub mod fsutil;
 pub mod grpc;
+pub mod listen;
 pub mod logs;
 pub mod memory;
 pub mod paths;

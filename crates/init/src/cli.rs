@@ -37,9 +37,18 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         print!("{}", crate::config::default_config());
         return ExitCode::SUCCESS;
     }
+    // The listening sockets init holds, kept open across each `exec`:
+    // those the previous executable held first.
+    let held_arc = programs.held().cloned();
+    let held = held_arc.as_deref();
+    if let Some(held) = held {
+        held.adopt();
+        // SAFETY: one thread (nothing started yet). Not for the children.
+        unsafe { std::env::remove_var(verdant_common::listen::HELD_ENV) };
+    }
     // The version `versions/current` names, if init is not running it.
     if let Some(exe) = crate::versions::at_start(&args.root) {
-        let e = crate::versions::reexec(&exe);
+        let e = crate::versions::reexec(&exe, held);
         eprintln!(
             "verdant-init: cannot execute {}: {e}; going on with this one",
             exe.display()
@@ -51,7 +60,13 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
     let mut no_zygote = None;
     if let Some(entry) = programs.entry() {
         match zygote::start(entry) {
-            Ok(zygote::Started::Daemon(code)) => return code,
+            Ok(zygote::Started::Daemon(code)) => {
+                // The zygote closed what init held; this copy of its owners
+                // must not close those numbers again.
+                std::mem::forget(held_arc);
+                std::mem::forget(programs);
+                return code;
+            }
             Ok(zygote::Started::Init(z)) => programs = programs.with_zygote(z),
             Err(e) => no_zygote = Some(e),
         }
@@ -78,7 +93,7 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(exe)) => {
             drop(runtime);
-            let e = crate::versions::reexec(&exe);
+            let e = crate::versions::reexec(&exe, held);
             eprintln!("verdant-init: cannot execute {}: {e}", exe.display());
             Exit::Failure.into()
         }
@@ -87,7 +102,7 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
             // A new version that cannot start goes back to the previous.
             if let Some(exe) = crate::versions::start_failed(&args.root, &e.to_string()) {
                 drop(runtime);
-                let err = crate::versions::reexec(&exe);
+                let err = crate::versions::reexec(&exe, held);
                 eprintln!("verdant-init: cannot execute {}: {err}", exe.display());
             }
             e.exit().into()

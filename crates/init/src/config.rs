@@ -56,6 +56,9 @@ pub struct InitSection {
     pub update_post_hook: std::path::PathBuf,
     /// How long each hook may run.
     pub update_hook_timeout_secs: u64,
+    /// After a switch, how long the cloud connection (if it was up when the
+    /// switch began) has to come back before the update is rolled back.
+    pub update_cloud_timeout_secs: u64,
 }
 
 impl Default for InitSection {
@@ -73,6 +76,7 @@ impl Default for InitSection {
             update_pre_hook: "config/ota_pre_update.sh".into(),
             update_post_hook: "config/ota_post_update.sh".into(),
             update_hook_timeout_secs: 60,
+            update_cloud_timeout_secs: 60,
         }
     }
 }
@@ -239,7 +243,8 @@ pub fn default_config() -> String {
          zygote = true              # fork the daemons from a zygote (shares memory); false: exec each\n\
          # update_pre_hook = \"config/ota_pre_update.sh\"    # run before a new version is installed, if there\n\
          # update_post_hook = \"config/ota_post_update.sh\"  # run once it settled; a failure rolls it back\n\
-         # update_hook_timeout_secs = 60\n",
+         # update_hook_timeout_secs = 60\n\
+         # update_cloud_timeout_secs = 60  # the cloud connection must be back this soon after a switch\n",
     );
     for (name, deps) in [
         ("router", ""),

@@ -39,6 +39,8 @@ pub struct Api {
     pub reexec: Arc<Mutex<Option<PathBuf>>>,
     /// One switch or rollback at a time.
     pub switching: tokio::sync::Mutex<()>,
+    /// The router's socket, to ask it about the cloud connection.
+    pub router: PathBuf,
 }
 
 impl Api {
@@ -237,8 +239,12 @@ impl SupervisorApi for Api {
                 "the pre-update hook refused it: {why}"
             ))));
         }
+        // Up now: the new version must bring it back.
+        let cloud = crate::health::cloud(&self.router)
+            .await
+            .is_some_and(|(state, _)| state == "connected");
         let versions = self.versions.clone();
-        let exe = tokio::task::spawn_blocking(move || versions.commit(&prepared))
+        let exe = tokio::task::spawn_blocking(move || versions.commit(&prepared, cloud))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(refused)?;

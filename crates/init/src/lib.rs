@@ -10,6 +10,7 @@ mod notify;
 pub mod process;
 mod service;
 pub mod setup;
+pub mod sockets;
 mod supervisor;
 pub mod versions;
 pub mod zygote;
@@ -43,22 +44,7 @@ pub async fn run(
 ) -> Result<Option<std::path::PathBuf>, InitError> {
     let begun = Instant::now();
     let prepared = setup::prepare(root, runtime_dir, &programs)?;
-    // Init's own lines go to `logs/init.log` too, for `verdantctl logs init`.
-    let init_log = verdant_common::logs::ServiceLog::new(
-        prepared
-            .layout
-            .logs_dir()
-            .join(format!("{}.log", verdant_common::paths::INIT_SERVICE)),
-        prepared.config.init.log_max_bytes,
-        prepared.config.init.log_keep,
-    );
-    verdant_common::telemetry::tee(init_log.clone());
-    // Bind before starting anything: an unusable socket dir stops us here.
-    let init_socket = prepared.layout.socket(verdant_common::paths::INIT_SERVICE);
-    let listener = uds::bind(&init_socket).map_err(|e| InitError::RuntimeDir {
-        path: prepared.layout.runtime_dir().to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let (init_log, init_socket, listener) = open_init(&prepared)?;
     setup::end_leftovers(&prepared);
 
     let reaper = Reaper::start().map_err(|source| InitError::Io {
@@ -81,6 +67,10 @@ pub async fn run(
         events: Supervisor::new_events(),
         pid_dir: prepared.pid_dir.clone(),
         zygote,
+        held: programs
+            .held()
+            .inspect(|held| held.read_from(prepared.layout.config_file()))
+            .cloned(),
     };
     tracing::info!(
         root = %prepared.layout.root().display(),
@@ -109,23 +99,25 @@ pub async fn run(
         reaper: shared.reaper.clone(),
         reexec: reexec.clone(),
         switching: tokio::sync::Mutex::new(()),
+        router: prepared.layout.socket("router"),
     }));
     server.readiness().serving().await;
     let serving = tokio::spawn(server.serve(listener, server_stop.clone()));
 
     let watchdog_stop = CancellationToken::new();
     notify::watchdog(watchdog_stop.clone());
-    let levels = prepared.config.start_order().map_or(1, |l| l.len()) as u32;
-    let settle_limit = Duration::from_millis(prepared.config.init.start_timeout_ms) * levels;
-    tokio::select! {
-        list = supervisor.settled(settle_limit) => {
-            let next = up(&list, begun, &prepared.config.init, &shared.reaper, prepared.layout.root()).await;
-            if next.is_some() {
-                *reexec.lock().expect("reexec lock") = next;
-                shutdown.cancel();
-            }
-        }
-        () = shutdown.cancelled() => {}
+    let next = up(
+        &supervisor,
+        begun,
+        &prepared.config,
+        &shared.reaper,
+        &prepared.layout,
+        &shutdown,
+    )
+    .await;
+    if next.is_some() {
+        *reexec.lock().expect("reexec lock") = next;
+        shutdown.cancel();
     }
 
     shutdown.cancelled().await;
@@ -148,16 +140,55 @@ pub async fn run(
     Ok(next)
 }
 
-/// The core came up (`list`: every service once they settled): says so
+/// Init's own log (its lines go to `logs/init.log` too, for `verdantctl
+/// logs init`) and its socket, bound before anything starts: an unusable
+/// socket dir stops init here.
+fn open_init(
+    prepared: &setup::Prepared,
+) -> Result<
+    (
+        verdant_common::logs::ServiceLog,
+        std::path::PathBuf,
+        tokio::net::UnixListener,
+    ),
+    InitError,
+> {
+    let init_log = verdant_common::logs::ServiceLog::new(
+        prepared
+            .layout
+            .logs_dir()
+            .join(format!("{}.log", verdant_common::paths::INIT_SERVICE)),
+        prepared.config.init.log_max_bytes,
+        prepared.config.init.log_keep,
+    );
+    verdant_common::telemetry::tee(init_log.clone());
+    let init_socket = prepared.layout.socket(verdant_common::paths::INIT_SERVICE);
+    let listener = uds::bind(&init_socket).map_err(|e| InitError::RuntimeDir {
+        path: prepared.layout.runtime_dir().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok((init_log, init_socket, listener))
+}
+
+/// Once the services settled, the core came up: says so
 /// (log, systemd), and ends an update to this version (after its
 /// post-update hook): kept, or rolled back (then what to execute instead).
 async fn up(
-    list: &[service::Status],
+    supervisor: &Supervisor,
     begun: Instant,
-    policy: &config::InitSection,
+    config: &config::Config,
     reaper: &Reaper,
-    root: &Path,
+    layout: &verdant_common::paths::Layout,
+    shutdown: &CancellationToken,
 ) -> Option<std::path::PathBuf> {
+    let levels = config.start_order().map_or(1, |l| l.len()) as u32;
+    let settle_limit = Duration::from_millis(config.init.start_timeout_ms) * levels;
+    let list = &tokio::select! {
+        list = supervisor.settled(settle_limit) => list,
+        () = shutdown.cancelled() => return None,
+    };
+    let policy = &config.init;
+    let root = layout.root();
     let failed: Vec<_> = list
         .iter()
         .filter(|s| s.state == State::Failed)
@@ -182,6 +213,22 @@ async fn up(
         .filter(|s| matches!(s.state, State::Failed | State::Backoff | State::Starting))
         .map(|s| format!("{} did not run", s.name))
         .collect();
+    // The cloud connection, if it was up when the switch began. (A stop
+    // meanwhile leaves the update switching: the next start goes on.)
+    if problems.is_empty() && update.cloud {
+        let router = layout.socket("router");
+        let back = health::cloud_back(
+            &router,
+            Duration::from_secs(policy.update_cloud_timeout_secs),
+        );
+        let back = tokio::select! {
+            back = back => back,
+            () = shutdown.cancelled() => return None,
+        };
+        if let Err(why) = back {
+            problems.push(why);
+        }
+    }
     if problems.is_empty()
         && let Err(why) = versions::run_hook(
             reaper,

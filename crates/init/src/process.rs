@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::sockets::{Held, Wanted};
 use crate::zygote::{self, Entry, Zygote};
 
 /// How a process ended.
@@ -121,12 +122,13 @@ impl Reaper {
         &self,
         zygote: &Zygote,
         request: &zygote::Request,
+        listeners: &[std::os::fd::RawFd],
     ) -> std::io::Result<Child> {
         let (read, write) = output_pipe()?;
         // Held while the zygote answers, so the daemon cannot be reaped as
         // an orphan before it is registered.
         let mut waiting = self.waiting.lock().expect("reaper lock");
-        let pid = zygote.spawn(request, &write)?;
+        let pid = zygote.spawn(request, &write, listeners)?;
         drop(write);
         Ok(register(&mut waiting, pid, Some(read)))
     }
@@ -253,6 +255,8 @@ pub struct Programs {
     entry: Option<Entry>,
     /// The zygote, once forked.
     zygote: Option<Arc<Zygote>>,
+    /// The listening sockets init holds for a service.
+    held: Option<Arc<Held>>,
 }
 
 /// A resolved program: what to execute and the `argv[0]` to give it.
@@ -291,6 +295,18 @@ impl Programs {
 
     pub fn zygote(&self) -> Option<&Arc<Zygote>> {
         self.zygote.as_ref()
+    }
+
+    /// Init binds and holds the listening sockets `service` wants by
+    /// `wanted`, and hands them to it at each start (see `sockets`).
+    #[must_use]
+    pub fn with_held_listeners(mut self, service: &'static str, wanted: Wanted) -> Self {
+        self.held = Some(Arc::new(Held::new(service, wanted)));
+        self
+    }
+
+    pub fn held(&self) -> Option<&Arc<Held>> {
+        self.held.as_ref()
     }
 
     /// Finds a service's program: a path is taken as is; a name the

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +21,7 @@ use verdant_common::paths::{Layout, ROOT_ENV, RUNTIME_DIR_ENV, SOCKET_ENV};
 use crate::config::{HealthCheck, InitSection};
 use crate::health;
 use crate::process::{self, Child, Exited, Reaper};
+use crate::sockets::Held;
 use crate::zygote::{self, Zygote};
 use verdant_common::logs::ServiceLog;
 
@@ -116,6 +118,8 @@ pub struct Shared {
     pub pid_dir: PathBuf,
     /// Forks the services of the `verdant` binary, while usable.
     pub zygote: Option<Arc<Zygote>>,
+    /// The listening sockets init holds for a service.
+    pub held: Option<Arc<Held>>,
 }
 
 /// Spawns the task of one service; `deps` are its dependencies' statuses.
@@ -350,13 +354,16 @@ impl Task {
             (SOCKET_ENV.into(), layout.socket(&self.spec.name).into()),
             ("VERDANT_SERVICE".into(), (&self.spec.name).into()),
         ]);
+        let listeners = self.listeners();
         let request = zygote::Request {
             arg0,
             args: self.spec.args.clone(),
             env,
             cwd: layout.root().to_path_buf(),
+            listeners: listeners.iter().map(|(key, _)| key.clone()).collect(),
         };
-        match self.shared.reaper.spawn_forked(zygote, &request) {
+        let fds: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
+        match self.shared.reaper.spawn_forked(zygote, &request, &fds) {
             Ok(child) => Some(Ok(child)),
             // The zygote is gone: execute this one and the next.
             Err(_) if !zygote.usable() => None,
@@ -378,10 +385,41 @@ impl Task {
             .env(SOCKET_ENV, layout.socket(&self.spec.name))
             .env("VERDANT_SERVICE", &self.spec.name)
             .current_dir(layout.root());
+        let listeners = self.listeners();
+        if !listeners.is_empty() {
+            let pairs = listeners.iter().map(|(key, fd)| (key.as_str(), *fd));
+            command.env(
+                verdant_common::listen::ENV,
+                verdant_common::listen::encode(pairs),
+            );
+            let fds: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
+            // SAFETY: fcntl is async-signal-safe; the descriptors are
+            // init's, open while it spawns, and only this child's copies
+            // lose close-on-exec.
+            unsafe {
+                command.pre_exec(move || {
+                    for fd in &fds {
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         self.shared
             .reaper
             .spawn(command)
             .map_err(|e| format!("cannot start {}: {e}", self.spec.program.display()))
+    }
+
+    /// The listening sockets init holds for this service, by key.
+    fn listeners(&self) -> Vec<(String, RawFd)> {
+        self.shared
+            .held
+            .as_ref()
+            .map(|held| held.for_service(&self.spec.name))
+            .unwrap_or_default()
     }
 
     fn pidfile(&self) -> PathBuf {

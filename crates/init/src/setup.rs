@@ -118,7 +118,8 @@ pub fn prepare(
     })
 }
 
-/// Ends processes a killed init left behind, named by their pidfiles.
+/// Ends processes a killed init left behind, named by their pidfiles, and
+/// removes a release it was checking.
 pub fn end_leftovers(p: &Prepared) {
     let grace = Duration::from_millis(p.config.init.stop_grace_ms);
     for (service, pid) in process::end_leftovers(&p.pid_dir, grace) {
@@ -126,6 +127,12 @@ pub fn end_leftovers(p: &Prepared) {
             service,
             pid,
             "ended a leftover process of a previous verdant-init"
+        );
+    }
+    for staged in crate::versions::Versions::new(p.layout.root()).clear_staged() {
+        tracing::info!(
+            "removed {}: a release a previous verdant-init had not installed",
+            staged.display()
         );
     }
 }

@@ -38,6 +38,10 @@ pub struct Update {
     pub attempts: u32,
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The cloud connection was up when the switch began: the new version
+    /// must bring it back.
+    #[serde(default)]
+    pub cloud: bool,
 }
 
 pub const SWITCHING: &str = "switching";
@@ -196,6 +200,26 @@ impl Versions {
         Ok(Some(aside))
     }
 
+    /// Removes what [`Versions::stage`] left of a switch that was never
+    /// committed (the core stopped while a release was checked); what it
+    /// removed. Called with the root's lock held, before anything stages.
+    pub fn clear_staged(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str()?.strip_prefix('.')?.strip_suffix(".new"))
+                    .is_some_and(|version| version != "current")
+                    && p.is_dir()
+            })
+            .filter(|p| std::fs::remove_dir_all(p).is_ok())
+            .collect()
+    }
+
     /// Renames a staged version into place.
     fn place(&self, version: &str, aside: &Path) -> Result<(), SwitchError> {
         let dir = self.dir.join(version);
@@ -314,7 +338,7 @@ impl Versions {
     /// Installs what [`Versions::prepare`] staged (the running version
     /// kept as the way back), says `switching` in `update.json` and points
     /// `current` at it; what init must execute next.
-    pub fn commit(&self, prepared: &Prepared) -> Result<PathBuf, SwitchError> {
+    pub fn commit(&self, prepared: &Prepared, cloud: bool) -> Result<PathBuf, SwitchError> {
         let running = verdant_common::version::version();
         self.keep_running()?;
         let path = self.dir.join("seen.json");
@@ -332,6 +356,7 @@ impl Versions {
             attempts: 0,
             started_ms: now,
             updated_ms: now,
+            cloud,
         })?;
         self.point_at(&prepared.version)?;
         tracing::info!(from = running, to = prepared.version, "switching versions");
@@ -589,15 +614,24 @@ pub fn settled(root: &Path, failed: &[String]) -> Option<PathBuf> {
 
 /// Replaces this process with `exe`, with the same arguments and
 /// environment. Returns only if that fails.
-pub fn reexec(exe: &Path) -> std::io::Error {
+pub fn reexec(exe: &Path, held: Option<&crate::sockets::Held>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     tracing::info!(executable = %exe.display(), "executing init again");
-    std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .arg0(argv0)
         .args(args)
-        .exec()
+        .env_remove(verdant_common::listen::HELD_ENV);
+    if let Some((name, value)) = held.and_then(|h| h.across_exec(exe)) {
+        command.env(name, value);
+    }
+    let e = command.exec();
+    if let Some(held) = held {
+        held.exec_failed();
+    }
+    e
 }
 
 #[cfg(test)]
@@ -627,6 +661,20 @@ mod tests {
             .point_at(verdant_common::version::version())
             .unwrap();
         root
+    }
+
+    #[test]
+    fn a_release_left_staged_is_cleared_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("versions");
+        for d in [".9.9.9.new", "9.9.8", ".current.new"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("9.9.8", dir.join("current")).unwrap();
+        let cleared = Versions::new(root.path()).clear_staged();
+        assert_eq!(cleared, [dir.join(".9.9.9.new")]);
+        assert!(dir.join("9.9.8").is_dir() && dir.join("current").exists());
+        assert!(Versions::new(root.path()).clear_staged().is_empty());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!
 //! How: the zygote waits on a `SOCK_SEQPACKET` pair for a request (program
 //! name, arguments, environment, working directory, and the service's
-//! output pipe passed with `SCM_RIGHTS`). For each it forks a helper, which
+//! output pipe passed with `SCM_RIGHTS`, with the listening sockets init
+//! holds for it, if any: the daemon finds them in `VERDANT_LISTEN_FDS`). For each it forks a helper, which
 //! forks the daemon, answers with the daemon's pid and exits: the daemon,
 //! orphaned, is adopted by init (a child subreaper or PID 1), which reaps
 //! and signals it like an executed one. The daemon leaves the zygote's
@@ -50,6 +51,9 @@ pub type Entry = fn(Vec<OsString>) -> ExitCode;
 /// Longest request (arguments and environment of one daemon).
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// Most listening sockets one request hands over.
+pub const MAX_LISTENERS: usize = 8;
+
 /// How long init waits for the zygote to answer before giving up on it.
 const ANSWER_TIMEOUT_SECS: i64 = 5;
 
@@ -78,6 +82,9 @@ pub struct Request {
     /// Variables set on top of init's environment.
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
+    /// The keys of the listening sockets handed over with the request, in
+    /// order (`tls`, `tcp`, ...).
+    pub listeners: Vec<String>,
 }
 
 /// Forks the zygote. Call it while the process has one thread (before any
@@ -128,23 +135,32 @@ impl Zygote {
         self.socket.lock().expect("zygote lock").is_some()
     }
 
-    /// Forks a daemon for `request` with `output` as its stdout and stderr;
-    /// returns its pid. After an error that leaves the zygote unusable
+    /// Forks a daemon for `request` with `output` as its stdout and stderr
+    /// and `listeners` (one for each of `request.listeners`) as its
+    /// listening sockets; returns its pid. After an error that leaves the zygote unusable
     /// (gone, or silent), [`Zygote::usable`] is false from then on.
     ///
     /// # Errors
     /// The zygote could not fork the daemon, or did not answer.
-    pub fn spawn(&self, request: &Request, output: &OwnedFd) -> std::io::Result<u32> {
+    pub fn spawn(
+        &self,
+        request: &Request,
+        output: &OwnedFd,
+        listeners: &[RawFd],
+    ) -> std::io::Result<u32> {
+        if listeners.len() != request.listeners.len() || listeners.len() > MAX_LISTENERS {
+            return Err(std::io::Error::other(
+                "listening sockets do not match their keys",
+            ));
+        }
         let mut guard = self.socket.lock().expect("zygote lock");
         let Some(socket) = guard.as_ref() else {
             return Err(std::io::Error::other("the zygote is gone"));
         };
         let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let result = ask(
-            socket,
-            &encode(request),
-            &[output.as_raw_fd(), go_read.as_raw_fd()],
-        );
+        let mut fds = vec![output.as_raw_fd(), go_read.as_raw_fd()];
+        fds.extend_from_slice(listeners);
+        let result = ask(socket, &encode(request), &fds);
         drop(go_read);
         if result.is_ok() {
             // The caller registers the pid under the reaper's lock before
@@ -228,7 +244,7 @@ fn ask(socket: &OwnedFd, message: &[u8], fds: &[RawFd]) -> std::io::Result<u32> 
 
 /// A request on the wire: NUL-terminated fields, `a` before an argument,
 /// `e` before a `NAME=value`, `c` before the working directory, `0` before
-/// `argv[0]`.
+/// `argv[0]`, `l` before a listening socket's key.
 fn encode(request: &Request) -> Vec<u8> {
     let mut out = Vec::new();
     let mut field = |tag: u8, bytes: &[u8]| {
@@ -247,6 +263,9 @@ fn encode(request: &Request) -> Vec<u8> {
         pair.extend_from_slice(value.as_bytes());
         field(b'e', &pair);
     }
+    for key in &request.listeners {
+        field(b'l', key.as_bytes());
+    }
     out
 }
 
@@ -259,6 +278,7 @@ fn decode(bytes: &[u8]) -> Option<Request> {
             b'0' => request.arg0 = text()?,
             b'c' => request.cwd = PathBuf::from(OsString::from_vec(rest.to_vec())),
             b'a' => request.args.push(text()?),
+            b'l' => request.listeners.push(text()?),
             b'e' => {
                 let eq = rest.iter().position(|&b| b == b'=')?;
                 request.env.push((
@@ -283,6 +303,9 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
     // Out of init's process group: a terminal's ^C is for init, which
     // stops the services in order, not for the zygote.
     let _ = nix::unistd::setsid();
+    // Nothing init had open is the zygote's to keep (the sockets init held
+    // across an `exec`, above all: they are handed over per request).
+    close_inherited(&[socket.as_raw_fd()]);
     let _ = nix::sys::prctl::set_name(c"verdant-zygote");
     retitle("verdant-zygote");
     let mut buf = vec![0u8; MAX_REQUEST];
@@ -300,11 +323,17 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
             answer_error(&socket, "no output and go descriptors");
             continue;
         };
+        let listeners: Vec<OwnedFd> = fds.collect();
+        if listeners.len() != request.listeners.len() {
+            answer_error(&socket, "listening sockets do not match their keys");
+            continue;
+        }
         // SAFETY: the zygote has one thread.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 drop(output);
                 drop(go);
+                drop(listeners);
                 let _ = nix::sys::wait::waitpid(child, None);
             }
             Ok(ForkResult::Child) => {
@@ -313,6 +342,7 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
                 match unsafe { fork() } {
                     Ok(ForkResult::Parent { child }) => {
                         drop(go);
+                        drop(listeners);
                         stall_for_tests();
                         let mut answer = b"P".to_vec();
                         answer.extend_from_slice(&child.as_raw().cast_unsigned().to_le_bytes());
@@ -325,7 +355,7 @@ fn serve(socket: OwnedFd, init: Pid) -> Request {
                     }
                     Ok(ForkResult::Child) => {
                         drop(socket);
-                        if let Err(e) = become_daemon(output, &request, &go) {
+                        if let Err(e) = become_daemon(output, &request, &go, listeners) {
                             eprintln!("{}: cannot start from the zygote: {e}", request.arg0);
                             exit_now(1);
                         }
@@ -374,7 +404,7 @@ fn stall_for_tests() {
 
 /// One request and the descriptors it carries; `None` at end of stream.
 fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut space = nix::cmsg_space!([RawFd; 2 + MAX_LISTENERS]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -411,8 +441,14 @@ fn answer_error(socket: &OwnedFd, reason: &str) {
 
 /// In the forked daemon: what `exec` would have done (a new session,
 /// stdin from /dev/null, output to the service's pipe, no other inherited
-/// descriptor, the environment and directory asked for, its own name).
-fn become_daemon(output: OwnedFd, request: &Request, go: &OwnedFd) -> std::io::Result<()> {
+/// descriptor but its listening sockets, the environment and directory
+/// asked for, its own name).
+fn become_daemon(
+    output: OwnedFd,
+    request: &Request,
+    go: &OwnedFd,
+    listeners: Vec<OwnedFd>,
+) -> std::io::Result<()> {
     nix::unistd::setsid()?;
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2_stdin(&null)?;
@@ -420,11 +456,28 @@ fn become_daemon(output: OwnedFd, request: &Request, go: &OwnedFd) -> std::io::R
     nix::unistd::dup2_stderr(&output)?;
     drop(output);
     drop(null);
-    close_inherited(go.as_raw_fd());
+    let mut keep: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    keep.push(go.as_raw_fd());
+    close_inherited(&keep);
     std::env::set_current_dir(&request.cwd)?;
     for (name, value) in &request.env {
         // SAFETY: this process has one thread.
         unsafe { std::env::set_var(name, value) };
+    }
+    if !listeners.is_empty() {
+        let pairs = request.listeners.iter().map(String::as_str).zip(
+            listeners
+                .into_iter()
+                .map(std::os::fd::IntoRawFd::into_raw_fd),
+        );
+        // SAFETY: this process has one thread. The descriptors, now
+        // unowned here, are the daemon's to take (`listen::take`).
+        unsafe {
+            std::env::set_var(
+                verdant_common::listen::ENV,
+                verdant_common::listen::encode(pairs),
+            );
+        }
     }
     if let Ok(comm) = CString::new(request.arg0.bytes().take(15).collect::<Vec<u8>>()) {
         let _ = nix::sys::prctl::set_name(&comm);
@@ -443,14 +496,14 @@ fn run_daemon(request: Request, entry: Entry) -> ExitCode {
 /// Closes every descriptor above stderr but `keep`: a forked daemon holds nothing
 /// of init's (an executed one would keep what init inherited without
 /// close-on-exec; this is stricter).
-fn close_inherited(keep: RawFd) {
+fn close_inherited(keep: &[RawFd]) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
     let fds: Vec<RawFd> = dir
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && *fd != keep)
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: no owner in this process uses these descriptors any more
@@ -509,12 +562,14 @@ mod tests {
             args: vec!["--flag".into(), "with space".into()],
             env: vec![("VERDANT_ROOT".into(), "/tmp/a=b".into())],
             cwd: "/tmp/root".into(),
+            listeners: vec!["tls".into(), "tcp".into()],
         };
         let back = decode(&encode(&request)).expect("decodes");
         assert_eq!(back.arg0, request.arg0);
         assert_eq!(back.args, request.args);
         assert_eq!(back.env, request.env);
         assert_eq!(back.cwd, request.cwd);
+        assert_eq!(back.listeners, request.listeners);
     }
 
     #[test]

@@ -18,9 +18,6 @@ use crate::artifacts::{Artifacts, Digest};
 use crate::bundle::{Bundle, BundledFunction, Source};
 use crate::fetch::{Fetcher, sha256_of};
 
-/// How many times a cut download is resumed before the deployment fails.
-const RESUMES: u32 = 4;
-
 /// Each function's code: `<name>/<version>` to its tree in the store.
 pub type Code = BTreeMap<String, Digest>;
 
@@ -160,33 +157,31 @@ impl Content {
                 Digest::parse(&a.sha256).map_err(|e| format!("Artifacts[{i}].Sha256: {e}"))?;
             if !self.store.path(&digest).is_dir() {
                 // A cut download goes on from where it stopped, a few times.
-                let mut attempt = 0;
-                let file = loop {
-                    let outcome =
-                        fetcher.fetch(&a.url, &a.sha256, &self.downloads, &mut |done, total| {
+                let file = fetcher
+                    .fetch_resuming(
+                        &a.url,
+                        &a.sha256,
+                        None,
+                        &self.downloads,
+                        &mut |done, total| {
                             progress.done.store(before + done, Ordering::Relaxed);
                             if let Some(total) = total {
                                 progress.total.store(before + total, Ordering::Relaxed);
                             }
-                        });
-                    match outcome {
-                        Ok(file) => break file,
-                        Err(e) if e.is_transient() && attempt < RESUMES => {
-                            attempt += 1;
+                        },
+                        &mut |attempt, e| {
                             let why = redacted(&e.to_string(), &a.url);
                             tracing::warn!(
                                 url = redact(&a.url),
                                 attempt,
                                 "download cut, resuming: {why}"
                             );
-                            std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
-                        }
-                        Err(e) => {
-                            let why = redacted(&e.to_string(), &a.url);
-                            return Err(format!("Artifacts[{i}] {}: {why}", redact(&a.url)));
-                        }
-                    }
-                };
+                        },
+                    )
+                    .map_err(|e| {
+                        let why = redacted(&e.to_string(), &a.url);
+                        format!("Artifacts[{i}] {}: {why}", redact(&a.url))
+                    })?;
                 before = progress.done.load(Ordering::Relaxed);
                 self.store
                     .put_zip(&file, &a.sha256)

@@ -63,6 +63,10 @@ impl FetchError {
     }
 }
 
+/// Attempts after a download is cut half way: each goes on from where the
+/// last one stopped.
+pub const RESUMES: u32 = 4;
+
 /// Downloads artifacts; one agent (its TLS roots, its connection pool) for
 /// every fetch of a deployment.
 pub struct Fetcher {
@@ -141,6 +145,34 @@ impl Fetcher {
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, FetchError> {
         self.fetch_at_most(url, sha256, None, downloads, progress)
+    }
+
+    /// As [`Fetcher::fetch_at_most`], going on from where a cut left the
+    /// download, up to [`RESUMES`] times (0.5 s, 1 s, 2 s, 4 s apart);
+    /// `cut` is told of each.
+    ///
+    /// # Errors
+    /// As [`Fetcher::fetch_at_most`]: the last attempt's error.
+    pub fn fetch_resuming(
+        &self,
+        url: &str,
+        sha256: &str,
+        max: Option<u64>,
+        downloads: &Path,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+        cut: &mut dyn FnMut(u32, &FetchError),
+    ) -> Result<PathBuf, FetchError> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_at_most(url, sha256, max, downloads, progress) {
+                Err(e) if e.is_transient() && attempt < RESUMES => {
+                    attempt += 1;
+                    cut(attempt, &e);
+                    std::thread::sleep(std::time::Duration::from_millis(500 << (attempt - 1)));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// As [`Fetcher::fetch`], cut off past `max` bytes when given (the

@@ -71,6 +71,7 @@ pub async fn run(
         downloads: data.join("downloads"),
         init_socket: ctx.layout.socket(verdant_common::paths::INIT_SERVICE),
         scratch: data.join("scratch").join("update"),
+        progress: Arc::default(),
     });
     let agent = Arc::new(engine::Agent::new(store, staging, content, daemons, config));
     let engine = tokio::spawn(agent.clone().run(shutdown.clone()));

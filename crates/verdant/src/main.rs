@@ -120,7 +120,9 @@ fn run(program: &str, args: Vec<OsString>) -> ExitCode {
             // Without its own path init cannot name the daemons' program:
             // no multicall, so no zygote either.
             let programs = match std::env::current_exe() {
-                Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS).with_entry(forked),
+                Ok(exe) => verdant_init::Programs::multicall(exe, PROGRAMS)
+                    .with_entry(forked)
+                    .with_held_listeners(verdant_broker::SERVICE, verdant_broker::held_listeners),
                 Err(_) => verdant_init::Programs::default(),
             };
             verdant_init::main(args, programs)

@@ -4,7 +4,7 @@
 
 mod render;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tonic::{Code, Status, Streaming};
 use verdant_proto::ota::v1 as pb;
 use verdant_proto::ota::v1::deployments_client::DeploymentsClient;
 
+use crate::progress::Progress;
 use crate::{dial, output};
 
 /// The socket's service name: `<runtime>/ota-agent.sock`.
@@ -356,83 +357,6 @@ fn conclude(d: &pb::Deployment, json: bool) -> Result<(), String> {
             d.deployment_id,
             render::phase_name(d)
         ))
-    }
-}
-
-/// How changes are shown while following a deployment.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    /// One line redrawn in place, at most this wide.
-    Terminal { width: usize },
-    /// One plain line per change.
-    Lines,
-    /// One JSON object per change.
-    Json,
-}
-
-impl Mode {
-    /// A redrawn line on a terminal, else plain lines (JSON with `-o json`).
-    fn for_stdout(json: bool) -> Self {
-        if json {
-            Mode::Json
-        } else if std::io::stdout().is_terminal() {
-            let width = std::env::var("COLUMNS")
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(80);
-            Mode::Terminal { width }
-        } else {
-            Mode::Lines
-        }
-    }
-}
-
-struct Progress<W> {
-    mode: Mode,
-    out: W,
-    /// The last line printed, so a change that shows the same is not
-    /// printed again.
-    last: Option<String>,
-}
-
-impl Progress<std::io::Stdout> {
-    fn stdout(json: bool) -> Self {
-        Self::new(Mode::for_stdout(json), std::io::stdout())
-    }
-}
-
-impl<W: Write> Progress<W> {
-    fn new(mode: Mode, out: W) -> Self {
-        Self {
-            mode,
-            out,
-            last: None,
-        }
-    }
-
-    fn show(&mut self, d: &pb::Deployment) {
-        let line = match self.mode {
-            Mode::Json => render::json_line(d),
-            Mode::Lines => render::status_line(d),
-            Mode::Terminal { width } => render::progress_line(d, width),
-        };
-        if self.last.as_ref() == Some(&line) {
-            return;
-        }
-        // A closed stdout (piped into head) is no reason to stop following.
-        let _ = match self.mode {
-            Mode::Terminal { .. } => write!(self.out, "\r{line}\x1b[K"),
-            Mode::Lines | Mode::Json => writeln!(self.out, "{line}"),
-        };
-        let _ = self.out.flush();
-        self.last = Some(line);
-    }
-
-    /// Ends the redrawn line, so what follows starts on its own.
-    fn finish(&mut self) {
-        if matches!(self.mode, Mode::Terminal { .. }) && self.last.is_some() {
-            let _ = writeln!(self.out);
-        }
     }
 }
 

@@ -8,6 +8,7 @@ mod discovery;
 mod functions;
 mod group;
 mod output;
+mod progress;
 mod router;
 mod secrets;
 mod shadow;

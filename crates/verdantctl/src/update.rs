@@ -9,6 +9,7 @@ use verdant_proto::ota::v1::updates_client::UpdatesClient;
 use verdant_proto::supervisor::v1 as sup;
 use verdant_proto::supervisor::v1::supervisor_client::SupervisorClient;
 
+use crate::progress::{BAR_WIDTH, Progress, Shown, bar, bytes, fit, transfer};
 use crate::{dial, output, status_error};
 
 #[derive(Debug, Subcommand)]
@@ -166,15 +167,16 @@ pub async fn run(dir: &Path, command: UpdateCmd, json: bool) -> Result<(), Strin
                 Some(v) if Path::new(&v).is_file() => (Some(v), None),
                 v => (repo, v),
             };
-            let r = UpdatesClient::new(dial(dir, "ota-agent").await?)
-                .apply_update(pb::CheckUpdateRequest {
+            let r = apply(
+                dir,
+                pb::CheckUpdateRequest {
                     repository: repository(repo),
                     version: version.unwrap_or_default(),
                     force,
-                })
-                .await
-                .map_err(|e| status_error(&e))?
-                .into_inner();
+                },
+                json,
+            )
+            .await?;
             if !json {
                 println!(
                     "{} verified and handed to verdant-init (from {}); the core restarts on it",
@@ -228,4 +230,111 @@ pub async fn run(dir: &Path, command: UpdateCmd, json: bool) -> Result<(), Strin
         _ => unreachable!("answered above"),
     }
     Ok(())
+}
+
+/// How often `apply` asks the ota-agent where it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `ApplyUpdate`, showing its progress meanwhile (a bar on a terminal, a
+/// line per phase otherwise; nothing with `-o json`).
+async fn apply(
+    dir: &Path,
+    request: pb::CheckUpdateRequest,
+    json: bool,
+) -> Result<pb::CheckUpdateResponse, String> {
+    let mut api = UpdatesClient::new(dial(dir, "ota-agent").await?);
+    let mut ask = api.clone();
+    let applied = api.apply_update(request);
+    tokio::pin!(applied);
+    let mut progress = Progress::stdout(false);
+    let answer = loop {
+        tokio::select! {
+            answer = &mut applied => break answer,
+            () = tokio::time::sleep(PROGRESS_EVERY), if !json => {
+                if let Ok(p) = ask.get_apply_progress(pb::GetApplyProgressRequest {}).await {
+                    progress.show(&p.into_inner());
+                }
+            }
+        }
+    };
+    progress.finish();
+    answer
+        .map(tonic::Response::into_inner)
+        .map_err(|e| status_error(&e))
+}
+
+impl Shown for pb::ApplyProgress {
+    fn json_line(&self) -> String {
+        serde_json::json!({
+            "phase": self.phase, "version": self.version,
+            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+        })
+        .to_string()
+    }
+
+    /// One per phase: `DOWNLOADING  0.2.0  9.0 MiB`.
+    fn status_line(&self) -> String {
+        let mut parts = head(self);
+        if self.phase == "DOWNLOADING" && self.bytes_total > 0 {
+            parts.push(bytes(self.bytes_total));
+        }
+        parts.join("  ")
+    }
+
+    /// `DOWNLOADING  0.2.0  [######------]  4.5 MiB / 9.0 MiB (50%)`.
+    fn progress_line(&self, width: usize) -> String {
+        let mut parts = head(self);
+        if self.phase == "DOWNLOADING" && self.bytes_total > 0 {
+            parts.push(bar(self.bytes_done, self.bytes_total, BAR_WIDTH));
+            parts.push(transfer(self.bytes_done, self.bytes_total));
+        }
+        fit(parts.join("  "), width)
+    }
+}
+
+/// The phase and the release, as far as they are known.
+fn head(p: &pb::ApplyProgress) -> Vec<String> {
+    let mut parts = Vec::new();
+    if !p.phase.is_empty() {
+        parts.push(p.phase.clone());
+        if !p.version.is_empty() {
+            parts.push(p.version.clone());
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apply_shows_its_phase_and_a_bar_while_downloading() {
+        let mut p = pb::ApplyProgress {
+            phase: "CHECKING".into(),
+            ..pb::ApplyProgress::default()
+        };
+        assert_eq!(p.status_line(), "CHECKING");
+        p.phase = "DOWNLOADING".into();
+        p.version = "0.2.0".into();
+        p.bytes_done = 3 << 20;
+        p.bytes_total = 12 << 20;
+        assert_eq!(p.status_line(), "DOWNLOADING  0.2.0  12.0 MiB");
+        assert_eq!(
+            p.progress_line(80),
+            "DOWNLOADING  0.2.0  [######------------------]  3.0 MiB / 12.0 MiB (25%)"
+        );
+        assert_eq!(p.progress_line(20).chars().count(), 19);
+        // Idle: nothing to show.
+        assert_eq!(pb::ApplyProgress::default().status_line(), "");
+        let mut out = Progress::new(crate::progress::Mode::Lines, Vec::new());
+        out.show(&pb::ApplyProgress::default());
+        out.show(&p);
+        p.bytes_done = 6 << 20;
+        out.show(&p);
+        assert_eq!(
+            String::from_utf8(out.out).unwrap(),
+            "DOWNLOADING  0.2.0  12.0 MiB\n"
+        );
+    }
 }

@@ -30,6 +30,66 @@ pub struct Api {
     pub init_socket: PathBuf,
     /// Where a repository packed into a tarball is unpacked.
     pub scratch: PathBuf,
+    /// Where the apply under way is.
+    pub progress: Arc<Progress>,
+}
+
+/// The phases of an apply, as `GetApplyProgress` names them.
+const CHECKING: &str = "CHECKING";
+const DOWNLOADING: &str = "DOWNLOADING";
+const SWITCHING: &str = "SWITCHING";
+
+/// Where the apply under way is, for `GetApplyProgress`: the number of
+/// the last apply begun, and its state.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::Mutex<(u64, pb::ApplyProgress)>);
+
+impl Progress {
+    fn get(&self) -> pb::ApplyProgress {
+        self.0.lock().expect("progress lock").1.clone()
+    }
+
+    /// A new apply, in `phase`: what it reports through. Its state goes
+    /// back to idle when the [`Idle`] made of it is dropped, unless
+    /// another apply began meanwhile (whose state is shown from then on).
+    fn begin(self: &Arc<Self>, phase: &str) -> Ticket {
+        let mut state = self.0.lock().expect("progress lock");
+        state.0 += 1;
+        state.1 = pb::ApplyProgress {
+            phase: phase.into(),
+            ..pb::ApplyProgress::default()
+        };
+        Ticket {
+            progress: self.clone(),
+            apply: state.0,
+        }
+    }
+}
+
+/// One apply's way of reporting its progress.
+#[derive(Debug, Clone)]
+struct Ticket {
+    progress: Arc<Progress>,
+    apply: u64,
+}
+
+impl Ticket {
+    /// Changes the state shown, while this apply is the last one begun.
+    fn set(&self, change: impl FnOnce(&mut pb::ApplyProgress)) {
+        let mut state = self.progress.0.lock().expect("progress lock");
+        if state.0 == self.apply {
+            change(&mut state.1);
+        }
+    }
+}
+
+/// Puts the progress back to idle when the apply ends, however it ends.
+struct Idle(Ticket);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.set(|p| *p = pb::ApplyProgress::default());
+    }
 }
 
 impl Api {
@@ -67,12 +127,13 @@ fn describe(release: &super::Release, repository: String) -> pb::CheckUpdateResp
 
 impl Api {
     /// The release `r` asks for, its repository's metadata refreshed;
-    /// with `download`, its executable fetched too, and what init needs
-    /// to check it again (the roots after the first, the targets).
+    /// with `download` (through which the download reports its progress),
+    /// its executable fetched too, and what init needs to check it again
+    /// (the roots after the first, the targets).
     async fn locate(
         &self,
         r: pb::CheckUpdateRequest,
-        download: bool,
+        download: Option<Ticket>,
     ) -> Result<(super::Release, String, Option<Staged>), Status> {
         let repository = if r.repository.is_empty() {
             self.repository.clone().ok_or_else(|| {
@@ -119,10 +180,17 @@ impl Api {
                 want,
                 r.force,
             )?;
-            if !download {
+            let Some(progress) = download else {
                 return Ok((release, None));
-            }
-            let path = super::download(&release, &fetcher, &downloads, &mut |_, _| {})?;
+            };
+            progress.set(|p| {
+                p.phase = DOWNLOADING.into();
+                p.version.clone_from(&release.manifest.version);
+                p.bytes_total = release.executable.length;
+            });
+            let path = super::download(&release, &fetcher, &downloads, &mut |done, _| {
+                progress.set(|p| p.bytes_done = done);
+            })?;
             let (roots, targets) = client.evidence()?;
             Ok((
                 release,
@@ -159,7 +227,7 @@ impl Updates for Api {
         request: Request<pb::CheckUpdateRequest>,
     ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
-        let (release, repository, _) = self.locate(request.into_inner(), false).await?;
+        let (release, repository, _) = self.locate(request.into_inner(), None).await?;
         tracing::info!(
             repository,
             version = release.manifest.version,
@@ -174,6 +242,13 @@ impl Updates for Api {
     ) -> Result<Response<pb::CheckUpdateResponse>, Status> {
         verdant_common::uds::require_owner(&request)?;
         self.apply(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_apply_progress(
+        &self,
+        _request: Request<pb::GetApplyProgressRequest>,
+    ) -> Result<Response<pb::ApplyProgress>, Status> {
+        Ok(Response::new(self.progress.get()))
     }
 }
 
@@ -195,7 +270,9 @@ impl Api {
         r: pb::CheckUpdateRequest,
         staged_version: impl FnOnce(&str),
     ) -> Result<pb::CheckUpdateResponse, Status> {
-        let (release, repository, staged) = self.locate(r, true).await?;
+        let idle = Idle(self.progress.begin(CHECKING));
+        let (release, repository, staged) = self.locate(r, Some(idle.0.clone())).await?;
+        idle.0.set(|p| p.phase = SWITCHING.into());
         staged_version(&release.manifest.version);
         let staged = staged.expect("downloaded");
         let channel = verdant_common::uds::connect(&self.init_socket)

@@ -125,12 +125,15 @@ pub fn download(
             reason: "the targets metadata gives no SHA-256".into(),
         })?;
     fetcher
-        .fetch_at_most(
+        .fetch_resuming(
             &release.executable_url,
             sha256,
             Some(release.executable.length),
             downloads,
             progress,
+            &mut |attempt, e| {
+                tracing::warn!(attempt, "download of the release cut, resuming: {e}");
+            },
         )
         .map_err(|e| match e {
             crate::fetch::FetchError::Mismatch { .. } => ReleaseError::Corrupt {

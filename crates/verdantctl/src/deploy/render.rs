@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 use verdant_proto::ota::v1::{Deployment, ListDeploymentsResponse, Phase};
 
+use crate::progress::{BAR_WIDTH, Shown, bar, fit, transfer};
+
 /// The phase as the API names it (`DOWNLOADING`), or its number when this
 /// verdantctl is older than the agent.
 pub fn phase_name(d: &Deployment) -> Cow<'static, str> {
@@ -103,42 +105,9 @@ pub fn json_line(d: &Deployment) -> String {
     serde_json::to_string(&view(d, None)).expect("a view serializes")
 }
 
-/// `1.5 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// `[#####-----]`, `width` cells between the brackets.
-pub fn bar(done: u64, total: u64, width: usize) -> String {
-    let filled = if total == 0 {
-        0
-    } else {
-        ((u128::from(done.min(total)) * width as u128) / u128::from(total)) as usize
-    };
-    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
-}
-
 /// `3.0 MiB / 10.0 MiB (30%)`, or what is known of it.
 fn download(d: &Deployment) -> String {
-    if d.bytes_total == 0 {
-        return bytes(d.bytes_done);
-    }
-    let percent = u128::from(d.bytes_done.min(d.bytes_total)) * 100 / u128::from(d.bytes_total);
-    format!(
-        "{} / {} ({percent}%)",
-        bytes(d.bytes_done),
-        bytes(d.bytes_total)
-    )
+    transfer(d.bytes_done, d.bytes_total)
 }
 
 fn downloading(d: &Deployment) -> bool {
@@ -157,9 +126,6 @@ pub fn status_line(d: &Deployment) -> String {
     parts.join("  ")
 }
 
-/// Cells of the bar in the redrawn line.
-const BAR_WIDTH: usize = 24;
-
 /// The line a terminal redraws in place, at most `width - 1` characters so
 /// it never wraps (a wrapped line cannot be redrawn with `\r`).
 pub fn progress_line(d: &Deployment, width: usize) -> String {
@@ -173,11 +139,21 @@ pub fn progress_line(d: &Deployment, width: usize) -> String {
         parts.push(download(d));
         line = parts.join("  ");
     }
-    let max = width.saturating_sub(1);
-    if line.chars().count() > max {
-        line = line.chars().take(max).collect();
+    fit(line, width)
+}
+
+impl Shown for Deployment {
+    fn json_line(&self) -> String {
+        json_line(self)
     }
-    line
+
+    fn status_line(&self) -> String {
+        status_line(self)
+    }
+
+    fn progress_line(&self, width: usize) -> String {
+        progress_line(self, width)
+    }
 }
 
 /// What a validation problem prints as: `  <path>: <message>`.
@@ -370,21 +346,6 @@ mod tests {
         };
         assert!(!has_ended(&unknown));
         assert_eq!(phase_name(&unknown), "PHASE_42");
-    }
-
-    #[test]
-    fn sizes_and_bars() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(10 << 20), "10.0 MiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-        assert_eq!(bar(0, 100, 10), "[----------]");
-        assert_eq!(bar(30, 100, 10), "[###-------]");
-        assert_eq!(bar(100, 100, 10), "[##########]");
-        assert_eq!(bar(500, 100, 4), "[####]", "more than the total is full");
-        assert_eq!(bar(5, 0, 4), "[----]", "an unknown total is empty");
-        assert_eq!(bar(u64::MAX, u64::MAX, 4), "[####]");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use verdant_proto::ota::v1::Phase;
 use verdant_proto::ota::v1::deployments_server::{Deployments, DeploymentsServer};
 
 use super::*;
+use crate::progress::{Mode, Progress};
 use crate::{Args, Cmd};
 
 fn parse(args: &[&str]) -> Result<Args, clap::Error> {
