@@ -244,6 +244,13 @@ async fn an_update_switches_the_core_in_place_and_a_rollback_brings_it_back() {
         serde_json::json!([running, "99.0.1"]),
         "{v}"
     );
+    let out = core.ctl(&["update", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{running}\n99.0.1  (running, current)\n"),
+        "{}",
+        said(&out)
+    );
     let hooks = std::fs::read_to_string(&seen).unwrap();
     assert!(
         hooks.contains(&format!("ota_pre_update.sh {running} 99.0.1"))
@@ -661,4 +668,51 @@ async fn a_power_cut_while_init_checks_a_release_leaves_the_core_on_the_old_vers
     let out = core.ctl(&["update", "apply", "99.0.1"]);
     assert!(out.status.success(), "{}", said(&out));
     assert_eq!(versions(&core)["running"], "99.0.1");
+}
+
+#[tokio::test]
+async fn a_release_that_exits_at_start_is_rolled_back_as_the_service_manager_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut core, repo) = core_with_releases(dir.path(), "").await;
+    let running = env!("CARGO_PKG_VERSION");
+    // Says its version, as a release must, and exits at once otherwise.
+    let exits = dir.path().join("exits");
+    std::fs::write(
+        &exits,
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'verdant 99.0.3' && exit 0\n\
+         echo 'cannot start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let keys = dir.path().join("keys");
+    publish(&repo, keys.to_str().unwrap(), &exits, "99.0.3", &[]);
+    let out = core.ctl(&["update", "apply", "99.0.3", "--no-wait"]);
+    assert!(out.status.success(), "{}", said(&out));
+
+    // Each time the core ends, start it again from the package's
+    // executable, as systemd's Restart= would: it goes onto
+    // versions/current, until a start rolls the release back.
+    let mut starts = 0;
+    let v = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if core.init.try_wait().unwrap().is_some() {
+                starts += 1;
+                assert!(starts <= 5, "still not rolled back after {starts} starts");
+                core.respawn();
+            }
+            let out = core.ctl(&["-o", "json", "update", "status"]);
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if v["running"] == running && v["update"]["phase"] == "rolled back" {
+                    return v;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("rolled back");
+    assert!(starts >= 3, "{starts} starts");
+    let reason = v["update"]["reason"].as_str().unwrap();
+    assert!(reason.contains("99.0.3"), "{v}");
+    core.wait_all_running().await;
 }

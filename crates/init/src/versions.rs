@@ -17,6 +17,7 @@
 //! way. An init started from another executable (the package's, after a
 //! reboot) moves onto `versions/current/verdant` first.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -200,6 +201,39 @@ impl Versions {
         Ok(Some(aside))
     }
 
+    /// Counts a start of the version `u` switches to: `Continue` while it
+    /// has starts left, else rolled back (`Break` with what to execute
+    /// then, if anything).
+    fn count_start(&self, mut u: Update) -> ControlFlow<Option<PathBuf>> {
+        u.attempts += 1;
+        u.updated_ms = now_ms();
+        if u.attempts > MAX_ATTEMPTS {
+            let why = format!(
+                "{} started {} times without every service running",
+                u.to,
+                u.attempts - 1
+            );
+            return ControlFlow::Break(self.go_back(&u, &why).ok());
+        }
+        let _ = self.record(&u);
+        ControlFlow::Continue(())
+    }
+
+    /// Removes the installed versions but `keep`; what it removed. Once an
+    /// update succeeded: the new version and the one it came from stay.
+    pub fn prune(&self, keep: &[&str]) -> Vec<String> {
+        let mut removed = Vec::new();
+        for version in self.installed() {
+            if keep.contains(&version.as_str()) || self.current().as_deref() == Some(&version) {
+                continue;
+            }
+            if std::fs::remove_dir_all(self.dir.join(&version)).is_ok() {
+                removed.push(version);
+            }
+        }
+        removed
+    }
+
     /// Removes what [`Versions::stage`] left of a switch that was never
     /// committed (the core stopped while a release was checked); what it
     /// removed. Called with the root's lock held, before anything stages.
@@ -381,6 +415,12 @@ impl Versions {
                 u.to
             )));
         }
+        self.go_back(&u, reason)
+    }
+
+    /// Points `current` back at the version update `u` came from and
+    /// records the rollback; what to execute.
+    fn go_back(&self, u: &Update, reason: &str) -> Result<PathBuf, SwitchError> {
         let back = &u.from;
         let exe = self.dir.join(back).join(EXE);
         if !exe.is_file() {
@@ -392,15 +432,16 @@ impl Versions {
         // `current` first: stopped between the two, the core runs the
         // version it goes back to (and `at_start` ends the record).
         self.point_at(back)?;
+        let from = u.to.clone();
         self.record(&Update {
-            from: running.into(),
+            from: from.clone(),
             to: back.clone(),
             phase: ROLLED_BACK.into(),
             reason: reason.into(),
             updated_ms: now_ms(),
-            ..u
+            ..u.clone()
         })?;
-        tracing::warn!(from = running, to = back, "rolling back: {reason}");
+        tracing::warn!(from, to = back, "rolling back: {reason}");
         Ok(exe)
     }
 }
@@ -505,12 +546,25 @@ pub async fn run_hook(
     Err(format!("{name} failed ({how}): {}", last.join(" / ")))
 }
 
-/// At init's start, before anything else: what to execute instead, if
-/// anything (the version `current` names, or the previous one when the
-/// new version never settled in [`MAX_ATTEMPTS`] starts).
+/// Set by an init that executes the version being switched to, having
+/// counted that start: the new init does not count it again.
+const COUNTED_ENV: &str = "VERDANT_START_COUNTED";
+
+/// At init's start, before anything else (while the process has one
+/// thread): what to execute instead, if anything (the version `current`
+/// names, or the previous one when the new version never settled in
+/// [`MAX_ATTEMPTS`] starts). A start of the new version is counted by
+/// whichever init comes first: the new version's own, or one of another
+/// version (the package's, started by a service manager) about to execute
+/// it, so that a version that exits at once is rolled back too.
 pub fn at_start(root: &Path) -> Option<PathBuf> {
     let versions = Versions::new(root);
     let running = verdant_common::version::version();
+    let counted = std::env::var_os(COUNTED_ENV).is_some();
+    if counted {
+        // SAFETY: one thread (see above).
+        unsafe { std::env::remove_var(COUNTED_ENV) };
+    }
     // A switch recorded but never made (stopped before `current` named
     // the new version): it ends there.
     if let Some(mut u) = versions.update()
@@ -523,20 +577,13 @@ pub fn at_start(root: &Path) -> Option<PathBuf> {
         u.updated_ms = now_ms();
         let _ = versions.record(&u);
     }
-    if let Some(mut u) = versions.update()
-        && u.phase == SWITCHING
+    let switching = versions.update().filter(|u| u.phase == SWITCHING);
+    if let Some(u) = &switching
         && u.to == running
+        && !counted
+        && let ControlFlow::Break(back) = versions.count_start(u.clone())
     {
-        u.attempts += 1;
-        u.updated_ms = now_ms();
-        if u.attempts > MAX_ATTEMPTS {
-            let why = format!(
-                "{running} started {} times without every service running",
-                u.attempts - 1
-            );
-            return versions.roll_back(&why).ok();
-        }
-        let _ = versions.record(&u);
+        return back;
     }
     let target = versions.current_exe()?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
@@ -544,7 +591,19 @@ pub fn at_start(root: &Path) -> Option<PathBuf> {
         _ => false,
     };
     let me = std::env::current_exe().ok()?;
-    (!same(&me, &target)).then_some(target)
+    if same(&me, &target) {
+        return None;
+    }
+    if let Some(u) = switching
+        && u.to != running
+    {
+        if let ControlFlow::Break(back) = versions.count_start(u) {
+            return back;
+        }
+        // SAFETY: one thread (see above).
+        unsafe { std::env::set_var(COUNTED_ENV, "1") };
+    }
+    Some(target)
 }
 
 /// When init on a version being switched to cannot start (`why`): back
@@ -595,6 +654,9 @@ pub fn settled(root: &Path, failed: &[String]) -> Option<PathBuf> {
         u.phase = SUCCEEDED.into();
         u.updated_ms = now_ms();
         let _ = versions.record(&u);
+        for old in versions.prune(&[&u.to, &u.from]) {
+            tracing::info!(version = old, "removed an older installed version");
+        }
         tracing::info!(
             from = u.from,
             to = u.to,
@@ -635,108 +697,4 @@ pub fn reexec(exe: &Path, held: Option<&crate::sockets::Held>) -> std::io::Error
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A root with versions `installed` and an update from `from` to the
-    /// running version, `attempts` starts in.
-    fn root_with(installed: &[&str], from: &str, attempts: u32) -> tempfile::TempDir {
-        let root = tempfile::tempdir().unwrap();
-        let versions = Versions::new(root.path());
-        for v in installed {
-            let dir = root.path().join("versions").join(v);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(EXE), b"#!/bin/sh\n").unwrap();
-        }
-        versions
-            .record(&Update {
-                from: from.into(),
-                to: verdant_common::version::version().into(),
-                phase: SWITCHING.into(),
-                attempts,
-                ..Update::default()
-            })
-            .unwrap();
-        versions
-            .point_at(verdant_common::version::version())
-            .unwrap();
-        root
-    }
-
-    #[test]
-    fn a_release_left_staged_is_cleared_and_nothing_else() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("versions");
-        for d in [".9.9.9.new", "9.9.8", ".current.new"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::os::unix::fs::symlink("9.9.8", dir.join("current")).unwrap();
-        let cleared = Versions::new(root.path()).clear_staged();
-        assert_eq!(cleared, [dir.join(".9.9.9.new")]);
-        assert!(dir.join("9.9.8").is_dir() && dir.join("current").exists());
-        assert!(Versions::new(root.path()).clear_staged().is_empty());
-    }
-
-    #[test]
-    fn a_new_version_that_never_settles_is_rolled_back_at_its_fourth_start() {
-        let running = verdant_common::version::version();
-        let root = root_with(&["0.0.9", running], "0.0.9", MAX_ATTEMPTS - 1);
-        let versions = Versions::new(root.path());
-        // Counted: still this version (it runs from elsewhere, so it would
-        // move onto versions/current).
-        let next = at_start(root.path());
-        assert_eq!(versions.update().unwrap().attempts, MAX_ATTEMPTS);
-        assert_eq!(next, versions.current_exe());
-        // One start too many: back to the previous version.
-        let next = at_start(root.path()).unwrap();
-        assert!(next.ends_with("versions/0.0.9/verdant"), "{next:?}");
-        let u = versions.update().unwrap();
-        assert_eq!((u.phase.as_str(), u.to.as_str()), (ROLLED_BACK, "0.0.9"));
-        assert_eq!(versions.current().unwrap(), "0.0.9");
-        assert_eq!(versions.installed(), ["0.0.9", running]);
-    }
-
-    #[test]
-    fn a_switch_recorded_but_never_made_ends_failed_at_the_next_start() {
-        let running = verdant_common::version::version();
-        let root = tempfile::tempdir().unwrap();
-        let versions = Versions::new(root.path());
-        let dir = root.path().join("versions").join(running);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(EXE), b"#!/bin/sh\n").unwrap();
-        versions
-            .record(&Update {
-                from: running.into(),
-                to: "9.9.9".into(),
-                phase: SWITCHING.into(),
-                ..Update::default()
-            })
-            .unwrap();
-        versions.point_at(running).unwrap();
-        at_start(root.path());
-        let u = versions.update().unwrap();
-        assert_eq!(u.phase, FAILED, "{u:?}");
-        assert!(u.reason.contains("stopped before it switched"), "{u:?}");
-        // And a switch is possible again.
-        assert!(switching_here(root.path()).is_none());
-    }
-
-    #[test]
-    fn settling_ends_the_update_kept_or_rolled_back() {
-        let running = verdant_common::version::version();
-        let root = root_with(&["0.0.9", running], "0.0.9", 1);
-        assert_eq!(settled(root.path(), &[]), None);
-        let versions = Versions::new(root.path());
-        assert_eq!(versions.update().unwrap().phase, SUCCEEDED);
-        // Another update that leaves a service down.
-        let root = root_with(&["0.0.9", running], "0.0.9", 1);
-        let back = settled(root.path(), &["broker did not run".to_string()]).unwrap();
-        assert!(back.ends_with("versions/0.0.9/verdant"), "{back:?}");
-        let u = Versions::new(root.path()).update().unwrap();
-        assert!(u.reason.contains("broker"), "{u:?}");
-        // Nothing to do without an update to this version.
-        let none = tempfile::tempdir().unwrap();
-        assert_eq!(settled(none.path(), &[]), None);
-        assert_eq!(at_start(none.path()), None);
-    }
-}
+mod tests;

@@ -16,6 +16,9 @@ use crate::{dial, output, status_error};
 pub enum UpdateCmd {
     /// The running version, those installed, and the last update (the default).
     Status,
+    /// The installed versions (under `versions/`), which one runs and
+    /// which one `versions/current` names.
+    List,
     /// Fetch a release, have verdant-init check and install it beside the
     /// running one, and follow the core as it restarts on it.
     Apply {
@@ -103,6 +106,49 @@ fn print_versions(v: &sup::Versions, json: bool) {
     }
 }
 
+/// `update list`: a line per installed version, marked `running` and
+/// `current` where it is (the running version may be the package's, not
+/// installed under `versions/`).
+fn print_installed(v: &sup::Versions, json: bool) {
+    let mut all = v.installed.clone();
+    if !all.contains(&v.running) {
+        all.push(v.running.clone());
+    }
+    let marks = |version: &str| {
+        let mut m = Vec::new();
+        if version == v.running {
+            m.push("running");
+        }
+        if version == v.current {
+            m.push("current");
+        }
+        if !v.installed.iter().any(|i| i == version) {
+            m.push("not under versions/");
+        }
+        m
+    };
+    if json {
+        let list: Vec<_> = all
+            .iter()
+            .map(|version| {
+                serde_json::json!({ "version": version, "running": *version == v.running,
+                    "current": *version == v.current,
+                    "installed": v.installed.contains(version) })
+            })
+            .collect();
+        output::json(&serde_json::Value::Array(list));
+        return;
+    }
+    for version in &all {
+        let m = marks(version);
+        if m.is_empty() {
+            println!("{version}");
+        } else {
+            println!("{version}  ({})", m.join(", "));
+        }
+    }
+}
+
 /// Follows the core through its restart until the update to `to` ends;
 /// whether it ended as `want`.
 async fn follow(dir: &Path, to: &str, want: &str, json: bool) -> Result<(), String> {
@@ -139,6 +185,10 @@ pub async fn run(dir: &Path, command: UpdateCmd, json: bool) -> Result<(), Strin
     let command = match command {
         UpdateCmd::Status => {
             print_versions(&versions(dir).await?, json);
+            return Ok(());
+        }
+        UpdateCmd::List => {
+            print_installed(&versions(dir).await?, json);
             return Ok(());
         }
         UpdateCmd::Rollback { no_wait } => {
