@@ -294,3 +294,34 @@ async fn systemd_notify_ready_and_watchdog() {
     let list = core.services().await;
     assert!(list.iter().all(|s| s.state() == pb::ServiceState::Running));
 }
+
+#[tokio::test]
+async fn a_second_init_on_the_same_root_is_refused_before_it_reads_anything() {
+    let core = Core::start();
+    core.wait_all_running().await;
+    // A switch under way, as a second init's version bookkeeping would
+    // see it: it must not count a start of it, nor move `current`.
+    let versions = core.root().join("versions");
+    std::fs::create_dir_all(versions.join("9.9.9")).unwrap();
+    std::fs::write(versions.join("9.9.9/verdant"), "#!/bin/sh\nexit 1\n").unwrap();
+    std::os::unix::fs::symlink("9.9.9", versions.join("current")).unwrap();
+    let record = serde_json::json!({ "from": "0.0.1", "to": "9.9.9", "phase": "switching",
+        "reason": "", "attempts": 0, "started_ms": 0, "updated_ms": 0 });
+    std::fs::write(versions.join("update.json"), record.to_string()).unwrap();
+    let out = std::process::Command::new(verdant_integration_tests::bin("verdant"))
+        .args(["init", "--root"])
+        .arg(core.root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("another verdant-init"), "{said}");
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(versions.join("update.json")).unwrap()).unwrap();
+    assert_eq!(after, record);
+    assert_eq!(
+        std::fs::read_link(versions.join("current")).unwrap(),
+        std::path::PathBuf::from("9.9.9")
+    );
+    assert_eq!(core.services().await.len(), 7);
+}

@@ -46,6 +46,15 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         // SAFETY: one thread (nothing started yet). Not for the children.
         unsafe { std::env::remove_var(verdant_common::listen::HELD_ENV) };
     }
+    // One init per root, from before it reads anything there (the lock
+    // goes with an `exec`, and the next executable takes it again).
+    let lock = match crate::setup::claim(&args.root) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("verdant-init: {e}");
+            return e.exit().into();
+        }
+    };
     // The version `versions/current` names, if init is not running it.
     if let Some(exe) = crate::versions::at_start(&args.root) {
         let e = crate::versions::reexec(&exe, held);
@@ -61,10 +70,12 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
     if let Some(entry) = programs.entry() {
         match zygote::start(entry) {
             Ok(zygote::Started::Daemon(code)) => {
-                // The zygote closed what init held; this copy of its owners
-                // must not close those numbers again.
+                // The zygote closed what init held (its sockets, the
+                // root's lock); this copy of their owners must not close
+                // those numbers again.
                 std::mem::forget(held_arc);
                 std::mem::forget(programs);
+                std::mem::forget(lock);
                 return code;
             }
             Ok(zygote::Started::Init(z)) => programs = programs.with_zygote(z),
@@ -89,6 +100,7 @@ pub fn main(args: Vec<OsString>, mut programs: Programs) -> ExitCode {
         &args.root,
         args.runtime_dir.as_deref(),
         programs,
+        lock,
     )) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(exe)) => {

@@ -34,16 +34,18 @@ use service::{Shared, State};
 use supervisor::Supervisor;
 use zygote::Zygote;
 
-/// Prepares the root, starts every service, serves the supervisor API, and
+/// Prepares the root (`lock`: its lock, from `setup::claim`), starts every
+/// service, serves the supervisor API, and
 /// stops everything on SIGTERM/SIGINT or a Shutdown call. `Some`: the
 /// executable init must become now (a version switch or a rollback).
 pub async fn run(
     root: &Path,
     runtime_dir: Option<&Path>,
     programs: Programs,
+    lock: nix::fcntl::Flock<std::fs::File>,
 ) -> Result<Option<std::path::PathBuf>, InitError> {
     let begun = Instant::now();
-    let prepared = setup::prepare(root, runtime_dir, &programs)?;
+    let prepared = setup::prepare(root, runtime_dir, &programs, lock)?;
     let (init_log, init_socket, listener) = open_init(&prepared)?;
     setup::end_leftovers(&prepared);
 

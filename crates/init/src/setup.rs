@@ -35,11 +35,13 @@ pub struct Prepared {
     pub pid_dir: PathBuf,
 }
 
-pub fn prepare(
-    root: &Path,
-    runtime_dir_env: Option<&Path>,
-    programs: &Programs,
-) -> Result<Prepared, InitError> {
+/// Makes the root directory if needed and takes its lock (one init per
+/// root): the first thing init does, before it reads or changes anything
+/// under the root.
+///
+/// # Errors
+/// The root cannot be made, or another init holds it.
+pub fn claim(root: &Path) -> Result<Flock<File>, InitError> {
     let root = std::path::absolute(root).map_err(|e| InitError::Root {
         path: root.to_path_buf(),
         source: e,
@@ -48,7 +50,20 @@ pub fn prepare(
         path: root.clone(),
         source,
     })?;
-    let lock = lock(&root)?;
+    lock(&root)
+}
+
+/// Prepares the root `claim` locked (`lock`).
+pub fn prepare(
+    root: &Path,
+    runtime_dir_env: Option<&Path>,
+    programs: &Programs,
+    lock: Flock<File>,
+) -> Result<Prepared, InitError> {
+    let root = std::path::absolute(root).map_err(|e| InitError::Root {
+        path: root.to_path_buf(),
+        source: e,
+    })?;
 
     let bootstrap = Layout::new(&root, None).map_err(|source| InitError::Root {
         path: root.clone(),
