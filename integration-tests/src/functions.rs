@@ -256,6 +256,19 @@ pub async fn start_with(dropin: &str) -> Core {
     core
 }
 
+/// A core on the plain listener that may run functions, with `group`
+/// (whose code, if any, is already where it says).
+pub async fn start_group(group: &str) -> Core {
+    let dropin = format!("{TCP}{INSECURE}");
+    let core = Core::start_with(&Options {
+        dropin: Some(&dropin),
+        group: Some(group),
+        ..Options::default()
+    });
+    core.wait_all_running().await;
+    core
+}
+
 pub async fn functions(core: &Core) -> pb::ListFunctionsResponse {
     let channel = verdant_common::uds::connect(&core.socket("lambda-runner"))
         .await

@@ -186,7 +186,9 @@ async fn kill_9_of_the_router_while_it_drains_loses_nothing() {
     for i in 0..N {
         publish(&dev, &mut dev_ev, "a/telemetry/n", &i.to_string()).await;
     }
-    core.wait_cloud("queued", |c| c.queued_messages as usize == N)
+    // At least: the core's own first messages (its connectivity, the jobs
+    // request) may be queued too when the cloud went away before they left.
+    core.wait_cloud("queued", |c| c.queued_messages as usize >= N)
         .await;
 
     cloud.start(std::path::Path::new(&core.cert("group-ca.pem")));
@@ -299,8 +301,11 @@ async fn a_full_queue_drops_the_oldest_by_default() {
     for i in 0..400 {
         publish(&dev, &mut dev_ev, "a/telemetry/n", &numbered(i)).await;
     }
+    // The core's own first messages (its connectivity, the jobs request)
+    // may have been queued ahead of the device's when the cloud went away
+    // before they left: then they are among the oldest dropped.
     core.wait_cloud("full", |c| {
-        c.queued_messages as usize == FIT && c.dropped_oldest as usize == 400 - FIT
+        c.queued_messages as usize == FIT && c.dropped_oldest as usize >= 400 - FIT
     })
     .await;
 

@@ -25,6 +25,11 @@ use std::io::Read;
 
 use base64::Engine;
 
+/// An ARN as one segment of a URL path: a connector's ARN has slashes.
+fn segment(arn: &str) -> String {
+    arn.replace('%', "%25").replace('/', "%2F")
+}
+
 const ROUTER_ARN: &str = "arn:aws:lambda:::function:GGRouter";
 const SHADOW_ARN: &str = "arn:aws:lambda:::function:GGShadowService";
 
@@ -164,7 +169,7 @@ impl Function {
         let body = serde_json::json!({ "Success": success, "Response": response }).to_string();
         let r = self
             .agent
-            .put(format!("{}/{}/initialized", self.base, self.arn))
+            .put(format!("{}/{}/initialized", self.base, segment(&self.arn)))
             .header("Authorization", &self.token)
             .send(body.as_bytes())
             .map_err(http("initialized"))?;
@@ -175,7 +180,7 @@ impl Function {
     pub fn work(&self) -> Result<Work, Error> {
         let r = self
             .agent
-            .get(format!("{}/{}/work", self.base, self.arn))
+            .get(format!("{}/{}/work", self.base, segment(&self.arn)))
             .header("Authorization", &self.token)
             .call()
             .map_err(http("get work"))?;
@@ -198,7 +203,7 @@ impl Function {
     pub fn finish(&self, invocation_id: &str, outcome: &Outcome) -> Result<(), Error> {
         let mut request = self
             .agent
-            .post(format!("{}/{}/work", self.base, self.arn))
+            .post(format!("{}/{}/work", self.base, segment(&self.arn)))
             .header("Authorization", &self.token)
             .header("X-Amz-InvocationId", invocation_id);
         let body = match outcome {
@@ -242,7 +247,7 @@ impl Function {
         };
         let r = self
             .agent
-            .post(format!("{}/{target}", self.base))
+            .post(format!("{}/{}", self.base, segment(target)))
             .header("Authorization", &self.token)
             .header("X-Amz-Client-Context", context)
             .header(
@@ -258,7 +263,7 @@ impl Function {
     fn result(&self, target: &str, invocation_id: &str) -> Result<Answer, Error> {
         let r = self
             .agent
-            .get(format!("{}/{target}", self.base))
+            .get(format!("{}/{}", self.base, segment(target)))
             .header("Authorization", &self.token)
             .header("X-Amz-InvocationId", invocation_id)
             .call()

@@ -3,6 +3,7 @@
 //! Every error names the JSON path and the reason, e.g.
 //! `SubscriptionDefinitionVersion.Subscriptions[3].Target: unknown function arn:...`.
 
+pub mod connectors;
 pub mod model;
 pub mod revoked;
 pub mod routes;

@@ -276,14 +276,7 @@ pub fn validate(group: &Group) -> Vec<Problem> {
         "ConnectorDefinitionVersion.Connectors",
         &mut out,
     );
-    for (i, c) in connectors.iter().enumerate() {
-        if !c.connector_arn.starts_with("arn:aws") {
-            out.push(Problem::new(
-                format!("ConnectorDefinitionVersion.Connectors[{i}].ConnectorArn"),
-                format!("`{}` is not an ARN", c.connector_arn),
-            ));
-        }
-    }
+    crate::connectors::check(group, &mut out);
     out
 }
 

@@ -205,3 +205,89 @@ fn artifact_problems_carry_their_paths() {
         "{p:?}"
     );
 }
+
+const MODBUS: &str =
+    "arn:aws:greengrass:us-east-1::/connectors/ModbusRTUProtocolAdapter/versions/3";
+const METRICS: &str = "arn:aws:greengrass:us-east-1::/connectors/DeviceMetrics/versions/1";
+
+fn with_connectors(connectors: &serde_json::Value) -> serde_json::Value {
+    let mut v = sample();
+    v["ResourceDefinitionVersion"] = serde_json::json!({ "Resources": [
+        { "Id": "serial", "Name": "serial", "ResourceDataContainer": {
+            "LocalDeviceResourceData": { "SourcePath": "/dev/ttyS2" } } },
+        { "Id": "vol", "Name": "vol", "ResourceDataContainer": {
+            "LocalVolumeResourceData": { "SourcePath": "/srv", "DestinationPath": "/srv" } } },
+    ]});
+    v["ConnectorDefinitionVersion"] = serde_json::json!({ "Connectors": connectors });
+    v
+}
+
+#[test]
+fn connectors_are_routed_by_their_arn_with_parameters_as_their_schema_says() {
+    let mut v = with_connectors(&serde_json::json!([
+        { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
+            "ModbusSerialPort-ResourceId": "serial", "ModbusSerialPort": "/dev/ttyS2" } },
+        { "Id": "metrics", "ConnectorArn": METRICS },
+    ]));
+    v["SubscriptionDefinitionVersion"]["Subscriptions"] = serde_json::json!([
+        { "Id": "to-modbus", "Source": thing("dev1").thing_arn,
+          "Subject": "modbus/adapter/request", "Target": MODBUS },
+        { "Id": "from-modbus", "Source": MODBUS, "Subject": "modbus/adapter/response",
+          "Target": thing("dev1").thing_arn },
+        { "Id": "metrics", "Source": METRICS, "Subject": "verdant/metrics", "Target": "cloud" },
+    ]);
+    assert_eq!(problems(&v), Vec::<String>::new());
+    let g = Group::parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        RouteEnd::resolve(&g, MODBUS),
+        Ok(RouteEnd::Connector(MODBUS.into()))
+    );
+}
+
+#[test]
+fn connector_problems_carry_their_json_paths() {
+    let v = with_connectors(&serde_json::json!([
+        { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
+            "ModbusSerialPort-ResourceId": "vol", "ModbusBaudRate": "fast",
+            "ModbusTimeoutMs": "0", "IsolationMode": "Jail", "Colour": "red" } },
+        { "Id": "metrics", "ConnectorArn": METRICS, "Parameters": {
+            "PublishTopic": "verdant/#", "PublishInterval": "0" } },
+        { "Id": "again", "ConnectorArn": METRICS },
+        { "Id": "unknown", "ConnectorArn": "arn:aws:greengrass:us-east-1::/connectors/Kinesis/versions/1" },
+        { "Id": "old", "ConnectorArn": "arn:aws:greengrass:us-east-1::/connectors/DeviceMetrics/versions/7" },
+        { "Id": "notarn", "ConnectorArn": "modbus" },
+    ]));
+    let p = problems(&v);
+    let at = "ConnectorDefinitionVersion.Connectors";
+    for want in [
+        format!(
+            "{at}[0].Parameters.ModbusSerialPort-ResourceId: resource `vol` is not a local device resource"
+        ),
+        format!("{at}[0].Parameters.ModbusBaudRate: `fast` is not an integer"),
+        format!("{at}[0].Parameters.ModbusTimeoutMs: 0 is out of range 10..60000"),
+        format!(
+            "{at}[0].Parameters.IsolationMode: `Jail` is not one of GreengrassContainer, NoContainer"
+        ),
+        format!(
+            "{at}[0].Parameters.Colour: ModbusRTUProtocolAdapter version 3 takes no such parameter"
+        ),
+        format!(
+            "{at}[0].Parameters.ModbusSerialPort: required for a serial line (or set ModbusTcpAddress)"
+        ),
+        format!("{at}[1].Parameters.PublishTopic: `verdant/#` is not a topic to publish on"),
+        format!("{at}[1].Parameters.PublishInterval: 0 is out of range 1..86400"),
+        format!("{at}[2].ConnectorArn: {METRICS} is listed twice"),
+        format!("{at}[3].ConnectorArn: no connector `Kinesis` in this release"),
+        format!("{at}[4].ConnectorArn: connector DeviceMetrics has no version 7"),
+        format!("{at}[5].ConnectorArn: `modbus` is not a connector ARN"),
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(&want)), "{want}\n{p:#?}");
+    }
+    assert_eq!(p.len(), 12, "{p:#?}");
+    // Over TCP, the serial parameters are not needed.
+    let v = with_connectors(&serde_json::json!([
+        { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
+            "ModbusTcpAddress": "127.0.0.1:502" } },
+    ]));
+    assert_eq!(problems(&v), Vec::<String>::new());
+}

@@ -160,12 +160,14 @@ pub fn specs(
         .as_ref()
         .and_then(|d| d.execution.clone())
         .unwrap_or_default();
-    let identity = if group.function_definition_version.functions.is_empty() {
+    let identity = if group.function_definition_version.functions.is_empty()
+        && group.connector_definition_version.connectors.is_empty()
+    {
         (65534, 65534)
     } else {
         default_identity(config)
     };
-    group
+    let mut specs: Vec<Spec> = group
         .function_definition_version
         .functions
         .iter()
@@ -250,7 +252,9 @@ pub fn specs(
                 access_sysfs: container && environment.access_sysfs,
             }
         })
-        .collect()
+        .collect();
+    specs.extend(crate::connectors::specs(group, dirs, identity, containers));
+    specs
 }
 
 /// Why this host is not safe for functions (Greengrass's secure mode):
@@ -305,6 +309,8 @@ pub struct Dirs {
     /// Code not yet installed under `functions` (a deployment being
     /// checked): `<name>/<version>` to a directory or a `.zip` file.
     pub staged: std::collections::HashMap<String, PathBuf>,
+    /// The `verdant` executable, whose programs the connectors are.
+    pub exe: PathBuf,
 }
 
 /// The directory of a function's code and its fingerprint:
@@ -485,6 +491,7 @@ mod tests {
             functions: dir.path().join("functions"),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            exe: dir.path().join("verdant"),
             staged: std::collections::HashMap::new(),
         };
         std::fs::create_dir_all(dirs.functions.join("z")).unwrap();
@@ -547,6 +554,7 @@ mod tests {
             functions: dir.path().join("functions"),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            exe: dir.path().join("verdant"),
             staged: std::collections::HashMap::new(),
         };
         std::fs::create_dir_all(dirs.functions.join("f")).unwrap();
@@ -602,6 +610,7 @@ mod tests {
             functions: dir.path().to_path_buf(),
             unpacked: dir.path().join("unpacked"),
             models: dir.path().join("models"),
+            exe: dir.path().join("verdant"),
             staged: std::collections::HashMap::new(),
         };
         let s = specs(&g, &dirs, &LambdaConfig::default(), &no);

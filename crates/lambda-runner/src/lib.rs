@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod connectors;
 pub mod deploy;
 pub mod error;
 pub mod function;
@@ -211,6 +212,7 @@ fn loader(ctx: &Context, config: &LambdaConfig, containers: Result<(), String>) 
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
         models: ctx.layout.data_dir(SERVICE).join("models"),
         staged: std::collections::HashMap::new(),
+        exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
     };
     if let Err(e) = std::fs::remove_dir_all(&dirs.unpacked)
         && e.kind() != std::io::ErrorKind::NotFound

@@ -472,13 +472,10 @@ impl Switch {
             let route = table.route(*i);
             let (endpoint, target) = match Kind::of(&route.target) {
                 Kind::Thing => (Endpoint::Broker, thing_name(&route.target).to_string()),
-                Kind::Function => (Endpoint::Lambda, route.target.clone()),
+                // Connectors run in the lambda-runner, as functions do.
+                Kind::Function | Kind::Connector => (Endpoint::Lambda, route.target.clone()),
                 Kind::Shadow => (Endpoint::Shadow, route.target.clone()),
                 Kind::Cloud => (Endpoint::Cloud, route.target.clone()),
-                Kind::Connector => {
-                    tracing::debug!(route = %route.id, "connectors are not supported; not delivered");
-                    continue;
-                }
             };
             any = true;
             // The broker delivered device targets itself, unless it had

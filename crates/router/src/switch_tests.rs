@@ -515,3 +515,37 @@ fn no_route_carries_the_secrets_topics_from_a_device_or_back_to_one() {
         .collect();
     assert_eq!(down, ["news"]);
 }
+
+#[test]
+fn connectors_are_reached_in_the_lambda_runner_and_speak_as_their_arn() {
+    const MODBUS: &str = "arn:aws:greengrass:r::/connectors/ModbusRTUProtocolAdapter/versions/3";
+    let r = |id: &str, s: &str, subj: &str, t: &str| Route {
+        id: id.into(),
+        source: s.into(),
+        subject: subj.into(),
+        target: t.into(),
+    };
+    let table = Table::new(
+        7,
+        vec![
+            r("req", DEV_A, "modbus/adapter/request", MODBUS),
+            r("resp", MODBUS, "modbus/adapter/response", "cloud"),
+        ],
+    );
+    let mut s = Switch::new(table, 10, tokio::sync::broadcast::channel(16).0);
+    let (broker, _brx) = link(&mut s, Endpoint::Broker, 1);
+    let (lambda, mut lrx) = link(&mut s, Endpoint::Lambda, 1);
+    let (_cloud, mut crx) = link(&mut s, Endpoint::Cloud, 1);
+    s.handle(Event::Up(
+        broker,
+        vec![msg(1, DEV_A, "modbus/adapter/request", 1)],
+    ));
+    let down = messages(&drain(&mut lrx));
+    assert_eq!(down.len(), 1);
+    assert_eq!(down[0].targets, [MODBUS]);
+    s.handle(Event::Up(
+        lambda,
+        vec![msg(2, MODBUS, "modbus/adapter/response", 1)],
+    ));
+    assert_eq!(topics(&mut crx), ["modbus/adapter/response"]);
+}

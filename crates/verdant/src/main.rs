@@ -24,10 +24,14 @@ const PROGRAMS: &[&str] = &[
     "verdant-secrets",
     "verdant-discovery",
     "verdant-ota-agent",
-    // Not a daemon: how the lambda-runner starts a GreengrassContainer
-    // function instance.
+    // Not daemons: how the lambda-runner starts a GreengrassContainer
+    // function instance, and the connectors it runs as functions.
     "verdant-lambda-sandbox",
+    "verdant-connector",
 ];
+
+/// Programs of this binary that only the lambda-runner starts.
+const INTERNAL: &[&str] = &["verdant-lambda-sandbox", "verdant-connector"];
 
 /// Runs the daemon whose library is `$krate`.
 macro_rules! daemon {
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
 fn usage() -> String {
     let programs = PROGRAMS
         .iter()
-        .filter(|p| **p != "verdant-lambda-sandbox")
+        .filter(|p| !INTERNAL.contains(p))
         .map(|p| p.trim_start_matches("verdant-"))
         .collect::<Vec<_>>()
         .join(", ");
@@ -135,6 +139,7 @@ fn run(program: &str, args: Vec<OsString>) -> ExitCode {
         "verdant-discovery" => daemon!(args, verdant_discovery),
         "verdant-ota-agent" => daemon!(args, verdant_ota_agent),
         "verdant-lambda-sandbox" => verdant_lambda_runner::sandbox::main(&args),
+        "verdant-connector" => verdant_connectors::main(&args),
         _ => unreachable!("PROGRAMS lists every arm"),
     }
 }

@@ -2,6 +2,7 @@
 
 mod broker;
 mod ca;
+mod connectors;
 mod deploy;
 mod devices;
 mod discovery;
@@ -168,6 +169,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: Option<ca::CaCmd>,
     },
+    /// The connectors this release ships and their parameters.
+    Connectors {
+        #[command(subcommand)]
+        command: Option<connectors::ConnectorsCmd>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -184,6 +190,10 @@ fn main() -> ExitCode {
             "verdantctl",
             &mut std::io::stdout(),
         );
+        return ExitCode::SUCCESS;
+    }
+    if let Cmd::Connectors { command } = &args.command {
+        connectors::run(command.as_ref(), args.output == Format::Json);
         return ExitCode::SUCCESS;
     }
     if let Some(result) = group::offline(&args.root, &args.command, args.output == Format::Json) {
