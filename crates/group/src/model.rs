@@ -37,16 +37,24 @@ pub struct Group {
     pub artifacts: Vec<Artifact>,
 }
 
-/// Where a function's code is: a zip of it (what the lambda-runner takes as
-/// `functions/<name>/<version>.zip`) at `url`, with its SHA-256.
+/// What the core downloads for a deployment, with its SHA-256: a
+/// function's code (a zip of it, what the lambda-runner takes as
+/// `functions/<name>/<version>.zip`), or a machine learning model resource
+/// (a zip, a tar.gz, or a single file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Artifact {
     /// The qualified ARN of a function of this group.
-    pub function_arn: String,
-    /// `https://...` or `file:///...`.
-    pub url: String,
-    /// The zip's SHA-256, 64 lowercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_arn: Option<String>,
+    /// Or the Id of a model resource of this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// `https://...` or `file:///...`; a model's may be left out when its
+    /// `S3Uri` says where it is ([`Group::artifact_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The file's SHA-256, 64 lowercase hex digits.
     pub sha256: String,
 }
 

@@ -409,8 +409,9 @@ fn artifact_url_problem(url: &str) -> Option<&'static str> {
     Some("unsupported URL scheme: expected `https://` or `file:///`")
 }
 
-/// Each artifact for one function of the group, by a URL it can fetch,
-/// with a hash it can check.
+/// Each artifact for one function or model resource of the group, by a
+/// URL it can fetch, with a hash it can check; and every model resource
+/// brought by one.
 fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
     let functions: HashSet<&str> = group
         .function_definition_version
@@ -421,19 +422,49 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
     let mut seen = HashSet::new();
     for (i, a) in group.artifacts.iter().enumerate() {
         let p = format!("Artifacts[{i}]");
-        if !functions.contains(a.function_arn.as_str()) {
-            out.push(Problem::new(
-                format!("{p}.FunctionArn"),
-                unknown_function(&a.function_arn),
-            ));
-        } else if !seen.insert(a.function_arn.as_str()) {
-            out.push(Problem::new(
-                format!("{p}.FunctionArn"),
-                format!("{} has an artifact already", a.function_arn),
-            ));
+        match (&a.function_arn, &a.resource_id) {
+            (Some(arn), None) => {
+                if !functions.contains(arn.as_str()) {
+                    out.push(Problem::new(
+                        format!("{p}.FunctionArn"),
+                        unknown_function(arn),
+                    ));
+                } else if !seen.insert(arn.as_str()) {
+                    out.push(Problem::new(
+                        format!("{p}.FunctionArn"),
+                        format!("{arn} has an artifact already"),
+                    ));
+                }
+            }
+            (None, Some(id)) => {
+                if group.model(id).is_none() {
+                    out.push(Problem::new(
+                        format!("{p}.ResourceId"),
+                        format!("`{id}` is not a machine learning model resource of this group"),
+                    ));
+                } else if !seen.insert(id.as_str()) {
+                    out.push(Problem::new(
+                        format!("{p}.ResourceId"),
+                        format!("{id} has an artifact already"),
+                    ));
+                }
+            }
+            _ => out.push(Problem::new(
+                p.clone(),
+                "names a FunctionArn or a ResourceId (exactly one)",
+            )),
         }
-        if let Some(r) = artifact_url_problem(&a.url) {
-            out.push(Problem::new(format!("{p}.Url"), r));
+        match (&a.url, group.artifact_url(a)) {
+            (Some(url), _) => {
+                if let Some(r) = artifact_url_problem(url) {
+                    out.push(Problem::new(format!("{p}.Url"), r));
+                }
+            }
+            (None, Some(_)) => {}
+            (None, None) => out.push(Problem::new(
+                format!("{p}.Url"),
+                "required (a model's may be left out when its S3Uri is https://, file:/// or s3://)",
+            )),
         }
         if a.sha256.len() != 64
             || !a
@@ -444,6 +475,23 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
             out.push(Problem::new(
                 format!("{p}.Sha256"),
                 "a SHA-256 is 64 lowercase hex digits",
+            ));
+        }
+    }
+    for (i, r) in group
+        .resource_definition_version
+        .resources
+        .iter()
+        .enumerate()
+    {
+        if group.model(&r.id).is_some() && !seen.contains(r.id.as_str()) {
+            out.push(Problem::new(
+                format!("ResourceDefinitionVersion.Resources[{i}]"),
+                format!(
+                    "model `{}` needs an entry in Artifacts with its ResourceId and Sha256 \
+                     (and its Url, unless its S3Uri is one)",
+                    r.id
+                ),
             ));
         }
     }

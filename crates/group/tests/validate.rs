@@ -156,7 +156,7 @@ fn artifacts_by_url_round_trip() {
     ]);
     let g = Group::parse(v.to_string().as_bytes()).unwrap();
     assert_eq!(g.artifacts.len(), 1);
-    assert_eq!(g.artifacts[0].function_arn, arn);
+    assert_eq!(g.artifacts[0].function_arn.as_deref(), Some(arn));
     assert_eq!(g.artifacts[0].sha256, HASH);
     assert_eq!(
         serde_json::to_value(&g).unwrap()["Artifacts"],
@@ -203,6 +203,62 @@ fn artifact_problems_carry_their_paths() {
     assert!(
         p[0].starts_with("Artifacts[0].Size: unknown field `Size`"),
         "{p:?}"
+    );
+}
+
+#[test]
+fn model_resources_are_brought_by_artifacts_with_their_hash() {
+    let mut v = sample();
+    let model = |id: &str, data: serde_json::Value| serde_json::json!({ "Id": id, "Name": id, "ResourceDataContainer": data });
+    v["ResourceDefinitionVersion"] = serde_json::json!({ "Resources": [
+        model("s3", serde_json::json!({ "S3MachineLearningModelResourceData": {
+            "S3Uri": "s3://models/squeezenet.tar.gz", "DestinationPath": "/ml/squeezenet" } })),
+        model("local", serde_json::json!({ "S3MachineLearningModelResourceData": {
+            "S3Uri": "file:///srv/models/m.onnx", "DestinationPath": "/ml/m" } })),
+        model("sagemaker", serde_json::json!({ "SageMakerMachineLearningModelResourceData": {
+            "SageMakerJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/j", "DestinationPath": "/ml/j" } })),
+        model("missing", serde_json::json!({ "S3MachineLearningModelResourceData": {
+            "S3Uri": "s3://models/other.zip", "DestinationPath": "/ml/other" } })),
+    ]});
+    v["Artifacts"] = serde_json::json!([
+        { "ResourceId": "s3", "Sha256": HASH },
+        { "ResourceId": "local", "Sha256": HASH },
+        { "ResourceId": "sagemaker", "Sha256": HASH },
+        { "ResourceId": "nope", "Url": "https://h/m.zip", "Sha256": HASH },
+        { "ResourceId": "s3", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:f:1", "Sha256": HASH },
+    ]);
+    let p = problems(&v);
+    let expected = [
+        "Artifacts[2].Url: required",
+        "Artifacts[3].ResourceId: `nope` is not a machine learning model resource of this group",
+        "Artifacts[4]: names a FunctionArn or a ResourceId (exactly one)",
+        "ResourceDefinitionVersion.Resources[3]: model `missing` needs an entry in Artifacts",
+    ];
+    for e in expected {
+        assert!(p.iter().any(|x| x.starts_with(e)), "{e} not in {p:?}");
+    }
+    assert_eq!(p.len(), expected.len(), "{p:?}");
+    v["Artifacts"] = serde_json::json!([
+        { "ResourceId": "s3", "Sha256": HASH },
+        { "ResourceId": "local", "Sha256": HASH },
+        { "ResourceId": "sagemaker", "Url": "https://h/j.tar.gz", "Sha256": HASH },
+        { "ResourceId": "missing", "Url": "https://h/other.zip", "Sha256": HASH },
+    ]);
+    assert_eq!(problems(&v), Vec::<String>::new());
+    let g = Group::parse(v.to_string().as_bytes()).unwrap();
+    let urls: Vec<_> = g
+        .artifacts
+        .iter()
+        .map(|a| g.artifact_url(a).unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "https://models.s3.amazonaws.com/squeezenet.tar.gz",
+            "file:///srv/models/m.onnx",
+            "https://h/j.tar.gz",
+            "https://h/other.zip"
+        ]
     );
 }
 

@@ -5,7 +5,7 @@
 //! defaults filled in, are its environment variables.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use verdant_group::{Group, Permission, ResourceAccessPolicy, connectors};
@@ -102,7 +102,7 @@ fn serial_port(
             permission: Some(Permission::Rw),
         }],
         &format!("{at}.Parameters"),
-        Path::new("/nonexistent"),
+        &|_| PathBuf::new(),
     )
 }
 
@@ -117,6 +117,8 @@ fn core_pid(variables: &mut BTreeMap<String, String>) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const METRICS: &str = "arn:aws:greengrass:r::/connectors/DeviceMetrics/versions/1";

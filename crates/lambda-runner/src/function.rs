@@ -217,16 +217,14 @@ pub fn specs(
             } else {
                 &[]
             };
-            let grants = crate::resources::grants(
-                group,
-                policies,
-                &format!("{at}.Environment"),
-                &dirs.models,
-            )
-            .unwrap_or_else(|why| {
-                runtime = Runtime::Unavailable(why);
-                Grants::default()
-            });
+            let grants =
+                crate::resources::grants(group, policies, &format!("{at}.Environment"), &|id| {
+                    dirs.model(id)
+                })
+                .unwrap_or_else(|why| {
+                    runtime = Runtime::Unavailable(why);
+                    Grants::default()
+                });
             if let (true, Err(why)) = (container, containers) {
                 runtime = Runtime::Unavailable(format!(
                     "{at}.Environment.Execution.IsolationMode: GreengrassContainer (the \
@@ -304,13 +302,25 @@ pub struct Dirs {
     pub functions: PathBuf,
     /// Where zip artifacts are unpacked (`<name>/<version>/`).
     pub unpacked: PathBuf,
-    /// Machine learning model resources, `<resource id>/`.
+    /// Machine learning model resources, `<resource id>` (links into the
+    /// ota-agent's store, `functions/.models/`).
     pub models: PathBuf,
     /// Code not yet installed under `functions` (a deployment being
     /// checked): `<name>/<version>` to a directory or a `.zip` file.
     pub staged: std::collections::HashMap<String, PathBuf>,
     /// The `verdant` executable, whose programs the connectors are.
     pub exe: PathBuf,
+}
+
+impl Dirs {
+    /// Where model resource `id` is: staged by the deployment being
+    /// checked (`.models/<id>`), else installed.
+    pub fn model(&self, id: &str) -> PathBuf {
+        self.staged
+            .get(&format!(".models/{id}"))
+            .cloned()
+            .unwrap_or_else(|| self.models.join(id))
+    }
 }
 
 /// The directory of a function's code and its fingerprint:

@@ -210,7 +210,7 @@ fn loader(ctx: &Context, config: &LambdaConfig, containers: Result<(), String>) 
     let dirs = function::Dirs {
         functions: ctx.layout.functions_dir(),
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
-        models: ctx.layout.data_dir(SERVICE).join("models"),
+        models: ctx.layout.functions_dir().join(".models"),
         staged: std::collections::HashMap::new(),
         exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
     };

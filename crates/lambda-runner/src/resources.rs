@@ -49,14 +49,15 @@ fn owner(setting: Option<&GroupOwnerSetting>, source: &str) -> Result<Option<u32
 }
 
 /// The mounts and groups `policies` grant, from `group`'s resources; `Err`
-/// with the JSON path and reason if one cannot be granted here. Machine
-/// learning models are read from `models/<resource id>/` (made empty if
-/// missing: their download is the deployment's).
+/// with the JSON path and reason if one cannot be granted here. `model`
+/// says where a machine learning model resource's directory is (the
+/// deployment downloads it); it is bound as the directory it resolves to,
+/// so a changed model is a changed grant.
 pub fn grants(
     group: &Group,
     policies: &[ResourceAccessPolicy],
     at: &str,
-    models: &std::path::Path,
+    model: &dyn Fn(&str) -> PathBuf,
 ) -> Result<Grants, String> {
     let mut out = Grants::default();
     for (j, policy) in policies.iter().enumerate() {
@@ -98,9 +99,13 @@ pub fn grants(
                 .sage_maker_machine_learning_model_resource_data
                 .as_ref())
         {
-            let source = models.join(&resource.id);
-            std::fs::create_dir_all(&source)
-                .map_err(|e| format!("{here}: {}: {e}", source.display()))?;
+            let source = model(&resource.id).canonicalize().map_err(|e| {
+                format!(
+                    "{here}: model `{}` is not on the core ({e}): a deployment brings it by \
+                     its entry in Artifacts",
+                    resource.id
+                )
+            })?;
             let group_owner = m.owner_setting.as_ref().map(|o| GroupOwnerSetting {
                 auto_add_group_owner: false,
                 group_owner: Some(o.group_owner.clone()),
@@ -175,11 +180,12 @@ mod tests {
             permission: p,
         };
         let models = dir.path().join("models");
+        let model = |id: &str| models.join(id);
         let got = grants(
             &g,
             &[policy("vol", Some(Permission::Rw)), policy("dev", None)],
             "F",
-            &models,
+            &model,
         )
         .unwrap();
         let gid = std::fs::metadata(&volume).unwrap().gid();
@@ -201,20 +207,26 @@ mod tests {
                 },
             ]
         );
-        // A model: its directory under models/, read-only even if rw.
-        let got = grants(&g, &[policy("model", Some(Permission::Rw))], "F", &models).unwrap();
+        // A model not downloaded cannot be granted.
+        let e = grants(&g, &[policy("model", None)], "F", &model).unwrap_err();
+        assert!(e.contains("model `model` is not on the core"), "{e}");
+        // A model: the directory its entry resolves to, read-only even if rw.
+        let tree = dir.path().join("store/0123");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(&models).unwrap();
+        std::os::unix::fs::symlink(&tree, models.join("model")).unwrap();
+        let got = grants(&g, &[policy("model", Some(Permission::Rw))], "F", &model).unwrap();
         assert_eq!(
             got.mounts,
             [Mount {
-                source: models.join("model"),
+                source: tree.canonicalize().unwrap(),
                 destination: "/m".into(),
                 writable: false,
                 device: false
             }]
         );
-        assert!(models.join("model").is_dir());
         std::fs::remove_dir(&volume).unwrap();
-        let e = grants(&g, &[policy("vol", None)], "F", &models).unwrap_err();
+        let e = grants(&g, &[policy("vol", None)], "F", &model).unwrap_err();
         assert!(e.contains("No such file"), "{e}");
     }
 }

@@ -107,20 +107,59 @@ impl Artifacts {
     /// the store. Entries that would land outside the tree (`..`, absolute
     /// paths, through or by a symlink) are refused, and nothing is kept.
     pub fn put_zip(&self, zip: &Path, sha256: &str) -> Result<Digest, ArtifactError> {
+        let Some(digest) = self.wanted(zip, sha256)? else {
+            return Digest::parse(sha256);
+        };
+        let tmp = self.temp()?;
+        unzip(zip, tmp.path())?;
+        self.settle(tmp, digest)
+    }
+
+    /// The digest `sha256` names, once `file` is checked to have it;
+    /// `None` when the store has that entry already.
+    fn wanted(&self, file: &Path, sha256: &str) -> Result<Option<Digest>, ArtifactError> {
         let digest = Digest::parse(sha256)?;
         if self.path(&digest).is_dir() {
-            return Ok(digest);
+            return Ok(None);
         }
-        let actual = File::open(zip).and_then(sha256_of).map_err(io_at(zip))?;
+        let actual = File::open(file).and_then(sha256_of).map_err(io_at(file))?;
         if actual != sha256 {
             return Err(ArtifactError::Mismatch {
-                path: zip.to_path_buf(),
+                path: file.to_path_buf(),
                 expected: sha256.into(),
                 actual,
             });
         }
+        Ok(Some(digest))
+    }
+
+    /// Puts a machine learning model whose SHA-256 is `sha256` (checked)
+    /// into the store, under that digest: a zip or a tar.gz unpacked (only
+    /// files and directories, none leaving the tree), any other file as
+    /// `name` in a directory of its own.
+    pub fn put_model(
+        &self,
+        file: &Path,
+        sha256: &str,
+        name: &str,
+    ) -> Result<Digest, ArtifactError> {
+        let Some(digest) = self.wanted(file, sha256)? else {
+            return Digest::parse(sha256);
+        };
+        let mut magic = [0u8; 4];
+        let read = File::open(file)
+            .and_then(|mut f| f.read(&mut magic))
+            .map_err(io_at(file))?;
         let tmp = self.temp()?;
-        unzip(zip, tmp.path())?;
+        match &magic[..read] {
+            [b'P', b'K', 3, 4] => unzip(file, tmp.path())?,
+            [0x1f, 0x8b, ..] => untar_gz(file, tmp.path())?,
+            _ => {
+                let to = tmp.path().join(name);
+                std::fs::copy(file, &to).map_err(io_at(&to))?;
+                set_mode(&to, 0o444)?;
+            }
+        }
         self.settle(tmp, digest)
     }
 
@@ -310,6 +349,50 @@ fn unzip(zip: &Path, into: &Path) -> Result<(), ArtifactError> {
     Ok(())
 }
 
+/// Extracts the gzipped tarball `file` into the empty directory `into`:
+/// its files and directories only, each inside `into`, readable by every
+/// function's user.
+fn untar_gz(file: &Path, into: &Path) -> Result<(), ArtifactError> {
+    let f = File::open(file).map_err(io_at(file))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = archive.entries().map_err(io_at(file))?;
+    for entry in entries {
+        let mut entry = entry.map_err(io_at(file))?;
+        let rel = entry.path().map_err(io_at(file))?.into_owned();
+        let escape = || ArtifactError::Escape {
+            path: file.to_path_buf(),
+            entry: rel.display().to_string(),
+        };
+        if rel.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(escape());
+        }
+        let to = into.join(&rel);
+        let mode = entry.header().mode().unwrap_or(0o644) & MODE_BITS;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&to).map_err(io_at(&to))?;
+                set_mode(&to, readable_dir(mode))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                make_parent(&to)?;
+                let mut out = File::create_new(&to).map_err(io_at(&to))?;
+                io::copy(&mut entry, &mut out).map_err(io_at(&to))?;
+                out.sync_all().map_err(io_at(&to))?;
+                set_mode(&to, readable_file(mode))?;
+            }
+            // Global and extended headers carry no file.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            _ => return Err(ArtifactError::Special { path: to }),
+        }
+    }
+    Ok(())
+}
+
 fn make_parent(path: &Path) -> Result<(), ArtifactError> {
     match path.parent() {
         Some(parent) => std::fs::create_dir_all(parent).map_err(io_at(parent)),
@@ -474,207 +557,4 @@ fn relative(from: &Path, to: &Path) -> io::Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Writes a zip of `(name, contents, unix mode)`; a mode with
-    /// `0o120000` makes a symlink to `contents`.
-    pub(crate) fn write_zip(path: &Path, entries: &[(&str, &str, u32)]) {
-        let mut w = zip::ZipWriter::new(File::create(path).unwrap());
-        for (name, contents, mode) in entries {
-            let options = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored)
-                .unix_permissions(*mode & 0o7777);
-            if mode & 0o170_000 == 0o120_000 {
-                w.add_symlink(*name, *contents, options).unwrap();
-            } else {
-                w.start_file(*name, options).unwrap();
-                w.write_all(contents.as_bytes()).unwrap();
-            }
-        }
-        w.finish().unwrap();
-    }
-
-    fn sha_of(path: &Path) -> String {
-        sha256_of(File::open(path).unwrap()).unwrap()
-    }
-
-    fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-    }
-
-    /// Only entries, no temporary directories left.
-    fn names(store: &Artifacts) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&store.root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn zips_unpack_into_their_digest_with_modes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::new(&dir.path().join("data"));
-        let zip = dir.path().join("f.zip");
-        write_zip(
-            &zip,
-            &[
-                ("main.py", "def handler(e, c):\n    return e\n", 0o644),
-                ("bin/run", "#!/bin/sh\n", 0o755),
-                ("lib/helper.py", "x = 1\n", 0o644),
-                ("helper.py", "lib/helper.py", 0o120_777),
-            ],
-        );
-        let sha = sha_of(&zip);
-        let digest = store.put_zip(&zip, &sha).unwrap();
-        assert_eq!(digest.as_str(), sha);
-        let tree = store.path(&digest);
-        assert_eq!(mode(&tree), 0o755);
-        assert_eq!(mode(&store.root), 0o755);
-        assert!(
-            std::fs::read_to_string(tree.join("main.py"))
-                .unwrap()
-                .contains("handler")
-        );
-        assert_eq!(mode(&tree.join("bin/run")), 0o755);
-        assert_eq!(mode(&tree.join("lib/helper.py")), 0o644);
-        assert_eq!(
-            std::fs::read_to_string(tree.join("helper.py")).unwrap(),
-            "x = 1\n"
-        );
-        // Again: the entry is there already.
-        assert_eq!(store.put_zip(&zip, &sha).unwrap(), digest);
-        assert_eq!(names(&store), [sha]);
-
-        let wrong = "0".repeat(64);
-        let err = store.put_zip(&zip, &wrong).unwrap_err();
-        assert!(matches!(err, ArtifactError::Mismatch { .. }), "{err}");
-    }
-
-    #[test]
-    fn zips_reaching_outside_are_refused_and_leave_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::new(&dir.path().join("data"));
-        let cases: [&[(&str, &str, u32)]; 4] = [
-            &[("../../escaped.py", "x = 1\n", 0o644)],
-            &[("ok.py", "", 0o644), ("link", "/etc", 0o120_777)],
-            &[("link", "sub/../..", 0o120_777)],
-            // Through a link that itself stays inside.
-            &[("here", ".", 0o120_777), ("here/x.py", "x", 0o644)],
-        ];
-        for (i, entries) in cases.into_iter().enumerate() {
-            let zip = dir.path().join(format!("{i}.zip"));
-            write_zip(&zip, entries);
-            let err = store.put_zip(&zip, &sha_of(&zip)).unwrap_err();
-            assert!(matches!(err, ArtifactError::Escape { .. }), "{i}: {err}");
-            assert_eq!(names(&store), Vec::<String>::new(), "{i}");
-        }
-        assert!(!dir.path().join("escaped.py").exists());
-    }
-
-    #[test]
-    fn trees_copy_with_a_digest_over_paths_modes_and_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::new(&dir.path().join("data"));
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(src.join("lib")).unwrap();
-        std::fs::write(src.join("main.py"), "print(1)\n").unwrap();
-        std::fs::write(src.join("lib/a.py"), "a = 1\n").unwrap();
-        symlink("lib/a.py", src.join("a.py")).unwrap();
-        let first = store.put_dir(&src).unwrap();
-        let tree = store.path(&first);
-        assert_eq!(
-            std::fs::read_to_string(tree.join("a.py")).unwrap(),
-            "a = 1\n"
-        );
-        assert!(
-            std::fs::symlink_metadata(tree.join("a.py"))
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        assert_eq!(store.put_dir(&src).unwrap(), first);
-
-        set_mode(&src.join("main.py"), 0o4755).unwrap();
-        let second = store.put_dir(&src).unwrap();
-        assert_ne!(second, first);
-        // No setuid bit in the store.
-        assert_eq!(mode(&store.path(&second).join("main.py")), 0o755);
-        std::fs::write(src.join("main.py"), "print(2)\n").unwrap();
-        assert_ne!(store.put_dir(&src).unwrap(), second);
-
-        symlink("../../outside", src.join("lib/out")).unwrap();
-        let err = store.put_dir(&src).unwrap_err();
-        assert!(matches!(err, ArtifactError::Escape { .. }), "{err}");
-        assert_eq!(names(&store).len(), 3);
-    }
-
-    #[test]
-    fn install_swaps_a_symlink_and_moves_a_hand_made_directory_aside_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::new(&dir.path().join("data"));
-        let functions = dir.path().join("functions");
-        let put = |text: &str| {
-            let src = dir.path().join(text);
-            std::fs::create_dir_all(&src).unwrap();
-            std::fs::write(src.join("main.py"), text).unwrap();
-            store.put_dir(&src).unwrap()
-        };
-        let (one, two) = (put("one"), put("two"));
-        let by_hand = functions.join("hello/3");
-        std::fs::create_dir_all(&by_hand).unwrap();
-        std::fs::write(by_hand.join("main.py"), "by hand").unwrap();
-
-        let link = store.install(&functions, "hello", "3", &one).unwrap();
-        assert_eq!(link, by_hand);
-        assert_eq!(
-            std::fs::read_to_string(link.join("main.py")).unwrap(),
-            "one"
-        );
-        let target = std::fs::read_link(&link).unwrap();
-        assert!(target.is_relative(), "{}", target.display());
-        let aside = functions.join("hello/3.before-deployment");
-        assert_eq!(
-            std::fs::read_to_string(aside.join("main.py")).unwrap(),
-            "by hand"
-        );
-
-        store.install(&functions, "hello", "3", &two).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(link.join("main.py")).unwrap(),
-            "two"
-        );
-        assert!(!functions.join("hello/3.tmp").exists());
-
-        // A second hand-made directory does not overwrite the first.
-        std::fs::remove_file(&link).unwrap();
-        std::fs::create_dir(&link).unwrap();
-        let err = store.install(&functions, "hello", "3", &one).unwrap_err();
-        assert!(matches!(err, ArtifactError::Occupied { .. }), "{err}");
-
-        let err = store.install(&functions, "..", "3", &one).unwrap_err();
-        assert!(matches!(err, ArtifactError::Escape { .. }), "{err}");
-    }
-
-    #[test]
-    fn gc_removes_what_is_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::new(&dir.path().join("data"));
-        let mut digests = Vec::new();
-        for text in ["a", "b", "c"] {
-            let src = dir.path().join(text);
-            std::fs::create_dir_all(&src).unwrap();
-            std::fs::write(src.join("f"), text).unwrap();
-            digests.push(store.put_dir(&src).unwrap());
-        }
-        std::fs::create_dir(store.root.join(".tmpLEFT")).unwrap();
-        let keep: HashSet<Digest> = [digests[1].clone()].into();
-        let mut gone = vec![digests[0].clone(), digests[2].clone()];
-        gone.sort();
-        assert_eq!(store.gc(&keep).unwrap(), gone);
-        assert_eq!(names(&store), [digests[1].to_string()]);
-        assert!(store.gc(&keep).unwrap().is_empty());
-    }
-}
+mod tests;

@@ -60,6 +60,21 @@ fn redacted(text: &str, url: &str) -> String {
     text.replace(url, &redact(url))
 }
 
+/// Where model resources are installed under `functions/` (as
+/// `.models/<resource id>`, links into the store like functions' code);
+/// the lambda-runner binds them from there.
+pub const MODELS: &str = ".models";
+
+/// The last segment of `url`'s path (without its query): what a model
+/// that is a single file is called in its directory.
+fn file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name,
+        _ => "model",
+    }
+}
+
 /// `<name>/<version>` of a qualified function ARN.
 fn key_of(function_arn: &str) -> Option<String> {
     let parts: Vec<&str> = function_arn.split(':').collect();
@@ -150,16 +165,23 @@ impl Content {
         let fetcher = self.fetcher()?;
         let mut before = 0;
         for (i, a) in group.artifacts.iter().enumerate() {
-            let key = key_of(&a.function_arn).ok_or_else(|| {
-                format!("Artifacts[{i}].FunctionArn: not a qualified function ARN")
-            })?;
+            let key = match (&a.function_arn, &a.resource_id) {
+                (Some(arn), _) => key_of(arn).ok_or_else(|| {
+                    format!("Artifacts[{i}].FunctionArn: not a qualified function ARN")
+                })?,
+                (None, Some(id)) => format!("{MODELS}/{id}"),
+                (None, None) => return Err(format!("Artifacts[{i}]: names nothing")),
+            };
+            let url = group
+                .artifact_url(a)
+                .ok_or_else(|| format!("Artifacts[{i}].Url: required"))?;
             let digest =
                 Digest::parse(&a.sha256).map_err(|e| format!("Artifacts[{i}].Sha256: {e}"))?;
             if !self.store.path(&digest).is_dir() {
                 // A cut download goes on from where it stopped, a few times.
                 let file = fetcher
                     .fetch_resuming(
-                        &a.url,
+                        &url,
                         &a.sha256,
                         None,
                         &self.downloads,
@@ -170,22 +192,25 @@ impl Content {
                             }
                         },
                         &mut |attempt, e| {
-                            let why = redacted(&e.to_string(), &a.url);
+                            let why = redacted(&e.to_string(), &url);
                             tracing::warn!(
-                                url = redact(&a.url),
+                                url = redact(&url),
                                 attempt,
                                 "download cut, resuming: {why}"
                             );
                         },
                     )
                     .map_err(|e| {
-                        let why = redacted(&e.to_string(), &a.url);
-                        format!("Artifacts[{i}] {}: {why}", redact(&a.url))
+                        let why = redacted(&e.to_string(), &url);
+                        format!("Artifacts[{i}] {}: {why}", redact(&url))
                     })?;
                 before = progress.done.load(Ordering::Relaxed);
-                self.store
-                    .put_zip(&file, &a.sha256)
-                    .map_err(|e| format!("Artifacts[{i}]: {e}"))?;
+                if a.resource_id.is_some() {
+                    self.store.put_model(&file, &a.sha256, file_name(&url))
+                } else {
+                    self.store.put_zip(&file, &a.sha256)
+                }
+                .map_err(|e| format!("Artifacts[{i}]: {e}"))?;
                 // The unpacked tree is what is kept.
                 let _ = std::fs::remove_file(&file);
             }

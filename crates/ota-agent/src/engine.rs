@@ -423,7 +423,11 @@ impl Agent {
                 .artifacts
                 .iter()
                 .enumerate()
-                .filter(|(_, a)| !a.url.starts_with("https://"))
+                .filter(|(_, a)| {
+                    !group
+                        .artifact_url(a)
+                        .is_some_and(|u| u.starts_with("https://"))
+                })
                 .map(|(i, _)| {
                     (
                         format!("Artifacts[{i}].Url"),
@@ -436,7 +440,8 @@ impl Agent {
             }
         }
         let code = if Content::brings_code(&group, &bundled) {
-            self.enter(d, Phase::Downloading, "functions' code").await;
+            self.enter(d, Phase::Downloading, "functions' code and models")
+                .await;
             // Not cut short by a cancel: the download and the store
             // settle first (a cancel takes effect at the next step).
             let code = self.gather(d, group, bundled).await?;
