@@ -5,6 +5,9 @@ it directly (the reference the function's answers are checked against).
     python make_model.py --predict DIR  reads rows of 4 features (JSON) on
                                         stdin, prints each row's class
                                         probabilities (JSON)
+    python make_model.py --bench DIR N  N inferences of one row, one after
+                                        the other, as the function runs them
+                                        (one thread): prints inferences/s
 
 The model is a two-layer perceptron (4 features, 8 hidden units with ReLU,
 3 classes with softmax) with fixed weights, built with the `onnx` package;
@@ -63,8 +66,29 @@ def predict(model_dir):
     print(json.dumps([[float(p) for p in row] for row in probabilities]))
 
 
+def bench(model_dir, n):
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    row = np.asarray([[-0.5, 1.3, -3.0, -1.2]], dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(n):
+        session.run(None, {"features": row})
+    print(round(n / (time.perf_counter() - start)))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--predict":
         predict(sys.argv[2])
+    elif sys.argv[1] == "--bench":
+        bench(sys.argv[2], int(sys.argv[3]))
     else:
         make(sys.argv[1])

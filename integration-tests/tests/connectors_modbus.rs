@@ -3,8 +3,8 @@
 //! over RTU on a serial line (a pseudo-terminal pair made by socat), as a
 //! plain process: every operation of Greengrass's connector round trips;
 //! a Modbus exception, a device that does not answer, an unreachable
-//! server and a malformed request each get their `fail` answer, and the
-//! connector keeps serving.
+//! server (new parameters, by a deployment) and a malformed request each
+//! get their `fail` answer, and the connector keeps serving.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,16 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use verdant_integration_tests::deployments::{deploy, watch_to_end};
 use verdant_integration_tests::functions::{logs, start_group};
 use verdant_integration_tests::groups::{arn, thing};
 use verdant_integration_tests::mqtt::{connect, publish, received, subscribed};
 use verdant_integration_tests::{Core, PATIENCE, python};
+use verdant_proto::ota::v1::Phase;
 
 const MODBUS: &str =
     "arn:aws:greengrass:us-east-1::/connectors/ModbusRTUProtocolAdapter/versions/3";
-/// A second connector (another version's ARN) whose server is not there.
-const UNREACHABLE: &str =
-    "arn:aws:greengrass:us-east-1::/connectors/ModbusRTUProtocolAdapter/versions/2";
 
 /// A process killed when dropped.
 struct Running(Child);
@@ -72,10 +71,6 @@ fn group(connectors: &Value, resources: &Value) -> String {
         "SubscriptionDefinitionVersion": { "Subscriptions": [
             { "Id": "req", "Source": arn("a"), "Subject": "modbus/adapter/request", "Target": MODBUS },
             { "Id": "resp", "Source": MODBUS, "Subject": "modbus/adapter/response", "Target": arn("a") },
-            { "Id": "req2", "Source": arn("a"), "Subject": "unreachable/adapter/request",
-              "Target": UNREACHABLE },
-            { "Id": "resp2", "Source": UNREACHABLE, "Subject": "modbus/adapter/response",
-              "Target": arn("a") },
         ]},
     })
     .to_string()
@@ -100,8 +95,9 @@ impl Device {
         }
     }
 
-    /// Sends `request` on `topic` and waits for the answer with its id.
-    async fn ask_on(&mut self, core: &Core, topic: &str, request: Value) -> Value {
+    /// Sends `request` and waits for the answer with its id.
+    async fn ask(&mut self, core: &Core, request: Value) -> Value {
+        let topic = "modbus/adapter/request";
         self.next += 1;
         let id = format!("request-{}", self.next);
         let message = json!({ "request": request, "id": id });
@@ -119,10 +115,6 @@ impl Device {
         })
         .await;
         answer.unwrap_or_else(|_| panic!("no answer to {message}:\n{}", logs(core)))
-    }
-
-    async fn ask(&mut self, core: &Core, request: Value) -> Value {
-        self.ask_on(core, "modbus/adapter/request", request).await
     }
 }
 
@@ -293,20 +285,23 @@ async fn failures(core: &Core, dev: &mut Device) {
 async fn every_operation_round_trips_to_a_modbus_tcp_device_from_a_container() {
     let port = free_port();
     let _server = modbus_server("tcp", &port.to_string());
-    let connectors = json!([
-        { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
-            "ModbusTcpAddress": format!("127.0.0.1:{port}"), "ModbusTimeoutMs": "500" } },
-        { "Id": "unreachable", "ConnectorArn": UNREACHABLE, "Parameters": {
-            "ModbusTcpAddress": format!("127.0.0.1:{}", free_port()),
-            "IsolationMode": "NoContainer" } },
-    ]);
-    let core = start_group(&group(&connectors, &json!([]))).await;
+    let connectors = |address: String| {
+        json!([{ "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
+            "ModbusTcpAddress": address, "ModbusTimeoutMs": "500" } }])
+    };
+    let core = start_group(&group(&connectors(format!("127.0.0.1:{port}")), &json!([]))).await;
     let mut dev = Device::new(&core).await;
     every_operation(&core, &mut dev).await;
+    // New parameters reach it by a deployment: a server that is not there.
+    let moved = group(
+        &connectors(format!("127.0.0.1:{}", free_port())),
+        &json!([]),
+    );
+    let queued = deploy(&core, &moved).await;
+    let seen = watch_to_end(&core, &queued.deployment_id).await;
+    assert_eq!(seen.last().unwrap().phase(), Phase::Succeeded, "{seen:?}");
     let request = op("ReadCoilsRequest", &json!({ "address": 0, "count": 1 }));
-    let answer = dev
-        .ask_on(&core, "unreachable/adapter/request", request)
-        .await;
+    let answer = dev.ask(&core, request).await;
     let why = answer["response"]["error_message"].as_str().unwrap();
     assert!(why.starts_with("cannot connect to 127.0.0.1:"), "{answer}");
     assert!(why.contains("Connection refused"), "{answer}");
@@ -355,9 +350,6 @@ async fn every_operation_round_trips_to_a_modbus_rtu_device_on_a_serial_line() {
         { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
             "ModbusSerialPort-ResourceId": "serial", "ModbusSerialPort": port,
             "ModbusBaudRate": "9600", "ModbusTimeoutMs": "500",
-            "IsolationMode": "NoContainer" } },
-        { "Id": "unreachable", "ConnectorArn": UNREACHABLE, "Parameters": {
-            "ModbusTcpAddress": format!("127.0.0.1:{}", free_port()),
             "IsolationMode": "NoContainer" } },
     ]);
     let resources = json!([

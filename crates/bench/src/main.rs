@@ -7,6 +7,7 @@ mod deploy;
 mod discovery;
 mod drain;
 mod function;
+mod inference;
 mod lean;
 mod mqtt;
 mod probe;
@@ -25,6 +26,19 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// A benchmark of Python functions on a core.
+#[derive(Debug, clap::Args)]
+struct PythonBench {
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// A Python with greengrasssdk (bundled with the function), and for
+    /// `inference` onnx and onnxruntime.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,25 +127,14 @@ enum Cmd {
     },
     /// Functions: a pinned Python function (greengrasssdk) relaying a
     /// device's messages back to it; messages/s and round trip.
-    Function {
-        #[arg(long, default_value = "target/release")]
-        bin_dir: PathBuf,
-        /// A Python with greengrasssdk, bundled with the function.
-        #[arg(long, default_value = ".venv/bin/python")]
-        python: PathBuf,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    Function(PythonBench),
+    /// Inference: the ml-inference example's pinned function with
+    /// onnxruntime, inferences/s through the core against the model run
+    /// directly (run from the repository's root: it reads `examples/` and
+    /// `.ml-packages`).
+    Inference(PythonBench),
     /// `get_secret_value` from a pinned Python function with greengrasssdk.
-    Secrets {
-        #[arg(long, default_value = "target/release")]
-        bin_dir: PathBuf,
-        /// A Python with greengrasssdk, bundled with the function.
-        #[arg(long, default_value = ".venv/bin/python")]
-        python: PathBuf,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    Secrets(PythonBench),
     /// Version switches with devices connected: `ApplyUpdate` and
     /// `RollbackVersion` → settled, the listener's refusals, devices away.
     Update {
@@ -255,16 +258,9 @@ fn main() {
             seconds,
             runs,
         } => runtime.block_on(discovery::run(&bin_dir, clients, seconds, runs)),
-        Cmd::Function {
-            bin_dir,
-            python,
-            runs,
-        } => runtime.block_on(function::run(&bin_dir, &python, runs)),
-        Cmd::Secrets {
-            bin_dir,
-            python,
-            runs,
-        } => runtime.block_on(secrets::run(&bin_dir, &python, runs)),
+        Cmd::Function(b) => runtime.block_on(function::run(&b.bin_dir, &b.python, b.runs)),
+        Cmd::Secrets(b) => runtime.block_on(secrets::run(&b.bin_dir, &b.python, b.runs)),
+        Cmd::Inference(b) => runtime.block_on(inference::run(&b.bin_dir, &b.python, b.runs)),
         Cmd::Update {
             bin_dir,
             python,

@@ -519,10 +519,14 @@ pub fn main() -> Result<(), Failure> {
         if let Reply::NoResponse(why) = &outcome {
             eprintln!("request {}: {why}", request.id);
         }
-        f.publish(
+        // The answer goes by the publish; a refused one (the core's queue
+        // full) is said here, and the connector serves on.
+        if let Err(e) = f.publish(
             RESPONSE_TOPIC,
             response(&request, &outcome).to_string().as_bytes(),
-        )?;
+        ) {
+            eprintln!("request {}: cannot publish its answer: {e}", request.id);
+        }
         Ok(Outcome::Result(Vec::new()))
     })?;
     Ok(())

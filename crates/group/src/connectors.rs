@@ -246,6 +246,7 @@ impl Connector {
 /// Why `value` is not a `kind`, if it is not.
 fn value_problem(kind: Kind, value: &str, group: &Group) -> Option<String> {
     match kind {
+        Kind::Text { .. } if value.contains('\0') => Some("contains a NUL character".into()),
         Kind::Text { min } => {
             (value.chars().count() < min).then(|| format!("must be at least {min} character(s)"))
         }
@@ -293,11 +294,11 @@ fn value_problem(kind: Kind, value: &str, group: &Group) -> Option<String> {
     }
 }
 
-/// The problems of the group's connectors: known ARNs, each used once,
-/// parameters as their schema says.
+/// The problems of the group's connectors: known ARNs, each connector
+/// once (in one version), parameters as their schema says.
 pub(crate) fn check(group: &Group, out: &mut Vec<Problem>) {
     let at = "ConnectorDefinitionVersion.Connectors";
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = std::collections::HashMap::new();
     for (i, c) in group
         .connector_definition_version
         .connectors
@@ -312,10 +313,14 @@ pub(crate) fn check(group: &Group, out: &mut Vec<Problem>) {
                 continue;
             }
         };
-        if !seen.insert(c.connector_arn.as_str()) {
+        if let Some(first) = seen.insert(connector.name, i) {
             out.push(Problem::new(
                 format!("{here}.ConnectorArn"),
-                format!("{} is listed twice", c.connector_arn),
+                format!(
+                    "connector {} is in the group already (Connectors[{first}]): a group \
+                     runs one version of each",
+                    connector.name
+                ),
             ));
         }
         let schema = connector.parameters;
@@ -346,15 +351,46 @@ pub(crate) fn check(group: &Group, out: &mut Vec<Problem>) {
             }
         }
         if connector.program == "modbus" && !c.parameters.contains_key("ModbusTcpAddress") {
-            for name in ["ModbusSerialPort-ResourceId", "ModbusSerialPort"] {
-                if !c.parameters.contains_key(name) {
-                    out.push(Problem::new(
-                        format!("{here}.Parameters.{name}"),
-                        "required for a serial line (or set ModbusTcpAddress)",
-                    ));
-                }
-            }
+            serial_line(group, c, &here, out);
         }
+    }
+}
+
+/// A serial Modbus line needs its port and the device resource of that
+/// port (bound into the connector's container at its `SourcePath`).
+fn serial_line(group: &Group, c: &crate::model::Connector, here: &str, out: &mut Vec<Problem>) {
+    for name in ["ModbusSerialPort-ResourceId", "ModbusSerialPort"] {
+        if !c.parameters.contains_key(name) {
+            out.push(Problem::new(
+                format!("{here}.Parameters.{name}"),
+                "required for a serial line (or set ModbusTcpAddress)",
+            ));
+        }
+    }
+    let (Some(id), Some(port)) = (
+        c.parameters.get("ModbusSerialPort-ResourceId"),
+        c.parameters.get("ModbusSerialPort"),
+    ) else {
+        return;
+    };
+    let source = group
+        .resource_definition_version
+        .resources
+        .iter()
+        .find(|r| &r.id == id)
+        .and_then(|r| {
+            r.resource_data_container
+                .local_device_resource_data
+                .as_ref()
+        })
+        .map(|d| d.source_path.as_str());
+    if let Some(source) = source
+        && source != port
+    {
+        out.push(Problem::new(
+            format!("{here}.Parameters.ModbusSerialPort"),
+            format!("`{port}` is not the SourcePath of resource `{id}` (`{source}`)"),
+        ));
     }
 }
 

@@ -332,7 +332,9 @@ fn connector_problems_carry_their_json_paths() {
         ),
         format!("{at}[1].Parameters.PublishTopic: `verdant/#` is not a topic to publish on"),
         format!("{at}[1].Parameters.PublishInterval: 0 is out of range 1..86400"),
-        format!("{at}[2].ConnectorArn: {METRICS} is listed twice"),
+        format!(
+            "{at}[2].ConnectorArn: connector DeviceMetrics is in the group already (Connectors[1])"
+        ),
         format!("{at}[3].ConnectorArn: no connector `Kinesis` in this release"),
         format!("{at}[4].ConnectorArn: connector DeviceMetrics has no version 7"),
         format!("{at}[5].ConnectorArn: `modbus` is not a connector ARN"),
@@ -340,6 +342,18 @@ fn connector_problems_carry_their_json_paths() {
         assert!(p.iter().any(|x| x.starts_with(&want)), "{want}\n{p:#?}");
     }
     assert_eq!(p.len(), 12, "{p:#?}");
+    // The port is the device resource's.
+    let v = with_connectors(&serde_json::json!([
+        { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {
+            "ModbusSerialPort-ResourceId": "serial", "ModbusSerialPort": "/dev/ttyS3" } },
+    ]));
+    assert_eq!(
+        problems(&v),
+        [format!(
+            "{at}[0].Parameters.ModbusSerialPort: `/dev/ttyS3` is not the SourcePath of resource \
+             `serial` (`/dev/ttyS2`)"
+        )]
+    );
     // Over TCP, the serial parameters are not needed.
     let v = with_connectors(&serde_json::json!([
         { "Id": "modbus", "ConnectorArn": MODBUS, "Parameters": {

@@ -15,8 +15,17 @@ use crate::resources::Grants;
 
 /// Memory of a connector's container (KB): the programs are small.
 const MEMORY_KB: u32 = 65_536;
-/// Per request (a Modbus request waits at most its own timeout).
+/// Per request of a connector that does not say.
 const TIMEOUT: Duration = Duration::from_mins(1);
+
+/// How long one request may take: a Modbus request opens the line and
+/// waits for the device, each within `ModbusTimeoutMs`, then publishes.
+fn timeout(variables: &BTreeMap<String, String>) -> Duration {
+    variables
+        .get("ModbusTimeoutMs")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(TIMEOUT, |ms| Duration::from_millis(2 * ms + 5_000))
+}
 
 /// The specs of the group's connectors, in the group's order, running as
 /// `identity`. One that cannot run here gets `Runtime::Unavailable` with
@@ -28,7 +37,9 @@ pub fn specs(
     containers: &Result<(), String>,
 ) -> Vec<Spec> {
     let (dir, program) = match (dirs.exe.parent(), dirs.exe.file_name()) {
-        (Some(d), Some(p)) => (d.to_path_buf(), p.to_string_lossy().into_owned()),
+        (Some(d), Some(p)) if dirs.exe.is_absolute() => {
+            (d.to_path_buf(), p.to_string_lossy().into_owned())
+        }
         _ => (dirs.exe.clone(), String::new()),
     };
     let fingerprint = Fingerprint::of(&dirs.exe);
@@ -44,9 +55,15 @@ pub fn specs(
             let mut variables = connector.effective(&c.parameters);
             let container = connector.containable
                 && variables.get("IsolationMode").map(String::as_str) != Some("NoContainer");
-            let mut runtime = Runtime::Executable {
-                program: program.clone(),
-                args: vec!["connector".into(), connector.program.into()],
+            let mut runtime = if program.is_empty() {
+                Runtime::Unavailable(format!(
+                    "{at}: the verdant executable's path is not known (/proc/self/exe)"
+                ))
+            } else {
+                Runtime::Executable {
+                    program: program.clone(),
+                    args: vec!["connector".into(), connector.program.into()],
+                }
             };
             let grants = serial_port(group, &variables, container, &at).unwrap_or_else(|why| {
                 runtime = Runtime::Unavailable(why);
@@ -58,7 +75,10 @@ pub fn specs(
                      set NoContainer"
                 ));
             }
-            core_pid(&mut variables);
+            if connector.program == "metrics" {
+                variables.insert("VERDANT_CORE_PID".into(), core_pid().to_string());
+            }
+            let timeout = timeout(&variables);
             Some(Spec {
                 arn: c.connector_arn.clone(),
                 name: connector.name.to_string(),
@@ -67,7 +87,7 @@ pub fn specs(
                 fingerprint,
                 runtime,
                 pinned: true,
-                timeout: TIMEOUT,
+                timeout,
                 memory_kb: MEMORY_KB,
                 binary: false,
                 variables,
@@ -95,24 +115,21 @@ fn serial_port(
     if !container || variables.contains_key("ModbusTcpAddress") {
         return Ok(Grants::default());
     }
-    crate::resources::grants(
-        group,
-        &[ResourceAccessPolicy {
-            resource_id: id.clone(),
-            permission: Some(Permission::Rw),
-        }],
-        &format!("{at}.Parameters"),
-        &|_| PathBuf::new(),
-    )
+    let policy = ResourceAccessPolicy {
+        resource_id: id.clone(),
+        permission: Some(Permission::Rw),
+    };
+    crate::resources::grants(group, &[policy], "", &|_| PathBuf::new()).map_err(|why| {
+        let why = why.split_once(": ").map_or(why.as_str(), |(_, w)| w);
+        format!("{at}.Parameters.ModbusSerialPort-ResourceId: {why}")
+    })
 }
 
-/// `VERDANT_CORE_PID`: the core's supervisor (the lambda-runner's
-/// parent), whose daemons the metrics connector reports.
-fn core_pid(variables: &mut BTreeMap<String, String>) {
-    variables.insert(
-        "VERDANT_CORE_PID".into(),
-        nix::unistd::getppid().as_raw().to_string(),
-    );
+/// The core's supervisor (the lambda-runner's parent when it started),
+/// whose daemons the metrics connector reports (`VERDANT_CORE_PID`).
+fn core_pid() -> i32 {
+    static PID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *PID.get_or_init(|| nix::unistd::getppid().as_raw())
 }
 
 #[cfg(test)]

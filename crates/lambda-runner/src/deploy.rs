@@ -143,7 +143,10 @@ impl Loader {
 /// `<JSON path>: <why>` as (path, why); a reason without a path is the function's.
 fn split_path(why: &str, arn: &str) -> (String, String) {
     match why.split_once(": ") {
-        Some((path, rest)) if path.starts_with("FunctionDefinitionVersion") => {
+        Some((path, rest))
+            if path.starts_with("FunctionDefinitionVersion")
+                || path.starts_with("ConnectorDefinitionVersion") =>
+        {
             (path.to_string(), rest.to_string())
         }
         _ => (arn.to_string(), why.to_string()),

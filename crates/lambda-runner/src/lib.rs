@@ -212,7 +212,8 @@ fn loader(ctx: &Context, config: &LambdaConfig, containers: Result<(), String>) 
         unpacked: ctx.layout.data_dir(SERVICE).join("artifacts"),
         models: ctx.layout.functions_dir().join(".models"),
         staged: std::collections::HashMap::new(),
-        exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+        // Not known: connectors cannot run (and say so).
+        exe: std::env::current_exe().unwrap_or_default(),
     };
     if let Err(e) = std::fs::remove_dir_all(&dirs.unpacked)
         && e.kind() != std::io::ErrorKind::NotFound
