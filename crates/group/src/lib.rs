@@ -223,10 +223,14 @@ impl Group {
 }
 
 /// An `S3Uri` as a URL the core can fetch: an `https://` or `file:///`
-/// URL as it is, and `s3://<bucket>/<key>` as the object's virtual-hosted
-/// address `https://<bucket>.s3.amazonaws.com/<key>` (a public object; a
-/// private one needs a presigned `Url` in the artifact instead).
+/// URL as it is, and `s3://<bucket>/<key>` as the object's address,
+/// `https://<bucket>.s3.amazonaws.com/<key>` (path-style,
+/// `https://s3.amazonaws.com/<bucket>/<key>`, for a bucket with dots,
+/// which the wildcard certificate does not cover), the key's reserved
+/// characters percent-encoded. A public object; a private one needs a
+/// presigned `Url` in the artifact instead.
 pub fn s3_url(uri: &str) -> Option<String> {
+    use std::fmt::Write;
     if uri.starts_with("https://") || uri.starts_with("file:///") {
         return Some(uri.to_string());
     }
@@ -234,5 +238,17 @@ pub fn s3_url(uri: &str) -> Option<String> {
     if bucket.is_empty() || key.is_empty() {
         return None;
     }
-    Some(format!("https://{bucket}.s3.amazonaws.com/{key}"))
+    let key = key.bytes().fold(String::new(), |mut out, b| {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        out
+    });
+    Some(if bucket.contains('.') {
+        format!("https://s3.amazonaws.com/{bucket}/{key}")
+    } else {
+        format!("https://{bucket}.s3.amazonaws.com/{key}")
+    })
 }

@@ -410,8 +410,7 @@ fn artifact_url_problem(url: &str) -> Option<&'static str> {
 }
 
 /// Each artifact for one function or model resource of the group, by a
-/// URL it can fetch, with a hash it can check; and every model resource
-/// brought by one.
+/// URL it can fetch, with a hash it can check.
 fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
     let functions: HashSet<&str> = group
         .function_definition_version
@@ -419,7 +418,7 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
         .iter()
         .map(|f| f.function_arn.as_str())
         .collect();
-    let mut seen = HashSet::new();
+    let (mut seen_functions, mut seen_models) = (HashSet::new(), HashSet::new());
     for (i, a) in group.artifacts.iter().enumerate() {
         let p = format!("Artifacts[{i}]");
         match (&a.function_arn, &a.resource_id) {
@@ -429,7 +428,7 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
                         format!("{p}.FunctionArn"),
                         unknown_function(arn),
                     ));
-                } else if !seen.insert(arn.as_str()) {
+                } else if !seen_functions.insert(arn.as_str()) {
                     out.push(Problem::new(
                         format!("{p}.FunctionArn"),
                         format!("{arn} has an artifact already"),
@@ -442,7 +441,7 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
                         format!("{p}.ResourceId"),
                         format!("`{id}` is not a machine learning model resource of this group"),
                     ));
-                } else if !seen.insert(id.as_str()) {
+                } else if !seen_models.insert(id.as_str()) {
                     out.push(Problem::new(
                         format!("{p}.ResourceId"),
                         format!("{id} has an artifact already"),
@@ -460,7 +459,14 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
                     out.push(Problem::new(format!("{p}.Url"), r));
                 }
             }
-            (None, Some(_)) => {}
+            (None, Some(url)) => {
+                if let Some(r) = artifact_url_problem(&url) {
+                    out.push(Problem::new(
+                        format!("{p}.Url"),
+                        format!("required: the resource's S3Uri gives `{url}`: {r}"),
+                    ));
+                }
+            }
             (None, None) => out.push(Problem::new(
                 format!("{p}.Url"),
                 "required (a model's may be left out when its S3Uri is https://, file:/// or s3://)",
@@ -475,23 +481,6 @@ fn check_artifacts(group: &Group, out: &mut Vec<Problem>) {
             out.push(Problem::new(
                 format!("{p}.Sha256"),
                 "a SHA-256 is 64 lowercase hex digits",
-            ));
-        }
-    }
-    for (i, r) in group
-        .resource_definition_version
-        .resources
-        .iter()
-        .enumerate()
-    {
-        if group.model(&r.id).is_some() && !seen.contains(r.id.as_str()) {
-            out.push(Problem::new(
-                format!("ResourceDefinitionVersion.Resources[{i}]"),
-                format!(
-                    "model `{}` needs an entry in Artifacts with its ResourceId and Sha256 \
-                     (and its Url, unless its S3Uri is one)",
-                    r.id
-                ),
             ));
         }
     }

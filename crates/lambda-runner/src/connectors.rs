@@ -23,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_mins(1);
 fn timeout(variables: &BTreeMap<String, String>) -> Duration {
     variables
         .get("ModbusTimeoutMs")
-        .and_then(|t| t.parse::<u64>().ok())
+        .and_then(|t| t.trim().parse::<u64>().ok())
         .map_or(TIMEOUT, |ms| Duration::from_millis(2 * ms + 5_000))
 }
 

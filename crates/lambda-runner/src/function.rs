@@ -211,14 +211,17 @@ pub fn specs(
             let container = execution.isolation_mode != Some(IsolationMode::NoContainer);
             let environment = c.environment.clone().unwrap_or_default();
             // Resources and sysfs are a container's (NoContainer functions
-            // reach the file system as their user can).
-            let policies = if container {
-                environment.resource_access_policies.as_slice()
-            } else {
-                &[]
-            };
+            // reach the file system as their user can); a NoContainer
+            // function's models are resolved all the same, so that a changed
+            // model changes its spec (its mounts are not made).
+            let policies: Vec<_> = environment
+                .resource_access_policies
+                .iter()
+                .filter(|p| container || group.model(&p.resource_id).is_some())
+                .cloned()
+                .collect();
             let grants =
-                crate::resources::grants(group, policies, &format!("{at}.Environment"), &|id| {
+                crate::resources::grants(group, &policies, &format!("{at}.Environment"), &|id| {
                     dirs.model(id)
                 })
                 .unwrap_or_else(|why| {

@@ -134,9 +134,10 @@ impl Artifacts {
     }
 
     /// Puts a machine learning model whose SHA-256 is `sha256` (checked)
-    /// into the store, under that digest: a zip or a tar.gz unpacked (only
-    /// files and directories, none leaving the tree), any other file as
-    /// `name` in a directory of its own.
+    /// into the store, under that digest; `name` (the URL's last segment)
+    /// says what it is: `*.zip` and `*.tar.gz` / `*.tgz` are unpacked (a
+    /// tarball's files and directories only; nothing may leave the tree),
+    /// any other file is kept as `name` in a directory of its own.
     pub fn put_model(
         &self,
         file: &Path,
@@ -146,19 +147,21 @@ impl Artifacts {
         let Some(digest) = self.wanted(file, sha256)? else {
             return Digest::parse(sha256);
         };
-        let mut magic = [0u8; 4];
-        let read = File::open(file)
-            .and_then(|mut f| f.read(&mut magic))
-            .map_err(io_at(file))?;
         let tmp = self.temp()?;
-        match &magic[..read] {
-            [b'P', b'K', 3, 4] => unzip(file, tmp.path())?,
-            [0x1f, 0x8b, ..] => untar_gz(file, tmp.path())?,
-            _ => {
-                let to = tmp.path().join(name);
-                std::fs::copy(file, &to).map_err(io_at(&to))?;
-                set_mode(&to, 0o444)?;
-            }
+        let ends = |suffix: &str| {
+            name.len()
+                .checked_sub(suffix.len())
+                .and_then(|at| name.get(at..))
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        };
+        if ends(".zip") {
+            unzip(file, tmp.path())?;
+        } else if ends(".tar.gz") || ends(".tgz") {
+            untar_gz(file, tmp.path())?;
+        } else {
+            let to = tmp.path().join(name);
+            std::fs::copy(file, &to).map_err(io_at(&to))?;
+            set_mode(&to, 0o444)?;
         }
         self.settle(tmp, digest)
     }
@@ -403,14 +406,15 @@ fn make_parent(path: &Path) -> Result<(), ArtifactError> {
 /// A directory of the store: every function's user may list and enter it
 /// (the functions run as users other than the one that unpacked them).
 fn readable_dir(mode: u32) -> u32 {
-    mode | 0o555
+    // Never writable but by the store's owner: a tree never changes.
+    (mode & 0o755) | 0o555
 }
 
 /// A file of the store: readable by every function's user; executable
 /// for all if it was for its owner.
 fn readable_file(mode: u32) -> u32 {
     let exec = if mode & 0o100 != 0 { 0o111 } else { 0 };
-    mode | 0o444 | exec
+    (mode & 0o755) | 0o444 | exec
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ArtifactError> {
