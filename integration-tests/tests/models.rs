@@ -5,6 +5,7 @@
 //! changed model restarts only the functions that use it; a wrong hash
 //! fails the deployment and changes nothing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -43,7 +44,12 @@ fn group(model: Option<(&Path, &str)>) -> String {
         "CoreDefinitionVersion": { "Cores": [thing("core", 1)] },
         "FunctionDefinitionVersion": {
             "DefaultConfig": { "Execution": { "RunAs": { "Uid": 65534, "Gid": 65534 } } },
-            "Functions": [function("reader", policies), function("other", json!([]))],
+            "Functions": [function("reader", policies.clone()), function("other", json!([])),
+                { "Id": "outsider", "FunctionArn": function_arn("outsider"),
+                  "FunctionConfiguration": { "Executable": "reader.handler", "Pinned": true,
+                    "Timeout": 10, "Environment": {
+                        "ResourceAccessPolicies": policies,
+                        "Execution": { "IsolationMode": "NoContainer" } } } }],
         },
         "ResourceDefinitionVersion": { "Resources": resources },
         "Artifacts": artifacts,
@@ -53,7 +59,7 @@ fn group(model: Option<(&Path, &str)>) -> String {
 
 fn install(root: &Path) {
     let code = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions/modelreader");
-    for name in ["reader", "other"] {
+    for name in ["reader", "other", "outsider"] {
         copy_dir(&code, &root.join("functions").join(name).join("1"));
     }
     open_to_functions(root);
@@ -133,6 +139,26 @@ async fn a_model_reaches_only_the_functions_that_use_it_read_only() {
     assert_eq!(seen["text"], "cat\ndog\n", "{seen}");
     assert_eq!(seen["write"], "Read-only file system", "{seen}");
     assert_eq!(sees(&core, "other").await, json!({ "exists": false }));
+    // The files are the owner group's (`OwnerSetting`, tty here): the
+    // container joined it; a plain process of a user outside it, which
+    // finds the model by path, cannot read them.
+    let installed = core.root().join("functions/.models/classifier");
+    let tree = installed.canonicalize().unwrap();
+    let tty = nix::unistd::Group::from_name("tty")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let meta = std::fs::metadata(&tree).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (tty, 0o750));
+    let r = invoke(
+        &core.socket("lambda-runner"),
+        &function_arn("outsider"),
+        &json!({ "path": installed, "file": "labels.txt" }).to_string(),
+    )
+    .await;
+    let outside: Value = serde_json::from_slice(&r.payload).unwrap();
+    assert_eq!(outside["files"], "Permission denied", "{outside}");
 
     // A new model: the reader restarts on it, the other is left alone.
     let before = (pid(&core, "reader").await, pid(&core, "other").await);

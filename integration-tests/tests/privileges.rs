@@ -18,6 +18,8 @@ fn declared(service: &str) -> &'static [(u32, &'static str)] {
             (8, "CAP_SETPCAP"),
             (21, "CAP_SYS_ADMIN"),
         ],
+        // Model resources' files are given to their owner group.
+        "ota-agent" => &[(0, "CAP_CHOWN")],
         // The broker's listeners are above 1024 by default.
         _ => &[],
     }

@@ -107,46 +107,47 @@ impl Artifacts {
     /// the store. Entries that would land outside the tree (`..`, absolute
     /// paths, through or by a symlink) are refused, and nothing is kept.
     pub fn put_zip(&self, zip: &Path, sha256: &str) -> Result<Digest, ArtifactError> {
-        let Some(digest) = self.wanted(zip, sha256)? else {
-            return Digest::parse(sha256);
-        };
+        let digest = Digest::parse(sha256)?;
+        if self.path(&digest).is_dir() {
+            return Ok(digest);
+        }
+        check(zip, sha256)?;
         let tmp = self.temp()?;
         unzip(zip, tmp.path())?;
         self.settle(tmp, digest)
     }
 
-    /// The digest `sha256` names, once `file` is checked to have it;
-    /// `None` when the store has that entry already.
-    fn wanted(&self, file: &Path, sha256: &str) -> Result<Option<Digest>, ArtifactError> {
+    /// Where a model whose download has `sha256` is kept: under that
+    /// digest, or, given to the group `gid` (its `OwnerSetting`), under a
+    /// digest of both, a tree of its own apart from the same bytes given
+    /// to others.
+    pub fn model_key(sha256: &str, gid: Option<u32>) -> Result<Digest, ArtifactError> {
         let digest = Digest::parse(sha256)?;
-        if self.path(&digest).is_dir() {
-            return Ok(None);
-        }
-        let actual = File::open(file).and_then(sha256_of).map_err(io_at(file))?;
-        if actual != sha256 {
-            return Err(ArtifactError::Mismatch {
-                path: file.to_path_buf(),
-                expected: sha256.into(),
-                actual,
-            });
-        }
-        Ok(Some(digest))
+        Ok(match gid {
+            None => digest,
+            Some(gid) => Digest(hex(&Sha256::digest(format!("{}:{gid}", digest.0)))),
+        })
     }
 
     /// Puts a machine learning model whose SHA-256 is `sha256` (checked)
-    /// into the store, under that digest; `name` (the URL's last segment)
-    /// says what it is: `*.zip` and `*.tar.gz` / `*.tgz` are unpacked (a
-    /// tarball's files and directories only; nothing may leave the tree),
-    /// any other file is kept as `name` in a directory of its own.
+    /// into the store, under [`Artifacts::model_key`]; `name` (the URL's
+    /// last segment) says what it is: `*.zip` and `*.tar.gz` / `*.tgz` are
+    /// unpacked (a tarball's files and directories only; nothing may leave
+    /// the tree), any other file is kept as `name` in a directory of its
+    /// own. Given to `gid`, the tree is that group's and no one else's:
+    /// group `gid`, readable by it, nothing for others.
     pub fn put_model(
         &self,
         file: &Path,
         sha256: &str,
         name: &str,
+        gid: Option<u32>,
     ) -> Result<Digest, ArtifactError> {
-        let Some(digest) = self.wanted(file, sha256)? else {
-            return Digest::parse(sha256);
-        };
+        let key = Self::model_key(sha256, gid)?;
+        if self.path(&key).is_dir() {
+            return Ok(key);
+        }
+        check(file, sha256)?;
         let tmp = self.temp()?;
         let ends = |suffix: &str| {
             name.len()
@@ -163,7 +164,10 @@ impl Artifacts {
             std::fs::copy(file, &to).map_err(io_at(&to))?;
             set_mode(&to, 0o444)?;
         }
-        self.settle(tmp, digest)
+        if let Some(gid) = gid {
+            given_to(tmp.path(), gid)?;
+        }
+        self.settle(tmp, key)
     }
 
     /// Copies the tree at `src` into the store. Its digest is the SHA-256
@@ -347,6 +351,43 @@ fn unzip(zip: &Path, into: &Path) -> Result<(), ArtifactError> {
             io::copy(&mut entry, &mut out).map_err(io_at(&to))?;
             out.sync_all().map_err(io_at(&to))?;
             set_mode(&to, readable_file(mode.unwrap_or(0o644)))?;
+        }
+    }
+    Ok(())
+}
+
+/// That `file` has the SHA-256 `sha256`.
+fn check(file: &Path, sha256: &str) -> Result<(), ArtifactError> {
+    let actual = File::open(file).and_then(sha256_of).map_err(io_at(file))?;
+    if actual == sha256 {
+        Ok(())
+    } else {
+        Err(ArtifactError::Mismatch {
+            path: file.to_path_buf(),
+            expected: sha256.into(),
+            actual,
+        })
+    }
+}
+
+/// Gives the tree at `root` to group `gid`: its group, read (and enter,
+/// and run what its owner may run) for the group, nothing for others.
+fn given_to(root: &Path, gid: u32) -> Result<(), ArtifactError> {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, None, Some(gid)).map_err(io_at(&path))?;
+        if meta.is_dir() {
+            set_mode(&path, 0o750)?;
+            for entry in std::fs::read_dir(&path).map_err(io_at(&path))? {
+                todo.push(entry.map_err(io_at(&path))?.path());
+            }
+        } else {
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            set_mode(&path, if exec { 0o750 } else { 0o640 })?;
         }
     }
     Ok(())

@@ -75,6 +75,20 @@ fn file_name(url: &str) -> &str {
     }
 }
 
+/// The group a model resource is given to (its `OwnerSetting.GroupOwner`).
+fn owner_gid(group: &Group, id: &str) -> Result<Option<u32>, String> {
+    let Some(owner) = group.model(id).and_then(|m| m.owner_setting.as_ref()) else {
+        return Ok(None);
+    };
+    match nix::unistd::Group::from_name(&owner.group_owner) {
+        Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+        _ => Err(format!(
+            "model `{id}`: OwnerSetting.GroupOwner `{}`: no such group on this core",
+            owner.group_owner
+        )),
+    }
+}
+
 /// `<name>/<version>` of a qualified function ARN.
 fn key_of(function_arn: &str) -> Option<String> {
     let parts: Vec<&str> = function_arn.split(':').collect();
@@ -175,8 +189,16 @@ impl Content {
             let url = group
                 .artifact_url(a)
                 .ok_or_else(|| format!("Artifacts[{i}].Url: required"))?;
-            let digest =
-                Digest::parse(&a.sha256).map_err(|e| format!("Artifacts[{i}].Sha256: {e}"))?;
+            let owner = match &a.resource_id {
+                Some(id) => owner_gid(group, id).map_err(|e| format!("Artifacts[{i}]: {e}"))?,
+                None => None,
+            };
+            let digest = if a.resource_id.is_some() {
+                Artifacts::model_key(&a.sha256, owner)
+            } else {
+                Digest::parse(&a.sha256)
+            }
+            .map_err(|e| format!("Artifacts[{i}].Sha256: {e}"))?;
             if !self.store.path(&digest).is_dir() {
                 // A cut download goes on from where it stopped, a few times.
                 let file = fetcher
@@ -206,7 +228,8 @@ impl Content {
                     })?;
                 before = progress.done.load(Ordering::Relaxed);
                 if a.resource_id.is_some() {
-                    self.store.put_model(&file, &a.sha256, file_name(&url))
+                    self.store
+                        .put_model(&file, &a.sha256, file_name(&url), owner)
                 } else {
                     self.store.put_zip(&file, &a.sha256)
                 }

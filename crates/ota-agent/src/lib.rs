@@ -35,8 +35,12 @@ pub const SERVICE: &str = "ota-agent";
 pub const THREADS: Threads = Threads::One;
 /// The capabilities this daemon keeps: none (the files it writes are the
 /// core's own, and the daemons apply a deployment themselves).
+/// `CAP_CHOWN`: a model resource's files are given to its
+/// `OwnerSetting.GroupOwner`.
 pub const CAPABILITIES: verdant_common::privileges::Capabilities =
-    verdant_common::privileges::Capabilities::Fixed(&[]);
+    verdant_common::privileges::Capabilities::Fixed(&[
+        verdant_common::privileges::Capability::CAP_CHOWN,
+    ]);
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

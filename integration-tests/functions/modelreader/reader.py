@@ -8,7 +8,11 @@ def handler(event, context):
     report = {"exists": os.path.isdir(path)}
     if not report["exists"]:
         return report
-    report["files"] = sorted(os.listdir(path))
+    try:
+        report["files"] = sorted(os.listdir(path))
+    except OSError as e:
+        report["files"] = e.strerror
+        return report
     try:
         with open(os.path.join(path, event["file"])) as f:
             report["text"] = f.read()

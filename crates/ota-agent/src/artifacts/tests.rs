@@ -241,7 +241,7 @@ fn models_are_unpacked_from_zips_and_tarballs_or_kept_as_one_file() {
         ],
     );
     let d = store
-        .put_model(&tgz, &sha_of(&tgz), "model.tar.gz")
+        .put_model(&tgz, &sha_of(&tgz), "model.tar.gz", None)
         .unwrap();
     let tree = store.path(&d);
     assert_eq!(
@@ -258,7 +258,7 @@ fn models_are_unpacked_from_zips_and_tarballs_or_kept_as_one_file() {
 
     let zip = dir.path().join("m.zip");
     write_zip(&zip, &[("m.onnx", "onnx", 0o100_644)]);
-    let d = store.put_model(&zip, &sha_of(&zip), "m.zip").unwrap();
+    let d = store.put_model(&zip, &sha_of(&zip), "m.zip", None).unwrap();
     assert_eq!(
         std::fs::read_to_string(store.path(&d).join("m.onnx")).unwrap(),
         "onnx"
@@ -266,7 +266,9 @@ fn models_are_unpacked_from_zips_and_tarballs_or_kept_as_one_file() {
 
     let file = dir.path().join("m.onnx");
     std::fs::write(&file, "plain").unwrap();
-    let d = store.put_model(&file, &sha_of(&file), "m.onnx").unwrap();
+    let d = store
+        .put_model(&file, &sha_of(&file), "m.onnx", None)
+        .unwrap();
     assert_eq!(d.as_str(), sha_of(&file));
     assert_eq!(
         std::fs::read_to_string(store.path(&d).join("m.onnx")).unwrap(),
@@ -275,14 +277,51 @@ fn models_are_unpacked_from_zips_and_tarballs_or_kept_as_one_file() {
 
     // A wrong hash, a link, or an entry leaving the tree keep nothing.
     let err = store
-        .put_model(&file, &"a".repeat(64), "m.onnx")
+        .put_model(&file, &"a".repeat(64), "m.onnx", None)
         .unwrap_err();
     assert!(matches!(err, ArtifactError::Mismatch { .. }), "{err}");
     let bad = dir.path().join("bad.tar.gz");
     write_tar_gz(&bad, &[("link", "@/etc/passwd")]);
     let err = store
-        .put_model(&bad, &sha_of(&bad), "bad.tar.gz")
+        .put_model(&bad, &sha_of(&bad), "bad.tar.gz", None)
         .unwrap_err();
     assert!(matches!(err, ArtifactError::Special { .. }), "{err}");
     assert_eq!(names(&store).len(), 3, "{:?}", names(&store));
+}
+
+#[test]
+fn a_model_given_to_a_group_is_a_tree_of_its_own_that_only_the_group_reads() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Artifacts::new(dir.path());
+    let tgz = dir.path().join("model.tar.gz");
+    write_tar_gz(
+        &tgz,
+        &[
+            ("weights/", ""),
+            ("weights/w.bin", "01"),
+            ("labels.txt", "a\n"),
+        ],
+    );
+    let sha = sha_of(&tgz);
+    let open = store.put_model(&tgz, &sha, "model.tar.gz", None).unwrap();
+    // The caller's own group: a change of group it may always make.
+    let gid = nix::unistd::getegid().as_raw();
+    let given = store
+        .put_model(&tgz, &sha, "model.tar.gz", Some(gid))
+        .unwrap();
+    assert_ne!(open, given);
+    assert_eq!(given, Artifacts::model_key(&sha, Some(gid)).unwrap());
+    let tree = store.path(&given);
+    for (path, want) in [
+        (tree.clone(), 0o750),
+        (tree.join("weights"), 0o750),
+        (tree.join("weights/w.bin"), 0o640),
+        (tree.join("labels.txt"), 0o640),
+    ] {
+        assert_eq!(mode(&path), want, "{}", path.display());
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), gid);
+    }
+    // The tree for everyone is untouched.
+    assert_eq!(mode(&store.path(&open).join("labels.txt")), 0o644);
 }
