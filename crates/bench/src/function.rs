@@ -30,34 +30,30 @@ def handler(event, context):
 ";
 
 fn group() -> String {
-    let thing = |name: &str, arn: &str, n: u8| {
-        serde_json::json!({ "Id": name, "ThingArn": arn,
-            "CertificateArn": format!("arn:aws:iot:us-east-1:123456789012:cert/{}", format!("{n:02x}").repeat(32)) })
-    };
-    serde_json::json!({
-        "Id": "bench-functions",
-        "CoreDefinitionVersion": { "Cores": [thing("core", "arn:aws:iot:us-east-1:123456789012:thing/verdant-core", 1)] },
-        "DeviceDefinitionVersion": { "Devices": [thing("bench-dev", DEVICE, 2)] },
-        "FunctionDefinitionVersion": {
-            "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
-                "RunAs": { "Uid": 65534, "Gid": 65534 } } },
-            "Functions": [
-                { "Id": "relay", "FunctionArn": FUNCTION,
-                  "FunctionConfiguration": { "Executable": "relay.handler", "Pinned": true,
-                    "EncodingType": "binary", "Timeout": 30 } },
-                { "Id": "cold", "FunctionArn": COLD,
-                  "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30 } },
-                { "Id": "coldbox", "FunctionArn": COLD_BOX,
-                  "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30,
-                    "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
-            ]
-        },
-        "SubscriptionDefinitionVersion": { "Subscriptions": [
-            { "Id": "in", "Source": DEVICE, "Subject": "bench/in", "Target": FUNCTION },
-            { "Id": "out", "Source": FUNCTION, "Subject": "bench/out", "Target": DEVICE },
-        ]},
-    })
-    .to_string()
+    spawn::group(
+        "bench-functions",
+        DEVICE,
+        serde_json::json!({
+            "FunctionDefinitionVersion": {
+                "DefaultConfig": { "Execution": { "IsolationMode": "NoContainer",
+                    "RunAs": { "Uid": 65534, "Gid": 65534 } } },
+                "Functions": [
+                    { "Id": "relay", "FunctionArn": FUNCTION,
+                      "FunctionConfiguration": { "Executable": "relay.handler", "Pinned": true,
+                        "EncodingType": "binary", "Timeout": 30 } },
+                    { "Id": "cold", "FunctionArn": COLD,
+                      "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30 } },
+                    { "Id": "coldbox", "FunctionArn": COLD_BOX,
+                      "FunctionConfiguration": { "Executable": "hello.handler", "Timeout": 30,
+                        "Environment": { "Execution": { "IsolationMode": "GreengrassContainer" } } } },
+                ]
+            },
+            "SubscriptionDefinitionVersion": { "Subscriptions": [
+                { "Id": "in", "Source": DEVICE, "Subject": "bench/in", "Target": FUNCTION },
+                { "Id": "out", "Source": FUNCTION, "Subject": "bench/out", "Target": DEVICE },
+            ]},
+        }),
+    )
 }
 
 /// Copies `from` (a directory of files and directories) to `to`.

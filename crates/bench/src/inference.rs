@@ -19,46 +19,43 @@ const DEVICE: &str = "arn:aws:iot:us-east-1:123456789012:thing/bench-dev";
 const ROW: [f32; 4] = [-0.5, 1.3, -3.0, -1.2];
 
 fn group(sha256: &str) -> String {
-    let thing = |name: &str, arn: &str, n: u8| {
-        serde_json::json!({ "Id": name, "ThingArn": arn,
-            "CertificateArn": format!("arn:aws:iot:us-east-1:123456789012:cert/{}", format!("{n:02x}").repeat(32)) })
-    };
-    serde_json::json!({
-        "Id": "bench-inference",
-        "CoreDefinitionVersion": { "Cores": [thing("core", "arn:aws:iot:us-east-1:123456789012:thing/verdant-core", 1)] },
-        "DeviceDefinitionVersion": { "Devices": [thing("bench-dev", DEVICE, 2)] },
-        "FunctionDefinitionVersion": { "Functions": [
-            { "Id": "classifier", "FunctionArn": FUNCTION,
-              "FunctionConfiguration": { "Executable": "classifier.handler", "Pinned": true,
-                "Timeout": 30, "MemorySize": 262_144,
-                "Environment": {
-                    "Variables": { "MODEL_DIR": "MODEL_DIR_HERE" },
-                    "Execution": { "IsolationMode": "NoContainer",
-                                   "RunAs": { "Uid": 65534, "Gid": 65534 } } } } },
-        ]},
-        "ResourceDefinitionVersion": { "Resources": [
-            { "Id": "model", "Name": "classifier", "ResourceDataContainer": {
-                "S3MachineLearningModelResourceData": {
-                    "S3Uri": "file:///nonexistent/classifier.tar.gz",
-                    "DestinationPath": "/ml/classifier" } } },
-        ]},
-        "Artifacts": [{ "ResourceId": "model", "Sha256": sha256 }],
-        "SubscriptionDefinitionVersion": { "Subscriptions": [
-            { "Id": "in", "Source": DEVICE, "Subject": "ml/classifier/input", "Target": FUNCTION },
-            { "Id": "out", "Source": FUNCTION, "Subject": "ml/classifier/results", "Target": DEVICE },
-        ]},
-    })
-    .to_string()
+    spawn::group(
+        "bench-inference",
+        DEVICE,
+        serde_json::json!({
+            "FunctionDefinitionVersion": { "Functions": [
+                { "Id": "classifier", "FunctionArn": FUNCTION,
+                  "FunctionConfiguration": { "Executable": "classifier.handler", "Pinned": true,
+                    "Timeout": 30, "MemorySize": 262_144,
+                    "Environment": {
+                        "Variables": { "MODEL_DIR": "MODEL_DIR_HERE" },
+                        "Execution": { "IsolationMode": "NoContainer",
+                                       "RunAs": { "Uid": 65534, "Gid": 65534 } } } } },
+            ]},
+            "ResourceDefinitionVersion": { "Resources": [
+                { "Id": "model", "Name": "classifier", "ResourceDataContainer": {
+                    "S3MachineLearningModelResourceData": {
+                        "S3Uri": "file:///nonexistent/classifier.tar.gz",
+                        "DestinationPath": "/ml/classifier" } } },
+            ]},
+            "Artifacts": [{ "ResourceId": "model", "Sha256": sha256 }],
+            "SubscriptionDefinitionVersion": { "Subscriptions": [
+                { "Id": "in", "Source": DEVICE, "Subject": "ml/classifier/input", "Target": FUNCTION },
+                { "Id": "out", "Source": FUNCTION, "Subject": "ml/classifier/results", "Target": DEVICE },
+            ]},
+        }),
+    )
 }
 
-async fn device(port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+/// A device on the core's plain listener, subscribed to `answers`.
+pub(crate) async fn device(port: u16, answers: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let mut o = MqttOptions::new("bench-dev", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(100);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(o, 1000);
     client
-        .subscribe("ml/classifier/results", QoS::AtLeastOnce)
+        .subscribe(answers, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
     loop {
@@ -68,40 +65,51 @@ async fn device(port: u16) -> (AsyncClient, rumqttc::EventLoop) {
     }
 }
 
-/// `n` messages of `rows` rows each, at most `window` not yet answered:
-/// rows classified per second.
-async fn rate(port: u16, n: usize, rows: usize, window: usize) -> f64 {
-    let (client, mut events) = device(port).await;
-    let body = serde_json::json!({ "id": "b", "features": vec![ROW; rows] }).to_string();
+/// `n` messages of `body` on `topic`, at most `window` not yet answered
+/// on `answers`, each answer checked by `ok`: messages answered per second.
+pub(crate) async fn answered(
+    port: u16,
+    (topic, answers): (&str, &str),
+    body: &str,
+    n: usize,
+    window: usize,
+    ok: fn(&[u8]) -> bool,
+) -> f64 {
+    let (client, mut events) = device(port, answers).await;
     let start = Instant::now();
     let (mut sent, mut got) = (0, 0);
     tokio::time::timeout(LIMIT, async {
         while got < n {
             while sent < n && sent - got < window {
                 client
-                    .try_publish("ml/classifier/input", QoS::AtLeastOnce, false, body.clone())
+                    .try_publish(topic, QoS::AtLeastOnce, false, body.to_string())
                     .expect("publish");
                 sent += 1;
             }
             if let Event::Incoming(Packet::Publish(p)) = events.poll().await.expect("poll") {
-                assert!(
-                    !String::from_utf8_lossy(&p.payload).contains("error"),
-                    "{:?}",
-                    p.payload
-                );
+                assert!(ok(&p.payload), "{:?}", p.payload);
                 got += 1;
             }
         }
     })
     .await
     .unwrap_or_else(|_| panic!("{got} of {n} answers"));
-    let rate = (n * rows) as f64 / start.elapsed().as_secs_f64();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
     let _ = client.try_disconnect();
     let _ = events.poll().await;
     rate
 }
 
-fn python_out(python: &Path, args: &[&str]) -> String {
+/// `n` messages of `rows` rows each, at most `window` not yet answered:
+/// rows classified per second.
+async fn rate(port: u16, n: usize, rows: usize, window: usize) -> f64 {
+    let body = serde_json::json!({ "id": "b", "features": vec![ROW; rows] }).to_string();
+    let ok = |p: &[u8]| !String::from_utf8_lossy(p).contains("error");
+    let topics = ("ml/classifier/input", "ml/classifier/results");
+    answered(port, topics, &body, n, window, ok).await * rows as f64
+}
+
+pub(crate) fn python_out(python: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new(python)
         .args(args)
         .output()
@@ -137,22 +145,8 @@ pub async fn run(bin_dir: &Path, python: &Path, runs: usize) {
     for d in [dir.path(), root.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let port = spawn::free_port();
     let group = group(&"0".repeat(64)).replace("MODEL_DIR_HERE", model.to_str().expect("path"));
-    let mut verdant = spawn::core(
-        &bin_dir,
-        &root,
-        &format!(
-            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n\
-             [lambda-runner]\nrun_on_insecure_host = true\n"
-        ),
-        Some(&group),
-    );
-    let deadline = Instant::now() + LIMIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the core did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut verdant, port) = spawn::function_core(&bin_dir, &root, &group).await;
     // Ready once a message is answered.
     rate(port, 1, 1, 1).await;
     let median = |mut v: Vec<f64>| {

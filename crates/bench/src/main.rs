@@ -9,6 +9,7 @@ mod drain;
 mod function;
 mod inference;
 mod lean;
+mod modbus;
 mod mqtt;
 mod probe;
 mod reconnect;
@@ -34,7 +35,7 @@ struct PythonBench {
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// A Python with greengrasssdk (bundled with the function), and for
-    /// `inference` onnx and onnxruntime.
+    /// `inference` onnx and onnxruntime, for `modbus` pymodbus.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
     #[arg(long, default_value_t = 3)]
@@ -133,6 +134,10 @@ enum Cmd {
     /// directly (run from the repository's root: it reads `examples/` and
     /// `.ml-packages`).
     Inference(PythonBench),
+    /// Modbus: the protocol adapter connector against a pymodbus TCP
+    /// server, requests/s through the core against pymodbus's client
+    /// reading the server directly (run from the repository's root).
+    Modbus(PythonBench),
     /// `get_secret_value` from a pinned Python function with greengrasssdk.
     Secrets(PythonBench),
     /// Version switches with devices connected: `ApplyUpdate` and
@@ -261,6 +266,7 @@ fn main() {
         Cmd::Function(b) => runtime.block_on(function::run(&b.bin_dir, &b.python, b.runs)),
         Cmd::Secrets(b) => runtime.block_on(secrets::run(&b.bin_dir, &b.python, b.runs)),
         Cmd::Inference(b) => runtime.block_on(inference::run(&b.bin_dir, &b.python, b.runs)),
+        Cmd::Modbus(b) => runtime.block_on(modbus::run(&b.bin_dir, &b.python, b.runs)),
         Cmd::Update {
             bin_dir,
             python,

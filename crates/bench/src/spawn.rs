@@ -51,3 +51,46 @@ pub fn stop(c: &mut Child) {
     );
     let _ = c.wait();
 }
+
+/// The group `id` of the bench core and its one device `bench-dev`
+/// (`device_arn`), with `rest` (more definitions) merged in.
+pub fn group(id: &str, device_arn: &str, rest: serde_json::Value) -> String {
+    let thing = |name: &str, arn: &str, n: u8| {
+        serde_json::json!({ "Id": name, "ThingArn": arn,
+            "CertificateArn": format!("arn:aws:iot:us-east-1:123456789012:cert/{}", format!("{n:02x}").repeat(32)) })
+    };
+    let mut g = serde_json::json!({
+        "Id": id,
+        "CoreDefinitionVersion": { "Cores": [thing("core", "arn:aws:iot:us-east-1:123456789012:thing/verdant-core", 1)] },
+        "DeviceDefinitionVersion": { "Devices": [thing("bench-dev", device_arn, 2)] },
+    });
+    if let (Some(g), serde_json::Value::Object(rest)) = (g.as_object_mut(), rest) {
+        g.extend(rest);
+    }
+    g.to_string()
+}
+
+/// A core on `root` with `group` whose functions may run here, its
+/// devices on a plain listener: init and the listener's port, once it
+/// accepts connections.
+pub async fn function_core(bin_dir: &Path, root: &Path, group: &str) -> (Child, u16) {
+    let port = free_port();
+    let child = core(
+        bin_dir,
+        root,
+        &format!(
+            "[broker.tls]\nbind = \"127.0.0.1:0\"\n[broker.tcp]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n\
+             [lambda-runner]\nrun_on_insecure_host = true\n"
+        ),
+        Some(group),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the core did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (child, port)
+}
