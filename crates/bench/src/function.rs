@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 
+use crate::answers::{answered, device};
 use crate::mqtt::percentile;
 use crate::spawn;
 
@@ -90,22 +91,6 @@ pub(crate) fn sdk(python: &Path) -> String {
         .to_string()
 }
 
-async fn device(port: u16) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut o = MqttOptions::new("bench-dev", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_inflight(100);
-    let (client, mut events) = AsyncClient::new(o, 1000);
-    client
-        .subscribe("bench/out", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.expect("connect") {
-            return (client, events);
-        }
-    }
-}
-
 /// Waits for `n` messages on bench/out.
 async fn replies(events: &mut rumqttc::EventLoop, n: usize) {
     let mut got = 0;
@@ -124,33 +109,12 @@ async fn replies(events: &mut rumqttc::EventLoop, n: usize) {
 /// function's work queue is bounded and overflow is refused, so an open
 /// loop would measure refusals): messages/s relayed.
 async fn throughput(port: u16, n: usize, window: usize) -> f64 {
-    let (client, mut events) = device(port).await;
-    let start = Instant::now();
-    let (mut sent, mut got) = (0, 0);
-    tokio::time::timeout(LIMIT, async {
-        while got < n {
-            while sent < n && sent - got < window {
-                client
-                    .try_publish("bench/in", QoS::AtLeastOnce, false, format!("m{sent}"))
-                    .expect("publish");
-                sent += 1;
-            }
-            if let Event::Incoming(Packet::Publish(_)) = events.poll().await.expect("poll") {
-                got += 1;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{got} of {n} replies"));
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = client.try_disconnect();
-    let _ = events.poll().await;
-    rate
+    answered(port, ("bench/in", "bench/out"), "m", n, window, |_| true).await
 }
 
 /// `n` round trips one at a time: latencies in µs.
 async fn round_trips(port: u16, n: usize) -> Vec<u64> {
-    let (client, mut events) = device(port).await;
+    let (client, mut events) = device(port, "bench/out").await;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();

@@ -1,6 +1,7 @@
 //! verdant-bench: timings and memory of a whole core, measured from outside
 //! as an operator would see them. `verdant-bench core --bin-dir target/release`.
 
+mod answers;
 mod compare;
 mod core;
 mod deploy;

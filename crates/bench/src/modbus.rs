@@ -9,7 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::inference::{answered, python_out};
+use crate::answers::answered;
+use crate::inference::python_out;
 use crate::spawn;
 
 const CONNECTOR: &str =
